@@ -1,0 +1,136 @@
+"""pyramid_pyncette: a reliable, distributed, persistent job scheduler for Pyramid.
+
+``config.include('pyramid_pyncette')`` reads the ``pyncette.*`` settings and
+registers ``registry.scheduler``; ``pscheduler app.ini`` runs the daemon.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyramid.exceptions import ConfigurationError
+
+from .events import (
+    IJobFailed,
+    IJobScheduled,
+    IJobStarted,
+    IJobSucceeded,
+    IWorkerStarting,
+    IWorkerStopping,
+    JobFailed,
+    JobScheduled,
+    JobStarted,
+    JobSucceeded,
+    WorkerStarting,
+    WorkerStopping,
+)
+from .exceptions import InvalidJobError, UnknownTaskError
+from .jobs import Job
+from .repository import UnsupportedStoreError, create_repository
+from .scheduler import Scheduler
+from .schedules import ScheduleError
+from .settings import PyncetteSettings, parse_settings
+from .tasks import add_pyncette_task, get_task_registry, periodic_task, task
+
+__all__ = [
+    "IJobFailed",
+    "IJobScheduled",
+    "IJobStarted",
+    "IJobSucceeded",
+    "IWorkerStarting",
+    "IWorkerStopping",
+    "InvalidJobError",
+    "Job",
+    "JobFailed",
+    "JobScheduled",
+    "JobStarted",
+    "JobSucceeded",
+    "PyncetteSettings",
+    "ScheduleError",
+    "Scheduler",
+    "UnknownTaskError",
+    "WorkerStarting",
+    "WorkerStopping",
+    "get_scheduler",
+    "includeme",
+    "periodic_task",
+    "task",
+]
+
+
+def get_scheduler(request_or_registry: Any) -> Scheduler:
+    """The scheduler of a request (bound to its transaction) or of a registry (immediate)."""
+    scheduler = getattr(request_or_registry, "scheduler", None)
+    if scheduler is None:
+        registry = getattr(request_or_registry, "registry", request_or_registry)
+        scheduler = getattr(registry, "scheduler", None)
+    if scheduler is None:
+        raise ConfigurationError(
+            "pyramid_pyncette is not included; add config.include('pyramid_pyncette') "
+            "(or pyramid.includes = pyramid_pyncette in the INI file)"
+        )
+    return scheduler
+
+
+def _check_store(settings: PyncetteSettings) -> None:
+    """Reject an unusable store URL now, without connecting."""
+    try:
+        # Building the store object never connects; first use does.
+        create_repository(settings)
+    except UnsupportedStoreError as exc:
+        raise ConfigurationError(str(exc)) from None
+    except Exception as exc:  # e.g. a malformed URL or a missing database driver
+        raise ConfigurationError(
+            f"pyncette.url {settings.redacted_url()!r} cannot be used: {exc}"
+        ) from None
+
+
+def includeme(config) -> None:
+    """Set up the scheduler for a Pyramid application.
+
+    Registers ``registry.scheduler`` (the immediate :class:`Scheduler`), the
+    ``config.add_pyncette_task`` directive, and reads these settings (all
+    optional; durations accept seconds or ``30s`` / ``5m`` / ``1h30m``):
+
+    ``pyncette.url``
+        The store. ``sqlite:///path/to/file.sqlite`` (the default is
+        ``sqlite:///pyncette.sqlite`` in the working directory) or
+        ``memory://`` (one process, for tests).
+    ``pyncette.poll_interval``
+        Longest pause between polls when nothing is due (default ``1s``).
+    ``pyncette.batch_size``
+        Most jobs claimed in one statement (default ``100``).
+    ``pyncette.concurrency``
+        Threads running jobs in one daemon (default ``10``).
+    ``pyncette.lease_duration``
+        How long a claim holds a job before another daemon may take it over;
+        running jobs renew it by heartbeat (default ``60s``).
+    ``pyncette.heartbeat_interval``
+        How often leases of running jobs are renewed (default a third of
+        the lease duration).
+    ``pyncette.table_name``
+        The SQL table (default ``pyncette_jobs``).
+    ``pyncette.timezone``
+        Time zone of cron schedules that name none (default ``UTC``).
+    ``pyncette.skip_table_create``
+        Do not create the table on first use; the app's migrations do
+        (default ``false``).
+    ``pyncette.base_url``
+        Scheme and host of the requests jobs run in, used by
+        ``request.route_url`` inside a job (default ``http://localhost``).
+    ``pyncette.session_hook``
+        Reserved for the shared-database mode.
+    ``pyncette.redis_namespace``
+        Reserved for the Redis store.
+
+    A bad value raises :class:`pyramid.exceptions.ConfigurationError` naming
+    the key; an unknown ``pyncette.*`` key warns. Including starts no thread
+    and opens no connection.
+    """
+    settings = parse_settings(config.get_settings())
+    _check_store(settings)
+    registry = config.registry
+    registry.pyncette_settings = settings
+    get_task_registry(registry)
+    registry.scheduler = Scheduler(registry, settings)
+    config.add_directive("add_pyncette_task", add_pyncette_task)

@@ -1,0 +1,124 @@
+"""Events fired through ``registry.notify``, in the Pyramid style.
+
+Subscribe with ``config.add_subscriber(handler, IJobFailed)`` or the
+``@subscriber(JobFailed)`` decorator. A subscriber that raises is logged and
+never stops the worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zope.interface import Attribute, Interface, implementer
+
+
+class IJobEvent(Interface):
+    """Something happened to a job."""
+
+    job = Attribute("The :class:`pyramid_pyncette.jobs.Job` concerned.")
+    registry = Attribute("The application registry.")
+
+
+class IJobScheduled(IJobEvent):
+    """A job was added or replaced through the scheduler API."""
+
+
+class IJobRunEvent(IJobEvent):
+    """Something happened to one run of a job."""
+
+    request = Attribute("The Pyramid request the job runs in.")
+    scheduled_at = Attribute("When this run was due (UTC).")
+    attempt = Attribute("1 for the first try of this run, 2 for the first retry, ...")
+
+
+class IJobStarted(IJobRunEvent):
+    """A run is about to call the task function (inside its transaction)."""
+
+
+class IJobSucceeded(IJobRunEvent):
+    """A run returned and its transaction committed."""
+
+    result = Attribute("What the task function returned.")
+    duration = Attribute("Seconds the run took.")
+
+
+class IJobFailed(IJobRunEvent):
+    """A run raised (or its commit failed); its transaction was aborted."""
+
+    exception = Attribute("The exception raised.")
+    duration = Attribute("Seconds the run took.")
+
+
+class IWorkerEvent(Interface):
+    """The worker (the lease loop) changed state."""
+
+    worker = Attribute("The :class:`pyramid_pyncette.worker.Worker`.")
+    registry = Attribute("The application registry.")
+
+
+class IWorkerStarting(IWorkerEvent):
+    """A worker is about to start claiming jobs."""
+
+
+class IWorkerStopping(IWorkerEvent):
+    """A worker stopped claiming and is about to return."""
+
+
+class _JobEvent:
+    def __init__(self, job: Any, registry: Any) -> None:
+        self.job = job
+        self.registry = registry
+
+
+class _JobRunEvent(_JobEvent):
+    def __init__(self, job: Any, request: Any, scheduled_at: Any, attempt: int) -> None:
+        super().__init__(job, request.registry)
+        self.request = request
+        self.scheduled_at = scheduled_at
+        self.attempt = attempt
+
+
+@implementer(IJobScheduled)
+class JobScheduled(_JobEvent):
+    """See :class:`IJobScheduled`."""
+
+
+@implementer(IJobStarted)
+class JobStarted(_JobRunEvent):
+    """See :class:`IJobStarted`."""
+
+
+@implementer(IJobSucceeded)
+class JobSucceeded(_JobRunEvent):
+    """See :class:`IJobSucceeded`."""
+
+    def __init__(self, job, request, scheduled_at, attempt, result=None, duration=0.0) -> None:
+        super().__init__(job, request, scheduled_at, attempt)
+        self.result = result
+        self.duration = duration
+
+
+@implementer(IJobFailed)
+class JobFailed(_JobRunEvent):
+    """See :class:`IJobFailed`."""
+
+    def __init__(self, job, request, scheduled_at, attempt, exception=None, duration=0.0) -> None:
+        super().__init__(job, request, scheduled_at, attempt)
+        self.exception = exception
+        self.duration = duration
+
+
+class _WorkerEvent:
+    def __init__(self, worker: Any, registry: Any) -> None:
+        self.worker = worker
+        self.registry = registry
+
+
+@implementer(IWorkerStarting)
+class WorkerStarting(_WorkerEvent):
+    """See :class:`IWorkerStarting`."""
+
+
+@implementer(IWorkerStopping)
+class WorkerStopping(_WorkerEvent):
+    """See :class:`IWorkerStopping`."""

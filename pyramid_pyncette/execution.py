@@ -1,0 +1,142 @@
+"""Running one job like a view: a real Pyramid request, its own transaction.
+
+The task is called as ``func(request, *args, **kwargs)``. ``request`` is made
+by the application's request factory with the request extensions applied
+(so ``request.dbsession``, ``request.route_url`` and friends work),
+``request.tm`` is a fresh explicit transaction manager, and ``request.job``
+describes the run. The transaction commits if the function returns and
+aborts if it raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import transaction
+from pyramid.interfaces import IRequestFactory
+from pyramid.request import Request, apply_request_extensions
+from pyramid.threadlocal import manager as threadlocal_manager
+
+from .events import JobFailed, JobStarted, JobSucceeded
+from .repository import Lease, Outcome
+from .tasks import Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobInfo:
+    """``request.job``: what is running.
+
+    ``lease_lost`` turns true when a heartbeat finds that another daemon
+    took the job over; the run's completion is then discarded.
+    """
+
+    id: str
+    task: str
+    scheduled_at: datetime
+    attempt: int
+    args: list[Any]
+    kwargs: dict[str, Any]
+    lease_lost: bool = False
+
+    @classmethod
+    def for_lease(cls, lease: Lease) -> JobInfo:
+        """Describe the run that ``lease`` claimed."""
+        job = lease.job
+        return cls(job.id, job.task, lease.scheduled_at, lease.attempt, job.args, job.kwargs)
+
+
+def make_job_request(registry: Any, base_url: str = "http://localhost") -> Request:
+    """A request for running jobs, built the way Pyramid builds one for a view."""
+    factory = registry.queryUtility(IRequestFactory, default=Request)
+    request = factory.blank("/", base_url=base_url)
+    request.registry = registry
+    apply_request_extensions(request)
+    return request
+
+
+def call_task(func: Callable[..., Any], request: Request, args, kwargs) -> Any:
+    """Call a task function; coroutine functions run to completion on a fresh loop."""
+    result = func(request, *args, **kwargs)
+    if inspect.isawaitable(result):
+        return asyncio.run(_await(result))
+    return result
+
+
+async def _await(awaitable):
+    return await awaitable
+
+
+def _notify(registry: Any, event: Any) -> None:
+    try:
+        registry.notify(event)
+    except Exception:
+        log.exception("a subscriber to %s raised; the job goes on", type(event).__name__)
+
+
+def run_job(
+    registry: Any,
+    task: Task | None,
+    lease: Lease,
+    clock: Callable[[], datetime],
+    base_url: str = "http://localhost",
+    info: JobInfo | None = None,
+) -> Outcome:
+    """Run one claimed job and report how it ended. Never raises."""
+    job = lease.job
+    if task is None:
+        error = (
+            f"task {job.task!r} is not registered in this application; register it or "
+            f"cancel the job {job.id!r}"
+        )
+        log.error("job %r: %s", job.id, error)
+        return Outcome(lease, succeeded=False, finished_at=clock(), error=error, permanent=True)
+    if info is None:
+        info = JobInfo.for_lease(lease)
+    request = make_job_request(registry, base_url)
+    tm = transaction.TransactionManager(explicit=True)
+    request.environ["tm.manager"] = tm
+    request.environ["tm.active"] = True
+    request.tm = tm
+    request.job = info
+    threadlocal_manager.push({"registry": registry, "request": request})
+    started = time.perf_counter()
+    try:
+        try:
+            with tm:
+                _notify(registry, JobStarted(job, request, lease.scheduled_at, lease.attempt))
+                result = call_task(task.func, request, job.args, job.kwargs)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                raise
+            duration = time.perf_counter() - started
+            log.warning("job %r (task %r) failed: %r", job.id, job.task, exc, exc_info=True)
+            _notify(
+                registry,
+                JobFailed(job, request, lease.scheduled_at, lease.attempt, exc, duration),
+            )
+            return Outcome(
+                lease, succeeded=False, finished_at=clock(), error=traceback.format_exc()
+            )
+        duration = time.perf_counter() - started
+        _notify(
+            registry,
+            JobSucceeded(job, request, lease.scheduled_at, lease.attempt, result, duration),
+        )
+        return Outcome(lease, succeeded=True, finished_at=clock())
+    finally:
+        try:
+            if request.finished_callbacks:
+                request._process_finished_callbacks()
+        except Exception:
+            log.exception("a finished callback of job %r raised", job.id)
+        threadlocal_manager.pop()

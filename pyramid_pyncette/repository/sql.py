@@ -1,0 +1,394 @@
+"""The SQL store (SQLAlchemy Core): SQLite now, other dialects plug in here.
+
+One table, one row per job, an index on ``due_at``: "what can I claim now"
+is an index range scan, so polling costs O(due), never O(stored).
+
+SQLite is made safe for several processes: WAL journal, a busy timeout, and
+every writing transaction opened with ``BEGIN IMMEDIATE`` so two daemons
+never deadlock upgrading a read lock to a write lock. Claims use the
+caller's clock (one machine shares one clock).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+from ..jobs import MAX_JOB_ID_LENGTH, Job
+from .base import JobPage, Lease, Outcome, Repository, RepositoryError, plan_claim, plan_completion
+
+#: MetaData holding the default table, for apps that manage it with Alembic.
+metadata = sa.MetaData()
+
+DEFAULT_TABLE_NAME = "pyncette_jobs"
+
+# Seconds SQLite waits for another process's write lock before giving up.
+SQLITE_BUSY_TIMEOUT = 60
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """Timestamps are UTC-aware in Python and UTC in the store.
+
+    SQLite has no time zone type, so values are stored naive (UTC); with
+    one fixed format, string comparison orders them correctly.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(timezone.utc)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class JSONText(sa.types.TypeDecorator):
+    """Compact JSON in a text column (portable, and what we write is what we read)."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect) -> str | None:
+        if value is None:
+            return None
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+    def process_result_value(self, value: str | None, dialect) -> Any:
+        if value is None:
+            return None
+        return json.loads(value)
+
+
+def make_table(name: str = DEFAULT_TABLE_NAME, meta: sa.MetaData | None = None) -> sa.Table:
+    """Define the jobs table called ``name`` in ``meta`` (default: :data:`metadata`)."""
+    meta = metadata if meta is None else meta
+    if name in meta.tables:
+        return meta.tables[name]
+    return sa.Table(
+        name,
+        meta,
+        sa.Column("id", sa.String(MAX_JOB_ID_LENGTH), primary_key=True),
+        sa.Column("task", sa.String(200), nullable=False),
+        sa.Column("schedule", JSONText, nullable=False),
+        sa.Column("args", JSONText, nullable=False),
+        sa.Column("options", JSONText, nullable=False),
+        sa.Column("due_at", UTCDateTime, nullable=True),
+        sa.Column("next_run_at", UTCDateTime, nullable=True),
+        sa.Column("locked_by", sa.String(64), nullable=True),
+        sa.Column("attempts", sa.Integer, nullable=False, default=0),
+        sa.Column("last_run_at", UTCDateTime, nullable=True),
+        sa.Column("last_status", sa.String(16), nullable=True),
+        sa.Column("last_error", sa.Text, nullable=True),
+        sa.Column("created_at", UTCDateTime, nullable=True),
+        sa.Column("partition", sa.Integer, nullable=False, default=0),
+        sa.Index(f"ix_{name}_due_at", "due_at"),
+        sa.Index(f"ix_{name}_task", "task"),
+    )
+
+
+#: The default table, importable for Alembic: ``target_metadata = [..., metadata]``.
+jobs_table = make_table()
+
+
+def _row_to_job(row: sa.Row) -> Job:
+    arguments = row.args or {}
+    return Job(
+        id=row.id,
+        task=row.task,
+        schedule=row.schedule,
+        args=list(arguments.get("args", [])),
+        kwargs=dict(arguments.get("kwargs", {})),
+        options=row.options or {},
+        due_at=row.due_at,
+        next_run_at=row.next_run_at,
+        locked_by=row.locked_by,
+        attempts=row.attempts,
+        last_run_at=row.last_run_at,
+        last_status=row.last_status,
+        last_error=row.last_error,
+        created_at=row.created_at,
+        partition=row.partition,
+    )
+
+
+def _job_to_row(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "task": job.task,
+        "schedule": job.schedule,
+        "args": {"args": list(job.args), "kwargs": dict(job.kwargs)},
+        "options": job.options,
+        "due_at": job.due_at,
+        "next_run_at": job.next_run_at,
+        "locked_by": job.locked_by,
+        "attempts": job.attempts,
+        "last_run_at": job.last_run_at,
+        "last_status": job.last_status,
+        "last_error": job.last_error,
+        "created_at": job.created_at,
+        "partition": job.partition,
+    }
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, connection_record):
+        # Let SQLAlchemy's "begin" event issue BEGIN itself (see below).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT * 1000}")
+        if engine.url.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode = WAL")
+            # WAL + NORMAL: durable against process crashes, fsync only at checkpoints.
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection):
+        mode = conn.get_execution_options().get("pyncette_sqlite_begin", "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+class SQLRepository(Repository):
+    """A :class:`Repository` over one SQL table (``sqlite://`` and other SQLAlchemy URLs)."""
+
+    def __init__(
+        self,
+        url: str | sa.URL | None = None,
+        *,
+        engine: Engine | None = None,
+        table_name: str = DEFAULT_TABLE_NAME,
+        create_table: bool = True,
+    ) -> None:
+        if engine is None:
+            if url is None:
+                raise ValueError("SQLRepository needs a url or an engine")
+            engine = create_engine(url)
+        self.engine = engine
+        self.table = make_table(table_name, sa.MetaData())
+        self.create_table = create_table
+        self._setup_lock = threading.Lock()
+        self._ready = False
+        self._dialect = engine.dialect.name
+
+    # -- plumbing ---------------------------------------------------------
+
+    def setup(self) -> None:
+        with self._setup_lock:
+            if self._ready:
+                return
+            if self.create_table:
+                try:
+                    self.table.metadata.create_all(self.engine, checkfirst=True)
+                except sa.exc.OperationalError as exc:
+                    # Two processes racing to create the table: the loser sees it exists.
+                    if "already exists" not in str(exc):
+                        raise RepositoryError(str(exc)) from exc
+            self._ready = True
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _write(self):
+        if not self._ready:
+            self.setup()
+        return self.engine.begin()
+
+    def _read(self):
+        if not self._ready:
+            self.setup()
+        conn = self.engine.connect()
+        if self._dialect == "sqlite":
+            conn = conn.execution_options(pyncette_sqlite_begin="DEFERRED")
+        return conn
+
+    # -- contract ---------------------------------------------------------
+
+    def add(self, jobs: Sequence[Job], replace: bool = True) -> None:
+        if not jobs:
+            return
+        table = self.table
+        rows = [_job_to_row(job) for job in jobs]
+        with self._write() as conn:
+            ids = [row["id"] for row in rows]
+            existing = set(conn.execute(sa.select(table.c.id).where(table.c.id.in_(ids))).scalars())
+            if existing and replace:
+                conn.execute(sa.delete(table).where(table.c.id.in_(existing)))
+            elif existing:
+                rows = [row for row in rows if row["id"] not in existing]
+            # Later duplicates of one id in the same batch win.
+            rows = list({row["id"]: row for row in rows}.values())
+            if rows:
+                conn.execute(sa.insert(table), rows)
+
+    def remove(self, ids: Iterable[str]) -> set[str]:
+        ids = list(ids)
+        if not ids:
+            return set()
+        table = self.table
+        with self._write() as conn:
+            found = set(conn.execute(sa.select(table.c.id).where(table.c.id.in_(ids))).scalars())
+            if found:
+                conn.execute(sa.delete(table).where(table.c.id.in_(found)))
+        return found
+
+    def get(self, job_id: str) -> Job | None:
+        with self._read() as conn:
+            row = conn.execute(sa.select(self.table).where(self.table.c.id == job_id)).first()
+        return None if row is None else _row_to_job(row)
+
+    def list(self, task: str | None = None, cursor: str | None = None, limit: int = 100) -> JobPage:
+        table = self.table
+        query = sa.select(table).order_by(table.c.id).limit(limit + 1)
+        if task is not None:
+            query = query.where(table.c.task == task)
+        if cursor is not None:
+            query = query.where(table.c.id > cursor)
+        with self._read() as conn:
+            jobs = [_row_to_job(row) for row in conn.execute(query)]
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        return JobPage(jobs, jobs[-1].id if more else None)
+
+    def claim(self, now: datetime, limit: int, token: str, default_lease: float) -> list[Lease]:
+        table = self.table
+        with self._write() as conn:
+            rows = conn.execute(
+                sa.select(table).where(table.c.due_at <= now).order_by(table.c.due_at).limit(limit)
+            ).all()
+            if not rows:
+                return []
+            plans = [plan_claim(_row_to_job(row), now, token, default_lease) for row in rows]
+            deletes = [plan.job.id for plan in plans if plan.action == "delete"]
+            updates = [
+                {
+                    "b_id": plan.job.id,
+                    "due_at": plan.job.due_at,
+                    "next_run_at": plan.job.next_run_at,
+                    "locked_by": plan.job.locked_by,
+                    "attempts": plan.job.attempts,
+                }
+                for plan in plans
+                if plan.action != "delete"
+            ]
+            if deletes:
+                conn.execute(sa.delete(table).where(table.c.id.in_(deletes)))
+            if updates:
+                conn.execute(
+                    sa.update(table).where(table.c.id == sa.bindparam("b_id")),
+                    updates,
+                )
+        return [plan.lease for plan in plans]
+
+    def complete(self, outcomes: Sequence[Outcome]) -> None:
+        if not outcomes:
+            return
+        table = self.table
+        deletes: list[dict[str, Any]] = []
+        settles: list[dict[str, Any]] = []
+        notes: list[dict[str, Any]] = []
+        unguarded: list[dict[str, Any]] = []
+        for outcome in outcomes:
+            plan = plan_completion(outcome)
+            params = {"b_id": plan.job_id, "b_token": plan.token, **plan.values}
+            if plan.action == "delete":
+                deletes.append(params)
+            elif plan.action == "settle":
+                settles.append(params)
+            elif plan.token is None:
+                unguarded.append(params)
+            else:
+                notes.append(params)
+        guard = sa.and_(
+            table.c.id == sa.bindparam("b_id"), table.c.locked_by == sa.bindparam("b_token")
+        )
+        with self._write() as conn:
+            if deletes:
+                conn.execute(sa.delete(table).where(guard), deletes)
+            if settles:
+                conn.execute(sa.update(table).where(guard).values(locked_by=None), settles)
+            if notes:
+                conn.execute(sa.update(table).where(guard), notes)
+            if unguarded:
+                unguarded = [{k: v for k, v in p.items() if k != "b_token"} for p in unguarded]
+                conn.execute(sa.update(table).where(table.c.id == sa.bindparam("b_id")), unguarded)
+
+    def extend(self, leases: Sequence[tuple[str, str, datetime]]) -> set[str]:
+        if not leases:
+            return set()
+        table = self.table
+        params = [{"b_id": i, "b_token": t, "due_at": until} for i, t, until in leases]
+        with self._write() as conn:
+            conn.execute(
+                sa.update(table).where(
+                    table.c.id == sa.bindparam("b_id"),
+                    table.c.locked_by == sa.bindparam("b_token"),
+                ),
+                params,
+            )
+            tokens = {t for _, t, _ in leases}
+            held = conn.execute(
+                sa.select(table.c.id, table.c.locked_by).where(
+                    table.c.id.in_([i for i, _, _ in leases]), table.c.locked_by.in_(tokens)
+                )
+            ).all()
+        wanted = {(i, t) for i, t, _ in leases}
+        return {row.id for row in held if (row.id, row.locked_by) in wanted}
+
+    def release(self, leases: Sequence[Lease]) -> None:
+        params = [
+            {
+                "b_id": lease.job.id,
+                "b_token": lease.token,
+                "due_at": lease.scheduled_at,
+                "attempts": max(lease.job.attempts - 1, 0),
+            }
+            for lease in leases
+            if lease.token is not None
+        ]
+        if not params:
+            return
+        table = self.table
+        with self._write() as conn:
+            conn.execute(
+                sa.update(table)
+                .where(
+                    table.c.id == sa.bindparam("b_id"),
+                    table.c.locked_by == sa.bindparam("b_token"),
+                )
+                .values(locked_by=None),
+                params,
+            )
+
+    def next_due(self) -> datetime | None:
+        with self._read() as conn:
+            return conn.execute(sa.select(sa.func.min(self.table.c.due_at))).scalar()
+
+
+def create_engine(url: str | sa.URL, **kwargs: Any) -> Engine:
+    """An engine configured for the scheduler's access pattern."""
+    url = sa.make_url(url)
+    if url.get_backend_name() == "sqlite":
+        kwargs.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT)
+        engine = sa.create_engine(url, **kwargs)
+        _configure_sqlite(engine)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return sa.create_engine(url, **kwargs)

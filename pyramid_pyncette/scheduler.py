@@ -1,0 +1,407 @@
+"""The scheduler API: validate, serialise, write.
+
+:class:`Scheduler` is ``registry.scheduler``: every call writes to the store
+at once. ``request.scheduler`` is the same API bound to the request's
+transaction (see :mod:`pyramid_pyncette.transaction`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from .events import JobScheduled
+from .exceptions import InvalidJobError
+from .jobs import Job
+from .repository import JobPage, Repository, create_repository
+from .schedules import (
+    CronSchedule,
+    DateSchedule,
+    IntervalSchedule,
+    Schedule,
+    ScheduleError,
+    cron_from_fields,
+    ensure_aware,
+)
+from .settings import PyncetteSettings, parse_duration
+from .tasks import Task, TaskRegistry, check_job_id, get_task_registry, normalize_options
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
+
+
+def utcnow() -> datetime:
+    """The current time, UTC-aware (the default clock)."""
+    return datetime.now(timezone.utc)
+
+
+def _json_problem(value: Any, path: str) -> str | None:
+    """Describe the first value under ``value`` that JSON cannot carry faithfully."""
+    if value is None or isinstance(value, (bool, str)):
+        return None
+    if isinstance(value, int):
+        return None
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return None
+        return f"{path} = {value!r} is not a finite number"
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            problem = _json_problem(item, f"{path}[{index}]")
+            if problem:
+                return problem
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{path} has the non-string key {key!r} (JSON object keys are strings)"
+            problem = _json_problem(item, f"{path}[{key!r}]")
+            if problem:
+                return problem
+        return None
+    hint = ""
+    if isinstance(value, datetime):
+        hint = " (pass value.isoformat() and parse it in the task)"
+    elif isinstance(value, timedelta):
+        hint = " (pass value.total_seconds())"
+    elif isinstance(value, (set, frozenset)):
+        hint = " (pass a list)"
+    elif isinstance(value, bytes):
+        hint = " (pass value.decode() or base64 text)"
+    return f"{path} = {value!r} is a {type(value).__name__}, which is not JSON{hint}"
+
+
+def check_arguments(args: Any, kwargs: Any) -> tuple[list[Any], dict[str, Any]]:
+    """Validate job arguments: JSON values only, named precisely when not."""
+    if args is None:
+        args = []
+    if kwargs is None:
+        kwargs = {}
+    if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
+        raise InvalidJobError(
+            f"args must be a list or tuple of positional arguments, got {type(args).__name__}"
+        )
+    if not isinstance(kwargs, Mapping):
+        raise InvalidJobError(f"kwargs must be a dict, got {type(kwargs).__name__}")
+    problem = _json_problem(list(args), "args") or _json_problem(dict(kwargs), "kwargs")
+    if problem:
+        raise InvalidJobError(
+            f"job arguments must be JSON: {problem}; pass str, int, float, bool, None, "
+            "lists and dicts with string keys"
+        )
+    return list(args), dict(kwargs)
+
+
+class Scheduler:
+    """Add, cancel and inspect jobs; every write goes to the store immediately.
+
+    Available as ``registry.scheduler`` once ``pyramid_pyncette`` is included.
+    ``clock`` returns the current UTC time (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        registry: Any,
+        settings: PyncetteSettings,
+        repository: Repository | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.clock: Clock = clock or utcnow
+        self._repository = repository
+        self._repository_lock = threading.Lock()
+
+    # -- plumbing ---------------------------------------------------------
+
+    @property
+    def repository(self) -> Repository:
+        """The store, created on first use (never at include time)."""
+        if self._repository is None:
+            with self._repository_lock:
+                if self._repository is None:
+                    repository = create_repository(self.settings)
+                    repository.setup()
+                    self._repository = repository
+        return self._repository
+
+    @repository.setter
+    def repository(self, value: Repository) -> None:
+        self._repository = value
+
+    @property
+    def tasks(self) -> TaskRegistry:
+        """The application's registered tasks."""
+        return get_task_registry(self.registry)
+
+    def now(self) -> datetime:
+        """The scheduler's clock, UTC-aware."""
+        return self.clock()
+
+    def _write(self, jobs: Sequence[Job]) -> None:
+        self.repository.add(jobs)
+        for job in jobs:
+            self._notify(JobScheduled(job, self.registry))
+
+    def _remove(self, job_id: str) -> bool:
+        return bool(self.repository.remove([job_id]))
+
+    def _notify(self, event: Any) -> None:
+        notify = getattr(self.registry, "notify", None)
+        if notify is None:
+            return
+        try:
+            notify(event)
+        except Exception:
+            log.exception("a subscriber to %s raised; ignored", type(event).__name__)
+
+    # -- building jobs ----------------------------------------------------
+
+    def build_job(
+        self,
+        func: Any,
+        schedule: Schedule,
+        args: Any = None,
+        kwargs: Any = None,
+        job_id: str | None = None,
+        where: str = "add_job",
+        **options: Any,
+    ) -> Job:
+        """Validate everything and return the :class:`Job` to write (writes nothing)."""
+        task = self.tasks.resolve(func)
+        args, kwargs = check_arguments(args, kwargs)
+        job_id = uuid.uuid4().hex if job_id is None else check_job_id(job_id)
+        resolved = {**task.job_options, **normalize_options(options, where=where)}
+        now = self.now()
+        schedule = schedule.anchored(now)
+        first = schedule.first_run(now)
+        if first is None:
+            raise InvalidJobError(f"{where}: the schedule {schedule.describe()} never fires")
+        return Job(
+            id=job_id,
+            task=task.name,
+            schedule=schedule.to_json(),
+            args=args,
+            kwargs=kwargs,
+            options=resolved,
+            due_at=first,
+            next_run_at=first,
+            created_at=now,
+        )
+
+    def _add(self, func, schedule, args, kwargs, job_id, where, options) -> Job:
+        job = self.build_job(func, schedule, args, kwargs, job_id, where=where, **options)
+        self._write([job])
+        return job
+
+    # -- the public API ---------------------------------------------------
+
+    def add_date_job(
+        self,
+        func: Callable[..., Any] | str,
+        date: datetime | float | str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        job_id: str | None = None,
+        **options: Any,
+    ) -> Job:
+        """Run ``func`` once at ``date`` (an aware datetime or epoch seconds).
+
+        A date in the past runs as soon as a daemon polls.
+        """
+        try:
+            schedule = DateSchedule(ensure_aware(date, name="date"))
+        except ScheduleError as exc:
+            raise InvalidJobError(f"add_date_job: {exc}") from None
+        return self._add(func, schedule, args, kwargs, job_id, "add_date_job", options)
+
+    def add_interval_job(
+        self,
+        func: Callable[..., Any] | str,
+        interval: timedelta | float | str | None = None,
+        *,
+        weeks: float = 0,
+        days: float = 0,
+        hours: float = 0,
+        minutes: float = 0,
+        seconds: float = 0,
+        start_date: datetime | float | str | None = None,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        job_id: str | None = None,
+        **options: Any,
+    ) -> Job:
+        """Run ``func`` every ``interval`` (or the sum of the unit keywords).
+
+        Runs fall on ``start_date + k * interval``; without ``start_date`` the
+        first run is one interval from now. Missed runs coalesce into one.
+        """
+        where = "add_interval_job"
+        units = {"weeks": weeks, "days": days, "hours": hours, "minutes": minutes}
+        units["seconds"] = seconds
+        given = any(units.values())
+        if interval is not None and given:
+            raise InvalidJobError(
+                f"{where}: give either interval= or the unit keywords (weeks=, days=, hours=, "
+                "minutes=, seconds=), not both"
+            )
+        try:
+            if interval is not None:
+                every = timedelta(seconds=parse_duration(interval, key="interval"))
+            elif given:
+                every = timedelta(**units)
+                if every <= timedelta(0):
+                    raise InvalidJobError(f"{where}: the interval must be positive, got {every}")
+            else:
+                raise InvalidJobError(
+                    f"{where}: no interval given; pass interval='30s' (or a timedelta), "
+                    "or unit keywords such as minutes=5"
+                )
+            start = None if start_date is None else ensure_aware(start_date, name="start_date")
+            schedule = IntervalSchedule(every, start)
+        except (ScheduleError, ValueError) as exc:
+            if isinstance(exc, InvalidJobError):
+                raise
+            raise InvalidJobError(f"{where}: {exc}") from None
+        return self._add(func, schedule, args, kwargs, job_id, where, options)
+
+    def add_cron_job(
+        self,
+        func: Callable[..., Any] | str,
+        schedule: str | None = None,
+        *,
+        timezone: str | None = None,
+        start_date: datetime | float | str | None = None,
+        year: int | str | None = None,
+        month: int | str | None = None,
+        day: int | str | None = None,
+        week: int | str | None = None,
+        day_of_week: int | str | None = None,
+        hour: int | str | None = None,
+        minute: int | str | None = None,
+        second: int | str | None = None,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        job_id: str | None = None,
+        **options: Any,
+    ) -> Job:
+        """Run ``func`` on a cron schedule, in ``timezone`` (default ``pyncette.timezone``).
+
+        ``schedule`` is a 5-field cron string (``'*/5 * * * *'``) or 6 fields
+        with seconds last; alternatively give field keywords (``hour=3``),
+        where unset smaller fields default to their minimum.
+        """
+        where = "add_cron_job"
+        fields = {
+            "year": year,
+            "month": month,
+            "day": day,
+            "week": week,
+            "day_of_week": day_of_week,
+            "hour": hour,
+            "minute": minute,
+            "second": second,
+        }
+        given = {k: v for k, v in fields.items() if v is not None}
+        zone = timezone or self.settings.timezone
+        try:
+            start = None if start_date is None else ensure_aware(start_date, name="start_date")
+            if schedule is not None and given:
+                raise InvalidJobError(
+                    f"{where}: give either a cron string or field keywords "
+                    f"({', '.join(sorted(given))}), not both"
+                )
+            if schedule is not None:
+                if not isinstance(schedule, str):
+                    raise InvalidJobError(
+                        f"{where}: schedule must be a cron string such as '*/5 * * * *', "
+                        f"got {type(schedule).__name__}"
+                    )
+                cron = CronSchedule(schedule, timezone=zone, start_date=start)
+            elif given:
+                cron = cron_from_fields(timezone=zone, start_date=start, **given)
+            else:
+                raise InvalidJobError(
+                    f"{where}: no schedule given; pass a cron string such as '*/5 * * * *' "
+                    "or field keywords such as hour=3, minute=30"
+                )
+        except ScheduleError as exc:
+            raise InvalidJobError(f"{where}: {exc}") from None
+        return self._add(func, cron, args, kwargs, job_id, where, options)
+
+    def add_async_job(
+        self,
+        func: Callable[..., Any] | str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        job_id: str | None = None,
+        **options: Any,
+    ) -> Job:
+        """Run ``func`` once, as soon as a daemon can."""
+        schedule = DateSchedule(self.now())
+        return self._add(func, schedule, args, kwargs, job_id, "add_async_job", options)
+
+    def cancel_job(self, job_id: str) -> bool:
+        """Delete a job; True if it existed. A run in progress finishes but is not repeated."""
+        return self._remove(check_job_id(job_id))
+
+    def get_job(self, job_id: str) -> Job | None:
+        """The job with this id, or None."""
+        return self.repository.get(check_job_id(job_id))
+
+    def get_jobs(self, task: Any = None, limit: int = 100, cursor: str | None = None) -> JobPage:
+        """A page of jobs ordered by id (``.next_cursor`` fetches the next page)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidJobError(f"get_jobs: limit must be a positive integer, got {limit!r}")
+        name = None if task is None else self.tasks.resolve(task).name
+        return self.repository.list(task=name, cursor=cursor, limit=limit)
+
+    def iter_jobs(self, task: Any = None, page_size: int = 500) -> Iterable[Job]:
+        """Every job, fetched page by page."""
+        cursor = None
+        while True:
+            page = self.get_jobs(task=task, limit=page_size, cursor=cursor)
+            yield from page.jobs
+            cursor = page.next_cursor
+            if cursor is None:
+                return
+
+    # -- static periodic tasks -------------------------------------------
+
+    def sync_periodic_jobs(self) -> list[Job]:
+        """Upsert the job of every ``@periodic_task``; return the jobs written.
+
+        A job whose stored schedule and options still match its task is kept
+        (with its next run time); a changed one is replaced.
+        """
+        written = []
+        for task in self.tasks:
+            if not task.periodic:
+                continue
+            job = self._periodic_job(task)
+            current = self.repository.get(job.id)
+            if current is not None and _same_definition(current, job):
+                continue
+            self.repository.add([job])
+            written.append(job)
+        return written
+
+    def _periodic_job(self, task: Task) -> Job:
+        schedule = task.periodic_schedule(self.settings.timezone)
+        return self.build_job(task.name, schedule, job_id=task.name, where=f"task {task.name!r}")
+
+
+def _same_definition(stored: Job, fresh: Job) -> bool:
+    def signature(job: Job) -> tuple[Any, ...]:
+        schedule = {k: v for k, v in job.schedule.items() if k != "start"}
+        return (job.task, schedule, job.options, job.args, job.kwargs)
+
+    return signature(stored) == signature(fresh)

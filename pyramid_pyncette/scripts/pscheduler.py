@@ -1,0 +1,212 @@
+"""``pscheduler``: run the job daemon of a Pyramid application.
+
+Shaped like ``pserve``::
+
+    pscheduler [-n NAME] [--once] [--list] [-v | -q] config_uri [name=value ...]
+
+The first SIGINT or SIGTERM stops claiming, lets running jobs finish and
+exits 0; a second one exits at once with status 1 (leases of jobs still
+running then expire and the jobs run again elsewhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import textwrap
+from datetime import datetime
+from typing import Any
+
+from pyramid.paster import bootstrap, setup_logging
+from pyramid.scripts.common import parse_vars
+
+from ..schedules import ScheduleError, schedule_from_json
+
+log = logging.getLogger("pyramid_pyncette")
+
+EXIT_OK = 0
+EXIT_FORCED = 1
+EXIT_USAGE = 2
+
+
+def _format_time(value: datetime | None) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _describe_schedule(data: dict[str, Any]) -> str:
+    try:
+        return schedule_from_json(data).describe()
+    except ScheduleError:
+        return f"unreadable {data!r}"
+
+
+class PSchedulerCommand:
+    """The ``pscheduler`` command (``run()`` returns the exit code)."""
+
+    description = """\
+    Run the scheduler daemon of the Pyramid application described in
+    'config_uri' (e.g. 'production.ini'): claim due jobs from the store and
+    run each as a request with its own transaction. Any number of daemons
+    can share one store.
+    """
+
+    bootstrap = staticmethod(bootstrap)  # for testing
+    setup_logging = staticmethod(setup_logging)  # for testing
+
+    def __init__(self, argv: list[str], quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.parser = self._make_parser()
+        self.args = self.parser.parse_args(argv[1:])
+        if quiet:
+            self.args.verbose = 0
+        self.signals_seen = 0
+        self.worker = None
+
+    def _make_parser(self) -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser(
+            prog="pscheduler",
+            description=textwrap.dedent(self.description),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        parser.add_argument(
+            "-n",
+            "--app-name",
+            dest="app_name",
+            metavar="NAME",
+            help="Load the named application (default: main)",
+        )
+        parser.add_argument(
+            "--once",
+            action="store_true",
+            help="Run until no job is due, then exit (for tests and system cron)",
+        )
+        parser.add_argument(
+            "--list", action="store_true", help="Print the stored jobs as a table and exit"
+        )
+        parser.add_argument(
+            "-v", "--verbose", default=1, action="count", help="Print more (repeatable)"
+        )
+        parser.add_argument(
+            "-q", "--quiet", action="store_const", const=0, dest="verbose", help="Print less"
+        )
+        parser.add_argument("config_uri", help="The URI of the configuration file")
+        parser.add_argument(
+            "config_vars",
+            nargs="*",
+            default=(),
+            help="Variables for the configuration file, as name=value",
+        )
+        return parser
+
+    def out(self, message: str) -> None:
+        if not self.quiet:
+            print(message)
+
+    def err(self, message: str) -> None:
+        print(f"pscheduler: {message}", file=sys.stderr)
+
+    def run(self) -> int:
+        try:
+            config_vars = parse_vars(self.args.config_vars)
+        except ValueError as exc:
+            self.err(str(exc))
+            return EXIT_USAGE
+        config_uri = self.args.config_uri
+        config_vars.setdefault("__script__", "pscheduler")
+        try:
+            self.setup_logging(config_uri, global_conf=config_vars)
+            self._set_verbosity()
+            uri = config_uri if not self.args.app_name else f"{config_uri}#{self.args.app_name}"
+            env = self.bootstrap(uri, options=config_vars)
+        except Exception as exc:
+            self.err(f"cannot load {config_uri!r}: {type(exc).__name__}: {exc}")
+            return EXIT_USAGE
+        try:
+            registry = env["registry"]
+            if getattr(registry, "scheduler", None) is None:
+                self.err(
+                    f"{config_uri!r} does not include pyramid_pyncette; add "
+                    "'pyramid.includes = pyramid_pyncette' to its [app:main] section or "
+                    "config.include('pyramid_pyncette') to the app factory"
+                )
+                return EXIT_USAGE
+            if self.args.list:
+                return self.list_jobs(registry)
+            return self.serve(registry)
+        finally:
+            env["closer"]()
+
+    def _set_verbosity(self) -> None:
+        if self.args.verbose >= 2:
+            logging.getLogger("pyramid_pyncette").setLevel(logging.DEBUG)
+        if not logging.getLogger().handlers:
+            logging.basicConfig(
+                level=logging.INFO if self.args.verbose else logging.WARNING,
+                format="%(asctime)s %(levelname)-5s [%(name)s] %(message)s",
+            )
+
+    def list_jobs(self, registry: Any) -> int:
+        scheduler = registry.scheduler
+        rows = [("ID", "TASK", "SCHEDULE", "NEXT RUN", "STATE", "LAST")]
+        for job in scheduler.iter_jobs():
+            last = job.last_status or "-"
+            if job.attempts:
+                last = f"{last} (attempt {job.attempts})"
+            rows.append(
+                (
+                    job.id,
+                    job.task,
+                    _describe_schedule(job.schedule),
+                    _format_time(job.next_run_at),
+                    job.state,
+                    last,
+                )
+            )
+        if len(rows) == 1:
+            self.out("no jobs")
+            return EXIT_OK
+        widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            self.out("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        return EXIT_OK
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signals_seen += 1
+        if self.signals_seen == 1 and self.worker is not None:
+            log.info(
+                "%s received: finishing running jobs (send it again to exit now)",
+                signal.Signals(signum).name,
+            )
+            self.worker.stop()
+            return
+        log.warning("%s received again: exiting now", signal.Signals(signum).name)
+        logging.shutdown()
+        os._exit(EXIT_FORCED)
+
+    def serve(self, registry: Any) -> int:
+        from ..worker import Worker
+
+        self.worker = Worker(registry)
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            self.worker.run(until_idle=self.args.once)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return EXIT_OK
+
+
+def main(argv: list[str] | None = None, quiet: bool = False) -> int:
+    """Console script entry point."""
+    argv = sys.argv if argv is None else argv
+    command = PSchedulerCommand(argv, quiet=quiet)
+    return command.run()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main() or 0)

@@ -1,0 +1,448 @@
+"""Parsing and validation of the ``pyncette.*`` application settings.
+
+Pyramid hands an application its settings as a flat mapping, usually read from
+an INI file (so every value is a string) but sometimes built in Python (so the
+values may already be ``int``, ``float``, ``bool`` or ``datetime.timedelta``).
+:func:`parse_settings` accepts both, validates every ``pyncette.*`` key and
+returns one immutable :class:`PyncetteSettings` object. Invalid values raise
+:class:`pyramid.exceptions.ConfigurationError` with a message naming the full
+key, the offending value and what would be accepted instead.
+
+Example INI section::
+
+    pyncette.url = postgresql+psycopg://scheduler:secret@db/app
+    pyncette.poll_interval = 2s
+    pyncette.lease_duration = 5m
+    pyncette.concurrency = 4
+    pyncette.timezone = Europe/Ljubljana
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import difflib
+import math
+import re
+import warnings
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pyramid.exceptions import ConfigurationError
+from pyramid.settings import asbool, falsey, truthy
+
+__all__ = [
+    "DEFAULT_URL",
+    "KNOWN_KEYS",
+    "PyncetteSettings",
+    "UnknownSettingWarning",
+    "parse_duration",
+    "parse_settings",
+]
+
+
+class UnknownSettingWarning(UserWarning):
+    """Warning emitted for a ``pyncette.*`` setting that is not recognised.
+
+    Usually a typo; the warning message suggests the closest known key when
+    there is one.
+    """
+
+
+DEFAULT_URL = "sqlite:///pyncette.sqlite"
+"""Default job store: a SQLite file relative to the current working directory."""
+
+_TABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_REDIS_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+# Base schemes (the part before any "+driver") handled by SQLAlchemy URLs.
+_SQLALCHEMY_SCHEMES = frozenset(
+    {"sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql", "cockroachdb"}
+)
+
+
+@dataclass(frozen=True)
+class PyncetteSettings:
+    """Validated, immutable scheduler settings.
+
+    Instances are normally created by :func:`parse_settings`, which performs
+    all validation; constructing one directly performs none.
+    """
+
+    url: str = DEFAULT_URL
+    """Job store URL (SQLAlchemy database URL or ``redis://``)."""
+    poll_interval: float = 1.0
+    """Seconds between polls for due jobs."""
+    batch_size: int = 100
+    """Maximum number of due jobs fetched per poll."""
+    concurrency: int = 10
+    """Number of worker threads executing jobs."""
+    lease_duration: float = 60.0
+    """Seconds a worker owns a job before another worker may take it over."""
+    table_name: str = "pyncette_jobs"
+    """Database table used by SQL job stores."""
+    timezone: str = "UTC"
+    """IANA time zone name used to interpret cron schedules."""
+    skip_table_create: bool = False
+    """Do not create the job table on startup (e.g. when managed by migrations)."""
+    session_hook: str | None = None
+    """Dotted path of a callable, ``pkg.mod:callable`` or ``pkg.mod.callable``."""
+    redis_namespace: str = "pyncette"
+    """Key prefix used by the Redis job store."""
+    heartbeat_interval: float | None = None
+    """Seconds between lease renewals; ``None`` means ``lease_duration / 3``."""
+    base_url: str = "http://localhost"
+    """Scheme and host of the requests jobs run in (what ``request.route_url`` renders)."""
+
+    @property
+    def effective_heartbeat_interval(self) -> float:
+        """The heartbeat interval in seconds, defaulting to a third of the lease."""
+        if self.heartbeat_interval is not None:
+            return self.heartbeat_interval
+        return self.lease_duration / 3
+
+    def redacted_url(self) -> str:
+        """Return :attr:`url` with any password replaced by ``***``.
+
+        Safe for logging: never raises, whatever the URL contains.
+        """
+        return _redact_url(self.url)
+
+
+KNOWN_KEYS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(PyncetteSettings))
+"""Names of the recognised settings, without the ``pyncette.`` prefix."""
+
+
+# --------------------------------------------------------------------------- URL redaction
+
+
+def _redact_url(url: Any) -> str:
+    try:
+        text = url if isinstance(url, str) else str(url)
+        scheme = text.partition("://")[0].strip().lower()
+        if scheme.split("+", 1)[0] in _SQLALCHEMY_SCHEMES:
+            try:
+                from sqlalchemy.engine import make_url
+
+                return make_url(text).render_as_string(hide_password=True)
+            except Exception:
+                pass
+        return _redact_url_by_hand(text)
+    except Exception:
+        return "***"
+
+
+def _redact_url_by_hand(text: str) -> str:
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        # Unparseable (e.g. a broken IPv6 host); mask anything that looks like a password.
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", text)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        if ":" in userinfo:
+            user = userinfo.partition(":")[0]
+            netloc = f"{user}:***@{host}"
+    query = re.sub(r"(^|&)((?:password|passwd|pass|pwd)=)[^&]*", r"\1\2***", parts.query)
+    if netloc == parts.netloc and query == parts.query:
+        return text
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+# --------------------------------------------------------------------------- durations
+
+_UNIT_SECONDS: dict[str, int | Fraction] = {}
+_UNIT_CANONICAL: dict[str, str] = {}  # spelling -> canonical unit, to detect repeats
+for _names, _seconds in (
+    (("w", "wk", "wks", "week", "weeks"), 7 * 24 * 3600),
+    (("d", "day", "days"), 24 * 3600),
+    (("h", "hr", "hrs", "hour", "hours"), 3600),
+    (("m", "min", "mins", "minute", "minutes"), 60),
+    (("s", "sec", "secs", "second", "seconds"), 1),
+    (("ms", "msec", "msecs", "millisecond", "milliseconds"), Fraction(1, 1000)),
+):
+    for _name in _names:
+        _UNIT_SECONDS[_name] = _seconds
+        _UNIT_CANONICAL[_name] = _names[0]
+del _names, _seconds, _name
+
+_NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+_PLAIN_NUMBER_RE = re.compile(_NUMBER)
+_DURATION_PART_RE = re.compile(rf"\s*({_NUMBER})\s*([A-Za-z]+)\s*")
+_MAX_NUMBER_LENGTH = 100
+
+_DURATION_HINT = "use seconds (e.g. 30) or a value like '30s', '5m', '1h30m'"
+
+
+def _duration_error(key: str, value: Any, detail: str | None = None) -> ValueError:
+    problem = f"is not a duration ({detail})" if detail else "is not a duration"
+    return ValueError(f"{key}: {value!r} {problem}; {_DURATION_HINT}")
+
+
+def _to_positive_seconds(total: Fraction | float | int, key: str, value: Any) -> float:
+    try:
+        seconds = float(total)
+    except (OverflowError, ValueError):
+        raise _duration_error(key, value, "too large") from None
+    if math.isnan(seconds):
+        raise _duration_error(key, value)
+    if math.isinf(seconds):
+        raise _duration_error(key, value, "not finite")
+    if seconds <= 0:
+        raise _duration_error(key, value, "it must be greater than zero")
+    return seconds
+
+
+def _parse_number(text: str, key: str, value: Any) -> Fraction:
+    if len(text) > _MAX_NUMBER_LENGTH:
+        raise _duration_error(key, value, "too large")
+    return Fraction(text)
+
+
+def parse_duration(value: Any, *, key: str = "duration") -> float:
+    """Convert a duration setting into a positive number of seconds.
+
+    Accepted values:
+
+    * ``int`` or ``float``: a number of seconds;
+    * :class:`datetime.timedelta`;
+    * strings holding a number of seconds (``"30"``, ``"2.5"``) or one or more
+      ``<number><unit>`` parts, optionally separated by spaces (``"30s"``,
+      ``"5m"``, ``"1h30m"``, ``"1h 30m"``, ``"1.5h"``, ``"250ms"``).
+
+    Units (case-insensitive): ``w``/``week(s)``, ``d``/``day(s)``,
+    ``h``/``hr(s)``/``hour(s)``, ``m``/``min(s)``/``minute(s)``,
+    ``s``/``sec(s)``/``second(s)`` and ``ms``/``millisecond(s)``. Each unit may
+    appear only once.
+
+    The result must be finite and greater than zero.
+
+    :param value: the raw setting value.
+    :param key: the setting name used in error messages.
+    :raises ValueError: with a message naming ``key``, the bad value and the
+        accepted formats.
+    """
+    if isinstance(value, bool):
+        raise _duration_error(key, value, "booleans are not accepted")
+    if isinstance(value, int):
+        return _to_positive_seconds(value, key, value)
+    if isinstance(value, float):
+        return _to_positive_seconds(value, key, value)
+    if isinstance(value, datetime.timedelta):
+        return _to_positive_seconds(value.total_seconds(), key, value)
+    if not isinstance(value, str):
+        raise _duration_error(key, value)
+
+    text = value.strip()
+    if not text:
+        raise _duration_error(key, value, "empty")
+    if text.startswith("-"):
+        raise _duration_error(key, value, "it must be greater than zero")
+    if _PLAIN_NUMBER_RE.fullmatch(text):
+        return _to_positive_seconds(_parse_number(text, key, value), key, value)
+
+    total = Fraction(0)
+    seen: set[str] = set()
+    pos = 0
+    while pos < len(text):
+        match = _DURATION_PART_RE.match(text, pos)
+        if match is None:
+            raise _duration_error(key, value)
+        number, unit = match.group(1), match.group(2).lower()
+        if unit not in _UNIT_SECONDS:
+            raise _duration_error(key, value, f"unknown unit {match.group(2)!r}")
+        canonical = _UNIT_CANONICAL[unit]
+        if canonical in seen:
+            raise _duration_error(key, value, f"unit {match.group(2)!r} is repeated")
+        seen.add(canonical)
+        total += _parse_number(number, key, value) * _UNIT_SECONDS[unit]
+        pos = match.end()
+    return _to_positive_seconds(total, key, value)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+class _Reader:
+    """Converts raw setting values, raising ConfigurationError on bad input."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def error(self, name: str, value: Any, problem: str, fix: str) -> ConfigurationError:
+        return ConfigurationError(f"{self.prefix}{name}: {value!r} {problem}; {fix}")
+
+    def duration(self, name: str, value: Any) -> float:
+        try:
+            return parse_duration(value, key=f"{self.prefix}{name}")
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+
+    def integer(self, name: str, value: Any, *, minimum: int) -> int:
+        fix = f"use a whole number >= {minimum} (e.g. {max(minimum, 10)})"
+        if isinstance(value, bool):
+            raise self.error(name, value, "is a boolean, not a whole number", fix)
+        if isinstance(value, int):
+            number = value
+        elif isinstance(value, float):
+            if not (math.isfinite(value) and value.is_integer()):
+                raise self.error(name, value, "is not a whole number", fix)
+            number = int(value)
+        elif isinstance(value, str):
+            text = value.strip()
+            if not (text.isascii() and text.isdigit()) or len(text) > _MAX_NUMBER_LENGTH:
+                raise self.error(name, value, "is not a whole number", fix)
+            number = int(text)
+        else:
+            raise self.error(name, value, "is not a whole number", fix)
+        if number < minimum:
+            raise self.error(name, value, f"is too small (it must be at least {minimum})", fix)
+        return number
+
+    def boolean(self, name: str, value: Any) -> bool:
+        fix = "use true/false, yes/no, on/off or 1/0"
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in truthy | falsey:
+            return asbool(value)
+        raise self.error(name, value, "is not a boolean", fix)
+
+    def string(self, name: str, value: Any, fix: str) -> str:
+        if not isinstance(value, str):
+            raise self.error(name, value, "is not a string", fix)
+        text = value.strip()
+        if not text:
+            raise self.error(name, value, "is empty", fix)
+        return text
+
+    def url(self, name: str, value: Any) -> str:
+        fix = f"use a URL such as {DEFAULT_URL!r} or 'postgresql://user:password@host/db'"
+        text = self.string(name, value, fix)
+        if "://" not in text or not text.partition("://")[0]:
+            raise self.error(name, _redact_url(text), "is not a URL (no 'scheme://')", fix)
+        return text
+
+    def pattern(self, name: str, value: Any, regex: re.Pattern[str], fix: str) -> str:
+        text = self.string(name, value, fix)
+        if not regex.fullmatch(text):
+            raise self.error(name, value, "is not allowed", fix)
+        return text
+
+    def timezone(self, name: str, value: Any) -> str:
+        fix = "use an IANA time zone name such as 'UTC' or 'Europe/Berlin'"
+        text = self.string(name, value, fix)
+        try:
+            zoneinfo.ZoneInfo(text)
+        except Exception:
+            raise self.error(name, value, "is not a known time zone", fix) from None
+        return text
+
+    def base_url(self, name: str, value: Any) -> str:
+        fix = "use an absolute http(s) URL such as 'https://example.com' or 'http://localhost:6543'"
+        text = self.string(name, value, fix).rstrip("/")
+        scheme, _, rest = text.partition("://")
+        if scheme.lower() not in ("http", "https") or not rest or any(c.isspace() for c in text):
+            raise self.error(name, value, "is not an absolute http(s) URL", fix)
+        return text
+
+    def dotted_name(self, name: str, value: Any) -> str:
+        fix = "use a dotted path such as 'myapp.jobs:make_session' or 'myapp.jobs.make_session'"
+        text = self.string(name, value, fix)
+        if any(ch.isspace() for ch in text):
+            raise self.error(name, value, "contains whitespace", fix)
+        return text
+
+
+def _unknown_key_message(key: str, name: str, prefix: str) -> str:
+    close = difflib.get_close_matches(name, sorted(KNOWN_KEYS), n=1)
+    if close:
+        hint = f"did you mean '{prefix}{close[0]}'?"
+    else:
+        hint = "known settings are: " + ", ".join(f"{prefix}{k}" for k in sorted(KNOWN_KEYS))
+    return f"Unknown setting {key!r} ignored; {hint}"
+
+
+def parse_settings(
+    settings: Mapping[str, Any] | None, prefix: str = "pyncette."
+) -> PyncetteSettings:
+    """Build a :class:`PyncetteSettings` from a Pyramid settings mapping.
+
+    Only keys starting with ``prefix`` are read; missing keys (and keys whose
+    value is ``None``) keep their defaults. Values may be INI strings or
+    already-typed Python values:
+
+    * durations (``poll_interval``, ``lease_duration``, ``heartbeat_interval``)
+      follow :func:`parse_duration` and must be above zero;
+      ``heartbeat_interval`` must also be shorter than ``lease_duration``;
+    * integers (``batch_size``, ``concurrency``) accept ``int``, whole floats
+      or digit strings, and must be at least 1;
+    * ``skip_table_create`` accepts booleans or the strings understood by
+      :func:`pyramid.settings.asbool` (true/false, yes/no, on/off, 1/0, t/f,
+      y/n, any case); anything else is an error;
+    * strings are stripped; ``url`` must contain ``://``, ``table_name``,
+      ``redis_namespace`` and ``timezone`` are checked against their formats
+      and ``session_hook`` must be a non-empty string without whitespace.
+
+    Unknown ``pyncette.*`` keys emit an :class:`UnknownSettingWarning`.
+
+    :raises pyramid.exceptions.ConfigurationError: for any invalid value; the
+        message names the full key, the bad value and what is allowed.
+    """
+    read = _Reader(prefix)
+    values: dict[str, Any] = {}
+    raw_values: dict[str, Any] = {}
+    for key, raw in (settings or {}).items():
+        if not isinstance(key, str) or not key.startswith(prefix):
+            continue
+        name = key[len(prefix) :]
+        if name not in KNOWN_KEYS:
+            message = _unknown_key_message(key, name, prefix)
+            warnings.warn(message, UnknownSettingWarning, stacklevel=2)
+            continue
+        if raw is None:
+            continue
+        raw_values[name] = raw
+        if name == "url":
+            values[name] = read.url(name, raw)
+        elif name in ("poll_interval", "lease_duration", "heartbeat_interval"):
+            values[name] = read.duration(name, raw)
+        elif name in ("batch_size", "concurrency"):
+            values[name] = read.integer(name, raw, minimum=1)
+        elif name == "skip_table_create":
+            values[name] = read.boolean(name, raw)
+        elif name == "table_name":
+            fix = (
+                "use a letter or underscore followed by up to 62 letters, digits or "
+                "underscores (e.g. 'pyncette_jobs')"
+            )
+            values[name] = read.pattern(name, raw, _TABLE_NAME_RE, fix)
+        elif name == "redis_namespace":
+            fix = "use 1 to 64 letters, digits or the characters _ . : - (e.g. 'myapp:pyncette')"
+            values[name] = read.pattern(name, raw, _REDIS_NAMESPACE_RE, fix)
+        elif name == "timezone":
+            values[name] = read.timezone(name, raw)
+        elif name == "session_hook":
+            values[name] = read.dotted_name(name, raw)
+        elif name == "base_url":
+            values[name] = read.base_url(name, raw)
+        else:  # pragma: no cover - every known key is handled above
+            raise AssertionError(name)
+
+    result = PyncetteSettings(**values)
+    if result.heartbeat_interval is not None and (
+        result.heartbeat_interval >= result.lease_duration
+    ):
+        raise read.error(
+            "heartbeat_interval",
+            raw_values["heartbeat_interval"],
+            f"is not shorter than {prefix}lease_duration ({result.lease_duration:g}s)",
+            f"use a value below the lease duration, e.g. {result.lease_duration / 3:g}s",
+        )
+    return result

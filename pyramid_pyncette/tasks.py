@@ -1,0 +1,311 @@
+"""Tasks: the registered callables that jobs may run.
+
+Only registered tasks can run. A job row names a task; the daemon looks the
+name up here and never imports anything read from the store.
+
+Register with the ``@task()`` / ``@periodic_task(...)`` decorators (found by
+``config.scan()``) or with the ``config.add_pyncette_task`` directive.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import venusian
+
+from .exceptions import InvalidJobError, UnknownTaskError
+from .jobs import EXECUTION_MODES, FAILURE_MODES, MAX_JOB_ID_LENGTH
+from .schedules import CronSchedule, IntervalSchedule, Schedule, ScheduleError, get_zone
+from .settings import parse_duration
+
+#: Options a job (and so a task) can carry; per-job values override the task's.
+JOB_OPTIONS = ("execution_mode", "failure_mode", "lease_duration")
+
+#: Options only a task has.
+TASK_ONLY_OPTIONS = ("timezone",)
+
+
+def normalize_options(options: Mapping[str, Any], *, where: str) -> dict[str, Any]:
+    """Validate job options; return them with durations as seconds.
+
+    ``where`` names the caller in error messages (e.g. ``"add_date_job"``).
+    """
+    allowed = JOB_OPTIONS + TASK_ONLY_OPTIONS if where.startswith("task") else JOB_OPTIONS
+    result: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in allowed:
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise InvalidJobError(
+                f"{where}: unknown option {key!r}{suggestion}; allowed options are "
+                + ", ".join(allowed)
+            )
+        if value is None:
+            continue
+        if key == "execution_mode" and value not in EXECUTION_MODES:
+            raise InvalidJobError(
+                f"{where}: execution_mode {value!r} is not one of {', '.join(EXECUTION_MODES)}"
+            )
+        if key == "failure_mode" and value not in FAILURE_MODES:
+            raise InvalidJobError(
+                f"{where}: failure_mode {value!r} is not one of {', '.join(FAILURE_MODES)}"
+            )
+        if key == "lease_duration":
+            try:
+                value = parse_duration(value, key="lease_duration")
+            except ValueError as exc:
+                raise InvalidJobError(f"{where}: {exc}") from None
+        if key == "timezone":
+            try:
+                get_zone(value)
+            except ScheduleError as exc:
+                raise InvalidJobError(f"{where}: {exc}") from None
+        result[key] = value
+    return result
+
+
+def default_task_name(func: Callable[..., Any]) -> str:
+    """``module:qualname`` of ``func``: stable across processes, never imported."""
+    module = getattr(func, "__module__", None) or "__main__"
+    qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
+    return f"{module}:{qualname}"
+
+
+@dataclass(frozen=True)
+class Task:
+    """A registered callable plus its options.
+
+    ``periodic`` is the schedule of a static recurring job declared in code
+    (``@periodic_task``); such a task gets a job with the task's name as id,
+    upserted whenever a daemon starts.
+    """
+
+    name: str
+    func: Callable[..., Any]
+    options: dict[str, Any] = field(default_factory=dict)
+    cron: str | None = None
+    interval: timedelta | None = None
+
+    @property
+    def periodic(self) -> bool:
+        """Whether the task declares a static schedule."""
+        return self.cron is not None or self.interval is not None
+
+    @property
+    def is_async(self) -> bool:
+        """Whether calling the task returns a coroutine to run."""
+        return inspect.iscoroutinefunction(self.func)
+
+    @property
+    def job_options(self) -> dict[str, Any]:
+        """The options every job of this task starts from."""
+        return {k: v for k, v in self.options.items() if k in JOB_OPTIONS}
+
+    def periodic_schedule(self, default_timezone: str = "UTC") -> Schedule:
+        """The declared schedule (raises if the task is not periodic)."""
+        if self.cron is not None:
+            zone = self.options.get("timezone") or default_timezone
+            return CronSchedule(self.cron, timezone=zone)
+        if self.interval is not None:
+            return IntervalSchedule(self.interval)
+        raise ValueError(f"task {self.name!r} has no schedule")
+
+
+def make_task(
+    func: Callable[..., Any],
+    name: str | None = None,
+    schedule: str | None = None,
+    interval: Any = None,
+    **options: Any,
+) -> Task:
+    """Validate a task definition (raises :class:`InvalidJobError`)."""
+    if not callable(func):
+        raise InvalidJobError(f"a task must be callable, got {func!r}")
+    name = name or default_task_name(func)
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise InvalidJobError(f"task name {name!r} must be a non-empty string of at most 200 chars")
+    where = f"task {name!r}"
+    options = normalize_options(options, where=where)
+    if schedule is not None and interval is not None:
+        raise InvalidJobError(f"{where}: give either schedule= (cron) or interval=, not both")
+    every = None
+    if schedule is not None:
+        try:
+            CronSchedule(schedule, timezone=options.get("timezone", "UTC"))
+        except ScheduleError as exc:
+            raise InvalidJobError(f"{where}: {exc}") from None
+    if interval is not None:
+        try:
+            every = timedelta(seconds=parse_duration(interval, key="interval"))
+        except ValueError as exc:
+            raise InvalidJobError(f"{where}: {exc}") from None
+    return Task(name=name, func=func, options=options, cron=schedule, interval=every)
+
+
+class TaskRegistry:
+    """The tasks of one application, by name and by function."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, Task] = {}
+        self._by_func: dict[Any, list[str]] = {}
+
+    def add(self, task: Task) -> None:
+        """Register ``task`` (a later registration of the same name replaces it)."""
+        old = self._by_name.get(task.name)
+        if old is not None:
+            self._by_func.get(old.func, []).remove(old.name)
+        self._by_name[task.name] = task
+        self._by_func.setdefault(task.func, []).append(task.name)
+
+    def get(self, name: str) -> Task | None:
+        """The task called ``name``, or None."""
+        return self._by_name.get(name)
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(list(self._by_name.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def resolve(self, func_or_name: Any) -> Task:
+        """The task for a registered function or a task name, or a helpful error."""
+        if isinstance(func_or_name, str):
+            task = self._by_name.get(func_or_name)
+            if task is not None:
+                return task
+            close = difflib.get_close_matches(func_or_name, list(self._by_name), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UnknownTaskError(
+                f"no task is registered as {func_or_name!r}{hint}; register it with the "
+                "@pyramid_pyncette.task() decorator and config.scan(), or with "
+                "config.add_pyncette_task(func)"
+            )
+        try:
+            names = self._by_func.get(func_or_name)
+        except TypeError:  # unhashable
+            names = None
+        if not names:
+            label = (
+                default_task_name(func_or_name) if callable(func_or_name) else repr(func_or_name)
+            )
+            raise UnknownTaskError(
+                f"{label} is not a registered task; decorate it with @pyramid_pyncette.task() "
+                "and config.scan() its module, or call config.add_pyncette_task(func) "
+                "(then commit the configuration)"
+            )
+        if len(names) > 1:
+            raise UnknownTaskError(
+                f"{default_task_name(func_or_name)} is registered under several task names "
+                f"({', '.join(sorted(names))}); pass the task name instead of the function"
+            )
+        return self._by_name[names[0]]
+
+
+def check_job_id(job_id: Any) -> str:
+    """Validate a caller-supplied job id."""
+    if not isinstance(job_id, str):
+        raise InvalidJobError(
+            f"job_id must be a string, got {type(job_id).__name__} {job_id!r}; "
+            "pass str(value) or leave job_id out to get a generated id"
+        )
+    if not job_id or len(job_id) > MAX_JOB_ID_LENGTH:
+        raise InvalidJobError(
+            f"job_id must be 1 to {MAX_JOB_ID_LENGTH} characters, got {len(job_id)}"
+        )
+    return job_id
+
+
+def add_pyncette_task(
+    config,
+    func: Callable[..., Any] | str,
+    name: str | None = None,
+    schedule: str | None = None,
+    interval: Any = None,
+    **options: Any,
+) -> None:
+    """Register ``func`` as a task (a Pyramid configuration directive).
+
+    ``schedule`` (a cron string) or ``interval`` (seconds, ``'30s'`` or a
+    ``timedelta``) also declares a static recurring job for the task.
+    Options: ``execution_mode``, ``failure_mode``, ``lease_duration``,
+    ``timezone``. Two tasks with the same name conflict.
+    """
+    func = config.maybe_dotted(func)
+    task = make_task(func, name=name, schedule=schedule, interval=interval, **options)
+
+    def register() -> None:
+        get_task_registry(config.registry).add(task)
+
+    intr = config.introspectable("pyncette tasks", task.name, task.name, "pyncette task")
+    intr["func"] = func
+    intr["schedule"] = schedule
+    intr["interval"] = task.interval
+    intr["options"] = task.options
+    config.action(("pyncette-task", task.name), register, introspectables=(intr,))
+
+
+def get_task_registry(registry) -> TaskRegistry:
+    """The application's :class:`TaskRegistry` (created on first use)."""
+    tasks = getattr(registry, "pyncette_tasks", None)
+    if tasks is None:
+        tasks = registry.pyncette_tasks = TaskRegistry()
+    return tasks
+
+
+class task:
+    """Register the decorated function as a task, found by ``config.scan()``.
+
+    ``@task()`` or ``@task(name='send-mail', failure_mode='unlock')``. The
+    function is called as ``func(request, *args, **kwargs)``.
+    """
+
+    venusian = venusian  # for testing
+
+    def __init__(self, name: str | None = None, **options: Any) -> None:
+        self.name = name
+        self.options = options
+        self.depth = options.pop("_depth", 0)
+
+    def _directive_args(self) -> dict[str, Any]:
+        return {"name": self.name, **self.options}
+
+    def __call__(self, wrapped: Callable[..., Any]) -> Callable[..., Any]:
+        arguments = self._directive_args()
+
+        def callback(context, name, ob):
+            config = context.config.with_package(info.module)
+            config.add_pyncette_task(wrapped, **arguments)
+
+        info = self.venusian.attach(wrapped, callback, category="pyramid", depth=self.depth + 1)
+        return wrapped
+
+
+class periodic_task(task):
+    """Register a task that also runs on a schedule declared in code.
+
+    ``@periodic_task(schedule='*/5 * * * *')`` (cron, in ``timezone=`` or the
+    ``pyncette.timezone`` setting) or ``@periodic_task(interval='30s')``.
+    """
+
+    def __init__(
+        self, schedule: str | None = None, interval: Any = None, name: str | None = None, **options
+    ) -> None:
+        if (schedule is None) == (interval is None):
+            raise InvalidJobError(
+                "@periodic_task needs exactly one of schedule= (a cron string such as "
+                "'*/5 * * * *') or interval= (such as '30s' or timedelta(minutes=5))"
+            )
+        super().__init__(name=name, **options)
+        self.schedule = schedule
+        self.interval = interval
+
+    def _directive_args(self) -> dict[str, Any]:
+        return {"schedule": self.schedule, "interval": self.interval, **super()._directive_args()}

@@ -1,0 +1,366 @@
+"""The worker: the lease loop that claims due jobs, runs them and completes them.
+
+One loop thread talks to the store; a pool of ``pyncette.concurrency``
+threads runs jobs. The loop claims only as many jobs as it has free threads
+(a leased job starts at once, so its lease is never spent waiting), completes
+finished runs in batches, extends the leases of running jobs by heartbeat,
+and sleeps until the next known due time, a finished job, or the poll
+interval, whichever comes first.
+
+Shutdown (:meth:`Worker.stop`) stops claiming, lets running jobs finish and
+releases anything claimed but not started. A store that goes away is logged,
+backed off from and retried: it never ends the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from .events import WorkerStarting, WorkerStopping
+from .execution import JobInfo, run_job
+from .repository import Lease, Outcome
+
+log = logging.getLogger(__name__)
+
+#: Longest pause between retries while the store is unreachable (seconds).
+MAX_BACKOFF = 30.0
+
+
+@dataclass
+class _Running:
+    lease: Lease
+    info: JobInfo
+    future: Future | None = None
+
+
+class _Backoff:
+    """Exponential backoff with jitter for store outages."""
+
+    def __init__(self, first: float = 0.1, cap: float = MAX_BACKOFF) -> None:
+        self.first = first
+        self.cap = cap
+        self.failures = 0
+
+    def reset(self) -> None:
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        delay = min(self.cap, self.first * (2 ** (self.failures - 1)))
+        return delay * random.uniform(0.5, 1.0)
+
+
+class Worker:
+    """Claims, runs and completes jobs for one application.
+
+    ``registry`` is the application registry (``pyramid_pyncette`` included).
+    Keyword arguments override the ``pyncette.*`` settings; ``clock`` returns
+    the current UTC time (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        registry: Any,
+        *,
+        concurrency: int | None = None,
+        batch_size: int | None = None,
+        poll_interval: float | None = None,
+        lease_duration: float | None = None,
+        clock: Any = None,
+    ) -> None:
+        self.registry = registry
+        self.scheduler = registry.scheduler
+        settings = self.scheduler.settings
+        self.concurrency = concurrency or settings.concurrency
+        self.batch_size = batch_size or settings.batch_size
+        self.poll_interval = poll_interval or settings.poll_interval
+        self.lease_duration = lease_duration or settings.lease_duration
+        self.heartbeat_interval = min(
+            settings.effective_heartbeat_interval, self.lease_duration / 3
+        )
+        self.base_url = getattr(settings, "base_url", "http://localhost")
+        self.clock = clock or self.scheduler.clock
+        self.id = uuid.uuid4().hex[:12]
+        self.stats: Counter[str] = Counter()
+        self._claims = 0
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._running: dict[tuple[str, str | None], _Running] = {}
+        self._finished: queue.SimpleQueue[tuple[tuple[str, str | None], Outcome]] = (
+            queue.SimpleQueue()
+        )
+        self._backoff = _Backoff()
+
+    # -- helpers ----------------------------------------------------------
+
+    @property
+    def repository(self):
+        """The store this worker drains."""
+        return self.scheduler.repository
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopping.is_set()
+
+    def stop(self) -> None:
+        """Stop claiming; :meth:`run` returns once running jobs have finished."""
+        self._stopping.set()
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Poll now (e.g. a job was just added in this process)."""
+        self._wake.set()
+
+    def _token(self) -> str:
+        self._claims += 1
+        return f"{self.id}-{self._claims:x}"
+
+    def _notify(self, event: Any) -> None:
+        try:
+            self.registry.notify(event)
+        except Exception:
+            log.exception("a subscriber to %s raised; the worker goes on", type(event).__name__)
+
+    def _execute(self, lease: Lease, info: JobInfo | None = None, clock=None) -> Outcome:
+        task = self.scheduler.tasks.get(lease.job.task)
+        return run_job(
+            self.registry, task, lease, clock or self.clock, base_url=self.base_url, info=info
+        )
+
+    def _record(self, outcome: Outcome) -> None:
+        self.stats["succeeded" if outcome.succeeded else "failed"] += 1
+
+    # -- synchronous draining (tests, run_pending) -------------------------
+
+    def run_pending(self, now: datetime | None = None) -> int:
+        """Run every job due at ``now`` in this thread; return how many runs happened.
+
+        Each job runs at most once per call: a run that is due again at the
+        same instant (a failure with ``failure_mode='unlock'``) waits for the
+        next call.
+        """
+        now = now or self.clock()
+        seen: set[str] = set()
+        total = 0
+        while True:
+            leases = self.repository.claim(now, self.batch_size, self._token(), self.lease_duration)
+            if not leases:
+                return total
+            again = [lease for lease in leases if lease.job.id in seen]
+            fresh = [lease for lease in leases if lease.job.id not in seen]
+            outcomes = []
+            for lease in fresh:
+                seen.add(lease.job.id)
+                outcomes.append(self._execute(lease, clock=lambda: now))
+            self.repository.complete(outcomes)
+            for outcome in outcomes:
+                self._record(outcome)
+            total += len(outcomes)
+            if again:
+                self.repository.release(again)
+                return total
+
+    # -- the loop ---------------------------------------------------------
+
+    def run(self, until_idle: bool = False) -> None:
+        """Run the lease loop until :meth:`stop` (or, with ``until_idle``, until nothing is due)."""
+        if not self._prepare():
+            return
+        log.info(
+            "worker %s started (concurrency %d, batch %d, poll every %ss, store %s)",
+            self.id,
+            self.concurrency,
+            self.batch_size,
+            self.poll_interval,
+            self.scheduler.settings.redacted_url(),
+        )
+        self._notify(WorkerStarting(self, self.registry))
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="pyncette-job")
+        pending: list[Outcome] = []
+        next_heartbeat = time.monotonic() + self.heartbeat_interval
+        try:
+            while not self._stopping.is_set():
+                self._wake.clear()
+                want = claimed = 0
+                try:
+                    pending.extend(self._collect())
+                    if pending:
+                        self.repository.complete(pending)
+                        pending = []
+                    if time.monotonic() >= next_heartbeat:
+                        self._heartbeat()
+                        next_heartbeat = time.monotonic() + self.heartbeat_interval
+                    want = min(self.concurrency - len(self._running), self.batch_size)
+                    if want > 0 and not self._stopping.is_set():
+                        claimed = self._claim_and_start(pool, want)
+                    self._backoff.reset()
+                except Exception as exc:
+                    self._store_failed(exc)
+                    continue
+                if until_idle and not claimed and not self._running and self._finished.empty():
+                    break
+                if want > 0 and claimed == want:
+                    continue  # a full batch: more may be due right now
+                timeout = next_heartbeat - time.monotonic()
+                if want > 0:
+                    timeout = min(timeout, self._until_next_due())
+                self._wake.wait(max(0.0, timeout))
+        finally:
+            self._shutdown(pool, pending)
+            self._notify(WorkerStopping(self, self.registry))
+            log.info(
+                "worker %s stopped (%d succeeded, %d failed)",
+                self.id,
+                self.stats["succeeded"],
+                self.stats["failed"],
+            )
+
+    def _prepare(self) -> bool:
+        """Set up the store and upsert static jobs, waiting out store outages."""
+        while not self._stopping.is_set():
+            try:
+                self.repository.setup()
+                for job in self.scheduler.sync_periodic_jobs():
+                    log.info("periodic job %r scheduled (next run %s)", job.id, job.next_run_at)
+                self._backoff.reset()
+                return True
+            except Exception as exc:
+                self._store_failed(exc)
+        return False
+
+    def _store_failed(self, exc: Exception) -> None:
+        delay = self._backoff.next_delay()
+        if self._backoff.failures == 1:
+            log.error("store error: %s; retrying", _describe(exc), exc_info=True)
+        else:
+            log.warning(
+                "store still failing (%d times): %s; next try in %.1fs",
+                self._backoff.failures,
+                _describe(exc),
+                delay,
+            )
+        self._stopping.wait(delay)
+
+    def _until_next_due(self) -> float:
+        next_due = self.repository.next_due()
+        if next_due is None:
+            return self.poll_interval
+        seconds = (next_due - self.clock()).total_seconds()
+        return max(0.0, min(self.poll_interval, seconds))
+
+    def _claim_and_start(self, pool: ThreadPoolExecutor, want: int) -> int:
+        leases = self.repository.claim(self.clock(), want, self._token(), self.lease_duration)
+        for lease in leases:
+            job = lease.job
+            info = JobInfo.for_lease(lease)
+            key = (job.id, lease.token)
+            running = _Running(lease, info)
+            self._running[key] = running
+            running.future = pool.submit(self._execute, lease, info)
+            running.future.add_done_callback(lambda future, key=key: self._done(key, future))
+        self.stats["claimed"] += len(leases)
+        return len(leases)
+
+    def _done(self, key: tuple[str, str | None], future: Future) -> None:
+        if future.cancelled():
+            return
+        try:
+            outcome = future.result()
+        except BaseException as exc:  # run_job never raises; stay safe anyway
+            running = self._running[key]
+            outcome = Outcome(running.lease, False, self.clock(), error=repr(exc))
+        self._finished.put((key, outcome))
+        self._wake.set()
+
+    def _collect(self) -> list[Outcome]:
+        outcomes = []
+        while True:
+            try:
+                key, outcome = self._finished.get_nowait()
+            except queue.Empty:
+                break
+            running = self._running.pop(key, None)
+            if running is not None and running.info.lease_lost:
+                log.warning("job %r lost its lease while running; result discarded", key[0])
+                continue
+            self._record(outcome)
+            outcomes.append(outcome)
+        return outcomes
+
+    def _heartbeat(self) -> None:
+        now = self.clock()
+        leases = [
+            (
+                running.lease.job.id,
+                running.lease.token,
+                now + timedelta(seconds=running.lease.job.lease_duration or self.lease_duration),
+            )
+            for running in list(self._running.values())
+            if running.lease.token is not None and not running.info.lease_lost
+        ]
+        if not leases:
+            return
+        held = self.repository.extend(leases)
+        for job_id, token, _ in leases:
+            if job_id not in held:
+                running = self._running.get((job_id, token))
+                if running is not None:
+                    running.info.lease_lost = True
+                    log.warning("job %r lost its lease (another daemon may run it)", job_id)
+
+    def _shutdown(self, pool: ThreadPoolExecutor, pending: list[Outcome]) -> None:
+        unstarted = [r for r in self._running.values() if r.future and r.future.cancel()]
+        for running in unstarted:
+            self._running.pop((running.lease.job.id, running.lease.token), None)
+        if self._running:
+            log.info("waiting for %d running job(s) to finish", len(self._running))
+        next_heartbeat = time.monotonic() + self.heartbeat_interval
+        while self._running:
+            self._wake.wait(max(0.0, next_heartbeat - time.monotonic()))
+            self._wake.clear()
+            pending.extend(self._collect())
+            if time.monotonic() >= next_heartbeat:
+                try:
+                    self._heartbeat()
+                except Exception as exc:
+                    log.warning("heartbeat failed during shutdown: %s", _describe(exc))
+                next_heartbeat = time.monotonic() + self.heartbeat_interval
+        pool.shutdown(wait=True)
+        pending.extend(self._collect())
+        self._finish_writes(pending, [r.lease for r in unstarted])
+
+    def _finish_writes(self, pending: list[Outcome], unstarted: list[Lease]) -> None:
+        for attempt in range(5):
+            try:
+                if pending:
+                    self.repository.complete(pending)
+                    pending = []
+                if unstarted:
+                    self.repository.release(unstarted)
+                    self.stats["released"] += len(unstarted)
+                    unstarted = []
+                return
+            except Exception as exc:
+                log.warning("could not write final results (try %d): %s", attempt + 1, exc)
+                time.sleep(min(2.0, 0.2 * 2**attempt))
+        log.error(
+            "gave up writing %d result(s) and %d release(s); those leases expire on their own",
+            len(pending),
+            len(unstarted),
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"

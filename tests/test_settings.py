@@ -1,0 +1,508 @@
+import datetime
+import math
+import warnings
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+
+def _parse(settings=None, **kw):
+    from pyramid_pyncette.settings import parse_settings
+
+    if settings is None:
+        settings = {f"pyncette.{key}": value for key, value in kw.items()}
+    return parse_settings(settings)
+
+
+def _parse_error(key, value):
+    from pyramid.exceptions import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as excinfo:
+        _parse(**{key: value})
+    return str(excinfo.value)
+
+
+def _duration(value, **kw):
+    from pyramid_pyncette.settings import parse_duration
+
+    return parse_duration(value, **kw)
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+def test_defaults_from_none():
+    from pyramid_pyncette.settings import DEFAULT_URL, PyncetteSettings, parse_settings
+
+    result = parse_settings(None)
+    assert result == PyncetteSettings()
+    assert result.url == DEFAULT_URL == "sqlite:///pyncette.sqlite"
+    assert result.poll_interval == 1.0
+    assert result.batch_size == 100
+    assert result.concurrency == 10
+    assert result.lease_duration == 60.0
+    assert result.table_name == "pyncette_jobs"
+    assert result.timezone == "UTC"
+    assert result.skip_table_create is False
+    assert result.session_hook is None
+    assert result.redis_namespace == "pyncette"
+    assert result.heartbeat_interval is None
+    assert result.effective_heartbeat_interval == 20.0
+
+
+def test_defaults_from_empty_mapping_and_foreign_keys():
+    from pyramid_pyncette.settings import PyncetteSettings
+
+    settings = {"sqlalchemy.url": "postgresql://x/y", "pyramid.reload_templates": "true", 1: 2}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _parse({}) == PyncetteSettings()
+        assert _parse(settings) == PyncetteSettings()
+
+
+def test_none_values_keep_defaults():
+    from pyramid_pyncette.settings import PyncetteSettings
+
+    assert _parse(batch_size=None, url=None, heartbeat_interval=None) == PyncetteSettings()
+
+
+def test_settings_are_frozen():
+    import dataclasses
+
+    result = _parse()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.batch_size = 5
+
+
+def test_known_keys():
+    from pyramid_pyncette.settings import KNOWN_KEYS
+
+    assert isinstance(KNOWN_KEYS, frozenset)
+    expected = {
+        "url",
+        "poll_interval",
+        "batch_size",
+        "concurrency",
+        "lease_duration",
+        "table_name",
+        "timezone",
+        "skip_table_create",
+        "session_hook",
+        "redis_namespace",
+        "heartbeat_interval",
+    }
+    assert set(KNOWN_KEYS) == expected
+
+
+# --------------------------------------------------------------------------- valid values
+
+
+def test_all_keys_from_ini_strings():
+    result = _parse(
+        {
+            "pyncette.url": "  postgresql+psycopg://sched:secret@db:5432/app  ",
+            "pyncette.poll_interval": "2.5",
+            "pyncette.batch_size": " 50 ",
+            "pyncette.concurrency": "4",
+            "pyncette.lease_duration": "5m",
+            "pyncette.table_name": "my_jobs",
+            "pyncette.timezone": " Europe/Ljubljana ",
+            "pyncette.skip_table_create": "yes",
+            "pyncette.session_hook": "myapp.db:make_session",
+            "pyncette.redis_namespace": "myapp:jobs",
+            "pyncette.heartbeat_interval": "1m30s",
+        }
+    )
+    assert result.url == "postgresql+psycopg://sched:secret@db:5432/app"
+    assert result.poll_interval == 2.5
+    assert result.batch_size == 50
+    assert result.concurrency == 4
+    assert result.lease_duration == 300.0
+    assert result.table_name == "my_jobs"
+    assert result.timezone == "Europe/Ljubljana"
+    assert result.skip_table_create is True
+    assert result.session_hook == "myapp.db:make_session"
+    assert result.redis_namespace == "myapp:jobs"
+    assert result.heartbeat_interval == 90.0
+    assert result.effective_heartbeat_interval == 90.0
+
+
+def test_all_keys_from_typed_values():
+    result = _parse(
+        url="redis://localhost:6379/0",
+        poll_interval=datetime.timedelta(milliseconds=500),
+        batch_size=7,
+        concurrency=2.0,
+        lease_duration=120,
+        table_name="_jobs",
+        timezone="America/New_York",
+        skip_table_create=True,
+        session_hook="myapp.db.make_session",
+        redis_namespace="a.b-c_d",
+        heartbeat_interval=10.5,
+    )
+    assert result.url == "redis://localhost:6379/0"
+    assert result.poll_interval == 0.5
+    assert result.batch_size == 7
+    assert result.concurrency == 2
+    assert isinstance(result.concurrency, int)
+    assert result.lease_duration == 120.0
+    assert isinstance(result.lease_duration, float)
+    assert result.table_name == "_jobs"
+    assert result.timezone == "America/New_York"
+    assert result.skip_table_create is True
+    assert result.session_hook == "myapp.db.make_session"
+    assert result.redis_namespace == "a.b-c_d"
+    assert result.heartbeat_interval == 10.5
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("true", True),
+        ("TRUE", True),
+        ("Yes", True),
+        ("on", True),
+        ("1", True),
+        ("t", True),
+        ("Y", True),
+        (" true ", True),
+        ("false", False),
+        ("No", False),
+        ("OFF", False),
+        ("0", False),
+        ("f", False),
+        ("n", False),
+        (True, True),
+        (False, False),
+        (1, True),
+        (0, False),
+    ],
+)
+def test_boolean_values(raw, expected):
+    assert _parse(skip_table_create=raw).skip_table_create is expected
+
+
+def test_table_name_max_length():
+    name = "t" * 63
+    assert _parse(table_name=name).table_name == name
+
+
+def test_redis_namespace_max_length():
+    namespace = "n" * 64
+    assert _parse(redis_namespace=namespace).redis_namespace == namespace
+
+
+def test_custom_prefix():
+    from pyramid_pyncette.settings import parse_settings
+
+    result = parse_settings(
+        {"scheduler.batch_size": "3", "pyncette.batch_size": "not read"}, prefix="scheduler."
+    )
+    assert result.batch_size == 3
+
+
+def test_effective_heartbeat_interval_defaults_to_third_of_lease():
+    assert _parse(lease_duration="90s").effective_heartbeat_interval == 30.0
+
+
+# --------------------------------------------------------------------------- invalid values
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "hint"),
+    [
+        ("url", "", "URL such as"),
+        ("url", "   ", "URL such as"),
+        ("url", "pyncette.sqlite", "URL such as"),
+        ("url", "://nothing", "URL such as"),
+        ("url", 42, "URL such as"),
+        ("poll_interval", "5x", "'30s', '5m', '1h30m'"),
+        ("poll_interval", "0", "greater than zero"),
+        ("poll_interval", -1, "greater than zero"),
+        ("poll_interval", True, "use seconds"),
+        ("lease_duration", "", "use seconds"),
+        ("lease_duration", "forever", "use seconds"),
+        ("heartbeat_interval", "0s", "greater than zero"),
+        ("batch_size", "10.5", "whole number >= 1"),
+        ("batch_size", "-1", "whole number >= 1"),
+        ("batch_size", "0", "at least 1"),
+        ("batch_size", 0, "at least 1"),
+        ("batch_size", "", "whole number >= 1"),
+        ("batch_size", "ten", "whole number >= 1"),
+        ("batch_size", True, "whole number >= 1"),
+        ("batch_size", 2.5, "whole number >= 1"),
+        ("batch_size", float("nan"), "whole number >= 1"),
+        ("concurrency", "0", "at least 1"),
+        ("concurrency", [4], "whole number >= 1"),
+        ("skip_table_create", "maybe", "true/false"),
+        ("skip_table_create", "", "true/false"),
+        ("skip_table_create", 2, "true/false"),
+        ("skip_table_create", 0.5, "true/false"),
+        ("table_name", "1jobs", "letter or underscore"),
+        ("table_name", "my-jobs", "letter or underscore"),
+        ("table_name", "jobs; drop table x", "letter or underscore"),
+        ("table_name", "t" * 64, "letter or underscore"),
+        ("table_name", "", "letter or underscore"),
+        ("timezone", "Mars/Olympus_Mons", "IANA time zone"),
+        ("timezone", "../../etc/passwd", "IANA time zone"),
+        ("timezone", "", "IANA time zone"),
+        ("timezone", 3, "IANA time zone"),
+        ("session_hook", "", "dotted path"),
+        ("session_hook", "myapp.db: make_session", "dotted path"),
+        ("session_hook", 5, "dotted path"),
+        ("redis_namespace", "has space", "letters, digits"),
+        ("redis_namespace", "n" * 65, "letters, digits"),
+        ("redis_namespace", "ns/x", "letters, digits"),
+    ],
+)
+def test_bad_values_raise_configuration_error(key, value, hint):
+    message = _parse_error(key, value)
+    assert f"pyncette.{key}" in message
+    assert hint in message
+
+
+def test_bad_value_is_named_in_message():
+    message = _parse_error("batch_size", "lots")
+    assert "pyncette.batch_size" in message
+    assert "'lots'" in message
+
+
+def test_bad_url_error_does_not_leak_password():
+    message = _parse_error("url", "user:hunter2@db")
+    assert "pyncette.url" in message
+    assert "scheme://" in message
+
+
+def test_heartbeat_must_be_shorter_than_lease():
+    from pyramid.exceptions import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as excinfo:
+        _parse(lease_duration="30s", heartbeat_interval="30s")
+    message = str(excinfo.value)
+    assert "pyncette.heartbeat_interval" in message
+    assert "pyncette.lease_duration" in message
+    assert "below the lease duration" in message
+
+
+def test_configuration_error_for_typed_garbage_duration():
+    message = _parse_error("poll_interval", object())
+    assert "pyncette.poll_interval" in message
+
+
+# --------------------------------------------------------------------------- unknown keys
+
+
+def test_unknown_key_suggests_close_match():
+    from pyramid_pyncette.settings import UnknownSettingWarning
+
+    with pytest.warns(UnknownSettingWarning, match="pyncette.batchsize") as record:
+        result = _parse({"pyncette.batchsize": "5"})
+    assert "did you mean 'pyncette.batch_size'" in str(record[0].message)
+    assert result.batch_size == 100
+
+
+def test_unknown_key_without_close_match_lists_known_keys():
+    from pyramid_pyncette.settings import UnknownSettingWarning
+
+    with pytest.warns(UnknownSettingWarning) as record:
+        _parse({"pyncette.zzzzzzzz": "1"})
+    message = str(record[0].message)
+    assert "pyncette.zzzzzzzz" in message
+    assert "pyncette.poll_interval" in message
+    assert "pyncette.url" in message
+
+
+def test_unknown_setting_warning_is_user_warning():
+    from pyramid_pyncette.settings import UnknownSettingWarning
+
+    assert issubclass(UnknownSettingWarning, UserWarning)
+
+
+def test_unknown_key_warning_points_at_caller():
+    from pyramid_pyncette.settings import UnknownSettingWarning, parse_settings
+
+    with pytest.warns(UnknownSettingWarning) as record:
+        parse_settings({"pyncette.timezon": "UTC"})
+    assert record[0].filename == __file__
+
+
+# --------------------------------------------------------------------------- durations
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("30", 30.0),
+        ("2.5", 2.5),
+        (".5", 0.5),
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("1h30m", 5400.0),
+        ("1h 30m", 5400.0),
+        ("2d", 172800.0),
+        ("1w", 604800.0),
+        ("250ms", 0.25),
+        ("1h30m15s", 5415.0),
+        ("1.5h", 5400.0),
+        ("  45s  ", 45.0),
+        ("1H30M", 5400.0),
+        ("10S", 10.0),
+        ("100MS", 0.1),
+        ("30 sec", 30.0),
+        ("30 seconds", 30.0),
+        ("5 min", 300.0),
+        ("5 minutes", 300.0),
+        ("2 hours", 7200.0),
+        ("3 days", 259200.0),
+        ("1 week", 604800.0),
+        ("1m30s500ms", 90.5),
+        ("1d12h", 129600.0),
+        (30, 30.0),
+        (0.25, 0.25),
+        (datetime.timedelta(minutes=2), 120.0),
+        (datetime.timedelta(milliseconds=1), 0.001),
+    ],
+)
+def test_parse_duration_valid(value, expected):
+    result = _duration(value)
+    assert isinstance(result, float)
+    assert result == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "   ",
+        "0",
+        "0s",
+        "0h0m",
+        "0.0",
+        "-1",
+        "-5m",
+        "nan",
+        "inf",
+        "1e3",
+        "5x",
+        "5 parsecs",
+        "1h1h",
+        "1m 2min",
+        "1s 1 seconds",
+        "h",
+        "1h30",
+        "30m1",
+        "1..5s",
+        "1,5s",
+        "abc",
+        "٣s",
+        "1h-30m",
+        0,
+        0.0,
+        -3,
+        -0.5,
+        float("nan"),
+        float("inf"),
+        True,
+        False,
+        None,
+        [30],
+        datetime.timedelta(0),
+        datetime.timedelta(seconds=-1),
+        10**400,
+        "9" * 1000,
+    ],
+)
+def test_parse_duration_invalid(value):
+    with pytest.raises(ValueError, match="mykey"):
+        _duration(value, key="mykey")
+
+
+def test_parse_duration_message_names_key_value_and_format():
+    with pytest.raises(ValueError) as excinfo:
+        _duration("5x", key="pyncette.poll_interval")
+    message = str(excinfo.value)
+    assert message.startswith("pyncette.poll_interval: '5x' is not a duration")
+    assert "use seconds (e.g. 30) or a value like '30s', '5m', '1h30m'" in message
+
+
+def test_parse_duration_default_key():
+    with pytest.raises(ValueError, match=r"^duration: "):
+        _duration("soon")
+
+
+@given(st.text())
+def test_parse_duration_arbitrary_text(text):
+    try:
+        result = _duration(text)
+    except ValueError:
+        return
+    assert isinstance(result, float)
+    assert math.isfinite(result)
+    assert result > 0
+
+
+@given(
+    st.integers(min_value=1, max_value=10**6),
+    st.integers(min_value=1, max_value=10**6),
+    st.integers(min_value=1, max_value=10**6),
+)
+def test_parse_duration_hms_round_trip(h, m, s):
+    assert _duration(f"{h}h{m}m{s}s") == h * 3600 + m * 60 + s
+
+
+# --------------------------------------------------------------------------- redacted_url
+
+
+def _redacted(url):
+    from pyramid_pyncette.settings import PyncetteSettings
+
+    return PyncetteSettings(url=url).redacted_url()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://sched:secret@db:5432/app", "postgresql://sched:***@db:5432/app"),
+        ("postgresql+psycopg://u:p%40ss@db/app", "postgresql+psycopg://u:***@db/app"),
+        ("mysql+pymysql://root:hunter2@localhost/jobs", "mysql+pymysql://root:***@localhost/jobs"),
+        ("mysql://root@localhost/jobs", "mysql://root@localhost/jobs"),
+        ("sqlite:///pyncette.sqlite", "sqlite:///pyncette.sqlite"),
+        ("redis://user:secret@localhost:6379/0", "redis://user:***@localhost:6379/0"),
+        ("redis://:secret@localhost:6379/0", "redis://:***@localhost:6379/0"),
+        ("rediss://default:s3cr3t@cache.example.com", "rediss://default:***@cache.example.com"),
+        ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+        ("redis://localhost/0?password=secret", "redis://localhost/0?password=***"),
+        ("amqp://guest:guest@mq//", "amqp://guest:***@mq//"),
+    ],
+)
+def test_redacted_url(url, expected):
+    assert _redacted(url) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "",
+        "garbage",
+        "://",
+        "postgresql://",
+        "postgresql://u:p@[::1",
+        "redis://u:secret@[::1",
+        "http://[bad",
+        "\x00\udcff",
+        None,
+        12345,
+    ],
+)
+def test_redacted_url_never_raises(url):
+    result = _redacted(url)
+    assert isinstance(result, str)
+    assert "secret" not in result
+    assert "u:p@" not in result
+
+
+@given(st.text())
+def test_redacted_url_never_raises_on_arbitrary_text(text):
+    assert isinstance(_redacted(text), str)
