@@ -1,0 +1,56 @@
+"""A tiny application for tests that run real ``pscheduler`` processes.
+
+Every run appends ``job_id attempt pid`` to a per-process file in the folder
+named by ``record_dir`` in the app settings, so a test can count executions
+across processes without sharing a store.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from pyramid.config import Configurator
+
+from pyramid_pyncette import task
+
+
+def _append(request, line: str) -> None:
+    folder = request.registry.settings["record_dir"]
+    with open(os.path.join(folder, f"runs-{os.getpid()}.log"), "a") as out:
+        out.write(line + "\n")
+
+
+@task(name="record")
+def record(request, seconds: float = 0.0):
+    """Record the run, optionally taking ``seconds``."""
+    if seconds:
+        time.sleep(seconds)
+    _append(request, f"{request.job.id} {request.job.attempt} {os.getpid()}")
+
+
+@task(name="fail")
+def fail(request):
+    """Always fail."""
+    raise RuntimeError("failing on purpose")
+
+
+def main(global_config, **settings):
+    """The app factory (``use = call:tests.procapp:main``)."""
+    with Configurator(settings=settings) as config:
+        config.include("pyramid_tm")
+        config.include("pyramid_pyncette")
+        config.scan("tests.procapp")
+    return config.make_wsgi_app()
+
+
+def read_runs(folder: str) -> list[tuple[str, int, int]]:
+    """Every recorded run as ``(job_id, attempt, pid)``."""
+    runs = []
+    for name in sorted(os.listdir(folder)):
+        if name.startswith("runs-"):
+            with open(os.path.join(folder, name)) as lines:
+                for line in lines:
+                    job_id, attempt, pid = line.split()
+                    runs.append((job_id, int(attempt), int(pid)))
+    return runs

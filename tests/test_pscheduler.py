@@ -1,0 +1,281 @@
+"""The ``pscheduler`` command, in process and as real processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The installed console script when there is one (it is what users run).
+_script = shutil.which("pscheduler")
+PSCHEDULER = [_script] if _script else [sys.executable, "-m", "pyramid_pyncette.scripts.pscheduler"]
+
+
+def _write_ini(tmp_path, url, include=True, extra=""):
+    records = tmp_path / "records"
+    records.mkdir(exist_ok=True)
+    factory = "call:tests.procapp:main" if include else "call:tests.test_pscheduler:bare_app"
+    ini = tmp_path / "app.ini"
+    ini.write_text(
+        textwrap.dedent(
+            f"""\
+            [app:main]
+            use = {factory}
+            record_dir = {records}
+            pyncette.url = {url}
+            pyncette.poll_interval = 0.2s
+            pyncette.concurrency = 4
+            {extra}
+
+            [loggers]
+            keys = root
+
+            [handlers]
+            keys = console
+
+            [formatters]
+            keys = generic
+
+            [logger_root]
+            level = INFO
+            handlers = console
+
+            [handler_console]
+            class = StreamHandler
+            args = (sys.stderr,)
+            level = NOTSET
+            formatter = generic
+
+            [formatter_generic]
+            format = %%(asctime)s %%(levelname)-5.5s [%%(name)s] %%(message)s
+            """
+        )
+    )
+    return str(ini), str(records)
+
+
+def bare_app(global_config, **settings):
+    """An app that forgot to include pyramid_pyncette."""
+    from pyramid.config import Configurator
+
+    with Configurator(settings=settings) as config:
+        pass
+    return config.make_wsgi_app()
+
+
+def _registry(ini):
+    from pyramid.paster import bootstrap
+
+    env = bootstrap(ini)
+    env["closer"]()
+    return env["registry"]
+
+
+def _add_jobs(registry, count, seconds=0.0, **options):
+    from pyramid_pyncette.jobs import Job
+
+    now = datetime.now(timezone.utc) - timedelta(seconds=1)
+    jobs = [
+        Job(
+            id=f"job-{n:06d}",
+            task="record",
+            schedule={"kind": "date", "run_at": now.isoformat()},
+            kwargs={"seconds": seconds} if seconds else {},
+            options=options,
+            due_at=now,
+            next_run_at=now,
+            created_at=now,
+        )
+        for n in range(count)
+    ]
+    registry.scheduler.repository.add(jobs)
+    return {job.id for job in jobs}
+
+
+def _run(*argv):
+    from pyramid_pyncette.scripts import pscheduler
+
+    return pscheduler.main(["pscheduler", *argv], quiet=False)
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _spawn(ini, *args):
+    return subprocess.Popen(
+        [*PSCHEDULER, *args, ini],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _leased(registry):
+    return [job for job in registry.scheduler.iter_jobs() if job.locked_by is not None]
+
+
+def test_once_runs_due_jobs_and_exits_zero(tmp_path):
+    from tests.procapp import read_runs
+
+    ini, records = _write_ini(tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite")
+    registry = _registry(ini)
+    registry.scheduler.add_async_job("record", job_id="a")
+    registry.scheduler.add_date_job("record", datetime(2000, 1, 1, tzinfo=timezone.utc))
+    registry.scheduler.add_interval_job("record", "1h", job_id="hourly")
+
+    assert _run("--once", ini) == 0
+
+    runs = read_runs(records)
+    assert sorted(job_id for job_id, _, _ in runs)[0] == "a"
+    assert len(runs) == 2
+    remaining = [job.id for job in registry.scheduler.iter_jobs()]
+    assert remaining == ["hourly"]
+
+
+def test_list_prints_a_table_of_jobs(tmp_path, capsys):
+    ini, _ = _write_ini(tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite")
+    registry = _registry(ini)
+    registry.scheduler.add_cron_job("record", "*/5 * * * *", job_id="every-five")
+    registry.scheduler.add_interval_job("record", "30s", job_id="thirty")
+
+    assert _run("--list", ini) == 0
+
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["ID", "TASK", "SCHEDULE", "NEXT", "RUN", "STATE", "LAST"]
+    assert out[1].startswith("every-five  record")
+    assert "cron */5 * * * *" in out[1]
+    assert "scheduled" in out[1]
+    assert out[2].startswith("thirty")
+    assert "every 30s" in out[2]
+
+
+def test_list_with_no_jobs_says_so(tmp_path, capsys):
+    ini, _ = _write_ini(tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite")
+    assert _run("--list", ini) == 0
+    assert capsys.readouterr().out.strip() == "no jobs"
+
+
+def test_missing_include_is_a_one_line_error(tmp_path, capsys):
+    ini, _ = _write_ini(tmp_path, "memory://", include=False)
+    assert _run("--once", ini) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "does not include pyramid_pyncette" in err[0]
+    assert "pyramid.includes" in err[0]
+
+
+def test_missing_ini_is_a_one_line_error(tmp_path, capsys):
+    assert _run("--once", str(tmp_path / "nope.ini")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("pscheduler: cannot load")
+
+
+def test_bad_setting_is_a_one_line_error(tmp_path, capsys):
+    ini, _ = _write_ini(tmp_path, "memory://", extra="pyncette.batch_size = lots")
+    assert _run("--once", ini) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "pyncette.batch_size" in err[0]
+
+
+def test_bad_config_var_is_a_usage_error(tmp_path, capsys):
+    ini, _ = _write_ini(tmp_path, "memory://")
+    assert _run(ini, "novalue") == 2
+    assert "novalue" in capsys.readouterr().err
+
+
+def test_config_vars_reach_the_ini(tmp_path):
+    ini, _ = _write_ini(tmp_path, "%(store)s")
+    url = f"sqlite:///{tmp_path}/vars.sqlite"
+    assert _run("--once", ini, f"store={url}") == 0
+    assert (tmp_path / "vars.sqlite").exists()
+
+
+@pytest.mark.slow
+def test_two_daemons_drain_2000_jobs_without_duplicates_or_locks(tmp_path):
+    from tests.procapp import read_runs
+
+    ini, records = _write_ini(
+        tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite", extra="pyncette.batch_size = 50"
+    )
+    registry = _registry(ini)
+    expected = _add_jobs(registry, 2000)
+
+    daemons = [_spawn(ini, "--once") for _ in range(2)]
+    outputs = [daemon.communicate(timeout=300) for daemon in daemons]
+
+    for daemon, (_, err) in zip(daemons, outputs, strict=True):
+        assert daemon.returncode == 0, err
+        assert "database is locked" not in err
+        assert "Traceback" not in err
+    counts = Counter(job_id for job_id, _, _ in read_runs(records))
+    duplicates = {job_id: n for job_id, n in counts.items() if n > 1}
+    assert duplicates == {}
+    assert set(counts) == expected  # nothing lost
+    assert list(registry.scheduler.iter_jobs()) == []
+
+
+@pytest.mark.slow
+def test_sigterm_mid_drain_exits_zero_and_leaves_no_lease(tmp_path):
+    from tests.procapp import read_runs
+
+    ini, records = _write_ini(tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite")
+    registry = _registry(ini)
+    _add_jobs(registry, 400, seconds=0.05)
+
+    daemon = _spawn(ini)
+    deadline = time.monotonic() + 60
+    while len(read_runs(records)) < 20:
+        assert time.monotonic() < deadline, "the daemon ran nothing"
+        assert daemon.poll() is None, daemon.communicate()
+        time.sleep(0.05)
+    daemon.send_signal(signal.SIGTERM)
+    _, err = daemon.communicate(timeout=60)
+
+    assert daemon.returncode == 0, err
+    assert _leased(registry) == []
+    done = {job_id for job_id, _, _ in read_runs(records)}
+    left = {job.id for job in registry.scheduler.iter_jobs()}
+    assert not done & left  # every finished run was completed
+    assert len(done) + len(left) == 400  # and nothing lost
+    assert left  # it really stopped mid-drain
+
+
+@pytest.mark.slow
+def test_second_signal_exits_at_once_with_non_zero_status(tmp_path):
+    from tests.procapp import read_runs
+
+    ini, records = _write_ini(tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite")
+    registry = _registry(ini)
+    _add_jobs(registry, 4, seconds=30)
+
+    daemon = _spawn(ini)
+    deadline = time.monotonic() + 30
+    while len(_leased(registry)) < 4:
+        assert time.monotonic() < deadline, "the daemon claimed nothing"
+        time.sleep(0.05)
+    daemon.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert daemon.poll() is None  # still waiting for the running jobs
+    started = time.monotonic()
+    daemon.send_signal(signal.SIGINT)
+    daemon.communicate(timeout=10)
+
+    assert daemon.returncode not in (0, None)
+    assert time.monotonic() - started < 5
+    assert read_runs(records) == []
