@@ -26,13 +26,15 @@ from .events import (
 )
 from .exceptions import InvalidJobError, UnknownTaskError
 from .jobs import Job
-from .repository import UnsupportedStoreError, create_repository
-from .scheduler import Scheduler
+from .repository import SQL_SCHEMES, UnsupportedStoreError, create_repository
+from .scheduler import BoundScheduler, Scheduler
 from .schedules import ScheduleError
 from .settings import PyncetteSettings, parse_settings
 from .tasks import add_pyncette_task, get_task_registry, periodic_task, task
+from .transaction import NO_TRANSACTION_HELP, NoTransactionError, StoreUnavailable
 
 __all__ = [
+    "BoundScheduler",
     "IJobFailed",
     "IJobScheduled",
     "IJobStarted",
@@ -45,9 +47,11 @@ __all__ = [
     "JobScheduled",
     "JobStarted",
     "JobSucceeded",
+    "NoTransactionError",
     "PyncetteSettings",
     "ScheduleError",
     "Scheduler",
+    "StoreUnavailable",
     "UnknownTaskError",
     "WorkerStarting",
     "WorkerStopping",
@@ -133,4 +137,45 @@ def includeme(config) -> None:
     registry.pyncette_settings = settings
     get_task_registry(registry)
     registry.scheduler = Scheduler(registry, settings)
+    registry.pyncette_session_hook = _resolve_session_hook(config, settings)
     config.add_directive("add_pyncette_task", add_pyncette_task)
+    config.add_request_method(request_scheduler, "scheduler", reify=True)
+
+
+def _resolve_session_hook(config, settings: PyncetteSettings):
+    if settings.session_hook is None:
+        return None
+    if settings.url.split("://", 1)[0].split("+", 1)[0] not in SQL_SCHEMES:
+        raise ConfigurationError(
+            "pyncette.session_hook needs the jobs table in the app's own database: set "
+            "pyncette.url to that database's URL (it is not a SQL URL now)"
+        )
+    try:
+        hook = config.maybe_dotted(settings.session_hook.replace(":", "."))
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"pyncette.session_hook {settings.session_hook!r} cannot be imported: {exc}; use "
+            "a dotted path to a callable taking the request, e.g. myapp.models:get_dbsession"
+        ) from None
+    if not callable(hook):
+        raise ConfigurationError(
+            f"pyncette.session_hook {settings.session_hook!r} is not callable; it must take the "
+            "request and return the app's zope.sqlalchemy session"
+        )
+    return hook
+
+
+def request_scheduler(request) -> BoundScheduler:
+    """``request.scheduler``: the scheduler bound to ``request.tm``.
+
+    Jobs added or cancelled through it are written if and only if the
+    request's transaction commits. With ``pyncette.session_hook`` the rows go
+    through the app's own session, in the same database transaction.
+    """
+    registry = request.registry
+    manager = getattr(request, "tm", None)
+    if manager is None:
+        raise NoTransactionError(NO_TRANSACTION_HELP)
+    hook = getattr(registry, "pyncette_session_hook", None)
+    session = hook(request) if hook is not None else None
+    return registry.scheduler.bind(manager, session)

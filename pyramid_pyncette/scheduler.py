@@ -30,6 +30,7 @@ from .schedules import (
 )
 from .settings import PyncetteSettings, parse_duration
 from .tasks import Task, TaskRegistry, check_job_id, get_task_registry, normalize_options
+from .transaction import StagingDataManager, active_transaction, current_transaction
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,8 @@ class Scheduler:
         self.clock: Clock = clock or utcnow
         self._repository = repository
         self._repository_lock = threading.Lock()
+        #: Called after jobs are committed (e.g. an in-process worker's ``wake``).
+        self.wake_listeners: list[Callable[[], None]] = []
 
     # -- plumbing ---------------------------------------------------------
 
@@ -147,12 +150,48 @@ class Scheduler:
         return self.clock()
 
     def _write(self, jobs: Sequence[Job]) -> None:
-        self.repository.add(jobs)
-        for job in jobs:
-            self._notify(JobScheduled(job, self.registry))
+        self._apply(jobs, [])
+        self._after_commit(jobs)
 
     def _remove(self, job_id: str) -> bool:
         return bool(self.repository.remove([job_id]))
+
+    # The persistence hooks below are shared by immediate writes and by the
+    # transaction's data manager, so every write path ends in the same place.
+
+    def _apply(self, adds: Sequence[Job], removes: Sequence[str]) -> None:
+        self.repository.apply(adds, removes)
+
+    def _snapshot(self, ids: Sequence[str]) -> dict[str, Job]:
+        return self.repository.get_many(ids)
+
+    def _undo(self, adds: Sequence[Job], removes: Sequence[str], previous: dict[str, Job]) -> None:
+        created = [job.id for job in adds if job.id not in previous]
+        self.repository.apply(list(previous.values()), created)
+
+    def _after_commit(self, jobs: Sequence[Job]) -> None:
+        for job in jobs:
+            self._notify(JobScheduled(job, self.registry))
+        for listener in list(self.wake_listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("a scheduler wake-up listener raised; ignored")
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether a store error is an outage worth retrying."""
+        return self.repository.is_transient(exc)
+
+    def bind(self, transaction_manager: Any = None, session: Any = None) -> BoundScheduler:
+        """This scheduler's API, writing through ``transaction_manager``'s transaction.
+
+        Jobs added or cancelled through the bound scheduler are written when
+        that transaction commits, and not at all if it aborts. With
+        ``session`` (the app's zope.sqlalchemy session, shared-database mode)
+        rows are written through the session instead, in the same database
+        transaction as the app's own rows.
+        """
+        return BoundScheduler(self, transaction_manager, session)
 
     def _notify(self, event: Any) -> None:
         notify = getattr(self.registry, "notify", None)
@@ -405,3 +444,81 @@ def _same_definition(stored: Job, fresh: Job) -> bool:
         return (job.task, schedule, job.options, job.args, job.kwargs)
 
     return signature(stored) == signature(fresh)
+
+
+class BoundScheduler(Scheduler):
+    """The scheduler API bound to a transaction (``request.scheduler``).
+
+    Validation happens at call time, so bad input raises in the view;
+    writes are staged and reach the store only if the transaction commits.
+    The transaction is joined on the first write: a request that schedules
+    nothing pays nothing. Reads see the request's own staged changes.
+    """
+
+    def __init__(self, parent: Scheduler, transaction_manager: Any, session: Any = None) -> None:
+        super().__init__(parent.registry, parent.settings, clock=parent.clock)
+        self.parent = parent
+        self.transaction_manager = transaction_manager
+        self.session = session
+        self.wake_listeners = parent.wake_listeners
+        self._staging: tuple[Any, StagingDataManager] | None = None
+
+    @property
+    def repository(self) -> Repository:
+        return self.parent.repository
+
+    def now(self) -> datetime:
+        return self.parent.now()
+
+    def bind(self, transaction_manager: Any = None, session: Any = None) -> BoundScheduler:
+        return self.parent.bind(transaction_manager, session)
+
+    def _data_manager(self) -> StagingDataManager:
+        txn = current_transaction(self.transaction_manager)
+        if self._staging is None or self._staging[0] is not txn:
+            data_manager = StagingDataManager(self.parent, self.transaction_manager, txn)
+            txn.join(data_manager)
+            self._staging = (txn, data_manager)
+        return self._staging[1]
+
+    def _staged(self, job_id: str) -> Job | str | None:
+        if self._staging is None:
+            return None
+        txn, data_manager = self._staging
+        if active_transaction(self.transaction_manager) is not txn:
+            return None
+        return data_manager.staged_state(job_id)
+
+    def _write(self, jobs: Sequence[Job]) -> None:
+        if self.session is not None:
+            self._write_shared(jobs, [])
+            return
+        self._data_manager().add(jobs)
+
+    def _remove(self, job_id: str) -> bool:
+        if self.session is not None:
+            return bool(self._write_shared([], [job_id]))
+        staged = self._staged(job_id)
+        data_manager = self._data_manager()
+        exists = staged != "removed" and (
+            staged is not None or self.repository.get(job_id) is not None
+        )
+        data_manager.remove(job_id)
+        return exists
+
+    def _write_shared(self, adds: Sequence[Job], removes: Sequence[str]) -> set[str]:
+        from zope.sqlalchemy import mark_changed
+
+        data_manager = self._data_manager()
+        removed = self.repository.write_on(self.session, adds, removes)
+        mark_changed(self.session, transaction_manager=self.transaction_manager)
+        data_manager.written_elsewhere.extend(adds)
+        return removed
+
+    def get_job(self, job_id: str) -> Job | None:
+        staged = self._staged(check_job_id(job_id))
+        if staged == "removed":
+            return None
+        if staged is not None:
+            return staged
+        return super().get_job(job_id)

@@ -208,6 +208,26 @@ class Repository(abc.ABC):
     def get(self, job_id: str) -> Job | None:
         """One job, or None."""
 
+    def get_many(self, ids: Iterable[str]) -> dict[str, Job]:
+        """The jobs that exist among ``ids``, by id."""
+        found = {}
+        for job_id in ids:
+            job = self.get(job_id)
+            if job is not None:
+                found[job_id] = job
+        return found
+
+    def apply(self, adds: Sequence[Job], removes: Sequence[str]) -> None:
+        """Write ``adds`` (replacing) and delete ``removes``, atomically where the store can."""
+        if removes:
+            self.remove(removes)
+        if adds:
+            self.add(adds)
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the store is (temporarily) unreachable, so a retry may work."""
+        return isinstance(exc, (RepositoryError, ConnectionError, TimeoutError))
+
     @abc.abstractmethod
     def list(self, task: str | None = None, cursor: str | None = None, limit: int = 100) -> JobPage:
         """Jobs ordered by id, after ``cursor``, optionally of one task."""

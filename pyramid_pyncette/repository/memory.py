@@ -40,6 +40,10 @@ class MemoryRepository(Repository):
                     continue
                 self._store(job)
 
+    def apply(self, adds: Sequence[Job], removes: Sequence[str]) -> None:
+        with self._lock:
+            super().apply(adds, removes)
+
     def remove(self, ids: Iterable[str]) -> set[str]:
         with self._lock:
             return {job_id for job_id in ids if self._jobs.pop(job_id, None) is not None}

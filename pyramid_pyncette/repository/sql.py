@@ -107,6 +107,12 @@ def make_table(name: str = DEFAULT_TABLE_NAME, meta: sa.MetaData | None = None) 
 jobs_table = make_table()
 
 
+def _chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
+    """Bounded IN lists: every database caps the number of bound parameters."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
 def _row_to_job(row: sa.Row) -> Job:
     arguments = row.args or {}
     return Job(
@@ -224,30 +230,65 @@ class SQLRepository(Repository):
     def add(self, jobs: Sequence[Job], replace: bool = True) -> None:
         if not jobs:
             return
-        table = self.table
-        rows = [_job_to_row(job) for job in jobs]
         with self._write() as conn:
-            ids = [row["id"] for row in rows]
-            existing = set(conn.execute(sa.select(table.c.id).where(table.c.id.in_(ids))).scalars())
-            if existing and replace:
-                conn.execute(sa.delete(table).where(table.c.id.in_(existing)))
-            elif existing:
-                rows = [row for row in rows if row["id"] not in existing]
+            if not replace:
+                existing = self._existing(conn, [job.id for job in jobs])
+                jobs = [job for job in jobs if job.id not in existing]
+            self.write_on(conn, jobs, ())
+
+    def get_many(self, ids: Iterable[str]) -> dict[str, Job]:
+        ids = list(ids)
+        found: dict[str, Job] = {}
+        if not ids:
+            return found
+        with self._read() as conn:
+            for chunk in _chunks(ids):
+                rows = conn.execute(sa.select(self.table).where(self.table.c.id.in_(chunk)))
+                found.update((row.id, _row_to_job(row)) for row in rows)
+        return found
+
+    def apply(self, adds: Sequence[Job], removes: Sequence[str]) -> None:
+        if not adds and not removes:
+            return
+        with self._write() as conn:
+            self.write_on(conn, adds, removes)
+
+    def write_on(self, conn: Any, adds: Sequence[Job], removes: Sequence[str]) -> set[str]:
+        """Write jobs through ``conn`` (a Connection or an ORM Session) in its transaction.
+
+        Replaces existing ids; returns which of ``removes`` existed.
+        """
+        table = self.table
+        removed = self._existing(conn, removes) if removes else set()
+        doomed = [job.id for job in adds] + list(removed)
+        for chunk in _chunks(doomed):
+            conn.execute(sa.delete(table).where(table.c.id.in_(chunk)))
+        if adds:
             # Later duplicates of one id in the same batch win.
-            rows = list({row["id"]: row for row in rows}.values())
-            if rows:
-                conn.execute(sa.insert(table), rows)
+            rows = list({job.id: _job_to_row(job) for job in adds}.values())
+            conn.execute(sa.insert(table), rows)
+        return removed
+
+    def _existing(self, conn: Any, ids: Sequence[str]) -> set[str]:
+        table = self.table
+        found: set[str] = set()
+        for chunk in _chunks(list(ids)):
+            found.update(conn.execute(sa.select(table.c.id).where(table.c.id.in_(chunk))).scalars())
+        return found
+
+    def is_transient(self, exc: BaseException) -> bool:
+        if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+            return True
+        if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+            return True
+        return super().is_transient(exc)
 
     def remove(self, ids: Iterable[str]) -> set[str]:
         ids = list(ids)
         if not ids:
             return set()
-        table = self.table
         with self._write() as conn:
-            found = set(conn.execute(sa.select(table.c.id).where(table.c.id.in_(ids))).scalars())
-            if found:
-                conn.execute(sa.delete(table).where(table.c.id.in_(found)))
-        return found
+            return self.write_on(conn, (), ids)
 
     def get(self, job_id: str) -> Job | None:
         with self._read() as conn:

@@ -1,0 +1,185 @@
+"""Jobs that persist if and only if the request's transaction commits.
+
+:class:`StagingDataManager` joins the request's transaction (``request.tm``)
+the first time a view adds or cancels a job. It keeps the changes in memory,
+writes them to the store in ``tpc_vote``, before zope.sqlalchemy's data
+managers commit the application's database (its sort key orders it first),
+and undoes them in ``tpc_abort`` if anything after it fails. A store that is
+unreachable at vote time raises :class:`StoreUnavailable`, a
+``TransientError``, so the whole request is aborted and pyramid_retry may run
+it again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from transaction.interfaces import (
+    IDataManagerSavepoint,
+    ISavepointDataManager,
+    NoTransaction,
+    TransientError,
+)
+from zope.interface import implementer
+
+from .jobs import Job
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+class StoreUnavailable(TransientError):
+    """The job store could not be written at commit time; the request may be retried."""
+
+
+class NoTransactionError(RuntimeError):
+    """``request.scheduler`` was used without an active transaction."""
+
+
+NO_TRANSACTION_HELP = (
+    "request.scheduler writes jobs when the request's transaction commits, but there is no "
+    "active transaction: include pyramid_tm (config.include('pyramid_tm')) so views run in "
+    "one; in scripts wrap the work in 'with request.tm:'; or use request.registry.scheduler "
+    "to write immediately, without a transaction"
+)
+
+
+def active_transaction(manager: Any) -> Any:
+    """The transaction ``manager`` has begun, or None (never begins one implicitly)."""
+    if manager is None:
+        return None
+    if getattr(manager, "explicit", False):
+        try:
+            return manager.get()
+        except NoTransaction:
+            return None
+    # An implicit manager would silently begin a transaction that nobody
+    # commits; only use one that was begun (pyramid_tm, or 'with tm:').
+    inner = getattr(manager, "manager", manager)
+    return getattr(inner, "_txn", None)
+
+
+@implementer(IDataManagerSavepoint)
+class _Savepoint:
+    def __init__(self, data_manager: StagingDataManager) -> None:
+        self.data_manager = data_manager
+        self.length = len(data_manager.changes)
+        self.elsewhere = len(data_manager.written_elsewhere)
+
+    def rollback(self) -> None:
+        del self.data_manager.changes[self.length :]
+        del self.data_manager.written_elsewhere[self.elsewhere :]
+
+
+@implementer(ISavepointDataManager)
+class StagingDataManager:
+    """Stages job writes of one transaction and applies them at vote time."""
+
+    def __init__(self, scheduler: Scheduler, transaction_manager: Any, txn: Any) -> None:
+        self.scheduler = scheduler
+        self.transaction_manager = transaction_manager
+        self.txn = txn
+        #: ("add", Job) and ("remove", job_id) in the order they were asked for.
+        self.changes: list[tuple[str, Any]] = []
+        #: Jobs written through the app's own session (shared database), announced on commit.
+        self.written_elsewhere: list[Job] = []
+        self._applied: tuple[list[Job], list[str], dict[str, Job]] | None = None
+
+    # -- staging ----------------------------------------------------------
+
+    def add(self, jobs: Iterable[Job]) -> None:
+        self.changes.extend(("add", job) for job in jobs)
+
+    def remove(self, job_id: str) -> None:
+        self.changes.append(("remove", job_id))
+
+    def staged_state(self, job_id: str) -> Job | str | None:
+        """The last staged change of ``job_id``: a Job, ``'removed'``, or None (untouched)."""
+        for action, value in reversed(self.changes):
+            if action == "add" and value.id == job_id:
+                return value
+            if action == "remove" and value == job_id:
+                return "removed"
+        return None
+
+    def _net_changes(self) -> tuple[list[Job], list[str]]:
+        final: dict[str, Job | None] = {}
+        for action, value in self.changes:
+            if action == "add":
+                final[value.id] = value
+            else:
+                final[value] = None
+        adds = [job for job in final.values() if job is not None]
+        removes = [job_id for job_id, job in final.items() if job is None]
+        return adds, removes
+
+    # -- IDataManager -----------------------------------------------------
+
+    def sortKey(self) -> str:
+        # Vote before zope.sqlalchemy ("~sqlalchemy:..."), which commits in
+        # its own tpc_vote: a store failure then aborts the app's database too.
+        return f"pyramid_pyncette:{id(self)}"
+
+    def abort(self, txn: Any) -> None:
+        self.changes = []
+        self.written_elsewhere = []
+
+    def tpc_begin(self, txn: Any) -> None:
+        pass
+
+    def commit(self, txn: Any) -> None:
+        pass
+
+    def tpc_vote(self, txn: Any) -> None:
+        adds, removes = self._net_changes()
+        if not adds and not removes:
+            return
+        try:
+            previous = self.scheduler._snapshot([job.id for job in adds] + removes)
+            self.scheduler._apply(adds, removes)
+        except Exception as exc:
+            if self.scheduler.is_transient(exc):
+                raise StoreUnavailable(
+                    f"the job store is unavailable ({type(exc).__name__}: {exc}); "
+                    "the transaction was aborted and may be retried"
+                ) from exc
+            raise
+        self._applied = (adds, removes, previous)
+
+    def tpc_finish(self, txn: Any) -> None:
+        written = list(self._applied[0]) if self._applied is not None else []
+        written.extend(self.written_elsewhere)
+        self._applied = None
+        self.changes = []
+        self.written_elsewhere = []
+        if written:
+            self.scheduler._after_commit(written)
+
+    def tpc_abort(self, txn: Any) -> None:
+        applied = self._applied
+        self._applied = None
+        self.changes = []
+        self.written_elsewhere = []
+        if applied is None:
+            return
+        adds, removes, previous = applied
+        try:
+            self.scheduler._undo(adds, removes, previous)
+        except Exception:
+            # tpc_abort must not raise; the jobs written at vote time stay.
+            log.exception("could not undo %d job write(s) after the transaction failed", len(adds))
+
+    def savepoint(self) -> _Savepoint:
+        return _Savepoint(self)
+
+
+def current_transaction(manager: Any) -> Any:
+    """The transaction ``manager`` has begun; :class:`NoTransactionError` if none."""
+    txn = active_transaction(manager)
+    if txn is None:
+        raise NoTransactionError(NO_TRANSACTION_HELP)
+    return txn
