@@ -76,6 +76,29 @@ async def _await(awaitable):
     return await awaitable
 
 
+class LeaseLost(RuntimeError):
+    """Another daemon took the job over; this run's transaction must not commit."""
+
+
+def _complete_in_transaction(registry: Any, request: Request, lease: Lease, clock) -> None:
+    """Complete the job's row through the app's session, in the job's own transaction.
+
+    The job's writes and its completion then commit together or not at all:
+    its effects happen exactly once.
+    """
+    from zope.sqlalchemy import mark_changed
+
+    session = registry.pyncette_session_hook(request)
+    outcome = Outcome(lease, succeeded=True, finished_at=clock())
+    matched = registry.scheduler.repository.complete_on(session, [outcome])
+    if lease.token is not None and not matched:
+        raise LeaseLost(
+            f"job {lease.job.id!r} lost its lease before it could commit; its work is rolled "
+            "back and the daemon that holds it now will run it"
+        )
+    mark_changed(session, transaction_manager=request.tm)
+
+
 def _notify(registry: Any, event: Any) -> None:
     try:
         registry.notify(event)
@@ -102,6 +125,7 @@ def run_job(
         return Outcome(lease, succeeded=False, finished_at=clock(), error=error, permanent=True)
     if info is None:
         info = JobInfo.for_lease(lease)
+    transactional = bool(task.options.get("transactional"))
     request = make_job_request(registry, base_url)
     tm = transaction.TransactionManager(explicit=True)
     request.environ["tm.manager"] = tm
@@ -115,6 +139,8 @@ def run_job(
             with tm:
                 _notify(registry, JobStarted(job, request, lease.scheduled_at, lease.attempt))
                 result = call_task(task.func, request, job.args, job.kwargs)
+                if transactional:
+                    _complete_in_transaction(registry, request, lease, clock)
         except BaseException as exc:
             if not isinstance(exc, Exception):
                 raise
@@ -132,7 +158,7 @@ def run_job(
             registry,
             JobSucceeded(job, request, lease.scheduled_at, lease.attempt, result, duration),
         )
-        return Outcome(lease, succeeded=True, finished_at=clock())
+        return Outcome(lease, succeeded=True, finished_at=clock(), completed=transactional)
     finally:
         try:
             if request.finished_callbacks:

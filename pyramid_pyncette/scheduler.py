@@ -220,8 +220,14 @@ class Scheduler:
         job_id = uuid.uuid4().hex if job_id is None else check_job_id(job_id)
         resolved = {**task.job_options, **normalize_options(options, where=where)}
         now = self.now()
-        schedule = schedule.anchored(now)
-        first = schedule.first_run(now)
+        try:
+            schedule = schedule.anchored(now)
+            first = schedule.first_run(now)
+        except OverflowError:
+            raise InvalidJobError(
+                f"{where}: the schedule {schedule.describe()} reaches past the year 9999; "
+                "use a shorter interval or an earlier date"
+            ) from None
         if first is None:
             raise InvalidJobError(f"{where}: the schedule {schedule.describe()} never fires")
         return Job(
@@ -306,10 +312,13 @@ class Scheduler:
                 )
             start = None if start_date is None else ensure_aware(start_date, name="start_date")
             schedule = IntervalSchedule(every, start)
-        except (ScheduleError, ValueError) as exc:
+        except (ScheduleError, ValueError, OverflowError) as exc:
             if isinstance(exc, InvalidJobError):
                 raise
-            raise InvalidJobError(f"{where}: {exc}") from None
+            raise InvalidJobError(
+                f"{where}: the interval is not usable ({exc}); use a positive duration "
+                "such as '30s', '5m' or timedelta(hours=1)"
+            ) from None
         return self._add(func, schedule, args, kwargs, job_id, where, options)
 
     def add_cron_job(

@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 import venusian
+from pyramid.exceptions import ConfigurationError
 
 from .exceptions import InvalidJobError, UnknownTaskError
 from .jobs import EXECUTION_MODES, FAILURE_MODES, MAX_JOB_ID_LENGTH
@@ -27,7 +28,7 @@ from .settings import parse_duration
 JOB_OPTIONS = ("execution_mode", "failure_mode", "lease_duration")
 
 #: Options only a task has.
-TASK_ONLY_OPTIONS = ("timezone",)
+TASK_ONLY_OPTIONS = ("timezone", "transactional")
 
 
 def normalize_options(options: Mapping[str, Any], *, where: str) -> dict[str, Any]:
@@ -60,6 +61,8 @@ def normalize_options(options: Mapping[str, Any], *, where: str) -> dict[str, An
                 value = parse_duration(value, key="lease_duration")
             except ValueError as exc:
                 raise InvalidJobError(f"{where}: {exc}") from None
+        if key == "transactional" and not isinstance(value, bool):
+            raise InvalidJobError(f"{where}: transactional must be True or False, got {value!r}")
         if key == "timezone":
             try:
                 get_zone(value)
@@ -236,12 +239,20 @@ def add_pyncette_task(
     ``schedule`` (a cron string) or ``interval`` (seconds, ``'30s'`` or a
     ``timedelta``) also declares a static recurring job for the task.
     Options: ``execution_mode``, ``failure_mode``, ``lease_duration``,
-    ``timezone``. Two tasks with the same name conflict.
+    ``timezone``, ``transactional``. Two tasks with the same name conflict.
     """
     func = config.maybe_dotted(func)
     task = make_task(func, name=name, schedule=schedule, interval=interval, **options)
 
     def register() -> None:
+        if task.options.get("transactional") and not getattr(
+            config.registry, "pyncette_session_hook", None
+        ):
+            raise ConfigurationError(
+                f"task {task.name!r} is transactional=True, which completes the job in the "
+                "app's own database transaction: set pyncette.session_hook (and point "
+                "pyncette.url at the app's database), or drop transactional=True"
+            )
         get_task_registry(config.registry).add(task)
 
     intr = config.introspectable("pyncette tasks", task.name, task.name, "pyncette task")

@@ -1,7 +1,10 @@
 """Helpers for testing applications that schedule jobs.
 
-:class:`FakeClock` is an injectable clock; :func:`run_pending` runs every job
-due at a given instant synchronously, in the calling thread.
+``config.include('pyramid_pyncette.testing')`` (instead of, or after,
+``pyramid_pyncette``) swaps in a memory store and a
+:class:`RecordingScheduler`, so a test can assert "this view scheduled that
+job" (``registry.scheduler.scheduled``) and run due jobs synchronously with
+:func:`run_pending`. :class:`FakeClock` is an injectable clock.
 """
 
 from __future__ import annotations
@@ -10,7 +13,11 @@ import threading
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-__all__ = ["FakeClock", "run_pending"]
+from .jobs import Job
+from .repository.memory import MemoryRepository
+from .scheduler import Scheduler
+
+__all__ = ["FakeClock", "RecordingScheduler", "includeme", "run_pending"]
 
 
 class FakeClock:
@@ -48,3 +55,46 @@ def run_pending(registry: Any, now: datetime | None = None) -> int:
     from .worker import Worker
 
     return Worker(registry).run_pending(now)
+
+
+class RecordingScheduler(Scheduler):
+    """A scheduler over a memory store that remembers what was committed.
+
+    ``scheduled`` lists every job written (after its transaction committed,
+    for ``request.scheduler``), ``cancelled`` every job id deleted.
+    """
+
+    def __init__(self, registry: Any, settings: Any, clock: Any = None) -> None:
+        super().__init__(registry, settings, repository=MemoryRepository(), clock=clock)
+        self.scheduled: list[Job] = []
+        self.cancelled: list[str] = []
+
+    def _apply(self, adds, removes) -> None:
+        super()._apply(adds, removes)
+        self.cancelled.extend(removes)
+
+    def _remove(self, job_id: str) -> bool:
+        existed = super()._remove(job_id)
+        if existed:
+            self.cancelled.append(job_id)
+        return existed
+
+    def _after_commit(self, jobs) -> None:
+        self.scheduled.extend(jobs)
+        super()._after_commit(jobs)
+
+    def clear(self) -> None:
+        """Forget what was recorded (the store keeps its jobs)."""
+        self.scheduled.clear()
+        self.cancelled.clear()
+
+
+def includeme(config) -> None:
+    """Include ``pyramid_pyncette`` with a memory store and a :class:`RecordingScheduler`."""
+    import dataclasses
+
+    config.include("pyramid_pyncette")
+    registry = config.registry
+    settings = dataclasses.replace(registry.pyncette_settings, url="memory://")
+    registry.pyncette_settings = settings
+    registry.scheduler = RecordingScheduler(registry, settings)

@@ -163,7 +163,7 @@ class Worker:
             for lease in fresh:
                 seen.add(lease.job.id)
                 outcomes.append(self._execute(lease, clock=lambda: now))
-            self.repository.complete(outcomes)
+            self.repository.complete(_pending(outcomes))
             for outcome in outcomes:
                 self._record(outcome)
             total += len(outcomes)
@@ -196,7 +196,7 @@ class Worker:
                 try:
                     pending.extend(self._collect())
                     if pending:
-                        self.repository.complete(pending)
+                        self.repository.complete(_pending(pending))
                         pending = []
                     if time.monotonic() >= next_heartbeat:
                         self._heartbeat()
@@ -344,7 +344,7 @@ class Worker:
         for attempt in range(5):
             try:
                 if pending:
-                    self.repository.complete(pending)
+                    self.repository.complete(_pending(pending))
                     pending = []
                 if unstarted:
                     self.repository.release(unstarted)
@@ -359,6 +359,11 @@ class Worker:
             len(pending),
             len(unstarted),
         )
+
+
+def _pending(outcomes: list[Outcome]) -> list[Outcome]:
+    """Outcomes still to write (``transactional=True`` runs completed themselves)."""
+    return [outcome for outcome in outcomes if not outcome.completed]
 
 
 def _describe(exc: BaseException) -> str:

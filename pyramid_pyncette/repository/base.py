@@ -56,6 +56,8 @@ class Outcome:
     error: str | None = None
     #: The job can never succeed as stored (e.g. its task is gone): park it as failed.
     permanent: bool = False
+    #: The run already completed its row inside its own transaction (``transactional=True``).
+    completed: bool = False
 
 
 @dataclass(frozen=True)

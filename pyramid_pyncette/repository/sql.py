@@ -341,6 +341,14 @@ class SQLRepository(Repository):
     def complete(self, outcomes: Sequence[Outcome]) -> None:
         if not outcomes:
             return
+        with self._write() as conn:
+            self.complete_on(conn, outcomes)
+
+    def complete_on(self, conn: Any, outcomes: Sequence[Outcome]) -> int:
+        """Apply outcomes through ``conn`` (a Connection or the app's Session).
+
+        Returns how many lease-guarded rows matched: 0 for a lost lease.
+        """
         table = self.table
         deletes: list[dict[str, Any]] = []
         settles: list[dict[str, Any]] = []
@@ -360,16 +368,18 @@ class SQLRepository(Repository):
         guard = sa.and_(
             table.c.id == sa.bindparam("b_id"), table.c.locked_by == sa.bindparam("b_token")
         )
-        with self._write() as conn:
-            if deletes:
-                conn.execute(sa.delete(table).where(guard), deletes)
-            if settles:
-                conn.execute(sa.update(table).where(guard).values(locked_by=None), settles)
-            if notes:
-                conn.execute(sa.update(table).where(guard), notes)
-            if unguarded:
-                unguarded = [{k: v for k, v in p.items() if k != "b_token"} for p in unguarded]
-                conn.execute(sa.update(table).where(table.c.id == sa.bindparam("b_id")), unguarded)
+        matched = 0
+        if deletes:
+            matched += conn.execute(sa.delete(table).where(guard), deletes).rowcount
+        if settles:
+            statement = sa.update(table).where(guard).values(locked_by=None)
+            matched += conn.execute(statement, settles).rowcount
+        if notes:
+            matched += conn.execute(sa.update(table).where(guard), notes).rowcount
+        if unguarded:
+            unguarded = [{k: v for k, v in p.items() if k != "b_token"} for p in unguarded]
+            conn.execute(sa.update(table).where(table.c.id == sa.bindparam("b_id")), unguarded)
+        return matched
 
     def extend(self, leases: Sequence[tuple[str, str, datetime]]) -> set[str]:
         if not leases:
