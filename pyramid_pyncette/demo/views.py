@@ -42,8 +42,8 @@ DEFAULTS = {
 
 
 def _scheduler(request):
-    """The scheduler the views write with."""
-    return request.registry.scheduler
+    """The scheduler the views write with: jobs are written iff the request commits."""
+    return request.scheduler
 
 
 def _now(request) -> datetime:
