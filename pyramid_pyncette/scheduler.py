@@ -80,6 +80,15 @@ def _json_problem(value: Any, path: str) -> str | None:
     return f"{path} = {value!r} is a {type(value).__name__}, which is not JSON{hint}"
 
 
+def _start_date(value: Any, where: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return ensure_aware(value, name="start_date")
+    except ScheduleError as exc:
+        raise InvalidJobError(f"{where}: {exc}") from None
+
+
 def check_arguments(args: Any, kwargs: Any) -> tuple[list[Any], dict[str, Any]]:
     """Validate job arguments: JSON values only, named precisely when not."""
     if args is None:
@@ -292,33 +301,41 @@ class Scheduler:
         where = "add_interval_job"
         units = {"weeks": weeks, "days": days, "hours": hours, "minutes": minutes}
         units["seconds"] = seconds
+        for unit, value in units.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvalidJobError(
+                    f"{where}: {unit}={value!r} is not a number; pass e.g. {unit}=5"
+                )
+            if not math.isfinite(value) or value < 0:
+                raise InvalidJobError(
+                    f"{where}: {unit}={value!r} must be a finite number >= 0; pass e.g. {unit}=5"
+                )
         given = any(units.values())
         if interval is not None and given:
             raise InvalidJobError(
                 f"{where}: give either interval= or the unit keywords (weeks=, days=, hours=, "
                 "minutes=, seconds=), not both"
             )
+        if interval is None and not given:
+            raise InvalidJobError(
+                f"{where}: no interval given; pass interval='30s' (or a timedelta), "
+                "or unit keywords such as minutes=5"
+            )
+        start = _start_date(start_date, where)
         try:
             if interval is not None:
                 every = timedelta(seconds=parse_duration(interval, key="interval"))
-            elif given:
-                every = timedelta(**units)
-                if every <= timedelta(0):
-                    raise InvalidJobError(f"{where}: the interval must be positive, got {every}")
             else:
-                raise InvalidJobError(
-                    f"{where}: no interval given; pass interval='30s' (or a timedelta), "
-                    "or unit keywords such as minutes=5"
-                )
-            start = None if start_date is None else ensure_aware(start_date, name="start_date")
-            schedule = IntervalSchedule(every, start)
-        except (ScheduleError, ValueError, OverflowError) as exc:
-            if isinstance(exc, InvalidJobError):
-                raise
+                every = timedelta(**units)
+        except (ValueError, OverflowError) as exc:
             raise InvalidJobError(
                 f"{where}: the interval is not usable ({exc}); use a positive duration "
                 "such as '30s', '5m' or timedelta(hours=1)"
             ) from None
+        try:
+            schedule = IntervalSchedule(every, start)
+        except ScheduleError as exc:
+            raise InvalidJobError(f"{where}: {exc}") from None
         return self._add(func, schedule, args, kwargs, job_id, where, options)
 
     def add_cron_job(
@@ -360,8 +377,8 @@ class Scheduler:
         }
         given = {k: v for k, v in fields.items() if v is not None}
         zone = timezone or self.settings.timezone
+        start = _start_date(start_date, where)
         try:
-            start = None if start_date is None else ensure_aware(start_date, name="start_date")
             if schedule is not None and given:
                 raise InvalidJobError(
                     f"{where}: give either a cron string or field keywords "

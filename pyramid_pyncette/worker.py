@@ -152,24 +152,29 @@ class Worker:
         """
         now = now or self.clock()
         seen: set[str] = set()
+        # Runs due again at the same instant stay claimed (so the next claim
+        # moves past them) and are given back once everything else ran.
+        held: list[Lease] = []
         total = 0
-        while True:
-            leases = self.repository.claim(now, self.batch_size, self._token(), self.lease_duration)
-            if not leases:
-                return total
-            again = [lease for lease in leases if lease.job.id in seen]
-            fresh = [lease for lease in leases if lease.job.id not in seen]
-            outcomes = []
-            for lease in fresh:
-                seen.add(lease.job.id)
-                outcomes.append(self._execute(lease, clock=lambda: now))
-            self.repository.complete(_pending(outcomes))
-            for outcome in outcomes:
-                self._record(outcome)
-            total += len(outcomes)
-            if again:
-                self.repository.release(again)
-                return total
+        try:
+            while True:
+                token = self._token()
+                leases = self.repository.claim(now, self.batch_size, token, self.lease_duration)
+                if not leases:
+                    return total
+                held.extend(lease for lease in leases if lease.job.id in seen)
+                outcomes = []
+                for lease in leases:
+                    if lease.job.id not in seen:
+                        seen.add(lease.job.id)
+                        outcomes.append(self._execute(lease, clock=lambda: now))
+                self.repository.complete(_pending(outcomes))
+                for outcome in outcomes:
+                    self._record(outcome)
+                total += len(outcomes)
+        finally:
+            if held:
+                self.repository.release(held)
 
     # -- the loop ---------------------------------------------------------
 

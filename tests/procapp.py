@@ -11,6 +11,7 @@ import os
 import time
 
 from pyramid.config import Configurator
+from pyramid.response import Response
 
 from pyramid_pyncette import task
 
@@ -35,11 +36,19 @@ def fail(request):
     raise RuntimeError("failing on purpose")
 
 
+def add_view(request):
+    """Schedule ``record`` through the request's transaction."""
+    job = request.scheduler.add_async_job("record", job_id=request.params["id"])
+    return Response(job.id)
+
+
 def main(global_config, **settings):
     """The app factory (``use = call:tests.procapp:main``)."""
     with Configurator(settings=settings) as config:
         config.include("pyramid_tm")
         config.include("pyramid_pyncette")
+        config.add_route("add", "/add")
+        config.add_view(add_view, route_name="add")
         config.scan("tests.procapp")
     return config.make_wsgi_app()
 

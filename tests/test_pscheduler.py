@@ -57,7 +57,7 @@ def _write_ini(tmp_path, url, include=True, extra=""):
             formatter = generic
 
             [formatter_generic]
-            format = %%(asctime)s %%(levelname)-5.5s [%%(name)s] %%(message)s
+            format = %(asctime)s %(levelname)-5.5s [%(name)s] %(message)s
             """
         )
     )
@@ -134,14 +134,15 @@ def test_once_runs_due_jobs_and_exits_zero(tmp_path):
     ini, records = _write_ini(tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite")
     registry = _registry(ini)
     registry.scheduler.add_async_job("record", job_id="a")
-    registry.scheduler.add_date_job("record", datetime(2000, 1, 1, tzinfo=timezone.utc))
+    registry.scheduler.add_date_job(
+        "record", datetime(2000, 1, 1, tzinfo=timezone.utc), job_id="past"
+    )
     registry.scheduler.add_interval_job("record", "1h", job_id="hourly")
 
     assert _run("--once", ini) == 0
 
     runs = read_runs(records)
-    assert sorted(job_id for job_id, _, _ in runs)[0] == "a"
-    assert len(runs) == 2
+    assert sorted(job_id for job_id, _, _ in runs) == ["a", "past"]
     remaining = [job.id for job in registry.scheduler.iter_jobs()]
     assert remaining == ["hourly"]
 

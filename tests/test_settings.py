@@ -91,8 +91,31 @@ def test_known_keys():
         "session_hook",
         "redis_namespace",
         "heartbeat_interval",
+        "base_url",
     }
     assert set(KNOWN_KEYS) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("https://example.com", "https://example.com"),
+        ("http://localhost:6543/", "http://localhost:6543"),
+        ("  https://example.com/app/  ", "https://example.com/app"),
+    ],
+)
+def test_base_url_is_normalised(raw, expected):
+    assert _parse(base_url=raw).base_url == expected
+
+
+@pytest.mark.parametrize("raw", ["example.com", "ftp://example.com", "https://", "http://a b"])
+def test_bad_base_url_names_the_key_and_the_fix(raw):
+    from pyramid.exceptions import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as info:
+        _parse(base_url=raw)
+    assert "pyncette.base_url" in str(info.value)
+    assert "http(s) URL" in str(info.value)
 
 
 # --------------------------------------------------------------------------- valid values

@@ -1,0 +1,1 @@
+"""Modules with decorated tasks, found by ``config.scan('tests.scanpkg')``."""

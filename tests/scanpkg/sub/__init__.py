@@ -1,0 +1,1 @@
+"""A subpackage: ``config.scan`` recurses into it."""
