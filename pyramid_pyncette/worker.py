@@ -23,7 +23,7 @@ import uuid
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from .events import WorkerStarting, WorkerStopping
@@ -304,19 +304,18 @@ class Worker:
         return outcomes
 
     def _heartbeat(self) -> None:
-        now = self.clock()
         leases = [
             (
                 running.lease.job.id,
                 running.lease.token,
-                now + timedelta(seconds=running.lease.job.lease_duration or self.lease_duration),
+                running.lease.job.lease_duration or self.lease_duration,
             )
             for running in list(self._running.values())
             if running.lease.token is not None and not running.info.lease_lost
         ]
         if not leases:
             return
-        held = self.repository.extend(leases)
+        held = self.repository.extend(self.clock(), leases)
         for job_id, token, _ in leases:
             if job_id not in held:
                 running = self._running.get((job_id, token))

@@ -351,12 +351,12 @@ def test_heartbeat_extends_only_a_held_lease(app):
     app.repository.claim(app.start, 10, "holder", 60)
 
     until = app.start + seconds(120)
-    assert app.repository.extend([(job.id, "holder", until)]) == {job.id}
+    assert app.repository.extend(app.start, [(job.id, "holder", 120)]) == {job.id}
     assert app.scheduler.get_job(job.id).due_at == until
 
-    assert app.repository.extend([(job.id, "intruder", app.start + seconds(500))]) == set()
+    assert app.repository.extend(app.start, [(job.id, "intruder", 500)]) == set()
     assert app.scheduler.get_job(job.id).due_at == until
-    assert app.repository.extend([]) == set()
+    assert app.repository.extend(app.start, []) == set()
 
     assert app.run_pending(until - MICROSECOND) == 0
     assert app.run_pending(until) == 1
@@ -368,7 +368,7 @@ def test_heartbeat_after_takeover_reports_lease_lost(app):
     app.repository.claim(app.start, 10, "slow", 60)
     app.repository.claim(app.start + seconds(60), 10, "fast", 60)
 
-    assert app.repository.extend([(job.id, "slow", app.start + seconds(200))]) == set()
+    assert app.repository.extend(app.start, [(job.id, "slow", 200)]) == set()
     assert app.scheduler.get_job(job.id).locked_by == "fast"
     assert app.scheduler.get_job(job.id).due_at == app.start + seconds(120)
 
@@ -537,7 +537,7 @@ def test_next_due_tracks_the_earliest_due_time_and_lease_expiry(app):
     assert app.scheduler.cancel_job(later.id) is True
     assert app.repository.next_due() == app.start + seconds(70)
 
-    app.repository.extend([(sooner.id, "holder", app.start + seconds(90))])
+    app.repository.extend(app.start, [(sooner.id, "holder", 90)])
     assert app.repository.next_due() == app.start + seconds(90)
 
     assert app.scheduler.cancel_job(sooner.id) is True

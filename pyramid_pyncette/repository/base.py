@@ -189,8 +189,11 @@ class JobPage:
 class Repository(abc.ABC):
     """The store of jobs. Implementations must be safe to call from many threads."""
 
-    #: Whether the store has its own clock that claims use instead of ``now``.
-    uses_store_clock = False
+    #: Whether claims and heartbeats use the store's own clock instead of the
+    #: ``now`` they are given, so daemons whose clocks disagree never take a
+    #: live lease from each other. Stores without a clock ignore it; tests
+    #: that drive time with a fake clock switch it off.
+    store_clock = False
 
     def setup(self) -> None:  # noqa: B027 - optional hook
         """Create tables or scripts. Called once before first use."""
@@ -243,8 +246,11 @@ class Repository(abc.ABC):
         """Apply many outcomes at once (see :func:`plan_completion`)."""
 
     @abc.abstractmethod
-    def extend(self, leases: Sequence[tuple[str, str, datetime]]) -> set[str]:
-        """Move the lease expiry of ``(id, token, until)``; return the ids still held."""
+    def extend(self, now: datetime, leases: Sequence[tuple[str, str, float]]) -> set[str]:
+        """Renew leases ``(id, token, seconds)`` to expire ``seconds`` after now.
+
+        Returns the ids still held by their token (the others were lost).
+        """
 
     @abc.abstractmethod
     def release(self, leases: Sequence[Lease]) -> None:

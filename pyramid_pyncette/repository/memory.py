@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import threading
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from ..jobs import Job
 from .base import JobPage, Lease, Outcome, Repository, plan_claim, plan_completion
@@ -93,13 +93,13 @@ class MemoryRepository(Repository):
                 else:
                     self._jobs[plan.job_id] = job.replace(**plan.values)
 
-    def extend(self, leases: Sequence[tuple[str, str, datetime]]) -> set[str]:
+    def extend(self, now: datetime, leases: Sequence[tuple[str, str, float]]) -> set[str]:
         held = set()
         with self._lock:
-            for job_id, token, until in leases:
+            for job_id, token, seconds in leases:
                 job = self._jobs.get(job_id)
                 if job is not None and job.locked_by == token:
-                    self._store(job.replace(due_at=until))
+                    self._store(job.replace(due_at=now + timedelta(seconds=seconds)))
                     held.add(job_id)
         return held
 

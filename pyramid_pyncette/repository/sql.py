@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,7 +22,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from ..jobs import MAX_JOB_ID_LENGTH, Job
-from .base import JobPage, Lease, Outcome, Repository, RepositoryError, plan_claim, plan_completion
+from .base import JobPage, Lease, Outcome, Repository, plan_claim, plan_completion
 
 #: MetaData holding the default table, for apps that manage it with Alembic.
 metadata = sa.MetaData()
@@ -33,21 +33,34 @@ DEFAULT_TABLE_NAME = "pyncette_jobs"
 SQLITE_BUSY_TIMEOUT = 60
 
 
+#: Dialects whose timestamps carry no time zone: values are stored as naive UTC.
+NAIVE_UTC_DIALECTS = ("sqlite", "mysql", "mariadb")
+
+
 class UTCDateTime(sa.types.TypeDecorator):
     """Timestamps are UTC-aware in Python and UTC in the store.
 
-    SQLite has no time zone type, so values are stored naive (UTC); with
-    one fixed format, string comparison orders them correctly.
+    PostgreSQL stores ``timestamptz``. SQLite and MySQL have no time zone
+    type, so values are stored naive (UTC): with one fixed format SQLite's
+    string comparison orders them correctly, and MySQL keeps microseconds
+    (``DATETIME(6)``).
     """
 
     impl = sa.DateTime(timezone=True)
     cache_ok = True
 
+    def load_dialect_impl(self, dialect):
+        if dialect.name in ("mysql", "mariadb"):
+            from sqlalchemy.dialects.mysql import DATETIME
+
+            return dialect.type_descriptor(DATETIME(fsp=6))
+        return dialect.type_descriptor(sa.DateTime(timezone=True))
+
     def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
         if value is None:
             return None
         value = value.astimezone(timezone.utc)
-        if dialect.name == "sqlite":
+        if dialect.name in NAIVE_UTC_DIALECTS:
             return value.replace(tzinfo=None)
         return value
 
@@ -193,6 +206,9 @@ class SQLRepository(Repository):
         self._setup_lock = threading.Lock()
         self._ready = False
         self._dialect = engine.dialect.name
+        self.store_clock = self._dialect in ("postgresql", "mysql", "mariadb")
+        # Skip rows another daemon has locked instead of waiting for them.
+        self._skip_locked = self._dialect in ("postgresql", "mysql", "mariadb")
 
     # -- plumbing ---------------------------------------------------------
 
@@ -203,10 +219,11 @@ class SQLRepository(Repository):
             if self.create_table:
                 try:
                     self.table.metadata.create_all(self.engine, checkfirst=True)
-                except sa.exc.OperationalError as exc:
+                except sa.exc.DBAPIError as exc:
                     # Two processes racing to create the table: the loser sees it exists.
-                    if "already exists" not in str(exc):
-                        raise RepositoryError(str(exc)) from exc
+                    text = str(exc).lower()
+                    if "already exists" not in text and "duplicate" not in text:
+                        raise
             self._ready = True
 
     def close(self) -> None:
@@ -308,12 +325,28 @@ class SQLRepository(Repository):
         jobs = jobs[:limit]
         return JobPage(jobs, jobs[-1].id if more else None)
 
+    def _now(self, conn: Any, now: datetime) -> datetime:
+        """The store's clock when it has one (and it is in use), else ``now``."""
+        if not self.store_clock:
+            return now
+        if self._dialect == "postgresql":
+            value = conn.execute(sa.text("SELECT clock_timestamp()")).scalar()
+        else:
+            value = conn.execute(sa.text("SELECT UTC_TIMESTAMP(6)")).scalar()
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
     def claim(self, now: datetime, limit: int, token: str, default_lease: float) -> list[Lease]:
         table = self.table
         with self._write() as conn:
-            rows = conn.execute(
+            now = self._now(conn, now)
+            query = (
                 sa.select(table).where(table.c.due_at <= now).order_by(table.c.due_at).limit(limit)
-            ).all()
+            )
+            if self._skip_locked:
+                query = query.with_for_update(skip_locked=True)
+            rows = conn.execute(query).all()
             if not rows:
                 return []
             plans = [plan_claim(_row_to_job(row), now, token, default_lease) for row in rows]
@@ -381,12 +414,16 @@ class SQLRepository(Repository):
             conn.execute(sa.update(table).where(table.c.id == sa.bindparam("b_id")), unguarded)
         return matched
 
-    def extend(self, leases: Sequence[tuple[str, str, datetime]]) -> set[str]:
+    def extend(self, now: datetime, leases: Sequence[tuple[str, str, float]]) -> set[str]:
         if not leases:
             return set()
         table = self.table
-        params = [{"b_id": i, "b_token": t, "due_at": until} for i, t, until in leases]
         with self._write() as conn:
+            now = self._now(conn, now)
+            params = [
+                {"b_id": i, "b_token": t, "due_at": now + timedelta(seconds=s)}
+                for i, t, s in leases
+            ]
             conn.execute(
                 sa.update(table).where(
                     table.c.id == sa.bindparam("b_id"),
@@ -442,4 +479,7 @@ def create_engine(url: str | sa.URL, **kwargs: Any) -> Engine:
         _configure_sqlite(engine)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
+    if url.get_backend_name() in ("mysql", "mariadb"):
+        # READ COMMITTED: no gap locks, so concurrent claims do not deadlock.
+        kwargs.setdefault("isolation_level", "READ COMMITTED")
     return sa.create_engine(url, **kwargs)
