@@ -163,7 +163,10 @@ class Scheduler:
         self._after_commit(jobs)
 
     def _remove(self, job_id: str) -> bool:
-        return bool(self.repository.remove([job_id]))
+        removed = bool(self.repository.remove([job_id]))
+        if removed:
+            self._after_commit([], [job_id])
+        return removed
 
     # The persistence hooks below are shared by immediate writes and by the
     # transaction's data manager, so every write path ends in the same place.
@@ -178,7 +181,7 @@ class Scheduler:
         created = [job.id for job in adds if job.id not in previous]
         self.repository.apply(list(previous.values()), created)
 
-    def _after_commit(self, jobs: Sequence[Job]) -> None:
+    def _after_commit(self, jobs: Sequence[Job], removed: Sequence[str] = ()) -> None:
         for job in jobs:
             self._notify(JobScheduled(job, self.registry))
         for listener in list(self.wake_listeners):
@@ -478,7 +481,8 @@ class BoundScheduler(Scheduler):
     Validation happens at call time, so bad input raises in the view;
     writes are staged and reach the store only if the transaction commits.
     The transaction is joined on the first write: a request that schedules
-    nothing pays nothing. Reads see the request's own staged changes.
+    nothing pays nothing. ``get_job`` sees the request's own uncommitted changes;
+    ``get_jobs`` lists what is committed.
     """
 
     def __init__(self, parent: Scheduler, transaction_manager: Any, session: Any = None) -> None:
@@ -501,7 +505,7 @@ class BoundScheduler(Scheduler):
 
     def _data_manager(self) -> StagingDataManager:
         txn = current_transaction(self.transaction_manager)
-        if self._staging is None or self._staging[0] is not txn:
+        if self._staging is None or self._staging[0] is not txn or not self._staging[1].joined:
             data_manager = StagingDataManager(self.parent, self.transaction_manager, txn)
             txn.join(data_manager)
             self._staging = (txn, data_manager)
@@ -538,10 +542,14 @@ class BoundScheduler(Scheduler):
         data_manager = self._data_manager()
         removed = self.repository.write_on(self.session, adds, removes)
         mark_changed(self.session, transaction_manager=self.transaction_manager)
-        data_manager.written_elsewhere.extend(adds)
+        data_manager.elsewhere.extend(("add", job) for job in adds)
+        data_manager.elsewhere.extend(("remove", job_id) for job_id in removed)
         return removed
 
     def get_job(self, job_id: str) -> Job | None:
+        """The job as this transaction sees it (including its own uncommitted changes)."""
+        if self.session is not None:
+            return self.repository.get_on(self.session, check_job_id(job_id))
         staged = self._staged(check_job_id(job_id))
         if staged == "removed":
             return None

@@ -69,19 +69,10 @@ class RecordingScheduler(Scheduler):
         self.scheduled: list[Job] = []
         self.cancelled: list[str] = []
 
-    def _apply(self, adds, removes) -> None:
-        super()._apply(adds, removes)
-        self.cancelled.extend(removes)
-
-    def _remove(self, job_id: str) -> bool:
-        existed = super()._remove(job_id)
-        if existed:
-            self.cancelled.append(job_id)
-        return existed
-
-    def _after_commit(self, jobs) -> None:
+    def _after_commit(self, jobs, removed=()) -> None:
         self.scheduled.extend(jobs)
-        super()._after_commit(jobs)
+        self.cancelled.extend(removed)
+        super()._after_commit(jobs, removed)
 
     def clear(self) -> None:
         """Forget what was recorded (the store keeps its jobs)."""

@@ -68,11 +68,11 @@ class _Savepoint:
     def __init__(self, data_manager: StagingDataManager) -> None:
         self.data_manager = data_manager
         self.length = len(data_manager.changes)
-        self.elsewhere = len(data_manager.written_elsewhere)
+        self.elsewhere = len(data_manager.elsewhere)
 
     def rollback(self) -> None:
         del self.data_manager.changes[self.length :]
-        del self.data_manager.written_elsewhere[self.elsewhere :]
+        del self.data_manager.elsewhere[self.elsewhere :]
 
 
 @implementer(ISavepointDataManager)
@@ -85,8 +85,11 @@ class StagingDataManager:
         self.txn = txn
         #: ("add", Job) and ("remove", job_id) in the order they were asked for.
         self.changes: list[tuple[str, Any]] = []
-        #: Jobs written through the app's own session (shared database), announced on commit.
-        self.written_elsewhere: list[Job] = []
+        #: Changes written through the app's own session (shared database):
+        #: ("add", Job) and ("remove", job_id), only announced on commit.
+        self.elsewhere: list[tuple[str, Any]] = []
+        #: False once the transaction (or a savepoint rollback) dropped this manager.
+        self.joined = True
         self._applied: tuple[list[Job], list[str], dict[str, Job]] | None = None
 
     # -- staging ----------------------------------------------------------
@@ -125,8 +128,11 @@ class StagingDataManager:
         return f"pyramid_pyncette:{id(self)}"
 
     def abort(self, txn: Any) -> None:
+        # Also called when a savepoint taken before this manager joined is
+        # rolled back: the transaction then forgets it, so it must rejoin.
         self.changes = []
-        self.written_elsewhere = []
+        self.elsewhere = []
+        self.joined = False
 
     def tpc_begin(self, txn: Any) -> None:
         pass
@@ -151,19 +157,27 @@ class StagingDataManager:
         self._applied = (adds, removes, previous)
 
     def tpc_finish(self, txn: Any) -> None:
-        written = list(self._applied[0]) if self._applied is not None else []
-        written.extend(self.written_elsewhere)
+        written: list[Job] = []
+        removed: list[str] = []
+        if self._applied is not None:
+            adds, removes, previous = self._applied
+            written.extend(adds)
+            removed.extend(job_id for job_id in removes if job_id in previous)
+        for action, value in self.elsewhere:
+            (written if action == "add" else removed).append(value)
         self._applied = None
         self.changes = []
-        self.written_elsewhere = []
-        if written:
-            self.scheduler._after_commit(written)
+        self.elsewhere = []
+        self.joined = False
+        if written or removed:
+            self.scheduler._after_commit(written, removed)
 
     def tpc_abort(self, txn: Any) -> None:
         applied = self._applied
         self._applied = None
         self.changes = []
-        self.written_elsewhere = []
+        self.elsewhere = []
+        self.joined = False
         if applied is None:
             return
         adds, removes, previous = applied

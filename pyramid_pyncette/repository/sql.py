@@ -309,7 +309,11 @@ class SQLRepository(Repository):
 
     def get(self, job_id: str) -> Job | None:
         with self._read() as conn:
-            row = conn.execute(sa.select(self.table).where(self.table.c.id == job_id)).first()
+            return self.get_on(conn, job_id)
+
+    def get_on(self, conn: Any, job_id: str) -> Job | None:
+        """One job read through ``conn`` (a Connection or the app's Session)."""
+        row = conn.execute(sa.select(self.table).where(self.table.c.id == job_id)).first()
         return None if row is None else _row_to_job(row)
 
     def list(self, task: str | None = None, cursor: str | None = None, limit: int = 100) -> JobPage:
