@@ -209,7 +209,7 @@ class Worker:
                     want = min(self.concurrency - len(self._running), self.batch_size)
                     if want > 0 and not self._stopping.is_set():
                         claimed = self._claim_and_start(pool, want)
-                    self._backoff.reset()
+                    self._store_recovered()
                 except Exception as exc:
                     self._store_failed(exc)
                     continue
@@ -246,8 +246,13 @@ class Worker:
 
     def _store_failed(self, exc: Exception) -> None:
         delay = self._backoff.next_delay()
+        transient = self.scheduler.is_transient(exc)
         if self._backoff.failures == 1:
-            log.error("store error: %s; retrying", _describe(exc), exc_info=True)
+            if transient:
+                log.error("store unavailable (%s); retrying with backoff", _describe(exc))
+                log.debug("store error details", exc_info=True)
+            else:
+                log.error("store error: %s; retrying with backoff", _describe(exc), exc_info=True)
         else:
             log.warning(
                 "store still failing (%d times): %s; next try in %.1fs",
@@ -256,6 +261,11 @@ class Worker:
                 delay,
             )
         self._stopping.wait(delay)
+
+    def _store_recovered(self) -> None:
+        if self._backoff.failures:
+            log.info("store reachable again after %d failed tries", self._backoff.failures)
+            self._backoff.reset()
 
     def _until_next_due(self) -> float:
         next_due = self.repository.next_due()
