@@ -52,6 +52,7 @@ def start_worker(registry: Any) -> tuple[Any, threading.Thread]:
             "'pyramid.includes = pyramid_pyncette' or config.include('pyramid_pyncette')"
         )
     worker = Worker(registry)
+    registry.pyncette_worker = worker
     registry.scheduler.wake_listeners.append(worker.wake)
     thread = threading.Thread(target=worker.run, name="pyncette-worker", daemon=True)
     thread.start()
@@ -66,6 +67,8 @@ def stop_worker(worker: Any, thread: threading.Thread, grace: float = SHUTDOWN_G
         log.warning("jobs still running after %.0fs; their leases will expire", grace)
     with contextlib.suppress(ValueError):
         worker.registry.scheduler.wake_listeners.remove(worker.wake)
+    if getattr(worker.registry, "pyncette_worker", None) is worker:
+        worker.registry.pyncette_worker = None
 
 
 def _stop_on_sigterm() -> None:

@@ -202,6 +202,7 @@ class Worker:
                     pending.extend(self._collect())
                     if pending:
                         self.repository.complete(_pending(pending))
+                        log.debug("completed %d run(s)", len(pending))
                         pending = []
                     if time.monotonic() >= next_heartbeat:
                         self._heartbeat()
@@ -284,6 +285,8 @@ class Worker:
             self._running[key] = running
             running.future = pool.submit(self._execute, lease, info)
             running.future.add_done_callback(lambda future, key=key: self._done(key, future))
+        if leases:
+            log.debug("claimed %d job(s) with token %s", len(leases), leases[0].token)
         self.stats["claimed"] += len(leases)
         return len(leases)
 

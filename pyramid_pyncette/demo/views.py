@@ -258,6 +258,13 @@ def _jobs_table(request, jobs, more: bool, now: datetime) -> str:
 </table>{note}"""
 
 
+def _e_mode(request) -> str:
+    """Where this app's jobs run, as page text."""
+    if getattr(request.registry, "pyncette_worker", None) is not None:
+        return "Jobs run in a worker thread of this process (combined mode)."
+    return "Jobs run in a separate daemon: <code>pscheduler &lt;your ini file&gt;</code>."
+
+
 def _runs_table(request, now: datetime) -> str:
     runs = list(recent_runs(request.registry))
     if not runs:
@@ -308,7 +315,7 @@ def render_page(
 <body>
 <h1>pyramid_pyncette demo</h1>
 <p class="sub">Store: <code>{_e(settings.redacted_url())}</code>.
-Jobs run in the daemon: <code>pscheduler development.ini</code>.
+{_e_mode(request)}
 Now: {_e(f"{now:%Y-%m-%d %H:%M:%S}")} UTC.</p>
 {alert}
 <h2>Schedule a job</h2>

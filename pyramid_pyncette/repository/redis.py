@@ -1,0 +1,750 @@
+"""The Redis store (``redis://``, ``rediss://`` and ``unix://`` URLs).
+
+Every key of one namespace shares the hash tag ``{namespace}``, so the store
+also works on Redis Cluster (all keys live in one slot):
+
+``{ns}:jobs``
+    HASH, job id -> the job document (JSON, see below).
+``{ns}:due``
+    ZSET of the ids of jobs that have a ``due_at``, scored by it (integer
+    microseconds since the epoch). "What is due" is one ``ZRANGEBYSCORE``.
+``{ns}:ids``
+    ZSET of every id, all scored 0, for paging in id order (``ZRANGEBYLEX``).
+``{ns}:task:<task name>``
+    ZSET (all scores 0) of the ids of the jobs of one task, for the task filter.
+
+A job document is one JSON object: the fields the scripts change (``due_at``,
+``next_run_at``, ``locked_by``, ``attempts``, ``last_run_at``,
+``last_status``, ``last_error``), ``task``, ``lease_us`` (the job's own lease
+in microseconds, copied from its options so a claim need not parse them) and
+``job``: the rest of the job (``id``, ``schedule``, ``args``, ``kwargs``,
+``options``, ``created_at``, ``partition``) as a JSON *string*. The scripts
+copy that string verbatim, so arguments written by Python are read back by
+Python byte for byte; Lua's JSON codec never re-encodes them (it would turn
+an empty list into an object and round floats to 14 digits). Datetimes are
+strings holding integer microseconds since the epoch (UTC), so no script ever
+turns one into a floating-point number either: the round trip is exact for
+every datetime Python can represent. Scores in ``{ns}:due`` are doubles and
+are exact until 2^53 microseconds (the year 2255); later due times may be
+ordered a few microseconds off, which :meth:`RedisRepository.next_due` does
+not see because it reads the document.
+
+Every write is one Lua script, so it is atomic, and every key a script
+touches is passed in ``KEYS``. The task index of a job that is deleted or
+moved to another task can only be known by reading the job, so writers pass
+the task keys they expect; a script that finds a job of another task writes
+nothing and names the missing tasks, and the call is repeated with their keys.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis import exceptions as redis_errors
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+from ..jobs import Job
+from .base import (
+    JobPage,
+    Lease,
+    Outcome,
+    Repository,
+    RepositoryError,
+    plan_claim,
+    plan_completion,
+)
+
+__all__ = ["RedisRepository"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+#: How often a write is repeated when jobs change task under it.
+_WRITE_TRIES = 5
+
+#: Errors after which the same call may succeed once the server is back.
+_TRANSIENT_ERRORS = (
+    redis_errors.ConnectionError,  # includes BusyLoadingError, MaxConnectionsError
+    redis_errors.TimeoutError,
+    redis_errors.TryAgainError,
+    redis_errors.ClusterDownError,  # includes MasterDownError
+    redis_errors.ReadOnlyError,  # a replica promoted after a failover
+    redis_errors.SlotNotCoveredError,
+)
+#: ConnectionErrors that no retry fixes.
+_PERMANENT_ERRORS = (redis_errors.AuthenticationError, redis_errors.AuthorizationError)
+
+#: Fields of plan values the scripts may write.
+_PLAN_FIELDS = frozenset(
+    {"due_at", "next_run_at", "attempts", "last_run_at", "last_status", "last_error"}
+)
+
+# --------------------------------------------------------------------------- Lua
+
+_LUA_COMMON = r"""
+local NULL = cjson.null
+local FIELDS = {'task', 'due_at', 'next_run_at', 'locked_by', 'attempts',
+                'last_run_at', 'last_status', 'last_error', 'lease_us', 'job'}
+
+local function num(x)
+  return string.format('%.17g', x)
+end
+
+local function decode(raw)
+  local doc = cjson.decode(raw)
+  for k, v in pairs(doc) do
+    if v == NULL then doc[k] = nil end
+  end
+  return doc
+end
+
+local function fetch(jobs, id)
+  local raw = redis.call('HGET', jobs, id)
+  if not raw then return nil end
+  return decode(raw)
+end
+
+local function encode(doc)
+  local parts = {}
+  for i, name in ipairs(FIELDS) do
+    local v = doc[name]
+    local text
+    if v == nil then
+      text = 'null'
+    elseif type(v) == 'number' then
+      text = num(v)
+    else
+      text = cjson.encode(v)
+    end
+    parts[i] = '"' .. name .. '":' .. text
+  end
+  return '{' .. table.concat(parts, ',') .. '}'
+end
+
+local function save(jobs, due, id, doc)
+  redis.call('HSET', jobs, id, encode(doc))
+  if doc.due_at then
+    redis.call('ZADD', due, doc.due_at, id)
+  else
+    redis.call('ZREM', due, id)
+  end
+end
+
+local function clock(arg)
+  if arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+"""
+
+# KEYS: jobs, due. ARGV: now in microseconds ('' = the server's clock), limit,
+# token, default lease in microseconds.
+# Returns {now, id1, document1 before the claim, id2, document2, ...}.
+_CLAIM = (
+    "if redis.replicate_commands then redis.replicate_commands() end\n"
+    + _LUA_COMMON
+    + r"""
+local jobs, due = KEYS[1], KEYS[2]
+local now = clock(ARGV[1])
+local token = ARGV[3]
+local default_lease = tonumber(ARGV[4])
+local ids = redis.call('ZRANGEBYSCORE', due, '-inf', num(now), 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {num(now)}
+for _, id in ipairs(ids) do
+  local raw = redis.call('HGET', jobs, id)
+  if raw then
+    local doc = decode(raw)
+    doc.next_run_at = doc.next_run_at or doc.due_at
+    doc.attempts = (doc.attempts or 0) + 1
+    doc.locked_by = token
+    doc.due_at = num(now + (doc.lease_us or default_lease))
+    save(jobs, due, id, doc)
+    out[#out + 1] = id
+    out[#out + 1] = raw
+  else
+    redis.call('ZREM', due, id)
+  end
+end
+return out
+"""
+)
+
+# KEYS: jobs, due. ARGV: now ('' = the server's clock), JSON [[id, token, µs], ...].
+# Returns the ids whose lease is still held (and was renewed).
+_EXTEND = (
+    "if redis.replicate_commands then redis.replicate_commands() end\n"
+    + _LUA_COMMON
+    + r"""
+local jobs, due = KEYS[1], KEYS[2]
+local now = clock(ARGV[1])
+local held = {}
+for _, item in ipairs(cjson.decode(ARGV[2])) do
+  local id, token = item[1], item[2]
+  if token == NULL then token = nil end
+  local doc = fetch(jobs, id)
+  if doc and doc.locked_by == token then
+    doc.due_at = num(now + item[3])
+    save(jobs, due, id, doc)
+    held[#held + 1] = id
+  end
+end
+return held
+"""
+)
+
+# KEYS: jobs, due, ids, task keys... ARGV: the task key prefix, JSON list of ops:
+#   {"o": "put", "id", "task", "due", "doc", "replace"}
+#   {"o": "del", "id"}
+#   {"o": "plan", "id", "token", "action": "delete"|"settle"|"note", "values"}
+#   {"o": "release", "id", "token", "due"}
+# Returns one 1/0 per op (written / skipped), or {"missing", task, ...} without
+# writing anything when a job belongs to a task whose key was not passed.
+_WRITE = (
+    _LUA_COMMON
+    + r"""
+local jobs, due, ids = KEYS[1], KEYS[2], KEYS[3]
+local prefix = ARGV[1]
+local ops = cjson.decode(ARGV[2])
+
+local declared = {}
+for i = 4, #KEYS do declared[KEYS[i]] = true end
+local missing, noted = {}, {}
+local function need(task)
+  local key = prefix .. task
+  if not declared[key] and not noted[key] then
+    noted[key] = true
+    missing[#missing + 1] = task
+  end
+end
+for _, op in ipairs(ops) do
+  if op.o ~= 'release' and not (op.o == 'plan' and op.action ~= 'delete') then
+    local doc = fetch(jobs, op.id)
+    if doc then need(doc.task) end
+    if op.o == 'put' then need(op.task) end
+  end
+end
+if #missing > 0 then
+  table.insert(missing, 1, 'missing')
+  return missing
+end
+
+local function drop(id, doc)
+  redis.call('HDEL', jobs, id)
+  redis.call('ZREM', due, id)
+  redis.call('ZREM', ids, id)
+  redis.call('ZREM', prefix .. doc.task, id)
+end
+
+local results = {}
+for i, op in ipairs(ops) do
+  local id = op.id
+  local done = 0
+  if op.o == 'put' then
+    local old = fetch(jobs, id)
+    if not old or op.replace then
+      if old and old.task ~= op.task then redis.call('ZREM', prefix .. old.task, id) end
+      redis.call('HSET', jobs, id, op.doc)
+      redis.call('ZADD', ids, 0, id)
+      redis.call('ZADD', prefix .. op.task, 0, id)
+      if op.due == NULL then
+        redis.call('ZREM', due, id)
+      else
+        redis.call('ZADD', due, op.due, id)
+      end
+      done = 1
+    end
+  elseif op.o == 'del' then
+    local old = fetch(jobs, id)
+    if old then
+      drop(id, old)
+      done = 1
+    end
+  elseif op.o == 'plan' then
+    local doc = fetch(jobs, id)
+    if doc and (op.token == NULL or doc.locked_by == op.token) then
+      if op.action == 'delete' then
+        drop(id, doc)
+      else
+        for k, v in pairs(op.values) do
+          if v == NULL then doc[k] = nil else doc[k] = v end
+        end
+        if op.action == 'settle' then
+          doc.locked_by = nil
+          save(jobs, due, id, doc)
+        else
+          redis.call('HSET', jobs, id, encode(doc))
+        end
+      end
+      done = 1
+    end
+  elseif op.o == 'release' then
+    local doc = fetch(jobs, id)
+    if doc and doc.locked_by == op.token then
+      doc.locked_by = nil
+      doc.due_at = op.due
+      doc.attempts = math.max((doc.attempts or 0) - 1, 0)
+      save(jobs, due, id, doc)
+      done = 1
+    end
+  end
+  results[i] = done
+end
+return results
+"""
+)
+
+# KEYS: an id index (all scores 0), jobs. ARGV: ZRANGEBYLEX start, count.
+# Returns {id1, document1, id2, document2, ...}.
+_LIST = r"""
+local found = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], '+', 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, id in ipairs(found) do
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('HGET', KEYS[2], id)
+end
+return out
+"""
+
+# KEYS: due, jobs. Returns the due_at of the earliest due job, or nil.
+_NEXT_DUE = r"""
+local first = redis.call('ZRANGE', KEYS[1], 0, 0)
+if #first == 0 then return false end
+local raw = redis.call('HGET', KEYS[2], first[1])
+if not raw then return false end
+local value = cjson.decode(raw).due_at
+if type(value) ~= 'string' then return false end
+return value
+"""
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _micros(value: timedelta) -> int:
+    return value // _MICROSECOND
+
+
+def _lease_micros(seconds: float) -> int:
+    # The same rounding plan_claim applies: now + timedelta(seconds=seconds).
+    return _micros(timedelta(seconds=seconds))
+
+
+def _encode_time(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"the Redis store needs timezone-aware datetimes, got {value!r}")
+    return str(_micros(value - _EPOCH))
+
+
+def _decode_time(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    return _EPOCH + timedelta(microseconds=int(value))
+
+
+def _text(value: Any) -> Any:
+    """``bytes`` from a client without ``decode_responses`` as ``str``."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return value
+
+
+def _clean(text: str | None) -> str | None:
+    """Text Lua's JSON decoder accepts: lone surrogates (never valid UTF-8) become U+FFFD."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _encode_job(job: Job) -> str:
+    lease = job.lease_duration
+    definition = {
+        "id": job.id,
+        "schedule": job.schedule,
+        "args": list(job.args),
+        "kwargs": dict(job.kwargs),
+        "options": dict(job.options),
+        "created_at": _encode_time(job.created_at),
+        "partition": job.partition,
+    }
+    return _dumps(
+        {
+            "task": job.task,
+            "due_at": _encode_time(job.due_at),
+            "next_run_at": _encode_time(job.next_run_at),
+            "locked_by": _clean(job.locked_by),
+            "attempts": int(job.attempts),
+            "last_run_at": _encode_time(job.last_run_at),
+            "last_status": _clean(job.last_status),
+            "last_error": _clean(job.last_error),
+            "lease_us": _lease_micros(lease) if lease else None,
+            "job": _dumps(definition),
+        }
+    )
+
+
+def _decode_job(job_id: str, raw: str | bytes) -> Job:
+    doc = json.loads(raw)
+    definition = json.loads(doc["job"])
+    return Job(
+        id=job_id,
+        task=doc["task"],
+        schedule=definition["schedule"],
+        args=list(definition.get("args", [])),
+        kwargs=dict(definition.get("kwargs", {})),
+        options=dict(definition.get("options", {})),
+        due_at=_decode_time(doc.get("due_at")),
+        next_run_at=_decode_time(doc.get("next_run_at")),
+        locked_by=doc.get("locked_by"),
+        attempts=int(doc.get("attempts") or 0),
+        last_run_at=_decode_time(doc.get("last_run_at")),
+        last_status=doc.get("last_status"),
+        last_error=doc.get("last_error"),
+        created_at=_decode_time(definition.get("created_at")),
+        partition=int(definition.get("partition", 0)),
+    )
+
+
+def _plan_values(values: dict[str, Any]) -> dict[str, Any]:
+    encoded: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in _PLAN_FIELDS:
+            raise ValueError(f"the Redis store cannot write the job field {name!r}")
+        if isinstance(value, datetime):
+            value = _encode_time(value)
+        elif isinstance(value, str):
+            value = _clean(value)
+        encoded[name] = value
+    return encoded
+
+
+def redact_url(url: Any) -> str:
+    """``url`` with any password replaced by ``***`` (never raises)."""
+    try:
+        text = str(url)
+        parts = urlsplit(text)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, host = netloc.rpartition("@")
+            if ":" in userinfo:
+                netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+            elif parts.scheme.lower() in ("redis", "rediss"):
+                # redis://secret@host: a lone userinfo is the password.
+                netloc = f"***@{host}"
+        query = re.sub(r"(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+    except Exception:
+        return "***"
+
+
+def _secrets_of(url: str) -> list[str]:
+    """The password-like parts of ``url``, to scrub them from error text."""
+    found = []
+    try:
+        parts = urlsplit(url)
+        if parts.password:
+            found.append(parts.password)
+        elif parts.username and "@" in parts.netloc:
+            found.append(parts.username)
+        found.extend(re.findall(r"(?:^|&)password=([^&]*)", parts.query))
+    except Exception:
+        match = re.search(r"://([^@/]*)@", url)
+        if match:
+            found.append(match.group(1))
+    return [secret for secret in found if secret]
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class RedisRepository(Repository):
+    """A :class:`Repository` in Redis (or Redis Cluster: every key shares one hash tag).
+
+    ``url`` is a ``redis://``, ``rediss://`` or ``unix://`` URL; its query
+    string may set client options (``socket_timeout=5``...). Connections come
+    from a blocking pool of ``max_connections`` (callers waiting for a free
+    connection instead of failing). ``client`` replaces the URL with a
+    ready ``redis.Redis`` (or ``RedisCluster``) that the store will not close.
+
+    Claims and heartbeats use the Redis server's clock (``store_clock``), so
+    daemons whose clocks drift apart never take live leases from each other.
+    """
+
+    store_clock = True
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        namespace: str = "pyncette",
+        max_connections: int | None = None,
+        client: Any = None,
+        store_clock: bool = True,
+    ) -> None:
+        if not namespace or "{" in namespace or "}" in namespace:
+            raise ValueError(
+                f"Redis namespace {namespace!r} must be non-empty and contain no braces"
+            )
+        self.namespace = namespace
+        self.store_clock = store_clock
+        self.redacted_url = redact_url(url) if url is not None else repr(client)
+        self._owns_client = client is None
+        if client is None:
+            if url is None:
+                raise ValueError("RedisRepository needs a url or a client")
+            client = self._connect(url, max_connections)
+        self._client = client
+        tag = "{" + namespace + "}"
+        self._jobs_key = f"{tag}:jobs"
+        self._due_key = f"{tag}:due"
+        self._ids_key = f"{tag}:ids"
+        self._task_prefix = f"{tag}:task:"
+        self._claim = client.register_script(_CLAIM)
+        self._extend = client.register_script(_EXTEND)
+        self._write_ops = client.register_script(_WRITE)
+        self._list = client.register_script(_LIST)
+        self._next_due = client.register_script(_NEXT_DUE)
+        self._scripts = (self._claim, self._extend, self._write_ops, self._list, self._next_due)
+        self._setup_lock = threading.Lock()
+        self._ready = False
+
+    @staticmethod
+    def _connect(url: str, max_connections: int | None) -> redis.Redis:
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_connect_timeout": 10,
+            "socket_timeout": 30,
+            "health_check_interval": 30,
+            # Ride out a dropped connection or a short failover; longer
+            # outages are the worker's to wait out.
+            "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), 2),
+        }
+        if max_connections is not None:
+            options["max_connections"] = max_connections
+        try:
+            # Options in the URL's query string win over these defaults.
+            pool = redis.BlockingConnectionPool.from_url(url, **options)
+        except Exception as exc:
+            message = str(exc)
+            for secret in _secrets_of(url):
+                message = message.replace(secret, "***")
+            raise ValueError(f"invalid Redis URL {redact_url(url)!r}: {message}") from None
+        return redis.Redis(connection_pool=pool)
+
+    def __repr__(self) -> str:
+        return f"<RedisRepository {self.redacted_url} namespace={self.namespace!r}>"
+
+    @property
+    def client(self) -> Any:
+        """The Redis client (for tests and maintenance)."""
+        return self._client
+
+    def keys(self) -> list[str]:
+        """The fixed keys of this namespace (task keys come and go with their jobs)."""
+        return [self._jobs_key, self._due_key, self._ids_key]
+
+    def task_key(self, task: str) -> str:
+        """The key of the id index of ``task``'s jobs."""
+        return self._task_prefix + task
+
+    # -- plumbing ---------------------------------------------------------
+
+    def setup(self) -> None:
+        with self._setup_lock:
+            if self._ready:
+                return
+            # Loading the scripts checks the server is reachable and speaks Lua.
+            for script in self._scripts:
+                script.sha = _text(self._client.script_load(script.script))
+            self._ready = True
+
+    def close(self) -> None:
+        if self._owns_client:
+            self._client.close()
+            self._client.connection_pool.disconnect()
+
+    def is_transient(self, exc: BaseException) -> bool:
+        if isinstance(exc, _PERMANENT_ERRORS):
+            return False
+        if isinstance(exc, _TRANSIENT_ERRORS):
+            return True
+        return super().is_transient(exc)
+
+    def _write(self, ops: list[dict[str, Any]], tasks: Iterable[str]) -> list[int]:
+        """Run ops in one atomic script call, adding task keys the script asks for."""
+        tasks = set(tasks)
+        payload = _dumps(ops)
+        for _ in range(_WRITE_TRIES):
+            keys = [self._jobs_key, self._due_key, self._ids_key]
+            keys.extend(self.task_key(task) for task in sorted(tasks))
+            result = self._write_ops(keys=keys, args=[self._task_prefix, payload])
+            if result and _text(result[0]) == "missing":
+                tasks.update(_text(task) for task in result[1:])
+                continue
+            return [int(flag) for flag in result]
+        raise RepositoryError(
+            f"jobs kept moving between tasks while being written ({len(ops)} changes); "
+            "nothing was written, try again"
+        )
+
+    @staticmethod
+    def _put(job: Job, replace: bool) -> dict[str, Any]:
+        return {
+            "o": "put",
+            "id": job.id,
+            "task": job.task,
+            "due": _encode_time(job.due_at),
+            "doc": _encode_job(job),
+            "replace": replace,
+        }
+
+    @staticmethod
+    def _plan_op(action: str, job_id: str, token: str | None, values: dict) -> dict[str, Any]:
+        return {
+            "o": "plan",
+            "id": job_id,
+            "token": token,
+            "action": action,
+            "values": _plan_values(values),
+        }
+
+    def _now_arg(self, now: datetime) -> str:
+        return "" if self.store_clock else _encode_time(now)
+
+    # -- contract ---------------------------------------------------------
+
+    def add(self, jobs: Sequence[Job], replace: bool = True) -> None:
+        if not jobs:
+            return
+        ops = [self._put(job, replace) for job in jobs]
+        self._write(ops, {job.task for job in jobs})
+
+    def remove(self, ids: Iterable[str]) -> set[str]:
+        ids = list(ids)
+        if not ids:
+            return set()
+        flags = self._write([{"o": "del", "id": job_id} for job_id in ids], ())
+        return {job_id for job_id, flag in zip(ids, flags) if flag}
+
+    def apply(self, adds: Sequence[Job], removes: Sequence[str]) -> None:
+        if not adds and not removes:
+            return
+        ops = [{"o": "del", "id": job_id} for job_id in removes]
+        ops.extend(self._put(job, True) for job in adds)
+        self._write(ops, {job.task for job in adds})
+
+    def get(self, job_id: str) -> Job | None:
+        raw = self._client.hget(self._jobs_key, job_id)
+        return None if raw is None else _decode_job(job_id, raw)
+
+    def get_many(self, ids: Iterable[str]) -> dict[str, Job]:
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return {}
+        found = self._client.hmget(self._jobs_key, ids)
+        return {
+            job_id: _decode_job(job_id, raw) for job_id, raw in zip(ids, found) if raw is not None
+        }
+
+    def list(self, task: str | None = None, cursor: str | None = None, limit: int = 100) -> JobPage:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit!r}")
+        index = self._ids_key if task is None else self.task_key(task)
+        start = "-" if cursor is None else "(" + cursor
+        found = self._list(keys=[index, self._jobs_key], args=[start, limit + 1])
+        ids = [_text(job_id) for job_id in found[0::2]]
+        docs = found[1::2]
+        more = len(ids) > limit
+        jobs = [
+            _decode_job(job_id, raw)
+            for job_id, raw in zip(ids[:limit], docs[:limit])
+            if raw is not None
+        ]
+        return JobPage(jobs, ids[limit - 1] if more else None)
+
+    def claim(self, now: datetime, limit: int, token: str, default_lease: float) -> list[Lease]:
+        if limit <= 0:
+            return []
+        found = self._claim(
+            keys=[self._jobs_key, self._due_key],
+            args=[self._now_arg(now), limit, token, _lease_micros(default_lease)],
+        )
+        now = _decode_time(_text(found[0]))
+        plans = [
+            plan_claim(_decode_job(_text(job_id), raw), now, token, default_lease)
+            for job_id, raw in zip(found[1::2], found[2::2])
+        ]
+        once = [plan for plan in plans if plan.action != "lease"]
+        if not once:
+            return [plan.lease for plan in plans]
+        # At-most-once jobs were leased by the script like the others (Lua
+        # cannot compute their next run); here they are advanced, or deleted,
+        # before anything runs them. A crash between the two calls leaves them
+        # leased but never run: they are claimed again once the lease expires,
+        # so they still run at most once.
+        ops = []
+        for plan in once:
+            if plan.action == "delete":
+                ops.append(self._plan_op("delete", plan.job.id, token, {}))
+            else:
+                values = {
+                    "due_at": plan.job.due_at,
+                    "next_run_at": plan.job.next_run_at,
+                    "attempts": plan.job.attempts,
+                }
+                ops.append(self._plan_op("settle", plan.job.id, token, values))
+        flags = self._write(ops, {plan.job.task for plan in once})
+        # A row taken from us in between (replaced, removed) is not run.
+        lost = {plan.job.id for plan, flag in zip(once, flags) if not flag}
+        return [plan.lease for plan in plans if plan.action == "lease" or plan.job.id not in lost]
+
+    def complete(self, outcomes: Sequence[Outcome]) -> None:
+        if not outcomes:
+            return
+        ops = []
+        tasks = set()
+        for outcome in outcomes:
+            plan = plan_completion(outcome)
+            ops.append(self._plan_op(plan.action, plan.job_id, plan.token, plan.values))
+            if plan.action == "delete":
+                tasks.add(outcome.lease.job.task)
+        self._write(ops, tasks)
+
+    def extend(self, now: datetime, leases: Sequence[tuple[str, str, float]]) -> set[str]:
+        if not leases:
+            return set()
+        items = [[job_id, token, _lease_micros(seconds)] for job_id, token, seconds in leases]
+        held = self._extend(
+            keys=[self._jobs_key, self._due_key], args=[self._now_arg(now), _dumps(items)]
+        )
+        return {_text(job_id) for job_id in held}
+
+    def release(self, leases: Sequence[Lease]) -> None:
+        ops = [
+            {
+                "o": "release",
+                "id": lease.job.id,
+                "token": lease.token,
+                "due": _encode_time(lease.scheduled_at),
+            }
+            for lease in leases
+            if lease.token is not None
+        ]
+        if ops:
+            self._write(ops, ())
+
+    def next_due(self) -> datetime | None:
+        value = self._next_due(keys=[self._due_key, self._jobs_key])
+        return None if value is None else _decode_time(_text(value))
