@@ -1,12 +1,19 @@
 """Shared fixtures: one application per test, on every job store, on a fake clock.
 
 Adding a store is one entry in :data:`STORES`: a name (the test id) and a
-factory that turns the test's ``tmp_path`` into a ``pyncette.url`` (it may
-call ``pytest.skip`` when the store is not available).
+factory that turns the test's ``request`` and ``tmp_path`` into the settings
+of a fresh, empty store: ``pyncette.url`` plus anything else that isolates
+it (it may call ``pytest.skip`` when the store is not available).
+
+The PostgreSQL and MariaDB stores use real servers from :mod:`tests.servers`,
+started once per session on first use; each test gets its own table
+(``pyncette.table_name``) in one shared database. Without the server
+binaries those tests are skipped, or fail under ``--require-backends``.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,22 +23,73 @@ from typing import Any
 import pytest
 from pyramid import testing as pyramid_testing
 
+from pyramid_pyncette.repository import UnsupportedStoreError, create_repository
+from pyramid_pyncette.settings import PyncetteSettings
 from pyramid_pyncette.testing import FakeClock
 from pyramid_pyncette.worker import Worker
 
-StoreFactory = Callable[[Path], str]
+pytest_plugins = ["tests.servers"]
+
+StoreSettings = dict[str, str]
+StoreFactory = Callable[[pytest.FixtureRequest, Path], StoreSettings]
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def _server_store(fixture: str) -> StoreFactory:
+    """A store in the session's ``fixture`` server, in a table of its own."""
+
+    def factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSettings:
+        server = request.getfixturevalue(fixture)
+        server.start()  # no-op unless an earlier test stopped it and failed to start it again
+        return {"pyncette.url": server.url, "pyncette.table_name": _unique("jobs")}
+
+    return factory
+
+
+def _redis_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSettings:
+    server = request.getfixturevalue("redis_server")
+    server.start()
+    return {"pyncette.url": server.url, "pyncette.redis_namespace": _unique("t")}
+
 
 #: Every store the conformance suite runs against, by test id.
 STORES: dict[str, StoreFactory] = {
-    "memory": lambda tmp_path: "memory://",
-    "sqlite": lambda tmp_path: f"sqlite:///{tmp_path}/jobs.sqlite",
+    "memory": lambda request, tmp_path: {"pyncette.url": "memory://"},
+    "sqlite": lambda request, tmp_path: {"pyncette.url": f"sqlite:///{tmp_path}/jobs.sqlite"},
+    "postgresql": _server_store("postgresql_server"),
+    "mariadb": _server_store("mariadb_server"),
 }
 
 
+def _store_supported(url: str) -> bool:
+    """Whether ``create_repository`` knows ``url``'s scheme (it builds without connecting)."""
+    try:
+        create_repository(PyncetteSettings(url=url))
+    except (UnsupportedStoreError, ImportError):
+        return False
+    except Exception:
+        return True  # supported but broken: let the tests show why
+    return True
+
+
+# The Redis store joins the suite as soon as the package supports it.
+if _store_supported("redis://127.0.0.1:6379/0"):
+    STORES["redis"] = _redis_store
+
+
 @pytest.fixture(params=list(STORES), ids=list(STORES))
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSettings:
+    """The settings (``pyncette.url`` and friends) of a fresh, empty store."""
+    return dict(STORES[request.param](request, tmp_path))
+
+
+@pytest.fixture
+def store_url(store_settings: StoreSettings) -> str:
     """The ``pyncette.url`` of a fresh, empty store."""
-    return STORES[request.param](tmp_path)
+    return store_settings["pyncette.url"]
 
 
 @pytest.fixture
@@ -168,7 +226,7 @@ MakeApp = Callable[..., App]
 
 
 @pytest.fixture
-def make_app(store_url: str, clock: FakeClock) -> Iterator[MakeApp]:
+def make_app(store_settings: StoreSettings, clock: FakeClock) -> Iterator[MakeApp]:
     """Build the application under test (call it once per test).
 
     Every app registers the tasks ``record`` (returns ``'ok'``), ``fail``
@@ -185,7 +243,7 @@ def make_app(store_url: str, clock: FakeClock) -> Iterator[MakeApp]:
         configure: Callable[[Any, list[Call]], None] | None = None,
     ) -> App:
         calls: list[Call] = []
-        config = pyramid_testing.setUp(settings={"pyncette.url": store_url}, autocommit=False)
+        config = pyramid_testing.setUp(settings=dict(store_settings), autocommit=False)
         config.include("pyramid_pyncette")
         config.add_pyncette_task(_recording(calls, "record"), name="record")
         config.add_pyncette_task(_recording(calls, "fail", fail=True), name="fail")
@@ -198,6 +256,8 @@ def make_app(store_url: str, clock: FakeClock) -> Iterator[MakeApp]:
         config.commit()
         registry = config.registry
         registry.scheduler.clock = clock
+        # PostgreSQL and MariaDB claim by the database's clock by default: use the fake one.
+        registry.scheduler.repository.store_clock = False
         app = App(
             config=config,
             registry=registry,
