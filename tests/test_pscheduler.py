@@ -35,7 +35,7 @@ def _write_ini(tmp_path, url, include=True, extra=""):
             pyncette.url = {url}
             pyncette.poll_interval = 0.2s
             pyncette.concurrency = 4
-            {extra}
+            EXTRA
 
             [loggers]
             keys = root
@@ -59,7 +59,7 @@ def _write_ini(tmp_path, url, include=True, extra=""):
             [formatter_generic]
             format = %(asctime)s %(levelname)-5.5s [%(name)s] %(message)s
             """
-        )
+        ).replace("EXTRA", textwrap.dedent(extra).strip())
     )
     return str(ini), str(records)
 

@@ -209,6 +209,7 @@ class SQLRepository(Repository):
         self.store_clock = self._dialect in ("postgresql", "mysql", "mariadb")
         # Skip rows another daemon has locked instead of waiting for them.
         self._skip_locked = self._dialect in ("postgresql", "mysql", "mariadb")
+        self._due_index = f"ix_{table_name}_due_at"
 
     # -- plumbing ---------------------------------------------------------
 
@@ -350,6 +351,12 @@ class SQLRepository(Repository):
             )
             if self._skip_locked:
                 query = query.with_for_update(skip_locked=True)
+            if self._dialect in ("mysql", "mariadb"):
+                # Without the index InnoDB may scan and sort the whole table,
+                # locking every due row until commit: other daemons would
+                # then skip them all and find nothing to claim.
+                hint = f"FORCE INDEX ({self._due_index})"
+                query = query.with_hint(table, hint, "mysql").with_hint(table, hint, "mariadb")
             rows = conn.execute(query).all()
             if not rows:
                 return []

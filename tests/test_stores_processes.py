@@ -1,0 +1,145 @@
+"""Real ``pscheduler`` processes against every persistent store.
+
+Several daemons drain one store with no duplicate and no lost run; a daemon
+whose clock runs ahead does not take a live lease; a store restarted
+mid-drain costs nothing.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+import uuid
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from tests.test_pscheduler import PSCHEDULER, _add_jobs, _env, _registry, _write_ini
+
+pytestmark = pytest.mark.slow
+
+PERSISTENT_STORES = ["sqlite", "postgresql", "mariadb", "redis"]
+
+
+def _store(request, tmp_path, kind):
+    """``(url, extra INI lines)`` of a fresh store of ``kind``."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path}/jobs.sqlite", ""
+    server = request.getfixturevalue(f"{kind}_server")
+    server.start()
+    if kind == "redis":
+        return server.url, f"pyncette.redis_namespace = p{uuid.uuid4().hex[:8]}"
+    return server.create_database(), ""
+
+
+@pytest.fixture(params=PERSISTENT_STORES)
+def store(request, tmp_path):
+    return _store(request, tmp_path, request.param)
+
+
+def _spawn(ini, *args):
+    return subprocess.Popen(
+        [*PSCHEDULER, *args, ini],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _runs(records):
+    from tests.procapp import read_runs
+
+    return read_runs(records)
+
+
+@pytest.mark.parametrize("daemons", [2, 4])
+def test_daemons_share_the_work_without_duplicates_or_losses(tmp_path, store, daemons):
+    url, extra = store
+    ini, records = _write_ini(
+        tmp_path, url, extra=f"{extra}\npyncette.batch_size = 25"
+    )
+    registry = _registry(ini)
+    expected = _add_jobs(registry, 5000)
+
+    processes = [_spawn(ini, "--once") for _ in range(daemons)]
+    errors = [process.communicate(timeout=600)[1] for process in processes]
+
+    for process, err in zip(processes, errors, strict=True):
+        assert process.returncode == 0, err
+        assert "Traceback" not in err
+    runs = _runs(records)
+    counts = Counter(job_id for job_id, _, _ in runs)
+    duplicates = {job_id: n for job_id, n in counts.items() if n > 1}
+    print(f"{daemons} daemons: {len(runs)} runs, {len(duplicates)} duplicates")
+    assert duplicates == {}
+    assert set(counts) == expected
+    by_process = Counter(pid for _, _, pid in runs)
+    assert len(by_process) == daemons, f"some daemon did no work: {dict(by_process)} {errors}"
+    assert list(registry.scheduler.iter_jobs()) == []
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mariadb", "redis"])
+def test_a_daemon_whose_clock_runs_ahead_does_not_take_a_live_lease(request, tmp_path, kind):
+    from pyramid_pyncette.worker import Worker
+
+    url, extra = _store(request, tmp_path, kind)
+    ini, _ = _write_ini(tmp_path, url, extra=extra)
+    registry = _registry(ini)
+    repository = registry.scheduler.repository
+    assert repository.store_clock, "stores with a clock use it by default"
+    now = datetime.now(timezone.utc)
+    registry.scheduler.add_date_job("record", now - timedelta(seconds=1), job_id="live")
+
+    (lease,) = repository.claim(now, 10, "honest-daemon", 60)
+    assert lease.job.id == "live"
+
+    ahead = Worker(registry, clock=lambda: datetime.now(timezone.utc) + timedelta(seconds=30))
+    assert repository.claim(ahead.clock(), 10, "fast-clock-daemon", 60) == []
+    assert ahead.run_pending() == 0
+    # Its heartbeat cannot stretch a lease it does not hold either.
+    assert repository.extend(ahead.clock(), [("live", "fast-clock-daemon", 600)]) == set()
+    job = registry.scheduler.get_job("live")
+    assert job.locked_by == "honest-daemon"
+    lease_left = (job.due_at - datetime.now(timezone.utc)).total_seconds()
+    assert 50 < lease_left <= 61  # set by the store's clock, not the caller's
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "redis"])
+def test_store_restart_mid_drain_loses_nothing_and_the_daemon_carries_on(
+    request, tmp_path, kind
+):
+    url, extra = _store(request, tmp_path, kind)
+    ini, records = _write_ini(tmp_path, url, extra=extra)
+    registry = _registry(ini)
+    expected = _add_jobs(registry, 600, seconds=0.01)
+    server = request.getfixturevalue(f"{kind}_server")
+
+    daemon = _spawn(ini)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_runs(records)) < 100:
+            assert time.monotonic() < deadline, "the daemon ran nothing"
+            assert daemon.poll() is None
+            time.sleep(0.05)
+        server.restart()
+        while {job_id for job_id, _, _ in _runs(records)} != expected:
+            assert time.monotonic() < deadline, "jobs were lost in the outage"
+            assert daemon.poll() is None, "the daemon exited during the outage"
+            time.sleep(0.1)
+        # Completions written after the outage leave nothing behind.
+        while list(registry.scheduler.iter_jobs()):
+            assert time.monotonic() < deadline, "completed jobs stayed in the store"
+            time.sleep(0.1)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=60)
+    assert daemon.returncode == 0, err
+    assert "store unavailable" in err
+    assert "store reachable again" in err
+    counts = Counter(job_id for job_id, _, _ in _runs(records))
+    print(f"{kind} restart: {sum(counts.values())} runs of {len(expected)} jobs")
+    assert set(counts) == expected
+
