@@ -37,20 +37,27 @@ MANAGERS = pytest.mark.parametrize(
 )
 
 
-@pytest.fixture
-def build(tmp_path, clock):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def build(request, tmp_path, clock):
     """``build(views, tasks=..., configure=..., **make_config options) -> (TestApp, registry)``.
 
     ``views`` maps a route name (also its path) to a view callable; ``tasks`` maps task names
     to functions or ``(function, directive keywords)``. The task ``noop`` is always there.
-    Each app gets its own folder, so a test may build several.
+    Each app gets its own folder, so a test may build several. Every test runs twice: with
+    SQLite files, and with PostgreSQL as the app database and the store (fresh databases).
     """
+    server = request.getfixturevalue("postgresql_server") if request.param != "sqlite" else None
     registries = []
     folders = itertools.count()
 
     def factory(views=None, tasks=None, configure=None, **options):
         folder = tmp_path / f"app{next(folders)}"
         folder.mkdir()
+        if server is not None:
+            app_url = server.create_database()
+            options.setdefault("sqlalchemy.url", app_url)
+            shared = options.get("shared", False)
+            options.setdefault("pyncette.url", app_url if shared else server.create_database())
         config = txapp.make_config(folder, **options)
         config.add_pyncette_task(txapp.noop, name="noop")
         for name, spec in (tasks or {}).items():
@@ -65,7 +72,8 @@ def build(tmp_path, clock):
         registry = wsgi.registry
         registries.append(registry)
         registry.scheduler.clock = clock
-        registry.scheduler.repository  # noqa: B018 - create the jobs table before any request
+        # Created before any request (this also creates the table); time is the fake clock's.
+        registry.scheduler.repository.store_clock = False
         return webtest.TestApp(wsgi), registry
 
     yield factory
