@@ -20,6 +20,7 @@ __all__ = [
 ]
 
 SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class UnsupportedStoreError(ValueError):
@@ -41,7 +42,23 @@ def create_repository(settings: PyncetteSettings) -> Repository:
         return SQLRepository(
             url, table_name=settings.table_name, create_table=not settings.skip_table_create
         )
+    if backend in REDIS_SCHEMES:
+        try:
+            from .redis import RedisRepository
+        except ImportError as exc:  # redis-py is an optional dependency
+            raise UnsupportedStoreError(
+                f"pyncette.url: the {scheme}:// store needs the redis package; "
+                "pip install 'pyramid_pyncette[redis]'"
+            ) from exc
+
+        return RedisRepository(
+            url,
+            namespace=settings.redis_namespace,
+            # Every job thread may schedule follow-ups; the loop needs a few more.
+            max_connections=settings.concurrency + 4,
+        )
     raise UnsupportedStoreError(
-        f"pyncette.url: unsupported store scheme {scheme!r}; use sqlite:///path/to/file.sqlite "
-        "or memory:// (see the README, 'Stores')"
+        f"pyncette.url: unsupported store scheme {scheme!r}; use sqlite:///path/to/file.sqlite, "
+        "postgresql+psycopg://..., mysql+pymysql://..., redis://host:6379/0 or memory:// "
+        "(see the README, 'Stores')"
     )

@@ -44,11 +44,11 @@ import threading
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis
 from redis import exceptions as redis_errors
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..jobs import Job
@@ -81,6 +81,8 @@ _TRANSIENT_ERRORS = (
 )
 #: ConnectionErrors that no retry fixes.
 _PERMANENT_ERRORS = (redis_errors.AuthenticationError, redis_errors.AuthorizationError)
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 #: Fields of plan values the scripts may write.
 _PLAN_FIELDS = frozenset(
@@ -361,7 +363,7 @@ def _clean(text: str | None) -> str | None:
     """Text Lua's JSON decoder accepts: lone surrogates (never valid UTF-8) become U+FFFD."""
     if text is None:
         return None
-    return text.encode("utf-8", "replace").decode("utf-8")
+    return _SURROGATES.sub("\ufffd", text)
 
 
 def _dumps(value: Any) -> str:
@@ -444,7 +446,14 @@ def redact_url(url: Any) -> str:
                 # redis://secret@host: a lone userinfo is the password.
                 netloc = f"***@{host}"
         query = re.sub(r"(^|&)(password=)[^&]*", r"\1\2***", parts.query)
-        return urlunsplit(parts._replace(netloc=netloc, query=query))
+        if netloc == parts.netloc and query == parts.query:
+            return text
+        redacted = f"{parts.scheme}://{netloc}{parts.path}"
+        if parts.query:
+            redacted += "?" + query
+        if parts.fragment:
+            redacted += "#" + parts.fragment
+        return redacted
     except Exception:
         return "***"
 
@@ -527,9 +536,10 @@ class RedisRepository(Repository):
             "socket_connect_timeout": 10,
             "socket_timeout": 30,
             "health_check_interval": 30,
-            # Ride out a dropped connection or a short failover; longer
-            # outages are the worker's to wait out.
-            "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), 2),
+            # One immediate reconnect replaces a connection the server dropped
+            # while it sat in the pool; a server that is really down fails the
+            # call, and the worker waits the outage out with its own backoff.
+            "retry": Retry(NoBackoff(), 1),
         }
         if max_connections is not None:
             options["max_connections"] = max_connections
@@ -636,7 +646,7 @@ class RedisRepository(Repository):
         if not ids:
             return set()
         flags = self._write([{"o": "del", "id": job_id} for job_id in ids], ())
-        return {job_id for job_id, flag in zip(ids, flags) if flag}
+        return {job_id for job_id, flag in zip(ids, flags, strict=True) if flag}
 
     def apply(self, adds: Sequence[Job], removes: Sequence[str]) -> None:
         if not adds and not removes:
@@ -655,7 +665,9 @@ class RedisRepository(Repository):
             return {}
         found = self._client.hmget(self._jobs_key, ids)
         return {
-            job_id: _decode_job(job_id, raw) for job_id, raw in zip(ids, found) if raw is not None
+            job_id: _decode_job(job_id, raw)
+            for job_id, raw in zip(ids, found, strict=True)
+            if raw is not None
         }
 
     def list(self, task: str | None = None, cursor: str | None = None, limit: int = 100) -> JobPage:
@@ -669,7 +681,7 @@ class RedisRepository(Repository):
         more = len(ids) > limit
         jobs = [
             _decode_job(job_id, raw)
-            for job_id, raw in zip(ids[:limit], docs[:limit])
+            for job_id, raw in zip(ids[:limit], docs[:limit], strict=True)
             if raw is not None
         ]
         return JobPage(jobs, ids[limit - 1] if more else None)
@@ -684,7 +696,7 @@ class RedisRepository(Repository):
         now = _decode_time(_text(found[0]))
         plans = [
             plan_claim(_decode_job(_text(job_id), raw), now, token, default_lease)
-            for job_id, raw in zip(found[1::2], found[2::2])
+            for job_id, raw in zip(found[1::2], found[2::2], strict=True)
         ]
         once = [plan for plan in plans if plan.action != "lease"]
         if not once:
@@ -707,7 +719,7 @@ class RedisRepository(Repository):
                 ops.append(self._plan_op("settle", plan.job.id, token, values))
         flags = self._write(ops, {plan.job.task for plan in once})
         # A row taken from us in between (replaced, removed) is not run.
-        lost = {plan.job.id for plan, flag in zip(once, flags) if not flag}
+        lost = {plan.job.id for plan, flag in zip(once, flags, strict=True) if not flag}
         return [plan.lease for plan in plans if plan.action == "lease" or plan.job.id not in lost]
 
     def complete(self, outcomes: Sequence[Outcome]) -> None:
