@@ -98,7 +98,9 @@ def includeme(config) -> None:
 
     ``pyncette.url``
         The store. ``sqlite:///path/to/file.sqlite`` (the default is
-        ``sqlite:///pyncette.sqlite`` in the working directory) or
+        ``sqlite:///pyncette.sqlite`` in the working directory),
+        ``postgresql+psycopg://...``, ``mysql+pymysql://...``,
+        ``redis://host:6379/0`` (also ``rediss://``, ``unix://``), or
         ``memory://`` (one process, for tests).
     ``pyncette.poll_interval``
         Longest pause between polls when nothing is due (default ``1s``).
@@ -123,9 +125,13 @@ def includeme(config) -> None:
         Scheme and host of the requests jobs run in, used by
         ``request.route_url`` inside a job (default ``http://localhost``).
     ``pyncette.session_hook``
-        Reserved for the shared-database mode.
+        Dotted path of ``callable(request)`` returning the app's
+        zope.sqlalchemy session: job rows are then written through it, in
+        the app's own transaction (shared-database mode; ``pyncette.url``
+        must name the same database).
     ``pyncette.redis_namespace``
-        Reserved for the Redis store.
+        Prefix and cluster hash tag of the Redis store's keys (default
+        ``pyncette``).
 
     A bad value raises :class:`pyramid.exceptions.ConfigurationError` naming
     the key; an unknown ``pyncette.*`` key warns. Including starts no thread
