@@ -357,30 +357,106 @@ class SQLRepository(Repository):
                 # then skip them all and find nothing to claim.
                 hint = f"FORCE INDEX ({self._due_index})"
                 query = query.with_hint(table, hint, "mysql").with_hint(table, hint, "mariadb")
+            if self._dialect == "postgresql":
+                return self._claim_postgresql(conn, now, limit, token, default_lease)
             rows = conn.execute(query).all()
             if not rows:
                 return []
             plans = [plan_claim(_row_to_job(row), now, token, default_lease) for row in rows]
-            deletes = [plan.job.id for plan in plans if plan.action == "delete"]
-            updates = [
-                {
-                    "b_id": plan.job.id,
-                    "due_at": plan.job.due_at,
-                    "next_run_at": plan.job.next_run_at,
-                    "locked_by": plan.job.locked_by,
-                    "attempts": plan.job.attempts,
-                }
-                for plan in plans
-                if plan.action != "delete"
-            ]
-            if deletes:
-                conn.execute(sa.delete(table).where(table.c.id.in_(deletes)))
-            if updates:
-                conn.execute(
-                    sa.update(table).where(table.c.id == sa.bindparam("b_id")),
-                    updates,
-                )
+            self._apply_claim(conn, plans, token)
         return [plan.lease for plan in plans]
+
+    def _claim_postgresql(
+        self, conn: Any, now: datetime, limit: int, token: str, default_lease: float
+    ) -> list[Lease]:
+        """Lease due rows in one ``UPDATE ... RETURNING`` over a ``SKIP LOCKED`` subquery.
+
+        The statement applies what :func:`plan_claim` does to an at-least-once
+        job. Rows that plan otherwise (at-most-once) are then rewritten from
+        their plans in the same transaction, before anything runs.
+        """
+        from sqlalchemy.dialects.postgresql import JSONB
+
+        table = self.table
+        due = (
+            sa.select(table.c.id)
+            .where(table.c.due_at <= sa.bindparam("now", type_=UTCDateTime))
+            .order_by(table.c.due_at)
+            .limit(sa.bindparam("limit"))
+            .with_for_update(skip_locked=True)
+        )
+        seconds = sa.func.coalesce(
+            sa.cast(sa.cast(table.c.options, JSONB)["lease_duration"].astext, sa.Float),
+            sa.bindparam("lease", type_=sa.Float),
+        )
+        statement = (
+            sa.update(table)
+            # = ANY(ARRAY(...)): index lookups by id, whatever the planner thinks of the table.
+            .where(table.c.id == sa.any_(sa.func.array(due.scalar_subquery())))
+            .values(
+                locked_by=sa.bindparam("token", type_=sa.String),
+                attempts=table.c.attempts + 1,
+                next_run_at=sa.func.coalesce(table.c.next_run_at, table.c.due_at),
+                due_at=sa.bindparam("now", type_=UTCDateTime)
+                + sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds),
+            )
+            .returning(*table.c)
+        )
+        params = {"now": now, "limit": limit, "token": token, "lease": float(default_lease)}
+        leased = [_row_to_job(row) for row in conn.execute(statement, params)]
+        leases = []
+        others = []
+        for job in leased:
+            # The row as it was before the statement, for plan_claim.
+            before = job.replace(attempts=job.attempts - 1, due_at=job.next_run_at)
+            plan = plan_claim(before, now, token, default_lease)
+            if plan.action == "lease":
+                leases.append(Lease(job=job, scheduled_at=job.next_run_at, token=token))
+            else:
+                others.append(plan)
+                leases.append(plan.lease)
+        if others:
+            self._apply_claim(conn, others, token)
+        return leases
+
+    def _apply_claim(self, conn: Any, plans: Sequence[Any], token: str) -> None:
+        """Write claim plans with set-based statements (one per lease expiry, as a rule)."""
+        table = self.table
+        leases: dict[datetime, list[str]] = {}
+        deletes: list[str] = []
+        advances: list[dict[str, Any]] = []
+        for plan in plans:
+            if plan.action == "lease":
+                leases.setdefault(plan.job.due_at, []).append(plan.job.id)
+            elif plan.action == "delete":
+                deletes.append(plan.job.id)
+            else:
+                advances.append(
+                    {
+                        "b_id": plan.job.id,
+                        "due_at": plan.job.due_at,
+                        "next_run_at": plan.job.next_run_at,
+                        "locked_by": plan.job.locked_by,
+                        "attempts": plan.job.attempts,
+                    }
+                )
+        # The same values plan_claim computed for each leased row: the scheduled
+        # time kept in next_run_at, one more attempt, the lock and its expiry.
+        for until, ids in leases.items():
+            conn.execute(
+                sa.update(table)
+                .where(table.c.id.in_(ids))
+                .values(
+                    locked_by=token,
+                    attempts=table.c.attempts + 1,
+                    next_run_at=sa.func.coalesce(table.c.next_run_at, table.c.due_at),
+                    due_at=until,
+                )
+            )
+        if deletes:
+            conn.execute(sa.delete(table).where(table.c.id.in_(deletes)))
+        if advances:
+            conn.execute(sa.update(table).where(table.c.id == sa.bindparam("b_id")), advances)
 
     def complete(self, outcomes: Sequence[Outcome]) -> None:
         if not outcomes:
@@ -394,7 +470,7 @@ class SQLRepository(Repository):
         Returns how many lease-guarded rows matched: 0 for a lost lease.
         """
         table = self.table
-        deletes: list[dict[str, Any]] = []
+        deletes: dict[str, list[str]] = {}
         settles: list[dict[str, Any]] = []
         notes: list[dict[str, Any]] = []
         unguarded: list[dict[str, Any]] = []
@@ -402,7 +478,7 @@ class SQLRepository(Repository):
             plan = plan_completion(outcome)
             params = {"b_id": plan.job_id, "b_token": plan.token, **plan.values}
             if plan.action == "delete":
-                deletes.append(params)
+                deletes.setdefault(plan.token, []).append(plan.job_id)
             elif plan.action == "settle":
                 settles.append(params)
             elif plan.token is None:
@@ -413,8 +489,13 @@ class SQLRepository(Repository):
             table.c.id == sa.bindparam("b_id"), table.c.locked_by == sa.bindparam("b_token")
         )
         matched = 0
-        if deletes:
-            matched += conn.execute(sa.delete(table).where(guard), deletes).rowcount
+        # Finished one-off jobs, the bulk of a drain: one DELETE per claim token.
+        for token, ids in deletes.items():
+            for chunk in _chunks(ids):
+                statement = sa.delete(table).where(
+                    table.c.locked_by == token, table.c.id.in_(chunk)
+                )
+                matched += conn.execute(statement).rowcount
         if settles:
             statement = sa.update(table).where(guard).values(locked_by=None)
             matched += conn.execute(statement, settles).rowcount
