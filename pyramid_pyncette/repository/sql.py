@@ -11,6 +11,7 @@ caller's clock (one machine shares one clock).
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Iterable, Sequence
@@ -210,6 +211,8 @@ class SQLRepository(Repository):
         # Skip rows another daemon has locked instead of waiting for them.
         self._skip_locked = self._dialect in ("postgresql", "mysql", "mariadb")
         self._due_index = f"ix_{table_name}_due_at"
+        #: PostgreSQL notification channel announcing new jobs.
+        self.channel = table_name
 
     # -- plumbing ---------------------------------------------------------
 
@@ -278,14 +281,40 @@ class SQLRepository(Repository):
         """
         table = self.table
         removed = self._existing(conn, removes) if removes else set()
-        doomed = [job.id for job in adds] + list(removed)
-        for chunk in _chunks(doomed):
+        for chunk in _chunks(list(removed)):
             conn.execute(sa.delete(table).where(table.c.id.in_(chunk)))
         if adds:
             # Later duplicates of one id in the same batch win.
             rows = list({job.id: _job_to_row(job) for job in adds}.values())
-            conn.execute(sa.insert(table), rows)
+            conn.execute(self._upsert, rows)
+            if self._dialect == "postgresql":
+                # Delivered at commit, to the daemons LISTENing (see start_listener).
+                conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": self.channel})
         return removed
+
+    @functools.cached_property
+    def _upsert(self) -> Any:
+        """One INSERT that replaces an existing id (the dialect's upsert)."""
+        table = self.table
+        columns = [column.name for column in table.c if column.name != "id"]
+        if self._dialect in ("postgresql", "sqlite"):
+            if self._dialect == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert
+            else:
+                from sqlalchemy.dialects.sqlite import insert
+            statement = insert(table)
+            return statement.on_conflict_do_update(
+                index_elements=[table.c.id],
+                set_={name: statement.excluded[name] for name in columns},
+            )
+        if self._dialect in ("mysql", "mariadb"):
+            from sqlalchemy.dialects.mysql import insert
+
+            statement = insert(table)
+            return statement.on_duplicate_key_update(
+                {name: statement.inserted[name] for name in columns}
+            )
+        raise NotImplementedError(f"no upsert for {self._dialect}")
 
     def _existing(self, conn: Any, ids: Sequence[str]) -> set[str]:
         table = self.table
