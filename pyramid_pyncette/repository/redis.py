@@ -38,10 +38,12 @@ nothing and names the missing tasks, and the call is repeated with their keys.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
@@ -61,6 +63,8 @@ from .base import (
     plan_claim,
     plan_completion,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RedisRepository"]
 
@@ -299,6 +303,15 @@ for i, op in ipairs(ops) do
   end
   results[i] = done
 end
+-- ARGV[3]: a channel to announce new jobs on (daemons subscribe to it).
+if ARGV[3] and ARGV[3] ~= '' then
+  for i, op in ipairs(ops) do
+    if op.o == 'put' and results[i] == 1 then
+      redis.call('PUBLISH', ARGV[3], '1')
+      break
+    end
+  end
+end
 return results
 """
 )
@@ -520,6 +533,8 @@ class RedisRepository(Repository):
         self._due_key = f"{tag}:due"
         self._ids_key = f"{tag}:ids"
         self._task_prefix = f"{tag}:task:"
+        #: Pub/sub channel announcing new jobs (see :meth:`start_listener`).
+        self.channel = f"{tag}:new"
         self._claim = client.register_script(_CLAIM)
         self._extend = client.register_script(_EXTEND)
         self._write_ops = client.register_script(_WRITE)
@@ -592,14 +607,20 @@ class RedisRepository(Repository):
             return True
         return super().is_transient(exc)
 
-    def _write(self, ops: list[dict[str, Any]], tasks: Iterable[str]) -> list[int]:
-        """Run ops in one atomic script call, adding task keys the script asks for."""
+    def _write(
+        self, ops: list[dict[str, Any]], tasks: Iterable[str], announce: bool = False
+    ) -> list[int]:
+        """Run ops in one atomic script call, adding task keys the script asks for.
+
+        ``announce`` publishes one message on :attr:`channel` if a job was written.
+        """
         tasks = set(tasks)
         payload = _dumps(ops)
         for _ in range(_WRITE_TRIES):
             keys = [self._jobs_key, self._due_key, self._ids_key]
             keys.extend(self.task_key(task) for task in sorted(tasks))
-            result = self._write_ops(keys=keys, args=[self._task_prefix, payload])
+            channel = self.channel if announce else ""
+            result = self._write_ops(keys=keys, args=[self._task_prefix, payload, channel])
             if result and _text(result[0]) == "missing":
                 tasks.update(_text(task) for task in result[1:])
                 continue
@@ -639,7 +660,7 @@ class RedisRepository(Repository):
         if not jobs:
             return
         ops = [self._put(job, replace) for job in jobs]
-        self._write(ops, {job.task for job in jobs})
+        self._write(ops, {job.task for job in jobs}, announce=True)
 
     def remove(self, ids: Iterable[str]) -> set[str]:
         ids = list(ids)
@@ -653,7 +674,39 @@ class RedisRepository(Repository):
             return
         ops = [{"o": "del", "id": job_id} for job_id in removes]
         ops.extend(self._put(job, True) for job in adds)
-        self._write(ops, {job.task for job in adds})
+        self._write(ops, {job.task for job in adds}, announce=bool(adds))
+
+    def start_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` whenever a job is added (from any process); return a stopper."""
+        stopped = threading.Event()
+
+        def listen() -> None:
+            failures = 0
+            while not stopped.is_set():
+                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                try:
+                    pubsub.subscribe(self.channel)
+                    callback()  # anything added while we were not listening
+                    failures = 0
+                    while not stopped.is_set():
+                        if pubsub.get_message(timeout=1.0) is not None:
+                            callback()
+                except Exception as exc:
+                    failures += 1
+                    log.debug("job announcements unavailable (%s); polling meanwhile", exc)
+                    stopped.wait(min(30.0, 0.2 * 2**failures))
+                finally:
+                    with contextlib.suppress(Exception):
+                        pubsub.close()
+
+        thread = threading.Thread(target=listen, name="pyncette-listener", daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            stopped.set()
+            thread.join(5)
+
+        return stop
 
     def get(self, job_id: str) -> Job | None:
         raw = self._client.hget(self._jobs_key, job_id)

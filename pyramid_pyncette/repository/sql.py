@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -24,6 +25,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from ..jobs import MAX_JOB_ID_LENGTH, Job
 from .base import JobPage, Lease, Outcome, Repository, plan_claim, plan_completion
+
+log = logging.getLogger(__name__)
 
 #: MetaData holding the default table, for apps that manage it with Alembic.
 metadata = sa.MetaData()
@@ -322,6 +325,47 @@ class SQLRepository(Repository):
         for chunk in _chunks(list(ids)):
             found.update(conn.execute(sa.select(table.c.id).where(table.c.id.in_(chunk))).scalars())
         return found
+
+    def start_listener(self, callback: Callable[[], None]) -> Callable[[], None] | None:
+        """PostgreSQL: call ``callback`` when any process adds a job (LISTEN/NOTIFY).
+
+        Returns a function that stops listening; None where the database has
+        no notifications (SQLite, MySQL: daemons poll).
+        """
+        if self._dialect != "postgresql":
+            return None
+        stopped = threading.Event()
+
+        def listen() -> None:
+            failures = 0
+            while not stopped.is_set():
+                try:
+                    with self.engine.connect() as conn:
+                        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                        try:
+                            conn.exec_driver_sql(f'LISTEN "{self.channel}"')
+                            raw = conn.connection.dbapi_connection
+                            callback()  # anything added while we were not listening
+                            failures = 0
+                            while not stopped.is_set():
+                                for _ in raw.notifies(timeout=1.0, stop_after=1):
+                                    callback()
+                        finally:
+                            # Never hand a LISTENing session back to the pool.
+                            conn.invalidate()
+                except Exception as exc:
+                    failures += 1
+                    log.debug("job announcements unavailable (%s); polling meanwhile", exc)
+                    stopped.wait(min(30.0, 0.2 * 2**failures))
+
+        thread = threading.Thread(target=listen, name="pyncette-listener", daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            stopped.set()
+            thread.join(5)
+
+        return stop
 
     def is_transient(self, exc: BaseException) -> bool:
         if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
