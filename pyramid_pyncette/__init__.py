@@ -13,21 +13,25 @@ from pyramid.exceptions import ConfigurationError
 from .events import (
     IJobFailed,
     IJobScheduled,
+    IJobSkipped,
     IJobStarted,
     IJobSucceeded,
+    ILeaseLost,
     IWorkerStarting,
     IWorkerStopping,
     JobFailed,
     JobScheduled,
+    JobSkipped,
     JobStarted,
     JobSucceeded,
+    LeaseLost,
     WorkerStarting,
     WorkerStopping,
 )
 from .exceptions import InvalidJobError, UnknownTaskError
 from .jobs import Job
 from .repository import SQL_SCHEMES, UnsupportedStoreError, create_repository
-from .scheduler import BoundScheduler, Scheduler
+from .scheduler import BoundScheduler, Scheduler, UnknownJobError
 from .schedules import ScheduleError
 from .settings import PyncetteSettings, parse_settings
 from .tasks import add_pyncette_task, get_task_registry, periodic_task, task
@@ -37,21 +41,26 @@ __all__ = [
     "BoundScheduler",
     "IJobFailed",
     "IJobScheduled",
+    "IJobSkipped",
     "IJobStarted",
     "IJobSucceeded",
+    "ILeaseLost",
     "IWorkerStarting",
     "IWorkerStopping",
     "InvalidJobError",
     "Job",
     "JobFailed",
     "JobScheduled",
+    "JobSkipped",
     "JobStarted",
     "JobSucceeded",
+    "LeaseLost",
     "NoTransactionError",
     "PyncetteSettings",
     "ScheduleError",
     "Scheduler",
     "StoreUnavailable",
+    "UnknownJobError",
     "UnknownTaskError",
     "WorkerStarting",
     "WorkerStopping",
@@ -134,8 +143,13 @@ def includeme(config) -> None:
         ``pyncette``).
 
     A bad value raises :class:`pyramid.exceptions.ConfigurationError` naming
-    the key; an unknown ``pyncette.*`` key warns. Including starts no thread
-    and opens no connection.
+    the key (never showing the URL's password); an unknown ``pyncette.*`` key
+    warns. Including starts no thread and opens no connection.
+
+    Retries, misfires and the other per-task options (``max_retries``,
+    ``retry_backoff``, ``retry_backoff_max``, ``retry_exhausted``,
+    ``misfire_grace_time``...) are not settings: they are given to
+    ``@task()`` / ``config.add_pyncette_task`` or per job to ``add_*``.
     """
     settings = parse_settings(config.get_settings())
     _check_store(settings)

@@ -49,6 +49,26 @@ class IJobFailed(IJobRunEvent):
     duration = Attribute("Seconds the run took.")
 
 
+class IJobSkipped(IJobEvent):
+    """A run was not started: it was claimed later than its ``misfire_grace_time``.
+
+    A one-off job was deleted, a recurring one moved to its next run.
+    """
+
+    scheduled_at = Attribute("When the skipped run was due (UTC).")
+    lateness = Attribute("Seconds between the run's due time and the claim.")
+
+
+class ILeaseLost(IJobEvent):
+    """A running job's lease was taken over (it expired and another daemon claimed it).
+
+    The run goes on, but its result is discarded; the daemon that holds the
+    lease now runs the job again.
+    """
+
+    scheduled_at = Attribute("When the run was due (UTC).")
+
+
 class IWorkerEvent(Interface):
     """The worker (the lease loop) changed state."""
 
@@ -106,6 +126,25 @@ class JobFailed(_JobRunEvent):
         super().__init__(job, request, scheduled_at, attempt)
         self.exception = exception
         self.duration = duration
+
+
+@implementer(IJobSkipped)
+class JobSkipped(_JobEvent):
+    """See :class:`IJobSkipped`."""
+
+    def __init__(self, job: Any, registry: Any, scheduled_at: Any, lateness: float) -> None:
+        super().__init__(job, registry)
+        self.scheduled_at = scheduled_at
+        self.lateness = lateness
+
+
+@implementer(ILeaseLost)
+class LeaseLost(_JobEvent):
+    """See :class:`ILeaseLost`."""
+
+    def __init__(self, job: Any, registry: Any, scheduled_at: Any) -> None:
+        super().__init__(job, registry)
+        self.scheduled_at = scheduled_at
 
 
 class _WorkerEvent:

@@ -14,6 +14,11 @@ from typing import Any
 
 EXECUTION_MODES = ("at_least_once", "at_most_once")
 FAILURE_MODES = ("none", "unlock", "commit")
+RETRY_EXHAUSTED_MODES = ("advance", "park")
+
+#: Defaults of the retry options (seconds).
+DEFAULT_RETRY_BACKOFF = 1.0
+DEFAULT_RETRY_BACKOFF_MAX = 3600.0
 
 #: Longest accepted job id (it is a primary key in every store).
 MAX_JOB_ID_LENGTH = 200
@@ -31,9 +36,15 @@ class Job:
 
     ``schedule`` is the schedule's JSON form (see :mod:`pyramid_pyncette.schedules`),
     ``options`` the resolved execution options (``execution_mode``,
-    ``failure_mode``, ``lease_duration``). ``due_at`` is when the job is next
-    eligible to be claimed: its next run time while unleased, the lease expiry
-    while leased. ``next_run_at`` is always the scheduled time of the run.
+    ``failure_mode``, ``lease_duration``, the retry options and
+    ``misfire_grace_time``). ``due_at`` is when the job is next eligible to be
+    claimed: its next run time while unleased (or the time of its next retry),
+    the lease expiry while leased, ``None`` once it is parked as failed.
+    ``next_run_at`` is the scheduled time of the run.
+
+    ``problem`` is never stored: a store sets it when the stored row cannot be
+    read as a job (unreadable JSON, wrong types); such a job is never run, the
+    daemon parks it as failed with ``problem`` as its error.
     """
 
     id: str
@@ -51,26 +62,76 @@ class Job:
     last_error: str | None = None
     created_at: datetime | None = None
     partition: int = 0
+    problem: str | None = field(default=None, compare=False)
+
+    def _option(self, name: str, default: Any = None) -> Any:
+        options = self.options
+        if not isinstance(options, dict):
+            return default
+        value = options.get(name)
+        return default if value is None else value
+
+    def _seconds(self, name: str, default: float | None) -> float | None:
+        value = self._option(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return default
+        if not 0 < value < float("inf"):
+            return default
+        return float(value)
 
     @property
     def execution_mode(self) -> str:
         """``'at_least_once'`` (the default) or ``'at_most_once'``."""
-        return self.options.get("execution_mode", "at_least_once")
+        value = self._option("execution_mode")
+        return value if value in EXECUTION_MODES else "at_least_once"
 
     @property
     def failure_mode(self) -> str:
         """``'none'`` (the default), ``'unlock'`` or ``'commit'``."""
-        return self.options.get("failure_mode", "none")
+        value = self._option("failure_mode")
+        return value if value in FAILURE_MODES else "none"
 
     @property
     def lease_duration(self) -> float | None:
         """Seconds a claim of this job holds its lease, or ``None`` for the default."""
-        return self.options.get("lease_duration")
+        return self._seconds("lease_duration", None)
+
+    @property
+    def max_retries(self) -> int | None:
+        """How often a failed run is retried, or ``None`` (``failure_mode`` decides)."""
+        value = self._option("max_retries")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return None
+        return value
+
+    @property
+    def retry_backoff(self) -> float:
+        """Seconds before the first retry (doubling for each further one)."""
+        return self._seconds("retry_backoff", DEFAULT_RETRY_BACKOFF)
+
+    @property
+    def retry_backoff_max(self) -> float:
+        """The longest pause between two retries, in seconds."""
+        return self._seconds("retry_backoff_max", DEFAULT_RETRY_BACKOFF_MAX)
+
+    @property
+    def retry_exhausted(self) -> str:
+        """What a recurring job does after its last retry failed: ``'advance'`` or ``'park'``."""
+        value = self._option("retry_exhausted")
+        return value if value in RETRY_EXHAUSTED_MODES else "advance"
+
+    @property
+    def misfire_grace_time(self) -> float | None:
+        """Seconds a run may start late before it is skipped, or ``None`` (no limit)."""
+        return self._seconds("misfire_grace_time", None)
 
     @property
     def recurring(self) -> bool:
         """Whether the job has more than one run (interval or cron)."""
-        return self.schedule.get("kind") in ("interval", "cron")
+        return isinstance(self.schedule, dict) and self.schedule.get("kind") in (
+            "interval",
+            "cron",
+        )
 
     @property
     def state(self) -> str:

@@ -29,7 +29,14 @@ from .schedules import (
     ensure_aware,
 )
 from .settings import PyncetteSettings, parse_duration
-from .tasks import Task, TaskRegistry, check_job_id, get_task_registry, normalize_options
+from .tasks import (
+    Task,
+    TaskRegistry,
+    check_job_id,
+    check_option_combination,
+    get_task_registry,
+    normalize_options,
+)
 from .transaction import StagingDataManager, active_transaction, current_transaction
 
 log = logging.getLogger(__name__)
@@ -37,6 +44,10 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 
 CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
+
+
+class UnknownJobError(InvalidJobError, LookupError):
+    """No job has the given id."""
 
 
 def utcnow() -> datetime:
@@ -128,6 +139,7 @@ class Scheduler:
         self.settings = settings
         self.clock: Clock = clock or utcnow
         self._repository = repository
+        self._unready: Repository | None = None  # built, but its setup has not succeeded yet
         self._repository_lock = threading.Lock()
         #: Called after jobs are committed (e.g. an in-process worker's ``wake``).
         self.wake_listeners: list[Callable[[], None]] = []
@@ -140,9 +152,10 @@ class Scheduler:
         if self._repository is None:
             with self._repository_lock:
                 if self._repository is None:
-                    repository = create_repository(self.settings)
-                    repository.setup()
-                    self._repository = repository
+                    if self._unready is None:
+                        self._unready = create_repository(self.settings)
+                    self._unready.setup()
+                    self._repository = self._unready
         return self._repository
 
     @repository.setter
@@ -192,7 +205,14 @@ class Scheduler:
 
     def is_transient(self, exc: BaseException) -> bool:
         """Whether a store error is an outage worth retrying."""
-        return self.repository.is_transient(exc)
+        # Asked while the store is down: use the store object even if its setup failed.
+        repository = self._repository or self._unready
+        if repository is None:
+            with self._repository_lock:
+                if self._unready is None:
+                    self._unready = create_repository(self.settings)
+                repository = self._unready
+        return repository.is_transient(exc)
 
     def bind(self, transaction_manager: Any = None, session: Any = None) -> BoundScheduler:
         """This scheduler's API, writing through ``transaction_manager``'s transaction.
@@ -231,6 +251,7 @@ class Scheduler:
         args, kwargs = check_arguments(args, kwargs)
         job_id = uuid.uuid4().hex if job_id is None else check_job_id(job_id)
         resolved = {**task.job_options, **normalize_options(options, where=where)}
+        check_option_combination(resolved, where=where)
         now = self.now()
         try:
             schedule = schedule.anchored(now)
@@ -425,6 +446,26 @@ class Scheduler:
         """The job with this id, or None."""
         return self.repository.get(check_job_id(job_id))
 
+    def retry_job(self, job_id: str) -> Job:
+        """Queue the job to run now, as a fresh run; return the job as written.
+
+        Meant for a job parked as ``failed`` (retries exhausted, or its task
+        was missing), but works on any job: it becomes due now, unlocked, with
+        its attempts reset. A run in progress loses its lease (its result is
+        discarded). A recurring job goes back to its schedule after this run.
+        Raises :class:`UnknownJobError` when no job has this id.
+        """
+        job = self.get_job(check_job_id(job_id))
+        if job is None:
+            raise UnknownJobError(
+                f"retry_job: no job has the id {job_id!r}; it may have finished, been "
+                "cancelled, or never existed (see get_jobs())"
+            )
+        now = self.now()
+        job = job.replace(due_at=now, next_run_at=now, attempts=0, locked_by=None)
+        self._write([job])
+        return job
+
     def get_jobs(self, task: Any = None, limit: int = 100, cursor: str | None = None) -> JobPage:
         """A page of jobs ordered by id (``.next_cursor`` fetches the next page)."""
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
@@ -496,6 +537,9 @@ class BoundScheduler(Scheduler):
     @property
     def repository(self) -> Repository:
         return self.parent.repository
+
+    def is_transient(self, exc: BaseException) -> bool:
+        return self.parent.is_transient(exc)
 
     def now(self) -> datetime:
         return self.parent.now()

@@ -123,31 +123,43 @@ KNOWN_KEYS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(Pyncet
 def _redact_url(url: Any) -> str:
     try:
         text = url if isinstance(url, str) else str(url)
+        if "://" not in text:
+            # Not a URL at all: hide anything before an '@' (it may be credentials).
+            return re.sub(r"^[^@]*@", "***@", text) if "@" in text else text
         scheme = text.partition("://")[0].strip().lower()
         if scheme.split("+", 1)[0] in _SQLALCHEMY_SCHEMES:
             try:
                 from sqlalchemy.engine import make_url
 
-                return make_url(text).render_as_string(hide_password=True)
+                rendered = make_url(text).render_as_string(hide_password=True)
+                return _mask_query(rendered)
             except Exception:
                 pass
-        return _redact_url_by_hand(text)
+        return _redact_url_by_hand(text, keep_user=False)
     except Exception:
         return "***"
 
 
-def _redact_url_by_hand(text: str) -> str:
+def _mask_query(text: str) -> str:
+    """Hide password-like query parameters (``?password=...``)."""
+    return re.sub(r"([?&](?:password|passwd|pass|pwd)=)[^&#]*", r"\1***", text)
+
+
+def _redact_url_by_hand(text: str, keep_user: bool = True) -> str:
     try:
         parts = urlsplit(text)
     except ValueError:
-        # Unparseable (e.g. a broken IPv6 host); mask anything that looks like a password.
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", text)
+        # Unparseable (e.g. a broken IPv6 host): hide all user information.
+        return _mask_query(re.sub(r"(://)[^/?#]*@", r"\1***@", text))
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, host = netloc.rpartition("@")
         if ":" in userinfo:
             user = userinfo.partition(":")[0]
             netloc = f"{user}:***@{host}"
+        elif not keep_user:
+            # redis://secret@host: a lone user part may be the password.
+            netloc = f"***@{host}"
     query = re.sub(r"(^|&)((?:password|passwd|pass|pwd)=)[^&]*", r"\1\2***", parts.query)
     if netloc == parts.netloc and query == parts.query:
         return text

@@ -20,12 +20,30 @@ import venusian
 from pyramid.exceptions import ConfigurationError
 
 from .exceptions import InvalidJobError, UnknownTaskError
-from .jobs import EXECUTION_MODES, FAILURE_MODES, MAX_JOB_ID_LENGTH
+from .jobs import EXECUTION_MODES, FAILURE_MODES, MAX_JOB_ID_LENGTH, RETRY_EXHAUSTED_MODES
 from .schedules import CronSchedule, IntervalSchedule, Schedule, ScheduleError, get_zone
 from .settings import parse_duration
 
 #: Options a job (and so a task) can carry; per-job values override the task's.
-JOB_OPTIONS = ("execution_mode", "failure_mode", "lease_duration")
+JOB_OPTIONS = (
+    "execution_mode",
+    "failure_mode",
+    "lease_duration",
+    "max_retries",
+    "retry_backoff",
+    "retry_backoff_max",
+    "retry_exhausted",
+    "misfire_grace_time",
+)
+
+#: Job options that are durations (stored as seconds).
+DURATION_OPTIONS = ("lease_duration", "retry_backoff", "retry_backoff_max", "misfire_grace_time")
+
+#: Longest accepted duration option (ten years, in seconds).
+MAX_DURATION = 10 * 365 * 24 * 3600
+
+#: Longest accepted ``max_retries``.
+MAX_RETRIES_LIMIT = 1000
 
 #: Options only a task has.
 TASK_ONLY_OPTIONS = ("timezone", "transactional")
@@ -56,11 +74,29 @@ def normalize_options(options: Mapping[str, Any], *, where: str) -> dict[str, An
             raise InvalidJobError(
                 f"{where}: failure_mode {value!r} is not one of {', '.join(FAILURE_MODES)}"
             )
-        if key == "lease_duration":
+        if key in DURATION_OPTIONS:
             try:
-                value = parse_duration(value, key="lease_duration")
+                value = parse_duration(value, key=key)
             except ValueError as exc:
                 raise InvalidJobError(f"{where}: {exc}") from None
+            if value > MAX_DURATION:
+                raise InvalidJobError(
+                    f"{where}: {key} of {value:g}s is too long; use at most ten years"
+                )
+        if key == "max_retries" and (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not 0 <= value <= MAX_RETRIES_LIMIT
+        ):
+            raise InvalidJobError(
+                f"{where}: max_retries must be a whole number from 0 to {MAX_RETRIES_LIMIT}, "
+                f"got {value!r}; e.g. max_retries=3"
+            )
+        if key == "retry_exhausted" and value not in RETRY_EXHAUSTED_MODES:
+            raise InvalidJobError(
+                f"{where}: retry_exhausted {value!r} is not one of "
+                f"{', '.join(RETRY_EXHAUSTED_MODES)}"
+            )
         if key == "transactional" and not isinstance(value, bool):
             raise InvalidJobError(f"{where}: transactional must be True or False, got {value!r}")
         if key == "timezone":
@@ -70,6 +106,18 @@ def normalize_options(options: Mapping[str, Any], *, where: str) -> dict[str, An
                 raise InvalidJobError(f"{where}: {exc}") from None
         result[key] = value
     return result
+
+
+def check_option_combination(options: Mapping[str, Any], *, where: str) -> None:
+    """Refuse resolved options that contradict each other."""
+    if (
+        options.get("max_retries") is not None
+        and options.get("execution_mode", "at_least_once") == "at_most_once"
+    ):
+        raise InvalidJobError(
+            f"{where}: max_retries needs execution_mode='at_least_once': an at-most-once run "
+            "is never repeated, so it cannot be retried"
+        )
 
 
 def default_task_name(func: Callable[..., Any]) -> str:
@@ -134,6 +182,7 @@ def make_task(
         raise InvalidJobError(f"task name {name!r} must be a non-empty string of at most 200 chars")
     where = f"task {name!r}"
     options = normalize_options(options, where=where)
+    check_option_combination(options, where=where)
     if schedule is not None and interval is not None:
         raise InvalidJobError(f"{where}: give either schedule= (cron) or interval=, not both")
     every = None
@@ -239,7 +288,9 @@ def add_pyncette_task(
     ``schedule`` (a cron string) or ``interval`` (seconds, ``'30s'`` or a
     ``timedelta``) also declares a static recurring job for the task.
     Options: ``execution_mode``, ``failure_mode``, ``lease_duration``,
-    ``timezone``, ``transactional``. Two tasks with the same name conflict.
+    ``max_retries``, ``retry_backoff``, ``retry_backoff_max``,
+    ``retry_exhausted``, ``misfire_grace_time``, ``timezone``,
+    ``transactional``. Two tasks with the same name conflict.
     """
     func = config.maybe_dotted(func)
     task = make_task(func, name=name, schedule=schedule, interval=interval, **options)

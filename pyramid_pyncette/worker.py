@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .events import WorkerStarting, WorkerStopping
+from .events import JobSkipped, LeaseLost, WorkerStarting, WorkerStopping
 from .execution import JobInfo, run_job
 from .repository import Lease, Outcome
 
@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 #: Longest pause between retries while the store is unreachable (seconds).
 MAX_BACKOFF = 30.0
+
+#: Share of a lease that a claimed job may spend queued for a free thread.
+PREFETCH_LEASE_SHARE = 0.05
 
 
 @dataclass
@@ -100,6 +103,8 @@ class Worker:
             queue.SimpleQueue()
         )
         self._backoff = _Backoff()
+        #: Mean run time of recent jobs (seconds), None until jobs have run.
+        self._mean_duration: float | None = None
 
     # -- helpers ----------------------------------------------------------
 
@@ -134,9 +139,30 @@ class Worker:
 
     def _execute(self, lease: Lease, info: JobInfo | None = None, clock=None) -> Outcome:
         task = self.scheduler.tasks.get(lease.job.task)
-        return run_job(
+        started = time.perf_counter()
+        outcome = run_job(
             self.registry, task, lease, clock or self.clock, base_url=self.base_url, info=info
         )
+        elapsed = time.perf_counter() - started
+        mean = self._mean_duration
+        # An exponential moving average; a lost update between threads is harmless.
+        self._mean_duration = elapsed if mean is None else mean + (elapsed - mean) * 0.05
+        return outcome
+
+    @property
+    def prefetch(self) -> int:
+        """How many claimed jobs may wait for a thread beyond ``concurrency``.
+
+        Short jobs are claimed a batch ahead, so the store is asked in batches
+        rather than once per finished job; the queue is sized so that its
+        expected wait stays under 5% of the lease (a lease is never spent
+        waiting). Nothing is claimed ahead until jobs have been timed.
+        """
+        mean = self._mean_duration
+        if mean is None:
+            return 0
+        budget = self.lease_duration * PREFETCH_LEASE_SHARE * self.concurrency
+        return min(self.batch_size, int(budget / max(mean, 0.001)))
 
     def _record(self, outcome: Outcome) -> None:
         self.stats["succeeded" if outcome.succeeded else "failed"] += 1
@@ -162,6 +188,7 @@ class Worker:
                 leases = self.repository.claim(now, self.batch_size, token, self.lease_duration)
                 if not leases:
                     return total
+                leases = self._skip_unrunnable(leases, now)
                 held.extend(lease for lease in leases if lease.job.id in seen)
                 outcomes = []
                 for lease in leases:
@@ -194,6 +221,9 @@ class Worker:
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="pyncette-job")
         pending: list[Outcome] = []
         next_heartbeat = time.monotonic() + self.heartbeat_interval
+        # Stores that announce new jobs (PostgreSQL, Redis) wake the loop at once.
+        start_listener = getattr(self.repository, "start_listener", None)
+        stop_listener = start_listener(self.wake) if start_listener else None
         try:
             while not self._stopping.is_set():
                 self._wake.clear()
@@ -207,9 +237,15 @@ class Worker:
                     if time.monotonic() >= next_heartbeat:
                         self._heartbeat()
                         next_heartbeat = time.monotonic() + self.heartbeat_interval
-                    want = min(self.concurrency - len(self._running), self.batch_size)
-                    if want > 0 and not self._stopping.is_set():
-                        claimed = self._claim_and_start(pool, want)
+                    capacity = self.concurrency + self.prefetch
+                    want = min(capacity - len(self._running), self.batch_size)
+                    # Claim when a thread would idle, or when a batch's worth is free.
+                    idle = len(self._running) < self.concurrency
+                    if want > 0 and (idle or want * 2 >= min(capacity, self.batch_size)):
+                        if not self._stopping.is_set():
+                            claimed = self._claim_and_start(pool, want)
+                    else:
+                        want = 0
                     self._store_recovered()
                 except Exception as exc:
                     self._store_failed(exc)
@@ -223,6 +259,8 @@ class Worker:
                     timeout = min(timeout, self._until_next_due())
                 self._wake.wait(max(0.0, timeout))
         finally:
+            if stop_listener is not None:
+                stop_listener()
             self._shutdown(pool, pending)
             self._notify(WorkerStopping(self, self.registry))
             log.info(
@@ -276,7 +314,8 @@ class Worker:
         return max(0.0, min(self.poll_interval, seconds))
 
     def _claim_and_start(self, pool: ThreadPoolExecutor, want: int) -> int:
-        leases = self.repository.claim(self.clock(), want, self._token(), self.lease_duration)
+        claimed = self.repository.claim(self.clock(), want, self._token(), self.lease_duration)
+        leases = self._skip_unrunnable(claimed, self.clock())
         for lease in leases:
             job = lease.job
             info = JobInfo.for_lease(lease)
@@ -288,7 +327,41 @@ class Worker:
         if leases:
             log.debug("claimed %d job(s) with token %s", len(leases), leases[0].token)
         self.stats["claimed"] += len(leases)
-        return len(leases)
+        return len(claimed)
+
+    def _skip_unrunnable(self, leases: list[Lease], now: datetime) -> list[Lease]:
+        """Report the claimed runs not to start; return the others.
+
+        Misfires (the claim already deleted or advanced them) are logged and
+        fire :class:`JobSkipped`; jobs whose stored row cannot be run are
+        parked as failed with the problem as their error.
+        """
+        unreadable = []
+        for lease in leases:
+            if lease.job.problem is not None:
+                log.error(
+                    "job %r cannot run and is parked as failed: %s", lease.job.id, lease.job.problem
+                )
+                unreadable.append(
+                    Outcome(lease, False, now, error=lease.job.problem, permanent=True)
+                )
+            elif lease.skipped:
+                self.stats["skipped"] += 1
+                log.warning(
+                    "job %r (task %r) skipped: its run due %s was claimed %.3fs late, "
+                    "more than its misfire_grace_time",
+                    lease.job.id,
+                    lease.job.task,
+                    lease.scheduled_at.isoformat(),
+                    lease.lateness,
+                )
+                self._notify(
+                    JobSkipped(lease.job, self.registry, lease.scheduled_at, lease.lateness)
+                )
+        if unreadable:
+            self.repository.complete(unreadable)
+            self.stats["failed"] += len(unreadable)
+        return [lease for lease in leases if lease.runnable]
 
     def _done(self, key: tuple[str, str | None], future: Future) -> None:
         if future.cancelled():
@@ -299,7 +372,10 @@ class Worker:
             running = self._running[key]
             outcome = Outcome(running.lease, False, self.clock(), error=repr(exc))
         self._finished.put((key, outcome))
-        self._wake.set()
+        finished = self._finished.qsize()
+        # Wake the loop when a thread is about to idle or a batch of results waits.
+        if len(self._running) - finished <= self.concurrency or finished * 2 >= self.batch_size:
+            self._wake.set()
 
     def _collect(self) -> list[Outcome]:
         outcomes = []
@@ -335,6 +411,8 @@ class Worker:
                 if running is not None:
                     running.info.lease_lost = True
                     log.warning("job %r lost its lease (another daemon may run it)", job_id)
+                    lease = running.lease
+                    self._notify(LeaseLost(lease.job, self.registry, lease.scheduled_at))
 
     def _shutdown(self, pool: ThreadPoolExecutor, pending: list[Outcome]) -> None:
         unstarted = [r for r in self._running.values() if r.future and r.future.cancel()]

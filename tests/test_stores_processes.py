@@ -124,7 +124,12 @@ def test_store_restart_mid_drain_loses_nothing_and_the_daemon_carries_on(
             assert time.monotonic() < deadline, "the daemon ran nothing"
             assert daemon.poll() is None
             time.sleep(0.05)
-        server.restart()
+        # Down long enough that the daemon must notice (a quick restart can be
+        # invisible: pooled connections are checked and replaced on use).
+        server.stop()
+        time.sleep(1.5)
+        assert daemon.poll() is None, "the daemon exited when the store went away"
+        server.start()
         while {job_id for job_id, _, _ in _runs(records)} != expected:
             assert time.monotonic() < deadline, "jobs were lost in the outage"
             assert daemon.poll() is None, "the daemon exited during the outage"

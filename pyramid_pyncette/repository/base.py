@@ -11,13 +11,24 @@ statements as its store allows.
 from __future__ import annotations
 
 import abc
+import functools
+import hashlib
+import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ..jobs import MAX_ERROR_LENGTH, STATUS_FAILED, STATUS_SUCCEEDED, Job
+from ..jobs import (
+    EXECUTION_MODES,
+    FAILURE_MODES,
+    MAX_ERROR_LENGTH,
+    RETRY_EXHAUSTED_MODES,
+    STATUS_FAILED,
+    STATUS_SUCCEEDED,
+    Job,
+)
 from ..schedules import ScheduleError, schedule_from_json
 
 log = logging.getLogger(__name__)
@@ -34,16 +45,29 @@ class Lease:
     ``token`` identifies the claim: completion and heartbeats only touch the
     row while it still carries this token. At-most-once jobs are advanced
     (or deleted) inside the claim itself, so their ``token`` is ``None``.
+
+    ``skipped`` marks a run the claim decided not to start: a misfire (the
+    run was claimed more than ``misfire_grace_time`` after it was due,
+    ``lateness`` seconds late; the claim already deleted or advanced the
+    row, so ``token`` is ``None``), or a job whose stored row cannot be run
+    (``job.problem`` says why; it is leased, for the worker to park it).
     """
 
     job: Job
     scheduled_at: datetime
     token: str | None
+    skipped: bool = False
+    lateness: float = 0.0
 
     @property
     def attempt(self) -> int:
         """1 for the first try of this run, 2 for the first retry, ..."""
         return self.job.attempts
+
+    @property
+    def runnable(self) -> bool:
+        """Whether the worker should run this lease (not skipped, readable)."""
+        return not self.skipped and self.job.problem is None
 
 
 @dataclass(frozen=True)
@@ -65,8 +89,9 @@ class ClaimPlan:
     """What a claim does to one due row.
 
     ``action`` is ``'lease'`` (at-least-once: lock it until ``due_at``),
-    ``'advance'`` (at-most-once recurring: move it to its next run, unlocked)
-    or ``'delete'`` (at-most-once one-off: remove it before it runs).
+    ``'advance'`` (at-most-once recurring, or a misfired recurring run: move
+    it to its next run, unlocked) or ``'delete'`` (at-most-once one-off, or a
+    misfired one-off run: remove it before it runs).
     """
 
     action: str
@@ -110,14 +135,355 @@ def next_run_of(job: Job, scheduled_at: datetime, now: datetime) -> datetime | N
         return None
 
 
+# --------------------------------------------------------------------------- retries
+
+
+def retry_delay(job_id: str, attempt: int, backoff: float, backoff_max: float) -> timedelta:
+    """The pause before retrying ``attempt`` (the failed try: 1 for the first).
+
+    Exponential backoff, ``ceiling = min(backoff * 2 ** (attempt - 1),
+    backoff_max)``, jittered to between ``ceiling / 2`` and ``ceiling``. The
+    jitter is derived from a hash of
+    ``(job_id, attempt)`` rather than a random generator, so every daemon and
+    every store computes the same delay (and tests can predict it), while
+    jobs that fail together still spread their retries.
+    """
+    exponent = min(max(attempt - 1, 0), 64)
+    ceiling = min(backoff * 2.0**exponent, backoff_max)
+    key = f"{job_id}\0{attempt}".encode("utf-8", "surrogatepass")
+    fraction = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2.0**64
+    return timedelta(seconds=ceiling / 2 + fraction * ceiling / 2)
+
+
+# --------------------------------------------------------------------------- stored rows
+
+_SCHEDULE_KINDS = ("date", "interval", "cron")
+_TIME_FIELDS = ("due_at", "next_run_at", "last_run_at", "created_at")
+_TEXT_FIELDS = ("locked_by", "last_status", "last_error")
+_DURATION_OPTIONS = ("lease_duration", "retry_backoff", "retry_backoff_max", "misfire_grace_time")
+
+
+class UnreadableJSON:
+    """What :func:`load_json` returns for stored text that is not JSON."""
+
+    def __init__(self, text: Any, error: BaseException) -> None:
+        self.text = text
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"<unreadable JSON {_short(self.text)}>"
+
+    def describe(self) -> str:
+        detail = str(self.error).splitlines()[0] if str(self.error) else type(self.error).__name__
+        return f"not valid JSON ({detail}): {_short(self.text)}"
+
+
+def load_json(text: Any) -> Any:
+    """``json.loads(text)``; unreadable text becomes an :class:`UnreadableJSON`. Never raises."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except Exception as exc:
+        return UnreadableJSON(text, exc)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _what(value: Any) -> str:
+    if isinstance(value, UnreadableJSON):
+        return value.describe()
+    return f"{_short(value)} ({type(value).__name__})"
+
+
+@functools.lru_cache(maxsize=1024)
+def _cron_problem(items: tuple[tuple[str, Any], ...]) -> str | None:
+    """Why a cron schedule does not parse (cached: a daemon sees few distinct crons)."""
+    try:
+        schedule_from_json(dict(items))
+    except ScheduleError as exc:
+        return f"schedule is unreadable ({exc})"
+    return None
+
+
+def _schedule_problem(schedule: Any) -> str | None:
+    """Why the stored ``schedule`` cannot be used.
+
+    Checked cheaply, as every claim checks it: the shape of dates and
+    intervals (their values are only read to compute a next run, which
+    parks the job if they do not parse), and cron schedules in full, cached.
+    """
+    if not isinstance(schedule, dict):
+        return f"schedule is {_what(schedule)}, not an object with a 'kind'"
+    kind = schedule.get("kind")
+    if kind not in _SCHEDULE_KINDS:
+        return f"schedule has the unknown kind {_short(kind)} (expected date, interval or cron)"
+    if kind == "date":
+        ok = isinstance(schedule.get("run_at"), str)
+    elif kind == "interval":
+        micros = schedule.get("microseconds")
+        ok = not isinstance(micros, bool) and isinstance(micros, int) and micros > 0
+        ok = ok and isinstance(schedule.get("start"), (str, type(None)))
+    else:
+        expression = schedule.get("expression")
+        ok = isinstance(expression, str) and bool(expression.strip())
+        ok = ok and isinstance(schedule.get("timezone"), (str, type(None)))
+        ok = ok and isinstance(schedule.get("start"), (str, type(None)))
+        weeks = schedule.get("weeks")
+        ok = ok and (
+            weeks is None or (isinstance(weeks, (str, int)) and not isinstance(weeks, bool))
+        )
+        if ok:
+            keys = ("kind", "expression", "timezone", "start", "weeks")
+            return _cron_problem(tuple((key, schedule.get(key)) for key in keys))
+    if not ok:
+        return f"{kind} schedule is malformed: {_short(schedule)}"
+    return None
+
+
+def _option_problem(options: Any) -> str | None:
+    if not isinstance(options, dict):
+        return f"options are {_what(options)}, not an object"
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key == "execution_mode" and value not in EXECUTION_MODES:
+            return f"option execution_mode is {_short(value)}"
+        if key == "failure_mode" and value not in FAILURE_MODES:
+            return f"option failure_mode is {_short(value)}"
+        if key == "retry_exhausted" and value not in RETRY_EXHAUSTED_MODES:
+            return f"option retry_exhausted is {_short(value)}"
+        if key == "max_retries" and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 0
+        ):
+            return f"option max_retries is {_short(value)}, not a whole number >= 0"
+        if key in _DURATION_OPTIONS and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e10
+        ):
+            return f"option {key} is {_short(value)}, not a positive number of seconds"
+    return None
+
+
+def job_problem(job: Job) -> str | None:
+    """Why the stored ``job`` cannot be run as it is, or None when it can.
+
+    Cheap structural checks (no cron parsing), so claims stay fast: the task
+    name, the schedule, the arguments, the options. ``job.problem`` (set by
+    :func:`decode_job_fields`) wins.
+    """
+    if job.problem is not None:
+        return job.problem
+    problems = []
+    if not isinstance(job.task, str) or not job.task:
+        problems.append(f"task is {_what(job.task)}, not a task name")
+    problem = _schedule_problem(job.schedule)
+    if problem:
+        problems.append(problem)
+    if not isinstance(job.args, list):
+        problems.append(f"args are {_what(job.args)}, not a list")
+    if not isinstance(job.kwargs, dict) or not all(isinstance(k, str) for k in job.kwargs):
+        problems.append(f"kwargs are {_what(job.kwargs)}, not an object")
+    problem = _option_problem(job.options)
+    if problem:
+        problems.append(problem)
+    if isinstance(job.attempts, bool) or not isinstance(job.attempts, int):
+        problems.append(f"attempts is {_what(job.attempts)}, not a whole number")
+    return _problem_text(job.id, problems)
+
+
+def _problem_text(job_id: Any, problems: list[str]) -> str | None:
+    if not problems:
+        return None
+    return (
+        f"the stored job {_short(job_id)} cannot be run: {'; '.join(problems)}; add it again "
+        "with the same job_id to replace it, or cancel it"
+    )
+
+
+def decode_job_fields(
+    fields: Any,
+    *,
+    job_id: str | None = None,
+    decode_time: Callable[[Any], datetime | None] | None = None,
+) -> Job:
+    """A :class:`Job` from the values a store read back, whatever they hold. Never raises.
+
+    ``fields`` maps :class:`Job` field names to stored values (a SQL row's
+    ``_mapping``, a decoded Redis document). Two store layouts are understood:
+    without a ``kwargs`` key, ``args`` holds ``{"args": [...], "kwargs":
+    {...}}`` (the SQL column); a ``job`` key holding JSON text holds further
+    fields (the Redis document). Values that are :class:`UnreadableJSON`, of
+    the wrong type, or missing are replaced by empty ones and described in
+    ``Job.problem``: such a job is never run, and the daemon that claims it
+    parks it as failed with that description as its error. ``job_id``
+    overrides the stored id; ``decode_time`` turns a stored time that is not a
+    ``datetime`` into one.
+    """
+    try:
+        return _decode_job_fields(fields, job_id, decode_time)
+    except Exception as exc:  # a last resort: a job that cannot run, but can be listed
+        ident = job_id if isinstance(job_id, str) else "?"
+        problem = _problem_text(ident, [f"it cannot be decoded ({type(exc).__name__}: {exc})"])
+        return Job(id=ident, task="", schedule={}, problem=problem)
+
+
+def _decode_job_fields(
+    fields: Any, job_id: str | None, decode_time: Callable[[Any], datetime | None] | None
+) -> Job:
+    problems: list[str] = []
+    if isinstance(fields, Mapping):
+        values = dict(fields)
+    else:
+        problems.append(f"the stored document is {_what(fields)}, not an object")
+        values = {}
+    nested = values.get("job")
+    if isinstance(nested, (str, bytes, UnreadableJSON)):
+        inner = load_json(nested) if not isinstance(nested, UnreadableJSON) else nested
+        if isinstance(inner, dict):
+            values = {**inner, **{k: v for k, v in values.items() if k != "job"}}
+        else:
+            problems.append(f"the job definition is {_what(inner)}, not an object")
+
+    ident = job_id if job_id is not None else values.get("id")
+    if not isinstance(ident, str):
+        problems.append(f"id is {_what(ident)}")
+        ident = "" if ident is None else str(ident)
+
+    task = values.get("task")
+    if not isinstance(task, str) or not task:
+        problems.append(f"task is {_what(task)}, not a task name")
+        task = task if isinstance(task, str) else ""
+
+    schedule = values.get("schedule")
+    problem = _schedule_problem(schedule)
+    if problem:
+        problems.append(problem)
+    if not isinstance(schedule, dict):
+        schedule = {}
+
+    if "kwargs" in values:
+        args, kwargs = values.get("args"), values.get("kwargs")
+        if args is None:
+            args = []
+        if kwargs is None:
+            kwargs = {}
+    else:
+        combined = values.get("args")
+        if combined is None:
+            combined = {}
+        if isinstance(combined, dict):
+            args, kwargs = combined.get("args", []), combined.get("kwargs", {})
+            extra = sorted(str(k) for k in combined if k not in ("args", "kwargs"))
+            if extra:
+                problems.append(f"arguments have unexpected keys {', '.join(extra)}")
+        else:
+            problems.append(f"arguments are {_what(combined)}, not an object")
+            args, kwargs = [], {}
+    if not isinstance(args, list):
+        problems.append(f"args are {_what(args)}, not a list")
+        args = []
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        problems.append(f"kwargs are {_what(kwargs)}, not an object")
+        kwargs = {}
+
+    options = values.get("options")
+    if options is None:
+        options = {}
+    problem = _option_problem(options)
+    if problem:
+        problems.append(problem)
+    if not isinstance(options, dict):
+        options = {}
+
+    times: dict[str, datetime | None] = {}
+    for name in _TIME_FIELDS:
+        value = values.get(name)
+        try:
+            if value is not None and not isinstance(value, datetime):
+                if decode_time is None:
+                    raise TypeError(f"not a datetime: {_short(value)}")
+                value = decode_time(value)
+            if value is not None and value.tzinfo is None:
+                value = value.replace(tzinfo=timezone.utc)
+        except Exception:
+            problems.append(f"{name} is {_what(value)}, not a time")
+            value = None
+        times[name] = value
+
+    text = {}
+    for name in _TEXT_FIELDS:
+        value = values.get(name)
+        text[name] = value if value is None or isinstance(value, str) else str(value)
+
+    attempts = values.get("attempts")
+    if isinstance(attempts, float) and attempts.is_integer():
+        attempts = int(attempts)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+        attempts = 0
+    partition = values.get("partition")
+    if isinstance(partition, bool) or not isinstance(partition, int):
+        partition = 0
+
+    return Job(
+        id=ident,
+        task=task,
+        schedule=schedule,
+        args=args,
+        kwargs=kwargs,
+        options=options,
+        attempts=attempts,
+        partition=partition,
+        problem=_problem_text(ident, problems),
+        **times,
+        **text,
+    )
+
+
+# --------------------------------------------------------------------------- claims
+
+
 def plan_claim(job: Job, now: datetime, token: str, default_lease: float) -> ClaimPlan:
-    """Decide what claiming the due ``job`` at ``now`` writes."""
+    """Decide what claiming the due ``job`` at ``now`` writes. Never raises.
+
+    A job that cannot be run as stored (see :func:`job_problem`) is leased
+    like any other, with a skipped lease carrying the problem: the worker
+    parks it as failed instead of running it.
+    """
+    try:
+        problem = job_problem(job)
+        if problem is None:
+            return _plan_claim(job, now, token, default_lease)
+    except Exception as exc:
+        problem = _problem_text(job.id, [f"it cannot be claimed ({type(exc).__name__}: {exc})"])
+    return _unrunnable_claim(job, now, token, default_lease, problem)
+
+
+def _plan_claim(job: Job, now: datetime, token: str, default_lease: float) -> ClaimPlan:
     scheduled_at = job.next_run_at or job.due_at or now
+    grace = job.misfire_grace_time
+    if grace is not None and job.attempts == 0:
+        # Only a run's first try can misfire: a retry, or a run whose lease
+        # expired, already started and is seen through.
+        lateness = (now - scheduled_at).total_seconds()
+        if lateness > grace:
+            return _misfire_claim(job, now, token, default_lease, scheduled_at, lateness)
     attempts = job.attempts + 1
     if job.execution_mode == "at_most_once":
         claimed = job.replace(attempts=attempts, locked_by=None)
         lease = Lease(job=claimed, scheduled_at=scheduled_at, token=None)
-        following = next_run_of(job, scheduled_at, now)
+        if not job.recurring:
+            return ClaimPlan("delete", claimed, lease)
+        try:
+            following = schedule_from_json(job.schedule).next_run(scheduled_at, now)
+        except ScheduleError as exc:
+            problem = _problem_text(job.id, [f"schedule is unreadable ({exc})"])
+            return _unrunnable_claim(job, now, token, default_lease, problem)
         if following is None:
             return ClaimPlan("delete", claimed, lease)
         advanced = claimed.replace(due_at=following, next_run_at=following, attempts=0)
@@ -132,8 +498,51 @@ def plan_claim(job: Job, now: datetime, token: str, default_lease: float) -> Cla
     return ClaimPlan("lease", leased, Lease(job=leased, scheduled_at=scheduled_at, token=token))
 
 
+def _misfire_claim(
+    job: Job,
+    now: datetime,
+    token: str,
+    default_lease: float,
+    scheduled_at: datetime,
+    lateness: float,
+) -> ClaimPlan:
+    """Skip a run claimed too late: delete a one-off job, advance a recurring one."""
+    lease = Lease(job=job, scheduled_at=scheduled_at, token=None, skipped=True, lateness=lateness)
+    if not job.recurring:
+        return ClaimPlan("delete", job, lease)
+    try:
+        following = schedule_from_json(job.schedule).next_run(scheduled_at, now)
+    except ScheduleError as exc:
+        problem = _problem_text(job.id, [f"schedule is unreadable ({exc})"])
+        return _unrunnable_claim(job, now, token, default_lease, problem)
+    if following is None:
+        return ClaimPlan("delete", job, lease)
+    advanced = job.replace(due_at=following, next_run_at=following, attempts=0, locked_by=None)
+    return ClaimPlan("advance", advanced, lease)
+
+
+def _unrunnable_claim(
+    job: Job, now: datetime, token: str, default_lease: float, problem: str | None
+) -> ClaimPlan:
+    """Lease a job that cannot run (as any at-least-once claim would), flagged with ``problem``."""
+    scheduled_at = next((t for t in (job.next_run_at, job.due_at) if isinstance(t, datetime)), now)
+    attempts = job.attempts if isinstance(job.attempts, int) else 0
+    leased = job.replace(
+        locked_by=token,
+        due_at=now + timedelta(seconds=default_lease),
+        next_run_at=scheduled_at,
+        attempts=max(attempts, 0) + 1,
+        problem=problem or _problem_text(job.id, ["it cannot be run"]),
+    )
+    lease = Lease(job=leased, scheduled_at=scheduled_at, token=token, skipped=True)
+    return ClaimPlan("lease", leased, lease)
+
+
+# --------------------------------------------------------------------------- completions
+
+
 def plan_completion(outcome: Outcome) -> CompletionPlan:
-    """Decide what finishing a run writes to its row."""
+    """Decide what finishing a run writes to its row. Never raises."""
     lease = outcome.lease
     job = lease.job
     now = outcome.finished_at
@@ -146,16 +555,38 @@ def plan_completion(outcome: Outcome) -> CompletionPlan:
     if lease.token is None:
         # At-most-once: the row was already advanced or deleted by the claim.
         return CompletionPlan("note", job.id, None, last)
+    try:
+        return _plan_completion(outcome, last)
+    except Exception as exc:
+        error = f"the run ended but its job could not be settled ({type(exc).__name__}: {exc})"
+        return _park(job, lease, now, error)
+
+
+def _plan_completion(outcome: Outcome, last: dict[str, Any]) -> CompletionPlan:
+    lease = outcome.lease
+    job = lease.job
+    now = outcome.finished_at
     if outcome.permanent and not outcome.succeeded:
         # Parked: no due time, so no daemon claims it until it is retried or replaced.
         values = {"due_at": None, "next_run_at": None, "attempts": job.attempts, **last}
         return CompletionPlan("settle", job.id, lease.token, values)
-    done = outcome.succeeded or job.failure_mode == "commit"
-    if done:
-        following = next_run_of(job, lease.scheduled_at, now)
-        if following is None:
-            return CompletionPlan("delete", job.id, lease.token, {})
-        values = {"due_at": following, "next_run_at": following, "attempts": 0, **last}
+    retries = job.max_retries
+    if outcome.succeeded or (retries is None and job.failure_mode == "commit"):
+        return _finish(job, lease, now, last)
+    if retries is not None:
+        attempt = job.attempts
+        if attempt <= retries:
+            delay = retry_delay(job.id, attempt, job.retry_backoff, job.retry_backoff_max)
+            values = {
+                "due_at": now + delay,
+                "next_run_at": lease.scheduled_at,
+                "attempts": attempt,
+                **last,
+            }
+            return CompletionPlan("settle", job.id, lease.token, values)
+        if job.recurring and job.retry_exhausted == "advance":
+            return _finish(job, lease, now, last)
+        values = {"due_at": None, "next_run_at": None, "attempts": attempt, **last}
         return CompletionPlan("settle", job.id, lease.token, values)
     if job.failure_mode == "unlock":
         values = {
@@ -167,6 +598,38 @@ def plan_completion(outcome: Outcome) -> CompletionPlan:
         return CompletionPlan("settle", job.id, lease.token, values)
     # failure_mode 'none': keep the lease; the run is retried once it expires.
     return CompletionPlan("note", job.id, lease.token, last)
+
+
+def _finish(job: Job, lease: Lease, now: datetime, last: dict[str, Any]) -> CompletionPlan:
+    """The run is over: delete a one-off job, move a recurring one to its next run."""
+    if not job.recurring:
+        return CompletionPlan("delete", job.id, lease.token, {})
+    try:
+        following = schedule_from_json(job.schedule).next_run(lease.scheduled_at, now)
+    except ScheduleError as exc:
+        error = (
+            f"the schedule of job {job.id!r} is unreadable ({exc}); it is parked: add it again "
+            "with the same job_id to replace it, or cancel it"
+        )
+        log.error("%s", error)
+        return _park(job, lease, now, error)
+    if following is None:
+        return CompletionPlan("delete", job.id, lease.token, {})
+    values = {"due_at": following, "next_run_at": following, "attempts": 0, **last}
+    return CompletionPlan("settle", job.id, lease.token, values)
+
+
+def _park(job: Job, lease: Lease, now: datetime, error: str) -> CompletionPlan:
+    attempts = job.attempts if isinstance(job.attempts, int) else 0
+    values = {
+        "due_at": None,
+        "next_run_at": None,
+        "attempts": attempts,
+        "last_run_at": now,
+        "last_status": STATUS_FAILED,
+        "last_error": truncate_error(error),
+    }
+    return CompletionPlan("settle", job.id, lease.token, values)
 
 
 @dataclass

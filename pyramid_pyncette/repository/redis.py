@@ -60,6 +60,8 @@ from .base import (
     Outcome,
     Repository,
     RepositoryError,
+    decode_job_fields,
+    load_json,
     plan_claim,
     plan_completion,
 )
@@ -167,14 +169,26 @@ local out = {num(now)}
 for _, id in ipairs(ids) do
   local raw = redis.call('HGET', jobs, id)
   if raw then
-    local doc = decode(raw)
-    doc.next_run_at = doc.next_run_at or doc.due_at
-    doc.attempts = (doc.attempts or 0) + 1
-    doc.locked_by = token
-    doc.due_at = num(now + (doc.lease_us or default_lease))
-    save(jobs, due, id, doc)
-    out[#out + 1] = id
-    out[#out + 1] = raw
+    local ok, doc = pcall(decode, raw)
+    if ok and type(doc) == 'table' then
+      ok = pcall(function()
+        doc.next_run_at = doc.next_run_at or doc.due_at
+        doc.attempts = (tonumber(doc.attempts) or 0) + 1
+        doc.locked_by = token
+        doc.due_at = num(now + (tonumber(doc.lease_us) or default_lease))
+      end)
+    end
+    if ok then
+      save(jobs, due, id, doc)
+      out[#out + 1] = id
+      out[#out + 1] = raw
+    else
+      -- Unreadable: out of the due index (it would block every claim), reported
+      -- to the caller with an empty document.
+      redis.call('ZREM', due, id)
+      out[#out + 1] = id
+      out[#out + 1] = ''
+    end
   else
     redis.call('ZREM', due, id)
   end
@@ -411,25 +425,8 @@ def _encode_job(job: Job) -> str:
 
 
 def _decode_job(job_id: str, raw: str | bytes) -> Job:
-    doc = json.loads(raw)
-    definition = json.loads(doc["job"])
-    return Job(
-        id=job_id,
-        task=doc["task"],
-        schedule=definition["schedule"],
-        args=list(definition.get("args", [])),
-        kwargs=dict(definition.get("kwargs", {})),
-        options=dict(definition.get("options", {})),
-        due_at=_decode_time(doc.get("due_at")),
-        next_run_at=_decode_time(doc.get("next_run_at")),
-        locked_by=doc.get("locked_by"),
-        attempts=int(doc.get("attempts") or 0),
-        last_run_at=_decode_time(doc.get("last_run_at")),
-        last_status=doc.get("last_status"),
-        last_error=doc.get("last_error"),
-        created_at=_decode_time(definition.get("created_at")),
-        partition=int(definition.get("partition", 0)),
-    )
+    # Never raises: a document that cannot be read becomes a job that is parked, not run.
+    return decode_job_fields(load_json(raw), job_id=job_id, decode_time=_decode_time)
 
 
 def _plan_values(values: dict[str, Any]) -> dict[str, Any]:
@@ -747,10 +744,18 @@ class RedisRepository(Repository):
             args=[self._now_arg(now), limit, token, _lease_micros(default_lease)],
         )
         now = _decode_time(_text(found[0]))
-        plans = [
-            plan_claim(_decode_job(_text(job_id), raw), now, token, default_lease)
-            for job_id, raw in zip(found[1::2], found[2::2], strict=True)
-        ]
+        plans = []
+        for job_id, raw in zip(found[1::2], found[2::2], strict=True):
+            if raw == "":
+                log.error(
+                    "job %r has an unreadable stored document; it is no longer due "
+                    "(fix or remove it: HGET %s %s)",
+                    _text(job_id),
+                    self._jobs_key,
+                    _text(job_id),
+                )
+                continue
+            plans.append(plan_claim(_decode_job(_text(job_id), raw), now, token, default_lease))
         once = [plan for plan in plans if plan.action != "lease"]
         if not once:
             return [plan.lease for plan in plans]

@@ -24,7 +24,16 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from ..jobs import MAX_JOB_ID_LENGTH, Job
-from .base import JobPage, Lease, Outcome, Repository, plan_claim, plan_completion
+from .base import (
+    JobPage,
+    Lease,
+    Outcome,
+    Repository,
+    decode_job_fields,
+    load_json,
+    plan_claim,
+    plan_completion,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +99,7 @@ class JSONText(sa.types.TypeDecorator):
     def process_result_value(self, value: str | None, dialect) -> Any:
         if value is None:
             return None
-        return json.loads(value)
+        return load_json(value)
 
 
 def make_table(name: str = DEFAULT_TABLE_NAME, meta: sa.MetaData | None = None) -> sa.Table:
@@ -131,24 +140,8 @@ def _chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
 
 
 def _row_to_job(row: sa.Row) -> Job:
-    arguments = row.args or {}
-    return Job(
-        id=row.id,
-        task=row.task,
-        schedule=row.schedule,
-        args=list(arguments.get("args", [])),
-        kwargs=dict(arguments.get("kwargs", {})),
-        options=row.options or {},
-        due_at=row.due_at,
-        next_run_at=row.next_run_at,
-        locked_by=row.locked_by,
-        attempts=row.attempts,
-        last_run_at=row.last_run_at,
-        last_status=row.last_status,
-        last_error=row.last_error,
-        created_at=row.created_at,
-        partition=row.partition,
-    )
+    # Never raises: a row that cannot be read becomes a job that is parked, not run.
+    return decode_job_fields(row._mapping)
 
 
 def _job_to_row(job: Job) -> dict[str, Any]:
@@ -448,8 +441,6 @@ class SQLRepository(Repository):
         job. Rows that plan otherwise (at-most-once) are then rewritten from
         their plans in the same transaction, before anything runs.
         """
-        from sqlalchemy.dialects.postgresql import JSONB
-
         table = self.table
         due = (
             sa.select(table.c.id)
@@ -457,10 +448,6 @@ class SQLRepository(Repository):
             .order_by(table.c.due_at)
             .limit(sa.bindparam("limit"))
             .with_for_update(skip_locked=True)
-        )
-        seconds = sa.func.coalesce(
-            sa.cast(sa.cast(table.c.options, JSONB)["lease_duration"].astext, sa.Float),
-            sa.bindparam("lease", type_=sa.Float),
         )
         statement = (
             sa.update(table)
@@ -470,24 +457,29 @@ class SQLRepository(Repository):
                 locked_by=sa.bindparam("token", type_=sa.String),
                 attempts=table.c.attempts + 1,
                 next_run_at=sa.func.coalesce(table.c.next_run_at, table.c.due_at),
-                due_at=sa.bindparam("now", type_=UTCDateTime)
-                + sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds),
+                # The default lease; jobs with a lease of their own are corrected below.
+                due_at=sa.bindparam("until", type_=UTCDateTime),
             )
             .returning(*table.c)
         )
-        params = {"now": now, "limit": limit, "token": token, "lease": float(default_lease)}
+        until = now + timedelta(seconds=default_lease)
+        params = {"now": now, "limit": limit, "token": token, "until": until}
         leased = [_row_to_job(row) for row in conn.execute(statement, params)]
         leases = []
+        relet: list[dict[str, Any]] = []
         others = []
         for job in leased:
             # The row as it was before the statement, for plan_claim.
             before = job.replace(attempts=job.attempts - 1, due_at=job.next_run_at)
             plan = plan_claim(before, now, token, default_lease)
-            if plan.action == "lease":
-                leases.append(Lease(job=job, scheduled_at=job.next_run_at, token=token))
-            else:
+            leases.append(plan.lease)
+            if plan.action != "lease":
                 others.append(plan)
-                leases.append(plan.lease)
+            elif plan.job.due_at != until:
+                relet.append({"b_id": plan.job.id, "due_at": plan.job.due_at})
+        if relet:
+            statement = sa.update(table).where(table.c.id == sa.bindparam("b_id"))
+            conn.execute(statement, relet)
         if others:
             self._apply_claim(conn, others, token)
         return leases

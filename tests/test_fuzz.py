@@ -1,0 +1,648 @@
+"""Garbage in, no crash out: fuzzing the settings parser, the stored-row decoder and the worker.
+
+A store is shared: anything may end up in its rows (a hand-edited row, a
+bad migration, another version of the app). Whatever a row holds, the
+worker must never crash on it: a job that cannot be read is parked as
+failed with an error naming the problem, and every other job keeps running.
+``get_jobs`` and ``pscheduler --list`` must keep working too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pyramid.exceptions import ConfigurationError
+
+from pyramid_pyncette.jobs import Job
+from pyramid_pyncette.repository.base import (
+    Lease,
+    Outcome,
+    UnreadableJSON,
+    decode_job_fields,
+    load_json,
+    plan_claim,
+    plan_completion,
+)
+from pyramid_pyncette.schedules import DateSchedule
+from pyramid_pyncette.settings import KNOWN_KEYS, parse_settings
+from tests.conftest import STORES
+
+NOW = datetime(2030, 1, 1, tzinfo=timezone.utc)
+
+
+# --------------------------------------------------------------------------- store hooks
+
+
+class _Row:
+    """Enough of a SQLAlchemy row for ``sql._row_to_job``."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+        self._mapping = values
+
+
+def _sql_decodes_garbage() -> bool:
+    """Whether the SQL store reads rows through :func:`decode_job_fields`."""
+    from pyramid_pyncette.repository import sql
+
+    row = _Row(
+        id="probe",
+        task="t",
+        schedule={"kind": "date", "run_at": NOW.isoformat()},
+        args="x",
+        options={},
+        due_at=NOW,
+        next_run_at=NOW,
+        locked_by=None,
+        attempts=0,
+        last_run_at=None,
+        last_status=None,
+        last_error=None,
+        created_at=NOW,
+        partition=0,
+    )
+    try:
+        sql.JSONText().process_result_value("{not json", None)
+        return sql._row_to_job(row).problem is not None
+    except Exception:
+        return False
+
+
+def _redis_decodes_garbage() -> bool:
+    """Whether the Redis store reads documents through :func:`decode_job_fields`."""
+    try:
+        from pyramid_pyncette.repository import redis as redis_store
+    except ImportError:
+        return False
+    try:
+        return (
+            redis_store._decode_job("probe", '{"task": "t", "job": "{not json"}').problem
+            is not None
+        )
+    except Exception:
+        return False
+
+
+SQL_DECODER = _sql_decodes_garbage()
+REDIS_DECODER = _redis_decodes_garbage()
+
+
+def _needs_decoder(store: str) -> None:
+    if store in ("sqlite", "postgresql", "mariadb") and not SQL_DECODER:
+        pytest.skip("the SQL store does not read rows through decode_job_fields yet")
+    if store == "redis" and not REDIS_DECODER:
+        pytest.skip("the Redis store does not read documents through decode_job_fields yet")
+
+
+# --------------------------------------------------------------------------- writing garbage
+
+
+def store_kind(app) -> str:
+    url = app.scheduler.settings.url
+    for kind in ("memory", "sqlite", "postgresql", "mysql", "redis"):
+        if url.startswith(kind):
+            return "mariadb" if kind == "mysql" else kind
+    raise AssertionError(url)
+
+
+RAW = object()
+
+
+def write_garbage(app, job_id, **columns):
+    """Write a due job ``job_id`` whose stored columns hold ``columns`` verbatim.
+
+    Values are the stored text of the JSON columns (``schedule``, ``args``,
+    ``options``) or of the Redis document's ``job`` definition (key
+    ``definition``); the Redis store also accepts definition keys
+    (``schedule``, ``args``, ``kwargs``, ``options``) as Python values to
+    encode. On the memory store the values are what a store's decoder would
+    make of such text.
+    """
+    good = app.scheduler.build_job("record", DateSchedule(app.clock()), job_id=job_id)
+    kind = store_kind(app)
+    repository = app.repository
+    if kind == "memory":
+        fields = {
+            "id": job_id,
+            "task": good.task,
+            "schedule": good.schedule,
+            "args": {"args": [], "kwargs": {}},
+            "options": {},
+            "due_at": good.due_at,
+            "next_run_at": good.next_run_at,
+            "created_at": good.created_at,
+        }
+        fields.update({k: load_json(v) for k, v in columns.items() if k != "definition"})
+        repository.add([decode_job_fields(fields)])
+        return
+    repository.add([good])
+    if kind == "redis":
+        client = repository.client
+        doc = json.loads(client.hget(repository._jobs_key, job_id))
+        if "definition" in columns:
+            doc["job"] = columns["definition"]
+        else:
+            definition = json.loads(doc["job"])
+            for key, value in columns.items():
+                definition[key] = load_json(value)
+                if isinstance(definition[key], UnreadableJSON):
+                    doc["job"] = json.dumps(definition)[:-1] + f', "{key}": {value}}}'
+                    break
+            else:
+                doc["job"] = json.dumps(definition)
+        client.hset(repository._jobs_key, job_id, json.dumps(doc))
+        return
+    table = repository.table
+    raw = sa.table(table.name, *(sa.column(name, sa.Text) for name in columns), sa.column("id"))
+    with repository.engine.begin() as conn:
+        conn.execute(sa.update(raw).where(raw.c.id == job_id).values(**columns))
+
+
+def assert_parked_with(app, job_id, *words):
+    job = app.scheduler.get_job(job_id)
+    assert job is not None
+    assert job.state == "failed", job
+    assert job.last_status == "failed"
+    assert "cannot be run" in job.last_error or "not registered" in job.last_error
+    for word in words:
+        assert word in job.last_error, job.last_error
+
+
+#: (stored column values, words the error names); ``decoder`` marks rows that only a
+#: store reading through decode_job_fields can survive.
+GARBAGE = {
+    "schedule-not-json": ({"schedule": "{not json"}, ["schedule", "not valid JSON"], True),
+    "schedule-number": ({"schedule": "5"}, ["schedule is 5"], False),
+    "schedule-unknown-kind": ({"schedule": '{"kind": "weekly"}'}, ["unknown kind 'weekly'"], False),
+    "schedule-missing-keys": (
+        {"schedule": '{"kind": "cron"}'},
+        ["cron schedule is malformed"],
+        False,
+    ),
+    "schedule-bad-cron": (
+        {"schedule": '{"kind": "cron", "expression": "not a cron", "timezone": "UTC"}'},
+        ["invalid cron expression"],
+        False,
+    ),
+    "args-string": ({"args": '"x"'}, ["arguments are 'x'"], True),
+    "args-not-json": ({"args": "[1,"}, ["arguments are", "not valid JSON"], True),
+    "args-list-is-number": ({"args": '{"args": 5, "kwargs": {}}'}, ["args are 5"], True),
+    "args-list-is-string": ({"args": '{"args": "ab", "kwargs": {}}'}, ["args are 'ab'"], True),
+    "kwargs-list": ({"args": '{"args": [], "kwargs": [["a", 1]]}'}, ["kwargs are"], True),
+    "options-list": ({"options": "[1]"}, ["options are [1]"], False),
+    "options-not-json": ({"options": "{'a': 1}"}, ["options are", "not valid JSON"], True),
+    "options-bad-mode": (
+        {"options": '{"execution_mode": "sometimes"}'},
+        ["execution_mode is 'sometimes'"],
+        False,
+    ),
+    "options-bad-lease": (
+        {"options": '{"lease_duration": "abc"}'},
+        ["lease_duration is 'abc'"],
+        False,
+    ),
+}
+
+#: The same garbage, as the Redis document's job definition holds it.
+REDIS_GARBAGE = {
+    "definition-not-json": ({"definition": "{not json"}, ["job definition", "not valid JSON"]),
+    "definition-list": ({"definition": "[1, 2]"}, ["job definition is [1, 2]"]),
+    "schedule-number": ({"schedule": "5"}, ["schedule is 5"]),
+    "args-string": ({"args": '"ab"'}, ["args are 'ab'"]),
+    "kwargs-list": ({"kwargs": '[["a", 1]]'}, ["kwargs are"]),
+    "options-list": ({"options": "[]"}, ["options are []"]),
+}
+
+
+def _garbage_cases():
+    for name, (columns, words, decoder) in GARBAGE.items():
+        yield pytest.param(columns, words, decoder, id=name)
+
+
+#: Garbage the PostgreSQL claim statement itself reads (it casts ``options`` to JSONB
+#: for the lease duration), so the whole claim fails on it.
+
+
+#: The stores whose jobs are rows with columns (Redis keeps one document per job).
+ROW_STORES = [name for name in STORES if name != "redis"]
+DOCUMENT_STORES = [name for name in STORES if name == "redis"]
+
+
+@pytest.mark.parametrize("store_settings", ROW_STORES, indirect=True)
+@pytest.mark.parametrize(("columns", "words", "decoder"), list(_garbage_cases()))
+def test_a_garbage_row_is_parked_as_failed_and_the_others_run(
+    request, make_app, columns, words, decoder
+):
+    app = make_app()
+    kind = store_kind(app)
+    if decoder or kind == "postgresql":
+        # PostgreSQL claims with UPDATE ... RETURNING and builds its leases from the
+        # rows returned: a problem has to be found when the row is decoded.
+        _needs_decoder(kind)
+    app.scheduler.add_async_job("record", job_id="a-good")
+    write_garbage(app, "garbage", **columns)
+    app.scheduler.add_async_job("record", job_id="z-good")
+
+    assert app.run_pending() == 2
+    assert app.run_pending(app.clock() + timedelta(hours=1)) == 0
+
+    assert sorted(call.job_id for call in app.calls) == ["a-good", "z-good"]
+    assert_parked_with(app, "garbage", "'garbage'", *words)
+    assert [job.id for job in app.scheduler.get_jobs()] == ["garbage"]
+    assert app.worker.stats["failed"] == 1
+
+
+@pytest.mark.parametrize("store_settings", DOCUMENT_STORES, indirect=True)
+@pytest.mark.parametrize(
+    ("columns", "words"), [pytest.param(*case, id=name) for name, case in REDIS_GARBAGE.items()]
+)
+def test_a_garbage_redis_document_is_parked_as_failed_and_the_others_run(make_app, columns, words):
+    app = make_app()
+    _needs_decoder("redis")
+    app.scheduler.add_async_job("record", job_id="a-good")
+    write_garbage(app, "garbage", **columns)
+
+    assert app.run_pending() == 1
+    assert [call.job_id for call in app.calls] == ["a-good"]
+    assert_parked_with(app, "garbage", *words)
+    assert [job.id for job in app.scheduler.get_jobs()] == ["garbage"]
+
+
+def test_a_job_of_an_unknown_task_is_parked_as_failed_and_the_others_run(app, caplog):
+    good = app.scheduler.build_job("record", DateSchedule(app.clock()), job_id="orphan")
+    app.repository.add([good.replace(task="tasks:removed_in_the_last_release")])
+    app.scheduler.add_async_job("record", job_id="fine")
+
+    assert app.run_pending() == 2  # the orphan's run fails at once
+    assert app.run_pending(app.clock() + timedelta(days=1)) == 0
+
+    assert [call.job_id for call in app.calls] == ["fine"]
+    job = app.scheduler.get_job("orphan")
+    assert (job.state, job.last_status) == ("failed", "failed")
+    assert "'tasks:removed_in_the_last_release' is not registered" in job.last_error
+    assert any(
+        "removed_in_the_last_release" in r.getMessage() and r.levelname == "ERROR"
+        for r in caplog.records
+    )
+
+
+def test_retry_job_of_a_garbage_row_parks_it_again(app):
+    if store_kind(app) == "postgresql":
+        _needs_decoder("postgresql")
+    write_garbage(app, "garbage", schedule='{"kind": "weekly"}')
+    app.run_pending()
+
+    app.scheduler.retry_job("garbage")
+    assert app.scheduler.get_job("garbage").state == "scheduled"
+    assert app.run_pending() == 0
+    assert app.scheduler.get_job("garbage").state == "failed"
+    assert app.calls == []
+
+
+# --------------------------------------------------------------------------- pscheduler --list
+
+
+@pytest.mark.skipif(not SQL_DECODER, reason="the SQL store does not use decode_job_fields yet")
+def test_list_shows_garbage_rows_without_crashing(tmp_path, capsys):
+    from tests.test_pscheduler import _registry, _run, _write_ini
+
+    ini, _ = _write_ini(tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite")
+    registry = _registry(ini)
+    registry.scheduler.add_async_job("record", job_id="good")
+
+    class Handle:
+        scheduler = registry.scheduler
+        repository = registry.scheduler.repository
+
+        @staticmethod
+        def clock():
+            return datetime.now(timezone.utc)
+
+    for name, (columns, _, _) in GARBAGE.items():
+        write_garbage(Handle, name, **columns)
+
+    assert _run("--list", ini) == 0
+    out = capsys.readouterr().out
+    for name in [*GARBAGE, "good"]:
+        assert name in out
+
+    assert _run("--once", ini) == 0
+    capsys.readouterr()
+    assert _run("--list", ini) == 0
+    lines = capsys.readouterr().out.splitlines()
+    states = {line.split()[0]: line for line in lines[1:]}
+    assert "good" not in states  # it ran and was deleted
+    for name in GARBAGE:
+        assert "failed" in states[name], states[name]
+
+
+# --------------------------------------------------------------------------- the decoder
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+ANY_VALUE = JSON | st.binary(max_size=20) | st.datetimes() | st.builds(object)
+FIELDS = [
+    "id",
+    "task",
+    "schedule",
+    "args",
+    "kwargs",
+    "options",
+    "due_at",
+    "next_run_at",
+    "locked_by",
+    "attempts",
+    "last_run_at",
+    "last_status",
+    "last_error",
+    "created_at",
+    "partition",
+    "job",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.sampled_from(FIELDS), ANY_VALUE) | ANY_VALUE)
+def test_decode_job_fields_never_raises(fields):
+    job = decode_job_fields(fields)
+    assert isinstance(job, Job)
+    assert isinstance(job.id, str) and isinstance(job.task, str)
+    assert isinstance(job.schedule, dict) and isinstance(job.options, dict)
+    assert isinstance(job.args, list) and isinstance(job.kwargs, dict)
+    for name in ("due_at", "next_run_at", "last_run_at", "created_at"):
+        value = getattr(job, name)
+        assert value is None or (isinstance(value, datetime) and value.tzinfo is not None)
+    lease = plan_claim(job, NOW, "tok", 60).lease
+    assert lease.runnable == (job.problem is None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40) | st.binary(max_size=40))
+def test_load_json_never_raises(text):
+    value = load_json(text)
+    if isinstance(value, UnreadableJSON):
+        assert "not valid JSON" in value.describe()
+
+
+def test_decode_job_fields_reads_what_the_stores_write():
+    job = decode_job_fields(
+        {
+            "id": "j",
+            "task": "record",
+            "schedule": {"kind": "interval", "microseconds": 5_000_000, "start": None},
+            "args": {"args": [1, "two"], "kwargs": {"k": None}},
+            "options": {"max_retries": 3, "retry_backoff": 2.5},
+            "due_at": NOW,
+            "next_run_at": NOW,
+            "attempts": 2,
+            "partition": 0,
+        }
+    )
+    assert job.problem is None
+    assert (job.args, job.kwargs, job.attempts, job.max_retries) == ([1, "two"], {"k": None}, 2, 3)
+
+    micros = str(int((NOW - datetime(1970, 1, 1, tzinfo=timezone.utc)) / timedelta(microseconds=1)))
+    redis_doc = {
+        "task": "record",
+        "due_at": micros,
+        "attempts": 1,
+        "job": json.dumps(
+            {
+                "id": "r",
+                "schedule": {"kind": "date", "run_at": NOW.isoformat()},
+                "args": [],
+                "kwargs": {},
+                "options": {},
+                "created_at": None,
+                "partition": 0,
+            }
+        ),
+    }
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    job = decode_job_fields(
+        redis_doc, job_id="r", decode_time=lambda v: epoch + timedelta(microseconds=int(v))
+    )
+    assert job.problem is None
+    assert (job.id, job.due_at, job.attempts) == ("r", NOW, 1)
+
+
+# --------------------------------------------------------------------------- plans
+
+
+SCHEDULES = (
+    st.sampled_from(
+        [
+            {"kind": "date", "run_at": NOW.isoformat()},
+            {"kind": "interval", "microseconds": 60_000_000, "start": NOW.isoformat()},
+            {"kind": "cron", "expression": "*/5 * * * *", "timezone": "UTC", "start": None},
+        ]
+    )
+    | JSON
+)
+TIMES = st.none() | st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(timezone.utc)
+)
+OPTIONS = (
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "execution_mode",
+                "failure_mode",
+                "lease_duration",
+                "max_retries",
+                "retry_backoff",
+                "retry_backoff_max",
+                "retry_exhausted",
+                "misfire_grace_time",
+            ]
+        ),
+        st.sampled_from(["at_most_once", "at_least_once", "unlock", "commit", "park", "advance"])
+        | st.integers(-5, 10**12)
+        | st.floats(allow_nan=True)
+        | JSON,
+    )
+    | JSON
+)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    schedule=SCHEDULES,
+    args=JSON,
+    kwargs=JSON,
+    options=OPTIONS,
+    due_at=TIMES,
+    next_run_at=TIMES,
+    attempts=st.integers(0, 10**6) | JSON,
+    succeeded=st.booleans(),
+    permanent=st.booleans(),
+)
+def test_plans_never_raise(
+    schedule, args, kwargs, options, due_at, next_run_at, attempts, succeeded, permanent
+):
+    job = Job(
+        id="j",
+        task="record",
+        schedule=schedule,
+        args=args,
+        kwargs=kwargs,
+        options=options,
+        due_at=due_at,
+        next_run_at=next_run_at,
+        attempts=attempts,
+    )
+    plan = plan_claim(job, NOW, "tok", 60)
+    assert plan.action in ("lease", "advance", "delete")
+    if not plan.lease.runnable:
+        return
+    if plan.lease.token is not None:
+        assert plan.job.locked_by == "tok"
+    done = plan_completion(Outcome(plan.lease, succeeded, NOW, "err", permanent=permanent))
+    assert done.action in ("delete", "settle", "note")
+    due = done.values.get("due_at")
+    assert due is None or isinstance(due, datetime)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    job_id=st.text(min_size=1, max_size=20),
+    attempts=st.integers(1, 2000),
+    backoff=st.floats(0.001, 3600),
+    cap=st.floats(0.001, 86400),
+)
+def test_retries_are_settled_within_their_backoff(job_id, attempts, backoff, cap):
+    job = Job(
+        id=job_id,
+        task="record",
+        schedule={"kind": "date", "run_at": NOW.isoformat()},
+        options={"max_retries": 5000, "retry_backoff": backoff, "retry_backoff_max": cap},
+        attempts=attempts,
+        locked_by="tok",
+    )
+    plan = plan_completion(Outcome(Lease(job, NOW, "tok"), False, NOW, "boom"))
+    assert plan.action == "settle"
+    ceiling = min(backoff * 2.0 ** min(attempts - 1, 64), cap)
+    delay = (plan.values["due_at"] - NOW).total_seconds()
+    assert ceiling / 2 - 1e-6 <= delay <= ceiling + 1e-6
+    assert plan.values["next_run_at"] == NOW
+    assert plan.values["attempts"] == attempts
+
+
+# --------------------------------------------------------------------------- settings
+
+
+SETTING_VALUES = (
+    st.text(max_size=30)
+    | st.sampled_from(
+        ["0", "-1", "1e9", "30s", "5m", "1h30m", "nan", "inf", "  ", "true", "sqlite://", "://x"]
+    )
+    | st.integers()
+    | st.floats()
+    | st.booleans()
+    | st.none()
+    | st.builds(timedelta, seconds=st.floats(-1e6, 1e6))
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(sorted(KNOWN_KEYS)).map(lambda key: f"pyncette.{key}")
+        | st.text(max_size=12).map(lambda key: f"pyncette.{key}")
+        | st.text(max_size=12),
+        SETTING_VALUES,
+        max_size=6,
+    )
+)
+def test_parse_settings_accepts_or_raises_configuration_error_only(raw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            result = parse_settings(raw)
+        except ConfigurationError as exc:
+            assert "pyncette." in str(exc)
+            return
+    assert result.poll_interval > 0 and math.isfinite(result.poll_interval)
+    assert result.lease_duration > 0
+    assert result.batch_size >= 1 and result.concurrency >= 1
+    if result.heartbeat_interval is not None:
+        assert result.heartbeat_interval < result.lease_duration
+
+
+# --------------------------------------------------------------------------- the worker on SQLite
+
+
+COLUMN_TEXT = st.one_of(
+    JSON.map(json.dumps),
+    st.text(max_size=30),
+    st.sampled_from(["{", "[1,", "null", '{"kind": "cron"}', '{"args": "x"}', "[]", '"x"']),
+)
+
+
+@pytest.mark.skipif(not SQL_DECODER, reason="the SQL store does not use decode_job_fields yet")
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    columns=st.dictionaries(
+        st.sampled_from(["schedule", "args", "options"]), COLUMN_TEXT, min_size=1
+    )
+)
+def test_the_worker_survives_any_json_column_text_on_sqlite(tmp_path_factory, columns):
+    from pyramid import testing as pyramid_testing
+
+    from pyramid_pyncette.testing import FakeClock
+    from pyramid_pyncette.worker import Worker
+
+    path = tmp_path_factory.mktemp("fuzz") / "jobs.sqlite"
+    config = pyramid_testing.setUp(settings={"pyncette.url": f"sqlite:///{path}"})
+    try:
+        ran = []
+        config.include("pyramid_pyncette")
+        config.add_pyncette_task(
+            lambda request, *args, **kwargs: ran.append(request.job.id), name="record"
+        )
+        config.commit()
+        clock = FakeClock()
+        scheduler = config.registry.scheduler
+        scheduler.clock = clock
+
+        class Handle:
+            pass
+
+        Handle.scheduler = scheduler
+        Handle.repository = scheduler.repository
+        Handle.clock = clock
+        scheduler.add_async_job("record", job_id="good")
+        if "null" in columns.values():
+            columns = {k: v for k, v in columns.items() if v != "null"}  # NOT NULL columns
+        if not columns:
+            return
+        write_garbage(Handle, "garbage", **columns)
+
+        worker = Worker(config.registry, clock=clock)
+        worker.run_pending()
+        assert "good" in ran
+        listed = {job.id: job for job in scheduler.get_jobs()}
+        assert "good" not in listed
+        if "garbage" not in ran:
+            assert listed["garbage"].state == "failed"
+            assert "cannot be run" in listed["garbage"].last_error
+    finally:
+        scheduler.repository.close()
+        pyramid_testing.tearDown()
