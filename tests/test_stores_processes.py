@@ -58,9 +58,7 @@ def _runs(records):
 @pytest.mark.parametrize("daemons", [2, 4])
 def test_daemons_share_the_work_without_duplicates_or_losses(tmp_path, store, daemons):
     url, extra = store
-    ini, records = _write_ini(
-        tmp_path, url, extra=f"{extra}\npyncette.batch_size = 25"
-    )
+    ini, records = _write_ini(tmp_path, url, extra=f"{extra}\npyncette.batch_size = 25")
     registry = _registry(ini)
     expected = _add_jobs(registry, 5000)
 
@@ -108,9 +106,7 @@ def test_a_daemon_whose_clock_runs_ahead_does_not_take_a_live_lease(request, tmp
 
 
 @pytest.mark.parametrize("kind", ["postgresql", "redis"])
-def test_store_restart_mid_drain_loses_nothing_and_the_daemon_carries_on(
-    request, tmp_path, kind
-):
+def test_store_restart_mid_drain_loses_nothing_and_the_daemon_carries_on(request, tmp_path, kind):
     url, extra = _store(request, tmp_path, kind)
     ini, records = _write_ini(tmp_path, url, extra=extra)
     registry = _registry(ini)
@@ -147,4 +143,3 @@ def test_store_restart_mid_drain_loses_nothing_and_the_daemon_carries_on(
     counts = Counter(job_id for job_id, _, _ in _runs(records))
     print(f"{kind} restart: {sum(counts.values())} runs of {len(expected)} jobs")
     assert set(counts) == expected
-
