@@ -21,6 +21,7 @@ from itertools import pairwise
 import pytest
 
 from tests.chaosapp import read_runs, read_starts
+from tests.inifiles import logging_sections
 from tests.test_pscheduler import PSCHEDULER, _env, _registry
 from tests.test_stores_processes import PERSISTENT_STORES, _store
 
@@ -51,29 +52,13 @@ def _write_ini(tmp_path, url, extra="", **settings):
             pyncette.url = {url}
             SETTINGS
 
-            [loggers]
-            keys = root
-
-            [handlers]
-            keys = console
-
-            [formatters]
-            keys = generic
-
-            [logger_root]
-            level = INFO
-            handlers = console
-
-            [handler_console]
-            class = StreamHandler
-            args = (sys.stderr,)
-            level = NOTSET
-            formatter = generic
-
-            [formatter_generic]
-            format = %(asctime)s %(levelname)-5.5s [%(name)s] %(message)s
+            LOGGING
             """
-        ).replace("SETTINGS", lines.strip())
+        )
+        .replace("SETTINGS", lines.strip())
+        .replace(
+            "LOGGING", logging_sections("%(asctime)s %(levelname)-5.5s [%(name)s] %(message)s")
+        )
     )
     return str(ini), str(records)
 

@@ -14,6 +14,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from tests.inifiles import logging_sections
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The installed console script when there is one (it is what users run).
@@ -37,29 +39,13 @@ def _write_ini(tmp_path, url, include=True, extra=""):
             pyncette.concurrency = 4
             EXTRA
 
-            [loggers]
-            keys = root
-
-            [handlers]
-            keys = console
-
-            [formatters]
-            keys = generic
-
-            [logger_root]
-            level = INFO
-            handlers = console
-
-            [handler_console]
-            class = StreamHandler
-            args = (sys.stderr,)
-            level = NOTSET
-            formatter = generic
-
-            [formatter_generic]
-            format = %(asctime)s %(levelname)-5.5s [%(name)s] %(message)s
+            LOGGING
             """
-        ).replace("EXTRA", textwrap.dedent(extra).strip())
+        )
+        .replace("EXTRA", textwrap.dedent(extra).strip())
+        .replace(
+            "LOGGING", logging_sections("%(asctime)s %(levelname)-5.5s [%(name)s] %(message)s")
+        )
     )
     return str(ini), str(records)
 

@@ -14,6 +14,10 @@ import urllib.request
 
 import pytest
 
+from tests.inifiles import logging_sections
+
+THREADED_FORMAT = "%(levelname)s [%(name)s][%(threadName)s] %(message)s"
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -34,28 +38,10 @@ def _write_ini(tmp_path):
             use = egg:pyramid_pyncette#main
             listen = 127.0.0.1:0
 
-            [loggers]
-            keys = root
-
-            [handlers]
-            keys = console
-
-            [formatters]
-            keys = generic
-
-            [logger_root]
-            level = INFO
-            handlers = console
-
-            [handler_console]
-            class = StreamHandler
-            args = (sys.stderr,)
-            level = NOTSET
-            formatter = generic
-
-            [formatter_generic]
-            format = %(levelname)s [%(name)s][%(threadName)s] %(message)s
+            LOGGING
             """
+        ).replace(
+            "LOGGING", logging_sections("%(levelname)s [%(name)s][%(threadName)s] %(message)s")
         )
     )
     return str(ini), str(records)
