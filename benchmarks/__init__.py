@@ -1,0 +1,1 @@
+"""Benchmarks of pyramid_pyncette: ``python benchmarks/run.py --help``."""

@@ -1,0 +1,212 @@
+"""The four stores, on servers this harness starts itself (see ``tests/servers.py``).
+
+Every measurement runs against a fresh, empty store: a new SQLite file, a
+new PostgreSQL or MariaDB database (dropped afterwards), or a flushed Redis
+server. Servers are started on first use and closed by :meth:`Stores.close`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from benchmarks.common import ensure_importable
+
+ensure_importable()
+
+from tests.servers import (  # noqa: E402 - needs the repository root on sys.path
+    BackendUnavailable,
+    Server,
+    backends_required,
+    start_mariadb,
+    start_postgresql,
+    start_redis,
+)
+
+STORE_NAMES = ("sqlite", "postgresql", "mariadb", "redis")
+
+
+@dataclass
+class Target:
+    """One fresh store: its ``pyncette.url`` and how to reach it without SQLAlchemy."""
+
+    store: str
+    url: str
+    database: str = ""
+    host: str = ""
+    port: int = 0
+    user: str = ""
+    path: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Store:
+    """A kind of store; :meth:`fresh` hands out empty targets, :meth:`drop` discards one."""
+
+    name = "?"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self._counter = itertools.count(1)
+        self.server: Server | None = None
+
+    def start(self) -> None:
+        """Start the server (no-op for SQLite); raises BackendUnavailable."""
+
+    def fresh(self) -> Target:
+        raise NotImplementedError
+
+    def drop(self, target: Target) -> None:
+        """Discard a target's data."""
+
+    def version(self) -> str:
+        return "?"
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+
+class SQLiteStore(Store):
+    name = "sqlite"
+
+    def fresh(self) -> Target:
+        path = self.workdir / f"store-{next(self._counter)}.sqlite"
+        return Target(self.name, f"sqlite:///{path}", path=str(path))
+
+    def drop(self, target: Target) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target.path + suffix)
+
+    def version(self) -> str:
+        import sqlite3
+
+        return sqlite3.sqlite_version
+
+
+class _SQLServerStore(Store):
+    def fresh(self) -> Target:
+        assert self.server is not None
+        name = f"bench_{next(self._counter)}"
+        url = self.server.create_database(name)
+        parts = urlsplit(url)
+        return Target(
+            self.name,
+            url,
+            database=name,
+            host=parts.hostname or "",
+            port=parts.port or 0,
+            user=parts.username or "",
+        )
+
+    def drop(self, target: Target) -> None:
+        if self.server is not None:
+            self.server.drop_database(target.database)
+
+
+class PostgreSQLStore(_SQLServerStore):
+    name = "postgresql"
+
+    def start(self) -> None:
+        if self.server is None:
+            self.server = start_postgresql()
+
+    def version(self) -> str:
+        with self.server.connect("postgres") as conn:
+            return conn.execute("SHOW server_version").fetchone()[0]
+
+
+class MariaDBStore(_SQLServerStore):
+    name = "mariadb"
+
+    def start(self) -> None:
+        if self.server is None:
+            self.server = start_mariadb()
+
+    def version(self) -> str:
+        conn = self.server.connect("")
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT VERSION()")
+                return cursor.fetchone()[0]
+        finally:
+            conn.close()
+
+
+class RedisStore(Store):
+    name = "redis"
+
+    def start(self) -> None:
+        if self.server is None:
+            self.server = start_redis()
+
+    def fresh(self) -> Target:
+        self.server.flushall()
+        return Target(
+            self.name, self.server.url, host=self.server.host, port=self.server.port, database="0"
+        )
+
+    def drop(self, target: Target) -> None:
+        self.server.flushall()
+
+    def version(self) -> str:
+        with self.server.client() as client:
+            return client.info("server")["redis_version"]
+
+
+_KINDS = {cls.name: cls for cls in (SQLiteStore, PostgreSQLStore, MariaDBStore, RedisStore)}
+
+
+class Stores:
+    """The selected stores; servers start on first use, all close together."""
+
+    def __init__(self, names: list[str], workdir: Path) -> None:
+        self.workdir = workdir
+        self._stores = {name: _KINDS[name](workdir) for name in names}
+        self.unavailable: dict[str, str] = {}
+
+    def get(self, name: str) -> Store | None:
+        """The started store, or None (and a reason in :attr:`unavailable`) when it cannot run."""
+        if name in self.unavailable:
+            return None
+        store = self._stores[name]
+        try:
+            store.start()
+        except BackendUnavailable as exc:
+            self.unavailable[name] = str(exc)
+            if backends_required():
+                raise
+            return None
+        return store
+
+    def versions(self) -> dict[str, str]:
+        found = {}
+        for name, store in self._stores.items():
+            if name not in self.unavailable and (store.server is not None or name == "sqlite"):
+                try:
+                    found[name] = store.version()
+                except Exception as exc:  # informative only
+                    found[name] = f"? ({exc})"
+        return found
+
+    def close(self) -> None:
+        for store in self._stores.values():
+            store.close()
+
+
+def count_jobs(repository: Any) -> int:
+    """How many jobs a repository holds (SQL table rows or the Redis jobs hash)."""
+    if hasattr(repository, "engine"):
+        import sqlalchemy as sa
+
+        with repository.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(repository.table)).scalar()
+    client = repository.client
+    return int(client.hlen(repository.keys()[0]))
