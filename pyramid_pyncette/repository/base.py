@@ -477,17 +477,7 @@ def _plan_claim(job: Job, now: datetime, token: str, default_lease: float) -> Cl
     if job.execution_mode == "at_most_once":
         claimed = job.replace(attempts=attempts, locked_by=None)
         lease = Lease(job=claimed, scheduled_at=scheduled_at, token=None)
-        if not job.recurring:
-            return ClaimPlan("delete", claimed, lease)
-        try:
-            following = schedule_from_json(job.schedule).next_run(scheduled_at, now)
-        except ScheduleError as exc:
-            problem = _problem_text(job.id, [f"schedule is unreadable ({exc})"])
-            return _unrunnable_claim(job, now, token, default_lease, problem)
-        if following is None:
-            return ClaimPlan("delete", claimed, lease)
-        advanced = claimed.replace(due_at=following, next_run_at=following, attempts=0)
-        return ClaimPlan("advance", advanced, lease)
+        return _move_past(job, claimed, lease, now, token, default_lease)
     seconds = job.lease_duration or default_lease
     leased = job.replace(
         locked_by=token,
@@ -508,16 +498,28 @@ def _misfire_claim(
 ) -> ClaimPlan:
     """Skip a run claimed too late: delete a one-off job, advance a recurring one."""
     lease = Lease(job=job, scheduled_at=scheduled_at, token=None, skipped=True, lateness=lateness)
+    return _move_past(job, job, lease, now, token, default_lease)
+
+
+def _move_past(
+    job: Job, run: Job, lease: Lease, now: datetime, token: str, default_lease: float
+) -> ClaimPlan:
+    """Take the run ``lease`` describes off the schedule before it runs (or instead).
+
+    A one-off job is deleted; a recurring one moves, unlocked, to its first
+    run after ``now``. ``run`` is the row as the plan leaves it, ``job`` as it
+    was stored (an unreadable schedule parks that).
+    """
     if not job.recurring:
-        return ClaimPlan("delete", job, lease)
+        return ClaimPlan("delete", run, lease)
     try:
-        following = schedule_from_json(job.schedule).next_run(scheduled_at, now)
+        following = schedule_from_json(job.schedule).next_run(lease.scheduled_at, now)
     except ScheduleError as exc:
         problem = _problem_text(job.id, [f"schedule is unreadable ({exc})"])
         return _unrunnable_claim(job, now, token, default_lease, problem)
     if following is None:
-        return ClaimPlan("delete", job, lease)
-    advanced = job.replace(due_at=following, next_run_at=following, attempts=0, locked_by=None)
+        return ClaimPlan("delete", run, lease)
+    advanced = run.replace(due_at=following, next_run_at=following, attempts=0, locked_by=None)
     return ClaimPlan("advance", advanced, lease)
 
 
