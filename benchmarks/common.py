@@ -67,6 +67,8 @@ class Settings:
 
 def write_ini(folder: Path, settings: dict[str, str]) -> Path:
     """An INI file running :mod:`benchmarks.app` with ``settings`` (warnings only in the log)."""
+    from tests.inifiles import logging_sections
+
     lines = "\n".join(f"{key} = {value}" for key, value in settings.items())
     ini = folder / "bench.ini"
     ini.write_text(
@@ -76,29 +78,11 @@ def write_ini(folder: Path, settings: dict[str, str]) -> Path:
             use = call:benchmarks.app:main
             SETTINGS
 
-            [loggers]
-            keys = root
-
-            [handlers]
-            keys = console
-
-            [formatters]
-            keys = generic
-
-            [logger_root]
-            level = WARNING
-            handlers = console
-
-            [handler_console]
-            class = StreamHandler
-            args = (sys.stderr,)
-            level = NOTSET
-            formatter = generic
-
-            [formatter_generic]
-            format = %(asctime)s %(levelname)-5.5s [%(name)s] %(message)s
+            LOGGING
             """
-        ).replace("SETTINGS", lines)
+        )
+        .replace("SETTINGS", lines)
+        .replace("LOGGING", logging_sections(level="WARNING"))
     )
     return ini
 

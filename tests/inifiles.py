@@ -7,8 +7,8 @@ import textwrap
 DEFAULT_FORMAT = "%(asctime)s %(levelname)-5.5s [%(name)s] %(message)s"
 
 
-def logging_sections(log_format: str = DEFAULT_FORMAT) -> str:
-    """The logging sections of an INI file: everything at INFO to stderr.
+def logging_sections(log_format: str = DEFAULT_FORMAT, level: str = "INFO") -> str:
+    """The logging sections of an INI file: everything from ``level`` up, to stderr.
 
     ``log_format`` is read raw by :func:`logging.config.fileConfig`, so it
     takes single ``%`` signs.
@@ -25,7 +25,7 @@ def logging_sections(log_format: str = DEFAULT_FORMAT) -> str:
         keys = generic
 
         [logger_root]
-        level = INFO
+        level = {level}
         handlers = console
 
         [handler_console]
