@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import io
 import logging
 import time
 import traceback
@@ -21,8 +22,8 @@ from datetime import datetime
 from typing import Any
 
 import transaction
-from pyramid.interfaces import IRequestFactory
-from pyramid.request import Request, apply_request_extensions
+from pyramid.interfaces import IRequestExtensions, IRequestFactory
+from pyramid.request import Request
 from pyramid.threadlocal import manager as threadlocal_manager
 
 from .events import JobFailed, JobStarted, JobSucceeded
@@ -55,13 +56,74 @@ class JobInfo:
         return cls(job.id, job.task, lease.scheduled_at, lease.attempt, job.args, job.kwargs)
 
 
+class JobRequests:
+    """Makes the requests jobs run with, the way Pyramid's router makes one per view.
+
+    The application's request factory is called with a fresh copy of one
+    prepared WSGI environ (``GET /`` on ``base_url``), ``request.registry`` is
+    set and the request extensions (``config.add_request_method``) are
+    applied. Pyramid's own :func:`~pyramid.request.apply_request_extensions`
+    builds a new subclass per request to hold the extension properties; here
+    that subclass is built once per request class and reused, which makes a
+    job's request several times cheaper without changing what it offers.
+    """
+
+    def __init__(self, registry: Any, base_url: str = "http://localhost") -> None:
+        self.registry = registry
+        environ = Request.blank("/", base_url=base_url).environ
+        environ.pop("wsgi.input", None)
+        self.environ = environ
+        self._classes: dict[type, type] = {}
+        self._prepared: tuple[Any, Any] | None = None
+
+    def __call__(self) -> Request:
+        """A new request for one job run."""
+        if self._prepared is None:
+            # Looked up at the first run, once the configuration is committed.
+            registry = self.registry
+            self._prepared = (
+                registry.queryUtility(IRequestFactory, default=Request),
+                registry.queryUtility(IRequestExtensions),
+            )
+        factory, extensions = self._prepared
+        environ = dict(self.environ)
+        environ["wsgi.input"] = io.BytesIO()
+        request = factory(environ)
+        request.registry = self.registry
+        if extensions is not None:
+            for name, fn in extensions.methods.items():
+                setattr(request, name, fn.__get__(request, request.__class__))
+            if extensions.descriptors:
+                cls = request.__class__
+                derived = self._classes.get(cls)
+                if derived is None:
+                    derived = self._classes[cls] = _with_properties(cls, extensions.descriptors)
+                request.__class__ = derived
+        return request
+
+
+def _with_properties(parent: type, descriptors: dict[str, Any]) -> type:
+    """A subclass of ``parent`` that carries the extension properties.
+
+    Interface declarations are copied from the parent, as Pyramid does, so
+    that adapter lookups treat the subclass exactly like its parent.
+    """
+    attrs = dict(descriptors)
+    attrs.setdefault("__module__", parent.__module__)
+    derived = type(parent.__name__, (parent,), attrs)
+    for name in ("__implemented__", "__provides__"):
+        value = getattr(parent, name, _MISSING)
+        if value is not _MISSING:
+            setattr(derived, name, value)
+    return derived
+
+
+_MISSING = object()
+
+
 def make_job_request(registry: Any, base_url: str = "http://localhost") -> Request:
-    """A request for running jobs, built the way Pyramid builds one for a view."""
-    factory = registry.queryUtility(IRequestFactory, default=Request)
-    request = factory.blank("/", base_url=base_url)
-    request.registry = registry
-    apply_request_extensions(request)
-    return request
+    """A request for running one job, built the way Pyramid builds one for a view."""
+    return JobRequests(registry, base_url)()
 
 
 def call_task(func: Callable[..., Any], request: Request, args, kwargs) -> Any:
@@ -113,8 +175,13 @@ def run_job(
     clock: Callable[[], datetime],
     base_url: str = "http://localhost",
     info: JobInfo | None = None,
+    requests: JobRequests | None = None,
 ) -> Outcome:
-    """Run one claimed job and report how it ended. Never raises."""
+    """Run one claimed job and report how it ended. Never raises.
+
+    ``requests`` makes the job's request; workers pass one they keep, so
+    that the request set-up is prepared once rather than per run.
+    """
     job = lease.job
     if task is None:
         error = (
@@ -126,7 +193,7 @@ def run_job(
     if info is None:
         info = JobInfo.for_lease(lease)
     transactional = bool(task.options.get("transactional"))
-    request = make_job_request(registry, base_url)
+    request = (requests or JobRequests(registry, base_url))()
     tm = transaction.TransactionManager(explicit=True)
     request.environ["tm.manager"] = tm
     request.environ["tm.active"] = True

@@ -20,14 +20,14 @@ import random
 import threading
 import time
 import uuid
-from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from .events import JobSkipped, LeaseLost, WorkerStarting, WorkerStopping
-from .execution import JobInfo, run_job
+from .execution import JobInfo, JobRequests, run_job
 from .repository import Lease, Outcome
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,70 @@ PREFETCH_LEASE_SHARE = 0.05
 class _Running:
     lease: Lease
     info: JobInfo
-    future: Future | None = None
+    key: tuple[str, str | None]
+
+
+class _JobThreads:
+    """``concurrency`` threads that run claimed jobs in the order given.
+
+    A thread that finishes a job takes the next one from a shared deque
+    without any lock (``popleft`` is atomic); only a thread that finds the
+    deque empty sleeps on the condition. Short jobs thus cost no thread
+    handoff each, unlike a future per job.
+    """
+
+    def __init__(self, size: int, run: Callable[[_Running], None]) -> None:
+        self._run = run
+        self._queue: deque[_Running] = deque()
+        self._ready = threading.Condition(threading.Lock())
+        self._sleeping = 0
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._work, name=f"pyncette-job-{i}", daemon=True)
+            for i in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, items: list[_Running]) -> None:
+        """Queue ``items`` to run as threads come free."""
+        self._queue.extend(items)
+        with self._ready:
+            if self._sleeping:
+                self._ready.notify(len(items))
+
+    def take_unstarted(self) -> list[_Running]:
+        """Remove and return the queued items no thread has started."""
+        taken = []
+        while True:
+            try:
+                taken.append(self._queue.popleft())
+            except IndexError:
+                return taken
+
+    def shutdown(self) -> None:
+        """Let the threads finish what is queued, then end them."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+        for thread in self._threads:
+            thread.join()
+
+    def _work(self) -> None:
+        queue_, ready = self._queue, self._ready
+        while True:
+            try:
+                item = queue_.popleft()
+            except IndexError:
+                with ready:
+                    while not queue_ and not self._closed:
+                        self._sleeping += 1
+                        ready.wait()
+                        self._sleeping -= 1
+                    if not queue_:
+                        return
+                continue
+            self._run(item)
 
 
 class _Backoff:
@@ -92,6 +155,7 @@ class Worker:
             settings.effective_heartbeat_interval, self.lease_duration / 3
         )
         self.base_url = getattr(settings, "base_url", "http://localhost")
+        self._requests = JobRequests(registry, self.base_url)
         self.clock = clock or self.scheduler.clock
         self.id = uuid.uuid4().hex[:12]
         self.stats: Counter[str] = Counter()
@@ -141,7 +205,13 @@ class Worker:
         task = self.scheduler.tasks.get(lease.job.task)
         started = time.perf_counter()
         outcome = run_job(
-            self.registry, task, lease, clock or self.clock, base_url=self.base_url, info=info
+            self.registry,
+            task,
+            lease,
+            clock or self.clock,
+            base_url=self.base_url,
+            info=info,
+            requests=self._requests,
         )
         elapsed = time.perf_counter() - started
         mean = self._mean_duration
@@ -218,7 +288,7 @@ class Worker:
             self.scheduler.settings.redacted_url(),
         )
         self._notify(WorkerStarting(self, self.registry))
-        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="pyncette-job")
+        threads = _JobThreads(self.concurrency, self._run_one)
         pending: list[Outcome] = []
         next_heartbeat = time.monotonic() + self.heartbeat_interval
         # Stores that announce new jobs (PostgreSQL, Redis) wake the loop at once.
@@ -243,7 +313,7 @@ class Worker:
                     idle = len(self._running) < self.concurrency
                     if want > 0 and (idle or want * 2 >= min(capacity, self.batch_size)):
                         if not self._stopping.is_set():
-                            claimed = self._claim_and_start(pool, want)
+                            claimed = self._claim_and_start(threads, want)
                     else:
                         want = 0
                     self._store_recovered()
@@ -261,7 +331,7 @@ class Worker:
         finally:
             if stop_listener is not None:
                 stop_listener()
-            self._shutdown(pool, pending)
+            self._shutdown(threads, pending)
             self._notify(WorkerStopping(self, self.registry))
             log.info(
                 "worker %s stopped (%d succeeded, %d failed)",
@@ -313,18 +383,17 @@ class Worker:
         seconds = (next_due - self.clock()).total_seconds()
         return max(0.0, min(self.poll_interval, seconds))
 
-    def _claim_and_start(self, pool: ThreadPoolExecutor, want: int) -> int:
+    def _claim_and_start(self, threads: _JobThreads, want: int) -> int:
         claimed = self.repository.claim(self.clock(), want, self._token(), self.lease_duration)
         leases = self._skip_unrunnable(claimed, self.clock())
+        started = []
         for lease in leases:
-            job = lease.job
-            info = JobInfo.for_lease(lease)
-            key = (job.id, lease.token)
-            running = _Running(lease, info)
+            key = (lease.job.id, lease.token)
+            running = _Running(lease, JobInfo.for_lease(lease), key)
             self._running[key] = running
-            running.future = pool.submit(self._execute, lease, info)
-            running.future.add_done_callback(lambda future, key=key: self._done(key, future))
-        if leases:
+            started.append(running)
+        if started:
+            threads.submit(started)
             log.debug("claimed %d job(s) with token %s", len(leases), leases[0].token)
         self.stats["claimed"] += len(leases)
         return len(claimed)
@@ -363,18 +432,17 @@ class Worker:
             self.stats["failed"] += len(unreadable)
         return [lease for lease in leases if lease.runnable]
 
-    def _done(self, key: tuple[str, str | None], future: Future) -> None:
-        if future.cancelled():
-            return
+    def _run_one(self, running: _Running) -> None:
+        """Run one job on a job thread and hand its outcome to the loop."""
         try:
-            outcome = future.result()
+            outcome = self._execute(running.lease, running.info)
         except BaseException as exc:  # run_job never raises; stay safe anyway
-            running = self._running[key]
             outcome = Outcome(running.lease, False, self.clock(), error=repr(exc))
-        self._finished.put((key, outcome))
-        finished = self._finished.qsize()
+        finished = self._finished
+        finished.put((running.key, outcome))
+        done = finished.qsize()
         # Wake the loop when a thread is about to idle or a batch of results waits.
-        if len(self._running) - finished <= self.concurrency or finished * 2 >= self.batch_size:
+        if len(self._running) - done <= self.concurrency or done * 2 >= self.batch_size:
             self._wake.set()
 
     def _collect(self) -> list[Outcome]:
@@ -414,10 +482,10 @@ class Worker:
                     lease = running.lease
                     self._notify(LeaseLost(lease.job, self.registry, lease.scheduled_at))
 
-    def _shutdown(self, pool: ThreadPoolExecutor, pending: list[Outcome]) -> None:
-        unstarted = [r for r in self._running.values() if r.future and r.future.cancel()]
+    def _shutdown(self, threads: _JobThreads, pending: list[Outcome]) -> None:
+        unstarted = threads.take_unstarted()
         for running in unstarted:
-            self._running.pop((running.lease.job.id, running.lease.token), None)
+            self._running.pop(running.key, None)
         if self._running:
             log.info("waiting for %d running job(s) to finish", len(self._running))
         next_heartbeat = time.monotonic() + self.heartbeat_interval
@@ -431,7 +499,7 @@ class Worker:
                 except Exception as exc:
                     log.warning("heartbeat failed during shutdown: %s", _describe(exc))
                 next_heartbeat = time.monotonic() + self.heartbeat_interval
-        pool.shutdown(wait=True)
+        threads.shutdown()
         pending.extend(self._collect())
         self._finish_writes(pending, [r.lease for r in unstarted])
 

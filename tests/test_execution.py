@@ -542,3 +542,41 @@ def test_each_run_gets_a_new_request(config):
     first, second = requests
     assert first is not second
     assert first.tm is not second.tm
+
+
+def test_reified_values_and_request_methods_belong_to_their_own_run(config):
+    from pyramid_pyncette.testing import run_pending
+
+    seen = []
+
+    def job(request):
+        seen.append((request, request.dbsession, request.whoami()))
+
+    config.add_request_method(lambda request: id(request), "whoami")
+    config.add_pyncette_task(job, name="job")
+    config.commit()
+    config.registry.scheduler.add_interval_job("job", "1m")
+    run_pending(config.registry, NOW + timedelta(minutes=1))
+    run_pending(config.registry, NOW + timedelta(minutes=2))
+    (first, first_session, first_id), (second, second_session, second_id) = seen
+    assert first_session is not second_session
+    assert (first_id, second_id) == (id(first), id(second))
+    assert "dbsession" in type(first).__dict__  # the property sits on the class...
+    assert first.__dict__["dbsession"] is first_session  # ...and its value on the instance
+
+
+def test_a_request_factory_that_is_a_plain_function_is_used(config):
+    from pyramid.request import Request
+
+    made = []
+
+    def factory(environ):
+        request = Request(environ)
+        made.append(request)
+        return request
+
+    config.set_request_factory(factory)
+    seen = []
+    _run_now(config, seen.append)
+    assert made and seen[0] is made[0]
+    assert seen[0].path == "/" and seen[0].host_url == "https://example.com"
