@@ -145,8 +145,8 @@ class Job:
 
     def replace(self, **changes: Any) -> Job:
         """A copy with ``changes`` applied (field names are checked)."""
-        unknown = changes.keys() - _FIELD_NAMES
-        if unknown:
+        if not _FIELD_NAMES.issuperset(changes):
+            unknown = changes.keys() - _FIELD_NAMES
             raise TypeError(f"Job has no field(s) {', '.join(sorted(unknown))}")
         # dataclasses.replace re-runs __init__; on the claim path, a plain
         # copy of the instance dict is several times cheaper.

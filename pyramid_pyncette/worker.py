@@ -232,7 +232,7 @@ class Worker:
         if mean is None:
             return 0
         budget = self.lease_duration * PREFETCH_LEASE_SHARE * self.concurrency
-        return min(self.batch_size, int(budget / max(mean, 0.001)))
+        return min(2 * self.batch_size, int(budget / max(mean, 0.001)))
 
     def _record(self, outcome: Outcome) -> None:
         self.stats["succeeded" if outcome.succeeded else "failed"] += 1
@@ -300,10 +300,6 @@ class Worker:
                 want = claimed = 0
                 try:
                     pending.extend(self._collect())
-                    if pending:
-                        self.repository.complete(_pending(pending))
-                        log.debug("completed %d run(s)", len(pending))
-                        pending = []
                     if time.monotonic() >= next_heartbeat:
                         self._heartbeat()
                         next_heartbeat = time.monotonic() + self.heartbeat_interval
@@ -311,11 +307,15 @@ class Worker:
                     want = min(capacity - len(self._running), self.batch_size)
                     # Claim when a thread would idle, or when a batch's worth is free.
                     idle = len(self._running) < self.concurrency
-                    if want > 0 and (idle or want * 2 >= min(capacity, self.batch_size)):
-                        if not self._stopping.is_set():
-                            claimed = self._claim_and_start(threads, want)
-                    else:
+                    if not (want > 0 and (idle or want * 2 >= min(capacity, self.batch_size))):
                         want = 0
+                    if want > 0 and not self._stopping.is_set():
+                        # Finished runs are written by the same call (one round trip).
+                        claimed = self._claim_and_start(threads, want, _pending(pending))
+                        pending = []
+                    elif pending:
+                        self.repository.complete(_pending(pending))
+                        pending = []
                     self._store_recovered()
                 except Exception as exc:
                     self._store_failed(exc)
@@ -383,8 +383,13 @@ class Worker:
         seconds = (next_due - self.clock()).total_seconds()
         return max(0.0, min(self.poll_interval, seconds))
 
-    def _claim_and_start(self, threads: _JobThreads, want: int) -> int:
-        claimed = self.repository.claim(self.clock(), want, self._token(), self.lease_duration)
+    def _claim_and_start(self, threads: _JobThreads, want: int, outcomes: list[Outcome]) -> int:
+        """Write ``outcomes``, claim up to ``want`` runs and queue them; return how many."""
+        claimed = self.repository.complete_and_claim(
+            outcomes, self.clock(), want, self._token(), self.lease_duration
+        )
+        if outcomes:
+            log.debug("completed %d run(s)", len(outcomes))
         leases = self._skip_unrunnable(claimed, self.clock())
         started = []
         for lease in leases:

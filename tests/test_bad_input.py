@@ -22,7 +22,7 @@ from pyramid.exceptions import ConfigurationError
 from pyramid_pyncette import InvalidJobError, UnknownTaskError
 from pyramid_pyncette.schedules import DateSchedule
 from tests.conftest import STORES
-from tests.test_fuzz import SQL_DECODER, write_garbage
+from tests.test_fuzz import write_garbage
 from tests.test_pscheduler import PSCHEDULER, _env, _write_ini
 
 SECRET = "S3cr3tPassw0rd"
@@ -64,8 +64,6 @@ def _write_unknown_task(app, tmp_path):
 
 
 def _write_invalid_json(app, tmp_path):
-    if app.scheduler.settings.url.startswith("sqlite") and not SQL_DECODER:
-        pytest.skip("the SQL store does not read rows through decode_job_fields yet")
     write_garbage(app, "bad", schedule='{"kind": "date", "run_at": ')
 
 

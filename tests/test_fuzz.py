@@ -29,76 +29,13 @@ from pyramid_pyncette.repository.base import (
     load_json,
     plan_claim,
     plan_completion,
+    well_formed_job,
 )
 from pyramid_pyncette.schedules import DateSchedule
 from pyramid_pyncette.settings import KNOWN_KEYS, parse_settings
 from tests.conftest import STORES
 
 NOW = datetime(2030, 1, 1, tzinfo=timezone.utc)
-
-
-# --------------------------------------------------------------------------- store hooks
-
-
-class _Row:
-    """Enough of a SQLAlchemy row for ``sql._row_to_job``."""
-
-    def __init__(self, **values):
-        self.__dict__.update(values)
-        self._mapping = values
-
-
-def _sql_decodes_garbage() -> bool:
-    """Whether the SQL store reads rows through :func:`decode_job_fields`."""
-    from pyramid_pyncette.repository import sql
-
-    row = _Row(
-        id="probe",
-        task="t",
-        schedule={"kind": "date", "run_at": NOW.isoformat()},
-        args="x",
-        options={},
-        due_at=NOW,
-        next_run_at=NOW,
-        locked_by=None,
-        attempts=0,
-        last_run_at=None,
-        last_status=None,
-        last_error=None,
-        created_at=NOW,
-        partition=0,
-    )
-    try:
-        sql.JSONText().process_result_value("{not json", None)
-        return sql._row_to_job(row).problem is not None
-    except Exception:
-        return False
-
-
-def _redis_decodes_garbage() -> bool:
-    """Whether the Redis store reads documents through :func:`decode_job_fields`."""
-    try:
-        from pyramid_pyncette.repository import redis as redis_store
-    except ImportError:
-        return False
-    try:
-        return (
-            redis_store._decode_job("probe", '{"task": "t", "job": "{not json"}').problem
-            is not None
-        )
-    except Exception:
-        return False
-
-
-SQL_DECODER = _sql_decodes_garbage()
-REDIS_DECODER = _redis_decodes_garbage()
-
-
-def _needs_decoder(store: str) -> None:
-    if store in ("sqlite", "postgresql", "mariadb") and not SQL_DECODER:
-        pytest.skip("the SQL store does not read rows through decode_job_fields yet")
-    if store == "redis" and not REDIS_DECODER:
-        pytest.skip("the Redis store does not read documents through decode_job_fields yet")
 
 
 # --------------------------------------------------------------------------- writing garbage
@@ -241,11 +178,6 @@ def test_a_garbage_row_is_parked_as_failed_and_the_others_run(
     request, make_app, columns, words, decoder
 ):
     app = make_app()
-    kind = store_kind(app)
-    if decoder or kind == "postgresql":
-        # PostgreSQL claims with UPDATE ... RETURNING and builds its leases from the
-        # rows returned: a problem has to be found when the row is decoded.
-        _needs_decoder(kind)
     app.scheduler.add_async_job("record", job_id="a-good")
     write_garbage(app, "garbage", **columns)
     app.scheduler.add_async_job("record", job_id="z-good")
@@ -265,7 +197,6 @@ def test_a_garbage_row_is_parked_as_failed_and_the_others_run(
 )
 def test_a_garbage_redis_document_is_parked_as_failed_and_the_others_run(make_app, columns, words):
     app = make_app()
-    _needs_decoder("redis")
     app.scheduler.add_async_job("record", job_id="a-good")
     write_garbage(app, "garbage", **columns)
 
@@ -294,8 +225,6 @@ def test_a_job_of_an_unknown_task_is_parked_as_failed_and_the_others_run(app, ca
 
 
 def test_retry_job_of_a_garbage_row_parks_it_again(app):
-    if store_kind(app) == "postgresql":
-        _needs_decoder("postgresql")
     write_garbage(app, "garbage", schedule='{"kind": "weekly"}')
     app.run_pending()
 
@@ -309,7 +238,6 @@ def test_retry_job_of_a_garbage_row_parks_it_again(app):
 # --------------------------------------------------------------------------- pscheduler --list
 
 
-@pytest.mark.skipif(not SQL_DECODER, reason="the SQL store does not use decode_job_fields yet")
 def test_list_shows_garbage_rows_without_crashing(tmp_path, capsys):
     from tests.test_pscheduler import _registry, _run, _write_ini
 
@@ -387,6 +315,45 @@ def test_decode_job_fields_never_raises(fields):
         assert value is None or (isinstance(value, datetime) and value.tzinfo is not None)
     lease = plan_claim(job, NOW, "tok", 60).lease
     assert lease.runnable == (job.problem is None)
+
+
+GOOD_VALUES = {
+    "id": "j",
+    "task": "record",
+    "schedule": {"kind": "date", "run_at": NOW.isoformat()},
+    "args": [1],
+    "kwargs": {"a": 1},
+    "options": {"max_retries": 2},
+    "due_at": NOW,
+    "next_run_at": None,
+    "locked_by": None,
+    "attempts": 0,
+    "last_run_at": None,
+    "last_status": None,
+    "last_error": None,
+    "created_at": NOW,
+    "partition": 0,
+}
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.sampled_from(list(GOOD_VALUES)), ANY_VALUE, max_size=2))
+def test_the_claim_path_decoder_accepts_only_what_decode_job_fields_accepts(changes):
+    values = {**GOOD_VALUES, **changes}  # a good row with up to two values of anything
+    fast = well_formed_job(*values.values())
+    careful = decode_job_fields(values)
+    if fast is not None:
+        assert careful.problem is None
+        assert fast == careful
+        assert plan_claim(fast, NOW, "t", 60, checked=True) == plan_claim(careful, NOW, "t", 60)
+
+
+def test_the_claim_path_decoder_builds_the_job_of_a_good_row():
+    values = dict(GOOD_VALUES)
+    job = well_formed_job(*values.values())
+    assert job == decode_job_fields(values) == Job(**values)
+    assert well_formed_job(*{**values, "due_at": NOW.replace(tzinfo=None)}.values()) is None
+    assert well_formed_job(*{**values, "options": {"max_retries": -1}}.values()) is None
 
 
 @settings(max_examples=300, deadline=None)
@@ -592,7 +559,6 @@ COLUMN_TEXT = st.one_of(
 )
 
 
-@pytest.mark.skipif(not SQL_DECODER, reason="the SQL store does not use decode_job_fields yet")
 @settings(
     max_examples=60,
     deadline=None,

@@ -340,7 +340,9 @@ def test_a_lost_lease_fires_lease_lost(make_app):
     app = make_app(configure=configure)
     job = app.scheduler.add_async_job("record", lease_duration=10)
     (lease,) = app.repository.claim(app.clock(), 10, "mine", 60)
-    app.worker._running[(job.id, "mine")] = _Running(lease, JobInfo.for_lease(lease))
+    app.worker._running[(job.id, "mine")] = _Running(
+        lease, JobInfo.for_lease(lease), (job.id, "mine")
+    )
     app.clock.advance(11)
     assert [stolen.job.id for stolen in app.repository.claim(app.clock(), 10, "theirs", 60)] == [
         job.id

@@ -445,18 +445,110 @@ def _decode_job_fields(
     )
 
 
+def well_formed_job(
+    job_id: Any,
+    task: Any,
+    schedule: Any,
+    args: Any,
+    kwargs: Any,
+    options: Any,
+    due_at: Any,
+    next_run_at: Any,
+    locked_by: Any,
+    attempts: Any,
+    last_run_at: Any,
+    last_status: Any,
+    last_error: Any,
+    created_at: Any,
+    partition: Any,
+) -> Job | None:
+    """A :class:`Job` from stored values that are all well formed, else ``None``.
+
+    The claim path's decoder: stores call it with the values of a row
+    (JSON already parsed, times as UTC datetimes) and fall back to
+    :func:`decode_job_fields`, which describes every problem, when it returns
+    ``None``. It accepts exactly what :func:`decode_job_fields` would accept
+    without a problem, so a job it builds needs no :func:`job_problem` check.
+    """
+    if (
+        type(job_id) is not str
+        or type(task) is not str
+        or not task
+        or type(schedule) is not dict
+        or type(args) is not list
+        or type(kwargs) is not dict
+        or type(options) is not dict
+        or type(attempts) is not int
+        or attempts < 0
+        or type(partition) is not int
+    ):
+        return None
+    if kwargs and not all(type(key) is str for key in kwargs):
+        return None
+    if _schedule_problem(schedule) is not None or (options and _option_problem(options)):
+        return None
+    for value in (locked_by, last_status, last_error):
+        if value is not None and type(value) is not str:
+            return None
+    for value in (due_at, next_run_at, last_run_at, created_at):
+        if value is not None and (type(value) is not datetime or value.tzinfo is not timezone.utc):
+            return None
+    job = object.__new__(Job)
+    job.__dict__.update(
+        id=job_id,
+        task=task,
+        schedule=schedule,
+        args=args,
+        kwargs=kwargs,
+        options=options,
+        due_at=due_at,
+        next_run_at=next_run_at,
+        locked_by=locked_by,
+        attempts=attempts,
+        last_run_at=last_run_at,
+        last_status=last_status,
+        last_error=last_error,
+        created_at=created_at,
+        partition=partition,
+        problem=None,
+    )
+    return job
+
+
+def utc(value: Any) -> Any:
+    """A stored time as an aware UTC datetime (naive ones are UTC); other values unchanged."""
+    if type(value) is datetime and value.tzinfo is not timezone.utc:
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+    return value
+
+
+def loads_stored(text: Any) -> Any:
+    """:func:`load_json` with a shortcut for the empty objects most rows store."""
+    if text == "{}":
+        return {}
+    if text == '{"args":[],"kwargs":{}}':
+        return {"args": [], "kwargs": {}}
+    return load_json(text)
+
+
 # --------------------------------------------------------------------------- claims
 
 
-def plan_claim(job: Job, now: datetime, token: str, default_lease: float) -> ClaimPlan:
+def plan_claim(
+    job: Job, now: datetime, token: str, default_lease: float, checked: bool = False
+) -> ClaimPlan:
     """Decide what claiming the due ``job`` at ``now`` writes. Never raises.
 
     A job that cannot be run as stored (see :func:`job_problem`) is leased
     like any other, with a skipped lease carrying the problem: the worker
-    parks it as failed instead of running it.
+    parks it as failed instead of running it. ``checked`` says the job was
+    just decoded by :func:`decode_job_fields` or :func:`well_formed_job`,
+    which already did that check (``job.problem`` holds its verdict).
     """
     try:
-        problem = job_problem(job)
+        problem = job.problem if checked else job_problem(job)
         if problem is None:
             return _plan_claim(job, now, token, default_lease)
     except Exception as exc:
@@ -466,7 +558,10 @@ def plan_claim(job: Job, now: datetime, token: str, default_lease: float) -> Cla
 
 def _plan_claim(job: Job, now: datetime, token: str, default_lease: float) -> ClaimPlan:
     scheduled_at = job.next_run_at or job.due_at or now
-    grace = job.misfire_grace_time
+    if job.options:
+        grace, mode, seconds = job.misfire_grace_time, job.execution_mode, job.lease_duration
+    else:  # the common case, without reading each option
+        grace, mode, seconds = None, "at_least_once", None
     if grace is not None and job.attempts == 0:
         # Only a run's first try can misfire: a retry, or a run whose lease
         # expired, already started and is seen through.
@@ -474,14 +569,13 @@ def _plan_claim(job: Job, now: datetime, token: str, default_lease: float) -> Cl
         if lateness > grace:
             return _misfire_claim(job, now, token, default_lease, scheduled_at, lateness)
     attempts = job.attempts + 1
-    if job.execution_mode == "at_most_once":
+    if mode == "at_most_once":
         claimed = job.replace(attempts=attempts, locked_by=None)
         lease = Lease(job=claimed, scheduled_at=scheduled_at, token=None)
         return _move_past(job, claimed, lease, now, token, default_lease)
-    seconds = job.lease_duration or default_lease
     leased = job.replace(
         locked_by=token,
-        due_at=now + timedelta(seconds=seconds),
+        due_at=now + timedelta(seconds=seconds or default_lease),
         next_run_at=scheduled_at,
         attempts=attempts,
     )
@@ -547,6 +641,8 @@ def plan_completion(outcome: Outcome) -> CompletionPlan:
     """Decide what finishing a run writes to its row. Never raises."""
     lease = outcome.lease
     job = lease.job
+    if outcome.succeeded and lease.token is not None and not job.recurring:
+        return CompletionPlan("delete", job.id, lease.token, {})  # a finished one-off run
     now = outcome.finished_at
     status = STATUS_SUCCEEDED if outcome.succeeded else STATUS_FAILED
     last = {
@@ -709,6 +805,24 @@ class Repository(abc.ABC):
     @abc.abstractmethod
     def complete(self, outcomes: Sequence[Outcome]) -> None:
         """Apply many outcomes at once (see :func:`plan_completion`)."""
+
+    def complete_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        now: datetime,
+        limit: int,
+        token: str,
+        default_lease: float,
+    ) -> list[Lease]:
+        """:meth:`complete` ``outcomes``, then :meth:`claim`; the worker's loop calls this.
+
+        Stores override it to do both in one round trip. If it raises, the
+        caller writes the outcomes again later: writing an outcome twice must
+        change nothing (every completion is guarded by its lease token).
+        """
+        if outcomes:
+            self.complete(outcomes)
+        return self.claim(now, limit, token, default_lease)
 
     @abc.abstractmethod
     def extend(self, now: datetime, leases: Sequence[tuple[str, str, float]]) -> set[str]:

@@ -62,8 +62,10 @@ from .base import (
     RepositoryError,
     decode_job_fields,
     load_json,
+    loads_stored,
     plan_claim,
     plan_completion,
+    well_formed_job,
 )
 
 log = logging.getLogger(__name__)
@@ -153,20 +155,49 @@ local function clock(arg)
 end
 """
 
-# KEYS: jobs, due. ARGV: now in microseconds ('' = the server's clock), limit,
-# token, default lease in microseconds.
-# Returns {now, id1, document1 before the claim, id2, document2, ...}.
+# KEYS: jobs, due, ids, the task keys of the finished jobs.
+# ARGV: now in microseconds ('' = the server's clock), limit, token, default
+# lease in microseconds, the task key prefix, then id1, token1, id2, token2...
+# of finished one-off runs to delete first (only while still locked by that
+# token). Returns {now, count of finished ids left alone because their task key
+# was not passed, those ids..., id1, document1 before the claim, id2, ...}.
 _CLAIM = (
     "if redis.replicate_commands then redis.replicate_commands() end\n"
     + _LUA_COMMON
     + r"""
-local jobs, due = KEYS[1], KEYS[2]
+local jobs, due, ids = KEYS[1], KEYS[2], KEYS[3]
 local now = clock(ARGV[1])
 local token = ARGV[3]
 local default_lease = tonumber(ARGV[4])
-local ids = redis.call('ZRANGEBYSCORE', due, '-inf', num(now), 'LIMIT', 0, tonumber(ARGV[2]))
-local out = {num(now)}
-for _, id in ipairs(ids) do
+local prefix = ARGV[5]
+local declared = {}
+for i = 4, #KEYS do declared[KEYS[i]] = true end
+local left = {}
+for i = 6, #ARGV, 2 do
+  local id, owner = ARGV[i], ARGV[i + 1]
+  local raw = redis.call('HGET', jobs, id)
+  if raw then
+    local ok, doc = pcall(decode, raw)
+    if ok and type(doc) == 'table' and doc.locked_by == owner then
+      local task_key = prefix .. tostring(doc.task)
+      if declared[task_key] then
+        redis.call('HDEL', jobs, id)
+        redis.call('ZREM', due, id)
+        redis.call('ZREM', ids, id)
+        redis.call('ZREM', task_key, id)
+      else
+        left[#left + 1] = id
+      end
+    end
+  end
+end
+local found = {}
+if tonumber(ARGV[2]) > 0 then
+  found = redis.call('ZRANGEBYSCORE', due, '-inf', num(now), 'LIMIT', 0, tonumber(ARGV[2]))
+end
+local out = {num(now), #left}
+for _, id in ipairs(left) do out[#out + 1] = id end
+for _, id in ipairs(found) do
   local raw = redis.call('HGET', jobs, id)
   if raw then
     local ok, doc = pcall(decode, raw)
@@ -425,8 +456,54 @@ def _encode_job(job: Job) -> str:
 
 
 def _decode_job(job_id: str, raw: str | bytes) -> Job:
-    # Never raises: a document that cannot be read becomes a job that is parked, not run.
-    return decode_job_fields(load_json(raw), job_id=job_id, decode_time=_decode_time)
+    """The job in a stored document. Never raises: one that cannot be read becomes
+    a job that is parked, not run."""
+    doc = load_json(raw)
+    if type(doc) is dict and type(doc.get("job")) is str and _DOCUMENT_KEYS.issuperset(doc):
+        definition = loads_stored(doc["job"])
+        if type(definition) is dict:
+            try:
+                times = [_decode_time(doc.get(name)) for name in _DOCUMENT_TIMES]
+                created_at = _decode_time(definition.get("created_at"))
+            except (TypeError, ValueError, OverflowError):
+                times = None
+            if times is not None:
+                job = well_formed_job(
+                    job_id,
+                    doc.get("task"),
+                    definition.get("schedule"),
+                    definition.get("args"),
+                    definition.get("kwargs"),
+                    definition.get("options"),
+                    times[0],
+                    times[1],
+                    doc.get("locked_by"),
+                    doc.get("attempts"),
+                    times[2],
+                    doc.get("last_status"),
+                    doc.get("last_error"),
+                    created_at,
+                    definition.get("partition"),
+                )
+                if job is not None:
+                    return job
+    return decode_job_fields(doc, job_id=job_id, decode_time=_decode_time)
+
+
+_DOCUMENT_TIMES = ("due_at", "next_run_at", "last_run_at")
+#: The keys of a document as :func:`_encode_job` writes it.
+_DOCUMENT_KEYS = frozenset(
+    (
+        "task",
+        "locked_by",
+        "attempts",
+        "last_status",
+        "last_error",
+        "lease_us",
+        "job",
+        *_DOCUMENT_TIMES,
+    )
+)
 
 
 def _plan_values(values: dict[str, Any]) -> dict[str, Any]:
@@ -737,15 +814,47 @@ class RedisRepository(Repository):
         return JobPage(jobs, ids[limit - 1] if more else None)
 
     def claim(self, now: datetime, limit: int, token: str, default_lease: float) -> list[Lease]:
-        if limit <= 0:
+        return self.complete_and_claim((), now, limit, token, default_lease)
+
+    def complete_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        now: datetime,
+        limit: int,
+        token: str,
+        default_lease: float,
+    ) -> list[Lease]:
+        """One script call deletes finished one-off jobs and claims due ones."""
+        finished: list[str] = []
+        tasks: set[str] = set()
+        others: list[Outcome] = []
+        by_id: dict[str, Outcome] = {}
+        for outcome in outcomes:
+            plan = plan_completion(outcome)
+            if plan.action == "delete" and plan.token is not None:
+                finished += (plan.job_id, plan.token)
+                tasks.add(outcome.lease.job.task)
+                by_id[plan.job_id] = outcome
+            else:
+                others.append(outcome)
+        if others:
+            self.complete(others)
+        if limit <= 0 and not finished:
             return []
-        found = self._claim(
-            keys=[self._jobs_key, self._due_key],
-            args=[self._now_arg(now), limit, token, _lease_micros(default_lease)],
-        )
+        keys = [self._jobs_key, self._due_key, self._ids_key]
+        keys.extend(self.task_key(task) for task in sorted(tasks))
+        args = [self._now_arg(now), max(limit, 0), token, _lease_micros(default_lease)]
+        args.append(self._task_prefix)
+        args.extend(finished)
+        found = self._claim(keys=keys, args=args)
         now = _decode_time(_text(found[0]))
+        skipped = int(found[1])
+        if skipped:
+            # Finished runs of jobs whose task changed: written the careful way.
+            self.complete([by_id[_text(job_id)] for job_id in found[2 : 2 + skipped]])
+        rest = found[2 + skipped :]
         plans = []
-        for job_id, raw in zip(found[1::2], found[2::2], strict=True):
+        for job_id, raw in zip(rest[0::2], rest[1::2], strict=True):
             if raw == "":
                 log.error(
                     "job %r has an unreadable stored document; it is no longer due "
@@ -755,7 +864,8 @@ class RedisRepository(Repository):
                     _text(job_id),
                 )
                 continue
-            plans.append(plan_claim(_decode_job(_text(job_id), raw), now, token, default_lease))
+            job = _decode_job(_text(job_id), raw)
+            plans.append(plan_claim(job, now, token, default_lease, checked=True))
         once = [plan for plan in plans if plan.action != "lease"]
         if not once:
             return [plan.lease for plan in plans]

@@ -11,11 +11,12 @@ caller's clock (one machine shares one clock).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -30,9 +31,11 @@ from .base import (
     Outcome,
     Repository,
     decode_job_fields,
-    load_json,
+    loads_stored,
     plan_claim,
     plan_completion,
+    utc,
+    well_formed_job,
 )
 
 log = logging.getLogger(__name__)
@@ -99,7 +102,7 @@ class JSONText(sa.types.TypeDecorator):
     def process_result_value(self, value: str | None, dialect) -> Any:
         if value is None:
             return None
-        return load_json(value)
+        return loads_stored(value)
 
 
 def make_table(name: str = DEFAULT_TABLE_NAME, meta: sa.MetaData | None = None) -> sa.Table:
@@ -139,9 +142,71 @@ def _chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def _row_to_job(row: sa.Row) -> Job:
-    # Never raises: a row that cannot be read becomes a job that is parked, not run.
-    return decode_job_fields(row._mapping)
+#: The columns of the jobs table, in the order :func:`make_table` defines them.
+COLUMNS = tuple(column.name for column in jobs_table.c)
+
+
+# Positions in a row of the PostgreSQL claim (the clock, then COLUMNS).
+_DUE_AT, _NEXT_RUN_AT, _ATTEMPTS = (
+    1 + COLUMNS.index(name) for name in ("due_at", "next_run_at", "attempts")
+)
+
+
+def _row_to_job(row: Sequence[Any]) -> Job:
+    """The job in a row of ``select(table)`` (its columns in :data:`COLUMNS` order)."""
+    return _job_from_columns(tuple(row), raw=False)
+
+
+def _job_from_columns(values: tuple[Any, ...], raw: bool) -> Job:
+    """A job from one row's values in :data:`COLUMNS` order. Never raises.
+
+    ``raw`` values come straight from the driver (JSON still text, times in
+    the session's time zone), as a textual statement returns them. A row
+    that cannot be read becomes a job that is parked, not run.
+    """
+    (
+        job_id,
+        task,
+        schedule,
+        args,
+        options,
+        due_at,
+        next_run_at,
+        locked_by,
+        attempts,
+        last_run_at,
+        last_status,
+        last_error,
+        created_at,
+        partition,
+    ) = values
+    if raw:
+        schedule, args, options = loads_stored(schedule), loads_stored(args), loads_stored(options)
+        due_at, next_run_at = utc(due_at), utc(next_run_at)
+        last_run_at, created_at = utc(last_run_at), utc(created_at)
+    if type(args) is dict and len(args) == 2:
+        job = well_formed_job(
+            job_id,
+            task,
+            schedule,
+            args.get("args"),
+            args.get("kwargs"),
+            options,
+            due_at,
+            next_run_at,
+            locked_by,
+            attempts,
+            last_run_at,
+            last_status,
+            last_error,
+            created_at,
+            partition,
+        )
+        if job is not None:
+            return job
+    row = (job_id, task, schedule, args, options, due_at, next_run_at, locked_by, attempts)
+    row += (last_run_at, last_status, last_error, created_at, partition)
+    return decode_job_fields(dict(zip(COLUMNS, row, strict=True)))
 
 
 def _job_to_row(job: Job) -> dict[str, Any]:
@@ -202,6 +267,9 @@ class SQLRepository(Repository):
         self.create_table = create_table
         self._setup_lock = threading.Lock()
         self._ready = False
+        self._local = threading.local()
+        self._held_lock = threading.Lock()
+        self._held: list[Connection] = []
         self._dialect = engine.dialect.name
         self.store_clock = self._dialect in ("postgresql", "mysql", "mariadb")
         # Skip rows another daemon has locked instead of waiting for them.
@@ -227,7 +295,35 @@ class SQLRepository(Repository):
             self._ready = True
 
     def close(self) -> None:
+        with self._held_lock:
+            held, self._held = self._held, []
+        for conn in held:
+            with contextlib.suppress(Exception):
+                conn.close()
         self.engine.dispose()
+
+    @contextlib.contextmanager
+    def _claim_connection(self) -> Iterator[Connection]:
+        """An autocommit connection each claiming thread keeps between claims.
+
+        A worker's loop claims many times a second; keeping its connection
+        spares a pool checkout (and its liveness ping) per claim. A
+        connection that fails is closed and replaced at the next claim.
+        """
+        conn = getattr(self._local, "claim_conn", None)
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self._local.claim_conn = conn
+            with self._held_lock:
+                self._held = [c for c in self._held if not c.closed]
+                self._held.append(conn)
+        try:
+            yield conn
+        except BaseException:
+            self._local.claim_conn = None
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
 
     def _write(self):
         if not self._ready:
@@ -409,6 +505,8 @@ class SQLRepository(Repository):
         return value.astimezone(timezone.utc)
 
     def claim(self, now: datetime, limit: int, token: str, default_lease: float) -> list[Lease]:
+        if self._dialect == "postgresql":
+            return self._claim_postgresql(now, limit, token, default_lease, ())
         table = self.table
         with self._write() as conn:
             now = self._now(conn, now)
@@ -423,65 +521,131 @@ class SQLRepository(Repository):
                 # then skip them all and find nothing to claim.
                 hint = f"FORCE INDEX ({self._due_index})"
                 query = query.with_hint(table, hint, "mysql").with_hint(table, hint, "mariadb")
-            if self._dialect == "postgresql":
-                return self._claim_postgresql(conn, now, limit, token, default_lease)
             rows = conn.execute(query).all()
             if not rows:
                 return []
-            plans = [plan_claim(_row_to_job(row), now, token, default_lease) for row in rows]
+            plans = [
+                plan_claim(_row_to_job(row), now, token, default_lease, checked=True)
+                for row in rows
+            ]
             self._apply_claim(conn, plans, token)
         return [plan.lease for plan in plans]
 
-    def _claim_postgresql(
-        self, conn: Any, now: datetime, limit: int, token: str, default_lease: float
+    def complete_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        now: datetime,
+        limit: int,
+        token: str,
+        default_lease: float,
     ) -> list[Lease]:
-        """Lease due rows in one ``UPDATE ... RETURNING`` over a ``SKIP LOCKED`` subquery.
+        """PostgreSQL: finished one-off jobs are deleted by the claim statement itself."""
+        if self._dialect != "postgresql":
+            return super().complete_and_claim(outcomes, now, limit, token, default_lease)
+        finished: list[tuple[str, str]] = []
+        others = []
+        for outcome in outcomes:
+            plan = plan_completion(outcome)
+            if plan.action == "delete" and plan.token is not None:
+                finished.append((plan.job_id, plan.token))
+            else:
+                others.append(outcome)
+        if others:
+            self.complete(others)
+        return self._claim_postgresql(now, limit, token, default_lease, finished)
 
-        The statement applies what :func:`plan_claim` does to an at-least-once
-        job. Rows that plan otherwise (at-most-once) are then rewritten from
-        their plans in the same transaction, before anything runs.
+    @functools.cached_property
+    def _claim_sql(self) -> str:
+        """PostgreSQL's claim: one statement, run outside any explicit transaction.
+
+        It reads the clock once (the server's, unless the caller's ``now`` is
+        given), deletes the rows of finished one-off runs still locked by
+        their claim, and leases up to ``limit`` due rows picked with ``FOR
+        UPDATE SKIP LOCKED``, doing to each what :func:`plan_claim` does to an
+        at-least-once job. It returns that clock and the leased rows as they
+        are now; driver values, no type processing.
         """
-        table = self.table
-        due = (
-            sa.select(table.c.id)
-            .where(table.c.due_at <= sa.bindparam("now", type_=UTCDateTime))
-            .order_by(table.c.due_at)
-            .limit(sa.bindparam("limit"))
-            .with_for_update(skip_locked=True)
-        )
-        statement = (
-            sa.update(table)
-            # = ANY(ARRAY(...)): index lookups by id, whatever the planner thinks of the table.
-            .where(table.c.id == sa.any_(sa.func.array(due.scalar_subquery())))
-            .values(
-                locked_by=sa.bindparam("token", type_=sa.String),
-                attempts=table.c.attempts + 1,
-                next_run_at=sa.func.coalesce(table.c.next_run_at, table.c.due_at),
-                # The default lease; jobs with a lease of their own are corrected below.
-                due_at=sa.bindparam("until", type_=UTCDateTime),
-            )
-            .returning(*table.c)
-        )
-        until = now + timedelta(seconds=default_lease)
-        params = {"now": now, "limit": limit, "token": token, "until": until}
-        leased = [_row_to_job(row) for row in conn.execute(statement, params)]
+        preparer = self.engine.dialect.identifier_preparer
+        table = preparer.format_table(self.table)
+        columns = ", ".join(f"j.{preparer.quote(name)}" for name in COLUMNS)
+        return f"""
+WITH clock AS MATERIALIZED (
+    SELECT COALESCE(%(now)s::timestamptz, clock_timestamp()) AS now
+), finished AS (
+    DELETE FROM {table} AS f
+    USING unnest(%(done_ids)s::text[], %(done_tokens)s::text[]) AS d(id, token)
+    WHERE f.id = d.id AND f.locked_by = d.token
+), due AS (
+    SELECT j.id FROM {table} AS j, clock
+    WHERE j.due_at <= clock.now AND j.id <> ALL(%(done_ids)s::text[])
+    ORDER BY j.due_at
+    LIMIT %(limit)s
+    FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE {table} AS j
+SET locked_by = %(token)s,
+    attempts = j.attempts + 1,
+    next_run_at = COALESCE(j.next_run_at, j.due_at),
+    due_at = clock.now + %(lease_us)s * interval '1 microsecond'
+FROM clock
+WHERE j.id = ANY(ARRAY(SELECT id FROM due))
+RETURNING clock.now, {columns}
+"""
+
+    def _claim_postgresql(
+        self,
+        now: datetime,
+        limit: int,
+        token: str,
+        default_lease: float,
+        finished: Sequence[tuple[str, str]],
+    ) -> list[Lease]:
+        """Claim (and delete ``finished`` ``(id, token)`` rows) in one round trip.
+
+        Rows whose plan is not a plain lease (at-most-once, misfires,
+        unreadable rows, a lease of their own length) are then rewritten from
+        their plans, in a second transaction, before anything runs them: a
+        crash in between leaves them leased and unrun, to be claimed again
+        when the lease expires.
+        """
+        if not self._ready:
+            self.setup()
+        lease_us = _micros(default_lease)
+        params = {
+            "now": None if self.store_clock else now,
+            "done_ids": [job_id for job_id, _ in finished],
+            "done_tokens": [done_token for _, done_token in finished],
+            "limit": max(limit, 0),
+            "token": token,
+            "lease_us": lease_us,
+        }
+        with self._claim_connection() as conn:
+            rows = conn.exec_driver_sql(self._claim_sql, params).all()
         leases = []
         relet: list[dict[str, Any]] = []
         others = []
-        for job in leased:
-            # The row as it was before the statement, for plan_claim.
-            before = job.replace(attempts=job.attempts - 1, due_at=job.next_run_at)
-            plan = plan_claim(before, now, token, default_lease)
+        for row in rows:
+            now = utc(row[0])
+            values = list(row)
+            # The row as it was before the statement, for plan_claim: one
+            # attempt less, due at the scheduled time the statement kept.
+            if type(values[_ATTEMPTS]) is int:
+                values[_ATTEMPTS] -= 1
+            values[_DUE_AT] = values[_NEXT_RUN_AT]
+            before = _job_from_columns(tuple(values[1:]), raw=True)
+            plan = plan_claim(before, now, token, default_lease, checked=True)
             leases.append(plan.lease)
             if plan.action != "lease":
                 others.append(plan)
-            elif plan.job.due_at != until:
+            elif before.options and _micros(before.lease_duration or default_lease) != lease_us:
                 relet.append({"b_id": plan.job.id, "due_at": plan.job.due_at})
-        if relet:
-            statement = sa.update(table).where(table.c.id == sa.bindparam("b_id"))
-            conn.execute(statement, relet)
-        if others:
-            self._apply_claim(conn, others, token)
+        if relet or others:
+            with self._write() as conn:
+                if relet:
+                    statement = sa.update(self.table).where(self.table.c.id == sa.bindparam("b_id"))
+                    conn.execute(statement, relet)
+                if others:
+                    self._apply_claim(conn, others, token)
         return leases
 
     def _apply_claim(self, conn: Any, plans: Sequence[Any], token: str) -> None:
@@ -625,6 +789,11 @@ class SQLRepository(Repository):
     def next_due(self) -> datetime | None:
         with self._read() as conn:
             return conn.execute(sa.select(sa.func.min(self.table.c.due_at))).scalar()
+
+
+def _micros(seconds: float) -> int:
+    """Whole microseconds in ``seconds``, rounded as ``timedelta(seconds=...)`` rounds."""
+    return timedelta(seconds=seconds) // timedelta(microseconds=1)
 
 
 def create_engine(url: str | sa.URL, **kwargs: Any) -> Engine:
