@@ -28,6 +28,8 @@ REQUIREMENTS = [
     "SQLAlchemy>=2.0",
     "psycopg[binary]>=3.1",
     "PyMySQL>=1.1",
+    # The same C reply parser ours uses (redis[hiredis]), so Redis runs compare engines.
+    "hiredis",
 ]
 
 #: Which stores each peer runs on. pyncette 1.1.0's MySQL store creates a
@@ -90,6 +92,7 @@ class Peers:
             "import importlib.metadata as m, sys; "
             "v = m.version('pyncette'), m.version('APScheduler'); "
             "import pyncette.postgres, pyncette.redis, pyncette.mysql, apscheduler, psycopg; "
+            "import hiredis; "
             "sys.exit(0 if v[0] == '1.1.0' and v[1].startswith('3.11.') else 1)"
         )
         done = subprocess.run([str(self.python), "-c", check], capture_output=True)

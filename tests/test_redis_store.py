@@ -518,12 +518,13 @@ def test_release_gives_back_unstarted_runs(repo):
 # --------------------------------------------------------------------------- comparison
 
 
-TASKS = ("alpha", "beta", "gamma")
+TASKS = ("alpha", "beta", "gamma", 'd\u00e9l"ta')  # the last one is escaped in JSON
 IDS = (*(f"job-{i:02d}" for i in range(10)), "é", "Z")
 #: Random operations, weighted by repetition.
 OPERATIONS = (
     *("add", "add", "remove", "apply"),
     *("claim", "claim", "claim", "complete", "complete", "complete"),
+    *("complete_and_claim", "complete_and_claim"),
     *("extend", "release", "tick", "tick"),
 )
 
@@ -602,6 +603,21 @@ def drive(seed: int, stores: tuple, steps: int = 150) -> None:
             args = (now, rng.randint(1, 4), f"tok-{step}", rng.choice((30, 60)))
             first, second = both("claim", *args)
             outstanding.extend(zip(first, second, strict=True))
+        elif op == "complete_and_claim":
+            # Finished runs (mostly successes: deleted inside the claim) and a claim, in one call.
+            chosen = rng.sample(outstanding, rng.randint(0, len(outstanding)))
+            kinds = [rng.choice(("ok", "ok", "ok", "fail")) for _ in chosen]
+            args = (now, rng.randint(0, 4), f"tok-{step}", rng.choice((30, 60)))
+            results = []
+            for index, store in enumerate(stores):
+                outcomes = [
+                    Outcome(pair[index], kind == "ok", now, error=None if kind == "ok" else "x")
+                    for pair, kind in zip(chosen, kinds, strict=True)
+                ]
+                results.append(store.complete_and_claim(outcomes, *args))
+            assert results[0] == results[1], (seed, step, op)
+            outstanding = [pair for pair in outstanding if pair not in chosen]
+            outstanding.extend(zip(*results, strict=True))
         elif op in ("complete", "release") and outstanding:
             chosen = rng.sample(outstanding, rng.randint(1, len(outstanding)))
             kinds = [rng.choice(("ok", "fail", "permanent")) for _ in chosen]

@@ -39,6 +39,7 @@ nothing and names the missing tasks, and the call is repeated with their keys.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -48,6 +49,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import redis
 from redis import exceptions as redis_errors
 from redis.backoff import NoBackoff
@@ -172,34 +174,105 @@ local default_lease = tonumber(ARGV[4])
 local prefix = ARGV[5]
 local declared = {}
 for i = 4, #KEYS do declared[KEYS[i]] = true end
-local left = {}
+
+-- One call for many arguments (in slices: Lua's unpack has a limit).
+local function batch(command, key, args)
+  for first = 1, #args, 1000 do
+    redis.call(command, key, unpack(args, first, math.min(first + 999, #args)))
+  end
+end
+local function fetch_all(list)
+  local found = {}
+  for first = 1, #list, 1000 do
+    local part = redis.call('HMGET', jobs, unpack(list, first, math.min(first + 999, #list)))
+    for _, raw in ipairs(part) do found[#found + 1] = raw end
+  end
+  return found
+end
+
+-- Finished runs: deleted while still locked by the claim that ran them.
+local finished, owners = {}, {}
 for i = 6, #ARGV, 2 do
-  local id, owner = ARGV[i], ARGV[i + 1]
-  local raw = redis.call('HGET', jobs, id)
+  finished[#finished + 1] = ARGV[i]
+  owners[#owners + 1] = ARGV[i + 1]
+end
+local left, gone, by_task = {}, {}, {}
+for k, raw in ipairs(fetch_all(finished)) do
+  local id, owner = finished[k], owners[k]
+  local mine = false
   if raw then
-    local ok, doc = pcall(decode, raw)
-    if ok and type(doc) == 'table' and doc.locked_by == owner then
-      local task_key = prefix .. tostring(doc.task)
-      if declared[task_key] then
-        redis.call('HDEL', jobs, id)
-        redis.call('ZREM', due, id)
-        redis.call('ZREM', ids, id)
-        redis.call('ZREM', task_key, id)
-      else
-        left[#left + 1] = id
-      end
+    -- Documents are written by encode() or the Python twin of it: a job still
+    -- locked by this owner carries exactly this text (quotes inside strings
+    -- are escaped, so it cannot occur elsewhere). Otherwise decode to be sure.
+    if string.find(raw, '"locked_by":' .. cjson.encode(owner) .. ',', 1, true) then
+      mine = true
+    else
+      local ok, doc = pcall(decode, raw)
+      mine = ok and type(doc) == 'table' and doc.locked_by == owner
+    end
+  end
+  if mine then
+    -- A task name without quotes or escapes is the text itself.
+    local task = string.match(raw, '^{"task":"([^"\\]+)",')
+    if not task then
+      local ok, doc = pcall(decode, raw)
+      task = ok and type(doc) == 'table' and doc.task
+    end
+    local task_key = task and prefix .. tostring(task)
+    if task_key and declared[task_key] then
+      gone[#gone + 1] = id
+      by_task[task_key] = by_task[task_key] or {}
+      table.insert(by_task[task_key], id)
+    else
+      left[#left + 1] = id
     end
   end
 end
+if #gone > 0 then
+  batch('HDEL', jobs, gone)
+  batch('ZREM', due, gone)
+  batch('ZREM', ids, gone)
+  for task_key, members in pairs(by_task) do batch('ZREM', task_key, members) end
+end
+
+-- Due jobs: leased, and returned as they were before.
 local found = {}
 if tonumber(ARGV[2]) > 0 then
   found = redis.call('ZRANGEBYSCORE', due, '-inf', num(now), 'LIMIT', 0, tonumber(ARGV[2]))
 end
 local out = {num(now), #left}
 for _, id in ipairs(left) do out[#out + 1] = id end
-for _, id in ipairs(found) do
-  local raw = redis.call('HGET', jobs, id)
+local lease_by = ',"locked_by":' .. cjson.encode(token) .. ',"attempts":'
+local writes, scores = {}, {}
+for k, raw in ipairs(fetch_all(found)) do
+  local id = found[k]
+  -- The usual document is leased by editing its text (see above on why that
+  -- is safe); anything else is decoded and encoded again.
+  local head, due_at, next_run_at, attempts, tail, lease
   if raw then
+    head, due_at, next_run_at, attempts, tail = string.match(raw,
+      '^({"task":.-),"due_at":("%d+"),"next_run_at":([^,]*),"locked_by":.-,"attempts":(%d+),' ..
+      '("last_run_at":.*)$')
+  end
+  if head and (next_run_at == 'null' or string.match(next_run_at, '^"%d+"$')) then
+    local text = string.match(tail, ',"lease_us":([^,]*),"job":"')
+    if text == 'null' then
+      lease = default_lease
+    elseif text and string.match(text, '^%d+$') then
+      lease = tonumber(text)
+    end
+  end
+  if lease then
+    local until_at = num(now + lease)
+    if next_run_at == 'null' then next_run_at = due_at end
+    writes[#writes + 1] = id
+    writes[#writes + 1] = head .. ',"due_at":"' .. until_at .. '","next_run_at":' ..
+      next_run_at .. lease_by .. num(tonumber(attempts) + 1) .. ',' .. tail
+    scores[#scores + 1] = until_at
+    scores[#scores + 1] = id
+    out[#out + 1] = id
+    out[#out + 1] = raw
+  elseif raw then
     local ok, doc = pcall(decode, raw)
     if ok and type(doc) == 'table' then
       ok = pcall(function()
@@ -223,6 +296,10 @@ for _, id in ipairs(found) do
   else
     redis.call('ZREM', due, id)
   end
+end
+if #writes > 0 then
+  batch('HSET', jobs, writes)
+  batch('ZADD', due, scores)
 end
 return out
 """
@@ -407,6 +484,14 @@ def _encode_time(value: datetime | None) -> str | None:
 def _decode_time(value: Any) -> datetime | None:
     if value is None:
         return None
+    if type(value) is str:
+        return _time_of_text(value)
+    return _EPOCH + timedelta(microseconds=int(value))
+
+
+@functools.lru_cache(maxsize=4096)
+def _time_of_text(value: str) -> datetime:
+    # Jobs added together share their times: a cache spares most conversions.
     return _EPOCH + timedelta(microseconds=int(value))
 
 
@@ -458,7 +543,12 @@ def _encode_job(job: Job) -> str:
 def _decode_job(job_id: str, raw: str | bytes) -> Job:
     """The job in a stored document. Never raises: one that cannot be read becomes
     a job that is parked, not run."""
-    doc = load_json(raw)
+    try:
+        # The document's own fields are strings, times and small numbers, which
+        # orjson reads exactly as json does; anything odd goes the careful way.
+        doc = orjson.loads(raw)
+    except ValueError:
+        doc = None
     if type(doc) is dict and type(doc.get("job")) is str and _DOCUMENT_KEYS.issuperset(doc):
         definition = loads_stored(doc["job"])
         if type(definition) is dict:
@@ -487,7 +577,7 @@ def _decode_job(job_id: str, raw: str | bytes) -> Job:
                 )
                 if job is not None:
                     return job
-    return decode_job_fields(doc, job_id=job_id, decode_time=_decode_time)
+    return decode_job_fields(load_json(raw), job_id=job_id, decode_time=_decode_time)
 
 
 _DOCUMENT_TIMES = ("due_at", "next_run_at", "last_run_at")
