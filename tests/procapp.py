@@ -2,7 +2,8 @@
 
 Every run appends ``job_id attempt pid`` to a per-process file in the folder
 named by ``record_dir`` in the app settings, so a test can count executions
-across processes without sharing a store.
+across processes without sharing a store. A daemon whose worker loop has
+started writes ``ready-<pid>`` there.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from pyramid.config import Configurator
 from pyramid.response import Response
 
-from pyramid_pyncette import task
+from pyramid_pyncette import WorkerStarting, task
 
 
 def _append(request, line: str) -> None:
@@ -36,6 +37,14 @@ def fail(request):
     raise RuntimeError("failing on purpose")
 
 
+def _announce_ready(event) -> None:
+    """Write ``ready-<pid>`` in ``record_dir`` once the worker loop starts."""
+    folder = event.registry.settings.get("record_dir")
+    if folder:
+        with open(os.path.join(folder, f"ready-{os.getpid()}"), "w"):
+            pass
+
+
 def add_view(request):
     """Schedule ``record`` through the request's transaction."""
     job = request.scheduler.add_async_job("record", job_id=request.params["id"])
@@ -49,6 +58,7 @@ def main(global_config, **settings):
         config.include("pyramid_pyncette")
         config.add_route("add", "/add")
         config.add_view(add_view, route_name="add")
+        config.add_subscriber(_announce_ready, WorkerStarting)
         config.scan("tests.procapp")
     return config.make_wsgi_app()
 

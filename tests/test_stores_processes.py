@@ -13,6 +13,7 @@ import time
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -49,6 +50,14 @@ def _spawn(ini, *args):
     )
 
 
+def _wait_for(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
 def _runs(records):
     from tests.procapp import read_runs
 
@@ -60,10 +69,17 @@ def test_daemons_share_the_work_without_duplicates_or_losses(tmp_path, store, da
     url, extra = store
     ini, records = _write_ini(tmp_path, url, extra=f"{extra}\npyncette.batch_size = 25")
     registry = _registry(ini)
-    expected = _add_jobs(registry, 5000)
-
-    processes = [_spawn(ini, "--once") for _ in range(daemons)]
-    errors = [process.communicate(timeout=600)[1] for process in processes]
+    # Every daemon is up before the jobs arrive: a drain can be over before a
+    # late starter claims anything.
+    processes = [_spawn(ini) for _ in range(daemons)]
+    try:
+        _wait_for(lambda: len(list(Path(records).glob("ready-*"))) == daemons, 120, "the daemons")
+        expected = _add_jobs(registry, 5000)
+        _wait_for(lambda: not list(registry.scheduler.iter_jobs()), 300, "the drain")
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+    errors = [process.communicate(timeout=60)[1] for process in processes]
 
     for process, err in zip(processes, errors, strict=True):
         assert process.returncode == 0, err

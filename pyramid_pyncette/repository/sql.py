@@ -303,24 +303,30 @@ class SQLRepository(Repository):
         self.engine.dispose()
 
     @contextlib.contextmanager
-    def _claim_connection(self) -> Iterator[Connection]:
-        """An autocommit connection each claiming thread keeps between claims.
+    def _kept_connection(self, autocommit: bool) -> Iterator[Connection]:
+        """A connection the calling thread keeps between claims.
 
         A worker's loop claims many times a second; keeping its connection
         spares a pool checkout (and its liveness ping) per claim. A
-        connection that fails is closed and replaced at the next claim.
+        connection that fails is closed and replaced at the next call.
+        PostgreSQL's claim runs in autocommit mode, the others in transactions.
         """
-        conn = getattr(self._local, "claim_conn", None)
+        if not self._ready:
+            self.setup()
+        name = "autocommit_conn" if autocommit else "conn"
+        conn = getattr(self._local, name, None)
         if conn is None or conn.closed or conn.invalidated:
-            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            self._local.claim_conn = conn
+            conn = self.engine.connect()
+            if autocommit:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            setattr(self._local, name, conn)
             with self._held_lock:
                 self._held = [c for c in self._held if not c.closed]
                 self._held.append(conn)
         try:
             yield conn
         except BaseException:
-            self._local.claim_conn = None
+            setattr(self._local, name, None)
             with contextlib.suppress(Exception):
                 conn.close()
             raise
@@ -505,31 +511,7 @@ class SQLRepository(Repository):
         return value.astimezone(timezone.utc)
 
     def claim(self, now: datetime, limit: int, token: str, default_lease: float) -> list[Lease]:
-        if self._dialect == "postgresql":
-            return self._claim_postgresql(now, limit, token, default_lease, ())
-        table = self.table
-        with self._write() as conn:
-            now = self._now(conn, now)
-            query = (
-                sa.select(table).where(table.c.due_at <= now).order_by(table.c.due_at).limit(limit)
-            )
-            if self._skip_locked:
-                query = query.with_for_update(skip_locked=True)
-            if self._dialect in ("mysql", "mariadb"):
-                # Without the index InnoDB may scan and sort the whole table,
-                # locking every due row until commit: other daemons would
-                # then skip them all and find nothing to claim.
-                hint = f"FORCE INDEX ({self._due_index})"
-                query = query.with_hint(table, hint, "mysql").with_hint(table, hint, "mariadb")
-            rows = conn.execute(query).all()
-            if not rows:
-                return []
-            plans = [
-                plan_claim(_row_to_job(row), now, token, default_lease, checked=True)
-                for row in rows
-            ]
-            self._apply_claim(conn, plans, token)
-        return [plan.lease for plan in plans]
+        return self.complete_and_claim((), now, limit, token, default_lease)
 
     def complete_and_claim(
         self,
@@ -539,20 +521,62 @@ class SQLRepository(Repository):
         token: str,
         default_lease: float,
     ) -> list[Lease]:
-        """PostgreSQL: finished one-off jobs are deleted by the claim statement itself."""
-        if self._dialect != "postgresql":
-            return super().complete_and_claim(outcomes, now, limit, token, default_lease)
-        finished: list[tuple[str, str]] = []
-        others = []
-        for outcome in outcomes:
-            plan = plan_completion(outcome)
-            if plan.action == "delete" and plan.token is not None:
-                finished.append((plan.job_id, plan.token))
-            else:
-                others.append(outcome)
-        if others:
-            self.complete(others)
-        return self._claim_postgresql(now, limit, token, default_lease, finished)
+        """Write ``outcomes`` and claim on the connection the calling thread keeps.
+
+        PostgreSQL deletes finished one-off runs inside its claim statement;
+        the other databases write the outcomes and claim in one transaction.
+        """
+        if self._dialect == "postgresql":
+            finished: list[tuple[str, str]] = []
+            others = []
+            for outcome in outcomes:
+                plan = plan_completion(outcome)
+                if plan.action == "delete" and plan.token is not None:
+                    finished.append((plan.job_id, plan.token))
+                else:
+                    others.append(outcome)
+            if others:
+                self.complete(others)
+            return self._claim_postgresql(now, limit, token, default_lease, finished)
+        with self._kept_connection(autocommit=False) as conn, conn.begin():
+            if outcomes:
+                self.complete_on(conn, outcomes)
+            if limit <= 0:
+                return []
+            return self._claim_on(conn, now, limit, token, default_lease)
+
+    def _claim_on(
+        self, conn: Connection, now: datetime, limit: int, token: str, default_lease: float
+    ) -> list[Lease]:
+        """SQLite and MySQL: select due rows (``SKIP LOCKED`` on MySQL), then write their plans."""
+        table = self.table
+        mysql = self._dialect in ("mysql", "mariadb")
+        clock = sa.func.utc_timestamp(6) if mysql and self.store_clock else None
+        if clock is not None:
+            # The server's clock, read by the same statement that picks the rows.
+            query = sa.select(table, clock.label("pyncette_clock")).where(table.c.due_at <= clock)
+        else:
+            query = sa.select(table).where(table.c.due_at <= now)
+        query = query.order_by(table.c.due_at).limit(limit)
+        if self._skip_locked:
+            query = query.with_for_update(skip_locked=True)
+        if mysql:
+            # Without the index InnoDB may scan and sort the whole table,
+            # locking every due row until commit: other daemons would
+            # then skip them all and find nothing to claim.
+            hint = f"FORCE INDEX ({self._due_index})"
+            query = query.with_hint(table, hint, "mysql").with_hint(table, hint, "mariadb")
+        rows = conn.execute(query).all()
+        if not rows:
+            return []
+        if clock is not None:
+            now = utc(rows[0][-1])
+            rows = [row[:-1] for row in rows]
+        plans = [
+            plan_claim(_row_to_job(row), now, token, default_lease, checked=True) for row in rows
+        ]
+        self._apply_claim(conn, plans, token)
+        return [plan.lease for plan in plans]
 
     @functools.cached_property
     def _claim_sql(self) -> str:
@@ -608,8 +632,6 @@ RETURNING clock.now, {columns}
         crash in between leaves them leased and unrun, to be claimed again
         when the lease expires.
         """
-        if not self._ready:
-            self.setup()
         lease_us = _micros(default_lease)
         params = {
             "now": None if self.store_clock else now,
@@ -619,7 +641,7 @@ RETURNING clock.now, {columns}
             "token": token,
             "lease_us": lease_us,
         }
-        with self._claim_connection() as conn:
+        with self._kept_connection(autocommit=True) as conn:
             rows = conn.exec_driver_sql(self._claim_sql, params).all()
         leases = []
         relet: list[dict[str, Any]] = []
