@@ -1,11 +1,12 @@
 """The worker: the lease loop that claims due jobs, runs them and completes them.
 
-One loop thread talks to the store; a pool of ``pyncette.concurrency``
-threads runs jobs. The loop claims only as many jobs as it has free threads
-(a leased job starts at once, so its lease is never spent waiting), completes
-finished runs in batches, extends the leases of running jobs by heartbeat,
-and sleeps until the next known due time, a finished job, or the poll
-interval, whichever comes first.
+One loop thread talks to the store; ``pyncette.concurrency`` job threads
+run jobs, taking claimed runs from one queue. The loop claims only as many
+jobs as its threads can start soon (a bounded batch ahead, so a lease is
+never spent waiting), writes finished runs in the same store call that
+claims the next batch, extends the leases of running jobs by heartbeat, and
+sleeps until the next known due time, a finished job, or the poll interval,
+whichever comes first.
 
 Shutdown (:meth:`Worker.stop`) stops claiming, lets running jobs finish and
 releases anything claimed but not started. A store that goes away is logged,
@@ -223,10 +224,11 @@ class Worker:
     def prefetch(self) -> int:
         """How many claimed jobs may wait for a thread beyond ``concurrency``.
 
-        Short jobs are claimed a batch ahead, so the store is asked in batches
-        rather than once per finished job; the queue is sized so that its
-        expected wait stays under 5% of the lease (a lease is never spent
-        waiting). Nothing is claimed ahead until jobs have been timed.
+        Short jobs are claimed up to two batches ahead: the store is asked in
+        batches rather than once per finished job, and the threads still have
+        work while the loop waits for the next claim. The queue is sized so
+        that its expected wait stays under 5% of the lease (a lease is never
+        spent waiting). Nothing is claimed ahead until jobs have been timed.
         """
         mean = self._mean_duration
         if mean is None:
