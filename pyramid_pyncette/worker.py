@@ -334,6 +334,7 @@ class Worker:
             if stop_listener is not None:
                 stop_listener()
             self._shutdown(threads, pending)
+            self.repository.release_thread_connection()
             self._notify(WorkerStopping(self, self.registry))
             log.info(
                 "worker %s stopped (%d succeeded, %d failed)",

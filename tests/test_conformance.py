@@ -729,3 +729,28 @@ def test_job_of_unregistered_task_is_parked_and_others_keep_running(app, tick):
     assert [call.job_id for call in app.calls] == ["healthy"] * 20
     assert app.scheduler.get_job("orphan") == parked
     assert app.repository.next_due() == app.start + seconds(210)
+
+
+# --------------------------------------------------------------------------- the worker loop
+
+
+def test_the_worker_loop_drains_with_combined_calls_and_gives_its_connection_back(app):
+    """``Worker.run`` writes finished runs in its claiming call and keeps one connection."""
+    ids = add_due_jobs(app, 25)
+    app.worker.batch_size = 10
+    calls = []
+    real = app.repository.complete_and_claim
+
+    def spy(outcomes, *args):
+        calls.append(len(outcomes))
+        return real(outcomes, *args)
+
+    app.repository.complete_and_claim = spy
+    app.worker.run(until_idle=True)
+
+    assert sorted(call.job_id for call in app.calls) == ids
+    assert list(app.scheduler.get_jobs()) == []
+    assert sum(calls) == 25  # every run was completed through a claiming call
+    pool = getattr(getattr(app.repository, "engine", None), "pool", None)
+    if pool is not None and hasattr(pool, "checkedout"):
+        assert pool.checkedout() == 0

@@ -824,6 +824,12 @@ class Repository(abc.ABC):
             self.complete(outcomes)
         return self.claim(now, limit, token, default_lease)
 
+    def release_thread_connection(self) -> None:  # noqa: B027 - optional hook
+        """Give back what :meth:`complete_and_claim` kept for the calling thread.
+
+        A worker's loop calls it when it stops.
+        """
+
     @abc.abstractmethod
     def extend(self, now: datetime, leases: Sequence[tuple[str, str, float]]) -> set[str]:
         """Renew leases ``(id, token, seconds)`` to expire ``seconds`` after now.

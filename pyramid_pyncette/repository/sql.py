@@ -303,16 +303,20 @@ class SQLRepository(Repository):
         self.engine.dispose()
 
     @contextlib.contextmanager
-    def _kept_connection(self, autocommit: bool) -> Iterator[Connection]:
-        """A connection the calling thread keeps between claims.
+    def _connection(self, autocommit: bool, keep: bool) -> Iterator[Connection]:
+        """A connection for claiming: the calling thread's kept one, or one from the pool.
 
-        A worker's loop claims many times a second; keeping its connection
-        spares a pool checkout (and its liveness ping) per claim. A
-        connection that fails is closed and replaced at the next call.
-        PostgreSQL's claim runs in autocommit mode, the others in transactions.
+        A kept connection that fails is closed, and replaced at the next call.
+        PostgreSQL claims in autocommit mode, the others in transactions.
         """
         if not self._ready:
             self.setup()
+        if not keep:
+            with self.engine.connect() as conn:
+                if autocommit:
+                    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                yield conn
+            return
         name = "autocommit_conn" if autocommit else "conn"
         conn = getattr(self._local, name, None)
         if conn is None or conn.closed or conn.invalidated:
@@ -330,6 +334,17 @@ class SQLRepository(Repository):
             with contextlib.suppress(Exception):
                 conn.close()
             raise
+
+    def release_thread_connection(self) -> None:
+        """Give back the connection this thread kept for :meth:`complete_and_claim`."""
+        for name in ("autocommit_conn", "conn"):
+            conn = getattr(self._local, name, None)
+            setattr(self._local, name, None)
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+        with self._held_lock:
+            self._held = [c for c in self._held if not c.closed]
 
     def _write(self):
         if not self._ready:
@@ -511,7 +526,7 @@ class SQLRepository(Repository):
         return value.astimezone(timezone.utc)
 
     def claim(self, now: datetime, limit: int, token: str, default_lease: float) -> list[Lease]:
-        return self.complete_and_claim((), now, limit, token, default_lease)
+        return self._complete_and_claim((), now, limit, token, default_lease, keep=False)
 
     def complete_and_claim(
         self,
@@ -521,11 +536,25 @@ class SQLRepository(Repository):
         token: str,
         default_lease: float,
     ) -> list[Lease]:
-        """Write ``outcomes`` and claim on the connection the calling thread keeps.
+        """Write ``outcomes`` and claim, on a connection the calling thread keeps.
 
         PostgreSQL deletes finished one-off runs inside its claim statement;
         the other databases write the outcomes and claim in one transaction.
+        A worker's loop calls this many times a second: keeping its
+        connection spares a pool checkout (and its liveness ping) per call.
+        :meth:`release_thread_connection` gives it back.
         """
+        return self._complete_and_claim(outcomes, now, limit, token, default_lease, keep=True)
+
+    def _complete_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        now: datetime,
+        limit: int,
+        token: str,
+        default_lease: float,
+        keep: bool,
+    ) -> list[Lease]:
         if self._dialect == "postgresql":
             finished: list[tuple[str, str]] = []
             others = []
@@ -537,8 +566,8 @@ class SQLRepository(Repository):
                     others.append(outcome)
             if others:
                 self.complete(others)
-            return self._claim_postgresql(now, limit, token, default_lease, finished)
-        with self._kept_connection(autocommit=False) as conn, conn.begin():
+            return self._claim_postgresql(now, limit, token, default_lease, finished, keep)
+        with self._connection(autocommit=False, keep=keep) as conn, conn.begin():
             if outcomes:
                 self.complete_on(conn, outcomes)
             if limit <= 0:
@@ -623,6 +652,7 @@ RETURNING clock.now, {columns}
         token: str,
         default_lease: float,
         finished: Sequence[tuple[str, str]],
+        keep: bool,
     ) -> list[Lease]:
         """Claim (and delete ``finished`` ``(id, token)`` rows) in one round trip.
 
@@ -641,7 +671,7 @@ RETURNING clock.now, {columns}
             "token": token,
             "lease_us": lease_us,
         }
-        with self._kept_connection(autocommit=True) as conn:
+        with self._connection(autocommit=True, keep=keep) as conn:
             rows = conn.exec_driver_sql(self._claim_sql, params).all()
         leases = []
         relet: list[dict[str, Any]] = []
