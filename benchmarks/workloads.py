@@ -380,16 +380,27 @@ def w1_drain(ctx: Context, store: Store) -> list[Row]:
 
 
 def _time_polls(repository: Any, times: int = 50) -> dict[str, float | None]:
-    """Median milliseconds of a claim that finds nothing, and of ``next_due``."""
+    """Median milliseconds of a claim that finds nothing, and of ``next_due``.
+
+    The claim is the call the worker's loop makes (``complete_and_claim``, on
+    the connection the loop keeps).
+    """
+    try:
+        return _time_polls_in_thread(repository, times)
+    finally:
+        repository.release_thread_connection()
+
+
+def _time_polls_in_thread(repository: Any, times: int) -> dict[str, float | None]:
     now = datetime.now(timezone.utc)
     for _ in range(5):  # connections, prepared statements, script cache
-        repository.claim(now, 100, "bench-poll", 60)
+        repository.complete_and_claim((), now, 100, "bench-poll", 60)
         repository.next_due()
     claims, next_dues = [], []
     for _ in range(times):
         now = datetime.now(timezone.utc)
         began = time.perf_counter()
-        leases = repository.claim(now, 100, "bench-poll", 60)
+        leases = repository.complete_and_claim((), now, 100, "bench-poll", 60)
         claims.append(time.perf_counter() - began)
         if leases:
             raise RuntimeError(f"the idle store had {len(leases)} due job(s)")
