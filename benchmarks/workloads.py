@@ -6,7 +6,8 @@ W1 drain
     peers, pyncette and APScheduler draining the same N in one process.
 W2 idle
     M jobs due in an hour: one poll's cost in process (the loop's
-    ``complete_and_claim`` finding nothing, ``next_due``) and an idle daemon's CPU, each beside an empty store.
+    ``complete_and_claim`` finding nothing, ``next_due``) and an idle
+    daemon's CPU, each beside an empty store.
 W3 lateness
     a running daemon: (a) jobs added through a real request (webtest,
     pyramid_tm, ``request.scheduler.add_async_job``): start minus commit;

@@ -754,3 +754,36 @@ def test_the_worker_loop_drains_with_combined_calls_and_gives_its_connection_bac
     pool = getattr(getattr(app.repository, "engine", None), "pool", None)
     if pool is not None and hasattr(pool, "checkedout"):
         assert pool.checkedout() == 0
+
+
+def test_a_postgresql_claim_reads_only_due_rows_from_the_index(app):
+    """The claim's time bound is an index condition: stored, not-due rows are never scanned."""
+    repository = app.repository
+    if getattr(getattr(repository, "engine", None), "dialect", None) is None:
+        pytest.skip("a SQL store")
+    if repository.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's claim statement")
+    later = app.clock() + seconds(3600)
+    app.repository.add(
+        [
+            app.scheduler.build_job("record", DateSchedule(later), job_id=f"later-{i:05d}")
+            for i in range(2000)
+        ]
+    )
+    params = {
+        "now": app.clock(),
+        "done_ids": [],
+        "done_tokens": [],
+        "limit": 100,
+        "token": "t",
+        "lease_us": 60_000_000,
+    }
+    with repository.engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE")
+        plan = "\n".join(
+            row[0]
+            for row in conn.exec_driver_sql("EXPLAIN ANALYZE " + repository._claim_sql, params)
+        )
+        conn.rollback()
+    assert "Index Cond: (due_at <=" in plan, plan
+    assert "Rows Removed" not in plan, plan

@@ -629,8 +629,9 @@ WITH clock AS MATERIALIZED (
     USING unnest(%(done_ids)s::text[], %(done_tokens)s::text[]) AS d(id, token)
     WHERE f.id = d.id AND f.locked_by = d.token
 ), due AS (
-    SELECT j.id FROM {table} AS j, clock
-    WHERE j.due_at <= clock.now AND j.id <> ALL(%(done_ids)s::text[])
+    -- A scalar subquery, so that the time bounds an index range scan.
+    SELECT j.id FROM {table} AS j
+    WHERE j.due_at <= (SELECT now FROM clock) AND j.id <> ALL(%(done_ids)s::text[])
     ORDER BY j.due_at
     LIMIT %(limit)s
     FOR UPDATE OF j SKIP LOCKED
