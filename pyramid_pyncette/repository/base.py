@@ -660,6 +660,23 @@ def plan_completion(outcome: Outcome) -> CompletionPlan:
         return _park(job, lease, now, error)
 
 
+def split_finished(
+    outcomes: Iterable[Outcome],
+) -> tuple[list[tuple[CompletionPlan, Outcome]], list[Outcome]]:
+    """Outcomes whose plan deletes the row under its lease (finished one-off runs), and the rest.
+
+    Stores fold the first kind into their claim call; the rest take :meth:`Repository.complete`.
+    """
+    finished, others = [], []
+    for outcome in outcomes:
+        plan = plan_completion(outcome)
+        if plan.action == "delete" and plan.token is not None:
+            finished.append((plan, outcome))
+        else:
+            others.append(outcome)
+    return finished, others
+
+
 def _plan_completion(outcome: Outcome, last: dict[str, Any]) -> CompletionPlan:
     lease = outcome.lease
     job = lease.job

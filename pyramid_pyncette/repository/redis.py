@@ -67,6 +67,7 @@ from .base import (
     loads_stored,
     plan_claim,
     plan_completion,
+    split_finished,
     well_formed_job,
 )
 
@@ -915,18 +916,12 @@ class RedisRepository(Repository):
         default_lease: float,
     ) -> list[Lease]:
         """One script call deletes finished one-off jobs and claims due ones."""
+        deletes, others = split_finished(outcomes)
         finished: list[str] = []
-        tasks: set[str] = set()
-        others: list[Outcome] = []
-        by_id: dict[str, Outcome] = {}
-        for outcome in outcomes:
-            plan = plan_completion(outcome)
-            if plan.action == "delete" and plan.token is not None:
-                finished += (plan.job_id, plan.token)
-                tasks.add(outcome.lease.job.task)
-                by_id[plan.job_id] = outcome
-            else:
-                others.append(outcome)
+        for plan, _ in deletes:
+            finished += (plan.job_id, plan.token)
+        tasks = {outcome.lease.job.task for _, outcome in deletes}
+        by_id = {plan.job_id: outcome for plan, outcome in deletes}
         if others:
             self.complete(others)
         if limit <= 0 and not finished:

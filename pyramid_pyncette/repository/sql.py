@@ -34,6 +34,7 @@ from .base import (
     loads_stored,
     plan_claim,
     plan_completion,
+    split_finished,
     utc,
     well_formed_job,
 )
@@ -556,17 +557,11 @@ class SQLRepository(Repository):
         keep: bool,
     ) -> list[Lease]:
         if self._dialect == "postgresql":
-            finished: list[tuple[str, str]] = []
-            others = []
-            for outcome in outcomes:
-                plan = plan_completion(outcome)
-                if plan.action == "delete" and plan.token is not None:
-                    finished.append((plan.job_id, plan.token))
-                else:
-                    others.append(outcome)
+            finished, others = split_finished(outcomes)
             if others:
                 self.complete(others)
-            return self._claim_postgresql(now, limit, token, default_lease, finished, keep)
+            done = [(plan.job_id, plan.token) for plan, _ in finished]
+            return self._claim_postgresql(now, limit, token, default_lease, done, keep)
         with self._connection(autocommit=False, keep=keep) as conn, conn.begin():
             if outcomes:
                 self.complete_on(conn, outcomes)
