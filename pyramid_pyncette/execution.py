@@ -121,11 +121,6 @@ def _with_properties(parent: type, descriptors: dict[str, Any]) -> type:
 _MISSING = object()
 
 
-def make_job_request(registry: Any, base_url: str = "http://localhost") -> Request:
-    """A request for running one job, built the way Pyramid builds one for a view."""
-    return JobRequests(registry, base_url)()
-
-
 def call_task(func: Callable[..., Any], request: Request, args, kwargs) -> Any:
     """Call a task function; coroutine functions run to completion on a fresh loop."""
     result = func(request, *args, **kwargs)
