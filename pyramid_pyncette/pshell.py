@@ -13,6 +13,7 @@ once). Whatever is not committed when the shell exits is discarded.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,11 +30,26 @@ def setup(env: dict[str, Any]) -> Iterator[None]:
     if tm is None:  # the app does not include pyramid_tm
         tm = request.tm = transaction.TransactionManager(explicit=True)
     tm.begin()
+    scheduler = registry.scheduler.bind(tm)
+    immediate = registry.scheduler
+    # pshell's help prints each new name's __doc__ on one line: keep it to one.
+    for value, doc in (
+        (tm, "Transaction manager, begun: tm.commit() writes, tm.abort() discards."),
+        (scheduler, "Scheduler bound to tm: jobs are written by tm.commit()."),
+        (immediate, "Scheduler that writes at once (registry.scheduler)."),
+    ):
+        _set_help(value, doc)
     env["tm"] = tm
-    env["scheduler"] = registry.scheduler.bind(tm)
-    env["immediate_scheduler"] = registry.scheduler
+    env["scheduler"] = scheduler
+    env["immediate_scheduler"] = immediate
     try:
         yield
     finally:
         if active_transaction(tm) is not None:
             tm.abort()
+
+
+def _set_help(value: Any, doc: str) -> None:
+    """Give ``value`` the one-line ``__doc__`` pshell shows as its help."""
+    with contextlib.suppress(AttributeError, TypeError):  # no instance dict: no help
+        value.__doc__ = doc

@@ -17,7 +17,7 @@ from .jobs import Job
 from .repository.memory import MemoryRepository
 from .scheduler import Scheduler
 
-__all__ = ["FakeClock", "RecordingScheduler", "includeme", "run_pending"]
+__all__ = ["FakeClock", "RecordingScheduler", "includeme", "run_pending", "set_clock"]
 
 
 class FakeClock:
@@ -51,10 +51,31 @@ class FakeClock:
 
 
 def run_pending(registry: Any, now: datetime | None = None) -> int:
-    """Run every job due at ``now`` (default: the scheduler's clock); return how many ran."""
+    """Run every job due at ``now`` (default: the scheduler's clock); return how many ran.
+
+    Like a daemon starting, it first writes the jobs of the ``@periodic_task``
+    tasks (those already stored with the same definition keep their next
+    run), so periodic tasks are tested the same way as jobs added by views.
+    """
     from .worker import Worker
 
+    registry.scheduler.sync_periodic_jobs()
     return Worker(registry).run_pending(now)
+
+
+def set_clock(registry: Any, clock: Any) -> Any:
+    """Make ``clock`` the time of the application's scheduler and its store; return it.
+
+    ``clock`` is a callable returning an aware UTC datetime, usually a
+    :class:`FakeClock`. Adding jobs, claiming them and computing their next
+    runs then all follow it. PostgreSQL, MySQL and Redis stores otherwise
+    decide what is due by the database server's clock: that is switched off
+    (``repository.store_clock = False``), so a fake time works on every store.
+    """
+    scheduler = registry.scheduler
+    scheduler.clock = clock
+    scheduler.repository.store_clock = False
+    return clock
 
 
 class RecordingScheduler(Scheduler):
