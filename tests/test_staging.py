@@ -225,15 +225,17 @@ def test_replaced_job_is_restored_and_its_new_version_never_runs_when_a_later_vo
 
     in_transaction(
         app,
-        lambda s: s.add_async_job("record", args=["new"], job_id="report"),
+        lambda s: s.add_async_job("async_record", args=["new"], job_id="report"),
         on_vote=look,
         fail=True,
     )
 
     assert during == {"ran": 0}
     assert app.scheduler.get_job("report") == previous
+    assert [job.id for job in app.scheduler.get_jobs(task="record")] == ["report"]
+    assert list(app.scheduler.get_jobs(task="async_record")) == []
     assert app.run_pending() == 1
-    assert [call.args for call in app.calls] == [("old",)]
+    assert [(call.task, call.args) for call in app.calls] == [("record", ("old",))]
 
 
 def test_replaced_job_runs_only_in_its_new_version_once_the_transaction_commits(app):
@@ -244,12 +246,15 @@ def test_replaced_job_runs_only_in_its_new_version_once_the_transaction_commits(
         during["ran"] = app.run_pending()
 
     in_transaction(
-        app, lambda s: s.add_async_job("record", args=["new"], job_id="report"), on_vote=look
+        app,
+        lambda s: s.add_async_job("async_record", args=["new"], job_id="report"),
+        on_vote=look,
     )
 
     assert during == {"ran": 0}
+    assert list(app.scheduler.get_jobs(task="record")) == []
     assert app.run_pending() == 1
-    assert [call.args for call in app.calls] == [("new",)]
+    assert [(call.task, call.args) for call in app.calls] == [("async_record", ("new",))]
     assert app.run_pending() == 0
 
 
@@ -311,6 +316,23 @@ def test_jobs_are_announced_only_after_commit(app, announcements):
     assert wakes == 1
     if announcements.has_store_channel:
         assert store >= 1, "the daemons listening on the store are told after commit"
+
+
+def test_commit_after_the_staging_window_leaves_a_daemons_lease_alone(app):
+    """The data managers after ours took longer than the staging window: a daemon claimed
+    the staged row meanwhile. Making the job claimable must not release that lease (another
+    daemon would then start the same run)."""
+    leases = []
+
+    def slow_commit() -> None:
+        app.clock.advance(window(app) + 1)
+        leases.extend(app.repository.claim(app.clock(), 10, "daemon-token", 60.0))
+
+    in_transaction(app, lambda s: s.add_async_job("record", job_id="slow"), on_vote=slow_commit)
+
+    assert [lease.job.id for lease in leases] == ["slow"]
+    assert app.scheduler.get_job("slow").locked_by == "daemon-token"
+    assert app.repository.claim(app.clock(), 10, "other-token", 60.0) == []
 
 
 def test_store_failure_while_publishing_is_logged_and_the_job_runs_after_the_staging_window(

@@ -423,6 +423,7 @@ def test_failure_after_the_scheduler_voted_removes_the_added_job(build):
         app.post("/schedule")
 
     assert seen[0] is not None, "the job was written at vote time"
+    assert seen[0].locked_by.startswith("staged:"), "but staged: no daemon can claim it"
     assert job_ids(registry) == []
     assert note_bodies(registry) == []
 
@@ -443,6 +444,7 @@ def test_failure_after_the_scheduler_voted_restores_the_replaced_job(build):
         app.post("/replace")
 
     assert seen[0].args == ["new"], "the replacement was written at vote time"
+    assert seen[0].locked_by.startswith("staged:"), "but staged: no daemon can claim it"
     assert registry.scheduler.get_job("report") == previous
     assert job_ids(registry) == ["report"]
 
