@@ -21,6 +21,7 @@ import sqlalchemy as sa
 import transaction
 
 from pyramid_pyncette.scheduler import utcnow
+from pyramid_pyncette.schedules import DateSchedule
 from tests.conftest import App
 
 LATER_SORT_KEY = "~sqlalchemy:later-voter"  # after "pyramid_pyncette:..."
@@ -405,3 +406,35 @@ def test_staging_window_is_measured_by_the_store_clock_where_claims_use_it(app):
     slack = timedelta(seconds=5)  # the store server's clock against this process's
     assert before + span - slack <= staged.due_at <= after + span + slack
     assert app.repository.claim(utcnow(), 10, "probe-token", 60.0) == []
+
+
+# --------------------------------------------------------------------------- the store calls
+
+
+def test_publish_makes_each_job_due_at_its_own_due_time(app):
+    """Not every job is due at its first run (a retry waits for its backoff, a parked job
+    is due never): publishing restores each job's own due time, not its next run."""
+    now = app.clock()
+    build = app.scheduler.build_job
+    plain = build("record", DateSchedule(now), job_id="plain")
+    waiting = build("record", DateSchedule(now), job_id="waiting").replace(
+        due_at=now + timedelta(hours=2)
+    )
+    parked = build("record", DateSchedule(now), job_id="parked").replace(due_at=None)
+    jobs = [plain, waiting, parked]
+
+    assert app.repository.stage(jobs, [], "staged:test", 60.0, now) == {}
+    staged = app.repository.get_many([job.id for job in jobs])
+    assert {job.locked_by for job in staged.values()} == {"staged:test"}
+    assert staged["plain"].due_at == now + timedelta(seconds=60)
+    assert staged["parked"].due_at is None
+
+    app.repository.publish("staged:test", jobs)
+    published = app.repository.get_many([job.id for job in jobs])
+    assert {job_id: job.due_at for job_id, job in published.items()} == {
+        "plain": now,
+        "waiting": now + timedelta(hours=2),
+        "parked": None,
+    }
+    assert {job.locked_by for job in published.values()} == {None}
+    assert {job.next_run_at for job in published.values()} == {now}

@@ -444,12 +444,24 @@ class SQLRepository(Repository):
     def publish(self, token: str, jobs: Sequence[Job]) -> None:
         if not jobs:
             return
+        table = self.table
+        # A job is usually due at its first run, which the staged row keeps in
+        # next_run_at: those are published by set-based statements.
+        plain = [job.id for job in jobs if job.due_at == job.next_run_at]
         params = [
             {"b_id": job.id, "b_token": token, "locked_by": None, "due_at": job.due_at}
             for job in jobs
+            if job.due_at != job.next_run_at
         ]
         with self._write() as conn:
-            conn.execute(self._update_locked, params)
+            for chunk in _chunks(plain):
+                conn.execute(
+                    sa.update(table)
+                    .where(table.c.id.in_(chunk), table.c.locked_by == token)
+                    .values(locked_by=None, due_at=table.c.next_run_at)
+                )
+            if params:
+                conn.execute(self._update_locked, params)
             self._announce(conn)
 
     def withdraw(self, token: str, ids: Sequence[str], previous: Mapping[str, Job]) -> None:
