@@ -11,6 +11,7 @@ the app's database) and can fail there.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -22,6 +23,7 @@ import transaction
 
 from pyramid_pyncette.scheduler import utcnow
 from pyramid_pyncette.schedules import DateSchedule
+from pyramid_pyncette.worker import Worker
 from tests.conftest import App
 
 LATER_SORT_KEY = "~sqlalchemy:later-voter"  # after "pyramid_pyncette:..."
@@ -438,3 +440,36 @@ def test_publish_makes_each_job_due_at_its_own_due_time(app):
     }
     assert {job.locked_by for job in published.values()} == {None}
     assert {job.next_run_at for job in published.values()} == {now}
+
+
+# --------------------------------------------------------------------------- a real daemon
+
+
+@pytest.mark.slow
+def test_a_running_daemon_never_runs_jobs_of_transactions_whose_later_vote_fails(app):
+    """The report this guards against: a daemon polling every 50 ms (and woken by the
+    store's announcements) ran jobs while a later data manager was still voting, before
+    that data manager failed and the transaction was aborted."""
+    app.scheduler.clock = utcnow
+    worker = Worker(app.registry, clock=utcnow, poll_interval=0.05)
+    app.scheduler.wake_listeners.append(worker.wake)
+    thread = threading.Thread(target=worker.run, name="test-daemon", daemon=True)
+    thread.start()
+    try:
+        for number in range(10):
+            in_transaction(
+                app,
+                lambda s, n=number: s.add_async_job("record", job_id=f"doomed-{n}"),
+                on_vote=lambda: time.sleep(0.3),  # the app database takes its time, then fails
+                fail=True,
+            )
+        in_transaction(app, lambda s: s.add_async_job("record", job_id="kept"))
+        deadline = time.monotonic() + 10
+        while not app.calls and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        worker.stop()
+        thread.join(10)
+
+    assert [call.job_id for call in app.calls] == ["kept"]
+    assert [job.id for job in app.scheduler.iter_jobs()] == []
