@@ -187,12 +187,20 @@ class Scheduler:
     def _apply(self, adds: Sequence[Job], removes: Sequence[str]) -> None:
         self.repository.apply(adds, removes)
 
-    def _snapshot(self, ids: Sequence[str]) -> dict[str, Job]:
-        return self.repository.get_many(ids)
+    # A transaction's writes: staged at vote (not claimable), published after
+    # commit, withdrawn after abort. The staging window is the lease
+    # duration: a staged row whose process died before publishing it is
+    # claimed once that window expires, as a run whose lease expired is.
 
-    def _undo(self, adds: Sequence[Job], removes: Sequence[str], previous: dict[str, Job]) -> None:
-        created = [job.id for job in adds if job.id not in previous]
-        self.repository.apply(list(previous.values()), created)
+    def _stage(self, adds: Sequence[Job], removes: Sequence[str], token: str) -> dict[str, Job]:
+        window = self.settings.lease_duration
+        return self.repository.stage(adds, removes, token, window, self.now())
+
+    def _publish(self, adds: Sequence[Job], token: str) -> None:
+        self.repository.publish(token, adds)
+
+    def _withdraw(self, adds: Sequence[Job], token: str, previous: dict[str, Job]) -> None:
+        self.repository.withdraw(token, [job.id for job in adds], previous)
 
     def _after_commit(self, jobs: Sequence[Job], removed: Sequence[str] = ()) -> None:
         for job in jobs:

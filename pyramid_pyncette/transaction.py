@@ -1,11 +1,24 @@
 """Jobs that persist if and only if the request's transaction commits.
 
 :class:`StagingDataManager` joins the request's transaction (``request.tm``)
-the first time a view adds or cancels a job. It keeps the changes in memory,
-writes them to the store in ``tpc_vote``, before zope.sqlalchemy's data
-managers commit the application's database (its sort key orders it first),
-and undoes them in ``tpc_abort`` if anything after it fails. A store that is
-unreachable at vote time raises :class:`StoreUnavailable`, a
+the first time a view adds or cancels a job. It keeps the changes in memory
+until the two-phase commit:
+
+- ``tpc_vote`` writes them to the store, before zope.sqlalchemy's data
+  managers commit the application's database (its sort key orders it
+  first), but *staged*: each row is locked by a token of this transaction
+  (``staged:<uuid>``, which no daemon's claim can carry) and due no earlier
+  than the staging window (``pyncette.lease_duration``) from now, so no
+  daemon can claim it yet. Cancelled jobs are deleted. Nothing is announced.
+- ``tpc_finish`` (the transaction committed) publishes the rows still
+  carrying the token: unlocked, due at their real first run, announced to
+  the daemons. A store failure there is logged, never raised (the
+  transaction is already committed): the rows then become claimable when
+  their staging window expires.
+- ``tpc_abort`` deletes the staged rows still carrying the token, or
+  restores the versions they replaced, and restores cancelled jobs.
+
+A store that is unreachable at vote time raises :class:`StoreUnavailable`, a
 ``TransientError``, so the whole request is aborted and pyramid_retry may run
 it again.
 """
@@ -13,6 +26,7 @@ it again.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +39,7 @@ from transaction.interfaces import (
 from zope.interface import implementer
 
 from .jobs import Job
+from .repository.base import STAGED_PREFIX
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -77,7 +92,7 @@ class _Savepoint:
 
 @implementer(ISavepointDataManager)
 class StagingDataManager:
-    """Stages job writes of one transaction and applies them at vote time."""
+    """Stages job writes of one transaction: written unclaimable at vote, published at finish."""
 
     def __init__(self, scheduler: Scheduler, transaction_manager: Any, txn: Any) -> None:
         self.scheduler = scheduler
@@ -90,7 +105,8 @@ class StagingDataManager:
         self.elsewhere: list[tuple[str, Any]] = []
         #: False once the transaction (or a savepoint rollback) dropped this manager.
         self.joined = True
-        self._applied: tuple[list[Job], list[str], dict[str, Job]] | None = None
+        #: What tpc_vote staged: (adds, removes, the rows they replaced, the staging token).
+        self._applied: tuple[list[Job], list[str], dict[str, Job], str] | None = None
 
     # -- staging ----------------------------------------------------------
 
@@ -144,9 +160,9 @@ class StagingDataManager:
         adds, removes = self._net_changes()
         if not adds and not removes:
             return
+        token = f"{STAGED_PREFIX}{uuid.uuid4().hex}"
         try:
-            previous = self.scheduler._snapshot([job.id for job in adds] + removes)
-            self.scheduler._apply(adds, removes)
+            previous = self.scheduler._stage(adds, removes, token)
         except Exception as exc:
             if self.scheduler.is_transient(exc):
                 raise StoreUnavailable(
@@ -154,13 +170,25 @@ class StagingDataManager:
                     "the transaction was aborted and may be retried"
                 ) from exc
             raise
-        self._applied = (adds, removes, previous)
+        self._applied = (adds, removes, previous, token)
 
     def tpc_finish(self, txn: Any) -> None:
         written: list[Job] = []
         removed: list[str] = []
         if self._applied is not None:
-            adds, removes, previous = self._applied
+            adds, removes, previous, token = self._applied
+            if adds:
+                try:
+                    self.scheduler._publish(adds, token)
+                except Exception:
+                    # tpc_finish must not raise: the transaction has committed.
+                    log.exception(
+                        "could not make %d committed job(s) claimable; they become "
+                        "claimable when their staging window (pyncette.lease_duration, "
+                        "%gs) expires",
+                        len(adds),
+                        self.scheduler.settings.lease_duration,
+                    )
             written.extend(adds)
             removed.extend(job_id for job_id in removes if job_id in previous)
         for action, value in self.elsewhere:
@@ -180,12 +208,16 @@ class StagingDataManager:
         self.joined = False
         if applied is None:
             return
-        adds, removes, previous = applied
+        adds, removes, previous, token = applied
         try:
-            self.scheduler._undo(adds, removes, previous)
+            self.scheduler._withdraw(adds, token, previous)
         except Exception:
-            # tpc_abort must not raise; the jobs written at vote time stay.
-            log.exception("could not undo %d job write(s) after the transaction failed", len(adds))
+            # tpc_abort must not raise. The staged rows stay: they become
+            # claimable when their staging window expires.
+            log.exception(
+                "could not undo %d staged job write(s) after the transaction failed",
+                len(adds) + len(removes),
+            )
 
     def savepoint(self) -> _Savepoint:
         return _Savepoint(self)

@@ -343,19 +343,19 @@ def test_savepoint_rollback_with_an_app_resource_joined(build):
 # --------------------------------------------------------------------------- store failure
 
 
-def _fail_apply(monkeypatch, registry, times):
-    """Make the store's write fail ``times`` times as a locked SQLite database does."""
+def _fail_stage(monkeypatch, registry, times):
+    """Make the store's staging write fail ``times`` times as a locked SQLite database does."""
     repository = registry.scheduler.repository
-    original = repository.apply
+    original = repository.stage
     failures = []
 
-    def apply(adds, removes):
+    def stage(jobs, removes, *args):
         if len(failures) < times:
-            failures.append((list(adds), list(removes)))
+            failures.append((list(jobs), list(removes)))
             raise sa.exc.OperationalError("INSERT", {}, Exception("database is locked"))
-        return original(adds, removes)
+        return original(jobs, removes, *args)
 
-    monkeypatch.setattr(repository, "apply", apply)
+    monkeypatch.setattr(repository, "stage", stage)
     return failures
 
 
@@ -366,7 +366,7 @@ def test_store_failure_at_vote_raises_store_unavailable_and_aborts_the_app_row(b
         return Response("ok")
 
     app, registry = build({"schedule": schedule})
-    failures = _fail_apply(monkeypatch, registry, times=1)
+    failures = _fail_stage(monkeypatch, registry, times=1)
 
     with pytest.raises(StoreUnavailable) as excinfo:
         app.post("/schedule")
@@ -388,7 +388,7 @@ def test_store_failure_at_vote_is_retried_by_pyramid_retry(build, monkeypatch):
         return Response(job.id)
 
     app, registry = build({"schedule": schedule}, retry=True)
-    failures = _fail_apply(monkeypatch, registry, times=1)
+    failures = _fail_stage(monkeypatch, registry, times=1)
 
     job_id = app.post("/schedule").text
 
@@ -423,6 +423,7 @@ def test_failure_after_the_scheduler_voted_removes_the_added_job(build):
         app.post("/schedule")
 
     assert seen[0] is not None, "the job was written at vote time"
+    assert seen[0].locked_by.startswith("staged:"), "but staged: no daemon can claim it"
     assert job_ids(registry) == []
     assert note_bodies(registry) == []
 
@@ -443,6 +444,7 @@ def test_failure_after_the_scheduler_voted_restores_the_replaced_job(build):
         app.post("/replace")
 
     assert seen[0].args == ["new"], "the replacement was written at vote time"
+    assert seen[0].locked_by.startswith("staged:"), "but staged: no daemon can claim it"
     assert registry.scheduler.get_job("report") == previous
     assert job_ids(registry) == ["report"]
 

@@ -747,6 +747,24 @@ def _park(job: Job, lease: Lease, now: datetime, error: str) -> CompletionPlan:
     return CompletionPlan("settle", job.id, lease.token, values)
 
 
+# --------------------------------------------------------------------------- staging
+
+#: How the lock of a row staged by a transaction starts (see :meth:`Repository.stage`).
+#: Daemons lock rows with tokens of their own, never with this prefix.
+STAGED_PREFIX = "staged:"
+
+
+def staged_job(job: Job, token: str, until: datetime) -> Job:
+    """The row that stands for ``job`` while its transaction commits.
+
+    It is locked by ``token`` and due no earlier than ``until``, so no daemon
+    claims it before then: like a leased row, it becomes claimable only when
+    that "lease" expires. Its ``next_run_at`` keeps the real first run.
+    """
+    due_at = None if job.due_at is None else max(job.due_at, until)
+    return job.replace(locked_by=token, due_at=due_at)
+
+
 @dataclass
 class JobPage:
     """One page of :meth:`Repository.list`: ``jobs`` plus the cursor of the next page."""
@@ -806,6 +824,66 @@ class Repository(abc.ABC):
             self.remove(removes)
         if adds:
             self.add(adds)
+
+    # A transaction's writes (see pyramid_pyncette.transaction) go through
+    # stage (at vote), then publish (after commit) or withdraw (after abort).
+    # Stores override them to do each in one atomic call and announce only in
+    # publish; these defaults are correct for a single-process store.
+
+    def stage(
+        self,
+        jobs: Sequence[Job],
+        removes: Sequence[str],
+        token: str,
+        window: float,
+        now: datetime,
+    ) -> dict[str, Job]:
+        """Write ``jobs`` as not yet claimable and delete ``removes``; return what was replaced.
+
+        Each job is stored as :func:`staged_job` makes it: locked by ``token``
+        (which starts with :data:`STAGED_PREFIX`) and due no earlier than
+        ``window`` seconds after now (the store's clock when it claims by it,
+        else ``now``). Announces nothing. Returns the rows that ``jobs``
+        replaced and that ``removes`` deleted, as they were, by id.
+        """
+        until = now + timedelta(seconds=window)
+        previous = self.get_many([job.id for job in jobs] + list(removes))
+        self.apply([staged_job(job, token, until) for job in jobs], removes)
+        return previous
+
+    def publish(self, token: str, jobs: Sequence[Job]) -> None:
+        """Make the rows staged with ``token`` claimable: unlocked, due at ``job.due_at``.
+
+        Only rows still locked by ``token`` change (one a daemon claimed after
+        the staging window, or that another writer replaced, is left alone).
+        Announces the new jobs to listening daemons.
+        """
+        current = self.get_many([job.id for job in jobs])
+        ready = [
+            job.replace(locked_by=None)
+            for job in jobs
+            if job.id in current and current[job.id].locked_by == token
+        ]
+        if ready:
+            self.add(ready)
+
+    def withdraw(self, token: str, ids: Sequence[str], previous: Mapping[str, Job]) -> None:
+        """Undo :meth:`stage`: ``ids`` were staged with ``token``, ``previous`` it returned.
+
+        A row of ``ids`` still locked by ``token`` is deleted, or restored to
+        its ``previous`` version; a row that no longer carries the token
+        (claimed after the staging window, written by someone else) is left
+        alone. A ``previous`` row that was deleted (not in ``ids``) is
+        restored unless its id was written again since.
+        """
+        staged = set(ids)
+        current = self.get_many(list(staged | set(previous)))
+        mine = {job_id for job_id in staged if job_id in current}
+        mine = {job_id for job_id in mine if current[job_id].locked_by == token}
+        restore = [previous[job_id] for job_id in mine if job_id in previous]
+        restore += [job for job_id, job in previous.items() if job_id not in staged]
+        restore = [job for job in restore if job.id in mine or job.id not in current]
+        self.apply(restore, [job_id for job_id in mine if job_id not in previous])
 
     def is_transient(self, exc: BaseException) -> bool:
         """Whether ``exc`` means the store is (temporarily) unreachable, so a retry may work."""

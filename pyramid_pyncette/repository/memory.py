@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 
 from ..jobs import Job
@@ -43,6 +43,27 @@ class MemoryRepository(Repository):
     def apply(self, adds: Sequence[Job], removes: Sequence[str]) -> None:
         with self._lock:
             super().apply(adds, removes)
+
+    # One lock around each of the base class's staging steps makes each atomic.
+
+    def stage(
+        self,
+        jobs: Sequence[Job],
+        removes: Sequence[str],
+        token: str,
+        window: float,
+        now: datetime,
+    ) -> dict[str, Job]:
+        with self._lock:
+            return super().stage(jobs, removes, token, window, now)
+
+    def publish(self, token: str, jobs: Sequence[Job]) -> None:
+        with self._lock:
+            super().publish(token, jobs)
+
+    def withdraw(self, token: str, ids: Sequence[str], previous: Mapping[str, Job]) -> None:
+        with self._lock:
+            super().withdraw(token, ids, previous)
 
     def remove(self, ids: Iterable[str]) -> set[str]:
         with self._lock:

@@ -44,7 +44,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
@@ -68,6 +68,7 @@ from .base import (
     plan_claim,
     plan_completion,
     split_finished,
+    staged_job,
     well_formed_job,
 )
 
@@ -334,6 +335,12 @@ return held
 #   {"o": "del", "id"}
 #   {"o": "plan", "id", "token", "action": "delete"|"settle"|"note", "values"}
 #   {"o": "release", "id", "token", "due"}
+#   {"o": "publish", "id", "token", "due"}: unlock a staged row, due at "due"
+#   {"o": "unstage", "id", "token"[, "task", "due", "doc"]}: delete a staged row,
+#     or put back the document it replaced
+# A put or del with "old": true answers with the document it replaced or
+# deleted (0 if none) instead of 1/0; publish and unstage only touch a row
+# still locked by their token.
 # Returns one 1/0 per op (written / skipped), or {"missing", task, ...} without
 # writing anything when a job belongs to a task whose key was not passed.
 _WRITE = (
@@ -354,10 +361,10 @@ local function need(task)
   end
 end
 for _, op in ipairs(ops) do
-  if op.o ~= 'release' and not (op.o == 'plan' and op.action ~= 'delete') then
+  if op.o ~= 'release' and op.o ~= 'publish' and not (op.o == 'plan' and op.action ~= 'delete') then
     local doc = fetch(jobs, op.id)
     if doc then need(doc.task) end
-    if op.o == 'put' then need(op.task) end
+    if op.o == 'put' or (op.o == 'unstage' and op.doc) then need(op.task) end
   end
 end
 if #missing > 0 then
@@ -372,28 +379,50 @@ local function drop(id, doc)
   redis.call('ZREM', prefix .. doc.task, id)
 end
 
+local function put(id, old, op)
+  if old and old.task ~= op.task then redis.call('ZREM', prefix .. old.task, id) end
+  redis.call('HSET', jobs, id, op.doc)
+  redis.call('ZADD', ids, 0, id)
+  redis.call('ZADD', prefix .. op.task, 0, id)
+  if op.due == NULL then
+    redis.call('ZREM', due, id)
+  else
+    redis.call('ZADD', due, op.due, id)
+  end
+end
+
 local results = {}
 for i, op in ipairs(ops) do
   local id = op.id
   local done = 0
   if op.o == 'put' then
+    local raw = op.old and redis.call('HGET', jobs, id)
     local old = fetch(jobs, id)
     if not old or op.replace then
-      if old and old.task ~= op.task then redis.call('ZREM', prefix .. old.task, id) end
-      redis.call('HSET', jobs, id, op.doc)
-      redis.call('ZADD', ids, 0, id)
-      redis.call('ZADD', prefix .. op.task, 0, id)
-      if op.due == NULL then
-        redis.call('ZREM', due, id)
-      else
-        redis.call('ZADD', due, op.due, id)
-      end
+      put(id, old, op)
       done = 1
     end
+    if op.old then done = raw or 0 end
   elseif op.o == 'del' then
+    local raw = op.old and redis.call('HGET', jobs, id)
     local old = fetch(jobs, id)
     if old then
       drop(id, old)
+      done = 1
+    end
+    if op.old then done = raw or 0 end
+  elseif op.o == 'publish' then
+    local doc = fetch(jobs, id)
+    if doc and doc.locked_by == op.token then
+      doc.locked_by = nil
+      if op.due == NULL then doc.due_at = nil else doc.due_at = op.due end
+      save(jobs, due, id, doc)
+      done = 1
+    end
+  elseif op.o == 'unstage' then
+    local doc = fetch(jobs, id)
+    if doc and doc.locked_by == op.token then
+      if op.doc then put(id, doc, op) else drop(id, doc) end
       done = 1
     end
   elseif op.o == 'plan' then
@@ -429,7 +458,8 @@ end
 -- ARGV[3]: a channel to announce new jobs on (daemons subscribe to it).
 if ARGV[3] and ARGV[3] ~= '' then
   for i, op in ipairs(ops) do
-    if op.o == 'put' and results[i] == 1 then
+    local announced = op.o == 'put' or op.o == 'publish' or (op.o == 'unstage' and op.doc)
+    if announced and results[i] == 1 then
       redis.call('PUBLISH', ARGV[3], '1')
       break
     end
@@ -779,6 +809,12 @@ class RedisRepository(Repository):
 
         ``announce`` publishes one message on :attr:`channel` if a job was written.
         """
+        return [int(flag) for flag in self._write_raw(ops, tasks, announce)]
+
+    def _write_raw(
+        self, ops: list[dict[str, Any]], tasks: Iterable[str], announce: bool = False
+    ) -> list[Any]:
+        """:meth:`_write`, answering with what the script returned for each op."""
         tasks = set(tasks)
         payload = _dumps(ops)
         for _ in range(_WRITE_TRIES):
@@ -789,7 +825,7 @@ class RedisRepository(Repository):
             if result and _text(result[0]) == "missing":
                 tasks.update(_text(task) for task in result[1:])
                 continue
-            return [int(flag) for flag in result]
+            return list(result)
         raise RepositoryError(
             f"jobs kept moving between tasks while being written ({len(ops)} changes); "
             "nothing was written, try again"
@@ -840,6 +876,55 @@ class RedisRepository(Repository):
         ops = [{"o": "del", "id": job_id} for job_id in removes]
         ops.extend(self._put(job, True) for job in adds)
         self._write(ops, {job.task for job in adds}, announce=bool(adds))
+
+    def stage(
+        self,
+        jobs: Sequence[Job],
+        removes: Sequence[str],
+        token: str,
+        window: float,
+        now: datetime,
+    ) -> dict[str, Job]:
+        if not jobs and not removes:
+            return {}
+        if self.store_clock:
+            seconds, micros = self._client.time()
+            now = _EPOCH + timedelta(seconds=int(seconds), microseconds=int(micros))
+        until = now + timedelta(seconds=window)
+        ops = [{"o": "del", "id": job_id, "old": True} for job_id in removes]
+        for job in jobs:
+            ops.append({**self._put(staged_job(job, token, until), True), "old": True})
+        found = self._write_raw(ops, {job.task for job in jobs})
+        previous = {}
+        for op, raw in zip(ops, found, strict=True):
+            if raw != 0:
+                previous[op["id"]] = _decode_job(op["id"], raw)
+        return previous
+
+    def publish(self, token: str, jobs: Sequence[Job]) -> None:
+        if not jobs:
+            return
+        ops = [
+            {"o": "publish", "id": job.id, "token": token, "due": _encode_time(job.due_at)}
+            for job in jobs
+        ]
+        self._write(ops, (), announce=True)
+
+    def withdraw(self, token: str, ids: Sequence[str], previous: Mapping[str, Job]) -> None:
+        staged = list(dict.fromkeys(ids))
+        ops: list[dict[str, Any]] = []
+        for job_id in staged:
+            op: dict[str, Any] = {"o": "unstage", "id": job_id, "token": token}
+            if job_id in previous:
+                put = self._put(previous[job_id], True)
+                op.update(task=put["task"], due=put["due"], doc=put["doc"])
+            ops.append(op)
+        # Deleted at vote: put back unless the id was written again since.
+        ops.extend(
+            self._put(job, False) for job_id, job in previous.items() if job_id not in staged
+        )
+        if ops:
+            self._write(ops, {job.task for job in previous.values()}, announce=True)
 
     def start_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` whenever a job is added (from any process); return a stopper."""

@@ -16,7 +16,7 @@ import functools
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -35,6 +35,7 @@ from .base import (
     plan_claim,
     plan_completion,
     split_finished,
+    staged_job,
     utc,
     well_formed_job,
 )
@@ -388,10 +389,13 @@ class SQLRepository(Repository):
         with self._write() as conn:
             self.write_on(conn, adds, removes)
 
-    def write_on(self, conn: Any, adds: Sequence[Job], removes: Sequence[str]) -> set[str]:
+    def write_on(
+        self, conn: Any, adds: Sequence[Job], removes: Sequence[str], announce: bool = True
+    ) -> set[str]:
         """Write jobs through ``conn`` (a Connection or an ORM Session) in its transaction.
 
         Replaces existing ids; returns which of ``removes`` existed.
+        ``announce=False`` leaves the listening daemons alone (staged rows).
         """
         table = self.table
         removed = self._existing(conn, removes) if removes else set()
@@ -401,10 +405,100 @@ class SQLRepository(Repository):
             # Later duplicates of one id in the same batch win.
             rows = list({job.id: _job_to_row(job) for job in adds}.values())
             conn.execute(self._upsert, rows)
-            if self._dialect == "postgresql":
-                # Delivered at commit, to the daemons LISTENing (see start_listener).
-                conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": self.channel})
+            if announce:
+                self._announce(conn)
         return removed
+
+    def _announce(self, conn: Any) -> None:
+        if self._dialect == "postgresql":
+            # Delivered at commit, to the daemons LISTENing (see start_listener).
+            conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": self.channel})
+
+    def stage(
+        self,
+        jobs: Sequence[Job],
+        removes: Sequence[str],
+        token: str,
+        window: float,
+        now: datetime,
+    ) -> dict[str, Job]:
+        table = self.table
+        ids = list(dict.fromkeys([job.id for job in jobs] + list(removes)))
+        previous: dict[str, Job] = {}
+        with self._write() as conn:
+            until = self._now(conn, now) + timedelta(seconds=window)
+            for chunk in _chunks(ids):
+                query = sa.select(table).where(table.c.id.in_(chunk))
+                if self._dialect == "postgresql":
+                    # Read what is replaced as it is when it is replaced (SQLite's
+                    # write transaction already excludes other writers; MySQL's
+                    # FOR UPDATE would gap-lock absent ids and deadlock inserts).
+                    query = query.with_for_update()
+                for row in conn.execute(query):
+                    job = _row_to_job(row)
+                    previous[job.id] = job
+            staged = [staged_job(job, token, until) for job in jobs]
+            self.write_on(conn, staged, removes, announce=False)
+        return previous
+
+    def publish(self, token: str, jobs: Sequence[Job]) -> None:
+        if not jobs:
+            return
+        table = self.table
+        # A job is usually due at its first run, which the staged row keeps in
+        # next_run_at: those are published by set-based statements.
+        plain = [job.id for job in jobs if job.due_at == job.next_run_at]
+        params = [
+            {"b_id": job.id, "b_token": token, "locked_by": None, "due_at": job.due_at}
+            for job in jobs
+            if job.due_at != job.next_run_at
+        ]
+        with self._write() as conn:
+            for chunk in _chunks(plain):
+                conn.execute(
+                    sa.update(table)
+                    .where(table.c.id.in_(chunk), table.c.locked_by == token)
+                    .values(locked_by=None, due_at=table.c.next_run_at)
+                )
+            if params:
+                conn.execute(self._update_locked, params)
+            self._announce(conn)
+
+    def withdraw(self, token: str, ids: Sequence[str], previous: Mapping[str, Job]) -> None:
+        table = self.table
+        staged = list(dict.fromkeys(ids))
+        created = [job_id for job_id in staged if job_id not in previous]
+        replaced = [previous[job_id] for job_id in staged if job_id in previous]
+        removed = [job for job_id, job in previous.items() if job_id not in set(staged)]
+        if not (created or replaced or removed):
+            return
+        with self._write() as conn:
+            for chunk in _chunks(created):
+                conn.execute(
+                    sa.delete(table).where(table.c.id.in_(chunk), table.c.locked_by == token)
+                )
+            if replaced:
+                rows = []
+                for job in replaced:
+                    row = _job_to_row(job)
+                    row["b_id"] = row.pop("id")
+                    row["b_token"] = token
+                    rows.append(row)
+                conn.execute(self._update_locked, rows)
+            if removed:
+                existing = self._existing(conn, [job.id for job in removed])
+                removed = [job for job in removed if job.id not in existing]
+                self.write_on(conn, removed, (), announce=False)
+            if replaced or removed:
+                self._announce(conn)
+
+    @functools.cached_property
+    def _update_locked(self) -> Any:
+        """An UPDATE of the row ``b_id`` only while it is locked by ``b_token``."""
+        table = self.table
+        return sa.update(table).where(
+            table.c.id == sa.bindparam("b_id"), table.c.locked_by == sa.bindparam("b_token")
+        )
 
     @functools.cached_property
     def _upsert(self) -> Any:
