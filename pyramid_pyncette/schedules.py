@@ -33,12 +33,15 @@ from croniter import CroniterError, croniter
 from dateutil.parser import isoparse
 
 __all__ = [
+    "MIN_INTERVAL",
     "UTC",
     "CronSchedule",
     "DateSchedule",
     "IntervalSchedule",
     "Schedule",
     "ScheduleError",
+    "check_cron_expression",
+    "check_interval_floor",
     "cron_from_fields",
     "ensure_aware",
     "get_zone",
@@ -49,6 +52,11 @@ __all__ = [
 UTC = timezone.utc
 
 _ONE_MICROSECOND = timedelta(microseconds=1)
+
+#: Shortest interval accepted for a new interval schedule. A daemon claims,
+#: runs and completes a job through the store on every run; below a second
+#: that is a busy loop, and ``pscheduler --once`` would never catch up.
+MIN_INTERVAL = timedelta(seconds=1)
 
 #: croniter gives up when no match is found within this many years. Its year
 #: field only goes from 1970 to 2099, so this covers every valid expression.
@@ -223,6 +231,19 @@ def _format_interval(interval: timedelta) -> str:
     elif seconds or not parts:
         parts.append(f"{seconds}s")
     return "".join(parts)
+
+
+def check_interval_floor(interval: timedelta) -> None:
+    """Refuse an interval shorter than :data:`MIN_INTERVAL` (for new schedules).
+
+    Stored schedules are not checked, so jobs written before the floor existed still run.
+    """
+    if interval < MIN_INTERVAL:
+        raise ScheduleError(
+            f"interval: {_format_interval(interval)} is shorter than the minimum of "
+            f"{_format_interval(MIN_INTERVAL)}; use interval='1s' or longer (for work that "
+            "must follow on at once, have the task add its next job with add_async_job)"
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -430,6 +451,122 @@ def _cron_error(expression: str, reason: str) -> ScheduleError:
     return ScheduleError(f"invalid cron expression {expression!r}: {reason}; {_CRON_HELP}")
 
 
+@dataclass(frozen=True)
+class _CronField:
+    """One cron field: its name (as the keyword of ``cron_from_fields``) and range."""
+
+    name: str
+    low: int
+    high: int
+    names: Mapping[str, int] = field(default_factory=dict)
+    names_hint: str = ""
+
+    @property
+    def allowed(self) -> str:
+        return f"{self.low}-{self.high}{self.names_hint}"
+
+
+_MONTH_NAMES = {
+    name: number
+    for number, name in enumerate(
+        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1
+    )
+}
+_DAY_NAMES = {
+    name: number for number, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))
+}
+
+#: The fields in cron order: 5 fields, a 6th (seconds) and a 7th (year) when given.
+_CRON_FIELDS = (
+    _CronField("minute", 0, 59),
+    _CronField("hour", 0, 23),
+    _CronField("day", 1, 31),
+    _CronField("month", 1, 12, _MONTH_NAMES, " or jan-dec"),
+    _CronField("day_of_week", 0, 7, _DAY_NAMES, " (0 and 7 are Sunday) or sun-sat"),
+    _CronField("second", 0, 59),
+    _CronField("year", 1970, 2099),
+)
+
+_CRON_FIELDS_BY_NAME = {spec.name: spec for spec in _CRON_FIELDS}
+
+# A plain item: '*' or '?', a value or a range of values, and an optional step. Anything
+# else ('L', '15W', 'mon#2', ...) is left to croniter to accept or refuse.
+_CRON_ITEM = re.compile(
+    r"(?:(?P<any>[*?])|(?P<first>[0-9]+|[a-z]+)(?:-(?P<last>[0-9]+|[a-z]+))?)"
+    r"(?:/(?P<step>[0-9]+))?",
+    re.IGNORECASE,
+)
+
+
+def _cron_value(spec: _CronField, token: str) -> tuple[int | None, str | None]:
+    """The number ``token`` stands for in ``spec``, or a description of what is wrong."""
+    if token.isdigit():
+        number = int(token)
+        if spec.low <= number <= spec.high:
+            return number, None
+        return None, f"{spec.name} {token} is out of range {spec.allowed}"
+    number = spec.names.get(token.lower())
+    if number is None:
+        kind = "a name this field knows" if spec.names else "a number"
+        return None, f"{spec.name} {token!r} is not {kind}; use {spec.allowed}"
+    return number, None
+
+
+def _cron_field_problem(spec: _CronField, text: str) -> str | None:
+    """What is wrong with one field, or None when nothing we check is."""
+    for item in text.split(","):
+        match = _CRON_ITEM.fullmatch(item)
+        if match is None or (match["first"] or "").lower() == "l":
+            continue  # special syntax: croniter decides
+        values = []
+        for token in (match["first"], match["last"]):
+            if token is not None:
+                number, problem = _cron_value(spec, token)
+                if problem:
+                    return problem
+                values.append(number)
+        if len(values) == 2 and values[1] < values[0]:
+            first, last = values
+            wrap_high = str(spec.high) if first == spec.high else f"{first}-{spec.high}"
+            wrap_low = str(spec.low) if last == spec.low else f"{spec.low}-{last}"
+            return (
+                f"{spec.name} range {match['first']}-{match['last']} runs backwards; write "
+                f"'{last}-{first}', or '{wrap_high},{wrap_low}' for a range that wraps around"
+            )
+        step = match["step"]
+        if step is not None:
+            if int(step) == 0:
+                return f"{spec.name} step 0 in {item!r} repeats nothing; use a step of 1 or more"
+            if int(step) > spec.high - spec.low:
+                return (
+                    f"{spec.name} step {int(step)} in {item!r} is larger than the range "
+                    f"{spec.low}-{spec.high}, so it matches once at most; a cron step never "
+                    "carries over into the next field: for a fixed period use an interval "
+                    "schedule"
+                )
+    return None
+
+
+def check_cron_expression(expression: Any) -> None:
+    """Refuse a cron expression a new schedule should not use, naming the field at fault.
+
+    On top of what croniter refuses, ranges that run backwards (``'5-2'``,
+    which croniter reads as wrapping around) and steps larger than their
+    field are refused. Stored schedules are not held to these extra rules.
+    """
+    if not isinstance(expression, str):
+        return  # CronSchedule reports the type
+    fields = expression.split()
+    if not 5 <= len(fields) <= len(_CRON_FIELDS):
+        raise _cron_error(" ".join(fields), f"it has {len(fields)} fields")
+    if _has_random_field(fields):
+        return  # CronSchedule explains why 'R' is refused
+    for spec, text in zip(_CRON_FIELDS, fields, strict=False):
+        problem = _cron_field_problem(spec, text)
+        if problem:
+            raise ScheduleError(f"invalid cron expression {' '.join(fields)!r}: {problem}")
+
+
 def _has_random_field(fields: list[str]) -> bool:
     for fld in fields:
         for part in fld.split(","):
@@ -497,6 +634,7 @@ class CronSchedule(Schedule):
                 expression, "random 'R' fields are not supported (every worker must agree)"
             )
         if not croniter.is_valid(expression):
+            check_cron_expression(expression)  # names the field at fault, when it can
             reason = "not accepted by croniter"
             try:
                 croniter(expression)
@@ -684,6 +822,10 @@ def cron_from_fields(
                 f"cron field {name}={value!r} must be a single cron field such as "
                 "'*/5', '1-5' or '1,15'"
             )
+        spec = _CRON_FIELDS_BY_NAME.get(name)
+        problem = None if spec is None else _cron_field_problem(spec, text)
+        if problem:
+            raise ScheduleError(problem)
         values[name] = text
     if not values:
         raise ScheduleError(
