@@ -38,6 +38,7 @@ from pyramid.settings import asbool, falsey, truthy
 __all__ = [
     "DEFAULT_URL",
     "KNOWN_KEYS",
+    "MAX_DURATION",
     "PyncetteSettings",
     "UnknownSettingWarning",
     "parse_duration",
@@ -190,6 +191,13 @@ _MAX_NUMBER_LENGTH = 100
 
 _DURATION_HINT = "use seconds (e.g. 30) or a value like '30s', '5m', '1h30m'"
 
+MAX_DURATION = 10 * 365 * 24 * 3600
+"""Longest accepted duration, setting or job option: ten years, in seconds.
+
+Far beyond any sensible lease or poll, and far enough from the limits of
+``datetime`` that adding it to a time never overflows.
+"""
+
 
 def _duration_error(key: str, value: Any, detail: str | None = None) -> ValueError:
     problem = f"is not a duration ({detail})" if detail else "is not a duration"
@@ -291,9 +299,17 @@ class _Reader:
 
     def duration(self, name: str, value: Any) -> float:
         try:
-            return parse_duration(value, key=f"{self.prefix}{name}")
+            seconds = parse_duration(value, key=f"{self.prefix}{name}")
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
+        if seconds > MAX_DURATION:
+            raise self.error(
+                name,
+                value,
+                f"is too long ({seconds:g}s)",
+                f"use a duration above 0 and at most ten years ({MAX_DURATION}s), e.g. '60s'",
+            )
+        return seconds
 
     def integer(self, name: str, value: Any, *, minimum: int) -> int:
         fix = f"use a whole number >= {minimum} (e.g. {max(minimum, 10)})"
@@ -391,7 +407,8 @@ def parse_settings(
     already-typed Python values:
 
     * durations (``poll_interval``, ``lease_duration``, ``heartbeat_interval``)
-      follow :func:`parse_duration` and must be above zero;
+      follow :func:`parse_duration` and must be above zero and at most ten
+      years (:data:`MAX_DURATION`);
       ``heartbeat_interval`` must also be shorter than ``lease_duration``;
     * integers (``batch_size``, ``concurrency``) accept ``int``, whole floats
       or digit strings, and must be at least 1;

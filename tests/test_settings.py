@@ -309,6 +309,23 @@ def test_heartbeat_must_be_shorter_than_lease():
     assert "below the lease duration" in message
 
 
+@pytest.mark.parametrize("key", ["poll_interval", "lease_duration", "heartbeat_interval"])
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [("420000w", "'420000w' is too long (2.54016e+11s)"), (1e10, "10000000000.0 is too long")],
+)
+def test_duration_settings_longer_than_ten_years_are_refused(key, value, shown):
+    message = _parse_error(key, value)
+    assert message.startswith(f"pyncette.{key}: {shown}")
+    assert "use a duration above 0 and at most ten years (315360000s)" in message
+
+
+def test_duration_settings_of_exactly_ten_years_are_accepted():
+    ten_years = 10 * 365 * 24 * 3600
+    result = _parse(lease_duration=f"{ten_years}s", poll_interval=ten_years)
+    assert (result.lease_duration, result.poll_interval) == (ten_years, ten_years)
+
+
 def test_configuration_error_for_typed_garbage_duration():
     message = _parse_error("poll_interval", object())
     assert "pyncette.poll_interval" in message
