@@ -460,6 +460,8 @@ class _CronField:
     high: int
     names: Mapping[str, int] = field(default_factory=dict)
     names_hint: str = ""
+    #: Where a wrapping range turns around (day_of_week: Saturday, as 7 is Sunday again).
+    cycle_end: int | None = None
 
     @property
     def allowed(self) -> str:
@@ -482,7 +484,7 @@ _CRON_FIELDS = (
     _CronField("hour", 0, 23),
     _CronField("day", 1, 31),
     _CronField("month", 1, 12, _MONTH_NAMES, " or jan-dec"),
-    _CronField("day_of_week", 0, 7, _DAY_NAMES, " (0 and 7 are Sunday) or sun-sat"),
+    _CronField("day_of_week", 0, 7, _DAY_NAMES, " (0 and 7 are Sunday) or sun-sat", cycle_end=6),
     _CronField("second", 0, 59),
     _CronField("year", 1970, 2099),
 )
@@ -525,9 +527,12 @@ def _cron_field_problem(spec: _CronField, text: str) -> str | None:
                 if problem:
                     return problem
                 values.append(number)
+        if len(values) == 2 and spec.cycle_end is not None and values[1] == spec.low:
+            values[1] = spec.high  # 'fri-sun': Sunday is 7 as well as 0
         if len(values) == 2 and values[1] < values[0]:
             first, last = values
-            wrap_high = str(spec.high) if first == spec.high else f"{first}-{spec.high}"
+            end = spec.high if spec.cycle_end is None else spec.cycle_end
+            wrap_high = str(first) if first >= end else f"{first}-{end}"
             wrap_low = str(spec.low) if last == spec.low else f"{spec.low}-{last}"
             return (
                 f"{spec.name} range {match['first']}-{match['last']} runs backwards; write "

@@ -357,6 +357,8 @@ def test_new_cron_schedules_refuse_backwards_ranges_and_oversized_steps(expressi
         "0 9-17/2 * * mon-fri",
         "0 0 * * 1-7",
         "0 0 * * sun-sat",
+        "0 0 * * sat-sun",
+        "0 0 * * 5-0",
         "0 0 * * 7",
         "0 0 * * */7",
         "0 0 1 jan,JUL *",
