@@ -7,8 +7,10 @@ transaction (see :mod:`pyramid_pyncette.transaction`).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import reprlib
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -25,6 +27,8 @@ from .schedules import (
     IntervalSchedule,
     Schedule,
     ScheduleError,
+    check_cron_expression,
+    check_interval_floor,
     cron_from_fields,
     ensure_aware,
 )
@@ -35,7 +39,9 @@ from .tasks import (
     check_job_id,
     check_option_combination,
     get_task_registry,
+    interval_timezone_error,
     normalize_options,
+    unstorable_text,
 )
 from .transaction import StagingDataManager, active_transaction, current_transaction
 
@@ -55,40 +61,97 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _json_problem(value: Any, path: str) -> str | None:
-    """Describe the first value under ``value`` that JSON cannot carry faithfully."""
-    if value is None or isinstance(value, (bool, str)):
+#: Deepest nesting of lists and dicts accepted in one job argument.
+MAX_ARGUMENT_DEPTH = 100
+
+#: Largest accepted job arguments: the JSON text the stores keep, in bytes (1 MiB).
+MAX_ARGUMENTS_SIZE = 1024 * 1024
+
+_JSON_TYPES = "pass str, int, float, bool, None, lists and dicts with string keys"
+
+_NOT_JSON_HINTS = (
+    (datetime, " (pass value.isoformat() and parse it in the task)"),
+    (timedelta, " (pass value.total_seconds())"),
+    ((set, frozenset), " (pass a list)"),
+    ((bytes, bytearray), " (pass value.decode() or base64 text)"),
+)
+
+
+def _render_path(node: tuple[Any, ...]) -> str:
+    """``args[0]['key']`` from the chain of (parent, key) pairs built while walking."""
+    parts = []
+    while node[0] is not None:
+        node, key = node
+        parts.append(f"[{key!r}]")
+    parts.append(node[1])
+    text = "".join(reversed(parts))
+    return text if len(text) <= 200 else f"{text[:100]}...{text[-80:]}"
+
+
+def _scalar_problem(value: Any, node: tuple[Any, ...]) -> str | None:
+    if value is None or isinstance(value, (bool, int)):
         return None
-    if isinstance(value, int):
+    if isinstance(value, str):
+        problem = unstorable_text(value)
+        if problem:
+            return (
+                f"the text {_render_path(node)} {problem}; remove it, or pass binary data "
+                "as base64 text"
+            )
         return None
     if isinstance(value, float):
         if math.isfinite(value):
             return None
-        return f"{path} = {value!r} is not a finite number"
-    if isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            problem = _json_problem(item, f"{path}[{index}]")
+        return f"{_render_path(node)} = {value!r} is not a finite number; {_JSON_TYPES}"
+    hint = next((text for kind, text in _NOT_JSON_HINTS if isinstance(value, kind)), "")
+    shown = reprlib.repr(value)
+    kind = type(value).__name__
+    return f"{_render_path(node)} = {shown} is a {kind}, which is not JSON{hint}; {_JSON_TYPES}"
+
+
+def _json_problem(value: Any, name: str) -> str | None:
+    """Describe the first value under ``value`` that JSON cannot carry faithfully.
+
+    Walks with an explicit stack, so a deeply nested (or self-containing)
+    value gets a clear error instead of exhausting Python's recursion limit.
+    """
+    # Each entry: (container, depth below the argument list, path node).
+    stack: list[tuple[Any, int, tuple[Any, ...]]] = [(value, 0, (None, name))]
+    while stack:
+        container, depth, node = stack.pop()
+        if depth > MAX_ARGUMENT_DEPTH:
+            return (
+                f"{_render_path(node)} is nested more than {MAX_ARGUMENT_DEPTH} lists or dicts "
+                "deep (or contains itself); flatten it, or store the data elsewhere and pass "
+                "its id"
+            )
+        if isinstance(container, dict):
+            items = list(container.items())
+            for key, _ in items:
+                if not isinstance(key, str):
+                    return (
+                        f"{_render_path(node)} has the non-string key {reprlib.repr(key)} "
+                        f"(JSON object keys are strings); {_JSON_TYPES}"
+                    )
+                problem = unstorable_text(key)
+                if problem:
+                    return (
+                        f"{_render_path(node)} has the key {key!r}, which {problem}; "
+                        "remove that character from the key"
+                    )
+        else:
+            items = list(enumerate(container))
+        children = []
+        for key, item in items:
+            child = (node, key)
+            if isinstance(item, (list, tuple, dict)):
+                children.append((item, depth + 1, child))
+                continue
+            problem = _scalar_problem(item, child)
             if problem:
                 return problem
-        return None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return f"{path} has the non-string key {key!r} (JSON object keys are strings)"
-            problem = _json_problem(item, f"{path}[{key!r}]")
-            if problem:
-                return problem
-        return None
-    hint = ""
-    if isinstance(value, datetime):
-        hint = " (pass value.isoformat() and parse it in the task)"
-    elif isinstance(value, timedelta):
-        hint = " (pass value.total_seconds())"
-    elif isinstance(value, (set, frozenset)):
-        hint = " (pass a list)"
-    elif isinstance(value, bytes):
-        hint = " (pass value.decode() or base64 text)"
-    return f"{path} = {value!r} is a {type(value).__name__}, which is not JSON{hint}"
+        stack.extend(reversed(children))
+    return None
 
 
 def _start_date(value: Any, where: str) -> datetime | None:
@@ -101,7 +164,12 @@ def _start_date(value: Any, where: str) -> datetime | None:
 
 
 def check_arguments(args: Any, kwargs: Any) -> tuple[list[Any], dict[str, Any]]:
-    """Validate job arguments: JSON values only, named precisely when not."""
+    """Validate job arguments: JSON every store can keep, named precisely when not.
+
+    Refused: values JSON cannot carry, text with a NUL or a lone surrogate,
+    nesting deeper than :data:`MAX_ARGUMENT_DEPTH` and JSON text larger than
+    :data:`MAX_ARGUMENTS_SIZE`.
+    """
     if args is None:
         args = []
     if kwargs is None:
@@ -112,13 +180,24 @@ def check_arguments(args: Any, kwargs: Any) -> tuple[list[Any], dict[str, Any]]:
         )
     if not isinstance(kwargs, Mapping):
         raise InvalidJobError(f"kwargs must be a dict, got {type(kwargs).__name__}")
-    problem = _json_problem(list(args), "args") or _json_problem(dict(kwargs), "kwargs")
+    args, kwargs = list(args), dict(kwargs)
+    problem = _json_problem(args, "args") or _json_problem(kwargs, "kwargs")
     if problem:
+        raise InvalidJobError(f"job arguments must be JSON: {problem}")
+    try:
+        # What the stores write: compact, non-ASCII escaped, so characters are bytes.
+        size = len(json.dumps({"args": args, "kwargs": kwargs}, separators=(",", ":")))
+    except ValueError as exc:  # e.g. an int too long to print
         raise InvalidJobError(
-            f"job arguments must be JSON: {problem}; pass str, int, float, bool, None, "
-            "lists and dicts with string keys"
+            f"job arguments cannot be written as JSON ({exc}); pass large numbers as text"
+        ) from None
+    if size > MAX_ARGUMENTS_SIZE:
+        raise InvalidJobError(
+            f"job arguments are {size:,} bytes as JSON, over the limit of "
+            f"{MAX_ARGUMENTS_SIZE:,} bytes (1 MiB); store large data elsewhere (a table, a "
+            "file) and pass its id"
         )
-    return list(args), dict(kwargs)
+    return args, kwargs
 
 
 class Scheduler:
@@ -257,9 +336,12 @@ class Scheduler:
         """Validate everything and return the :class:`Job` to write (writes nothing)."""
         task = self.tasks.resolve(func)
         args, kwargs = check_arguments(args, kwargs)
+        task.check_call(args, kwargs, where=where)
         job_id = uuid.uuid4().hex if job_id is None else check_job_id(job_id)
-        resolved = {**task.job_options, **normalize_options(options, where=where)}
-        check_option_combination(resolved, where=where)
+        given = normalize_options(options, where=where)
+        resolved = {**task.job_options, **given}
+        inherited = {k: v for k, v in task.job_options.items() if k not in given}
+        check_option_combination(resolved, where=where, inherited=inherited)
         now = self.now()
         try:
             schedule = schedule.anchored(now)
@@ -331,6 +413,8 @@ class Scheduler:
         first run is one interval from now. Missed runs coalesce into one.
         """
         where = "add_interval_job"
+        if "timezone" in options:
+            raise interval_timezone_error(where)
         units = {"weeks": weeks, "days": days, "hours": hours, "minutes": minutes}
         units["seconds"] = seconds
         for unit, value in units.items():
@@ -365,6 +449,7 @@ class Scheduler:
                 "such as '30s', '5m' or timedelta(hours=1)"
             ) from None
         try:
+            check_interval_floor(every)
             schedule = IntervalSchedule(every, start)
         except ScheduleError as exc:
             raise InvalidJobError(f"{where}: {exc}") from None
@@ -422,6 +507,7 @@ class Scheduler:
                         f"{where}: schedule must be a cron string such as '*/5 * * * *', "
                         f"got {type(schedule).__name__}"
                     )
+                check_cron_expression(schedule)
                 cron = CronSchedule(schedule, timezone=zone, start_date=start)
             elif given:
                 cron = cron_from_fields(timezone=zone, start_date=start, **given)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable, Iterator, Mapping
+import re
+import reprlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -21,8 +23,16 @@ from pyramid.exceptions import ConfigurationError
 
 from .exceptions import InvalidJobError, UnknownTaskError
 from .jobs import EXECUTION_MODES, FAILURE_MODES, MAX_JOB_ID_LENGTH, RETRY_EXHAUSTED_MODES
-from .schedules import CronSchedule, IntervalSchedule, Schedule, ScheduleError, get_zone
-from .settings import parse_duration
+from .schedules import (
+    CronSchedule,
+    IntervalSchedule,
+    Schedule,
+    ScheduleError,
+    check_cron_expression,
+    check_interval_floor,
+    get_zone,
+)
+from .settings import MAX_DURATION, parse_duration
 
 #: Options a job (and so a task) can carry; per-job values override the task's.
 JOB_OPTIONS = (
@@ -39,14 +49,49 @@ JOB_OPTIONS = (
 #: Job options that are durations (stored as seconds).
 DURATION_OPTIONS = ("lease_duration", "retry_backoff", "retry_backoff_max", "misfire_grace_time")
 
-#: Longest accepted duration option (ten years, in seconds).
-MAX_DURATION = 10 * 365 * 24 * 3600
-
 #: Longest accepted ``max_retries``.
 MAX_RETRIES_LIMIT = 1000
 
 #: Options only a task has.
 TASK_ONLY_OPTIONS = ("timezone", "transactional")
+
+#: Options that only say what happens after a failed run, so mean nothing to an
+#: at-most-once job (its run is never repeated).
+RETRY_OPTIONS = (
+    "failure_mode",
+    "max_retries",
+    "retry_backoff",
+    "retry_backoff_max",
+    "retry_exhausted",
+)
+
+#: Longest accepted task name (the stores' ``task`` column).
+MAX_TASK_NAME_LENGTH = 200
+
+# NUL cannot be kept by PostgreSQL text; a lone surrogate is not valid UTF-8 anywhere.
+_UNSTORABLE_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+
+
+def unstorable_text(text: str) -> str | None:
+    """Describe the first character of ``text`` that some store cannot keep, or None."""
+    match = _UNSTORABLE_CHARACTER.search(text)
+    if match is None:
+        return None
+    position = match.start()
+    if match.group() == "\x00":
+        return f"contains a NUL character (at position {position}), which not every store can keep"
+    return (
+        f"contains the lone surrogate {match.group()!r} (at position {position}), "
+        "which is not valid Unicode text (was it decoded with errors='surrogateescape'?)"
+    )
+
+
+def interval_timezone_error(where: str) -> InvalidJobError:
+    """The error for a time zone given to an interval schedule, which would ignore it."""
+    return InvalidJobError(
+        f"{where}: timezone= has no effect on an interval schedule (it runs every interval "
+        "whatever the zone); drop timezone=, or use a cron schedule, which honours it"
+    )
 
 
 def normalize_options(options: Mapping[str, Any], *, where: str) -> dict[str, Any]:
@@ -81,7 +126,8 @@ def normalize_options(options: Mapping[str, Any], *, where: str) -> dict[str, An
                 raise InvalidJobError(f"{where}: {exc}") from None
             if value > MAX_DURATION:
                 raise InvalidJobError(
-                    f"{where}: {key} of {value:g}s is too long; use at most ten years"
+                    f"{where}: {key} of {value:g}s is too long; use a duration above 0 and "
+                    f"at most ten years ({MAX_DURATION}s)"
                 )
         if key == "max_retries" and (
             isinstance(value, bool)
@@ -108,16 +154,35 @@ def normalize_options(options: Mapping[str, Any], *, where: str) -> dict[str, An
     return result
 
 
-def check_option_combination(options: Mapping[str, Any], *, where: str) -> None:
-    """Refuse resolved options that contradict each other."""
-    if (
-        options.get("max_retries") is not None
-        and options.get("execution_mode", "at_least_once") == "at_most_once"
-    ):
+def check_option_combination(
+    options: Mapping[str, Any], *, where: str, inherited: Mapping[str, Any] | None = None
+) -> None:
+    """Refuse resolved options that contradict each other.
+
+    ``inherited`` holds the options that came from the task rather than the
+    call, so the message can say where a conflicting value was set.
+    """
+    if options.get("execution_mode", "at_least_once") != "at_most_once":
+        return
+    for key in RETRY_OPTIONS:
+        value = options.get(key)
+        if value is None:
+            continue
+        origin = " (set on the task)" if inherited is not None and key in inherited else ""
         raise InvalidJobError(
-            f"{where}: max_retries needs execution_mode='at_least_once': an at-most-once run "
-            "is never repeated, so it cannot be retried"
+            f"{where}: {key} needs execution_mode='at_least_once' (it is {value!r}{origin}): "
+            "an at-most-once run is never repeated, so a failed run has no retry for it to "
+            f"shape; drop {key}, or use execution_mode='at_least_once'"
         )
+
+
+def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
+    """The signature of the function that is called, or None when it cannot be read."""
+    try:
+        # Not follow_wrapped: a decorator's wrapper is what gets called.
+        return inspect.signature(func, follow_wrapped=False)
+    except (TypeError, ValueError):
+        return None
 
 
 def default_task_name(func: Callable[..., Any]) -> str:
@@ -157,6 +222,58 @@ class Task:
         """The options every job of this task starts from."""
         return {k: v for k, v in self.options.items() if k in JOB_OPTIONS}
 
+    def check_call(self, args: Sequence[Any], kwargs: Mapping[str, Any], *, where: str) -> None:
+        """Refuse job arguments the task's function could never be called with.
+
+        The function is called as ``func(request, *args, **kwargs)``. Functions
+        whose signature cannot be read are not checked.
+        """
+        if "request" in kwargs:
+            raise InvalidJobError(
+                f"{where}: kwargs must not contain 'request': task {self.name!r} is called as "
+                "func(request, *args, **kwargs), so the request is always its first argument; "
+                "rename that keyword argument"
+            )
+        signature = _signature(self.func)
+        if signature is None:
+            return
+        try:
+            signature.bind(None, *args, **kwargs)
+        except TypeError as exc:
+            shown = reprlib.repr(list(args)), reprlib.repr(dict(kwargs))
+            raise InvalidJobError(
+                f"{where}: task {self.name!r} cannot be called as func(request, *args, **kwargs) "
+                f"with args={shown[0]}, kwargs={shown[1]}: {exc}; its function takes "
+                f"{signature}, pass arguments that match"
+            ) from None
+
+    def check_definition(self) -> None:
+        """Refuse a function that cannot take the request (or, for a periodic task, the
+        request alone: its job carries no arguments)."""
+        signature = _signature(self.func)
+        if signature is None:
+            return
+        where = f"task {self.name!r}"
+        try:
+            if self.periodic:
+                signature.bind(None)
+            else:
+                signature.bind_partial(None)
+        except TypeError as exc:
+            if self.periodic:
+                fix = (
+                    "a periodic task's job has no arguments, so it is called as func(request): "
+                    "give the other parameters defaults"
+                )
+            else:
+                fix = (
+                    "a task is called as func(request, *args, **kwargs): give the function "
+                    "a first parameter for the request"
+                )
+            raise InvalidJobError(
+                f"{where}: its function takes {signature} ({exc}); {fix}"
+            ) from None
+
     def periodic_schedule(self, default_timezone: str = "UTC") -> Schedule:
         """The declared schedule (raises if the task is not periodic)."""
         if self.cron is not None:
@@ -178,25 +295,36 @@ def make_task(
     if not callable(func):
         raise InvalidJobError(f"a task must be callable, got {func!r}")
     name = name or default_task_name(func)
-    if not isinstance(name, str) or not name.strip() or len(name) > 200:
-        raise InvalidJobError(f"task name {name!r} must be a non-empty string of at most 200 chars")
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_TASK_NAME_LENGTH:
+        raise InvalidJobError(
+            f"task name {name!r} must be a non-empty string of at most {MAX_TASK_NAME_LENGTH} chars"
+        )
+    problem = unstorable_text(name)
+    if problem:
+        raise InvalidJobError(f"task name {name!r} {problem}; remove it from name=")
     where = f"task {name!r}"
     options = normalize_options(options, where=where)
     check_option_combination(options, where=where)
     if schedule is not None and interval is not None:
         raise InvalidJobError(f"{where}: give either schedule= (cron) or interval=, not both")
+    if interval is not None and options.get("timezone") is not None:
+        raise interval_timezone_error(where)
     every = None
     if schedule is not None:
         try:
+            check_cron_expression(schedule)
             CronSchedule(schedule, timezone=options.get("timezone", "UTC"))
         except ScheduleError as exc:
             raise InvalidJobError(f"{where}: {exc}") from None
     if interval is not None:
         try:
             every = timedelta(seconds=parse_duration(interval, key="interval"))
-        except ValueError as exc:
+            check_interval_floor(every)
+        except (ValueError, OverflowError) as exc:
             raise InvalidJobError(f"{where}: {exc}") from None
-    return Task(name=name, func=func, options=options, cron=schedule, interval=every)
+    task = Task(name=name, func=func, options=options, cron=schedule, interval=every)
+    task.check_definition()
+    return task
 
 
 class TaskRegistry:
@@ -272,6 +400,9 @@ def check_job_id(job_id: Any) -> str:
         raise InvalidJobError(
             f"job_id must be 1 to {MAX_JOB_ID_LENGTH} characters, got {len(job_id)}"
         )
+    problem = unstorable_text(job_id)
+    if problem:
+        raise InvalidJobError(f"job_id {job_id!r} {problem}; remove that character from the id")
     return job_id
 
 

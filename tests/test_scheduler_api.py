@@ -286,13 +286,12 @@ def test_job_id_may_be_exactly_the_longest_allowed(scheduler):
 
 
 def test_job_options_are_stored(scheduler):
-    job = scheduler.add_async_job(
-        send_report, execution_mode="at_most_once", failure_mode="unlock", lease_duration="5m"
-    )
+    job = scheduler.add_async_job(send_report, execution_mode="at_most_once", lease_duration="5m")
     stored = scheduler.get_job(job.id)
     assert stored.execution_mode == "at_most_once"
-    assert stored.failure_mode == "unlock"
     assert stored.lease_duration == 300.0
+    job = scheduler.add_async_job(send_report, failure_mode="unlock")
+    assert scheduler.get_job(job.id).failure_mode == "unlock"
 
 
 # --------------------------------------------------------------------------- reading, cancelling
@@ -597,3 +596,170 @@ def test_bad_start_date_is_not_blamed_on_the_interval(scheduler):
     assert "ISO-8601" in message
     assert "interval is not usable" not in message
     assert "use a positive duration" not in message
+
+
+# --------------------------------------------------------------------------- limits and conflicts
+
+
+def test_add_interval_job_with_a_timezone_is_refused_in_the_words_a_task_gets(scheduler):
+    from pyramid_pyncette import InvalidJobError
+    from pyramid_pyncette.tasks import make_task
+
+    with pytest.raises(InvalidJobError) as refused_job:
+        scheduler.add_interval_job(send_report, "1m", timezone="Europe/Paris")
+    with pytest.raises(InvalidJobError) as refused_task:
+        make_task(send_report, name="t", interval="1m", timezone="Europe/Paris")
+    assert str(refused_job.value).startswith("add_interval_job: timezone= has no effect")
+    job_words = str(refused_job.value).removeprefix("add_interval_job: ")
+    assert job_words == str(refused_task.value).removeprefix("task 't': ")
+    assert _all_jobs(scheduler) == []
+
+
+@pytest.mark.parametrize(
+    ("call", "shown"),
+    [
+        (lambda s: s.add_interval_job(send_report, 0.000001), "0.000001s"),
+        (lambda s: s.add_interval_job(send_report, "500ms"), "0.5s"),
+        (lambda s: s.add_interval_job(send_report, timedelta(microseconds=1)), "0.000001s"),
+        (lambda s: s.add_interval_job(send_report, seconds=0.5), "0.5s"),
+        (lambda s: s.add_interval_job(send_report, minutes=0.001), "0.06s"),
+    ],
+    ids=["float", "ms-string", "timedelta", "seconds-keyword", "minutes-keyword"],
+)
+def test_add_interval_job_shorter_than_one_second_is_refused(scheduler, call, shown):
+    from pyramid_pyncette import InvalidJobError
+
+    with pytest.raises(InvalidJobError) as excinfo:
+        call(scheduler)
+    assert str(excinfo.value).startswith(
+        f"add_interval_job: interval: {shown} is shorter than the minimum of 1s; "
+        "use interval='1s' or longer"
+    )
+    assert _all_jobs(scheduler) == []
+
+
+def test_add_interval_job_of_one_second_is_accepted(scheduler):
+    job = scheduler.add_interval_job(send_report, seconds=1)
+    assert job.next_run_at == NOW + timedelta(seconds=1)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda s: s.add_cron_job(send_report, "61 * * * *"),
+            "add_cron_job: invalid cron expression '61 * * * *': minute 61 is out of range 0-59",
+        ),
+        (
+            lambda s: s.add_cron_job(send_report, "0 0 * * * 61"),
+            "add_cron_job: invalid cron expression '0 0 * * * 61': second 61 is out of range 0-59",
+        ),
+        (
+            lambda s: s.add_cron_job(send_report, "0 0 * * sat-mon"),
+            "add_cron_job: invalid cron expression '0 0 * * sat-mon': day_of_week range sat-mon "
+            "runs backwards; write '1-6', or '6,0-1' for a range that wraps around",
+        ),
+        (
+            lambda s: s.add_cron_job(send_report, minute=61),
+            "add_cron_job: minute 61 is out of range 0-59",
+        ),
+        (
+            lambda s: s.add_cron_job(send_report, month="foo", day=1),
+            "add_cron_job: month 'foo' is not a name this field knows; use 1-12 or jan-dec",
+        ),
+    ],
+    ids=["five-fields", "six-fields", "backwards-names", "keyword", "keyword-name"],
+)
+def test_add_cron_job_range_errors_name_the_field_and_its_range(scheduler, call, message):
+    from pyramid_pyncette import InvalidJobError
+
+    with pytest.raises(InvalidJobError) as excinfo:
+        call(scheduler)
+    assert str(excinfo.value) == message
+    assert _all_jobs(scheduler) == []
+
+
+def test_arguments_that_contain_themselves_are_refused(scheduler):
+    from pyramid_pyncette import InvalidJobError
+
+    loop = []
+    loop.append(loop)
+    with pytest.raises(InvalidJobError) as excinfo:
+        scheduler.add_async_job(send_report, kwargs={"loop": loop})
+    assert "is nested more than 100 lists or dicts deep (or contains itself)" in str(excinfo.value)
+    assert _all_jobs(scheduler) == []
+
+
+def test_arguments_at_the_depth_limit_are_accepted(scheduler):
+    from pyramid_pyncette.scheduler import MAX_ARGUMENT_DEPTH
+
+    deepest = "bottom"
+    for _ in range(MAX_ARGUMENT_DEPTH):
+        deepest = [deepest]
+    job = scheduler.add_async_job(send_report, args=[deepest])
+    assert scheduler.get_job(job.id).args == [deepest]
+
+
+def test_a_dict_key_with_a_nul_is_refused(scheduler):
+    from pyramid_pyncette import InvalidJobError
+
+    with pytest.raises(InvalidJobError) as excinfo:
+        scheduler.add_async_job(send_report, kwargs={"data": {"a\x00": 1}})
+    assert str(excinfo.value) == (
+        "job arguments must be JSON: kwargs['data'] has the key 'a\\x00', which contains a NUL "
+        "character (at position 1), which not every store can keep; remove that character "
+        "from the key"
+    )
+
+
+def test_an_integer_too_long_to_write_as_json_is_refused(scheduler):
+    from pyramid_pyncette import InvalidJobError
+
+    with pytest.raises(InvalidJobError) as excinfo:
+        scheduler.add_async_job(send_report, args=[10**5000])
+    assert "job arguments cannot be written as JSON" in str(excinfo.value)
+    assert "pass large numbers as text" in str(excinfo.value)
+    assert _all_jobs(scheduler) == []
+
+
+@pytest.mark.parametrize("method", ["get_job", "cancel_job", "retry_job"])
+def test_looking_up_a_job_id_with_a_nul_is_refused(scheduler, method):
+    from pyramid_pyncette import InvalidJobError
+
+    with pytest.raises(InvalidJobError, match=r"job_id 'a\\x00' contains a NUL character"):
+        getattr(scheduler, method)("a\x00")
+
+
+def strict_task(request, report_id, *, fmt="pdf"):
+    return report_id
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "problem"),
+    [
+        ([], {}, "missing a required argument: 'report_id'"),
+        ([1, 2], {}, "too many positional arguments"),
+        ([1], {"format": "csv"}, "got an unexpected keyword argument 'format'"),
+        ([1], {"report_id": 2}, "multiple values for argument 'report_id'"),
+    ],
+    ids=["missing", "too-many", "unknown-keyword", "twice"],
+)
+def test_arguments_the_task_can_never_be_called_with_are_refused(
+    make_config, args, kwargs, problem
+):
+    from pyramid_pyncette import InvalidJobError
+
+    config = make_config()
+    config.add_pyncette_task(strict_task, name="strict")
+    config.commit()
+    scheduler = config.registry.scheduler
+    with pytest.raises(InvalidJobError) as excinfo:
+        scheduler.add_async_job("strict", args=args, kwargs=kwargs)
+    assert str(excinfo.value) == (
+        "add_async_job: task 'strict' cannot be called as func(request, *args, **kwargs) "
+        f"with args={args!r}, kwargs={kwargs!r}: {problem}; its function takes "
+        "(request, report_id, *, fmt='pdf'), pass arguments that match"
+    )
+    assert _all_jobs(scheduler) == []
+    job = scheduler.add_async_job("strict", args=[1], kwargs={"fmt": "csv"})
+    assert (job.args, job.kwargs) == ([1], {"fmt": "csv"})

@@ -1,3 +1,4 @@
+import inspect
 import sys
 from datetime import datetime, timedelta, timezone
 
@@ -511,3 +512,163 @@ def test_task_timezone_option_is_not_a_job_option(config):
     scheduler = config.registry.scheduler
     job = scheduler.add_async_job(module_level_task)
     assert "timezone" not in job.options
+
+
+# --------------------------------------------------------------------------- conflicts and limits
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"failure_mode": "unlock"},
+        {"failure_mode": "none"},
+        {"failure_mode": "commit"},
+        {"max_retries": 2},
+        {"retry_backoff": "5s"},
+        {"retry_backoff_max": "1m"},
+        {"retry_exhausted": "park"},
+    ],
+    ids=lambda option: next(iter(option)),
+)
+def test_an_at_most_once_task_with_a_retry_option_is_refused_at_registration(config, option):
+    from pyramid_pyncette import InvalidJobError
+
+    (key,) = option
+    with pytest.raises(InvalidJobError) as excinfo:
+        config.add_pyncette_task(
+            module_level_task, name="once", execution_mode="at_most_once", **option
+        )
+    assert str(excinfo.value).startswith(
+        f"task 'once': {key} needs execution_mode='at_least_once' (it is "
+    )
+    assert f"drop {key}, or use execution_mode='at_least_once'" in str(excinfo.value)
+    config.commit()
+    assert len(_tasks(config)) == 0
+
+
+def test_a_job_made_at_most_once_against_its_task_retry_option_names_the_task(config):
+    from pyramid_pyncette import InvalidJobError
+
+    config.add_pyncette_task(module_level_task, name="flaky", failure_mode="unlock")
+    config.commit()
+    scheduler = config.registry.scheduler
+    with pytest.raises(InvalidJobError) as excinfo:
+        scheduler.add_async_job("flaky", execution_mode="at_most_once")
+    assert (
+        "failure_mode needs execution_mode='at_least_once' (it is 'unlock' (set on the task))"
+        in (str(excinfo.value))
+    )
+    assert list(scheduler.iter_jobs()) == []
+
+
+@pytest.mark.parametrize("register", ["directive", "decorator"])
+def test_a_periodic_interval_task_with_a_timezone_is_refused(config, register):
+    from pyramid_pyncette import InvalidJobError, periodic_task
+
+    with pytest.raises(InvalidJobError) as excinfo:
+        if register == "directive":
+            config.add_pyncette_task(
+                module_level_task, name="tick", interval="30s", timezone="Europe/Paris"
+            )
+        else:
+            decorator = periodic_task(interval="30s", name="tick", timezone="Europe/Paris")
+            _, venusian = _decorate(decorator, module_level_task)
+            callback = venusian.attachments[0][1]
+            callback(DummyVenusianContext(config), "module_level_task", module_level_task)
+    assert str(excinfo.value) == (
+        "task 'tick': timezone= has no effect on an interval schedule (it runs every interval "
+        "whatever the zone); drop timezone=, or use a cron schedule, which honours it"
+    )
+    config.commit()
+    assert len(_tasks(config)) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("mail\x00send", "contains a NUL character (at position 4)"),
+        ("mail\udc80send", "contains the lone surrogate '\\udc80' (at position 4)"),
+    ],
+    ids=["nul", "lone-surrogate"],
+)
+@pytest.mark.parametrize("register", ["directive", "decorator"])
+def test_a_task_name_with_a_nul_or_lone_surrogate_is_refused(config, name, problem, register):
+    from pyramid_pyncette import InvalidJobError, task
+
+    with pytest.raises(InvalidJobError) as excinfo:
+        if register == "directive":
+            config.add_pyncette_task(module_level_task, name=name)
+        else:
+            _, venusian = _decorate(task(name=name), module_level_task)
+            callback = venusian.attachments[0][1]
+            callback(DummyVenusianContext(config), "module_level_task", module_level_task)
+    assert f"task name {name!r} {problem}" in str(excinfo.value)
+    config.commit()
+    assert len(_tasks(config)) == 0
+
+
+@pytest.mark.parametrize(
+    ("interval", "shown"),
+    [(0.000001, "0.000001s"), ("500ms", "0.5s"), (timedelta(milliseconds=999), "0.999s")],
+)
+def test_a_periodic_interval_below_one_second_is_refused(config, interval, shown):
+    from pyramid_pyncette import InvalidJobError
+
+    with pytest.raises(InvalidJobError) as excinfo:
+        config.add_pyncette_task(module_level_task, name="busy", interval=interval)
+    assert str(excinfo.value).startswith(
+        f"task 'busy': interval: {shown} is shorter than the minimum of 1s; use interval='1s'"
+    )
+    config.add_pyncette_task(module_level_task, name="fine", interval=1)
+    config.commit()
+    assert [task.name for task in _tasks(config)] == ["fine"]
+
+
+def takes_nothing():
+    return "no request"
+
+
+def needs_a_report(request, report_id):
+    return report_id
+
+
+def test_a_task_whose_function_cannot_take_the_request_is_refused(config):
+    from pyramid_pyncette import InvalidJobError
+
+    with pytest.raises(InvalidJobError) as excinfo:
+        config.add_pyncette_task(takes_nothing, name="nothing")
+    assert str(excinfo.value) == (
+        "task 'nothing': its function takes () (too many positional arguments); a task is "
+        "called as func(request, *args, **kwargs): give the function a first parameter for "
+        "the request"
+    )
+
+
+def test_a_periodic_task_whose_function_needs_arguments_is_refused(config):
+    from pyramid_pyncette import InvalidJobError
+
+    with pytest.raises(InvalidJobError) as excinfo:
+        config.add_pyncette_task(needs_a_report, name="report", interval="1h")
+    assert "task 'report': its function takes (request, report_id)" in str(excinfo.value)
+    assert "missing a required argument: 'report_id'" in str(excinfo.value)
+    assert "a periodic task's job has no arguments" in str(excinfo.value)
+    config.add_pyncette_task(needs_a_report, name="on-demand")  # fine without a schedule
+    config.commit()
+    assert [task.name for task in _tasks(config)] == ["on-demand"]
+
+
+def test_a_task_whose_signature_cannot_be_read_is_not_checked(config):
+    # A callable whose __signature__ is not a Signature cannot be inspected: the
+    # arguments are passed on unchecked (the call would fail at run time).
+    class Opaque:
+        __signature__ = "not a signature"
+
+        def __call__(self, request):
+            return "ran"
+
+    with pytest.raises(TypeError):
+        inspect.signature(Opaque())
+    config.add_pyncette_task(Opaque(), name="opaque", interval="1h")
+    config.commit()
+    job = config.registry.scheduler.add_async_job("opaque", args=[1, 2], kwargs={"x": 3})
+    assert (job.args, job.kwargs) == ([1, 2], {"x": 3})
