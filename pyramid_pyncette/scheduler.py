@@ -109,6 +109,10 @@ def _scalar_problem(value: Any, node: tuple[Any, ...]) -> str | None:
     return f"{_render_path(node)} = {shown} is a {kind}, which is not JSON{hint}; {_JSON_TYPES}"
 
 
+_PLAIN_SCALARS = frozenset({int, bool, type(None)})
+_CONTAINERS = (list, tuple, dict)
+
+
 def _json_problem(value: Any, name: str) -> str | None:
     """Describe the first value under ``value`` that JSON cannot carry faithfully.
 
@@ -126,9 +130,8 @@ def _json_problem(value: Any, name: str) -> str | None:
                 "its id"
             )
         if isinstance(container, dict):
-            items = list(container.items())
-            for key, _ in items:
-                if not isinstance(key, str):
+            for key in container:
+                if type(key) is not str and not isinstance(key, str):
                     return (
                         f"{_render_path(node)} has the non-string key {reprlib.repr(key)} "
                         f"(JSON object keys are strings); {_JSON_TYPES}"
@@ -139,15 +142,20 @@ def _json_problem(value: Any, name: str) -> str | None:
                         f"{_render_path(node)} has the key {key!r}, which {problem}; "
                         "remove that character from the key"
                     )
+            items = container.items()
         else:
-            items = list(enumerate(container))
+            items = enumerate(container)
         children = []
         for key, item in items:
-            child = (node, key)
-            if isinstance(item, (list, tuple, dict)):
-                children.append((item, depth + 1, child))
+            kind = type(item)
+            if kind in _PLAIN_SCALARS:
+                continue  # the common case, checked first
+            if kind is str and not unstorable_text(item):
                 continue
-            problem = _scalar_problem(item, child)
+            if isinstance(item, _CONTAINERS):
+                children.append((item, depth + 1, (node, key)))
+                continue
+            problem = _scalar_problem(item, (node, key))
             if problem:
                 return problem
         stack.extend(reversed(children))
@@ -411,6 +419,8 @@ class Scheduler:
 
         Runs fall on ``start_date + k * interval``; without ``start_date`` the
         first run is one interval from now. Missed runs coalesce into one.
+        The interval is at least :data:`~pyramid_pyncette.schedules.MIN_INTERVAL`
+        (one second).
         """
         where = "add_interval_job"
         if "timezone" in options:

@@ -10,6 +10,7 @@ Register with the ``@task()`` / ``@periodic_task(...)`` decorators (found by
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import re
 import reprlib
@@ -176,15 +177,6 @@ def check_option_combination(
         )
 
 
-def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
-    """The signature of the function that is called, or None when it cannot be read."""
-    try:
-        # Not follow_wrapped: a decorator's wrapper is what gets called.
-        return inspect.signature(func, follow_wrapped=False)
-    except (TypeError, ValueError):
-        return None
-
-
 def default_task_name(func: Callable[..., Any]) -> str:
     """``module:qualname`` of ``func``: stable across processes, never imported."""
     module = getattr(func, "__module__", None) or "__main__"
@@ -222,6 +214,36 @@ class Task:
         """The options every job of this task starts from."""
         return {k: v for k, v in self.options.items() if k in JOB_OPTIONS}
 
+    @functools.cached_property
+    def signature(self) -> inspect.Signature | None:
+        """The signature of the function that is called, or None when it cannot be read."""
+        try:
+            # Not follow_wrapped: a decorator's wrapper is what gets called.
+            return inspect.signature(self.func, follow_wrapped=False)
+        except (TypeError, ValueError):
+            return None
+
+    @functools.cached_property
+    def _open_signature(self) -> str | None:
+        """For ``def f(request, *args, **kwargs)``, the first parameter's name, else None.
+
+        Such a function binds any arguments but a keyword named like that
+        parameter, so the full check can be skipped (it is costly per job).
+        """
+        if self.signature is None:
+            return None
+        params = list(self.signature.parameters.values())
+        kinds = [param.kind for param in params]
+        if len(params) == 3 and kinds[1:] == [
+            inspect.Parameter.VAR_POSITIONAL,
+            inspect.Parameter.VAR_KEYWORD,
+        ]:
+            if kinds[0] is inspect.Parameter.POSITIONAL_ONLY:
+                return ""  # no keyword can collide with it
+            if kinds[0] is inspect.Parameter.POSITIONAL_OR_KEYWORD:
+                return params[0].name
+        return None
+
     def check_call(self, args: Sequence[Any], kwargs: Mapping[str, Any], *, where: str) -> None:
         """Refuse job arguments the task's function could never be called with.
 
@@ -234,8 +256,11 @@ class Task:
                 "func(request, *args, **kwargs), so the request is always its first argument; "
                 "rename that keyword argument"
             )
-        signature = _signature(self.func)
+        signature = self.signature
         if signature is None:
+            return
+        first = self._open_signature
+        if first is not None and first not in kwargs:
             return
         try:
             signature.bind(None, *args, **kwargs)
@@ -250,7 +275,7 @@ class Task:
     def check_definition(self) -> None:
         """Refuse a function that cannot take the request (or, for a periodic task, the
         request alone: its job carries no arguments)."""
-        signature = _signature(self.func)
+        signature = self.signature
         if signature is None:
             return
         where = f"task {self.name!r}"
@@ -485,7 +510,9 @@ class periodic_task(task):
     """Register a task that also runs on a schedule declared in code.
 
     ``@periodic_task(schedule='*/5 * * * *')`` (cron, in ``timezone=`` or the
-    ``pyncette.timezone`` setting) or ``@periodic_task(interval='30s')``.
+    ``pyncette.timezone`` setting) or ``@periodic_task(interval='30s')`` (at
+    least one second; no ``timezone=``). The function is called with the
+    request alone, so its other parameters need defaults.
     """
 
     def __init__(

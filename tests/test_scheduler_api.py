@@ -763,3 +763,22 @@ def test_arguments_the_task_can_never_be_called_with_are_refused(
     assert _all_jobs(scheduler) == []
     job = scheduler.add_async_job("strict", args=[1], kwargs={"fmt": "csv"})
     assert (job.args, job.kwargs) == ([1], {"fmt": "csv"})
+
+
+def open_task(req, *args, **kwargs):
+    return args, kwargs
+
+
+def test_a_keyword_named_like_the_request_parameter_is_refused(make_config):
+    from pyramid_pyncette import InvalidJobError
+
+    config = make_config()
+    config.add_pyncette_task(open_task, name="open")
+    config.commit()
+    scheduler = config.registry.scheduler
+    with pytest.raises(InvalidJobError) as excinfo:
+        scheduler.add_async_job("open", args=[1], kwargs={"req": 2})
+    assert "multiple values for argument 'req'" in str(excinfo.value)
+    job = scheduler.add_async_job("open", args=[1, 2], kwargs={"anything": 3})
+    assert (job.args, job.kwargs) == ([1, 2], {"anything": 3})
+    assert [job.id for job in _all_jobs(scheduler)] == [job.id]
