@@ -131,7 +131,7 @@ def _json_problem(value: Any, name: str) -> str | None:
             )
         if isinstance(container, dict):
             for key in container:
-                if type(key) is not str and not isinstance(key, str):
+                if not isinstance(key, str):
                     return (
                         f"{_render_path(node)} has the non-string key {reprlib.repr(key)} "
                         f"(JSON object keys are strings); {_JSON_TYPES}"

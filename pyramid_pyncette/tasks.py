@@ -169,7 +169,7 @@ def check_option_combination(
         value = options.get(key)
         if value is None:
             continue
-        origin = " (set on the task)" if inherited is not None and key in inherited else ""
+        origin = ", set on the task" if inherited is not None and key in inherited else ""
         raise InvalidJobError(
             f"{where}: {key} needs execution_mode='at_least_once' (it is {value!r}{origin}): "
             "an at-most-once run is never repeated, so a failed run has no retry for it to "
@@ -345,7 +345,12 @@ def make_task(
         try:
             every = timedelta(seconds=parse_duration(interval, key="interval"))
             check_interval_floor(every)
-        except (ValueError, OverflowError) as exc:
+        except OverflowError:
+            raise InvalidJobError(
+                f"{where}: interval {interval!r} is too long for a schedule; use a duration "
+                "such as '30s', '5m' or timedelta(hours=1)"
+            ) from None
+        except ValueError as exc:
             raise InvalidJobError(f"{where}: {exc}") from None
     task = Task(name=name, func=func, options=options, cron=schedule, interval=every)
     task.check_definition()

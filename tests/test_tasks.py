@@ -555,7 +555,7 @@ def test_a_job_made_at_most_once_against_its_task_retry_option_names_the_task(co
     with pytest.raises(InvalidJobError) as excinfo:
         scheduler.add_async_job("flaky", execution_mode="at_most_once")
     assert (
-        "failure_mode needs execution_mode='at_least_once' (it is 'unlock' (set on the task))"
+        "failure_mode needs execution_mode='at_least_once' (it is 'unlock', set on the task)"
         in (str(excinfo.value))
     )
     assert list(scheduler.iter_jobs()) == []
@@ -672,3 +672,14 @@ def test_a_task_whose_signature_cannot_be_read_is_not_checked(config):
     config.commit()
     job = config.registry.scheduler.add_async_job("opaque", args=[1, 2], kwargs={"x": 3})
     assert (job.args, job.kwargs) == ([1, 2], {"x": 3})
+
+
+def test_a_periodic_interval_too_long_for_a_schedule_is_refused_clearly(config):
+    from pyramid_pyncette import InvalidJobError
+
+    with pytest.raises(InvalidJobError) as excinfo:
+        config.add_pyncette_task(module_level_task, name="never", interval=1e20)
+    assert str(excinfo.value) == (
+        "task 'never': interval 1e+20 is too long for a schedule; use a duration such as "
+        "'30s', '5m' or timedelta(hours=1)"
+    )
