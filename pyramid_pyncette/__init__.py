@@ -30,6 +30,7 @@ from .events import (
 )
 from .exceptions import InvalidJobError, UnknownTaskError
 from .jobs import Job
+from .redaction import redact_text
 from .repository import SQL_SCHEMES, UnsupportedStoreError, create_repository
 from .scheduler import BoundScheduler, Scheduler, UnknownJobError
 from .schedules import ScheduleError
@@ -90,11 +91,11 @@ def _check_store(settings: PyncetteSettings) -> None:
     try:
         # Building the store object never connects; first use does.
         create_repository(settings)
-    except UnsupportedStoreError as exc:
+    except UnsupportedStoreError as exc:  # an unknown scheme or a missing driver
         raise ConfigurationError(str(exc)) from None
-    except Exception as exc:  # e.g. a malformed URL or a missing database driver
+    except Exception as exc:  # e.g. a malformed URL
         raise ConfigurationError(
-            f"pyncette.url {settings.redacted_url()!r} cannot be used: {exc}"
+            f"pyncette.url {settings.redacted_url()!r} cannot be used: {redact_text(exc)}"
         ) from None
 
 

@@ -309,6 +309,17 @@ class Scheduler:
                 repository = self._unready
         return repository.is_transient(exc)
 
+    def describe_setup_error(self, exc: BaseException) -> str | None:
+        """One line naming the misconfiguration behind a store error and its fix, or None.
+
+        None means the error may pass (an outage); see
+        :meth:`Repository.describe_setup_error`.
+        """
+        repository = self._repository or self._unready
+        if repository is None:
+            return None
+        return repository.describe_setup_error(exc)
+
     def bind(self, transaction_manager: Any = None, session: Any = None) -> BoundScheduler:
         """This scheduler's API, writing through ``transaction_manager``'s transaction.
 

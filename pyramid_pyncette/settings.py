@@ -30,10 +30,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from pyramid.exceptions import ConfigurationError
 from pyramid.settings import asbool, falsey, truthy
+
+from .redaction import redact_url
 
 __all__ = [
     "DEFAULT_URL",
@@ -59,11 +60,6 @@ DEFAULT_URL = "sqlite:///pyncette.sqlite"
 
 _TABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _REDIS_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-
-# Base schemes (the part before any "+driver") handled by SQLAlchemy URLs.
-_SQLALCHEMY_SCHEMES = frozenset(
-    {"sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql", "cockroachdb"}
-)
 
 
 @dataclass(frozen=True)
@@ -109,62 +105,14 @@ class PyncetteSettings:
     def redacted_url(self) -> str:
         """Return :attr:`url` with any password replaced by ``***``.
 
-        Safe for logging: never raises, whatever the URL contains.
+        Safe for logging: never raises, whatever the URL contains (see
+        :func:`pyramid_pyncette.redaction.redact_url`).
         """
-        return _redact_url(self.url)
+        return redact_url(self.url)
 
 
 KNOWN_KEYS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(PyncetteSettings))
 """Names of the recognised settings, without the ``pyncette.`` prefix."""
-
-
-# --------------------------------------------------------------------------- URL redaction
-
-
-def _redact_url(url: Any) -> str:
-    try:
-        text = url if isinstance(url, str) else str(url)
-        if "://" not in text:
-            # Not a URL at all: hide anything before an '@' (it may be credentials).
-            return re.sub(r"^[^@]*@", "***@", text) if "@" in text else text
-        scheme = text.partition("://")[0].strip().lower()
-        if scheme.split("+", 1)[0] in _SQLALCHEMY_SCHEMES:
-            try:
-                from sqlalchemy.engine import make_url
-
-                rendered = make_url(text).render_as_string(hide_password=True)
-                return _mask_query(rendered)
-            except Exception:
-                pass
-        return _redact_url_by_hand(text, keep_user=False)
-    except Exception:
-        return "***"
-
-
-def _mask_query(text: str) -> str:
-    """Hide password-like query parameters (``?password=...``)."""
-    return re.sub(r"([?&](?:password|passwd|pass|pwd)=)[^&#]*", r"\1***", text)
-
-
-def _redact_url_by_hand(text: str, keep_user: bool = True) -> str:
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        # Unparseable (e.g. a broken IPv6 host): hide all user information.
-        return _mask_query(re.sub(r"(://)[^/?#]*@", r"\1***@", text))
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, host = netloc.rpartition("@")
-        if ":" in userinfo:
-            user = userinfo.partition(":")[0]
-            netloc = f"{user}:***@{host}"
-        elif not keep_user:
-            # redis://secret@host: a lone user part may be the password.
-            netloc = f"***@{host}"
-    query = re.sub(r"(^|&)((?:password|passwd|pass|pwd)=)[^&]*", r"\1\2***", parts.query)
-    if netloc == parts.netloc and query == parts.query:
-        return text
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 # --------------------------------------------------------------------------- durations
@@ -354,7 +302,7 @@ class _Reader:
         fix = f"use a URL such as {DEFAULT_URL!r} or 'postgresql://user:password@host/db'"
         text = self.string(name, value, fix)
         if "://" not in text or not text.partition("://")[0]:
-            raise self.error(name, _redact_url(text), "is not a URL (no 'scheme://')", fix)
+            raise self.error(name, redact_url(text), "is not a URL (no 'scheme://')", fix)
         return text
 
     def pattern(self, name: str, value: Any, regex: re.Pattern[str], fix: str) -> str:

@@ -17,6 +17,7 @@ __all__ = [
     "RepositoryError",
     "UnsupportedStoreError",
     "create_repository",
+    "missing_driver_message",
 ]
 
 SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb")
@@ -24,7 +25,38 @@ REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class UnsupportedStoreError(ValueError):
-    """``pyncette.url`` names a store this package does not know."""
+    """``pyncette.url`` names a store this package does not know, or lacks its driver."""
+
+
+#: The extra installing each store's driver, and the driver module it installs.
+STORE_EXTRAS = {
+    "postgresql": ("postgresql", "psycopg"),
+    "mysql": ("mysql", "pymysql"),
+    "mariadb": ("mysql", "pymysql"),
+    "redis": ("redis", "redis"),
+    "rediss": ("redis", "redis"),
+    "unix": ("redis", "redis"),
+}
+# Distribution names of driver modules whose import name differs.
+_PIP_NAMES = {"MySQLdb": "mysqlclient", "psycopg2": "psycopg2-binary"}
+
+
+def missing_driver_message(scheme: str, exc: ImportError) -> str:
+    """The error for a store whose driver cannot be imported, naming what to install."""
+    backend = scheme.split("+", 1)[0]
+    module = (getattr(exc, "name", None) or str(exc)).split(".", 1)[0]
+    extra, driver = STORE_EXTRAS.get(backend, (None, None))
+    if extra is None:
+        return f"pyncette.url: the {scheme}:// store cannot import {module!r} ({exc}); install it"
+    install = f'pip install "pyramid_pyncette[{extra}]"'
+    if module == driver:
+        return f"pyncette.url: the {scheme}:// store needs the {driver} package; {install}"
+    # SQLAlchemy's default driver for a bare scheme is not the one the extra installs.
+    return (
+        f"pyncette.url: the {scheme}:// store needs the {module} package, which is not "
+        f"installed; {install} and write the URL as {backend}+{driver}://..., "
+        f"or pip install {_PIP_NAMES.get(module, module)}"
+    )
 
 
 def create_repository(settings: PyncetteSettings) -> Repository:
@@ -37,19 +69,28 @@ def create_repository(settings: PyncetteSettings) -> Repository:
 
         return MemoryRepository()
     if backend in SQL_SCHEMES:
+        import sqlalchemy as sa
+
         from .sql import SQLRepository
 
-        return SQLRepository(
-            url, table_name=settings.table_name, create_table=not settings.skip_table_create
-        )
+        try:
+            return SQLRepository(
+                url, table_name=settings.table_name, create_table=not settings.skip_table_create
+            )
+        except ImportError as exc:  # the drivers are optional dependencies
+            raise UnsupportedStoreError(missing_driver_message(scheme, exc)) from exc
+        except sa.exc.NoSuchModuleError as exc:
+            driver = STORE_EXTRAS[backend][1] if backend in STORE_EXTRAS else None
+            better = f"{backend}+{driver}://" if driver else f"{backend}://"
+            raise UnsupportedStoreError(
+                f"pyncette.url: SQLAlchemy knows no driver {scheme.partition('+')[2]!r} for "
+                f"{backend}://; use {better}... (see the README, 'Stores')"
+            ) from exc
     if backend in REDIS_SCHEMES:
         try:
             from .redis import RedisRepository
         except ImportError as exc:  # redis-py is an optional dependency
-            raise UnsupportedStoreError(
-                f"pyncette.url: the {scheme}:// store needs the redis package; "
-                "pip install 'pyramid_pyncette[redis]'"
-            ) from exc
+            raise UnsupportedStoreError(missing_driver_message(scheme, exc)) from exc
 
         return RedisRepository(
             url,

@@ -889,6 +889,17 @@ class Repository(abc.ABC):
         """Whether ``exc`` means the store is (temporarily) unreachable, so a retry may work."""
         return isinstance(exc, (RepositoryError, ConnectionError, TimeoutError))
 
+    def describe_setup_error(self, exc: BaseException) -> str | None:
+        """One line naming the misconfiguration behind ``exc`` and its fix, or None.
+
+        Not None only for errors no retry can fix (wrong credentials, an
+        unknown database, a missing table or driver): ``pscheduler`` stops
+        at start on those instead of waiting for the store.
+        """
+        if isinstance(exc, ImportError):
+            return f"a module the store needs cannot be imported ({exc}); install it"
+        return None
+
     @abc.abstractmethod
     def list(self, task: str | None = None, cursor: str | None = None, limit: int = 100) -> JobPage:
         """Jobs ordered by id, after ``cursor``, optionally of one task."""

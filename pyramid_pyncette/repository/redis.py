@@ -56,6 +56,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..jobs import Job
+from ..redaction import redact_text, redact_url
 from .base import (
     JobPage,
     Lease,
@@ -640,47 +641,21 @@ def _plan_values(values: dict[str, Any]) -> dict[str, Any]:
     return encoded
 
 
-def redact_url(url: Any) -> str:
-    """``url`` with any password replaced by ``***`` (never raises)."""
+def _url_problem(url: str, exc: Exception) -> str:
+    """Why redis-py refused ``url``, without echoing any part of its credentials."""
+    rest = url.partition("://")[2]
     try:
-        text = str(url)
-        parts = urlsplit(text)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, host = netloc.rpartition("@")
-            if ":" in userinfo:
-                netloc = f"{userinfo.partition(':')[0]}:***@{host}"
-            elif parts.scheme.lower() in ("redis", "rediss"):
-                # redis://secret@host: a lone userinfo is the password.
-                netloc = f"***@{host}"
-        query = re.sub(r"(^|&)(password=)[^&]*", r"\1\2***", parts.query)
-        if netloc == parts.netloc and query == parts.query:
-            return text
-        redacted = f"{parts.scheme}://{netloc}{parts.path}"
-        if parts.query:
-            redacted += "?" + query
-        if parts.fragment:
-            redacted += "#" + parts.fragment
-        return redacted
-    except Exception:
-        return "***"
-
-
-def _secrets_of(url: str) -> list[str]:
-    """The password-like parts of ``url``, to scrub them from error text."""
-    found = []
-    try:
-        parts = urlsplit(url)
-        if parts.password:
-            found.append(parts.password)
-        elif parts.username and "@" in parts.netloc:
-            found.append(parts.username)
-        found.extend(re.findall(r"(?:^|&)password=([^&]*)", parts.query))
-    except Exception:
-        match = re.search(r"://([^@/]*)@", url)
-        if match:
-            found.append(match.group(1))
-    return [secret for secret in found if secret]
+        authority = urlsplit(url).netloc
+    except ValueError:
+        authority = ""
+    if "@" in rest and "@" not in authority:
+        # urllib ended the host at a '/', '?' or '#' inside the password: its
+        # complaint (a bad port or database number) quotes part of the password.
+        return (
+            "the part before '@' holds a raw '/', '?' or '#'; percent-encode them in the "
+            "user and password (%2F, %3F, %23)"
+        )
+    return redact_text(str(exc))
 
 
 # --------------------------------------------------------------------------- the store
@@ -757,10 +732,9 @@ class RedisRepository(Repository):
             # Options in the URL's query string win over these defaults.
             pool = redis.BlockingConnectionPool.from_url(url, **options)
         except Exception as exc:
-            message = str(exc)
-            for secret in _secrets_of(url):
-                message = message.replace(secret, "***")
-            raise ValueError(f"invalid Redis URL {redact_url(url)!r}: {message}") from None
+            raise ValueError(
+                f"invalid Redis URL {redact_url(url)!r}: {_url_problem(url, exc)}"
+            ) from None
         return redis.Redis(connection_pool=pool)
 
     def __repr__(self) -> str:
@@ -796,11 +770,48 @@ class RedisRepository(Repository):
             self._client.connection_pool.disconnect()
 
     def is_transient(self, exc: BaseException) -> bool:
-        if isinstance(exc, _PERMANENT_ERRORS):
+        if isinstance(exc, _PERMANENT_ERRORS) or self.describe_setup_error(exc) is not None:
             return False
         if isinstance(exc, _TRANSIENT_ERRORS):
             return True
         return super().is_transient(exc)
+
+    # Replies no retry changes: a database number the server does not have,
+    # a server without Lua scripting, a cluster asked to SELECT.
+    _SETUP_REPLIES = (
+        ("DB index is out of range", "database"),
+        ("invalid DB index", "database"),
+        ("SELECT is not allowed in cluster mode", "database"),
+        ("unknown command", "scripts"),
+    )
+
+    def describe_setup_error(self, exc: BaseException) -> str | None:
+        problem = None
+        # WrongNumberOfArgs: a user name sent to a server without users (Redis < 6).
+        if isinstance(
+            exc,
+            (redis_errors.AuthenticationError, redis_errors.AuthenticationWrongNumberOfArgsError),
+        ):
+            problem = "the store refused the login; fix the user and password in pyncette.url"
+        elif isinstance(exc, redis_errors.AuthorizationError):
+            problem = (
+                "the store's user lacks a permission (it needs keys under the namespace and "
+                "the EVALSHA, SCRIPT and PUBLISH commands); grant it with ACL SETUSER"
+            )
+        elif isinstance(exc, redis_errors.ResponseError):
+            text = str(exc)
+            kind = next((kind for reply, kind in self._SETUP_REPLIES if reply in text), None)
+            if kind == "database":
+                problem = (
+                    "the server has no such database number; fix the number at the end of "
+                    "pyncette.url (redis://host:6379/0) or the server's 'databases' setting"
+                )
+            elif kind == "scripts":
+                problem = "the server lacks a command the store needs (Lua scripting)"
+        if problem is None:
+            return super().describe_setup_error(exc)
+        detail = " ".join(redact_text(str(exc)).split())
+        return f"{problem} ({type(exc).__name__}: {detail})"
 
     def _write(
         self, ops: list[dict[str, Any]], tasks: Iterable[str], announce: bool = False

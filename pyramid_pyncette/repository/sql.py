@@ -15,6 +15,7 @@ import contextlib
 import functools
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
@@ -25,6 +26,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from ..jobs import MAX_JOB_ID_LENGTH, Job
+from ..redaction import redact_text
 from .base import (
     JobPage,
     Lease,
@@ -573,11 +575,75 @@ class SQLRepository(Repository):
         return stop
 
     def is_transient(self, exc: BaseException) -> bool:
+        if self.describe_setup_error(exc) is not None:
+            return False
         if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
             return True
         if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
             return True
         return super().is_transient(exc)
+
+    # Errors that no retry fixes, by driver: SQLSTATE (psycopg), error number
+    # (PyMySQL) or, where the driver gives no code, the server's message
+    # (libpq reports refused logins without a SQLSTATE).
+    _SQLSTATE_PROBLEMS = {
+        "28P01": "credentials",
+        "28000": "credentials",
+        "3D000": "database",
+        "42P01": "table",
+        "42501": "permission",
+    }
+    _MYSQL_PROBLEMS = {
+        1045: "credentials",
+        1698: "credentials",
+        1044: "permission",
+        1142: "permission",
+        1049: "database",
+        1146: "table",
+    }
+    _MESSAGE_PROBLEMS = (
+        (re.compile("password authentication failed|no password supplied"), "credentials"),
+        (re.compile('no pg_hba.conf entry|role "[^"]*" does not exist'), "credentials"),
+        (re.compile('database "[^"]*" does not exist'), "database"),
+        (re.compile("no such table"), "table"),  # SQLite
+    )
+
+    def describe_setup_error(self, exc: BaseException) -> str | None:
+        orig = getattr(exc, "orig", None) or exc
+        problem = None
+        code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        args = getattr(orig, "args", ())
+        if "pymysql" in type(orig).__module__ or "MySQLdb" in type(orig).__module__:
+            number = args[0] if args and isinstance(args[0], int) else None
+            problem = self._MYSQL_PROBLEMS.get(number)
+        elif code:
+            problem = self._SQLSTATE_PROBLEMS.get(code)
+        elif isinstance(exc, sa.exc.DBAPIError):
+            text = str(orig)
+            if self._dialect == "sqlite" or "FATAL:" in text:
+                problem = next((p for rx, p in self._MESSAGE_PROBLEMS if rx.search(text)), None)
+        if problem is None:
+            return super().describe_setup_error(exc)
+        detail = str(orig).strip()
+        if "FATAL:" in detail:  # libpq: "connection to server at ... failed: FATAL:  ..."
+            detail = detail.rpartition("FATAL:")[2]
+        if len(args) == 2 and isinstance(args[1], str):  # PyMySQL: (number, message)
+            detail = f"{args[0]} {args[1]}"
+        detail = " ".join(redact_text(detail.strip().split("\n")[0]).split())
+        table = self.table.name
+        fix = {
+            "credentials": "the store refused the login; fix the user and password in pyncette.url",
+            "database": "the database does not exist; create it or fix its name in pyncette.url",
+            "permission": f"the store's user may not use the database or the {table!r} table; "
+            "grant it the rights or use another user in pyncette.url",
+            "table": f"the {table!r} table does not exist"
+            + (
+                "; create it with your migrations or set pyncette.skip_table_create = false"
+                if not self.create_table
+                else "; check pyncette.table_name"
+            ),
+        }[problem]
+        return f"{fix} ({detail})"
 
     def remove(self, ids: Iterable[str]) -> set[str]:
         ids = list(ids)

@@ -6,10 +6,15 @@ Shaped like ``pserve``::
 
 The first SIGINT or SIGTERM stops claiming, lets running jobs finish and
 exits 0; a second one exits at once with status 1 (leases of jobs still
-running then expire and the jobs run again elsewhere). A store that cannot
-be reached fails ``--list`` and ``--once`` with status 3; the daemon waits
-it out. Credentials of the store URL never appear in its output: they are
-scrubbed from every message and log line.
+running then expire and the jobs run again elsewhere).
+
+At start every mode checks the store. A misconfiguration no retry can fix
+(wrong credentials, an unknown database, a missing table or driver) exits
+with status 2 and one line naming the problem and the fix. A store that
+cannot be reached (refused, timed out, unknown host) fails ``--list`` and
+``--once`` with status 3; the daemon waits it out, and once running it
+treats every store error as an outage. Passwords in URLs and connection
+strings are hidden (``***``) in everything it prints and logs.
 """
 
 from __future__ import annotations
@@ -17,26 +22,25 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import signal
 import sys
 import textwrap
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from pyramid.paster import bootstrap, get_appsettings, setup_logging
+from pyramid.paster import bootstrap, setup_logging
 from pyramid.scripts.common import parse_vars
 
+from ..redaction import install_log_redaction, redact_text
 from ..schedules import ScheduleError, schedule_from_json
 
 log = logging.getLogger("pyramid_pyncette")
 
 EXIT_OK = 0
 EXIT_FORCED = 1
+#: Bad usage or configuration, including a store misconfigured beyond any retry.
 EXIT_USAGE = 2
+#: The store cannot be reached (``--list`` and ``--once`` only).
 EXIT_STORE = 3
-
-_PASSWORD_PARAM = re.compile(r"(?:^|&)(?:password|passwd|pass|pwd)=([^&]*)", re.IGNORECASE)
 
 
 def _format_time(value: Any) -> str:
@@ -55,80 +59,6 @@ def _describe_schedule(data: Any) -> str:
         return f"unreadable {data!r}"
     except Exception:
         return "unreadable"
-
-
-def secrets_of(url: Any) -> list[str]:
-    """The password-like parts of a store URL (raw and percent-decoded), longest first.
-
-    A lone user part (``redis://secret@host``) counts: Redis URLs often carry
-    the password there.
-    """
-    if not isinstance(url, str):
-        return []
-    found: list[str] = []
-    try:
-        parts = urlsplit(url)
-        userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
-        query = parts.query
-    except ValueError:
-        match = re.search(r"://([^/?#]*)@", url)
-        userinfo = match.group(1) if match else ""
-        query = url.partition("?")[2]
-    if userinfo:
-        user, colon, password = userinfo.partition(":")
-        found.append(password if colon else user)
-    found.extend(_PASSWORD_PARAM.findall(query))
-    found += [unquote(secret) for secret in found]
-    return sorted({secret for secret in found if secret}, key=len, reverse=True)
-
-
-def scrub(text: str, secrets: list[str]) -> str:
-    """``text`` with every secret replaced by ``***``."""
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
-
-
-class SecretFilter(logging.Filter):
-    """Replace store credentials in log records (message, arguments and traceback) by ``***``."""
-
-    def __init__(self, secrets: list[str]) -> None:
-        super().__init__()
-        self.secrets = secrets
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
-        try:
-            message = record.getMessage()
-        except Exception:
-            return True
-        clean = scrub(message, self.secrets)
-        if clean != message:
-            record.msg, record.args = clean, None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = scrub(record.exc_text, self.secrets)
-        if record.stack_info:
-            record.stack_info = scrub(record.stack_info, self.secrets)
-        return True
-
-
-def _install_secret_filter(secrets: list[str]) -> None:
-    """Scrub ``secrets`` from everything the process logs."""
-    if not secrets:
-        return
-    loggers = [logging.getLogger(), logging.getLogger("pyramid_pyncette")]
-    loggers += [
-        item
-        for item in logging.Logger.manager.loggerDict.values()
-        if isinstance(item, logging.Logger)
-    ]
-    for logger in loggers:
-        for handler in logger.handlers:
-            if not any(isinstance(f, SecretFilter) for f in handler.filters):
-                handler.addFilter(SecretFilter(secrets))
 
 
 class PSchedulerCommand:
@@ -152,8 +82,6 @@ class PSchedulerCommand:
             self.args.verbose = 0
         self.signals_seen = 0
         self.worker = None
-        #: Credentials of the store URL, scrubbed from everything printed or logged.
-        self.secrets: list[str] = []
 
     def _make_parser(self) -> argparse.ArgumentParser:
         parser = argparse.ArgumentParser(
@@ -196,24 +124,40 @@ class PSchedulerCommand:
             print(message)
 
     def err(self, message: str) -> None:
-        print(f"pscheduler: {scrub(message, self.secrets)}", file=sys.stderr)
-
-    def _read_secrets(self, config_uri: str, config_vars: dict[str, str]) -> None:
-        """Learn the store URL's credentials before anything can print them."""
-        try:
-            settings = get_appsettings(config_uri, name=self.args.app_name, options=config_vars)
-            self.secrets = secrets_of(settings.get("pyncette.url"))
-        except Exception:
-            self.secrets = []
-        _install_secret_filter(self.secrets)
+        print(f"pscheduler: {redact_text(message)}", file=sys.stderr)
 
     def _store_error(self, registry: Any, what: str, exc: BaseException) -> int:
-        settings = registry.scheduler.settings
-        self.secrets = sorted({*self.secrets, *secrets_of(settings.url)}, key=len, reverse=True)
+        """Report a store error at start: status 2 if no retry can fix it, else 3."""
+        scheduler = registry.scheduler
+        store = scheduler.settings.redacted_url()
+        problem = scheduler.describe_setup_error(exc)
+        if problem is not None:
+            self.err(f"store {store}: {problem}")
+            return EXIT_USAGE
         lines = str(exc).strip().splitlines()
         detail = f"{type(exc).__name__}: {lines[0] if lines else ''}"
-        self.err(f"{what} ({settings.redacted_url()}): {detail}")
+        self.err(f"{what} ({store}): {detail}")
         return EXIT_STORE
+
+    def check_store(self, registry: Any) -> int | None:
+        """Connect to the store and read its table; an exit status if that must stop us.
+
+        A misconfiguration stops every mode (status 2). An outage stops
+        ``--list`` and ``--once`` (status 3); the daemon starts anyway and
+        waits for the store.
+        """
+        scheduler = registry.scheduler
+        try:
+            # Connects, sets the store up and reads the job table (a missing
+            # table with pyncette.skip_table_create shows here).
+            scheduler.repository.next_due()
+        except Exception as exc:
+            if scheduler.describe_setup_error(exc) is None and not (
+                self.args.once or self.args.list
+            ):
+                return None  # the worker waits the outage out and logs it
+            return self._store_error(registry, "cannot reach the store", exc)
+        return None
 
     def run(self) -> int:
         try:
@@ -226,7 +170,7 @@ class PSchedulerCommand:
         try:
             self.setup_logging(config_uri, global_conf=config_vars)
             self._set_verbosity()
-            self._read_secrets(config_uri, config_vars)
+            install_log_redaction()
             uri = config_uri if not self.args.app_name else f"{config_uri}#{self.args.app_name}"
             env = self.bootstrap(uri, options=config_vars)
         except Exception as exc:
@@ -241,12 +185,10 @@ class PSchedulerCommand:
                     "config.include('pyramid_pyncette') to the app factory"
                 )
                 return EXIT_USAGE
-            self.secrets = sorted(
-                {*self.secrets, *secrets_of(registry.scheduler.settings.url)},
-                key=len,
-                reverse=True,
-            )
-            _install_secret_filter(self.secrets)
+            install_log_redaction()  # handlers the app itself added
+            status = self.check_store(registry)
+            if status is not None:
+                return status
             if self.args.list:
                 return self.list_jobs(registry)
             return self.serve(registry)
@@ -306,12 +248,6 @@ class PSchedulerCommand:
     def serve(self, registry: Any) -> int:
         from ..worker import Worker
 
-        if self.args.once:
-            # A daemon waits out a store outage; a one-shot run reports it and fails.
-            try:
-                registry.scheduler.repository.setup()
-            except Exception as exc:
-                return self._store_error(registry, "cannot reach the store", exc)
         self.worker = Worker(registry)
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
