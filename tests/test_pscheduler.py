@@ -266,3 +266,118 @@ def test_second_signal_exits_at_once_with_non_zero_status(tmp_path):
     assert daemon.returncode not in (0, None)
     assert time.monotonic() - started < 5
     assert read_runs(records) == []
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+def _write_talking_ini(tmp_path, url, extra=""):
+    """An INI for :mod:`tests.redactapp`; ``url`` is written as is (``%`` doubled)."""
+    ini = tmp_path / "talk.ini"
+    ini.write_text(
+        textwrap.dedent(
+            f"""\
+            [app:main]
+            use = call:tests.redactapp:main
+            pyncette.url = {url.replace("%", "%%")}
+            pyncette.poll_interval = 0.2s
+            EXTRA
+
+            LOGGING
+            """
+        )
+        .replace("EXTRA", textwrap.dedent(extra).strip())
+        .replace(
+            "LOGGING", logging_sections("%(asctime)s %(levelname)-5.5s [%(name)s] %(message)s")
+        )
+    )
+    return str(ini)
+
+
+def _run_process(ini, *args, timeout=120):
+    done = subprocess.run(
+        [*PSCHEDULER, *args, ini], env=_env(), capture_output=True, text=True, timeout=timeout
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def _assert_app_lines_intact(output):
+    from tests.redactapp import ORDINARY
+
+    assert f"app says: {ORDINARY}" in output, output
+
+
+def _server_url(url, user, password):
+    """``url`` of a test server with ``user:password`` as its credentials."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{user}:{password}@{rest.rpartition('@')[2]}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("password", ["e", "postgres", "pass", "%40"])
+def test_pscheduler_output_hides_only_the_postgresql_password(
+    tmp_path, postgresql_server, password
+):
+    from tests.redactapp import ORDINARY
+
+    # The test server trusts local connections: the password is sent and ignored.
+    url = _server_url(postgresql_server.url, "postgres", password)
+    ini = _write_talking_ini(tmp_path, url, extra=f"pyncette.table_name = talk_{len(password)}")
+    registry = _registry(ini)
+    registry.scheduler.add_async_job("talk", job_id="talk")
+
+    status, output = _run_process(ini, "--once", "-v")
+
+    assert status == 0, output
+    _assert_app_lines_intact(output)
+    assert f"job says: {ORDINARY}" in output
+    shown = _server_url(postgresql_server.url, "postgres", "***")
+    assert f"store {shown})" in output  # the worker's start line names its store
+    assert f"postgres:{password}@" not in output
+
+
+@pytest.mark.slow
+def test_pscheduler_output_hides_the_password_of_a_user_named_like_the_scheme(
+    tmp_path, postgresql_server, redis_server
+):
+    from tests.redactapp import ORDINARY
+
+    with postgresql_server.connect("postgres", autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'postgresql'").fetchone():
+            conn.execute("CREATE ROLE postgresql LOGIN SUPERUSER")
+    with redis_server.client() as client:
+        client.execute_command("ACL", "SETUSER", "redis", "on", ">secret", "~*", "&*", "+@all")
+    urls = [
+        _server_url(postgresql_server.url, "postgresql", "secret"),
+        _server_url(redis_server.url, "redis", "secret"),
+    ]
+    for url in urls:
+        ini = _write_talking_ini(tmp_path, url, extra="pyncette.table_name = talk_scheme")
+        registry = _registry(ini)
+        registry.scheduler.add_async_job("talk", job_id="talk")
+
+        status, output = _run_process(ini, "--once", "-v")
+
+        assert status == 0, output
+        _assert_app_lines_intact(output)
+        assert f"job says: {ORDINARY}" in output
+        scheme, _, rest = url.partition("://")
+        user = rest.partition(":")[0]
+        assert f"store {scheme}://{user}:***@{rest.partition('@')[2]})" in output, output
+        assert ":secret@" not in output
+
+
+@pytest.mark.slow
+def test_pscheduler_error_line_hides_only_the_mariadb_password(tmp_path, mariadb_server):
+    # root has no password on the test server: 'p' is refused, and said so once.
+    url = _server_url(mariadb_server.url, "root", "p")
+    ini = _write_talking_ini(tmp_path, url)
+
+    status, output = _run_process(ini, "--once")
+
+    assert status == 2, output
+    _assert_app_lines_intact(output)
+    errors = [line for line in output.splitlines() if line.startswith("pscheduler:")]
+    shown = _server_url(mariadb_server.url, "root", "***")
+    assert len(errors) == 1 and errors[0].startswith(f"pscheduler: store {shown}: "), output
+    assert "root:p@" not in output
