@@ -156,7 +156,10 @@ class PSchedulerCommand:
                 self.args.once or self.args.list
             ):
                 return None  # the worker waits the outage out and logs it
-            return self._store_error(registry, "cannot reach the store", exc)
+            what = (
+                "cannot list the jobs of the store" if self.args.list else "cannot reach the store"
+            )
+            return self._store_error(registry, what, exc)
         return None
 
     def run(self) -> int:
