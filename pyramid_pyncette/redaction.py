@@ -4,8 +4,9 @@ One module owns the rules so that settings, stores, the daemon and its logs
 agree on what is hidden:
 
 * :func:`redact_url` hides the password of one URL (the user part too for
-  Redis URLs that carry only one name: ``redis://secret@host``) and the
-  values of credential query parameters (:data:`CREDENTIAL_PARAMETERS`).
+  Redis URLs that carry only one name, ``redis://secret@host``: often a
+  password missing its leading colon) and the values of credential query
+  parameters (:data:`CREDENTIAL_PARAMETERS`).
 * :func:`redact_text` finds URLs (``scheme://user:password@host...``) and
   ``password=...`` conninfo pairs inside any text (an error message, a log
   line) and hides only those parts. Nothing else in the text changes: a
