@@ -21,6 +21,8 @@ from typing import Any
 
 from pyramid.exceptions import ConfigurationError
 
+from .redaction import install_log_redaction
+
 log = logging.getLogger(__name__)
 
 #: Seconds to wait for running jobs when the server stops.
@@ -91,6 +93,8 @@ def server_factory(global_conf: dict[str, Any], **settings: Any):
         import waitress
 
         registry = find_registry(app)
+        # As pscheduler does: no log line of this process shows a store password.
+        install_log_redaction()
         worker, thread = start_worker(registry)
         _stop_on_sigterm()
         try:

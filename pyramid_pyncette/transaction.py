@@ -39,6 +39,7 @@ from transaction.interfaces import (
 from zope.interface import implementer
 
 from .jobs import Job
+from .redaction import redact_text
 from .repository.base import STAGED_PREFIX
 
 if TYPE_CHECKING:
@@ -165,8 +166,10 @@ class StagingDataManager:
             previous = self.scheduler._stage(adds, removes, token)
         except Exception as exc:
             if self.scheduler.is_transient(exc):
+                # The driver's text may echo the store URL: hide its password.
+                detail = redact_text(f"{type(exc).__name__}: {exc}")
                 raise StoreUnavailable(
-                    f"the job store is unavailable ({type(exc).__name__}: {exc}); "
+                    f"the job store is unavailable ({detail}); "
                     "the transaction was aborted and may be retried"
                 ) from exc
             raise

@@ -111,6 +111,30 @@ def test_start_worker_needs_the_include():
         start_worker(Configurator().registry)
 
 
+def test_combined_server_hides_store_passwords_in_every_log_line(monkeypatch):
+    import logging
+
+    import waitress
+
+    from pyramid_pyncette import server
+    from pyramid_pyncette.redaction import RedactingFilter
+
+    handler = logging.StreamHandler()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    calls = []
+    monkeypatch.setattr(server, "find_registry", lambda app: "registry")
+    monkeypatch.setattr(server, "start_worker", lambda registry: ("worker", "thread"))
+    monkeypatch.setattr(server, "stop_worker", lambda worker, thread: calls.append("stopped"))
+    monkeypatch.setattr(waitress, "serve", lambda app, **settings: calls.append("served"))
+    try:
+        assert server.server_factory({})(object()) == 0
+        assert calls == ["served", "stopped"]
+        assert any(isinstance(f, RedactingFilter) for f in handler.filters)
+    finally:
+        root.removeHandler(handler)
+
+
 def test_bootstrap_of_a_combined_ini_starts_no_loop(tmp_path):
     from pyramid.paster import bootstrap
 

@@ -378,6 +378,25 @@ def test_store_failure_at_vote_raises_store_unavailable_and_aborts_the_app_row(b
     assert job_ids(registry) == []
 
 
+def test_store_unavailable_hides_the_password_the_driver_error_echoes(build, monkeypatch):
+    def schedule(request):
+        request.scheduler.add_async_job("noop")
+        return Response("ok")
+
+    app, registry = build({"schedule": schedule})
+    repository = registry.scheduler.repository
+
+    def stage(*args):
+        raise ConnectionError("cannot reach redis://:hunter2@10.0.0.9:6379/0 (refused)")
+
+    monkeypatch.setattr(repository, "stage", stage)
+    with pytest.raises(StoreUnavailable) as excinfo:
+        app.post("/schedule")
+
+    assert "hunter2" not in str(excinfo.value)
+    assert "redis://:***@10.0.0.9:6379/0 (refused)" in str(excinfo.value)
+
+
 def test_store_failure_at_vote_is_retried_by_pyramid_retry(build, monkeypatch):
     attempts = []
 
