@@ -14,8 +14,10 @@ import asyncio
 import inspect
 import io
 import logging
+import threading
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,10 +29,85 @@ from pyramid.request import Request
 from pyramid.threadlocal import manager as threadlocal_manager
 
 from .events import JobFailed, JobStarted, JobSucceeded
+from .jobs import DEFAULT_RETRIES, RetryDefaults
 from .repository import Lease, Outcome
+from .repository.base import describe_failure, plan_completion
 from .tasks import Task
 
 log = logging.getLogger(__name__)
+
+
+class RecentFailures:
+    """The ids of jobs whose failure was logged with its traceback, newest last.
+
+    A job's first failure in this process logs its traceback; further
+    failures log one line, the traceback at DEBUG, until the job succeeds.
+    At most ``size`` ids are kept (the least recent is forgotten first), so
+    memory stays bounded however many jobs fail.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def first(self, job_id: str) -> bool:
+        """Remember a failure of ``job_id``; whether it is the first one remembered."""
+        with self._lock:
+            if job_id in self._ids:
+                self._ids.move_to_end(job_id)
+                return False
+            self._ids[job_id] = None
+            if len(self._ids) > self.size:
+                self._ids.popitem(last=False)
+            return True
+
+    def forget(self, job_id: str) -> None:
+        """``job_id`` succeeded: its next failure logs its traceback again."""
+        if job_id in self._ids:  # a lock-free look first: most runs never failed
+            with self._lock:
+                self._ids.pop(job_id, None)
+
+
+#: The failures this process logged with their traceback.
+recent_failures = RecentFailures()
+
+
+def log_failure(outcome: Outcome, problem: str, exc: BaseException | None = None) -> None:
+    """Log a failed run in one line: the attempt, the problem and what happens next.
+
+    The next step is read from the plan the store will apply to ``outcome``.
+    ``exc``'s traceback goes with the line the first time the job fails in
+    this process, at DEBUG after that. Parked jobs are logged at ERROR,
+    others at WARNING.
+    """
+    job = outcome.lease.job
+    try:
+        attempt, next_step = describe_failure(outcome, plan_completion(outcome))
+    except Exception:  # never let the description of a failure lose the failure
+        log.exception("job %r: could not describe what follows its failure", job.id)
+        attempt, next_step = f"attempt {outcome.lease.attempt}", "see the job's state"
+    level = logging.ERROR if next_step.startswith("parked") else logging.WARNING
+    first = recent_failures.first(job.id)
+    log.log(
+        level,
+        "job %r (task %r) failed on %s: %s; %s",
+        job.id,
+        job.task,
+        attempt,
+        " ".join(problem.splitlines()),
+        next_step,
+        exc_info=exc if first else None,
+    )
+    if exc is not None and not first:
+        log.debug("traceback of job %r, %s:", job.id, attempt, exc_info=exc)
+
+
+def _describe_exception(exc: BaseException) -> str:
+    try:
+        return repr(exc)
+    except Exception:
+        return f"<{type(exc).__name__} whose repr() raised>"
 
 
 @dataclass
@@ -171,11 +248,14 @@ def run_job(
     base_url: str = "http://localhost",
     info: JobInfo | None = None,
     requests: JobRequests | None = None,
+    retry_defaults: RetryDefaults = DEFAULT_RETRIES,
 ) -> Outcome:
     """Run one claimed job and report how it ended. Never raises.
 
     ``requests`` makes the job's request; workers pass one they keep, so
     that the request set-up is prepared once rather than per run.
+    ``retry_defaults`` (the daemon's retry settings) go with a failed run's
+    outcome, which the failure's log line describes.
     """
     job = lease.job
     if task is None:
@@ -183,8 +263,16 @@ def run_job(
             f"task {job.task!r} is not registered in this application; register it or "
             f"cancel the job {job.id!r}"
         )
-        log.error("job %r: %s", job.id, error)
-        return Outcome(lease, succeeded=False, finished_at=clock(), error=error, permanent=True)
+        outcome = Outcome(
+            lease,
+            succeeded=False,
+            finished_at=clock(),
+            error=error,
+            permanent=True,
+            retry_defaults=retry_defaults,
+        )
+        log_failure(outcome, error)
+        return outcome
     if info is None:
         info = JobInfo.for_lease(lease)
     transactional = bool(task.options.get("transactional"))
@@ -207,15 +295,21 @@ def run_job(
             if not isinstance(exc, Exception):
                 raise
             duration = time.perf_counter() - started
-            log.warning("job %r (task %r) failed: %r", job.id, job.task, exc, exc_info=True)
+            outcome = Outcome(
+                lease,
+                succeeded=False,
+                finished_at=clock(),
+                error=traceback.format_exc(),
+                retry_defaults=retry_defaults,
+            )
+            log_failure(outcome, _describe_exception(exc), exc)
             _notify(
                 registry,
                 JobFailed(job, request, lease.scheduled_at, lease.attempt, exc, duration),
             )
-            return Outcome(
-                lease, succeeded=False, finished_at=clock(), error=traceback.format_exc()
-            )
+            return outcome
         duration = time.perf_counter() - started
+        recent_failures.forget(job.id)
         _notify(
             registry,
             JobSucceeded(job, request, lease.scheduled_at, lease.attempt, result, duration),

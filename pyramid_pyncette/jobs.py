@@ -16,8 +16,12 @@ EXECUTION_MODES = ("at_least_once", "at_most_once")
 FAILURE_MODES = ("none", "unlock", "commit")
 RETRY_EXHAUSTED_MODES = ("advance", "park")
 
-#: Defaults of the retry options (seconds).
-DEFAULT_RETRY_BACKOFF = 1.0
+#: Defaults of the retry settings and options: a failed run is retried 5
+#: times, about 5-10 s, 10-20 s, 20-40 s, 40-80 s and 80-160 s after each
+#: failure, so a broken job surfaces (parked, or on to its next run) within
+#: minutes.
+DEFAULT_MAX_RETRIES = 5
+DEFAULT_RETRY_BACKOFF = 10.0
 DEFAULT_RETRY_BACKOFF_MAX = 3600.0
 
 #: Longest accepted job id (it is a primary key in every store).
@@ -31,16 +35,38 @@ STATUS_FAILED = "failed"
 
 
 @dataclass(frozen=True)
+class RetryDefaults:
+    """The retry options of jobs that do not set them.
+
+    They come from the ``pyncette.max_retries``, ``pyncette.retry_backoff``
+    and ``pyncette.retry_backoff_max`` settings of the daemon that completes
+    the run, so a job stored without them follows the daemon's current
+    settings. ``max_retries`` only applies to jobs that set neither
+    ``max_retries`` nor ``failure_mode``: an explicit ``failure_mode``
+    keeps its own meaning (retry without limit, or count the run as done).
+    """
+
+    max_retries: int = DEFAULT_MAX_RETRIES
+    retry_backoff: float = DEFAULT_RETRY_BACKOFF
+    retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX
+
+
+#: The built-in :class:`RetryDefaults` (the settings' defaults).
+DEFAULT_RETRIES = RetryDefaults()
+
+
+@dataclass(frozen=True)
 class Job:
     """A persisted job as the stores keep it and the API returns it.
 
     ``schedule`` is the schedule's JSON form (see :mod:`pyramid_pyncette.schedules`),
     ``options`` the resolved execution options (``execution_mode``,
     ``failure_mode``, ``lease_duration``, the retry options and
-    ``misfire_grace_time``). ``due_at`` is when the job is next eligible to be
-    claimed: its next run time while unleased (or the time of its next retry),
-    the lease expiry while leased, ``None`` once it is parked as failed.
-    ``next_run_at`` is the scheduled time of the run.
+    ``misfire_grace_time``; options the job did not set are absent, so the
+    daemon's settings apply to them). ``due_at`` is when the job is next
+    eligible to be claimed: its next run time while unleased (or the time of
+    its next retry), the lease expiry while leased, ``None`` once it is parked
+    as failed. ``next_run_at`` is the scheduled time of the run.
 
     ``problem`` is never stored: a store sets it when the stored row cannot be
     read as a job (unreadable JSON, wrong types); such a job is never run, the
@@ -87,9 +113,18 @@ class Job:
 
     @property
     def failure_mode(self) -> str:
-        """``'none'`` (the default), ``'unlock'`` or ``'commit'``."""
+        """``'none'``, ``'unlock'`` or ``'commit'`` (``'none'`` when unset).
+
+        It only decides what a failure does when the job sets it (see
+        :meth:`retry_limit`); otherwise the bounded default retries apply.
+        """
         value = self._option("failure_mode")
         return value if value in FAILURE_MODES else "none"
+
+    @property
+    def failure_mode_set(self) -> bool:
+        """Whether the job (or its task) chose a ``failure_mode`` explicitly."""
+        return self._option("failure_mode") in FAILURE_MODES
 
     @property
     def lease_duration(self) -> float | None:
@@ -98,21 +133,46 @@ class Job:
 
     @property
     def max_retries(self) -> int | None:
-        """How often a failed run is retried, or ``None`` (``failure_mode`` decides)."""
+        """The ``max_retries`` the job (or its task) set, or ``None`` when unset."""
         value = self._option("max_retries")
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             return None
         return value
 
+    def retry_limit(self, defaults: RetryDefaults = DEFAULT_RETRIES) -> int | None:
+        """How often a failed run of this job is retried; ``None``: ``failure_mode`` decides.
+
+        The job's own ``max_retries`` wins; a job that sets ``failure_mode``
+        instead keeps that mode's meaning (``None``: unbounded retries, or
+        ``'commit'``); any other job gets ``defaults.max_retries``.
+        """
+        retries = self.max_retries
+        if retries is not None:
+            return retries
+        if self.failure_mode_set:
+            return None
+        return defaults.max_retries
+
     @property
     def retry_backoff(self) -> float:
-        """Seconds before the first retry (doubling for each further one)."""
+        """Seconds before the first retry (doubling for each further one).
+
+        The built-in default when the job does not set it; completions use
+        :meth:`backoff`, which falls back on the daemon's setting instead.
+        """
         return self._seconds("retry_backoff", DEFAULT_RETRY_BACKOFF)
 
     @property
     def retry_backoff_max(self) -> float:
-        """The longest pause between two retries, in seconds."""
+        """The longest pause between two retries, in seconds (see :attr:`retry_backoff`)."""
         return self._seconds("retry_backoff_max", DEFAULT_RETRY_BACKOFF_MAX)
+
+    def backoff(self, defaults: RetryDefaults = DEFAULT_RETRIES) -> tuple[float, float]:
+        """``(retry_backoff, retry_backoff_max)`` in seconds: the job's own, else ``defaults``."""
+        return (
+            self._seconds("retry_backoff", defaults.retry_backoff),
+            self._seconds("retry_backoff_max", defaults.retry_backoff_max),
+        )
 
     @property
     def retry_exhausted(self) -> str:
@@ -135,13 +195,28 @@ class Job:
 
     @property
     def state(self) -> str:
-        """``'leased'`` while a daemon holds it, ``'failed'`` when it is parked
-        after its last failure, otherwise ``'scheduled'``."""
+        """Where the job stands: ``'scheduled'``, ``'running'``, ``'retrying'`` or ``'failed'``.
+
+        ``'running'`` while a daemon holds its lease; ``'failed'`` when it is
+        parked after its last failure (no due time); ``'retrying'`` when a
+        failed run waits for its next attempt (unlocked, with attempts
+        counted: a finished or fresh run has none); otherwise ``'scheduled'``.
+        """
         if self.locked_by is not None:
-            return "leased"
+            return "running"
         if self.due_at is None:
             return "failed"
+        if isinstance(self.attempts, int) and self.attempts > 0:
+            return "retrying"
         return "scheduled"
+
+    @property
+    def next_attempt_at(self) -> datetime | None:
+        """When the job is next tried: the retry time while ``'retrying'``,
+        otherwise the scheduled time of its run (``None`` once parked)."""
+        if self.state == "retrying":
+            return self.due_at
+        return self.next_run_at
 
     def replace(self, **changes: Any) -> Job:
         """A copy with ``changes`` applied (field names are checked)."""

@@ -34,6 +34,12 @@ from typing import Any
 from pyramid.exceptions import ConfigurationError
 from pyramid.settings import asbool, falsey, truthy
 
+from .jobs import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_RETRY_BACKOFF,
+    DEFAULT_RETRY_BACKOFF_MAX,
+    RetryDefaults,
+)
 from .redaction import redact_url
 
 __all__ = [
@@ -57,6 +63,9 @@ class UnknownSettingWarning(UserWarning):
 
 DEFAULT_URL = "sqlite:///pyncette.sqlite"
 """Default job store: a SQLite file relative to the current working directory."""
+
+#: Largest accepted ``pyncette.max_retries`` (the per-job option has the same limit).
+MAX_RETRIES_SETTING = 1000
 
 _TABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _REDIS_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -94,6 +103,13 @@ class PyncetteSettings:
     """Seconds between lease renewals; ``None`` means ``lease_duration / 3``."""
     base_url: str = "http://localhost"
     """Scheme and host of the requests jobs run in (what ``request.route_url`` renders)."""
+    max_retries: int = DEFAULT_MAX_RETRIES
+    """How often a failed run is retried, for jobs that set neither ``max_retries``
+    nor ``failure_mode`` (0: never)."""
+    retry_backoff: float = DEFAULT_RETRY_BACKOFF
+    """Seconds before the first retry of jobs that do not set ``retry_backoff``."""
+    retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX
+    """The longest pause between two retries, for jobs that do not set ``retry_backoff_max``."""
 
     @property
     def effective_heartbeat_interval(self) -> float:
@@ -101,6 +117,11 @@ class PyncetteSettings:
         if self.heartbeat_interval is not None:
             return self.heartbeat_interval
         return self.lease_duration / 3
+
+    @property
+    def retry_defaults(self) -> RetryDefaults:
+        """The retry options of jobs that set none, as completions apply them."""
+        return RetryDefaults(self.max_retries, self.retry_backoff, self.retry_backoff_max)
 
     def redacted_url(self) -> str:
         """Return :attr:`url` with any password replaced by ``***``.
@@ -359,7 +380,8 @@ def parse_settings(
       years (:data:`MAX_DURATION`);
       ``heartbeat_interval`` must also be shorter than ``lease_duration``;
     * integers (``batch_size``, ``concurrency``) accept ``int``, whole floats
-      or digit strings, and must be at least 1;
+      or digit strings, and must be at least 1; ``max_retries`` likewise, from
+      0 to 1000; ``retry_backoff`` and ``retry_backoff_max`` are durations;
     * ``skip_table_create`` accepts booleans or the strings understood by
       :func:`pyramid.settings.asbool` (true/false, yes/no, on/off, 1/0, t/f,
       y/n, any case); anything else is an error;
@@ -409,6 +431,18 @@ def parse_settings(
             values[name] = read.dotted_name(name, raw)
         elif name == "base_url":
             values[name] = read.base_url(name, raw)
+        elif name == "max_retries":
+            values[name] = read.integer(name, raw, minimum=0)
+            if values[name] > MAX_RETRIES_SETTING:
+                raise read.error(
+                    name,
+                    raw,
+                    f"is too large (at most {MAX_RETRIES_SETTING})",
+                    "use a small whole number (e.g. 5); for unbounded retries give the task "
+                    "failure_mode='none' or 'unlock' instead",
+                )
+        elif name in ("retry_backoff", "retry_backoff_max"):
+            values[name] = read.duration(name, raw)
         else:  # pragma: no cover - every known key is handled above
             raise AssertionError(name)
 

@@ -157,6 +157,8 @@ class Worker:
         )
         self.base_url = getattr(settings, "base_url", "http://localhost")
         self._requests = JobRequests(registry, self.base_url)
+        #: Retry options of jobs that set none (``pyncette.max_retries`` and friends).
+        self.retry_defaults = settings.retry_defaults
         self.clock = clock or self.scheduler.clock
         self.id = uuid.uuid4().hex[:12]
         self.stats: Counter[str] = Counter()
@@ -213,6 +215,7 @@ class Worker:
             base_url=self.base_url,
             info=info,
             requests=self._requests,
+            retry_defaults=self.retry_defaults,
         )
         elapsed = time.perf_counter() - started
         mean = self._mean_duration
@@ -445,7 +448,13 @@ class Worker:
         try:
             outcome = self._execute(running.lease, running.info)
         except BaseException as exc:  # run_job never raises; stay safe anyway
-            outcome = Outcome(running.lease, False, self.clock(), error=repr(exc))
+            outcome = Outcome(
+                running.lease,
+                False,
+                self.clock(),
+                error=repr(exc),
+                retry_defaults=self.retry_defaults,
+            )
         finished = self._finished
         finished.put((running.key, outcome))
         done = finished.qsize()

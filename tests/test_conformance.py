@@ -179,13 +179,13 @@ def test_missed_runs_coalesce_into_one(app):
 
 def test_failure_mode_none_keeps_lease_until_it_expires(app, tick):
     lease = app.worker.lease_duration
-    job = app.scheduler.add_date_job("fail", app.start + seconds(5))
+    job = app.scheduler.add_date_job("fail", app.start + seconds(5), failure_mode="none")
 
     assert tick(app, 5) == 1
     failed_at = app.clock()
 
     stored = app.scheduler.get_job(job.id)
-    assert stored.state == "leased"
+    assert stored.state == "running"  # it keeps its lease until the lease expires
     assert stored.last_status == "failed"
     assert "boom from fail attempt 1" in stored.last_error
     assert stored.attempts == 1
@@ -199,7 +199,7 @@ def test_failure_mode_none_keeps_lease_until_it_expires(app, tick):
     stored = app.scheduler.get_job(job.id)
     assert stored.attempts == 2
     assert "boom from fail attempt 2" in stored.last_error
-    assert stored.state == "leased"
+    assert stored.state == "running"
 
 
 def test_failure_mode_unlock_retries_at_next_run_pending(app):
@@ -207,7 +207,7 @@ def test_failure_mode_unlock_retries_at_next_run_pending(app):
 
     assert app.run_pending() == 1
     stored = app.scheduler.get_job(job.id)
-    assert stored.state == "scheduled"
+    assert stored.state == "retrying"
     assert stored.last_status == "failed"
     assert stored.attempts == 1
     assert stored.due_at == app.start
@@ -309,7 +309,7 @@ def test_expired_lease_of_dead_daemon_is_taken_over_once(app, tick):
     (dead,) = app.repository.claim(first, 10, "dead-daemon", lease_seconds)
     assert dead.token == "dead-daemon"
     assert dead.attempt == 1
-    assert app.scheduler.get_job(job.id).state == "leased"
+    assert app.scheduler.get_job(job.id).state == "running"
 
     assert app.run_pending() == 0
     assert tick(app, lease_seconds - 1) == 0

@@ -305,7 +305,7 @@ def test_flaky_fails_on_its_first_attempt_then_succeeds(demo):
     failed = registry.scheduler.get_job(job.id)
     assert failed.last_status == "failed"
     assert failed.attempts == 1
-    assert failed.state == "scheduled"  # unlocked: due again at once
+    assert failed.state == "retrying"  # unlocked: due again at once
     assert "FlakyError" in failed.last_error
     page = app.get("/")
     assert '<td class="failed">failed</td>' in page.text

@@ -91,7 +91,7 @@ def test_max_retries_runs_one_plus_three_attempts_at_the_backoff_times_then_fail
     for due in times[1:]:
         assert app.run_pending(due - MICROSECOND) == 0
         stored = app.scheduler.get_job(job.id)
-        assert (stored.state, stored.due_at, stored.next_run_at) == ("scheduled", due, app.start)
+        assert (stored.state, stored.due_at, stored.next_run_at) == ("retrying", due, app.start)
         assert stored.last_status == "failed"
         app.clock.set(due)
         assert app.run_pending() == 1
@@ -224,7 +224,7 @@ def test_recurring_job_with_retry_exhausted_park_stays_failed(app):
 def test_task_options_give_every_job_its_retries(make_app):
     app = make_app(tasks={"retried": (lambda request: 1 / 0, {"max_retries": 2})})
     job = app.scheduler.add_async_job("retried")
-    d1, d2 = delays(job.id, 2, backoff=1)
+    d1, d2 = delays(job.id, 2)  # no retry_backoff of its own: pyncette.retry_backoff (10s)
 
     assert app.run_pending() == 1
     assert app.run_pending(app.start + d1) == 1

@@ -92,6 +92,9 @@ def test_known_keys():
         "redis_namespace",
         "heartbeat_interval",
         "base_url",
+        "max_retries",
+        "retry_backoff",
+        "retry_backoff_max",
     }
     assert set(KNOWN_KEYS) == expected
 

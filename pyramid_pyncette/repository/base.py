@@ -21,6 +21,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ..jobs import (
+    DEFAULT_RETRIES,
     EXECUTION_MODES,
     FAILURE_MODES,
     MAX_ERROR_LENGTH,
@@ -28,6 +29,7 @@ from ..jobs import (
     STATUS_FAILED,
     STATUS_SUCCEEDED,
     Job,
+    RetryDefaults,
 )
 from ..schedules import ScheduleError, schedule_from_json
 
@@ -82,6 +84,10 @@ class Outcome:
     permanent: bool = False
     #: The run already completed its row inside its own transaction (``transactional=True``).
     completed: bool = False
+    #: The retry options of a job that sets none (the daemon's ``pyncette.max_retries``,
+    #: ``retry_backoff`` and ``retry_backoff_max``): the outcome carries them so that
+    #: :func:`plan_completion` stays a function of the outcome alone.
+    retry_defaults: RetryDefaults = DEFAULT_RETRIES
 
 
 @dataclass(frozen=True)
@@ -638,7 +644,15 @@ def _unrunnable_claim(
 
 
 def plan_completion(outcome: Outcome) -> CompletionPlan:
-    """Decide what finishing a run writes to its row. Never raises."""
+    """Decide what finishing a run writes to its row. Never raises.
+
+    A pure function of ``outcome``: a failed run of a job that sets neither
+    ``max_retries`` nor ``failure_mode`` follows ``outcome.retry_defaults``
+    (bounded retries with backoff, then parked or moved to its next run); a
+    job's own ``max_retries`` wins; an explicit ``failure_mode`` alone keeps
+    the lease (``'none'``), unlocks (``'unlock'``) or counts the run as done
+    (``'commit'``), without limit.
+    """
     lease = outcome.lease
     job = lease.job
     if outcome.succeeded and lease.token is not None and not job.recurring:
@@ -685,25 +699,37 @@ def _plan_completion(outcome: Outcome, last: dict[str, Any]) -> CompletionPlan:
         # Parked: no due time, so no daemon claims it until it is retried or replaced.
         values = {"due_at": None, "next_run_at": None, "attempts": job.attempts, **last}
         return CompletionPlan("settle", job.id, lease.token, values)
-    retries = job.max_retries
-    if outcome.succeeded or (retries is None and job.failure_mode == "commit"):
+    if outcome.succeeded:
         return _finish(job, lease, now, last)
-    if retries is not None:
-        attempt = job.attempts
-        if attempt <= retries:
-            delay = retry_delay(job.id, attempt, job.retry_backoff, job.retry_backoff_max)
-            values = {
-                "due_at": now + delay,
-                "next_run_at": lease.scheduled_at,
-                "attempts": attempt,
-                **last,
-            }
-            return CompletionPlan("settle", job.id, lease.token, values)
-        if job.recurring and job.retry_exhausted == "advance":
-            return _finish(job, lease, now, last)
-        values = {"due_at": None, "next_run_at": None, "attempts": attempt, **last}
+    defaults = outcome.retry_defaults
+    retries = job.retry_limit(defaults)
+    if retries is None:
+        # The job chose a failure_mode and no max_retries: that mode decides, unbounded.
+        return _plan_failure_mode(job, lease, now, last)
+    attempt = job.attempts
+    if attempt <= retries:
+        backoff, backoff_max = job.backoff(defaults)
+        values = {
+            "due_at": now + retry_delay(job.id, attempt, backoff, backoff_max),
+            "next_run_at": lease.scheduled_at,
+            "attempts": attempt,
+            **last,
+        }
         return CompletionPlan("settle", job.id, lease.token, values)
-    if job.failure_mode == "unlock":
+    if job.recurring and job.retry_exhausted == "advance":
+        return _finish(job, lease, now, last)
+    values = {"due_at": None, "next_run_at": None, "attempts": attempt, **last}
+    return CompletionPlan("settle", job.id, lease.token, values)
+
+
+def _plan_failure_mode(
+    job: Job, lease: Lease, now: datetime, last: dict[str, Any]
+) -> CompletionPlan:
+    """A failed run of a job whose explicit ``failure_mode`` decides what follows."""
+    mode = job.failure_mode
+    if mode == "commit":
+        return _finish(job, lease, now, last)
+    if mode == "unlock":
         values = {
             "due_at": now,
             "next_run_at": lease.scheduled_at,
@@ -713,6 +739,48 @@ def _plan_completion(outcome: Outcome, last: dict[str, Any]) -> CompletionPlan:
         return CompletionPlan("settle", job.id, lease.token, values)
     # failure_mode 'none': keep the lease; the run is retried once it expires.
     return CompletionPlan("note", job.id, lease.token, last)
+
+
+def describe_failure(outcome: Outcome, plan: CompletionPlan) -> tuple[str, str]:
+    """``(attempt, next step)`` of a failed run, as the log line says them.
+
+    ``attempt`` is ``'attempt 2 of 6'`` (``'attempt 2'`` when retries are
+    unbounded or impossible); the next step is read from ``plan``, the plan
+    :func:`plan_completion` made for ``outcome``: ``'retrying at 12:00:05
+    UTC'``, ``'parked as failed'``, ``'moved to its next run at ...'``, ...
+    """
+    lease = outcome.lease
+    job = lease.job
+    now = outcome.finished_at
+    attempt = f"attempt {lease.attempt}"
+    if plan.token is None:
+        return attempt, "not retried: it is at-most-once (execution_mode='at_most_once')"
+    retries = None if outcome.permanent else job.retry_limit(outcome.retry_defaults)
+    if retries is not None:
+        attempt = f"{attempt} of {retries + 1}"
+    values = plan.values
+    if plan.action == "delete":
+        if job.recurring:
+            return attempt, "deleted: its schedule has no further run"
+        return attempt, "counted as done and deleted (failure_mode='commit')"
+    if plan.action == "note":
+        return attempt, "retrying once its lease expires (failure_mode='none')"
+    due_at = values.get("due_at")
+    if due_at is None:
+        return attempt, "parked as failed (see retry_job)"
+    if not values.get("attempts"):
+        return attempt, f"moved to its next run at {_clock_time(due_at, now)}"
+    if retries is None:
+        return attempt, "retrying at the next poll (failure_mode='unlock')"
+    return attempt, f"retrying at {_clock_time(due_at, now)}"
+
+
+def _clock_time(when: datetime, now: datetime) -> str:
+    """``12:00:05 UTC``, with the date in front when it is not ``now``'s day."""
+    when = when.astimezone(timezone.utc)
+    if when.date() == now.astimezone(timezone.utc).date():
+        return when.strftime("%H:%M:%S UTC")
+    return when.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _finish(job: Job, lease: Lease, now: datetime, last: dict[str, Any]) -> CompletionPlan:

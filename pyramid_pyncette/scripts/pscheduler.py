@@ -220,7 +220,8 @@ class PSchedulerCommand:
                         job.id,
                         job.task,
                         _describe_schedule(job.schedule),
-                        _format_time(job.next_run_at),
+                        # A retrying job's next run is its retry, not its scheduled time.
+                        _format_time(job.next_attempt_at),
                         job.state,
                         last,
                     )
