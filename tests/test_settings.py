@@ -99,6 +99,46 @@ def test_known_keys():
     assert set(KNOWN_KEYS) == expected
 
 
+# --------------------------------------------------------------------------- retry settings
+
+
+def test_retry_settings_default_to_five_retries_from_ten_seconds_up_to_an_hour():
+    from pyramid_pyncette.jobs import RetryDefaults
+
+    result = _parse()
+    assert (result.max_retries, result.retry_backoff, result.retry_backoff_max) == (5, 10.0, 3600.0)
+    assert result.retry_defaults == RetryDefaults(5, 10.0, 3600.0)
+
+
+def test_retry_settings_from_ini_strings_and_typed_values():
+    from pyramid_pyncette.jobs import RetryDefaults
+
+    from_ini = _parse(max_retries="0", retry_backoff="30s", retry_backoff_max="2h")
+    assert from_ini.retry_defaults == RetryDefaults(0, 30.0, 7200.0)
+    typed = _parse(max_retries=3, retry_backoff=datetime.timedelta(minutes=1), retry_backoff_max=90)
+    assert typed.retry_defaults == RetryDefaults(3, 60.0, 90.0)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "hint"),
+    [
+        ("max_retries", "-1", r"pyncette.max_retries: '-1' is not a whole number; use a whole "),
+        ("max_retries", "many", r"pyncette.max_retries: 'many' is not a whole number"),
+        ("max_retries", True, r"is a boolean, not a whole number"),
+        ("max_retries", 2.5, r"is not a whole number; use a whole number >= 0"),
+        ("max_retries", "1001", r"'1001' is too large \(at most 1000\); use a small whole "),
+        ("max_retries", "1001", r"failure_mode='none' or 'unlock'"),
+        ("retry_backoff", "0s", r"pyncette.retry_backoff: '0s' is not a duration"),
+        ("retry_backoff", "soon", r"pyncette.retry_backoff: 'soon' is not a duration"),
+        ("retry_backoff_max", "-5m", r"pyncette.retry_backoff_max: '-5m' is not a duration"),
+    ],
+)
+def test_bad_retry_settings_name_the_key_the_value_and_the_fix(key, value, hint):
+    import re
+
+    assert re.search(hint, _parse_error(key, value))
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
