@@ -142,15 +142,30 @@ def includeme(config) -> None:
     ``pyncette.redis_namespace``
         Prefix and cluster hash tag of the Redis store's keys (default
         ``pyncette``).
+    ``pyncette.max_retries``
+        How often a failed run is retried, for jobs that set neither
+        ``max_retries`` nor ``failure_mode`` (default ``5``; ``0``: never).
+        Then a one-off job is parked as ``failed`` and a recurring one moves
+        to its next run. Jobs follow the settings of the daemon that runs
+        them. Retrying without limit is a task's explicit choice
+        (``failure_mode='none'`` or ``'unlock'``).
+    ``pyncette.retry_backoff``
+        The pause before the first retry of jobs that do not set
+        ``retry_backoff``; it doubles for each further retry, jittered to
+        between half and all of it (default ``10s``).
+    ``pyncette.retry_backoff_max``
+        The longest pause between two retries, for jobs that do not set
+        ``retry_backoff_max`` (default ``1h``).
 
     A bad value raises :class:`pyramid.exceptions.ConfigurationError` naming
     the key (never showing the URL's password); an unknown ``pyncette.*`` key
     warns. Including starts no thread and opens no connection.
 
-    Retries, misfires and the other per-task options (``max_retries``,
-    ``retry_backoff``, ``retry_backoff_max``, ``retry_exhausted``,
-    ``misfire_grace_time``...) are not settings: they are given to
-    ``@task()`` / ``config.add_pyncette_task`` or per job to ``add_*``.
+    The per-task options (``max_retries``, ``retry_backoff``,
+    ``retry_backoff_max``, ``retry_exhausted``, ``misfire_grace_time``...)
+    are given to ``@task()`` / ``config.add_pyncette_task`` or per job to
+    ``add_*``; the three retry settings above are the defaults of the
+    same-named options.
     """
     settings = parse_settings(config.get_settings())
     _check_store(settings)
