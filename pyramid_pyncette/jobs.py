@@ -154,18 +154,15 @@ class Job:
         return defaults.max_retries
 
     @property
-    def retry_backoff(self) -> float:
-        """Seconds before the first retry (doubling for each further one).
-
-        The built-in default when the job does not set it; completions use
-        :meth:`backoff`, which falls back on the daemon's setting instead.
-        """
-        return self._seconds("retry_backoff", DEFAULT_RETRY_BACKOFF)
+    def retry_backoff(self) -> float | None:
+        """Seconds before the first retry (doubling for each further one), or
+        ``None`` for the default (``pyncette.retry_backoff``, see :meth:`backoff`)."""
+        return self._seconds("retry_backoff", None)
 
     @property
-    def retry_backoff_max(self) -> float:
-        """The longest pause between two retries, in seconds (see :attr:`retry_backoff`)."""
-        return self._seconds("retry_backoff_max", DEFAULT_RETRY_BACKOFF_MAX)
+    def retry_backoff_max(self) -> float | None:
+        """The longest pause between two retries in seconds, or ``None`` for the default."""
+        return self._seconds("retry_backoff_max", None)
 
     def backoff(self, defaults: RetryDefaults = DEFAULT_RETRIES) -> tuple[float, float]:
         """``(retry_backoff, retry_backoff_max)`` in seconds: the job's own, else ``defaults``."""
