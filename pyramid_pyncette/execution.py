@@ -95,12 +95,23 @@ def log_failure(outcome: Outcome, problem: str, exc: BaseException | None = None
         job.id,
         job.task,
         attempt,
-        " ".join(problem.splitlines()),
+        _one_line(problem),
         next_step,
         exc_info=exc if first else None,
     )
     if exc is not None and not first:
         log.debug("traceback of job %r, %s:", job.id, attempt, exc_info=exc)
+
+
+#: Longest problem text in a failure's log line (the stored error keeps more).
+MAX_LOGGED_PROBLEM = 1000
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(text.splitlines())
+    if len(text) > MAX_LOGGED_PROBLEM:
+        return text[: MAX_LOGGED_PROBLEM - 3] + "..."
+    return text
 
 
 def _describe_exception(exc: BaseException) -> str:

@@ -664,15 +664,21 @@ def test_a_failure_is_one_line_saying_the_attempt_and_what_happens_next(
     assert record.levelno == (logging.ERROR if parked else logging.WARNING)
 
 
-def test_a_multi_line_error_is_logged_on_one_line(caplog, monkeypatch):
+def test_a_multi_line_or_huge_error_is_logged_on_one_bounded_line(caplog, monkeypatch):
     monkeypatch.setattr(execution, "recent_failures", RecentFailures())
     with caplog.at_level(logging.WARNING, logger="pyramid_pyncette"):
         log_failure(_failed_run(6), "first\nsecond")
+        log_failure(_failed_run(6), "x" * 100_000)
 
-    assert [r.getMessage() for r in caplog.records] == [
+    short, huge = [r.getMessage() for r in caplog.records]
+    assert short == (
         "job 'j' (task 't') failed on attempt 6 of 6: first second; parked as failed "
         "(see retry_job)"
-    ]
+    )
+    assert huge == (
+        f"job 'j' (task 't') failed on attempt 6 of 6: {'x' * 997}...; parked as failed "
+        "(see retry_job)"
+    )
 
 
 def test_a_jobs_traceback_is_logged_with_its_first_failure_then_at_debug(
