@@ -564,7 +564,11 @@ def test_pscheduler_once_parks_a_job_whose_task_is_gone_and_runs_the_rest(tmp_pa
     status, output = _pscheduler(ini, "--once")
 
     assert status == 0, output
-    assert "job 'orphan': task 'tests.procapp:gone' is not registered" in output
+    assert (
+        "job 'orphan' (task 'tests.procapp:gone') failed on attempt 1: task "
+        "'tests.procapp:gone' is not registered in this application"
+    ) in output
+    assert "; parked as failed (see retry_job)" in output
     assert {job_id for job_id, _, _ in read_runs(records)} == expected
     job = registry.scheduler.get_job("orphan")
     assert (job.state, job.last_status) == ("failed", "failed")
