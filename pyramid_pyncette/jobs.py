@@ -24,6 +24,9 @@ DEFAULT_MAX_RETRIES = 5
 DEFAULT_RETRY_BACKOFF = 10.0
 DEFAULT_RETRY_BACKOFF_MAX = 3600.0
 
+#: The start of a staging transaction's lock (``repository.base.STAGED_PREFIX``).
+_STAGED_PREFIX = "staged:"
+
 #: Longest accepted job id (it is a primary key in every store).
 MAX_JOB_ID_LENGTH = 200
 
@@ -198,8 +201,13 @@ class Job:
         parked after its last failure (no due time); ``'retrying'`` when a
         failed run waits for its next attempt (unlocked, with attempts
         counted: a finished or fresh run has none); otherwise ``'scheduled'``.
+        A row a transaction staged (locked until it commits) is not running:
+        it shows the state it will have once published.
         """
-        if self.locked_by is not None:
+        locked_by = self.locked_by
+        if locked_by is not None and not (
+            isinstance(locked_by, str) and locked_by.startswith(_STAGED_PREFIX)
+        ):
             return "running"
         if self.due_at is None:
             return "failed"

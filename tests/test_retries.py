@@ -26,7 +26,7 @@ from pyramid_pyncette import (
 )
 from pyramid_pyncette.execution import JobInfo, RecentFailures, log_failure
 from pyramid_pyncette.jobs import DEFAULT_RETRIES, Job, RetryDefaults
-from pyramid_pyncette.repository.base import Lease, Outcome, retry_delay
+from pyramid_pyncette.repository.base import Lease, Outcome, retry_delay, staged_job
 from pyramid_pyncette.schedules import IntervalSchedule
 from pyramid_pyncette.scripts.pscheduler import PSchedulerCommand
 from pyramid_pyncette.settings import parse_settings
@@ -560,6 +560,17 @@ def test_job_state_is_scheduled_running_retrying_or_failed():
         later,
         None,
     ]
+
+
+def test_a_job_staged_by_a_transaction_shows_the_state_it_will_have_not_running():
+    at = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    until = at + seconds(30)
+
+    fresh = staged_job(_job(due_at=at, next_run_at=at), "staged:tx", until)
+    retrying = staged_job(_job(due_at=at, next_run_at=at, attempts=2), "staged:tx", until)
+    parked = staged_job(_job(due_at=None, next_run_at=None, attempts=6), "staged:tx", until)
+
+    assert [job.state for job in (fresh, retrying, parked)] == ["scheduled", "retrying", "failed"]
 
 
 def test_list_shows_a_retrying_job_at_its_retry_time_and_a_running_one_at_its_run(app, capsys):
