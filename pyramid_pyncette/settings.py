@@ -67,9 +67,6 @@ DEFAULT_URL = "sqlite:///pyncette.sqlite"
 #: Largest accepted ``pyncette.max_retries`` (the per-job option has the same limit).
 MAX_RETRIES_SETTING = 1000
 
-#: Longest accepted retry backoff setting, in seconds (ten years, as for the per-job options).
-MAX_RETRY_BACKOFF_SETTING = 10 * 365 * 24 * 3600
-
 _TABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _REDIS_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
@@ -446,10 +443,6 @@ def parse_settings(
                 )
         elif name in ("retry_backoff", "retry_backoff_max"):
             values[name] = read.duration(name, raw)
-            if values[name] > MAX_RETRY_BACKOFF_SETTING:
-                raise read.error(
-                    name, raw, "is too long (at most ten years)", "use e.g. '10s' or '1h'"
-                )
         else:  # pragma: no cover - every known key is handled above
             raise AssertionError(name)
 

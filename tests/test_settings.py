@@ -131,8 +131,8 @@ def test_retry_settings_from_ini_strings_and_typed_values():
         ("retry_backoff", "0s", r"pyncette.retry_backoff: '0s' is not a duration"),
         ("retry_backoff", "soon", r"pyncette.retry_backoff: 'soon' is not a duration"),
         ("retry_backoff_max", "-5m", r"pyncette.retry_backoff_max: '-5m' is not a duration"),
-        ("retry_backoff", "420000w", r"pyncette.retry_backoff: '420000w' is too long \(at most "),
-        ("retry_backoff_max", "3700d", r"'3700d' is too long \(at most ten years\); use e.g."),
+        ("retry_backoff", "420000w", r"pyncette.retry_backoff: '420000w' is too long"),
+        ("retry_backoff_max", "3700d", r"retry_backoff_max: '3700d' is too long .*ten years"),
     ],
 )
 def test_bad_retry_settings_name_the_key_the_value_and_the_fix(key, value, hint):
