@@ -1009,6 +1009,8 @@ class Repository(abc.ABC):
         """Renew leases ``(id, token, seconds)`` to expire ``seconds`` after now.
 
         Returns the ids still held by their token (the others were lost).
+        Each id appears at most once in ``leases``: a job has one lease at a
+        time, so an id alone says which of the given leases are held.
         """
 
     @abc.abstractmethod
@@ -1018,3 +1020,15 @@ class Repository(abc.ABC):
     @abc.abstractmethod
     def next_due(self) -> datetime | None:
         """The earliest ``due_at`` of any job (leased or not), or None when empty."""
+
+    def next_due_delay(self, now: datetime) -> float | None:
+        """Seconds from now until :meth:`next_due` (negative when overdue), None when empty.
+
+        "Now" is the clock claims use: the store's own when
+        :attr:`store_clock` is set and the store has one (read in the same
+        call as the earliest due time), else ``now``. Comparing a due time
+        from one clock with another clock would make a daemon whose clock
+        runs ahead of the store's poll without pause.
+        """
+        due = self.next_due()
+        return None if due is None else (due - now).total_seconds()

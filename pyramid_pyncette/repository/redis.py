@@ -482,15 +482,20 @@ end
 return out
 """
 
-# KEYS: due, jobs. Returns the due_at of the earliest due job, or nil.
+# KEYS: due, jobs. Returns {the due_at of the earliest due job ('' when there
+# is none or its document is unreadable), the server's clock}, both strings of
+# microseconds since the epoch: the clock is read by the same script, so a
+# caller can measure the wait by the server's clock alone.
 _NEXT_DUE = r"""
+local t = redis.call('TIME')
+local now = t[1] .. string.sub('00000' .. t[2], -6)
 local first = redis.call('ZRANGE', KEYS[1], 0, 0)
-if #first == 0 then return false end
+if #first == 0 then return {'', now} end
 local raw = redis.call('HGET', KEYS[2], first[1])
-if not raw then return false end
-local value = cjson.decode(raw).due_at
-if type(value) ~= 'string' then return false end
-return value
+if not raw then return {'', now} end
+local ok, doc = pcall(cjson.decode, raw)
+if not ok or type(doc) ~= 'table' or type(doc.due_at) ~= 'string' then return {'', now} end
+return {doc.due_at, now}
 """
 
 # --------------------------------------------------------------------------- encoding
@@ -1106,6 +1111,22 @@ class RedisRepository(Repository):
         if ops:
             self._write(ops, ())
 
+    def _earliest_due(self) -> tuple[int | None, int]:
+        """The earliest due time and the server's clock, in microseconds since the epoch."""
+        due, now = (_text(value) for value in self._next_due(keys=[self._due_key, self._jobs_key]))
+        try:
+            return (int(due) if due else None), int(now)
+        except ValueError:  # an unreadable time: the claim that reaches it parks the job
+            return None, int(now)
+
     def next_due(self) -> datetime | None:
-        value = self._next_due(keys=[self._due_key, self._jobs_key])
-        return None if value is None else _decode_time(_text(value))
+        due, _ = self._earliest_due()
+        return None if due is None else _decode_time(due)
+
+    def next_due_delay(self, now: datetime) -> float | None:
+        due, server_now = self._earliest_due()
+        if due is None:
+            return None
+        if not self.store_clock:
+            server_now = _micros(now - _EPOCH)
+        return (due - server_now) / 1e6

@@ -998,6 +998,21 @@ RETURNING clock.now, {columns}
         with self._read() as conn:
             return conn.execute(sa.select(sa.func.min(self.table.c.due_at))).scalar()
 
+    def next_due_delay(self, now: datetime) -> float | None:
+        if not self.store_clock:
+            return super().next_due_delay(now)
+        # The server's clock, read by the same statement as the earliest due time.
+        if self._dialect == "postgresql":
+            clock = sa.func.clock_timestamp()
+        else:
+            clock = sa.func.utc_timestamp(6)
+        query = sa.select(sa.func.min(self.table.c.due_at), clock)
+        with self._read() as conn:
+            due, server_now = conn.execute(query).one()
+        if due is None:
+            return None
+        return (due - utc(server_now)).total_seconds()
+
 
 def _micros(seconds: float) -> int:
     """Whole microseconds in ``seconds``, rounded as ``timedelta(seconds=...)`` rounds."""
