@@ -4,9 +4,13 @@ One loop thread talks to the store; ``pyncette.concurrency`` job threads
 run jobs, taking claimed runs from one queue. The loop claims only as many
 jobs as its threads can start soon (a bounded batch ahead, so a lease is
 never spent waiting), writes finished runs in the same store call that
-claims the next batch, extends the leases of running jobs by heartbeat, and
-sleeps until the next known due time, a finished job, or the poll interval,
-whichever comes first.
+claims the next batch, renews the lease of every running job well before it
+expires (each job's own lease counts, not only the daemon's), and sleeps
+until the next known due time (by the store's clock), the next renewal, a
+finished job, or the poll interval, whichever comes first. A run whose lease
+may have run out meanwhile (the daemon was paused, the store unreachable) is
+checked with the store before its result is written: a lost lease is always
+reported, and its result discarded.
 
 Shutdown (:meth:`Worker.stop`) stops claiming, lets running jobs finish and
 releases anything claimed but not started. A store that goes away is logged,
@@ -39,12 +43,37 @@ MAX_BACKOFF = 30.0
 #: Share of a lease that a claimed job may spend queued for a free thread.
 PREFETCH_LEASE_SHARE = 0.05
 
+#: Shortest time between two renewals of one lease (seconds), however short
+#: the lease: a floor that keeps a tiny ``lease_duration`` from busy-looping.
+MIN_RENEWAL_INTERVAL = 0.05
+
 
 @dataclass
 class _Running:
+    """A claimed run, queued or running, and when its lease was last known good."""
+
     lease: Lease
     info: JobInfo
     key: tuple[str, str | None]
+    #: Monotonic time taken just before the claim or the last renewal that
+    #: held: the lease lasts at least ``seconds`` from then.
+    renewed: float = 0.0
+    #: The lease's length, and the time between its renewals (0: renew at once).
+    seconds: float = 0.0
+    period: float = 0.0
+
+    @property
+    def renew_at(self) -> float:
+        """When this lease is due for renewal (monotonic)."""
+        return self.renewed + self.period
+
+    def at_risk(self, now: float) -> bool:
+        """Whether less than one renewal period of the lease may be left at ``now``.
+
+        A run that is renewed on time never gets there: only a daemon that
+        was paused, or could not reach the store, has runs at risk.
+        """
+        return now - self.renewed >= self.seconds - self.period
 
 
 class _JobThreads:
@@ -132,7 +161,8 @@ class Worker:
 
     ``registry`` is the application registry (``pyramid_pyncette`` included).
     Keyword arguments override the ``pyncette.*`` settings; ``clock`` returns
-    the current UTC time (tests pass a fake one).
+    the current UTC time and ``monotonic`` the seconds elapsed since any fixed
+    point, to time lease renewals (tests pass fake ones).
     """
 
     def __init__(
@@ -144,6 +174,7 @@ class Worker:
         poll_interval: float | None = None,
         lease_duration: float | None = None,
         clock: Any = None,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         self.registry = registry
         self.scheduler = registry.scheduler
@@ -160,6 +191,7 @@ class Worker:
         #: Retry options of jobs that set none (``pyncette.max_retries`` and friends).
         self.retry_defaults = settings.retry_defaults
         self.clock = clock or self.scheduler.clock
+        self._monotonic = monotonic or time.monotonic
         self.id = uuid.uuid4().hex[:12]
         self.stats: Counter[str] = Counter()
         self._claims = 0
@@ -169,6 +201,10 @@ class Worker:
         self._finished: queue.SimpleQueue[tuple[tuple[str, str | None], Outcome]] = (
             queue.SimpleQueue()
         )
+        #: Finished runs whose lease may have expired, to check before writing them.
+        self._unconfirmed: list[tuple[_Running, Outcome]] = []
+        #: Outcomes collected and not yet written.
+        self._pending: list[Outcome] = []
         self._backoff = _Backoff()
         #: Mean run time of recent jobs (seconds), None until jobs have run.
         self._mean_duration: float | None = None
@@ -294,49 +330,20 @@ class Worker:
         )
         self._notify(WorkerStarting(self, self.registry))
         threads = _JobThreads(self.concurrency, self._run_one)
-        pending: list[Outcome] = []
-        next_heartbeat = time.monotonic() + self.heartbeat_interval
         # Stores that announce new jobs (PostgreSQL, Redis) wake the loop at once.
         start_listener = getattr(self.repository, "start_listener", None)
         stop_listener = start_listener(self.wake) if start_listener else None
         try:
             while not self._stopping.is_set():
-                self._wake.clear()
-                want = claimed = 0
-                try:
-                    pending.extend(self._collect())
-                    if time.monotonic() >= next_heartbeat:
-                        self._heartbeat()
-                        next_heartbeat = time.monotonic() + self.heartbeat_interval
-                    capacity = self.concurrency + self.prefetch
-                    want = min(capacity - len(self._running), self.batch_size)
-                    # Claim when a thread would idle, or when a batch's worth is free.
-                    idle = len(self._running) < self.concurrency
-                    if not (want > 0 and (idle or want * 2 >= min(capacity, self.batch_size))):
-                        want = 0
-                    if want > 0 and not self._stopping.is_set():
-                        # Finished runs are written by the same call (one round trip).
-                        claimed = self._claim_and_start(threads, want, _pending(pending))
-                        pending = []
-                    elif pending:
-                        self.repository.complete(_pending(pending))
-                        pending = []
-                    self._store_recovered()
-                except Exception as exc:
-                    self._store_failed(exc)
-                    continue
-                if until_idle and not claimed and not self._running and self._finished.empty():
+                timeout = self._cycle(threads, until_idle)
+                if timeout is None:
                     break
-                if want > 0 and claimed == want:
-                    continue  # a full batch: more may be due right now
-                timeout = next_heartbeat - time.monotonic()
-                if want > 0:
-                    timeout = min(timeout, self._until_next_due())
-                self._wake.wait(max(0.0, timeout))
+                if timeout > 0:
+                    self._wake.wait(timeout)
         finally:
             if stop_listener is not None:
                 stop_listener()
-            self._shutdown(threads, pending)
+            self._shutdown(threads)
             self.repository.release_thread_connection()
             self._notify(WorkerStopping(self, self.registry))
             log.info(
@@ -345,6 +352,50 @@ class Worker:
                 self.stats["succeeded"],
                 self.stats["failed"],
             )
+
+    def _cycle(self, threads: Any, until_idle: bool = False) -> float | None:
+        """One turn of the loop: collect, renew, write and claim.
+
+        Returns how long to wait (seconds) before the next turn, unless woken
+        earlier, or None when ``until_idle`` and nothing is left to do.
+        """
+        self._wake.clear()
+        want = claimed = 0
+        try:
+            self._pending.extend(self._collect())
+            self._pending.extend(self._confirm_leases())
+            self._heartbeat(self._monotonic())
+            capacity = self.concurrency + self.prefetch
+            want = min(capacity - len(self._running), self.batch_size)
+            # Claim when a thread would idle, or when a batch's worth is free.
+            idle = len(self._running) < self.concurrency
+            if not (want > 0 and (idle or want * 2 >= min(capacity, self.batch_size))):
+                want = 0
+            if want > 0 and not self._stopping.is_set():
+                # Finished runs are written by the same call (one round trip).
+                claimed = self._claim_and_start(threads, want, _pending(self._pending))
+                self._pending = []
+            elif self._pending:
+                self.repository.complete(_pending(self._pending))
+                self._pending = []
+            self._store_recovered()
+        except Exception as exc:
+            self._store_failed(exc)
+            return 0.0
+        if until_idle and not claimed and not self._running and self._finished.empty():
+            return None
+        if want > 0 and claimed == want:
+            return 0.0  # a full batch: more may be due right now
+        timeout = self._until_next_renewal()
+        if timeout is None:
+            timeout = self.heartbeat_interval
+        if want > 0:
+            try:
+                timeout = min(timeout, self._until_next_due())
+            except Exception as exc:
+                self._store_failed(exc)
+                return 0.0
+        return max(0.0, timeout)
 
     def _prepare(self) -> bool:
         """Set up the store and upsert static jobs, waiting out store outages."""
@@ -383,24 +434,44 @@ class Worker:
             self._backoff.reset()
 
     def _until_next_due(self) -> float:
-        next_due = self.repository.next_due()
-        if next_due is None:
-            return self.poll_interval
-        seconds = (next_due - self.clock()).total_seconds()
-        return max(0.0, min(self.poll_interval, seconds))
+        """Seconds until the earliest due time, at most the poll interval.
 
-    def _claim_and_start(self, threads: _JobThreads, want: int, outcomes: list[Outcome]) -> int:
+        The store measures it against its own clock when claims use that
+        clock: a local clock ahead of the store's must not make the loop spin.
+        """
+        delay = self.repository.next_due_delay(self.clock())
+        if delay is None:
+            return self.poll_interval
+        return max(0.0, min(self.poll_interval, delay))
+
+    def _until_next_renewal(self) -> float | None:
+        """Seconds until a running job's lease is due for renewal, or None if none is held."""
+        due = [running.renew_at for running in self._held()]
+        return min(due) - self._monotonic() if due else None
+
+    def _claim_and_start(self, threads: Any, want: int, outcomes: list[Outcome]) -> int:
         """Write ``outcomes``, claim up to ``want`` runs and queue them; return how many."""
+        # Read before the claim: each lease lasts at least its length from here.
+        claimed_at = self._monotonic()
         claimed = self.repository.complete_and_claim(
             outcomes, self.clock(), want, self._token(), self.lease_duration
         )
         if outcomes:
             log.debug("completed %d run(s)", len(outcomes))
+        self._lose_reclaimed(claimed)
         leases = self._skip_unrunnable(claimed, self.clock())
         started = []
         for lease in leases:
             key = (lease.job.id, lease.token)
-            running = _Running(lease, JobInfo.for_lease(lease), key)
+            seconds = self._lease_seconds(lease)
+            running = _Running(
+                lease,
+                JobInfo.for_lease(lease),
+                key,
+                renewed=claimed_at,
+                seconds=seconds,
+                period=self._renewal_period(seconds),
+            )
             self._running[key] = running
             started.append(running)
         if started:
@@ -408,6 +479,27 @@ class Worker:
             log.debug("claimed %d job(s) with token %s", len(leases), leases[0].token)
         self.stats["claimed"] += len(leases)
         return len(claimed)
+
+    def _lease_seconds(self, lease: Lease) -> float:
+        """How long a claim or renewal of ``lease`` holds: the job's own lease, or the default."""
+        return lease.job.lease_duration or self.lease_duration
+
+    def _renewal_period(self, seconds: float) -> float:
+        """Time between renewals of a ``seconds`` lease: a third of it at most."""
+        return max(MIN_RENEWAL_INTERVAL, min(self.heartbeat_interval, seconds / 3))
+
+    def _lose_reclaimed(self, claimed: list[Lease]) -> None:
+        """Report the runs in progress of jobs this claim took again.
+
+        A store holds one lease per job, so a new claim of a job (after
+        ``retry_job``, or once the old lease expired) means that the run
+        still going under an older claim has lost its lease, even though
+        this daemon is the one that claimed the job again.
+        """
+        ids = {lease.job.id for lease in claimed}
+        for running in self._held():
+            if running.lease.job.id in ids:
+                self._lose(running, "the job was claimed again")
 
     def _skip_unrunnable(self, leases: list[Lease], now: datetime) -> list[Lease]:
         """Report the claimed runs not to start; return the others.
@@ -463,7 +555,14 @@ class Worker:
             self._wake.set()
 
     def _collect(self) -> list[Outcome]:
+        """Take the finished runs; return the outcomes to write.
+
+        A run that lost its lease is dropped (it was reported when lost). A
+        run whose lease may have run out is kept back for
+        :meth:`_confirm_leases`, so that no result is ever discarded unseen.
+        """
         outcomes = []
+        now = self._monotonic()
         while True:
             try:
                 key, outcome = self._finished.get_nowait()
@@ -471,61 +570,125 @@ class Worker:
                 break
             running = self._running.pop(key, None)
             if running is not None and running.info.lease_lost:
-                log.warning("job %r lost its lease while running; result discarded", key[0])
+                log.info("job %r finished after losing its lease; its result is discarded", key[0])
+                continue
+            if (
+                running is not None
+                and running.lease.token is not None
+                and not outcome.completed
+                and running.at_risk(now)
+            ):
+                self._unconfirmed.append((running, outcome))
                 continue
             self._record(outcome)
             outcomes.append(outcome)
         return outcomes
 
-    def _heartbeat(self) -> None:
-        leases = [
-            (
-                running.lease.job.id,
-                running.lease.token,
-                running.lease.job.lease_duration or self.lease_duration,
-            )
+    def _confirm_leases(self) -> list[Outcome]:
+        """Check the runs kept back by :meth:`_collect`; return the outcomes still held.
+
+        One store call renews the leases of those runs: the renewal tells
+        which leases are held (those results are written next, well within
+        the renewed lease) and which are lost (reported, not written, and
+        not counted). If the store fails, the runs stay kept back.
+        """
+        if not self._unconfirmed:
+            return []
+        self._extend([running for running, _ in self._unconfirmed], "before its result was written")
+        checked, self._unconfirmed = self._unconfirmed, []
+        outcomes = []
+        for running, outcome in checked:
+            if not running.info.lease_lost:
+                self._record(outcome)
+                outcomes.append(outcome)
+        return outcomes
+
+    def _held(self) -> list[_Running]:
+        """The running (or queued) runs that hold a lease not known to be lost."""
+        return [
+            running
             for running in list(self._running.values())
             if running.lease.token is not None and not running.info.lease_lost
         ]
-        if not leases:
-            return
-        held = self.repository.extend(self.clock(), leases)
-        for job_id, token, _ in leases:
-            if job_id not in held:
-                running = self._running.get((job_id, token))
-                if running is not None:
-                    running.info.lease_lost = True
-                    log.warning("job %r lost its lease (another daemon may run it)", job_id)
-                    lease = running.lease
-                    self._notify(LeaseLost(lease.job, self.registry, lease.scheduled_at))
 
-    def _shutdown(self, threads: _JobThreads, pending: list[Outcome]) -> None:
+    def _heartbeat(self, now: float | None = None) -> None:
+        """Renew the leases of running jobs in one store call.
+
+        Without ``now`` every lease is renewed. With ``now`` (monotonic) only
+        if a lease is due for renewal: then every lease within half a renewal
+        period of being due is renewed too, so that renewals come in batches.
+        """
+        runs = self._held()
+        if now is not None:
+            if not any(running.renew_at <= now for running in runs):
+                return
+            runs = [running for running in runs if running.renew_at - running.period / 2 <= now]
+        if runs:
+            self._extend(runs, "while running")
+
+    def _extend(self, runs: list[_Running], when: str) -> None:
+        """Renew the leases of ``runs`` in one store call; report the ones lost.
+
+        The store answers with job ids, so ``runs`` holds each job at most
+        once: a new claim of a job marks any older run of it lost
+        (:meth:`_lose_reclaimed`), and lost runs are never renewed.
+        """
+        started = self._monotonic()
+        held = self.repository.extend(
+            self.clock(),
+            [
+                (running.lease.job.id, running.lease.token, self._lease_seconds(running.lease))
+                for running in runs
+            ],
+        )
+        for running in runs:
+            if running.lease.job.id in held:
+                running.renewed = started
+            else:
+                self._lose(running, when)
+
+    def _lose(self, running: _Running, when: str) -> None:
+        """Mark ``running`` as having lost its lease: one WARNING and one :class:`LeaseLost`."""
+        if running.info.lease_lost:
+            return
+        running.info.lease_lost = True
+        lease = running.lease
+        self.stats["lease_lost"] += 1
+        log.warning(
+            "job %r lost its lease %s (another daemon may run it); its result is discarded",
+            lease.job.id,
+            when,
+        )
+        self._notify(LeaseLost(lease.job, self.registry, lease.scheduled_at))
+
+    def _shutdown(self, threads: _JobThreads) -> None:
         unstarted = threads.take_unstarted()
         for running in unstarted:
             self._running.pop(running.key, None)
         if self._running:
             log.info("waiting for %d running job(s) to finish", len(self._running))
-        next_heartbeat = time.monotonic() + self.heartbeat_interval
         while self._running:
-            self._wake.wait(max(0.0, next_heartbeat - time.monotonic()))
+            timeout = self._until_next_renewal()
+            self._wake.wait(max(0.0, self.heartbeat_interval if timeout is None else timeout))
             self._wake.clear()
-            pending.extend(self._collect())
-            if time.monotonic() >= next_heartbeat:
-                try:
-                    self._heartbeat()
-                except Exception as exc:
-                    log.warning("heartbeat failed during shutdown: %s", _describe(exc))
-                next_heartbeat = time.monotonic() + self.heartbeat_interval
+            self._pending.extend(self._collect())
+            try:
+                self._pending.extend(self._confirm_leases())
+                self._heartbeat(self._monotonic())
+            except Exception as exc:
+                log.warning("heartbeat failed during shutdown: %s", _describe(exc))
         threads.shutdown()
-        pending.extend(self._collect())
-        self._finish_writes(pending, [r.lease for r in unstarted])
+        self._pending.extend(self._collect())
+        self._finish_writes([r.lease for r in unstarted])
 
-    def _finish_writes(self, pending: list[Outcome], unstarted: list[Lease]) -> None:
+    def _finish_writes(self, unstarted: list[Lease]) -> None:
+        pending = self._pending
         for attempt in range(5):
             try:
+                pending.extend(self._confirm_leases())
                 if pending:
                     self.repository.complete(_pending(pending))
-                    pending = []
+                    pending.clear()
                 if unstarted:
                     self.repository.release(unstarted)
                     self.stats["released"] += len(unstarted)
@@ -536,7 +699,7 @@ class Worker:
                 time.sleep(min(2.0, 0.2 * 2**attempt))
         log.error(
             "gave up writing %d result(s) and %d release(s); those leases expire on their own",
-            len(pending),
+            len(pending) + len(self._unconfirmed),
             len(unstarted),
         )
 
