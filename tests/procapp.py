@@ -3,7 +3,9 @@
 Every run appends ``job_id attempt pid`` to a per-process file in the folder
 named by ``record_dir`` in the app settings, so a test can count executions
 across processes without sharing a store. A daemon whose worker loop has
-started writes ``ready-<pid>`` there.
+started writes ``ready-<pid>`` there; the task ``long_run`` also writes
+``started-<pid>.log`` lines when it starts, and every ``LeaseLost`` event
+appends the job id to ``lost-<pid>.log``.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ import time
 from pyramid.config import Configurator
 from pyramid.response import Response
 
-from pyramid_pyncette import WorkerStarting, task
+from pyramid_pyncette import LeaseLost, WorkerStarting, task
 
 
-def _append(request, line: str) -> None:
+def _append(request, line: str, prefix: str = "runs") -> None:
     folder = request.registry.settings["record_dir"]
-    with open(os.path.join(folder, f"runs-{os.getpid()}.log"), "a") as out:
+    with open(os.path.join(folder, f"{prefix}-{os.getpid()}.log"), "a") as out:
         out.write(line + "\n")
 
 
@@ -28,6 +30,14 @@ def record(request, seconds: float = 0.0):
     """Record the run, optionally taking ``seconds``."""
     if seconds:
         time.sleep(seconds)
+    _append(request, f"{request.job.id} {request.job.attempt} {os.getpid()}")
+
+
+@task(name="long_run")
+def long_run(request, seconds: float):
+    """Record the start, take ``seconds``, then record the run like ``record``."""
+    _append(request, request.job.id, prefix="started")
+    time.sleep(seconds)
     _append(request, f"{request.job.id} {request.job.attempt} {os.getpid()}")
 
 
@@ -45,6 +55,13 @@ def _announce_ready(event) -> None:
             pass
 
 
+def _record_lost_lease(event) -> None:
+    """Append the job id of a ``LeaseLost`` event to ``lost-<pid>.log``."""
+    folder = event.registry.settings["record_dir"]
+    with open(os.path.join(folder, f"lost-{os.getpid()}.log"), "a") as out:
+        out.write(event.job.id + "\n")
+
+
 def add_view(request):
     """Schedule ``record`` through the request's transaction."""
     job = request.scheduler.add_async_job("record", job_id=request.params["id"])
@@ -59,6 +76,7 @@ def main(global_config, **settings):
         config.add_route("add", "/add")
         config.add_view(add_view, route_name="add")
         config.add_subscriber(_announce_ready, WorkerStarting)
+        config.add_subscriber(_record_lost_lease, LeaseLost)
         config.scan("tests.procapp")
     return config.make_wsgi_app()
 
@@ -73,3 +91,13 @@ def read_runs(folder: str) -> list[tuple[str, int, int]]:
                     job_id, attempt, pid = line.split()
                     runs.append((job_id, int(attempt), int(pid)))
     return runs
+
+
+def read_lines(folder: str, prefix: str) -> list[str]:
+    """The lines of every ``<prefix>-<pid>.log`` file in ``folder``."""
+    lines = []
+    for name in sorted(os.listdir(folder)):
+        if name.startswith(prefix + "-") and name.endswith(".log"):
+            with open(os.path.join(folder, name)) as text:
+                lines.extend(line.strip() for line in text if line.endswith("\n"))
+    return lines
