@@ -20,6 +20,7 @@ backed off from and retried: it never ends the loop.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import random
 import threading
@@ -205,6 +206,8 @@ class Worker:
         self._unconfirmed: list[tuple[_Running, Outcome]] = []
         #: Outcomes collected and not yet written.
         self._pending: list[Outcome] = []
+        #: No held lease is due for renewal before this (monotonic; it may be early).
+        self._renewal_due = math.inf
         self._backoff = _Backoff()
         #: Mean run time of recent jobs (seconds), None until jobs have run.
         self._mean_duration: float | None = None
@@ -446,8 +449,8 @@ class Worker:
 
     def _until_next_renewal(self) -> float | None:
         """Seconds until a running job's lease is due for renewal, or None if none is held."""
-        due = [running.renew_at for running in self._held()]
-        return min(due) - self._monotonic() if due else None
+        due = self._renewal_due
+        return None if due == math.inf else due - self._monotonic()
 
     def _claim_and_start(self, threads: Any, want: int, outcomes: list[Outcome]) -> int:
         """Write ``outcomes``, claim up to ``want`` runs and queue them; return how many."""
@@ -474,6 +477,8 @@ class Worker:
             )
             self._running[key] = running
             started.append(running)
+            if lease.token is not None:
+                self._renewal_due = min(self._renewal_due, running.renew_at)
         if started:
             threads.submit(started)
             log.debug("claimed %d job(s) with token %s", len(leases), leases[0].token)
@@ -618,13 +623,18 @@ class Worker:
         if a lease is due for renewal: then every lease within half a renewal
         period of being due is renewed too, so that renewals come in batches.
         """
+        if now is not None and now < self._renewal_due:
+            return  # the common case, without looking at every run
         runs = self._held()
         if now is not None:
-            if not any(running.renew_at <= now for running in runs):
-                return
-            runs = [running for running in runs if running.renew_at - running.period / 2 <= now]
+            if any(running.renew_at <= now for running in runs):
+                runs = [r for r in runs if r.renew_at - r.period / 2 <= now]
+            else:
+                runs = []
         if runs:
             self._extend(runs, "while running")
+        # Finished and lost runs leave only a stale (early) time behind, set right here.
+        self._renewal_due = min((running.renew_at for running in self._held()), default=math.inf)
 
     def _extend(self, runs: list[_Running], when: str) -> None:
         """Renew the leases of ``runs`` in one store call; report the ones lost.
