@@ -542,16 +542,26 @@ class Worker:
 
     def _run_one(self, running: _Running) -> None:
         """Run one job on a job thread and hand its outcome to the loop."""
-        try:
-            outcome = self._execute(running.lease, running.info)
-        except BaseException as exc:  # run_job never raises; stay safe anyway
+        if running.info.lease_lost:
+            # Lost while it waited for a thread: the claim that took it runs it.
             outcome = Outcome(
                 running.lease,
                 False,
                 self.clock(),
-                error=repr(exc),
+                error="lease lost before start",
                 retry_defaults=self.retry_defaults,
             )
+        else:
+            try:
+                outcome = self._execute(running.lease, running.info)
+            except BaseException as exc:  # run_job never raises; stay safe anyway
+                outcome = Outcome(
+                    running.lease,
+                    False,
+                    self.clock(),
+                    error=repr(exc),
+                    retry_defaults=self.retry_defaults,
+                )
         finished = self._finished
         finished.put((running.key, outcome))
         done = finished.qsize()

@@ -357,6 +357,30 @@ def test_a_run_whose_job_this_daemon_claimed_again_reports_its_lost_lease(make_a
     assert app.scheduler.get_job(job.id) is None
 
 
+def test_a_queued_run_that_lost_its_lease_is_not_started(make_app):
+    events, configure = recorder(ILeaseLost)
+    app = make_app(configure=configure)
+    job = app.scheduler.add_async_job("record")
+    loop = Loop(app, concurrency=2)
+    loop.turn()
+    app.scheduler.retry_job(job.id)
+    loop.turn()
+    queued, again = loop.threads.submitted
+    assert queued.info.lease_lost and not again.info.lease_lost
+
+    # A thread takes the lost run from the queue first: it does not call the task.
+    loop.worker._run_one(queued)
+    assert app.calls == []
+    loop.worker._run_one(again)
+    loop.turn()
+
+    assert [call.job_id for call in app.calls] == [job.id]
+    assert len(events) == 1
+    assert loop.worker.stats["succeeded"] == 1
+    assert loop.worker.stats["failed"] == 0
+    assert app.scheduler.get_job(job.id) is None
+
+
 # --------------------------------------------------------------------------- real daemons
 
 PERSISTENT_STORES = ["sqlite", "postgresql", "mariadb", "redis"]
