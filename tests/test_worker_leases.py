@@ -208,16 +208,22 @@ def test_next_due_delay_counts_from_the_given_time_on_a_store_without_its_clock(
     assert app.repository.next_due() == app.start + timedelta(seconds=10)
 
 
+#: The stores with a clock of their own (on the others the daemon's clock is the store's).
+clocked_stores = pytest.mark.parametrize(
+    "store_settings", ["postgresql", "mariadb", "redis"], indirect=True
+)
+
+
 def _clock_ahead_app(make_app, store_settings):
-    """An app on the real time whose store keeps its own clock (other stores skip)."""
-    if not _has_store_clock(store_settings):
-        pytest.skip("this store has no clock of its own: the daemon's clock is the store's")
+    """An app on the real time whose store keeps its own clock."""
+    assert _has_store_clock(store_settings)
     app = make_app()
     app.repository.store_clock = True
     app.clock.set(datetime.now(timezone.utc))
     return app
 
 
+@clocked_stores
 def test_a_daemon_clock_ahead_of_the_store_waits_by_the_store_clock(make_app, store_settings):
     app = _clock_ahead_app(make_app, store_settings)
     job = app.scheduler.add_date_job("record", app.clock() + timedelta(seconds=30))
@@ -236,6 +242,7 @@ def test_a_daemon_clock_ahead_of_the_store_waits_by_the_store_clock(make_app, st
 
 
 @pytest.mark.slow
+@clocked_stores
 def test_an_idle_daemon_whose_clock_runs_ahead_of_the_store_does_not_spin(make_app, store_settings):
     app = _clock_ahead_app(make_app, store_settings)
     # Due in ten minutes by the store's clock, fifty minutes ago by the daemon's.
