@@ -775,13 +775,22 @@ class MariaDBServer(Server):
             **kwargs,
         )
 
-    def create_database(self, name: str | None = None) -> str:
-        """Create an empty database (default: a unique name); return its URL."""
+    def create_database(
+        self, name: str | None = None, *, charset: str = "utf8mb4", collation: str | None = None
+    ) -> str:
+        """Create an empty database (default: a unique name); return its URL.
+
+        ``charset`` and ``collation`` are the database's defaults (for tests
+        that must hold whatever a server is configured with).
+        """
         name = _check_identifier(name or _unique_name("t"))
+        options = f"CHARACTER SET {_check_identifier(charset)}"
+        if collation is not None:
+            options += f" COLLATE {_check_identifier(collation)}"
         conn = self.connect("", autocommit=True)
         try:
             with conn.cursor() as cursor:
-                cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+                cursor.execute(f"CREATE DATABASE `{name}` {options}")
         finally:
             conn.close()
         return self.url_for(name)

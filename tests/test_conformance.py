@@ -731,6 +731,156 @@ def test_job_of_unregistered_task_is_parked_and_others_keep_running(app, tick):
     assert app.repository.next_due() == app.start + seconds(210)
 
 
+# --------------------------------------------------------------------------- after a claim
+
+
+@pytest.fixture
+def after_claim(monkeypatch):
+    """``after_claim(app, action)``: run ``action()`` once, as soon as another writer can
+    reach the rows a daemon just claimed, as if that daemon paused there.
+
+    PostgreSQL claims in one statement and rewrites what is not a plain
+    lease (at-most-once runs, misfires, leases of a job's own length) in a
+    second one: ``action`` runs between the two. The other stores claim and
+    write in one transaction (or one script): ``action`` runs once the claim
+    has returned, before anything runs.
+    """
+
+    def install(app, action):
+        repository = app.repository
+        fired = []
+        postgresql = getattr(repository, "_dialect", None) == "postgresql"
+        name = "_apply_claim_postgresql" if postgresql else "claim"
+        real = getattr(repository, name)
+
+        def hooked(*args, **kwargs):
+            if not fired:
+                fired.append(True)
+                if postgresql:
+                    action()
+                else:
+                    result = real(*args, **kwargs)
+                    action()
+                    return result
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(repository, name, hooked)
+        return fired
+
+    return install
+
+
+@pytest.mark.parametrize("recurring", [False, True], ids=["one-off", "recurring"])
+def test_an_at_most_once_run_claimed_again_while_its_daemon_paused_runs_once(
+    app, after_claim, recurring
+):
+    """A daemon paused between its claim and what the claim writes, past the lease:
+    another daemon takes the run; the paused one must not run it too."""
+    lease = app.worker.lease_duration
+    if recurring:
+        app.scheduler.add_interval_job(
+            "record", seconds=3600, job_id="once", execution_mode="at_most_once"
+        )
+        app.clock.advance(3600)
+    else:
+        app.scheduler.add_date_job(
+            "record", app.start, job_id="once", execution_mode="at_most_once"
+        )
+    scheduled = app.clock()
+    other = []
+
+    def other_daemon_claims():
+        later = scheduled + seconds(lease + 1)
+        other.extend(app.repository.claim(later, 10, "other-daemon", lease))
+
+    fired = after_claim(app, other_daemon_claims)
+    app.run_pending()
+
+    assert fired
+    runs = [(call.job_id, call.scheduled_at) for call in app.calls]
+    runs += [(lease.job.id, lease.scheduled_at) for lease in other if lease.runnable]
+    assert runs == [("once", scheduled)]
+    stored = app.scheduler.get_job("once")
+    if recurring:
+        assert stored.state == "scheduled"
+        assert stored.next_run_at == scheduled + seconds(3600)
+    else:
+        assert stored is None
+
+
+def test_a_job_re_added_while_its_at_most_once_run_is_claimed_keeps_the_replacement(
+    app, after_claim
+):
+    options = {"job_id": "same", "execution_mode": "at_most_once"}
+    app.scheduler.add_date_job("record", app.start, args=["old"], **options)
+
+    # Due a second later, so that the first run_pending cannot claim it too.
+    later = app.start + SECOND
+    fired = after_claim(
+        app, lambda: app.scheduler.add_date_job("record", later, args=["new"], **options)
+    )
+    app.run_pending()
+    app.run_pending(later)
+    app.run_pending(later + SECOND)
+
+    assert fired
+    args = [call.args for call in app.calls]
+    # The old version runs only if its claim was complete before the replacement.
+    assert args.count(("new",)) == 1
+    assert args.count(("old",)) <= 1
+    assert app.scheduler.get_job("same") is None
+
+
+def test_a_job_re_added_while_its_own_length_lease_is_written_keeps_its_due_time(
+    app, after_claim, tick
+):
+    tomorrow = app.start + timedelta(days=1)
+    options = {"job_id": "same", "lease_duration": 20}
+    app.scheduler.add_date_job("record", app.start, args=["old"], **options)
+
+    fired = after_claim(
+        app, lambda: app.scheduler.add_date_job("record", tomorrow, args=["new"], **options)
+    )
+    app.run_pending()
+
+    assert fired
+    stored = app.scheduler.get_job("same")
+    assert (stored.args, stored.state, stored.due_at) == (["new"], "scheduled", tomorrow)
+    assert [call.args for call in app.calls] in ([], [("old",)])
+    app.calls.clear()
+    assert tick(app, 60, step=20) == 0
+    assert app.run_pending(tomorrow) == 1
+    assert [(call.args, call.scheduled_at) for call in app.calls] == [(("new",), tomorrow)]
+
+
+@pytest.mark.parametrize("store_settings", ["sqlite", "mariadb"], indirect=True)
+def test_a_claim_whose_locked_rows_changed_before_its_writes_is_undone(app, monkeypatch):
+    """SQLite and MariaDB write a claim in the transaction that read (and locked) its rows;
+    every write still matches the row as read, and a mismatch undoes the claim."""
+    from pyramid_pyncette.repository import RepositoryError
+
+    app.scheduler.add_date_job("record", app.start, job_id="a")
+    app.scheduler.add_date_job("record", app.start, job_id="b", execution_mode="at_most_once")
+    repository = app.repository
+    real = repository._apply_claim
+    table = repository.table
+
+    def tampered(conn, *args, **kwargs):
+        conn.execute(table.update().where(table.c.id == "b").values(locked_by="someone"))
+        return real(conn, *args, **kwargs)
+
+    monkeypatch.setattr(repository, "_apply_claim", tampered)
+    with pytest.raises(RepositoryError, match="changed before it wrote them"):
+        repository.claim(app.start, 10, "t", 60)
+
+    monkeypatch.undo()
+    assert {job.id: job.state for job in app.scheduler.get_jobs()} == {
+        "a": "scheduled",
+        "b": "scheduled",
+    }
+    assert app.run_pending() == 2
+
+
 # --------------------------------------------------------------------------- the worker loop
 
 

@@ -32,6 +32,7 @@ from .base import (
     Lease,
     Outcome,
     Repository,
+    RepositoryError,
     decode_job_fields,
     loads_stored,
     plan_claim,
@@ -92,11 +93,28 @@ class UTCDateTime(sa.types.TypeDecorator):
         return value.astimezone(timezone.utc)
 
 
+def _long_text() -> sa.types.TypeEngine:
+    """A text column for JSON and error text: MySQL's ``TEXT`` holds only 64 KiB, so MEDIUMTEXT."""
+    from sqlalchemy.dialects.mysql import MEDIUMTEXT
+
+    return sa.Text().with_variant(MEDIUMTEXT(), "mysql", "mariadb")
+
+
 class JSONText(sa.types.TypeDecorator):
-    """Compact JSON in a text column (portable, and what we write is what we read)."""
+    """Compact JSON in a text column (portable, and what we write is what we read).
+
+    MySQL stores it in a MEDIUMTEXT (16 MiB): its TEXT would cap arguments at 64 KiB.
+    """
 
     impl = sa.Text
     cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name in ("mysql", "mariadb"):
+            from sqlalchemy.dialects.mysql import MEDIUMTEXT
+
+            return dialect.type_descriptor(MEDIUMTEXT())
+        return dialect.type_descriptor(sa.Text())
 
     def process_bind_param(self, value: Any, dialect) -> str | None:
         if value is None:
@@ -109,8 +127,24 @@ class JSONText(sa.types.TypeDecorator):
         return loads_stored(value)
 
 
+#: MySQL / MariaDB table options: job ids (and task names) compare byte for
+#: byte, and hold any Unicode text, whatever the server's or database's
+#: defaults (often latin1 or a case- and accent-insensitive collation, under
+#: which ``'Plain'`` and ``'plain'`` would be one job). An id of 200
+#: characters takes 800 bytes, within InnoDB's 3072-byte key limit.
+MYSQL_TABLE_OPTIONS = {
+    f"{dialect}_{option}": value
+    for dialect in ("mysql", "mariadb")
+    for option, value in (("charset", "utf8mb4"), ("collate", "utf8mb4_bin"))
+}
+
+
 def make_table(name: str = DEFAULT_TABLE_NAME, meta: sa.MetaData | None = None) -> sa.Table:
-    """Define the jobs table called ``name`` in ``meta`` (default: :data:`metadata`)."""
+    """Define the jobs table called ``name`` in ``meta`` (default: :data:`metadata`).
+
+    On MySQL and MariaDB the table is ``utf8mb4`` with the binary collation
+    ``utf8mb4_bin`` (see :data:`MYSQL_TABLE_OPTIONS`).
+    """
     meta = metadata if meta is None else meta
     if name in meta.tables:
         return meta.tables[name]
@@ -128,11 +162,12 @@ def make_table(name: str = DEFAULT_TABLE_NAME, meta: sa.MetaData | None = None) 
         sa.Column("attempts", sa.Integer, nullable=False, default=0),
         sa.Column("last_run_at", UTCDateTime, nullable=True),
         sa.Column("last_status", sa.String(16), nullable=True),
-        sa.Column("last_error", sa.Text, nullable=True),
+        sa.Column("last_error", _long_text(), nullable=True),
         sa.Column("created_at", UTCDateTime, nullable=True),
         sa.Column("partition", sa.Integer, nullable=False, default=0),
         sa.Index(f"ix_{name}_due_at", "due_at"),
         sa.Index(f"ix_{name}_task", "task"),
+        **MYSQL_TABLE_OPTIONS,
     )
 
 
@@ -149,6 +184,9 @@ def _chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
 #: The columns of the jobs table, in the order :func:`make_table` defines them.
 COLUMNS = tuple(column.name for column in jobs_table.c)
 
+
+# Position of locked_by in a row of ``select(table)``.
+_LOCKED_BY = COLUMNS.index("locked_by")
 
 # Positions in a row of the PostgreSQL claim (the clock, then COLUMNS).
 _DUE_AT, _NEXT_RUN_AT, _ATTEMPTS = (
@@ -288,7 +326,10 @@ class SQLRepository(Repository):
         with self._setup_lock:
             if self._ready:
                 return
+            mysql = self._dialect in ("mysql", "mariadb")
             if self.create_table:
+                if mysql:
+                    self._choose_mysql_collation()
                 try:
                     self.table.metadata.create_all(self.engine, checkfirst=True)
                 except sa.exc.DBAPIError as exc:
@@ -296,7 +337,51 @@ class SQLRepository(Repository):
                     text = str(exc).lower()
                     if "already exists" not in text and "duplicate" not in text:
                         raise
+            if mysql:
+                self._check_mysql_collation()
             self._ready = True
+
+    def _choose_mysql_collation(self) -> None:
+        """Create the table with the server's binary collation that also keeps trailing spaces.
+
+        ``utf8mb4_bin`` pads: ``'a'`` and ``'a '`` would be one id. MariaDB
+        (10.2+) has ``utf8mb4_nopad_bin``, MySQL (8.0.17+) ``utf8mb4_0900_bin``.
+        """
+        with self.engine.connect():
+            pass  # the first connection tells the dialect what the server is
+        dialect = self.engine.dialect
+        version = dialect.server_version_info or ()
+        if dialect.is_mariadb:
+            collation = "utf8mb4_nopad_bin"
+        elif version >= (8, 0, 17):
+            collation = "utf8mb4_0900_bin"
+        else:
+            return
+        for prefix in ("mysql", "mariadb"):
+            self.table.dialect_kwargs[f"{prefix}_collate"] = collation
+
+    def _check_mysql_collation(self) -> None:
+        """Warn when an existing table compares job ids loosely (made before ids were binary)."""
+        query = sa.text(
+            "SELECT COLLATION_NAME FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :table AND COLUMN_NAME = 'id'"
+        )
+        try:
+            with self.engine.connect() as conn:
+                collation = conn.execute(query, {"table": self.table.name}).scalar()
+        except sa.exc.DBAPIError:
+            return
+        if collation is None or (collation.startswith("utf8mb4_") and collation.endswith("bin")):
+            return
+        log.warning(
+            "table %s compares job ids with the collation %s, so ids differing only in case, "
+            "accents or trailing spaces are one job (and some characters cannot be stored); "
+            "convert it: ALTER TABLE %s CONVERT TO CHARACTER SET utf8mb4 COLLATE %s",
+            self.table.name,
+            collation,
+            self.table.name,
+            self.table.dialect_kwargs.get("mysql_collate", "utf8mb4_bin"),
+        )
 
     def close(self) -> None:
         with self._held_lock:
@@ -759,7 +844,7 @@ class SQLRepository(Repository):
         plans = [
             plan_claim(_row_to_job(row), now, token, default_lease, checked=True) for row in rows
         ]
-        self._apply_claim(conn, plans, token)
+        self._apply_claim(conn, plans, token, [(row[0], row[_LOCKED_BY]) for row in rows])
         return [plan.lease for plan in plans]
 
     @functools.cached_property
@@ -814,9 +899,12 @@ RETURNING clock.now, {columns}
 
         Rows whose plan is not a plain lease (at-most-once, misfires,
         unreadable rows, a lease of their own length) are then rewritten from
-        their plans, in a second transaction, before anything runs them: a
-        crash in between leaves them leased and unrun, to be claimed again
-        when the lease expires.
+        their plans by a second statement, before anything runs them: a crash
+        in between leaves them leased and unrun, to be claimed again when the
+        lease expires. That statement only touches rows still locked by this
+        claim's ``token``: a row replaced or re-claimed in between (this
+        process paused longer than the lease) is left alone, and its run is
+        dropped from the result, never run.
         """
         lease_us = _micros(default_lease)
         params = {
@@ -830,8 +918,7 @@ RETURNING clock.now, {columns}
         with self._connection(autocommit=True, keep=keep) as conn:
             rows = conn.exec_driver_sql(self._claim_sql, params).all()
         leases = []
-        relet: list[dict[str, Any]] = []
-        others = []
+        rewrites = []
         for row in rows:
             now = utc(row[0])
             values = list(row)
@@ -843,46 +930,98 @@ RETURNING clock.now, {columns}
             before = _job_from_columns(tuple(values[1:]), raw=True)
             plan = plan_claim(before, now, token, default_lease, checked=True)
             leases.append(plan.lease)
-            if plan.action != "lease":
-                others.append(plan)
-            elif before.options and _micros(before.lease_duration or default_lease) != lease_us:
-                relet.append({"b_id": plan.job.id, "due_at": plan.job.due_at})
-        if relet or others:
-            with self._write() as conn:
-                if relet:
-                    statement = sa.update(self.table).where(self.table.c.id == sa.bindparam("b_id"))
-                    conn.execute(statement, relet)
-                if others:
-                    self._apply_claim(conn, others, token)
+            if plan.action != "lease" or (
+                before.options and _micros(before.lease_duration or default_lease) != lease_us
+            ):
+                rewrites.append(plan)
+        if not rewrites:
+            return leases
+        with self._connection(autocommit=True, keep=keep) as conn:
+            written = self._apply_claim_postgresql(conn, rewrites, token)
+        lost = {plan.job.id for plan in rewrites} - written
+        if lost:
+            log.debug("claim %s lost %d row(s) to a replacement or another claim", token, len(lost))
+            leases = [lease for lease in leases if lease.job.id not in lost]
         return leases
 
-    def _apply_claim(self, conn: Any, plans: Sequence[Any], token: str) -> None:
-        """Write claim plans with set-based statements (one per lease expiry, as a rule)."""
+    @functools.cached_property
+    def _rewrite_claim_sql(self) -> str:
+        """PostgreSQL: write claim plans to rows still locked by the claim; return their ids."""
+        preparer = self.engine.dialect.identifier_preparer
+        table = preparer.format_table(self.table)
+        return f"""
+WITH gone AS (
+    DELETE FROM {table} AS j
+    WHERE j.id = ANY(%(delete_ids)s::text[]) AND j.locked_by = %(token)s
+    RETURNING j.id
+), moved AS (
+    UPDATE {table} AS j
+    SET due_at = v.due_at, next_run_at = v.next_run_at,
+        locked_by = v.locked_by, attempts = v.attempts
+    FROM unnest(
+        %(ids)s::text[], %(due_at)s::timestamptz[], %(next_run_at)s::timestamptz[],
+        %(locked_by)s::text[], %(attempts)s::integer[]
+    ) AS v(id, due_at, next_run_at, locked_by, attempts)
+    WHERE j.id = v.id AND j.locked_by = %(token)s
+    RETURNING j.id
+)
+SELECT id FROM gone UNION ALL SELECT id FROM moved
+"""
+
+    def _apply_claim_postgresql(
+        self, conn: Connection, plans: Sequence[Any], token: str
+    ) -> set[str]:
+        """Write ``plans`` in one statement guarded by ``token``; return the ids it wrote."""
+        deletes = [plan.job.id for plan in plans if plan.action == "delete"]
+        moves = [plan.job for plan in plans if plan.action != "delete"]
+        params = {
+            "token": token,
+            "delete_ids": deletes,
+            "ids": [job.id for job in moves],
+            "due_at": [job.due_at for job in moves],
+            "next_run_at": [job.next_run_at for job in moves],
+            "locked_by": [job.locked_by for job in moves],
+            "attempts": [job.attempts for job in moves],
+        }
+        return set(conn.exec_driver_sql(self._rewrite_claim_sql, params).scalars())
+
+    def _apply_claim(
+        self, conn: Any, plans: Sequence[Any], token: str, keys: Sequence[tuple[Any, Any]]
+    ) -> None:
+        """SQLite and MySQL: write claim plans set-based, in the claim's own transaction.
+
+        ``keys`` holds each plan's ``(id, locked_by)`` as the claim read them:
+        every statement matches both, so nothing but the rows just read is
+        written. They stay locked until commit, so a mismatch means that
+        promise was broken: the whole claim is undone rather than run.
+        """
         table = self.table
-        leases: dict[datetime, list[str]] = {}
-        deletes: list[str] = []
+        leases: dict[tuple[datetime, Any], list[Any]] = {}
+        deletes: dict[Any, list[Any]] = {}
         advances: list[dict[str, Any]] = []
-        for plan in plans:
+        for plan, (job_id, lock) in zip(plans, keys, strict=True):
             if plan.action == "lease":
-                leases.setdefault(plan.job.due_at, []).append(plan.job.id)
+                leases.setdefault((plan.job.due_at, lock), []).append(job_id)
             elif plan.action == "delete":
-                deletes.append(plan.job.id)
+                deletes.setdefault(lock, []).append(job_id)
             else:
                 advances.append(
                     {
-                        "b_id": plan.job.id,
+                        "b_id": job_id,
+                        "b_lock": lock,
                         "due_at": plan.job.due_at,
                         "next_run_at": plan.job.next_run_at,
                         "locked_by": plan.job.locked_by,
                         "attempts": plan.job.attempts,
                     }
                 )
+        written = 0
         # The same values plan_claim computed for each leased row: the scheduled
         # time kept in next_run_at, one more attempt, the lock and its expiry.
-        for until, ids in leases.items():
-            conn.execute(
+        for (until, lock), ids in leases.items():
+            statement = (
                 sa.update(table)
-                .where(table.c.id.in_(ids))
+                .where(table.c.id.in_(ids), table.c.locked_by.is_not_distinct_from(lock))
                 .values(
                     locked_by=token,
                     attempts=table.c.attempts + 1,
@@ -890,10 +1029,23 @@ RETURNING clock.now, {columns}
                     due_at=until,
                 )
             )
-        if deletes:
-            conn.execute(sa.delete(table).where(table.c.id.in_(deletes)))
+            written += conn.execute(statement).rowcount
+        for lock, ids in deletes.items():
+            statement = sa.delete(table).where(
+                table.c.id.in_(ids), table.c.locked_by.is_not_distinct_from(lock)
+            )
+            written += conn.execute(statement).rowcount
         if advances:
-            conn.execute(sa.update(table).where(table.c.id == sa.bindparam("b_id")), advances)
+            statement = sa.update(table).where(
+                table.c.id == sa.bindparam("b_id"),
+                table.c.locked_by.is_not_distinct_from(sa.bindparam("b_lock")),
+            )
+            written += conn.execute(statement, advances).rowcount
+        if written != len(plans):
+            raise RepositoryError(
+                f"claim {token} found {len(plans) - written} of its {len(plans)} locked rows "
+                "changed before it wrote them; nothing was claimed, the next poll tries again"
+            )
 
     def complete(self, outcomes: Sequence[Outcome]) -> None:
         if not outcomes:
@@ -1031,4 +1183,7 @@ def create_engine(url: str | sa.URL, **kwargs: Any) -> Engine:
     if url.get_backend_name() in ("mysql", "mariadb"):
         # READ COMMITTED: no gap locks, so concurrent claims do not deadlock.
         kwargs.setdefault("isolation_level", "READ COMMITTED")
+        if "charset" not in url.query and url.get_driver_name() == "pymysql":
+            # Any Unicode text (the table is utf8mb4), whatever the driver's default.
+            kwargs.setdefault("connect_args", {}).setdefault("charset", "utf8mb4")
     return sa.create_engine(url, **kwargs)
