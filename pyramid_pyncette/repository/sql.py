@@ -15,8 +15,10 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -52,6 +54,9 @@ DEFAULT_TABLE_NAME = "pyncette_jobs"
 
 # Seconds SQLite waits for another process's write lock before giving up.
 SQLITE_BUSY_TIMEOUT = 60
+
+# Seconds between checks that a SQLite file is still the one the connections opened.
+SQLITE_FILE_CHECK_INTERVAL = 2.0
 
 
 #: Dialects whose timestamps carry no time zone: values are stored as naive UTC.
@@ -300,6 +305,7 @@ class SQLRepository(Repository):
         table_name: str = DEFAULT_TABLE_NAME,
         create_table: bool = True,
     ) -> None:
+        owned = engine is None
         if engine is None:
             if url is None:
                 raise ValueError("SQLRepository needs a url or an engine")
@@ -319,6 +325,15 @@ class SQLRepository(Repository):
         self._due_index = f"ix_{table_name}_due_at"
         #: PostgreSQL notification channel announcing new jobs.
         self.channel = table_name
+        # Connections this thread keeps are reopened when this number changes.
+        self._generation = 0
+        #: Seconds between checks that the SQLite file was not deleted or replaced.
+        self.sqlite_file_check_interval = SQLITE_FILE_CHECK_INTERVAL
+        self._sqlite_path = _sqlite_file_path(engine) if owned else None
+        self._sqlite_file: tuple[int, int] | None = None
+        self._sqlite_checked = time.monotonic()
+        if self._sqlite_path is not None:
+            event.listen(engine, "connect", self._remember_sqlite_file)
 
     # -- plumbing ---------------------------------------------------------
 
@@ -398,6 +413,7 @@ class SQLRepository(Repository):
         A kept connection that fails is closed, and replaced at the next call.
         PostgreSQL claims in autocommit mode, the others in transactions.
         """
+        self._check_sqlite_file()
         if not self._ready:
             self.setup()
         if not keep:
@@ -408,11 +424,16 @@ class SQLRepository(Repository):
             return
         name = "autocommit_conn" if autocommit else "conn"
         conn = getattr(self._local, name, None)
+        if conn is not None and getattr(self._local, "generation", None) != self._generation:
+            with contextlib.suppress(Exception):
+                conn.close()
+            conn = None
         if conn is None or conn.closed or conn.invalidated:
             conn = self.engine.connect()
             if autocommit:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             setattr(self._local, name, conn)
+            self._local.generation = self._generation
             with self._held_lock:
                 self._held = [c for c in self._held if not c.closed]
                 self._held.append(conn)
@@ -423,6 +444,40 @@ class SQLRepository(Repository):
             with contextlib.suppress(Exception):
                 conn.close()
             raise
+
+    def _remember_sqlite_file(self, dbapi_connection: Any, connection_record: Any) -> None:
+        """On each new connection: note which file the path names, if not known yet."""
+        if self._sqlite_file is None:
+            self._sqlite_file = _file_identity(self._sqlite_path)
+
+    def _check_sqlite_file(self) -> None:
+        """Reconnect if the SQLite file was deleted or replaced since it was opened.
+
+        Open connections keep using the old file (an unlinked one, after a
+        delete) while other processes write to the new file at that path:
+        their jobs would never run. Checked at most every
+        :attr:`sqlite_file_check_interval` seconds (one ``stat``).
+        """
+        if self._sqlite_path is None or self._sqlite_file is None:
+            return
+        now = time.monotonic()
+        if now - self._sqlite_checked < self.sqlite_file_check_interval:
+            return
+        self._sqlite_checked = now
+        current = _file_identity(self._sqlite_path)
+        if current == self._sqlite_file:
+            return
+        log.warning(
+            "the SQLite file %s was %s while this process had it open; reconnecting to the "
+            "file now at that path (jobs that were only in the old file are gone with it)",
+            self._sqlite_path,
+            "deleted" if current is None else "replaced",
+        )
+        with self._setup_lock:
+            self._sqlite_file = None
+            self._ready = False  # the new file may need the table
+            self._generation += 1  # threads reopen their kept connections
+        self.engine.dispose()
 
     def release_thread_connection(self) -> None:
         """Give back the connection this thread kept for :meth:`complete_and_claim`."""
@@ -436,11 +491,13 @@ class SQLRepository(Repository):
             self._held = [c for c in self._held if not c.closed]
 
     def _write(self):
+        self._check_sqlite_file()
         if not self._ready:
             self.setup()
         return self.engine.begin()
 
     def _read(self):
+        self._check_sqlite_file()
         if not self._ready:
             self.setup()
         conn = self.engine.connect()
@@ -1164,6 +1221,26 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
         if due is None:
             return None
         return (due - utc(server_now)).total_seconds()
+
+
+def _sqlite_file_path(engine: Engine) -> str | None:
+    """The absolute path of a SQLite engine's database file (None: memory, URI, other dialects)."""
+    url = engine.url
+    if engine.dialect.name != "sqlite" or url.query.get("uri"):
+        return None
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return os.path.abspath(database)
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """The (device, inode) of the file at ``path``, or None if there is none."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino)
 
 
 def _micros(seconds: float) -> int:
