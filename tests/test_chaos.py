@@ -14,6 +14,7 @@ import signal
 import subprocess
 import textwrap
 import time
+from bisect import bisect_left, bisect_right
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
 from itertools import pairwise
@@ -200,6 +201,9 @@ def test_two_daemons_race_for_2000_slow_jobs_without_duplicates_or_losses(
 # --------------------------------------------------------------------------- 2. chaos
 
 CHAOS_JOBS = 20_000
+#: Stores whose claims are slower get a thinner stream, so the daemons keep up
+#: (MariaDB drains at about a third of PostgreSQL's rate, see README Performance).
+CHAOS_JOBS_OF = {"mariadb": 10_000}
 CHAOS_DAEMONS = 4
 CHAOS_LEASE = 3.0
 CHAOS_POLL = 0.2
@@ -211,11 +215,14 @@ CHAOS_WINDOW = 20.0
 CHAOS_SLACK = 3.0
 
 
-@pytest.mark.parametrize("kind", ["postgresql", "redis"])
+@pytest.mark.parametrize("kind", PERSISTENT_STORES)
 def test_chaos_daemons_killed_at_random_lose_and_duplicate_only_what_the_modes_allow(
     request, tmp_path, daemons, kind
 ):
     """Four daemons, 20,000 jobs, one daemon SIGKILLed and replaced every 1-2 s.
+
+    Every persistent store: on SQLite the daemons share one file on one
+    machine (a kill can land inside a write transaction; the journal undoes it).
 
     Half the jobs are at-least-once, half at-most-once; each is a no-op or
     takes 1-5 ms. They fall due in a steady stream over ``CHAOS_WINDOW``
@@ -226,7 +233,8 @@ def test_chaos_daemons_killed_at_random_lose_and_duplicate_only_what_the_modes_a
 
     Afterwards: no at-least-once job is lost; no at-most-once job starts
     twice; an at-least-once job starts twice only after the process running
-    it was killed, and again within lease + poll + slack of the kill; at
+    it was killed, and again within lease + poll + slack of the kill (plus
+    however far behind the stream the daemons were at that moment); at
     most ``kills * (concurrency + batch_size)`` at-most-once runs are lost;
     the store ends empty.
     """
@@ -244,14 +252,14 @@ def test_chaos_daemons_killed_at_random_lose_and_duplicate_only_what_the_modes_a
     )
     registry = _registry(ini)
     first_due = datetime.now(timezone.utc) + timedelta(seconds=3)
-    step = CHAOS_WINDOW / CHAOS_JOBS
+    jobs = CHAOS_JOBS_OF.get(kind, CHAOS_JOBS)
+    step = CHAOS_WINDOW / jobs
     durations = [
-        0.0 if rng.random() < 0.5 else round(rng.uniform(0.001, 0.005), 4)
-        for _ in range(CHAOS_JOBS)
+        0.0 if rng.random() < 0.5 else round(rng.uniform(0.001, 0.005), 4) for _ in range(jobs)
     ]
     ids = _add_work(
         registry,
-        CHAOS_JOBS,
+        jobs,
         seconds=lambda n: durations[n],
         due=lambda n: first_due + timedelta(seconds=n * step),
         options=lambda n: {"execution_mode": "at_most_once"} if n % 2 else {},
@@ -264,11 +272,26 @@ def test_chaos_daemons_killed_at_random_lose_and_duplicate_only_what_the_modes_a
     began = time.monotonic()
     _wait_for(lambda: len(read_starts(records)) >= 200, 60, "the daemons ran nothing")
 
+    def working_daemons():
+        """The live daemons that have started runs, once the replacements have too.
+
+        A fresh daemon may take seconds to boot on a loaded machine: killing
+        it would test nothing, and killing faster than replacements boot
+        would leave too few daemons to keep up with the stream. After a
+        while (the stream may be over) any working daemon will do.
+        """
+        deadline = time.monotonic() + 15
+        while True:
+            working = [p for p in live if os.path.exists(f"{records}/started-{p.pid}.log")]
+            if working and (len(working) == len(live) or time.monotonic() >= deadline):
+                return working
+            if time.monotonic() >= deadline + 45:
+                pytest.fail("no live daemon has started a run")
+            time.sleep(0.05)
+
     for _ in range(rng.randint(4, 6)):
         time.sleep(rng.uniform(1.0, 2.0))
-        # A daemon that has started runs (a fresh one may still be booting).
-        working = [p for p in live if os.path.exists(f"{records}/started-{p.pid}.log")]
-        victim = rng.choice(working or live)
+        victim = rng.choice(working_daemons())
         assert victim.poll() is None, daemons.err(victim)
         kills[victim.pid] = time.time()
         os.kill(victim.pid, signal.SIGKILL)
@@ -319,7 +342,7 @@ def test_chaos_daemons_killed_at_random_lose_and_duplicate_only_what_the_modes_a
     bound = len(kills) * (CHAOS_CONCURRENCY + CHAOS_BATCH)
     ran_in_killed = Counter(s.pid for s in starts if s.pid in kills)
     print(
-        f"\nchaos {kind} (seed {seed}): {CHAOS_JOBS} jobs, {len(runs)} runs, {len(starts)} starts, "
+        f"\nchaos {kind} (seed {seed}): {jobs} jobs, {len(runs)} runs, {len(starts)} starts, "
         f"{len(kills)} kills in {kill_phase:.1f}s, drained in {drained:.1f}s"
     )
     print(
@@ -338,16 +361,34 @@ def test_chaos_daemons_killed_at_random_lose_and_duplicate_only_what_the_modes_a
     assert dup_amo == set()
     assert finished_twice <= at_least_once
     late = CHAOS_LEASE + CHAOS_POLL + CHAOS_SLACK
+    # Claims go in due order: a run whose lease expired is taken when the
+    # daemons reach its new due time, so when they are behind the stream (a
+    # loaded machine, replacements still booting) it waits as long as the
+    # jobs that fell due with it. The backlog at a moment is how late the
+    # first runs that started around then were.
+    due_at = {job_id: first_due.timestamp() + n * step for n, job_id in enumerate(ids)}
+    first_starts = [min(found, key=lambda s: s.start) for found in starts_of.values() if found]
+    first_starts.sort(key=lambda start: start.start)
+    moments = [start.start for start in first_starts]
+
+    def backlog(moment):
+        around = first_starts[bisect_left(moments, moment - 1) : bisect_right(moments, moment + 1)]
+        return max((start.start - due_at[start.job_id] for start in around), default=0.0)
+
     unexplained = []
+    worst = 0.0
     for job_id in sorted(dup_alo):
         ordered = sorted(starts_of[job_id], key=lambda start: start.start)
         for earlier, later in pairwise(ordered):
             killed_at = kills.get(earlier.pid)
-            if killed_at is None or not killed_at <= later.start <= killed_at + late:
-                unexplained.append((job_id, earlier, later, killed_at))
+            behind = max(backlog(later.start), 0.0)
+            worst = max(worst, behind)
+            if killed_at is None or not killed_at <= later.start <= killed_at + late + behind:
+                unexplained.append((job_id, earlier, later, killed_at, round(behind, 3)))
+    print(f"chaos {kind}: the daemons were up to {worst:.2f}s behind the stream at re-runs")
     assert unexplained == [], (
         "at-least-once jobs started again without a kill, or not within "
-        f"{late:g}s of it: {unexplained[:10]}"
+        f"{late:g}s of it plus the backlog then: {unexplained[:10]}"
     )
     for job_id in cut_amo:
         assert {start.pid for start in starts_of[job_id]} <= set(kills), job_id
