@@ -375,14 +375,10 @@ def test_refused_input_in_a_transaction_stages_nothing(make_app):
     assert [job.id for job in app.scheduler.iter_jobs()] == ["good"]
 
 
-def test_arguments_up_to_the_size_limit_are_stored_and_read_back(make_app, request):
+def test_arguments_up_to_the_size_limit_are_stored_and_read_back(make_app):
     from pyramid_pyncette.scheduler import MAX_ARGUMENTS_SIZE
 
     app = make_app()
-    if store_kind(app) == "mariadb":
-        request.applymarker(
-            pytest.mark.xfail(reason="the MariaDB args column is TEXT (64 KB) until it is LONGTEXT")
-        )
     overhead = len('{"args":[""],"kwargs":{}}')
     text = "é" * ((MAX_ARGUMENTS_SIZE - overhead) // 6)  # '\\u00e9' in JSON
     job = app.scheduler.add_async_job("record", args=[text], job_id="big")
