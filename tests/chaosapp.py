@@ -8,7 +8,8 @@ Every run of the task ``work`` leaves two lines in the folder named by the
 
 Both are flushed at once, so a process killed with SIGKILL leaves a
 ``started`` line and no ``runs`` line for every run it was in the middle of.
-Times are ``time.time()`` of the running process.
+Times are ``time.time()`` of the running process. ``ready-<pid>`` appears
+when the process's worker loop starts (its signal handlers are in place).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 from pyramid.config import Configurator
 
-from pyramid_pyncette import task
+from pyramid_pyncette import WorkerStarting, task
 
 _lock = threading.Lock()
 _files: dict[str, object] = {}
@@ -50,12 +51,19 @@ def work(request, seconds: float = 0.0):
     _write(request, "runs", f"{job_id} {request.job.attempt} {pid} {start:.6f} {end:.6f}")
 
 
+def _announce_ready(event) -> None:
+    folder = event.registry.settings["record_dir"]
+    with open(os.path.join(folder, f"ready-{os.getpid()}"), "w"):
+        pass
+
+
 def main(global_config, **settings):
     """The app factory (``use = call:tests.chaosapp:main``)."""
     with Configurator(settings=settings) as config:
         config.include("pyramid_tm")
         config.include("pyramid_pyncette")
         config.scan("tests.chaosapp")
+        config.add_subscriber(_announce_ready, WorkerStarting)
     return config.make_wsgi_app()
 
 

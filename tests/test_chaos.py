@@ -321,6 +321,13 @@ def test_chaos_daemons_killed_at_random_lose_and_duplicate_only_what_the_modes_a
         raise
     drained = time.monotonic() - began
 
+    # The last replacement may still be booting on a loaded machine: a SIGTERM
+    # before its worker loop starts would find no handler and kill it.
+    _wait_for(
+        lambda: all(os.path.exists(f"{records}/ready-{p.pid}") for p in live),
+        60,
+        "a replacement daemon never started its worker loop",
+    )
     for process in live:
         process.send_signal(signal.SIGTERM)
     for process in live:
