@@ -224,6 +224,124 @@ def test_retry_job_of_a_garbage_row_parks_it_again(app):
     assert app.calls == []
 
 
+# --------------------------------------------------------------------------- unreadable times
+
+#: Stored time values no decoder can read, per store: (column, value, words the
+#: problem names). SQL values are SQL literals; Redis values are what the
+#: document (or, for ``created_at``, its job definition) holds; memory values
+#: are what a decoder would be handed.
+TIME_GARBAGE = {
+    "memory": [
+        ("next_run_at", "garbage", ["next_run_at is 'garbage'"]),
+        ("last_run_at", 0, ["last_run_at is 0"]),
+        ("created_at", b"\xff", ["created_at is"]),
+    ],
+    "sqlite": [
+        ("due_at", "'x'", ["due_at is 'x'"]),
+        ("due_at", "'0'", ["due_at is 0"]),  # a DATETIME column makes it a number
+        ("next_run_at", "'garbage'", ["next_run_at is 'garbage'"]),
+        ("last_run_at", "'2030-13-45 99:00:00'", ["last_run_at is"]),
+        ("created_at", "x'00ff'", ["created_at is"]),
+    ],
+    "postgresql": [
+        ("due_at", "'-infinity'", ["-infinity"]),
+        ("next_run_at", "'infinity'", ["next_run_at is", "infinity"]),
+        ("next_run_at", "'20000-01-01 00:00:00+00'", ["next_run_at is", "20000"]),
+        ("last_run_at", "'0044-03-15 00:00:00+00 BC'", ["last_run_at is", "BC"]),
+        ("created_at", "'infinity'", ["created_at is", "infinity"]),
+    ],
+    "mariadb": [
+        ("due_at", "'0000-00-00 00:00:00'", ["due_at is '0000-00-00"]),
+        ("next_run_at", "'0000-00-00 00:00:00'", ["next_run_at is '0000-00-00"]),
+        ("last_run_at", "'2030-02-31 12:00:00'", ["last_run_at is '2030-02-31"]),
+        ("created_at", "'0000-00-00 00:00:00'", ["created_at is '0000-00-00"]),
+    ],
+    "redis": [
+        ("due_at", "garbage", ["due_at is 'garbage'"]),
+        ("next_run_at", "1e400", ["next_run_at is '1e400'"]),
+        ("last_run_at", str(10**30), ["last_run_at is"]),
+        ("created_at", [1], ["created_at is [1]"]),
+    ],
+}
+
+
+def write_time_garbage(app, job_id, column, value):
+    """Write a due job ``job_id`` whose stored ``column`` holds ``value`` (see TIME_GARBAGE)."""
+    kind = store_kind(app)
+    good = app.scheduler.build_job("record", DateSchedule(app.clock()), job_id=job_id)
+    repository = app.repository
+    if kind == "memory":
+        fields = {name: getattr(good, name) for name in ("id", "task", "schedule", "due_at")}
+        fields.update(args={"args": [], "kwargs": {}}, options={}, next_run_at=good.next_run_at)
+        fields[column] = value
+        repository.add([decode_job_fields(fields)])
+        return
+    repository.add([good])
+    if kind == "redis":
+        client = repository.client
+        doc = json.loads(client.hget(repository._jobs_key, job_id))
+        if column == "created_at":
+            definition = json.loads(doc["job"])
+            definition[column] = value
+            doc["job"] = json.dumps(definition)
+        else:
+            doc[column] = value
+        client.hset(repository._jobs_key, job_id, json.dumps(doc))
+        return
+    table = repository.engine.dialect.identifier_preparer.format_table(repository.table)
+    assignments = f"{column} = {value}"
+    if column == "due_at":
+        assignments += ", next_run_at = NULL"  # so the claim keeps the due time as the run's
+    with repository.engine.begin() as conn:
+        if kind == "mariadb":
+            # Zero and impossible dates are what a lax server or an old dump leaves behind.
+            conn.exec_driver_sql("SET SESSION sql_mode = 'ALLOW_INVALID_DATES'")
+        conn.execute(sa.text(f"UPDATE {table} SET {assignments} WHERE id = :id"), {"id": job_id})
+
+
+def _time_garbage_cases():
+    for kind in STORES:
+        for column, value, words in TIME_GARBAGE.get(kind, []):
+            case = f"{column}-{value if isinstance(value, str) else type(value).__name__}"
+            yield pytest.param(kind, column, value, words, id=f"{kind}-{case}")
+
+
+@pytest.mark.parametrize(
+    ("store_settings", "column", "value", "words"),
+    list(_time_garbage_cases()),
+    indirect=["store_settings"],
+)
+def test_a_row_with_an_unreadable_time_is_parked_and_its_batch_mates_run(
+    make_app, column, value, words
+):
+    app = make_app()
+    goods = [f"good-{n:02d}" for n in range(30)]
+    for job_id in goods[:15]:
+        app.scheduler.add_async_job("record", job_id=job_id)
+    write_time_garbage(app, "garbage", column, value)
+    for job_id in goods[15:]:
+        app.scheduler.add_async_job("record", job_id=job_id)
+
+    listed = {job.id: job for job in app.scheduler.get_jobs()}
+    assert sorted(listed) == sorted([*goods, "garbage"])
+    assert listed["garbage"].problem is not None
+    for word in words:
+        assert word in listed["garbage"].problem, listed["garbage"].problem
+    assert app.scheduler.get_job("garbage").problem == listed["garbage"].problem
+
+    app.run_pending()
+    assert app.run_pending(app.clock() + timedelta(hours=1)) == 0
+
+    assert sorted(call.job_id for call in app.calls) == goods
+    job = app.scheduler.get_job("garbage")
+    if column == "due_at" and job.last_status is None:
+        # Never due (no readable due time): listed as failed, never claimed.
+        assert job.state == "failed"
+    else:
+        assert_parked_with(app, "garbage", *words)
+    assert [job.id for job in app.scheduler.get_jobs()] == ["garbage"]
+
+
 # --------------------------------------------------------------------------- pscheduler --list
 
 

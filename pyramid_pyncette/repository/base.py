@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -121,11 +122,82 @@ class CompletionPlan:
     values: dict[str, Any]
 
 
-def truncate_error(text: str | None) -> str | None:
-    """Keep the end of long error text (the exception line is last)."""
-    if text is None or len(text) <= MAX_ERROR_LENGTH:
-        return text
-    return "..." + text[-(MAX_ERROR_LENGTH - 3) :]
+#: The longest ``last_status`` a store keeps (the SQL column's width).
+MAX_STATUS_LENGTH = 16
+
+# What no store can hold as text: NUL (PostgreSQL refuses it) and lone
+# surrogates (not encodable as UTF-8: no driver can send them).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(text: Any, limit: int | None = MAX_ERROR_LENGTH) -> str | None:
+    """``text`` as every store can hold it. Never raises.
+
+    NUL and lone surrogates become U+FFFD; text longer than ``limit``
+    characters keeps its end (the exception line of a traceback is last),
+    behind ``...``. Non-text values are shown with ``str``. The one helper
+    through which every store writes error text and statuses.
+    """
+    if text is None:
+        return None
+    if type(text) is not str:
+        try:
+            text = str(text)
+        except Exception:
+            text = f"<unprintable {type(text).__name__}>"
+    if _UNSTORABLE.search(text) is not None:
+        text = _UNSTORABLE.sub("\ufffd", text)
+    if limit is not None and len(text) > limit:
+        text = "..." + text[-(limit - 3) :]
+    return text
+
+
+def ascii_text(text: Any, limit: int | None = MAX_ERROR_LENGTH) -> str | None:
+    """:func:`storable_text` in ASCII, other characters as backslash escapes (``\\u00e9``).
+
+    The fallback for a column whose character set cannot hold some
+    characters (a ``latin1`` or ``utf8mb3`` MySQL column and an emoji).
+    """
+    text = storable_text(text, None)
+    if text is None or text.isascii():
+        return storable_text(text, limit)
+    return storable_text(text.encode("ascii", "backslashreplace").decode("ascii"), limit)
+
+
+def truncate_error(text: Any) -> str | None:
+    """Error text as stored: :func:`storable_text` bounded to ``MAX_ERROR_LENGTH``."""
+    return storable_text(text, MAX_ERROR_LENGTH)
+
+
+def storable_values(values: Mapping[str, Any], text: Callable[..., Any] = storable_text) -> dict:
+    """Completion ``values`` with ``last_error`` and ``last_status`` made storable by ``text``."""
+    values = dict(values)
+    if values.get("last_error") is not None:
+        values["last_error"] = text(values["last_error"], MAX_ERROR_LENGTH)
+    if values.get("last_status") is not None:
+        values["last_status"] = text(values["last_status"], None)[:MAX_STATUS_LENGTH]
+    return values
+
+
+def unwritable_row_values(now: datetime, exc: BaseException) -> dict[str, Any]:
+    """The values that park a job whose own values the store refused to write.
+
+    No due time (no daemon claims it until it is retried or replaced), the
+    status ``failed`` and an ASCII error saying why.
+    """
+    detail = str(exc).strip().splitlines()
+    reason = f"{type(exc).__name__}: {detail[0] if detail else ''}"
+    error = (
+        f"the store refused to write this job's row ({reason}); it is parked: add it again "
+        "with the same job_id to replace it, or cancel it"
+    )
+    return {
+        "due_at": None,
+        "next_run_at": None,
+        "last_run_at": now,
+        "last_status": STATUS_FAILED,
+        "last_error": ascii_text(error),
+    }
 
 
 def next_run_of(job: Job, scheduled_at: datetime, now: datetime) -> datetime | None:
@@ -967,6 +1039,17 @@ class Repository(abc.ABC):
         if isinstance(exc, ImportError):
             return f"a module the store needs cannot be imported ({exc}); install it"
         return None
+
+    def is_row_error(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is the store refusing the values of one row, not a store failure.
+
+        Such an error is never handled as an outage: the store writes the
+        rows of a failed batch one by one and parks the row it still
+        refuses (see :func:`unwritable_row_values`).
+        """
+        return isinstance(exc, (ValueError, TypeError, OverflowError)) and not self.is_transient(
+            exc
+        )
 
     @abc.abstractmethod
     def list(self, task: str | None = None, cursor: str | None = None, limit: int = 100) -> JobPage:

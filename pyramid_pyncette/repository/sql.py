@@ -26,21 +26,27 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.compiler import compiles
 
 from ..jobs import MAX_JOB_ID_LENGTH, Job
 from ..redaction import redact_text
 from .base import (
+    CompletionPlan,
     JobPage,
     Lease,
     Outcome,
     Repository,
     RepositoryError,
+    ascii_text,
     decode_job_fields,
     loads_stored,
     plan_claim,
     plan_completion,
     split_finished,
     staged_job,
+    storable_text,
+    storable_values,
+    unwritable_row_values,
     utc,
     well_formed_job,
 )
@@ -57,6 +63,8 @@ SQLITE_BUSY_TIMEOUT = 60
 
 # Seconds between checks that a SQLite file is still the one the connections opened.
 SQLITE_FILE_CHECK_INTERVAL = 2.0
+# SQLite result codes of a row the database refuses (a constraint, a value too big).
+_SQLITE_ROW_ERRORS = ("SQLITE_CONSTRAINT", "SQLITE_TOOBIG", "SQLITE_MISMATCH")
 
 
 #: Dialects whose timestamps carry no time zone: values are stored as naive UTC.
@@ -70,6 +78,12 @@ class UTCDateTime(sa.types.TypeDecorator):
     type, so values are stored naive (UTC): with one fixed format SQLite's
     string comparison orders them correctly, and MySQL keeps microseconds
     (``DATETIME(6)``).
+
+    Reading never fails on a stored value: one that is not a time Python can
+    hold (SQLite text that is no date, a MySQL zero date, a PostgreSQL
+    ``infinity``, a year past 9999 or before 1) is returned as the store's
+    text (or whatever the driver made of it), and the job decoder names it
+    as the row's problem: that job is parked, the others are read.
     """
 
     impl = sa.DateTime(timezone=True)
@@ -90,9 +104,33 @@ class UTCDateTime(sa.types.TypeDecorator):
             return value.replace(tzinfo=None)
         return value
 
-    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+    def column_expression(self, colexpr):
+        return _readable_time(colexpr, self)
+
+    def result_processor(self, dialect, coltype):
+        process = super().result_processor(dialect, coltype)
+        if process is None:
+            return None
+
+        def tolerant(value: Any) -> Any:
+            try:
+                return process(value)
+            except (ValueError, TypeError, OverflowError):
+                return value  # not a time: the job decoder reports it
+
+        return tolerant
+
+    def process_result_value(self, value: Any, dialect) -> Any:
         if value is None:
             return None
+        if type(value) is str and dialect.name == "postgresql":
+            # _readable_time's text: ISO 8601 in UTC, or the text of a value out of range.
+            try:
+                return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+            except ValueError:
+                return value
+        if not isinstance(value, datetime):
+            return value
         if value.tzinfo is None:
             return value.replace(tzinfo=timezone.utc)
         return value.astimezone(timezone.utc)
@@ -103,6 +141,40 @@ def _long_text() -> sa.types.TypeEngine:
     from sqlalchemy.dialects.mysql import MEDIUMTEXT
 
     return sa.Text().with_variant(MEDIUMTEXT(), "mysql", "mariadb")
+
+
+class _readable_time(sa.sql.functions.FunctionElement):
+    """A selected time column, as a value the driver can always load (see UTCDateTime).
+
+    Only PostgreSQL needs it: psycopg fails the whole result on a time
+    outside Python's years 1-9999 (``infinity`` among them), so such
+    values are selected as text. Times in range are selected as ISO 8601
+    text in UTC too, whatever the session's ``DateStyle`` and time zone.
+    """
+
+    inherit_cache = True
+    name = "pyncette_readable_time"
+
+    def __init__(self, column: Any, type_: Any) -> None:
+        super().__init__(column)
+        self.type = type_
+
+
+@compiles(_readable_time)
+def _compile_readable_time(element, compiler, **kw):
+    (column,) = element.clauses
+    return compiler.process(column, **kw)
+
+
+@compiles(_readable_time, "postgresql")
+def _compile_readable_time_postgresql(element, compiler, **kw):
+    (column,) = element.clauses
+    value = compiler.process(column, **kw)
+    return (
+        f"CASE WHEN {value} >= '0001-01-01 00:00:00+00' AND {value} < '10000-01-01 00:00:00+00' "
+        f"THEN to_char({value} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US') "
+        f"ELSE CAST({value} AS TEXT) END"
+    )
 
 
 class JSONText(sa.types.TypeDecorator):
@@ -257,6 +329,13 @@ def _job_from_columns(values: tuple[Any, ...], raw: bool) -> Job:
 
 
 def _job_to_row(job: Job) -> dict[str, Any]:
+    return {
+        **_job_columns(job),
+        **storable_values({"last_status": job.last_status, "last_error": job.last_error}),
+    }
+
+
+def _job_columns(job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
         "task": job.task,
@@ -787,6 +866,29 @@ class SQLRepository(Repository):
         }[problem]
         return f"{fix} ({detail})"
 
+    def is_row_error(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is the database refusing the values of a row, not a store failure.
+
+        A data or integrity error (SQLSTATE classes 22 and 23, which MySQL
+        drivers report as operational errors too), or a value the driver
+        could not send (text with a lone surrogate).
+        """
+        if isinstance(exc, sa.exc.DBAPIError):
+            if exc.connection_invalidated:
+                return False
+            if isinstance(exc, (sa.exc.DataError, sa.exc.IntegrityError)):
+                return True
+            orig = exc.orig
+            state = getattr(orig, "sqlstate", None)
+            if isinstance(state, str) and state[:2] in ("22", "23"):
+                return True
+            name = getattr(orig, "sqlite_errorname", None)
+            return isinstance(name, str) and name.startswith(_SQLITE_ROW_ERRORS)
+        if isinstance(exc, sa.exc.StatementError):
+            # Raised before the statement reached the database: a value the driver refused.
+            exc = exc.orig
+        return super().is_row_error(exc)
+
     def remove(self, ids: Iterable[str]) -> set[str]:
         ids = list(ids)
         if not ids:
@@ -858,6 +960,24 @@ class SQLRepository(Repository):
         default_lease: float,
         keep: bool,
     ) -> list[Lease]:
+        try:
+            return self._complete_and_claim_batch(outcomes, now, limit, token, default_lease, keep)
+        except Exception as exc:
+            if not self.is_row_error(exc):
+                raise
+            # One row's values, not the store: nothing of the batch was written.
+            log.warning("the store refused a row of a batch (%s); writing row by row", exc)
+        return self._complete_and_claim_row_by_row(outcomes, now, limit, token, default_lease)
+
+    def _complete_and_claim_batch(
+        self,
+        outcomes: Sequence[Outcome],
+        now: datetime,
+        limit: int,
+        token: str,
+        default_lease: float,
+        keep: bool,
+    ) -> list[Lease]:
         if self._dialect == "postgresql":
             finished, others = split_finished(outcomes)
             if others:
@@ -871,10 +991,44 @@ class SQLRepository(Repository):
                 return []
             return self._claim_on(conn, now, limit, token, default_lease)
 
-    def _claim_on(
-        self, conn: Connection, now: datetime, limit: int, token: str, default_lease: float
+    def _complete_and_claim_row_by_row(
+        self,
+        outcomes: Sequence[Outcome],
+        now: datetime,
+        limit: int,
+        token: str,
+        default_lease: float,
     ) -> list[Lease]:
-        """SQLite and MySQL: select due rows (``SKIP LOCKED`` on MySQL), then write their plans."""
+        """:meth:`complete_and_claim` after the database refused a row of the batch.
+
+        The outcomes are written one by one (see :meth:`complete`), then the
+        claim writes each row in a savepoint of its own: a row the database
+        still refuses is parked, the others are claimed as usual.
+        """
+        if outcomes:
+            self.complete(outcomes)
+        if limit <= 0:
+            return []
+        with self._write() as conn:
+            if self._dialect == "postgresql" and self.store_clock:
+                now = self._now(conn, now)
+            return self._claim_on(conn, now, limit, token, default_lease, row_by_row=True)
+
+    def _claim_on(
+        self,
+        conn: Connection,
+        now: datetime,
+        limit: int,
+        token: str,
+        default_lease: float,
+        row_by_row: bool = False,
+    ) -> list[Lease]:
+        """SQLite and MySQL: select due rows (``SKIP LOCKED`` on MySQL), then write their plans.
+
+        ``row_by_row`` writes each plan in a savepoint of its own and parks a
+        row the database refuses (any dialect: PostgreSQL's claim falls back
+        to this too).
+        """
         table = self.table
         mysql = self._dialect in ("mysql", "mariadb")
         clock = sa.func.utc_timestamp(6) if mysql and self.store_clock else None
@@ -901,8 +1055,38 @@ class SQLRepository(Repository):
         plans = [
             plan_claim(_row_to_job(row), now, token, default_lease, checked=True) for row in rows
         ]
-        self._apply_claim(conn, plans, token, [(row[0], row[_LOCKED_BY]) for row in rows])
-        return [plan.lease for plan in plans]
+        keys = [(row[0], row[_LOCKED_BY]) for row in rows]
+        if not row_by_row:
+            self._apply_claim(conn, plans, token, keys)
+            return [plan.lease for plan in plans]
+        leases = []
+        for plan, key in zip(plans, keys, strict=True):
+            try:
+                with conn.begin_nested():
+                    self._apply_claim(conn, [plan], token, [key])
+            except Exception as exc:
+                if not self.is_row_error(exc):
+                    raise
+                self._park_unwritable(conn, plan.job.id, None, now, exc)
+            else:
+                leases.append(plan.lease)
+        return leases
+
+    def _park_unwritable(
+        self, conn: Any, job_id: str, token: str | None, now: datetime, exc: BaseException
+    ) -> None:
+        """Park the row the database refused to write (see :func:`unwritable_row_values`).
+
+        ``token`` guards the write (``None``: the caller holds the row).
+        """
+        values = unwritable_row_values(now, exc)
+        log.error("job %r is parked as failed: %s", job_id, values["last_error"])
+        table = self.table
+        where = table.c.id == job_id
+        if token is not None:
+            where = sa.and_(where, table.c.locked_by == token)
+        with conn.begin_nested():
+            conn.execute(sa.update(table).where(where).values(locked_by=None, **values))
 
     @functools.cached_property
     def _claim_sql(self) -> str:
@@ -973,7 +1157,13 @@ RETURNING clock.now, {columns}
             "lease_us": lease_us,
         }
         with self._connection(autocommit=True, keep=keep) as conn:
-            rows = conn.exec_driver_sql(self._claim_sql, params).all()
+            result = conn.exec_driver_sql(self._claim_sql, params)
+            try:
+                rows = result.all()
+            except sa.exc.DataError:
+                # A stored time psycopg cannot load (infinity, a year past 9999): the
+                # statement is done, so its rows are read again, tolerantly.
+                rows = self._claimed_rows(conn, token, lease_us)
         leases = []
         rewrites = []
         for row in rows:
@@ -1042,6 +1232,29 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
         }
         return set(conn.exec_driver_sql(self._rewrite_claim_sql, params).scalars())
 
+    def _claimed_rows(self, conn: Connection, token: str, lease_us: int) -> list[tuple[Any, ...]]:
+        """The rows PostgreSQL's claim statement just leased with ``token``, as it returns them.
+
+        JSON stays text and times are read by :class:`UTCDateTime` (an
+        unreadable one is its text), so no value can fail the read. The
+        statement's clock is the leases' start: it set every ``due_at`` to
+        that clock plus ``lease_us``.
+        """
+        table = self.table
+        columns = [
+            sa.type_coerce(column, sa.Text) if isinstance(column.type, JSONText) else column
+            for column in table.c
+        ]
+        rows = conn.execute(sa.select(*columns).where(table.c.locked_by == token)).all()
+        claimed = []
+        for row in rows:
+            due_at = row[COLUMNS.index("due_at")]
+            clock = (
+                due_at - timedelta(microseconds=lease_us) if isinstance(due_at, datetime) else None
+            )
+            claimed.append((clock, *row))
+        return claimed
+
     def _apply_claim(
         self, conn: Any, plans: Sequence[Any], token: str, keys: Sequence[tuple[Any, Any]]
     ) -> None:
@@ -1105,24 +1318,70 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
             )
 
     def complete(self, outcomes: Sequence[Outcome]) -> None:
+        """Apply ``outcomes`` in one transaction; row by row if the database refuses a row.
+
+        A row it still refuses, even with its text in ASCII, is parked as
+        failed with an error saying why: one job's values never stop the
+        others' results from being written.
+        """
         if not outcomes:
             return
+        try:
+            with self._write() as conn:
+                self.complete_on(conn, outcomes)
+            return
+        except Exception as exc:
+            if not self.is_row_error(exc):
+                raise
+            log.warning("the store refused a result of a batch (%s); writing one by one", exc)
+        for outcome in outcomes:
+            self._complete_one(plan_completion(outcome), outcome.finished_at)
+
+    def _complete_one(self, plan: CompletionPlan, now: datetime) -> None:
+        """Write one completion plan alone; a row the database refuses is parked."""
+        refused: BaseException | None = None
+        for text in (storable_text, ascii_text):
+            try:
+                with self._write() as conn:
+                    self._write_completions(conn, [plan], text)
+                return
+            except Exception as exc:
+                if not self.is_row_error(exc):
+                    raise
+                refused = exc
+        assert refused is not None
+        if plan.token is None:
+            # At-most-once: the claim already moved the row on; only the note is lost.
+            log.error("job %r: its last result could not be stored (%s)", plan.job_id, refused)
+            return
         with self._write() as conn:
-            self.complete_on(conn, outcomes)
+            self._park_unwritable(conn, plan.job_id, plan.token, now, refused)
 
     def complete_on(self, conn: Any, outcomes: Sequence[Outcome]) -> int:
         """Apply outcomes through ``conn`` (a Connection or the app's Session).
 
         Returns how many lease-guarded rows matched: 0 for a lost lease.
         """
+        return self._write_completions(conn, [plan_completion(o) for o in outcomes])
+
+    def _write_completions(
+        self,
+        conn: Any,
+        plans: Sequence[CompletionPlan],
+        text: Callable[..., Any] = storable_text,
+    ) -> int:
+        """Write completion plans, their error text made storable by ``text``."""
         table = self.table
         deletes: dict[str, list[str]] = {}
         settles: list[dict[str, Any]] = []
         notes: list[dict[str, Any]] = []
         unguarded: list[dict[str, Any]] = []
-        for outcome in outcomes:
-            plan = plan_completion(outcome)
-            params = {"b_id": plan.job_id, "b_token": plan.token, **plan.values}
+        for plan in plans:
+            params = {
+                "b_id": plan.job_id,
+                "b_token": plan.token,
+                **storable_values(plan.values, text),
+            }
             if plan.action == "delete":
                 deletes.setdefault(plan.token, []).append(plan.job_id)
             elif plan.action == "settle":
@@ -1205,7 +1464,9 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
 
     def next_due(self) -> datetime | None:
         with self._read() as conn:
-            return conn.execute(sa.select(sa.func.min(self.table.c.due_at))).scalar()
+            value = conn.execute(sa.select(sa.func.min(self.table.c.due_at))).scalar()
+        # An unreadable time is no due time (the claim parks such a job if it is due).
+        return value if isinstance(value, datetime) else None
 
     def next_due_delay(self, now: datetime) -> float | None:
         if not self.store_clock:
