@@ -13,7 +13,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 
 from ..jobs import Job
-from .base import JobPage, Lease, Outcome, Repository, plan_claim, plan_completion
+from .base import (
+    JobPage,
+    Lease,
+    Outcome,
+    Repository,
+    plan_claim,
+    plan_completion,
+    storable_values,
+)
 
 
 class MemoryRepository(Repository):
@@ -107,12 +115,14 @@ class MemoryRepository(Repository):
                 job = self._jobs.get(plan.job_id)
                 if job is None or (plan.token is not None and job.locked_by != plan.token):
                     continue
+                # The text every other store would keep, so tests see what production stores.
+                values = storable_values(plan.values)
                 if plan.action == "delete":
                     del self._jobs[plan.job_id]
                 elif plan.action == "settle":
-                    self._store(job.replace(locked_by=None, **plan.values))
+                    self._store(job.replace(locked_by=None, **values))
                 else:
-                    self._jobs[plan.job_id] = job.replace(**plan.values)
+                    self._jobs[plan.job_id] = job.replace(**values)
 
     def extend(self, now: datetime, leases: Sequence[tuple[str, str, float]]) -> set[str]:
         held = set()

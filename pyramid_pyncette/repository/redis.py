@@ -70,6 +70,9 @@ from .base import (
     plan_completion,
     split_finished,
     staged_job,
+    storable_text,
+    storable_values,
+    unwritable_row_values,
     well_formed_job,
 )
 
@@ -94,8 +97,6 @@ _TRANSIENT_ERRORS = (
 )
 #: ConnectionErrors that no retry fixes.
 _PERMANENT_ERRORS = (redis_errors.AuthenticationError, redis_errors.AuthorizationError)
-
-_SURROGATES = re.compile("[\ud800-\udfff]")
 
 #: Fields of plan values the scripts may write.
 _PLAN_FIELDS = frozenset(
@@ -540,10 +541,8 @@ def _text(value: Any) -> Any:
 
 
 def _clean(text: str | None) -> str | None:
-    """Text Lua's JSON decoder accepts: lone surrogates (never valid UTF-8) become U+FFFD."""
-    if text is None:
-        return None
-    return _SURROGATES.sub("\ufffd", text)
+    """Text Lua's JSON decoder accepts (see :func:`storable_text`), unbounded."""
+    return storable_text(text, None)
 
 
 def _dumps(value: Any) -> str:
@@ -569,8 +568,7 @@ def _encode_job(job: Job) -> str:
             "locked_by": _clean(job.locked_by),
             "attempts": int(job.attempts),
             "last_run_at": _encode_time(job.last_run_at),
-            "last_status": _clean(job.last_status),
-            "last_error": _clean(job.last_error),
+            **storable_values({"last_status": job.last_status, "last_error": job.last_error}),
             "lease_us": _lease_micros(lease) if lease else None,
             "job": _dumps(definition),
         }
@@ -635,7 +633,7 @@ _DOCUMENT_KEYS = frozenset(
 
 def _plan_values(values: dict[str, Any]) -> dict[str, Any]:
     encoded: dict[str, Any] = {}
-    for name, value in values.items():
+    for name, value in storable_values(values).items():
         if name not in _PLAN_FIELDS:
             raise ValueError(f"the Redis store cannot write the job field {name!r}")
         if isinstance(value, datetime):
@@ -1077,6 +1075,12 @@ class RedisRepository(Repository):
         return [plan.lease for plan in plans if plan.action == "lease" or plan.job.id not in lost]
 
     def complete(self, outcomes: Sequence[Outcome]) -> None:
+        """Apply ``outcomes`` in one script call; one by one if a row fails the script.
+
+        A row the script still cannot write is parked as failed with an
+        error saying why (or, if even that fails, left to the claim, which
+        takes unreadable documents out of the due index).
+        """
         if not outcomes:
             return
         ops = []
@@ -1086,7 +1090,36 @@ class RedisRepository(Repository):
             ops.append(self._plan_op(plan.action, plan.job_id, plan.token, plan.values))
             if plan.action == "delete":
                 tasks.add(outcome.lease.job.task)
-        self._write(ops, tasks)
+        try:
+            self._write(ops, tasks)
+            return
+        except Exception as exc:
+            if not self.is_row_error(exc):
+                raise
+            log.warning("a result of a batch could not be written (%s); writing one by one", exc)
+        for op, outcome in zip(ops, outcomes, strict=True):
+            try:
+                self._write([op], {outcome.lease.job.task})
+                continue
+            except Exception as exc:
+                if not self.is_row_error(exc) or op["token"] is None:
+                    raise
+                refused = exc
+            values = unwritable_row_values(outcome.finished_at, refused)
+            log.error("job %r is parked as failed: %s", op["id"], values["last_error"])
+            try:
+                self._write([self._plan_op("settle", op["id"], op["token"], values)], ())
+            except Exception as exc:
+                if not self.is_row_error(exc):
+                    raise
+                log.error("job %r could not be parked either (%s)", op["id"], exc)
+
+    def is_row_error(self, exc: BaseException) -> bool:
+        """Whether a script failed on the contents of a row (a document it cannot decode)."""
+        if isinstance(exc, redis_errors.ResponseError) and not self.is_transient(exc):
+            text = str(exc).lower()
+            return "script" in text and not isinstance(exc, redis_errors.NoScriptError)
+        return super().is_row_error(exc)
 
     def extend(self, now: datetime, leases: Sequence[tuple[str, str, float]]) -> set[str]:
         if not leases:
