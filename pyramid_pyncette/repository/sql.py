@@ -329,10 +329,10 @@ def _job_from_columns(values: tuple[Any, ...], raw: bool) -> Job:
 
 
 def _job_to_row(job: Job) -> dict[str, Any]:
-    return {
-        **_job_columns(job),
-        **storable_values({"last_status": job.last_status, "last_error": job.last_error}),
-    }
+    row = _job_columns(job)
+    if job.last_error is not None or job.last_status is not None:
+        row.update(storable_values({"last_status": job.last_status, "last_error": job.last_error}))
+    return row
 
 
 def _job_columns(job: Job) -> dict[str, Any]:
