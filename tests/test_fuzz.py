@@ -794,3 +794,43 @@ def test_the_worker_and_the_listing_survive_any_time_column_value_on_sqlite(
         _assert_good_ran_and_garbage_parked(handle)
         handle.worker.run_pending(handle.clock() + timedelta(days=1))
         assert handle.ran.count("good") == 1
+
+
+#: MySQL 8's default sql_mode: zero dates are refused as new values.
+MYSQL8_SQL_MODE = (
+    "ONLY_FULL_GROUP_BY,STRICT_TRANS_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,"
+    "ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
+)
+
+
+@pytest.mark.parametrize(
+    "store_settings", [name for name in STORES if name == "mariadb"], indirect=True
+)
+@pytest.mark.parametrize("column", ["due_at", "next_run_at"])
+def test_a_zero_date_under_a_strict_sql_mode_is_parked_and_the_others_run(make_app, column):
+    app = make_app()
+    engine = app.repository.engine
+
+    @sa.event.listens_for(engine, "connect")
+    def strict(dbapi_connection, connection_record):
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET SESSION sql_mode = '{MYSQL8_SQL_MODE}'")
+
+    engine.dispose()  # every connection from now on is strict
+    with engine.connect() as conn:
+        assert "NO_ZERO_DATE" in conn.exec_driver_sql("SELECT @@SESSION.sql_mode").scalar()
+    goods = [f"good-{n:02d}" for n in range(20)]
+    for job_id in goods[:10]:
+        app.scheduler.add_async_job("record", job_id=job_id)
+    write_time_garbage(app, "garbage", column, "'0000-00-00 00:00:00'")
+    for job_id in goods[10:]:
+        app.scheduler.add_async_job("record", job_id=job_id)
+
+    assert "0000-00-00" in app.scheduler.get_job("garbage").problem
+    app.run_pending()
+    assert app.run_pending(app.clock() + timedelta(hours=1)) == 0
+
+    assert sorted(call.job_id for call in app.calls) == goods
+    job = app.scheduler.get_job("garbage")
+    assert (job.state, job.last_status) == ("failed", "failed")
+    assert job.due_at is None
