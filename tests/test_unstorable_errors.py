@@ -157,6 +157,46 @@ def test_a_result_the_database_refuses_parks_that_job_and_the_others_complete(ma
     )
 
 
+def _refuse_to_lease(app, job_id):
+    """Make the database refuse to lease ``job_id`` (a constraint of the app)."""
+    repository = app.repository
+    repository.setup()
+    table = repository.engine.dialect.identifier_preparer.format_table(repository.table)
+    with repository.engine.begin() as conn:
+        if repository.engine.dialect.name == "sqlite":
+            statement = (
+                f"CREATE TRIGGER never_lease BEFORE UPDATE OF locked_by ON {table} "
+                f"WHEN NEW.id = '{job_id}' AND NEW.locked_by IS NOT NULL "
+                "BEGIN SELECT RAISE(ABORT, 'lease refused'); END"
+            )
+        else:
+            statement = (
+                f"ALTER TABLE {table} ADD CONSTRAINT never_lease "
+                f"CHECK (id <> '{job_id}' OR locked_by IS NULL)"
+            )
+        conn.execute(sa.text(statement))
+
+
+@pytest.mark.parametrize("store_settings", SQL_STORES, indirect=True)
+def test_a_row_the_database_refuses_to_lease_is_parked_and_its_batch_mates_run(make_app):
+    app = make_app()
+    _refuse_to_lease(app, "refused")
+    goods = [f"good-{n:02d}" for n in range(30)]
+    for job_id in goods[:15]:
+        app.scheduler.add_async_job("record", job_id=job_id)
+    app.scheduler.add_async_job("record", job_id="refused")
+    for job_id in goods[15:]:
+        app.scheduler.add_async_job("record", job_id=job_id)
+
+    assert app.run_pending() == 30
+    assert app.run_pending(app.clock() + timedelta(days=1)) == 0
+
+    assert sorted(call.job_id for call in app.calls) == goods
+    job = app.scheduler.get_job("refused")
+    assert (job.state, job.last_status, job.due_at) == ("failed", "failed", None)
+    assert "the store refused to write this job's row" in job.last_error
+
+
 #: The largest value of the attempts column: a claim's attempts + 1 overflows it.
 MAX_ATTEMPTS = {"sqlite": 2**63 - 1, "postgresql": 2**31 - 1, "mysql": 2**31 - 1}
 
