@@ -266,7 +266,32 @@ TIME_GARBAGE = {
 }
 
 
-def write_time_garbage(app, job_id, column, value):
+#: Other typed columns holding what they should not, per store (as TIME_GARBAGE).
+COLUMN_GARBAGE = {
+    "memory": [
+        ("attempts", "many", ["attempts is 'many'"]),
+        ("partition", 1.5, ["partition is 1.5"]),
+    ],
+    "sqlite": [
+        ("task", "x'00ff'", ["task is b'\\x00\\xff'"]),
+        ("attempts", "'many'", ["attempts is 'many'"]),
+        ("attempts", "-5", ["attempts is"]),
+        ("partition", "'p'", ["partition is 'p'"]),
+    ],
+    "postgresql": [("attempts", "-5", ["attempts is"])],
+    "mariadb": [("attempts", "-5", ["attempts is"])],
+    "redis": [
+        ("task", 5, ["task is 5"]),
+        ("attempts", "many", ["attempts is 'many'"]),
+        ("partition", "p", ["partition is 'p'"]),
+    ],
+}
+
+#: Keys of a Redis document's job definition (the others are the document's own).
+_DEFINITION_KEYS = ("created_at", "partition")
+
+
+def write_column_garbage(app, job_id, column, value):
     """Write a due job ``job_id`` whose stored ``column`` holds ``value`` (see TIME_GARBAGE)."""
     kind = store_kind(app)
     good = app.scheduler.build_job("record", DateSchedule(app.clock()), job_id=job_id)
@@ -281,7 +306,7 @@ def write_time_garbage(app, job_id, column, value):
     if kind == "redis":
         client = repository.client
         doc = json.loads(client.hget(repository._jobs_key, job_id))
-        if column == "created_at":
+        if column in _DEFINITION_KEYS:
             definition = json.loads(doc["job"])
             definition[column] = value
             doc["job"] = json.dumps(definition)
@@ -300,26 +325,29 @@ def write_time_garbage(app, job_id, column, value):
         conn.execute(sa.text(f"UPDATE {table} SET {assignments} WHERE id = :id"), {"id": job_id})
 
 
-def _time_garbage_cases():
+def _column_garbage_cases(garbage):
     for kind in STORES:
-        for column, value, words in TIME_GARBAGE.get(kind, []):
+        for column, value, words in garbage.get(kind, []):
             case = f"{column}-{value if isinstance(value, str) else type(value).__name__}"
             yield pytest.param(kind, column, value, words, id=f"{kind}-{case}")
 
 
 @pytest.mark.parametrize(
     ("store_settings", "column", "value", "words"),
-    list(_time_garbage_cases()),
+    [
+        *_column_garbage_cases(TIME_GARBAGE),
+        *_column_garbage_cases(COLUMN_GARBAGE),
+    ],
     indirect=["store_settings"],
 )
-def test_a_row_with_an_unreadable_time_is_parked_and_its_batch_mates_run(
+def test_a_row_with_an_unreadable_time_or_count_is_parked_and_its_batch_mates_run(
     make_app, column, value, words
 ):
     app = make_app()
     goods = [f"good-{n:02d}" for n in range(30)]
     for job_id in goods[:15]:
         app.scheduler.add_async_job("record", job_id=job_id)
-    write_time_garbage(app, "garbage", column, value)
+    write_column_garbage(app, "garbage", column, value)
     for job_id in goods[15:]:
         app.scheduler.add_async_job("record", job_id=job_id)
 
@@ -371,13 +399,14 @@ def test_list_shows_garbage_rows_without_crashing(tmp_path, capsys, store_settin
     garbage = REDIS_GARBAGE if kind == "redis" else GARBAGE
     for name, (columns, _) in garbage.items():
         write_garbage(Handle, name, **columns)
-    for n, (column, value, _) in enumerate(TIME_GARBAGE[kind]):
-        write_time_garbage(Handle, f"time-{n}-{column}", column, value)
-    names = [*garbage, *(f"time-{n}-{c}" for n, (c, _, _) in enumerate(TIME_GARBAGE[kind]))]
+    typed = [*TIME_GARBAGE[kind], *COLUMN_GARBAGE[kind]]
+    for n, (column, value, _) in enumerate(typed):
+        write_column_garbage(Handle, f"typed-{n}-{column}", column, value)
+    names = [*garbage, *(f"typed-{n}-{column}" for n, (column, _, _) in enumerate(typed))]
 
     listed = {job.id: job for job in registry.scheduler.get_jobs()}
     assert sorted(listed) == sorted([*names, "good"])
-    assert all(listed[name].problem for name in names if name.startswith("time-"))
+    assert all(listed[name].problem for name in names if name.startswith("typed-"))
     assert all(registry.scheduler.get_job(name).id == name for name in names)
 
     assert _run("--list", ini) == 0
@@ -822,7 +851,7 @@ def test_a_zero_date_under_a_strict_sql_mode_is_parked_and_the_others_run(make_a
     goods = [f"good-{n:02d}" for n in range(20)]
     for job_id in goods[:10]:
         app.scheduler.add_async_job("record", job_id=job_id)
-    write_time_garbage(app, "garbage", column, "'0000-00-00 00:00:00'")
+    write_column_garbage(app, "garbage", column, "'0000-00-00 00:00:00'")
     for job_id in goods[10:]:
         app.scheduler.add_async_job("record", job_id=job_id)
 

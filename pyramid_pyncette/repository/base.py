@@ -499,13 +499,20 @@ def _decode_job_fields(
         value = values.get(name)
         text[name] = value if value is None or isinstance(value, str) else str(value)
 
+    # Missing counts are 0; present ones must be whole numbers.
     attempts = values.get("attempts")
     if isinstance(attempts, float) and attempts.is_integer():
         attempts = int(attempts)
-    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+    if attempts is None:
+        attempts = 0
+    elif isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+        problems.append(f"attempts is {_what(attempts)}, not a whole number >= 0")
         attempts = 0
     partition = values.get("partition")
-    if isinstance(partition, bool) or not isinstance(partition, int):
+    if partition is None:
+        partition = 0
+    elif isinstance(partition, bool) or not isinstance(partition, int):
+        problems.append(f"partition is {_what(partition)}, not a whole number")
         partition = 0
 
     return Job(
