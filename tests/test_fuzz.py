@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import threading
 import warnings
 from datetime import datetime, timedelta, timezone
 
@@ -34,6 +35,7 @@ from pyramid_pyncette.repository.base import (
 )
 from pyramid_pyncette.schedules import DateSchedule
 from pyramid_pyncette.settings import KNOWN_KEYS, parse_settings
+from pyramid_pyncette.worker import Worker
 from tests.conftest import STORES
 
 NOW = datetime(2030, 1, 1, tzinfo=timezone.utc)
@@ -863,3 +865,61 @@ def test_a_zero_date_under_a_strict_sql_mode_is_parked_and_the_others_run(make_a
     job = app.scheduler.get_job("garbage")
     assert (job.state, job.last_status) == ("failed", "failed")
     assert job.due_at is None
+
+
+def _write_every_garbage(app):
+    """Write every garbage row the store can hold; return their ids."""
+    kind = store_kind(app)
+    names = []
+    if kind in ("memory", "sqlite", "postgresql", "mariadb"):
+        for name, (columns, _) in GARBAGE.items():
+            write_garbage(app, name, **columns)
+            names.append(name)
+    else:
+        for name, (columns, _) in REDIS_GARBAGE.items():
+            write_garbage(app, name, **columns)
+            names.append(name)
+    for n, (column, value, _) in enumerate([*TIME_GARBAGE[kind], *COLUMN_GARBAGE[kind]]):
+        write_column_garbage(app, f"typed-{n}-{column}", column, value)
+        names.append(f"typed-{n}-{column}")
+    return names
+
+
+@pytest.mark.parametrize("store_settings", list(STORES), indirect=True)
+def test_the_worker_loop_goes_idle_past_every_garbage_row_and_runs_the_others(make_app):
+    app = make_app()
+    goods = [f"good-{n:02d}" for n in range(20)]
+    for job_id in goods:
+        app.scheduler.add_async_job("record", job_id=job_id)
+    names = _write_every_garbage(app)
+    if store_kind(app) == "redis":
+        # Documents the next-due probe reads first (the lowest scores).
+        client, key = app.repository.client, app.repository._jobs_key
+        for name, text in (("later-not-json", "{not json"), ("later-bad-due", None)):
+            app.scheduler.add_date_job("record", app.clock() - timedelta(days=1), job_id=name)
+            doc = (
+                text
+                if text is not None
+                else json.dumps({**json.loads(client.hget(key, name)), "due_at": "garbage"})
+            )
+            client.hset(key, name, doc)
+            client.zadd(app.repository._due_key, {name: 0})
+            names.append(name)
+    due = app.repository.next_due()
+    assert due is None or isinstance(due, datetime)
+
+    worker = Worker(app.registry, clock=app.clock, concurrency=2, batch_size=8)
+    thread = threading.Thread(target=worker.run, kwargs={"until_idle": True}, daemon=True)
+    thread.start()
+    thread.join(60)
+    if thread.is_alive():
+        worker.stop()
+        thread.join(30)
+        pytest.fail("the worker loop did not go idle")
+
+    assert sorted(call.job_id for call in app.calls) == goods
+    listed = {job.id: job for job in app.scheduler.get_jobs(limit=1000)}
+    assert sorted(listed) == sorted(names)
+    assert all(job.state == "failed" for job in listed.values()), listed
+    due = app.repository.next_due()
+    assert due is None or isinstance(due, datetime)

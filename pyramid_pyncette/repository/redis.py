@@ -1154,7 +1154,10 @@ class RedisRepository(Repository):
 
     def next_due(self) -> datetime | None:
         due, _ = self._earliest_due()
-        return None if due is None else _decode_time(due)
+        try:
+            return None if due is None else _decode_time(due)
+        except OverflowError:  # a time past year 9999: the claim that reaches it parks the job
+            return None
 
     def next_due_delay(self, now: datetime) -> float | None:
         due, server_now = self._earliest_due()
