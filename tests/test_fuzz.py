@@ -756,8 +756,8 @@ def _assert_good_ran_and_garbage_parked(handle):
     assert "good" not in listed
     job = listed.get("garbage")
     if "garbage" not in handle.ran and job.state != "failed":
-        # Not run yet: only a readable due time still to come allows that.
-        assert job.problem is None and job.due_at > handle.clock(), job
+        # Not claimed yet: only a readable due time still to come allows that.
+        assert job.due_at is not None and job.due_at > handle.clock(), job
     elif "garbage" not in handle.ran and job.last_status is not None:  # claimed and parked
         assert "cannot be run" in job.last_error
 
