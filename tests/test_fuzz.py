@@ -284,6 +284,7 @@ COLUMN_GARBAGE = {
     "mariadb": [("attempts", "-5", ["attempts is"])],
     "redis": [
         ("task", 5, ["task is 5"]),
+        ("task", True, ["task is True"]),
         ("attempts", "many", ["attempts is 'many'"]),
         ("partition", "p", ["partition is 'p'"]),
     ],
@@ -923,3 +924,27 @@ def test_the_worker_loop_goes_idle_past_every_garbage_row_and_runs_the_others(ma
     assert all(job.state == "failed" for job in listed.values()), listed
     due = app.repository.next_due()
     assert due is None or isinstance(due, datetime)
+
+
+@pytest.mark.parametrize(
+    ("store_settings", "column", "value", "words"),
+    [*_column_garbage_cases(TIME_GARBAGE), *_column_garbage_cases(COLUMN_GARBAGE)],
+    indirect=["store_settings"],
+)
+def test_a_garbage_row_is_replaced_by_adding_its_job_again_in_a_transaction(
+    make_app, column, value, words
+):
+    import transaction
+
+    app = make_app()
+    write_column_garbage(app, "garbage", column, value)
+
+    tm = transaction.TransactionManager(explicit=True)
+    tm.begin()
+    app.scheduler.bind(tm).add_async_job("record", job_id="garbage", args=[1])
+    tm.commit()
+
+    job = app.scheduler.get_job("garbage")
+    assert (job.problem, job.args) == (None, [1])
+    assert app.run_pending() == 1
+    assert [(call.job_id, call.args) for call in app.calls] == [("garbage", (1,))]

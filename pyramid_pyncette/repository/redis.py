@@ -356,10 +356,10 @@ local declared = {}
 for i = 4, #KEYS do declared[KEYS[i]] = true end
 local missing, noted = {}, {}
 local function need(task)
-  local key = prefix .. task
+  local key = prefix .. tostring(task)
   if not declared[key] and not noted[key] then
     noted[key] = true
-    missing[#missing + 1] = task
+    missing[#missing + 1] = tostring(task)
   end
 end
 for _, op in ipairs(ops) do
@@ -378,11 +378,11 @@ local function drop(id, doc)
   redis.call('HDEL', jobs, id)
   redis.call('ZREM', due, id)
   redis.call('ZREM', ids, id)
-  redis.call('ZREM', prefix .. doc.task, id)
+  redis.call('ZREM', prefix .. tostring(doc.task), id)
 end
 
 local function put(id, old, op)
-  if old and old.task ~= op.task then redis.call('ZREM', prefix .. old.task, id) end
+  if old and old.task ~= op.task then redis.call('ZREM', prefix .. tostring(old.task), id) end
   redis.call('HSET', jobs, id, op.doc)
   redis.call('ZADD', ids, 0, id)
   redis.call('ZADD', prefix .. op.task, 0, id)
