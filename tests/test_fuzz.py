@@ -360,6 +360,9 @@ def test_a_row_with_an_unreadable_time_or_count_is_parked_and_its_batch_mates_ru
     for word in words:
         assert word in listed["garbage"].problem, listed["garbage"].problem
     assert app.scheduler.get_job("garbage").problem == listed["garbage"].problem
+    found = app.repository.get_many(["garbage", "good-00"])
+    assert found["garbage"].problem == listed["garbage"].problem
+    assert found["good-00"].problem is None
 
     app.run_pending()
     assert app.run_pending(app.clock() + timedelta(hours=1)) == 0
