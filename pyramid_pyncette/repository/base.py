@@ -186,7 +186,7 @@ def unwritable_row_values(now: datetime, exc: BaseException) -> dict[str, Any]:
     status ``failed`` and an ASCII error saying why.
     """
     detail = str(exc).strip().splitlines()
-    reason = f"{type(exc).__name__}: {detail[0] if detail else ''}"
+    reason = f"{type(exc).__name__}: {detail[0][:300] if detail else ''}"
     error = (
         f"the store refused to write this job's row ({reason}); it is parked: add it again "
         "with the same job_id to replace it, or cancel it"
