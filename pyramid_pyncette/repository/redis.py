@@ -42,7 +42,6 @@ import contextlib
 import functools
 import json
 import logging
-import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
