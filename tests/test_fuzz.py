@@ -911,6 +911,11 @@ def test_the_worker_loop_goes_idle_past_every_garbage_row_and_runs_the_others(ma
             names.append(name)
     due = app.repository.next_due()
     assert due is None or isinstance(due, datetime)
+    has_clock = store_kind(app) in ("postgresql", "mariadb", "redis")
+    for store_clock in (True, False) if has_clock else (False,):  # the store's clock, the test's
+        app.repository.store_clock = store_clock
+        delay = app.repository.next_due_delay(app.clock())
+        assert delay is None or isinstance(delay, float)
 
     worker = Worker(app.registry, clock=app.clock, concurrency=2, batch_size=8)
     thread = threading.Thread(target=worker.run, kwargs={"until_idle": True}, daemon=True)

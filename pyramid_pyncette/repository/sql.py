@@ -1479,8 +1479,8 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
         query = sa.select(sa.func.min(self.table.c.due_at), clock)
         with self._read() as conn:
             due, server_now = conn.execute(query).one()
-        if due is None:
-            return None
+        if not isinstance(due, datetime):
+            return None  # none, or unreadable (see next_due)
         return (due - utc(server_now)).total_seconds()
 
 
