@@ -66,6 +66,14 @@ SQLITE_FILE_CHECK_INTERVAL = 2.0
 # SQLite result codes of a row the database refuses (a constraint, a value too big).
 _SQLITE_ROW_ERRORS = ("SQLITE_CONSTRAINT", "SQLITE_TOOBIG", "SQLITE_MISMATCH")
 
+#: MySQL/MariaDB error codes of a row's values refused (data and integrity
+#: errors, SQLSTATE classes 22 and 23): NOT NULL, duplicate key, out of range,
+#: truncated, bad date or string value, too long, foreign keys, a CHECK
+#: constraint (MySQL 3819, MariaDB 4025).
+_MYSQL_ROW_ERRORS = frozenset(
+    {1048, 1062, 1264, 1265, 1292, 1366, 1406, 1451, 1452, 1690, 3819, 4025}
+)
+
 
 #: Dialects whose timestamps carry no time zone: values are stored as naive UTC.
 NAIVE_UTC_DIALECTS = ("sqlite", "mysql", "mariadb")
@@ -883,7 +891,12 @@ class SQLRepository(Repository):
             if isinstance(state, str) and state[:2] in ("22", "23"):
                 return True
             name = getattr(orig, "sqlite_errorname", None)
-            return isinstance(name, str) and name.startswith(_SQLITE_ROW_ERRORS)
+            if isinstance(name, str) and name.startswith(_SQLITE_ROW_ERRORS):
+                return True
+            # PyMySQL carries no SQLSTATE, and older releases report some data
+            # and constraint errors (MariaDB's 4025) as OperationalError.
+            args = getattr(orig, "args", ())
+            return bool(args) and args[0] in _MYSQL_ROW_ERRORS
         if isinstance(exc, sa.exc.StatementError):
             # Raised before the statement reached the database: a value the driver refused.
             exc = exc.orig
