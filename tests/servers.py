@@ -1034,3 +1034,26 @@ def mariadb_server(request: pytest.FixtureRequest) -> Iterator[MariaDBServer]:
 def redis_server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
     """A Redis server shared by the whole session (started on first use)."""
     yield from _session_server(request, RedisServer)
+
+
+#: The password :func:`redis_requiring_a_password` expects.
+REDIS_PASSWORD = "the-right-one"
+
+
+@pytest.fixture
+def redis_requiring_a_password() -> Iterator[RedisServer]:
+    """A Redis server of the test's own that refuses clients without :data:`REDIS_PASSWORD`.
+
+    Its ``url`` carries no password. Skipped when no Redis server can start.
+    """
+    try:
+        server = start_redis()
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        with server.client() as client:
+            client.config_set("requirepass", REDIS_PASSWORD)
+        yield server
+    finally:
+        server.kill()
+        server.close()

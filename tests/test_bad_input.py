@@ -481,30 +481,20 @@ def test_pscheduler_never_prints_a_mariadb_password(tmp_path, mariadb_server):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("form", ["user-and-password", "password-only", "query"])
-def test_pscheduler_never_prints_a_redis_password_the_server_rejects(tmp_path, form):
-    from tests.servers import BackendUnavailable, start_redis
-
-    try:
-        server = start_redis()
-    except BackendUnavailable as exc:
-        pytest.skip(str(exc))
-    try:
-        with server.client() as client:
-            client.config_set("requirepass", "the-right-one")
-        address = server.url.partition("://")[2]
-        url = {
-            "user-and-password": f"redis://default:{SECRET}@{address}",
-            "password-only": f"redis://:{SECRET}@{address}",
-            "query": f"redis://{address}?password={SECRET}",
-        }[form]
-        ini, _ = _write_ini(tmp_path, url)
-        for args in (["--list"], ["--once"]):
-            status, output = _pscheduler(ini, *args)
-            assert status == 2, output
-            _assert_clean(output)
-    finally:
-        server.kill()
-        server.close()
+def test_pscheduler_never_prints_a_redis_password_the_server_rejects(
+    tmp_path, form, redis_requiring_a_password
+):
+    address = redis_requiring_a_password.url.partition("://")[2]
+    url = {
+        "user-and-password": f"redis://default:{SECRET}@{address}",
+        "password-only": f"redis://:{SECRET}@{address}",
+        "query": f"redis://{address}?password={SECRET}",
+    }[form]
+    ini, _ = _write_ini(tmp_path, url)
+    for args in (["--list"], ["--once"]):
+        status, output = _pscheduler(ini, *args)
+        assert status == 2, output
+        _assert_clean(output)
 
 
 @pytest.mark.slow

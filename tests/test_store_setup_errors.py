@@ -228,21 +228,11 @@ def test_redis_wrong_password_and_unknown_database_stop_pscheduler(tmp_path, red
 
 
 @pytest.mark.slow
-def test_redis_without_the_password_it_requires_stops_pscheduler(tmp_path):
-    from tests.servers import BackendUnavailable, start_redis
-
-    try:
-        server = start_redis()
-    except BackendUnavailable as exc:
-        pytest.skip(str(exc))
-    try:
-        with server.client() as client:
-            client.config_set("requirepass", "the-right-one")
-        ini, _ = _write_ini(tmp_path, server.url)  # NOAUTH
-        _assert_stops_with_one_line(ini, "fix the user and password")
-    finally:
-        server.kill()
-        server.close()
+def test_redis_without_the_password_it_requires_stops_pscheduler(
+    tmp_path, redis_requiring_a_password
+):
+    ini, _ = _write_ini(tmp_path, redis_requiring_a_password.url)  # NOAUTH
+    _assert_stops_with_one_line(ini, "fix the user and password")
 
 
 # --------------------------------------------------------------------------- outages
