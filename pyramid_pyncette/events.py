@@ -7,6 +7,8 @@ never stops the worker.
 
 from __future__ import annotations
 
+import logging
+from datetime import datetime
 from typing import Any
 
 from zope.interface import Attribute, Interface, implementer
@@ -112,7 +114,15 @@ class JobStarted(_JobRunEvent):
 class JobSucceeded(_JobRunEvent):
     """See :class:`IJobSucceeded`."""
 
-    def __init__(self, job, request, scheduled_at, attempt, result=None, duration=0.0) -> None:
+    def __init__(
+        self,
+        job: Any,
+        request: Any,
+        scheduled_at: datetime,
+        attempt: int,
+        result: Any = None,
+        duration: float = 0.0,
+    ) -> None:
         super().__init__(job, request, scheduled_at, attempt)
         self.result = result
         self.duration = duration
@@ -122,7 +132,15 @@ class JobSucceeded(_JobRunEvent):
 class JobFailed(_JobRunEvent):
     """See :class:`IJobFailed`."""
 
-    def __init__(self, job, request, scheduled_at, attempt, exception=None, duration=0.0) -> None:
+    def __init__(
+        self,
+        job: Any,
+        request: Any,
+        scheduled_at: datetime,
+        attempt: int,
+        exception: BaseException | None = None,
+        duration: float = 0.0,
+    ) -> None:
         super().__init__(job, request, scheduled_at, attempt)
         self.exception = exception
         self.duration = duration
@@ -161,3 +179,20 @@ class WorkerStarting(_WorkerEvent):
 @implementer(IWorkerStopping)
 class WorkerStopping(_WorkerEvent):
     """See :class:`IWorkerStopping`."""
+
+
+def notify_subscribers(registry: Any, event: Any, log: logging.Logger, goes_on: str) -> None:
+    """Send ``event`` to ``registry``'s subscribers; one that raises is logged, never raised.
+
+    The scheduler, the worker and a running job all carry on when a
+    subscriber fails: ``goes_on`` ends the ERROR line logged on ``log``
+    (the caller's logger) saying so, e.g. ``"the worker goes on"``.
+    A registry without ``notify`` (a bare test double) has no subscribers.
+    """
+    notify = getattr(registry, "notify", None)
+    if notify is None:
+        return
+    try:
+        notify(event)
+    except Exception:
+        log.exception("a subscriber to %s raised; %s", type(event).__name__, goes_on)

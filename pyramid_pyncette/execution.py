@@ -18,7 +18,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -28,7 +28,7 @@ from pyramid.interfaces import IRequestExtensions, IRequestFactory
 from pyramid.request import Request
 from pyramid.threadlocal import manager as threadlocal_manager
 
-from .events import JobFailed, JobStarted, JobSucceeded
+from .events import JobFailed, JobStarted, JobSucceeded, notify_subscribers
 from .jobs import DEFAULT_RETRIES, RetryDefaults
 from .repository import Lease, Outcome
 from .repository.base import describe_failure, plan_completion
@@ -209,7 +209,9 @@ def _with_properties(parent: type, descriptors: dict[str, Any]) -> type:
 _MISSING = object()
 
 
-def call_task(func: Callable[..., Any], request: Request, args, kwargs) -> Any:
+def call_task(
+    func: Callable[..., Any], request: Request, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> Any:
     """Call a task function; coroutine functions run to completion on a fresh loop."""
     result = func(request, *args, **kwargs)
     if inspect.isawaitable(result):
@@ -217,15 +219,22 @@ def call_task(func: Callable[..., Any], request: Request, args, kwargs) -> Any:
     return result
 
 
-async def _await(awaitable):
+async def _await(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
 
-class LeaseLost(RuntimeError):
-    """Another daemon took the job over; this run's transaction must not commit."""
+class LeaseTakenOver(RuntimeError):
+    """The run's lease went to another daemon, so its completion matched no row.
+
+    Raised inside the job's transaction (shared database), which must then
+    not commit: the daemon holding the lease now runs the job. Not to be
+    confused with the :class:`~pyramid_pyncette.events.LeaseLost` event.
+    """
 
 
-def _complete_in_transaction(registry: Any, request: Request, lease: Lease, clock) -> None:
+def _complete_in_transaction(
+    registry: Any, request: Request, lease: Lease, clock: Callable[[], datetime]
+) -> None:
     """Complete the job's row through the app's session, in the job's own transaction.
 
     The job's writes and its completion then commit together or not at all:
@@ -237,7 +246,7 @@ def _complete_in_transaction(registry: Any, request: Request, lease: Lease, cloc
     outcome = Outcome(lease, succeeded=True, finished_at=clock())
     matched = registry.scheduler.repository.complete_on(session, [outcome])
     if lease.token is not None and not matched:
-        raise LeaseLost(
+        raise LeaseTakenOver(
             f"job {lease.job.id!r} lost its lease before it could commit; its work is rolled "
             "back and the daemon that holds it now will run it"
         )
@@ -245,10 +254,7 @@ def _complete_in_transaction(registry: Any, request: Request, lease: Lease, cloc
 
 
 def _notify(registry: Any, event: Any) -> None:
-    try:
-        registry.notify(event)
-    except Exception:
-        log.exception("a subscriber to %s raised; the job goes on", type(event).__name__)
+    notify_subscribers(registry, event, log, "the job goes on")
 
 
 def run_job(
@@ -256,7 +262,6 @@ def run_job(
     task: Task | None,
     lease: Lease,
     clock: Callable[[], datetime],
-    base_url: str = "http://localhost",
     info: JobInfo | None = None,
     requests: JobRequests | None = None,
     retry_defaults: RetryDefaults = DEFAULT_RETRIES,
@@ -287,7 +292,7 @@ def run_job(
     if info is None:
         info = JobInfo.for_lease(lease)
     transactional = bool(task.options.get("transactional"))
-    request = (requests or JobRequests(registry, base_url))()
+    request = (requests or JobRequests(registry))()
     tm = transaction.TransactionManager(explicit=True)
     request.environ["tm.manager"] = tm
     request.environ["tm.active"] = True

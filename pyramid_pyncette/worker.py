@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .events import JobSkipped, LeaseLost, WorkerStarting, WorkerStopping
+from .events import JobSkipped, LeaseLost, WorkerStarting, WorkerStopping, notify_subscribers
 from .execution import JobInfo, JobRequests, run_job
 from .repository import Lease, Outcome
 
@@ -187,8 +187,7 @@ class Worker:
         self.heartbeat_interval = min(
             settings.effective_heartbeat_interval, self.lease_duration / 3
         )
-        self.base_url = getattr(settings, "base_url", "http://localhost")
-        self._requests = JobRequests(registry, self.base_url)
+        self._requests = JobRequests(registry, settings.base_url)
         #: Retry options of jobs that set none (``pyncette.max_retries`` and friends).
         self.retry_defaults = settings.retry_defaults
         self.clock = clock or self.scheduler.clock
@@ -238,10 +237,7 @@ class Worker:
         return f"{self.id}-{self._claims:x}"
 
     def _notify(self, event: Any) -> None:
-        try:
-            self.registry.notify(event)
-        except Exception:
-            log.exception("a subscriber to %s raised; the worker goes on", type(event).__name__)
+        notify_subscribers(self.registry, event, log, "the worker goes on")
 
     def _execute(self, lease: Lease, info: JobInfo | None = None, clock=None) -> Outcome:
         task = self.scheduler.tasks.get(lease.job.task)
@@ -251,7 +247,6 @@ class Worker:
             task,
             lease,
             clock or self.clock,
-            base_url=self.base_url,
             info=info,
             requests=self._requests,
             retry_defaults=self.retry_defaults,
