@@ -6,7 +6,8 @@ registers ``registry.scheduler``; ``pscheduler app.ini`` runs the daemon.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from pyramid.exceptions import ConfigurationError
 
@@ -30,13 +31,16 @@ from .events import (
 )
 from .exceptions import InvalidJobError, UnknownTaskError
 from .jobs import Job
-from .redaction import redact_text
-from .repository import SQL_SCHEMES, UnsupportedStoreError, create_repository
+from .repository import SQL_SCHEMES
 from .scheduler import BoundScheduler, Scheduler, UnknownJobError
 from .schedules import ScheduleError
 from .settings import PyncetteSettings, parse_settings
 from .tasks import add_pyncette_task, get_task_registry, periodic_task, task
 from .transaction import NO_TRANSACTION_HELP, NoTransactionError, StoreUnavailable
+
+if TYPE_CHECKING:
+    from pyramid.config import Configurator
+    from pyramid.request import Request
 
 __all__ = [
     "BoundScheduler",
@@ -86,17 +90,15 @@ def get_scheduler(request_or_registry: Any) -> Scheduler:
     return scheduler
 
 
-def _check_store(settings: PyncetteSettings) -> None:
-    """Reject an unusable store URL now, without connecting."""
-    try:
-        # Building the store object never connects; first use does.
-        create_repository(settings)
-    except UnsupportedStoreError as exc:  # an unknown scheme or a missing driver
-        raise ConfigurationError(str(exc)) from None
-    except Exception as exc:  # e.g. a malformed URL
-        raise ConfigurationError(
-            f"pyncette.url {settings.redacted_url()!r} cannot be used: {redact_text(exc)}"
-        ) from None
+def _register_scheduler(config: Configurator, settings: PyncetteSettings) -> None:
+    """Build the store (never connecting) and register ``registry.scheduler`` over it.
+
+    The one place the application's store is built: an unusable
+    ``pyncette.url`` is a :class:`ConfigurationError` here, at include time.
+    """
+    registry = config.registry
+    registry.scheduler = Scheduler.from_settings(registry, settings)
+    registry.pyncette_session_hook = _resolve_session_hook(config, settings)
 
 
 def includeme(config) -> None:
@@ -168,17 +170,17 @@ def includeme(config) -> None:
     same-named options.
     """
     settings = parse_settings(config.get_settings())
-    _check_store(settings)
     registry = config.registry
     registry.pyncette_settings = settings
     get_task_registry(registry)
-    registry.scheduler = Scheduler(registry, settings)
-    registry.pyncette_session_hook = _resolve_session_hook(config, settings)
+    _register_scheduler(config, settings)
     config.add_directive("add_pyncette_task", add_pyncette_task)
     config.add_request_method(request_scheduler, "scheduler", reify=True)
 
 
-def _resolve_session_hook(config, settings: PyncetteSettings):
+def _resolve_session_hook(
+    config: Configurator, settings: PyncetteSettings
+) -> Callable[[Request], Any] | None:
     if settings.session_hook is None:
         return None
     if settings.url.split("://", 1)[0].split("+", 1)[0] not in SQL_SCHEMES:
@@ -201,8 +203,8 @@ def _resolve_session_hook(config, settings: PyncetteSettings):
     return hook
 
 
-def request_scheduler(request) -> BoundScheduler:
-    """``request.scheduler``: the scheduler bound to ``request.tm``.
+def request_scheduler(request: Request) -> Scheduler:
+    """``request.scheduler``: a copy of ``registry.scheduler`` bound to ``request.tm``.
 
     Jobs added or cancelled through it are written if and only if the
     request's transaction commits. With ``pyncette.session_hook`` the rows go

@@ -1,26 +1,29 @@
 """The scheduler API: validate, serialise, write.
 
 :class:`Scheduler` is ``registry.scheduler``: every call writes to the store
-at once. ``request.scheduler`` is the same API bound to the request's
-transaction (see :mod:`pyramid_pyncette.transaction`).
+at once. ``request.scheduler`` is a bound copy of it, the same API with a
+writer that joins the request's transaction (see :mod:`pyramid_pyncette.writers`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 import reprlib
-import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .events import JobScheduled
+from pyramid.exceptions import ConfigurationError
+
+from .events import JobScheduled, notify_subscribers
 from .exceptions import InvalidJobError
 from .jobs import Job
-from .repository import JobPage, Repository, create_repository
+from .redaction import redact_text
+from .repository import JobPage, Repository, UnsupportedStoreError, create_repository
 from .schedules import (
     CronSchedule,
     DateSchedule,
@@ -43,13 +46,11 @@ from .tasks import (
     normalize_options,
     unstorable_text,
 )
-from .transaction import StagingDataManager, active_transaction, current_transaction
+from .writers import ImmediateWriter, JobWriter, SessionWriter, StagedWriter, Store
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-
-CRON_FIELDS = ("year", "month", "day", "week", "day_of_week", "hour", "minute", "second")
 
 
 class UnknownJobError(InvalidJobError, LookupError):
@@ -142,7 +143,7 @@ def _json_problem(value: Any, name: str) -> str | None:
                         f"{_render_path(node)} has the key {key!r}, which {problem}; "
                         "remove that character from the key"
                     )
-            items = container.items()
+            items: Iterable[tuple[Any, Any]] = container.items()
         else:
             items = enumerate(container)
         children = []
@@ -208,10 +209,31 @@ def check_arguments(args: Any, kwargs: Any) -> tuple[list[Any], dict[str, Any]]:
     return args, kwargs
 
 
-class Scheduler:
-    """Add, cancel and inspect jobs; every write goes to the store immediately.
+#: Called after jobs are committed, with the jobs written and the job ids deleted.
+CommitListener = Callable[[Sequence[Job], Sequence[str]], None]
 
-    Available as ``registry.scheduler`` once ``pyramid_pyncette`` is included.
+
+class _Shared:
+    """What a scheduler and its bound copies share: the store, the clock, the listeners."""
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self.wake_listeners: list[Callable[[], None]] = []
+        self.commit_listeners: list[CommitListener] = []
+
+
+class Scheduler:
+    """Add, cancel and inspect jobs.
+
+    ``registry.scheduler`` writes to the store immediately;
+    :meth:`bind` returns a copy writing through a transaction
+    (``request.scheduler``). Where writes go is the scheduler's
+    :attr:`writer`; everything else (validation, the store, the clock, the
+    listeners) is shared by a scheduler and its bound copies.
+
+    ``repository`` is the store, built but not connected (it is set up on
+    first use); :meth:`from_settings` builds it from ``pyncette.url``.
     ``clock`` returns the current UTC time (tests pass a fake one).
     """
 
@@ -219,35 +241,66 @@ class Scheduler:
         self,
         registry: Any,
         settings: PyncetteSettings,
-        repository: Repository | None = None,
+        repository: Repository,
         clock: Clock | None = None,
     ) -> None:
         self.registry = registry
         self.settings = settings
-        self.clock: Clock = clock or utcnow
-        self._repository = repository
-        self._unready: Repository | None = None  # built, but its setup has not succeeded yet
-        self._repository_lock = threading.Lock()
-        #: Called after jobs are committed (e.g. an in-process worker's ``wake``).
-        self.wake_listeners: list[Callable[[], None]] = []
+        self._shared = _Shared(Store(repository), clock or utcnow)
+        #: Where adds and cancels go (see :mod:`pyramid_pyncette.writers`).
+        self.writer: JobWriter = ImmediateWriter(self._shared.store, self._announce)
+
+    @classmethod
+    def from_settings(
+        cls, registry: Any, settings: PyncetteSettings, clock: Clock | None = None
+    ) -> Scheduler:
+        """A scheduler over the store ``settings.url`` names, built without connecting.
+
+        An unknown scheme, a missing driver or a malformed URL raises
+        :class:`pyramid.exceptions.ConfigurationError` (never showing the
+        URL's password).
+        """
+        try:
+            repository = create_repository(settings)
+        except UnsupportedStoreError as exc:  # an unknown scheme or a missing driver
+            raise ConfigurationError(str(exc)) from None
+        except Exception as exc:  # e.g. a malformed URL
+            raise ConfigurationError(
+                f"pyncette.url {settings.redacted_url()!r} cannot be used: {redact_text(exc)}"
+            ) from None
+        return cls(registry, settings, repository=repository, clock=clock)
 
     # -- plumbing ---------------------------------------------------------
 
     @property
     def repository(self) -> Repository:
-        """The store, created on first use (never at include time)."""
-        if self._repository is None:
-            with self._repository_lock:
-                if self._repository is None:
-                    if self._unready is None:
-                        self._unready = create_repository(self.settings)
-                    self._unready.setup()
-                    self._repository = self._unready
-        return self._repository
+        """The store, set up on first use (never at include time)."""
+        return self._shared.store.ready()
 
-    @repository.setter
-    def repository(self, value: Repository) -> None:
-        self._repository = value
+    @property
+    def clock(self) -> Clock:
+        """The current UTC time; setting it also sets it for the bound copies."""
+        return self._shared.clock
+
+    @clock.setter
+    def clock(self, value: Clock) -> None:
+        self._shared.clock = value
+
+    @property
+    def wake_listeners(self) -> list[Callable[[], None]]:
+        """Called after jobs are committed (e.g. an in-process worker's ``wake``)."""
+        return self._shared.wake_listeners
+
+    @property
+    def commit_listeners(self) -> list[CommitListener]:
+        """Called as ``listener(written, removed)`` after jobs are committed.
+
+        ``written`` are the jobs added or replaced, ``removed`` the ids of
+        the jobs deleted, through this scheduler or any bound copy (after
+        the transaction commits, for those). A listener that raises is
+        logged and ignored.
+        """
+        return self._shared.commit_listeners
 
     @property
     def tasks(self) -> TaskRegistry:
@@ -258,56 +311,25 @@ class Scheduler:
         """The scheduler's clock, UTC-aware."""
         return self.clock()
 
-    def _write(self, jobs: Sequence[Job]) -> None:
-        self._apply(jobs, [])
-        self._after_commit(jobs)
-
-    def _remove(self, job_id: str) -> bool:
-        removed = bool(self.repository.remove([job_id]))
-        if removed:
-            self._after_commit([], [job_id])
-        return removed
-
-    # The persistence hooks below are shared by immediate writes and by the
-    # transaction's data manager, so every write path ends in the same place.
-
-    def _apply(self, adds: Sequence[Job], removes: Sequence[str]) -> None:
-        self.repository.apply(adds, removes)
-
-    # A transaction's writes: staged at vote (not claimable), published after
-    # commit, withdrawn after abort. The staging window is the lease
-    # duration: a staged row whose process died before publishing it is
-    # claimed once that window expires, as a run whose lease expired is.
-
-    def _stage(self, adds: Sequence[Job], removes: Sequence[str], token: str) -> dict[str, Job]:
-        window = self.settings.lease_duration
-        return self.repository.stage(adds, removes, token, window, self.now())
-
-    def _publish(self, adds: Sequence[Job], token: str) -> None:
-        self.repository.publish(token, adds)
-
-    def _withdraw(self, adds: Sequence[Job], token: str, previous: dict[str, Job]) -> None:
-        self.repository.withdraw(token, [job.id for job in adds], previous)
-
-    def _after_commit(self, jobs: Sequence[Job], removed: Sequence[str] = ()) -> None:
-        for job in jobs:
-            self._notify(JobScheduled(job, self.registry))
-        for listener in list(self.wake_listeners):
+    def _announce(self, written: Sequence[Job], removed: Sequence[str]) -> None:
+        """Tell the listeners and the subscribers what was committed."""
+        for listener in list(self.commit_listeners):
             try:
-                listener()
+                listener(written, removed)
+            except Exception:
+                log.exception("a scheduler commit listener raised; ignored")
+        for job in written:
+            notify_subscribers(self.registry, JobScheduled(job, self.registry), log, "ignored")
+        for wake in list(self.wake_listeners):
+            try:
+                wake()
             except Exception:
                 log.exception("a scheduler wake-up listener raised; ignored")
 
     def is_transient(self, exc: BaseException) -> bool:
         """Whether a store error is an outage worth retrying."""
-        # Asked while the store is down: use the store object even if its setup failed.
-        repository = self._repository or self._unready
-        if repository is None:
-            with self._repository_lock:
-                if self._unready is None:
-                    self._unready = create_repository(self.settings)
-                repository = self._unready
-        return repository.is_transient(exc)
+        # Asked while the store is down: the store object answers even if its setup failed.
+        return self._shared.store.repository.is_transient(exc)
 
     def describe_setup_error(self, exc: BaseException) -> str | None:
         """One line naming the misconfiguration behind a store error and its fix, or None.
@@ -315,30 +337,33 @@ class Scheduler:
         None means the error may pass (an outage); see
         :meth:`Repository.describe_setup_error`.
         """
-        repository = self._repository or self._unready
-        if repository is None:
-            return None
-        return repository.describe_setup_error(exc)
+        return self._shared.store.repository.describe_setup_error(exc)
 
-    def bind(self, transaction_manager: Any = None, session: Any = None) -> BoundScheduler:
-        """This scheduler's API, writing through ``transaction_manager``'s transaction.
+    def bind(self, transaction_manager: Any = None, session: Any = None) -> Scheduler:
+        """A copy of this scheduler writing through ``transaction_manager``'s transaction.
 
-        Jobs added or cancelled through the bound scheduler are written when
-        that transaction commits, and not at all if it aborts. With
-        ``session`` (the app's zope.sqlalchemy session, shared-database mode)
-        rows are written through the session instead, in the same database
+        Jobs added or cancelled through the copy are written when that
+        transaction commits, and not at all if it aborts; validation still
+        happens at call time, so bad input raises at once. The transaction
+        is joined on the first write: a request that schedules nothing pays
+        nothing. Its ``get_job`` sees the transaction's own uncommitted
+        changes; ``get_jobs`` lists what is committed. With ``session`` (the
+        app's zope.sqlalchemy session, shared-database mode) rows are
+        written through the session instead, in the same database
         transaction as the app's own rows.
         """
-        return BoundScheduler(self, transaction_manager, session)
-
-    def _notify(self, event: Any) -> None:
-        notify = getattr(self.registry, "notify", None)
-        if notify is None:
-            return
-        try:
-            notify(event)
-        except Exception:
-            log.exception("a subscriber to %s raised; ignored", type(event).__name__)
+        bound = copy.copy(self)
+        store = self._shared.store
+        window = self.settings.lease_duration
+        if session is None:
+            bound.writer = StagedWriter(
+                store, self._announce, transaction_manager, window=window, clock=bound.now
+            )
+        else:
+            bound.writer = SessionWriter(
+                store, self._announce, transaction_manager, session, window=window, clock=bound.now
+            )
+        return bound
 
     # -- building jobs ----------------------------------------------------
 
@@ -384,9 +409,18 @@ class Scheduler:
             created_at=now,
         )
 
-    def _add(self, func, schedule, args, kwargs, job_id, where, options) -> Job:
+    def _add(
+        self,
+        func: Callable[..., Any] | str,
+        schedule: Schedule,
+        args: Any,
+        kwargs: Any,
+        job_id: str | None,
+        where: str,
+        options: dict[str, Any],
+    ) -> Job:
         job = self.build_job(func, schedule, args, kwargs, job_id, where=where, **options)
-        self._write([job])
+        self.writer.write([job])
         return job
 
     # -- the public API ---------------------------------------------------
@@ -555,11 +589,15 @@ class Scheduler:
 
     def cancel_job(self, job_id: str) -> bool:
         """Delete a job; True if it existed. A run in progress finishes but is not repeated."""
-        return self._remove(check_job_id(job_id))
+        return self.writer.remove(check_job_id(job_id))
 
     def get_job(self, job_id: str) -> Job | None:
-        """The job with this id, or None."""
-        return self.repository.get(check_job_id(job_id))
+        """The job with this id, or None.
+
+        Through a bound scheduler: as its transaction sees it, including its
+        own uncommitted changes.
+        """
+        return self.writer.get(check_job_id(job_id))
 
     def retry_job(self, job_id: str) -> Job:
         """Queue the job to run now, as a fresh run; return the job as written.
@@ -578,7 +616,7 @@ class Scheduler:
             )
         now = self.now()
         job = job.replace(due_at=now, next_run_at=now, attempts=0, locked_by=None)
-        self._write([job])
+        self.writer.write([job])
         return job
 
     def get_jobs(self, task: Any = None, limit: int = 100, cursor: str | None = None) -> JobPage:
@@ -631,87 +669,6 @@ def _same_definition(stored: Job, fresh: Job) -> bool:
     return signature(stored) == signature(fresh)
 
 
-class BoundScheduler(Scheduler):
-    """The scheduler API bound to a transaction (``request.scheduler``).
-
-    Validation happens at call time, so bad input raises in the view;
-    writes are staged and reach the store only if the transaction commits.
-    The transaction is joined on the first write: a request that schedules
-    nothing pays nothing. ``get_job`` sees the request's own uncommitted changes;
-    ``get_jobs`` lists what is committed.
-    """
-
-    def __init__(self, parent: Scheduler, transaction_manager: Any, session: Any = None) -> None:
-        super().__init__(parent.registry, parent.settings, clock=parent.clock)
-        self.parent = parent
-        self.transaction_manager = transaction_manager
-        self.session = session
-        self.wake_listeners = parent.wake_listeners
-        self._staging: tuple[Any, StagingDataManager] | None = None
-
-    @property
-    def repository(self) -> Repository:
-        return self.parent.repository
-
-    def is_transient(self, exc: BaseException) -> bool:
-        return self.parent.is_transient(exc)
-
-    def now(self) -> datetime:
-        return self.parent.now()
-
-    def bind(self, transaction_manager: Any = None, session: Any = None) -> BoundScheduler:
-        return self.parent.bind(transaction_manager, session)
-
-    def _data_manager(self) -> StagingDataManager:
-        txn = current_transaction(self.transaction_manager)
-        if self._staging is None or self._staging[0] is not txn or not self._staging[1].joined:
-            data_manager = StagingDataManager(self.parent, self.transaction_manager, txn)
-            txn.join(data_manager)
-            self._staging = (txn, data_manager)
-        return self._staging[1]
-
-    def _staged(self, job_id: str) -> Job | str | None:
-        if self._staging is None:
-            return None
-        txn, data_manager = self._staging
-        if active_transaction(self.transaction_manager) is not txn:
-            return None
-        return data_manager.staged_state(job_id)
-
-    def _write(self, jobs: Sequence[Job]) -> None:
-        if self.session is not None:
-            self._write_shared(jobs, [])
-            return
-        self._data_manager().add(jobs)
-
-    def _remove(self, job_id: str) -> bool:
-        if self.session is not None:
-            return bool(self._write_shared([], [job_id]))
-        staged = self._staged(job_id)
-        data_manager = self._data_manager()
-        exists = staged != "removed" and (
-            staged is not None or self.repository.get(job_id) is not None
-        )
-        data_manager.remove(job_id)
-        return exists
-
-    def _write_shared(self, adds: Sequence[Job], removes: Sequence[str]) -> set[str]:
-        from zope.sqlalchemy import mark_changed
-
-        data_manager = self._data_manager()
-        removed = self.repository.write_on(self.session, adds, removes)
-        mark_changed(self.session, transaction_manager=self.transaction_manager)
-        data_manager.elsewhere.extend(("add", job) for job in adds)
-        data_manager.elsewhere.extend(("remove", job_id) for job_id in removed)
-        return removed
-
-    def get_job(self, job_id: str) -> Job | None:
-        """The job as this transaction sees it (including its own uncommitted changes)."""
-        if self.session is not None:
-            return self.repository.get_on(self.session, check_job_id(job_id))
-        staged = self._staged(check_job_id(job_id))
-        if staged == "removed":
-            return None
-        if staged is not None:
-            return staged
-        return super().get_job(job_id)
+#: ``request.scheduler``'s type: a bound scheduler is a :class:`Scheduler`
+#: whose writer joins a transaction (see :meth:`Scheduler.bind`).
+BoundScheduler = Scheduler

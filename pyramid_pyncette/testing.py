@@ -9,13 +9,17 @@ job" (``registry.scheduler.scheduled``) and run due jobs synchronously with
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .jobs import Job
+from .repository import Repository
 from .repository.memory import MemoryRepository
 from .scheduler import Scheduler
+from .settings import PyncetteSettings
 
 __all__ = ["FakeClock", "RecordingScheduler", "includeme", "run_pending", "set_clock"]
 
@@ -63,7 +67,7 @@ def run_pending(registry: Any, now: datetime | None = None) -> int:
     return Worker(registry).run_pending(now)
 
 
-def set_clock(registry: Any, clock: Any) -> Any:
+def set_clock(registry: Any, clock: Callable[[], datetime]) -> Callable[[], datetime]:
     """Make ``clock`` the time of the application's scheduler and its store; return it.
 
     ``clock`` is a callable returning an aware UTC datetime, usually a
@@ -82,18 +86,28 @@ class RecordingScheduler(Scheduler):
     """A scheduler over a memory store that remembers what was committed.
 
     ``scheduled`` lists every job written (after its transaction committed,
-    for ``request.scheduler``), ``cancelled`` every job id deleted.
+    for ``request.scheduler``), ``cancelled`` every job id deleted. It
+    records through :attr:`~pyramid_pyncette.scheduler.Scheduler.commit_listeners`,
+    like any other listener.
     """
 
-    def __init__(self, registry: Any, settings: Any, clock: Any = None) -> None:
-        super().__init__(registry, settings, repository=MemoryRepository(), clock=clock)
+    def __init__(
+        self,
+        registry: Any,
+        settings: PyncetteSettings,
+        clock: Callable[[], datetime] | None = None,
+        repository: Repository | None = None,
+    ) -> None:
+        if repository is None:
+            repository = MemoryRepository()
+        super().__init__(registry, settings, repository=repository, clock=clock)
         self.scheduled: list[Job] = []
         self.cancelled: list[str] = []
+        self.commit_listeners.append(self._record)
 
-    def _after_commit(self, jobs, removed=()) -> None:
-        self.scheduled.extend(jobs)
+    def _record(self, written: Sequence[Job], removed: Sequence[str]) -> None:
+        self.scheduled.extend(written)
         self.cancelled.extend(removed)
-        super()._after_commit(jobs, removed)
 
     def clear(self) -> None:
         """Forget what was recorded (the store keeps its jobs)."""
@@ -101,12 +115,17 @@ class RecordingScheduler(Scheduler):
         self.cancelled.clear()
 
 
-def includeme(config) -> None:
-    """Include ``pyramid_pyncette`` with a memory store and a :class:`RecordingScheduler`."""
-    import dataclasses
+def includeme(config: Any) -> None:
+    """Include ``pyramid_pyncette`` with a memory store and a :class:`RecordingScheduler`.
 
+    The swap is a configuration action, so it follows the scheduler that
+    ``pyramid_pyncette`` registers whenever the configuration is committed.
+    """
     config.include("pyramid_pyncette")
-    registry = config.registry
+    config.action(None, _use_recording_scheduler, args=(config.registry,))
+
+
+def _use_recording_scheduler(registry: Any) -> None:
     settings = dataclasses.replace(registry.pyncette_settings, url="memory://")
     registry.pyncette_settings = settings
-    registry.scheduler = RecordingScheduler(registry, settings)
+    registry.scheduler = RecordingScheduler.from_settings(registry, settings)

@@ -21,14 +21,19 @@ until the two-phase commit:
 A store that is unreachable at vote time raises :class:`StoreUnavailable`, a
 ``TransientError``, so the whole request is aborted and pyramid_retry may run
 it again.
+
+The data manager knows the store and a callback only: after commit it calls
+``on_commit(written, removed)`` with the jobs that were published and the ids
+that were deleted (the scheduler announces them from there).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any
 
 from transaction.interfaces import (
     IDataManagerSavepoint,
@@ -40,10 +45,8 @@ from zope.interface import implementer
 
 from .jobs import Job
 from .redaction import redact_text
+from .repository import Repository
 from .repository.base import STAGED_PREFIX
-
-if TYPE_CHECKING:
-    from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +94,33 @@ class _Savepoint:
         del self.data_manager.elsewhere[self.elsewhere :]
 
 
+#: Called after commit with the jobs written and the job ids deleted.
+CommitCallback = Callable[[Sequence[Job], Sequence[str]], None]
+
+
 @implementer(ISavepointDataManager)
 class StagingDataManager:
-    """Stages job writes of one transaction: written unclaimable at vote, published at finish."""
+    """Stages job writes of one transaction: written unclaimable at vote, published at finish.
 
-    def __init__(self, scheduler: Scheduler, transaction_manager: Any, txn: Any) -> None:
-        self.scheduler = scheduler
-        self.transaction_manager = transaction_manager
+    ``repository`` is the store (it sets itself up on first use), ``window``
+    the staging window in seconds and ``clock`` the current UTC time.
+    ``on_commit(written, removed)`` is called once the transaction has
+    committed, with what it wrote, here or through the app's session.
+    """
+
+    def __init__(
+        self,
+        repository: Repository,
+        on_commit: CommitCallback,
+        txn: Any,
+        *,
+        window: float,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.repository = repository
+        self.on_commit = on_commit
+        self.window = window
+        self.clock = clock
         self.txn = txn
         #: ("add", Job) and ("remove", job_id) in the order they were asked for.
         self.changes: list[tuple[str, Any]] = []
@@ -116,6 +139,11 @@ class StagingDataManager:
 
     def remove(self, job_id: str) -> None:
         self.changes.append(("remove", job_id))
+
+    def written_elsewhere(self, adds: Iterable[Job], removed: Iterable[str]) -> None:
+        """Announce on commit what was written through the app's own session."""
+        self.elsewhere.extend(("add", job) for job in adds)
+        self.elsewhere.extend(("remove", job_id) for job_id in removed)
 
     def staged_state(self, job_id: str) -> Job | str | None:
         """The last staged change of ``job_id``: a Job, ``'removed'``, or None (untouched)."""
@@ -163,9 +191,9 @@ class StagingDataManager:
             return
         token = f"{STAGED_PREFIX}{uuid.uuid4().hex}"
         try:
-            previous = self.scheduler._stage(adds, removes, token)
+            previous = self.repository.stage(adds, removes, token, self.window, self.clock())
         except Exception as exc:
-            if self.scheduler.is_transient(exc):
+            if self.repository.is_transient(exc):
                 # The driver's text may echo the store URL: hide its password.
                 detail = redact_text(f"{type(exc).__name__}: {exc}")
                 raise StoreUnavailable(
@@ -182,7 +210,7 @@ class StagingDataManager:
             adds, removes, previous, token = self._applied
             if adds:
                 try:
-                    self.scheduler._publish(adds, token)
+                    self.repository.publish(token, adds)
                 except Exception:
                     # tpc_finish must not raise: the transaction has committed.
                     log.exception(
@@ -190,7 +218,7 @@ class StagingDataManager:
                         "claimable when their staging window (pyncette.lease_duration, "
                         "%gs) expires",
                         len(adds),
-                        self.scheduler.settings.lease_duration,
+                        self.window,
                     )
             written.extend(adds)
             removed.extend(job_id for job_id in removes if job_id in previous)
@@ -201,7 +229,11 @@ class StagingDataManager:
         self.elsewhere = []
         self.joined = False
         if written or removed:
-            self.scheduler._after_commit(written, removed)
+            try:
+                self.on_commit(written, removed)
+            except Exception:
+                # tpc_finish must not raise: the transaction has committed.
+                log.exception("announcing the jobs of a committed transaction failed")
 
     def tpc_abort(self, txn: Any) -> None:
         applied = self._applied
@@ -213,7 +245,7 @@ class StagingDataManager:
             return
         adds, removes, previous, token = applied
         try:
-            self.scheduler._withdraw(adds, token, previous)
+            self.repository.withdraw(token, [job.id for job in adds], previous)
         except Exception:
             # tpc_abort must not raise. The staged rows stay: they become
             # claimable when their staging window expires.

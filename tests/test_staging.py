@@ -95,7 +95,7 @@ def vote_and_die(app: App, work: Callable[[Any], None]) -> None:
     txn = tm.begin()
     scheduler = app.scheduler.bind(tm)
     work(scheduler)
-    data_manager = scheduler._data_manager()
+    data_manager = scheduler.writer.data_manager()
     data_manager.tpc_begin(txn)
     data_manager.commit(txn)
     data_manager.tpc_vote(txn)

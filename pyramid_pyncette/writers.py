@@ -1,0 +1,216 @@
+"""Where a scheduler's adds and cancels go: the store now, the transaction, or the app's session.
+
+A :class:`~pyramid_pyncette.scheduler.Scheduler` composes one writer:
+
+- :class:`ImmediateWriter` (``registry.scheduler``) writes to the store at
+  once and announces at once.
+- :class:`StagedWriter` (``request.scheduler``) keeps the changes in a
+  :class:`~pyramid_pyncette.transaction.StagingDataManager` joined to the
+  request's transaction: written if and only if it commits.
+- :class:`SessionWriter` (``request.scheduler`` with ``pyncette.session_hook``)
+  writes the rows through the app's zope.sqlalchemy session, in the same
+  database transaction as the app's own rows.
+
+Every writer reports what it committed to one callback,
+``on_commit(written, removed)``; the scheduler announces from there.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Protocol, cast
+
+from .jobs import Job
+from .repository import Repository
+from .transaction import (
+    CommitCallback,
+    StagingDataManager,
+    active_transaction,
+    current_transaction,
+)
+
+
+class Store:
+    """The application's store: built (unconnected) at include, set up on first use.
+
+    A scheduler and its bound copies share one :class:`Store`, so the store
+    is set up once per process, whichever of them uses it first.
+    """
+
+    def __init__(self, repository: Repository) -> None:
+        #: The store object; it may not be set up yet (building it never connects).
+        self.repository = repository
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def ready(self) -> Repository:
+        """The store, set up (a failed set-up is tried again at the next call)."""
+        if not self._ready:
+            with self._lock:
+                if not self._ready:
+                    self.repository.setup()
+                    self._ready = True
+        return self.repository
+
+
+class JobWriter(Protocol):
+    """How a scheduler writes: what :class:`~pyramid_pyncette.scheduler.Scheduler` composes."""
+
+    def write(self, jobs: Sequence[Job]) -> None:
+        """Add (or replace) ``jobs``."""
+
+    def remove(self, job_id: str) -> bool:
+        """Delete a job; whether it existed (as this writer sees it)."""
+
+    def get(self, job_id: str) -> Job | None:
+        """The job with this id as this writer sees it (its own pending changes included)."""
+
+
+class ImmediateWriter:
+    """Writes to the store at once; every write is announced as soon as it is done."""
+
+    def __init__(self, store: Store, on_commit: CommitCallback) -> None:
+        self.store = store
+        self.on_commit = on_commit
+
+    def write(self, jobs: Sequence[Job]) -> None:
+        """Write ``jobs`` to the store now."""
+        self.store.ready().apply(jobs, [])
+        self.on_commit(jobs, [])
+
+    def remove(self, job_id: str) -> bool:
+        """Delete the job now; whether it existed."""
+        removed = bool(self.store.ready().remove([job_id]))
+        if removed:
+            self.on_commit([], [job_id])
+        return removed
+
+    def get(self, job_id: str) -> Job | None:
+        """The job as stored."""
+        return self.store.ready().get(job_id)
+
+
+class _TransactionWriter:
+    """Joins ``transaction_manager``'s transaction on the first write (never on a read)."""
+
+    def __init__(
+        self,
+        store: Store,
+        on_commit: CommitCallback,
+        transaction_manager: Any,
+        *,
+        window: float,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.store = store
+        self.on_commit = on_commit
+        self.transaction_manager = transaction_manager
+        self.window = window
+        self.clock = clock
+        self._joined: tuple[Any, StagingDataManager] | None = None
+
+    def data_manager(self) -> StagingDataManager:
+        """This transaction's data manager, joined now if it is not yet.
+
+        Raises :class:`~pyramid_pyncette.transaction.NoTransactionError`
+        when no transaction is active.
+        """
+        txn = current_transaction(self.transaction_manager)
+        if self._joined is None or self._joined[0] is not txn or not self._joined[1].joined:
+            data_manager = StagingDataManager(
+                self.store.repository, self.on_commit, txn, window=self.window, clock=self.clock
+            )
+            txn.join(data_manager)
+            self._joined = (txn, data_manager)
+        return self._joined[1]
+
+    def _staged(self, job_id: str) -> Job | str | None:
+        """This transaction's last change of ``job_id``: a Job, ``'removed'`` or None."""
+        if self._joined is None:
+            return None
+        txn, data_manager = self._joined
+        if active_transaction(self.transaction_manager) is not txn:
+            return None
+        return data_manager.staged_state(job_id)
+
+
+class StagedWriter(_TransactionWriter):
+    """Stages writes in the transaction: stored unclaimable at its vote, published at commit."""
+
+    def write(self, jobs: Sequence[Job]) -> None:
+        """Write ``jobs`` if the transaction commits."""
+        self.data_manager().add(jobs)
+
+    def remove(self, job_id: str) -> bool:
+        """Delete the job if the transaction commits; whether it exists, as the transaction sees."""
+        staged = self._staged(job_id)
+        data_manager = self.data_manager()
+        exists = staged != "removed" and (
+            staged is not None or self.store.ready().get(job_id) is not None
+        )
+        data_manager.remove(job_id)
+        return exists
+
+    def get(self, job_id: str) -> Job | None:
+        """The job as this transaction sees it (its own uncommitted changes included)."""
+        staged = self._staged(job_id)
+        if isinstance(staged, Job):
+            return staged
+        if staged == "removed":
+            return None
+        return self.store.ready().get(job_id)
+
+
+class _SessionStore(Protocol):
+    """The store methods the shared-database mode needs (the SQL store has them)."""
+
+    def write_on(self, conn: Any, adds: Sequence[Job], removes: Sequence[str]) -> set[str]: ...
+
+    def get_on(self, conn: Any, job_id: str) -> Job | None: ...
+
+
+class SessionWriter(_TransactionWriter):
+    """Writes the rows through the app's zope.sqlalchemy session (shared database).
+
+    They commit or roll back with the app's own rows; the data manager only
+    announces them once the transaction has committed.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        on_commit: CommitCallback,
+        transaction_manager: Any,
+        session: Any,
+        *,
+        window: float,
+        clock: Callable[[], datetime],
+    ) -> None:
+        super().__init__(store, on_commit, transaction_manager, window=window, clock=clock)
+        self.session = session
+
+    def _session_store(self) -> _SessionStore:
+        return cast(_SessionStore, self.store.ready())
+
+    def _write(self, adds: Sequence[Job], removes: Sequence[str]) -> set[str]:
+        from zope.sqlalchemy import mark_changed
+
+        data_manager = self.data_manager()
+        removed = self._session_store().write_on(self.session, adds, removes)
+        mark_changed(self.session, transaction_manager=self.transaction_manager)
+        data_manager.written_elsewhere(adds, removed)
+        return removed
+
+    def write(self, jobs: Sequence[Job]) -> None:
+        """Write ``jobs`` through the session."""
+        self._write(jobs, [])
+
+    def remove(self, job_id: str) -> bool:
+        """Delete the job through the session; whether it existed."""
+        return bool(self._write([], [job_id]))
+
+    def get(self, job_id: str) -> Job | None:
+        """The job as the session sees it (its uncommitted changes included)."""
+        return self._session_store().get_on(self.session, job_id)
