@@ -110,9 +110,8 @@ class JobStarted(_JobRunEvent):
     """See :class:`IJobStarted`."""
 
 
-@implementer(IJobSucceeded)
-class JobSucceeded(_JobRunEvent):
-    """See :class:`IJobSucceeded`."""
+class _JobEndEvent(_JobRunEvent):
+    """A run that ended: how long it took and its result or exception."""
 
     def __init__(
         self,
@@ -120,30 +119,32 @@ class JobSucceeded(_JobRunEvent):
         request: Any,
         scheduled_at: datetime,
         attempt: int,
-        result: Any = None,
+        ending: Any = None,
         duration: float = 0.0,
     ) -> None:
         super().__init__(job, request, scheduled_at, attempt)
-        self.result = result
+        self._ending = ending
         self.duration = duration
+
+
+@implementer(IJobSucceeded)
+class JobSucceeded(_JobEndEvent):
+    """See :class:`IJobSucceeded`."""
+
+    @property
+    def result(self) -> Any:
+        """What the task function returned."""
+        return self._ending
 
 
 @implementer(IJobFailed)
-class JobFailed(_JobRunEvent):
+class JobFailed(_JobEndEvent):
     """See :class:`IJobFailed`."""
 
-    def __init__(
-        self,
-        job: Any,
-        request: Any,
-        scheduled_at: datetime,
-        attempt: int,
-        exception: BaseException | None = None,
-        duration: float = 0.0,
-    ) -> None:
-        super().__init__(job, request, scheduled_at, attempt)
-        self.exception = exception
-        self.duration = duration
+    @property
+    def exception(self) -> BaseException | None:
+        """The exception raised."""
+        return self._ending
 
 
 @implementer(IJobSkipped)
