@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from pyramid.interfaces import PHASE3_CONFIG
+
 from .jobs import Job
 from .repository import Repository
 from .repository.memory import MemoryRepository
@@ -118,11 +120,12 @@ class RecordingScheduler(Scheduler):
 def includeme(config: Any) -> None:
     """Include ``pyramid_pyncette`` with a memory store and a :class:`RecordingScheduler`.
 
-    The swap is a configuration action, so it follows the scheduler that
-    ``pyramid_pyncette`` registers whenever the configuration is committed.
+    The swap is a configuration action ordered after the default ones, so
+    it replaces the scheduler ``pyramid_pyncette`` registers even when the
+    application includes ``pyramid_pyncette`` again after this include.
     """
     config.include("pyramid_pyncette")
-    config.action(None, _use_recording_scheduler, args=(config.registry,))
+    config.action(None, _use_recording_scheduler, args=(config.registry,), order=PHASE3_CONFIG + 1)
 
 
 def _use_recording_scheduler(registry: Any) -> None:
