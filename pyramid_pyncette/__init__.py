@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pyramid.exceptions import ConfigurationError
+from pyramid.interfaces import PHASE1_CONFIG
 
 from .events import (
     IJobFailed,
@@ -94,7 +95,8 @@ def _register_scheduler(config: Configurator, settings: PyncetteSettings) -> Non
     """Build the store (never connecting) and register ``registry.scheduler`` over it.
 
     The one place the application's store is built: an unusable
-    ``pyncette.url`` is a :class:`ConfigurationError` here, at include time.
+    ``pyncette.url`` is a :class:`ConfigurationError` here, when the
+    include's deferred action runs (at commit).
     """
     registry = config.registry
     registry.scheduler = Scheduler.from_settings(registry, settings)
@@ -109,59 +111,63 @@ def includeme(config) -> None:
     optional; durations accept seconds or ``30s`` / ``5m`` / ``1h30m``):
 
     ``pyncette.url``
-        The store. ``sqlite:///path/to/file.sqlite`` (the default is
-        ``sqlite:///pyncette.sqlite`` in the working directory),
-        ``postgresql+psycopg://...``, ``mysql+pymysql://...``,
-        ``redis://host:6379/0`` (also ``rediss://``, ``unix://``), or
-        ``memory://`` (one process, for tests).
+        The store (see Stores): ``sqlite:///path/to/file.sqlite`` (a relative
+        path is from the working directory), ``postgresql+psycopg://...``,
+        ``mysql+pymysql://...``, ``redis://host:6379/0`` (also ``rediss://``,
+        ``unix://``), or ``memory://`` (one process, for tests). Default:
+        ``sqlite:///pyncette.sqlite``.
     ``pyncette.poll_interval``
-        Longest pause between polls when nothing is due (default ``1s``).
+        Longest pause between polls when nothing is due. Default: ``1s``.
     ``pyncette.batch_size``
-        Most jobs claimed in one statement (default ``100``).
+        Most jobs claimed in one statement. Default: ``100``.
     ``pyncette.concurrency``
-        Threads running jobs in one daemon (default ``10``).
+        Threads running jobs in one daemon. Default: ``10``.
     ``pyncette.lease_duration``
         How long a claim holds a job before another daemon may take it over;
-        running jobs renew it by heartbeat (default ``60s``).
+        running jobs renew it by heartbeat. Default: ``60s``.
     ``pyncette.heartbeat_interval``
-        How often leases of running jobs are renewed (default a third of
-        the lease duration).
+        How often the leases of running jobs are renewed (shorter than the lease
+        duration). Default: a third of the lease.
     ``pyncette.table_name``
-        The SQL table (default ``pyncette_jobs``).
+        The SQL table. Default: ``pyncette_jobs``.
     ``pyncette.timezone``
-        Time zone of cron schedules that name none (default ``UTC``).
+        Time zone of cron schedules that name none. Default: ``UTC``.
     ``pyncette.skip_table_create``
-        Do not create the table on first use; the app's migrations do
-        (default ``false``).
+        Do not create the table on first use (your migrations do). Default:
+        ``false``.
     ``pyncette.base_url``
-        Scheme and host of the requests jobs run in, used by
-        ``request.route_url`` inside a job (default ``http://localhost``).
+        Scheme and host of the requests jobs run in, for ``request.route_url``
+        inside a job. Default: ``http://localhost``.
     ``pyncette.session_hook``
-        Dotted path of ``callable(request)`` returning the app's
-        zope.sqlalchemy session: job rows are then written through it, in
-        the app's own transaction (shared-database mode; ``pyncette.url``
-        must name the same database).
+        Dotted path of ``callable(request)`` returning the app's zope.sqlalchemy
+        session: job rows are then written through it, in the app's own
+        transaction (shared-database mode; ``pyncette.url`` must name the same
+        database). Default: none.
     ``pyncette.redis_namespace``
-        Prefix and cluster hash tag of the Redis store's keys (default
-        ``pyncette``).
+        Prefix (and cluster hash tag) of the Redis store's keys. Default:
+        ``pyncette``.
     ``pyncette.max_retries``
-        How often a failed run is retried, for jobs that set neither
-        ``max_retries`` nor ``failure_mode`` (default ``5``; ``0``: never).
-        Then a one-off job is parked as ``failed`` and a recurring one moves
-        to its next run. Jobs follow the settings of the daemon that runs
-        them. Retrying without limit is a task's explicit choice
-        (``failure_mode='none'`` or ``'unlock'``).
+        Retries of a failed run, for jobs that set neither ``max_retries`` nor
+        ``failure_mode`` (``0``: never); then a one-off job is parked as
+        ``failed`` and a recurring one moves to its next run (see Tasks). Jobs
+        follow the settings of the daemon that runs them; retrying without limit
+        is a task's explicit choice (``failure_mode='none'`` or ``'unlock'``).
+        Default: ``5``.
     ``pyncette.retry_backoff``
-        The pause before the first retry of jobs that do not set
-        ``retry_backoff``; it doubles for each further retry, jittered to
-        between half and all of it (default ``10s``).
+        Pause before the first retry of jobs that do not set ``retry_backoff``;
+        it doubles for each further retry, jittered to between half and all of
+        it. Default: ``10s``.
     ``pyncette.retry_backoff_max``
-        The longest pause between two retries, for jobs that do not set
-        ``retry_backoff_max`` (default ``1h``).
+        Longest pause between two retries, for jobs that do not set
+        ``retry_backoff_max``. Default: ``1h``.
 
-    A bad value raises :class:`pyramid.exceptions.ConfigurationError` naming
-    the key (never showing the URL's password); an unknown ``pyncette.*`` key
-    warns. Including starts no thread and opens no connection.
+    The settings are read when the configuration is committed (by
+    ``config.commit()`` or ``config.make_wsgi_app()``; at once with an
+    autocommitting configurator), so ``config.add_settings()`` after the
+    include counts. A bad value then raises
+    :class:`pyramid.exceptions.ConfigurationError` naming the key (never
+    showing the URL's password); an unknown ``pyncette.*`` key warns.
+    Including starts no thread and opens no connection.
 
     The per-task options (``max_retries``, ``retry_backoff``,
     ``retry_backoff_max``, ``retry_exhausted``, ``misfire_grace_time``...)
@@ -169,13 +175,20 @@ def includeme(config) -> None:
     ``add_*``; the three retry settings above are the defaults of the
     same-named options.
     """
-    settings = parse_settings(config.get_settings())
-    registry = config.registry
-    registry.pyncette_settings = settings
-    get_task_registry(registry)
-    _register_scheduler(config, settings)
     config.add_directive("add_pyncette_task", add_pyncette_task)
     config.add_request_method(request_scheduler, "scheduler", reify=True)
+
+    def set_up() -> None:
+        settings = parse_settings(config.get_settings())
+        registry = config.registry
+        registry.pyncette_settings = settings
+        get_task_registry(registry)
+        _register_scheduler(config, settings)
+
+    # Deferred, so settings added with config.add_settings() after the include
+    # count; in the first phase, so the scheduler and the session hook exist
+    # before the tasks (default phase) are registered.
+    config.action(None, set_up, order=PHASE1_CONFIG)
 
 
 def _resolve_session_hook(

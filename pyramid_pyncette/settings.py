@@ -24,9 +24,10 @@ import datetime
 import difflib
 import math
 import re
+import textwrap
 import warnings
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -46,10 +47,15 @@ __all__ = [
     "DEFAULT_URL",
     "KNOWN_KEYS",
     "MAX_DURATION",
+    "SETTINGS",
     "PyncetteSettings",
+    "Setting",
+    "SettingSpec",
     "UnknownSettingWarning",
     "parse_duration",
     "parse_settings",
+    "settings_docstring",
+    "settings_markdown_table",
 ]
 
 
@@ -69,71 +75,6 @@ MAX_RETRIES_SETTING = 1000
 
 _TABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _REDIS_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-
-
-@dataclass(frozen=True)
-class PyncetteSettings:
-    """Validated, immutable scheduler settings.
-
-    Instances are normally created by :func:`parse_settings`, which performs
-    all validation; constructing one directly performs none.
-    """
-
-    url: str = DEFAULT_URL
-    """Job store URL (SQLAlchemy database URL or ``redis://``)."""
-    poll_interval: float = 1.0
-    """Seconds between polls for due jobs."""
-    batch_size: int = 100
-    """Maximum number of due jobs fetched per poll."""
-    concurrency: int = 10
-    """Number of worker threads executing jobs."""
-    lease_duration: float = 60.0
-    """Seconds a worker owns a job before another worker may take it over."""
-    table_name: str = "pyncette_jobs"
-    """Database table used by SQL job stores."""
-    timezone: str = "UTC"
-    """IANA time zone name used to interpret cron schedules."""
-    skip_table_create: bool = False
-    """Do not create the job table on startup (e.g. when managed by migrations)."""
-    session_hook: str | None = None
-    """Dotted path of a callable, ``pkg.mod:callable`` or ``pkg.mod.callable``."""
-    redis_namespace: str = "pyncette"
-    """Key prefix used by the Redis job store."""
-    heartbeat_interval: float | None = None
-    """Seconds between lease renewals; ``None`` means ``lease_duration / 3``."""
-    base_url: str = "http://localhost"
-    """Scheme and host of the requests jobs run in (what ``request.route_url`` renders)."""
-    max_retries: int = DEFAULT_MAX_RETRIES
-    """How often a failed run is retried, for jobs that set neither ``max_retries``
-    nor ``failure_mode`` (0: never)."""
-    retry_backoff: float = DEFAULT_RETRY_BACKOFF
-    """Seconds before the first retry of jobs that do not set ``retry_backoff``."""
-    retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX
-    """The longest pause between two retries, for jobs that do not set ``retry_backoff_max``."""
-
-    @property
-    def effective_heartbeat_interval(self) -> float:
-        """The heartbeat interval in seconds, defaulting to a third of the lease."""
-        if self.heartbeat_interval is not None:
-            return self.heartbeat_interval
-        return self.lease_duration / 3
-
-    @property
-    def retry_defaults(self) -> RetryDefaults:
-        """The retry options of jobs that set none, as completions apply them."""
-        return RetryDefaults(self.max_retries, self.retry_backoff, self.retry_backoff_max)
-
-    def redacted_url(self) -> str:
-        """Return :attr:`url` with any password replaced by ``***``.
-
-        Safe for logging: never raises, whatever the URL contains (see
-        :func:`pyramid_pyncette.redaction.redact_url`).
-        """
-        return redact_url(self.url)
-
-
-KNOWN_KEYS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(PyncetteSettings))
-"""Names of the recognised settings, without the ``pyncette.`` prefix."""
 
 
 # --------------------------------------------------------------------------- durations
@@ -357,6 +298,242 @@ class _Reader:
         return text
 
 
+# --------------------------------------------------------------------------- the table
+
+#: A setting's parser: ``parse(read, name, raw_value)`` returns the typed value or
+#: raises the ConfigurationError built by ``read.error``.
+Parser = Callable[[_Reader, str, Any], Any]
+
+
+def _duration(read: _Reader, name: str, value: Any) -> float:
+    return read.duration(name, value)
+
+
+def _positive_integer(read: _Reader, name: str, value: Any) -> int:
+    return read.integer(name, value, minimum=1)
+
+
+def _retry_count(read: _Reader, name: str, value: Any) -> int:
+    count = read.integer(name, value, minimum=0)
+    if count > MAX_RETRIES_SETTING:
+        raise read.error(
+            name,
+            value,
+            f"is too large (at most {MAX_RETRIES_SETTING})",
+            "use a small whole number (e.g. 5); for unbounded retries give the task "
+            "failure_mode='none' or 'unlock' instead",
+        )
+    return count
+
+
+def _table_name(read: _Reader, name: str, value: Any) -> str:
+    fix = (
+        "use a letter or underscore followed by up to 62 letters, digits or "
+        "underscores (e.g. 'pyncette_jobs')"
+    )
+    return read.pattern(name, value, _TABLE_NAME_RE, fix)
+
+
+def _redis_namespace(read: _Reader, name: str, value: Any) -> str:
+    fix = "use 1 to 64 letters, digits or the characters _ . : - (e.g. 'myapp:pyncette')"
+    return read.pattern(name, value, _REDIS_NAMESPACE_RE, fix)
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """How one ``pyncette.*`` setting is read and documented (a settings field's metadata)."""
+
+    parse: Parser
+    """Turns the raw value (INI string or Python value) into the field's value."""
+    doc: str
+    """One line for the settings table (Markdown: `code` in single backticks)."""
+    default_text: str | None = None
+    """How the default reads in prose, where the value itself says little (``None``)."""
+
+
+_SPEC = "pyncette"  # the key of a SettingSpec in a field's metadata
+
+
+def _setting(default: Any, parse: Parser, doc: str, default_text: str | None = None) -> Any:
+    """A :class:`PyncetteSettings` field: its default, parser and doc in one place."""
+    return dataclasses.field(
+        default=default, metadata={_SPEC: SettingSpec(parse, doc, default_text)}
+    )
+
+
+@dataclass(frozen=True)
+class PyncetteSettings:
+    """Validated, immutable scheduler settings.
+
+    Each field is one ``pyncette.<field name>`` setting; its parser and
+    documentation are in the field's metadata (see :data:`SETTINGS`).
+    Instances are normally created by :func:`parse_settings`, which performs
+    all validation; constructing one directly performs none.
+    """
+
+    url: str = _setting(
+        DEFAULT_URL,
+        _Reader.url,
+        "the store (see Stores): `sqlite:///path/to/file.sqlite` (a relative path is from "
+        "the working directory), `postgresql+psycopg://...`, `mysql+pymysql://...`, "
+        "`redis://host:6379/0` (also `rediss://`, `unix://`), or `memory://` (one process, "
+        "for tests)",
+    )
+    poll_interval: float = _setting(
+        1.0, _duration, "longest pause between polls when nothing is due"
+    )
+    batch_size: int = _setting(100, _positive_integer, "most jobs claimed in one statement")
+    concurrency: int = _setting(10, _positive_integer, "threads running jobs in one daemon")
+    lease_duration: float = _setting(
+        60.0,
+        _duration,
+        "how long a claim holds a job before another daemon may take it over; running jobs "
+        "renew it by heartbeat",
+    )
+    heartbeat_interval: float | None = _setting(
+        None,
+        _duration,
+        "how often the leases of running jobs are renewed (shorter than the lease duration)",
+        default_text="a third of the lease",
+    )
+    table_name: str = _setting("pyncette_jobs", _table_name, "the SQL table")
+    timezone: str = _setting("UTC", _Reader.timezone, "time zone of cron schedules that name none")
+    skip_table_create: bool = _setting(
+        False, _Reader.boolean, "do not create the table on first use (your migrations do)"
+    )
+    base_url: str = _setting(
+        "http://localhost",
+        _Reader.base_url,
+        "scheme and host of the requests jobs run in, for `request.route_url` inside a job",
+    )
+    session_hook: str | None = _setting(
+        None,
+        _Reader.dotted_name,
+        "dotted path of `callable(request)` returning the app's zope.sqlalchemy session: job "
+        "rows are then written through it, in the app's own transaction (shared-database "
+        "mode; `pyncette.url` must name the same database)",
+        default_text="none",
+    )
+    redis_namespace: str = _setting(
+        "pyncette", _redis_namespace, "prefix (and cluster hash tag) of the Redis store's keys"
+    )
+    max_retries: int = _setting(
+        DEFAULT_MAX_RETRIES,
+        _retry_count,
+        "retries of a failed run, for jobs that set neither `max_retries` nor `failure_mode` "
+        "(`0`: never); then a one-off job is parked as `failed` and a recurring one moves to "
+        "its next run (see Tasks). Jobs follow the settings of the daemon that runs them; "
+        "retrying without limit is a task's explicit choice (`failure_mode='none'` or "
+        "`'unlock'`)",
+    )
+    retry_backoff: float = _setting(
+        DEFAULT_RETRY_BACKOFF,
+        _duration,
+        "pause before the first retry of jobs that do not set `retry_backoff`; it doubles for "
+        "each further retry, jittered to between half and all of it",
+    )
+    retry_backoff_max: float = _setting(
+        DEFAULT_RETRY_BACKOFF_MAX,
+        _duration,
+        "longest pause between two retries, for jobs that do not set `retry_backoff_max`",
+    )
+
+    @property
+    def effective_heartbeat_interval(self) -> float:
+        """The heartbeat interval in seconds, defaulting to a third of the lease."""
+        if self.heartbeat_interval is not None:
+            return self.heartbeat_interval
+        return self.lease_duration / 3
+
+    @property
+    def retry_defaults(self) -> RetryDefaults:
+        """The retry options of jobs that set none, as completions apply them."""
+        return RetryDefaults(self.max_retries, self.retry_backoff, self.retry_backoff_max)
+
+    def redacted_url(self) -> str:
+        """Return :attr:`url` with any password replaced by ``***``.
+
+        Safe for logging: never raises, whatever the URL contains (see
+        :func:`pyramid_pyncette.redaction.redact_url`).
+        """
+        return redact_url(self.url)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the settings table: a field of :class:`PyncetteSettings` and its spec."""
+
+    name: str
+    """The key without the ``pyncette.`` prefix (the field's name)."""
+    default: Any
+    parse: Parser
+    doc: str
+    default_text: str
+
+    @property
+    def key(self) -> str:
+        """The full INI key."""
+        return f"pyncette.{self.name}"
+
+
+def _format_default(value: Any, parse: Parser) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if parse is _duration:
+        return f"{value / 3600:g}h" if value % 3600 == 0 else f"{value:g}s"
+    return str(value)
+
+
+def _table() -> tuple[Setting, ...]:
+    rows = []
+    for field in dataclasses.fields(PyncetteSettings):
+        spec: SettingSpec = field.metadata[_SPEC]
+        default_text = spec.default_text
+        if default_text is None:
+            default_text = f"`{_format_default(field.default, spec.parse)}`"
+        rows.append(Setting(field.name, field.default, spec.parse, spec.doc, default_text))
+    return tuple(rows)
+
+
+SETTINGS: tuple[Setting, ...] = _table()
+"""Every ``pyncette.*`` setting, in documentation order: the one source of the
+parser, the default and the docs of each (README table, ``includeme`` docstring)."""
+
+KNOWN_KEYS: frozenset[str] = frozenset(setting.name for setting in SETTINGS)
+"""Names of the recognised settings, without the ``pyncette.`` prefix."""
+
+_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
+
+
+def settings_markdown_table() -> str:
+    """The README's settings table (Markdown), rendered from :data:`SETTINGS`."""
+    lines = ["| setting | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{s.key}` | {s.default_text} | {s.doc} |" for s in SETTINGS]
+    return "\n".join(lines) + "\n"
+
+
+def settings_docstring() -> str:
+    """The settings list of ``includeme``'s docstring (reStructuredText, unindented)."""
+    blocks = []
+    for s in SETTINGS:
+        text = re.sub(r"`([^`]+)`", r"``\1``", f"{s.doc[0].upper()}{s.doc[1:]}")
+        default = re.sub(r"`([^`]+)`", r"``\1``", s.default_text)
+        text += f". Default: {default}."
+        body = textwrap.fill(
+            text,
+            width=76,
+            initial_indent="    ",
+            subsequent_indent="    ",
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+        blocks.append(f"``{s.key}``\n{body}")
+    return "\n".join(blocks) + "\n"
+
+
+# --------------------------------------------------------------------------- parsing
+
+
 def _unknown_key_message(key: str, name: str, prefix: str) -> str:
     close = difflib.get_close_matches(name, sorted(KNOWN_KEYS), n=1)
     if close:
@@ -373,21 +550,13 @@ def parse_settings(
 
     Only keys starting with ``prefix`` are read; missing keys (and keys whose
     value is ``None``) keep their defaults. Values may be INI strings or
-    already-typed Python values:
-
-    * durations (``poll_interval``, ``lease_duration``, ``heartbeat_interval``)
-      follow :func:`parse_duration` and must be above zero and at most ten
-      years (:data:`MAX_DURATION`);
-      ``heartbeat_interval`` must also be shorter than ``lease_duration``;
-    * integers (``batch_size``, ``concurrency``) accept ``int``, whole floats
-      or digit strings, and must be at least 1; ``max_retries`` likewise, from
-      0 to 1000; ``retry_backoff`` and ``retry_backoff_max`` are durations;
-    * ``skip_table_create`` accepts booleans or the strings understood by
-      :func:`pyramid.settings.asbool` (true/false, yes/no, on/off, 1/0, t/f,
-      y/n, any case); anything else is an error;
-    * strings are stripped; ``url`` must contain ``://``, ``table_name``,
-      ``redis_namespace`` and ``timezone`` are checked against their formats
-      and ``session_hook`` must be a non-empty string without whitespace.
+    already-typed Python values; each is read by its setting's parser (see
+    :data:`SETTINGS`): durations follow :func:`parse_duration` (above zero, at
+    most ten years, :data:`MAX_DURATION`), whole numbers accept ``int``, whole
+    floats or digit strings, booleans accept what
+    :func:`pyramid.settings.asbool` understands and nothing else, strings are
+    stripped and checked against their formats. ``heartbeat_interval`` must
+    be shorter than ``lease_duration``.
 
     Unknown ``pyncette.*`` keys emit an :class:`UnknownSettingWarning`.
 
@@ -401,50 +570,15 @@ def parse_settings(
         if not isinstance(key, str) or not key.startswith(prefix):
             continue
         name = key[len(prefix) :]
-        if name not in KNOWN_KEYS:
+        setting = _BY_NAME.get(name)
+        if setting is None:
             message = _unknown_key_message(key, name, prefix)
             warnings.warn(message, UnknownSettingWarning, stacklevel=2)
             continue
         if raw is None:
             continue
         raw_values[name] = raw
-        if name == "url":
-            values[name] = read.url(name, raw)
-        elif name in ("poll_interval", "lease_duration", "heartbeat_interval"):
-            values[name] = read.duration(name, raw)
-        elif name in ("batch_size", "concurrency"):
-            values[name] = read.integer(name, raw, minimum=1)
-        elif name == "skip_table_create":
-            values[name] = read.boolean(name, raw)
-        elif name == "table_name":
-            fix = (
-                "use a letter or underscore followed by up to 62 letters, digits or "
-                "underscores (e.g. 'pyncette_jobs')"
-            )
-            values[name] = read.pattern(name, raw, _TABLE_NAME_RE, fix)
-        elif name == "redis_namespace":
-            fix = "use 1 to 64 letters, digits or the characters _ . : - (e.g. 'myapp:pyncette')"
-            values[name] = read.pattern(name, raw, _REDIS_NAMESPACE_RE, fix)
-        elif name == "timezone":
-            values[name] = read.timezone(name, raw)
-        elif name == "session_hook":
-            values[name] = read.dotted_name(name, raw)
-        elif name == "base_url":
-            values[name] = read.base_url(name, raw)
-        elif name == "max_retries":
-            values[name] = read.integer(name, raw, minimum=0)
-            if values[name] > MAX_RETRIES_SETTING:
-                raise read.error(
-                    name,
-                    raw,
-                    f"is too large (at most {MAX_RETRIES_SETTING})",
-                    "use a small whole number (e.g. 5); for unbounded retries give the task "
-                    "failure_mode='none' or 'unlock' instead",
-                )
-        elif name in ("retry_backoff", "retry_backoff_max"):
-            values[name] = read.duration(name, raw)
-        else:  # pragma: no cover - every known key is handled above
-            raise AssertionError(name)
+        values[name] = setting.parse(read, name, raw)
 
     result = PyncetteSettings(**values)
     if result.heartbeat_interval is not None and (

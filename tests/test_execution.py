@@ -71,6 +71,7 @@ def make_config():
         config = testing.setUp(settings={"pyncette.url": "memory://", **settings}, autocommit=False)
         made.append(config)
         config.include("pyramid_pyncette")
+        config.commit()  # builds registry.scheduler, whose clock is set below
         config.add_route("home", "/")
         config.add_route("report", "/reports/{day}")
         config.add_request_method(_dbsession, "dbsession", reify=True)

@@ -27,6 +27,7 @@ def make_config():
 def config(make_config):
     config = make_config(MEMORY)
     config.include("pyramid_pyncette")
+    config.commit()  # the settings are read, and the scheduler built, at commit
     return config
 
 
@@ -34,8 +35,9 @@ def _include_error(make_config, settings):
     from pyramid.exceptions import ConfigurationError
 
     config = make_config(settings)
+    config.include("pyramid_pyncette")
     with pytest.raises(ConfigurationError) as excinfo:
-        config.include("pyramid_pyncette")
+        config.commit()
     return str(excinfo.value)
 
 
@@ -69,6 +71,7 @@ def test_include_registers_parsed_settings(make_config):
         }
     )
     config.include("pyramid_pyncette")
+    config.commit()
     settings = config.registry.pyncette_settings
     assert isinstance(settings, PyncetteSettings)
     assert settings.batch_size == 7
@@ -83,6 +86,7 @@ def test_include_without_pyncette_settings_uses_defaults(make_config):
 
     config = make_config({})
     config.include("pyramid_pyncette")
+    config.commit()
     assert config.registry.pyncette_settings == PyncetteSettings()
 
 
@@ -153,8 +157,9 @@ def test_bad_setting_leaves_no_scheduler_behind(make_config):
     from pyramid.exceptions import ConfigurationError
 
     config = make_config({"pyncette.url": "memory://", "pyncette.batch_size": "0"})
+    config.include("pyramid_pyncette")
     with pytest.raises(ConfigurationError):
-        config.include("pyramid_pyncette")
+        config.commit()
     assert getattr(config.registry, "scheduler", None) is None
 
 
@@ -164,6 +169,7 @@ def test_unknown_setting_warns_and_suggests_the_close_key(make_config):
     config = make_config({"pyncette.url": "memory://", "pyncette.batchsize": "7"})
     with pytest.warns(UnknownSettingWarning) as record:
         config.include("pyramid_pyncette")
+        config.commit()
     messages = [str(w.message) for w in record]
     assert any("pyncette.batchsize" in m and "pyncette.batch_size" in m for m in messages)
     assert config.registry.pyncette_settings.batch_size == 100
@@ -174,6 +180,7 @@ def test_known_settings_do_not_warn(make_config):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         config.include("pyramid_pyncette")
+        config.commit()
 
 
 def test_non_pyncette_settings_are_ignored(make_config):
@@ -181,7 +188,67 @@ def test_non_pyncette_settings_are_ignored(make_config):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         config.include("pyramid_pyncette")
+        config.commit()
     assert config.registry.pyncette_settings.url == "memory://"
+
+
+def test_settings_added_after_the_include_count(make_config):
+    config = make_config({"pyncette.url": "memory://"})
+    config.include("pyramid_pyncette")
+    config.add_settings({"pyncette.batch_size": "7", "pyncette.timezone": "Europe/Ljubljana"})
+    config.commit()
+    settings = config.registry.pyncette_settings
+    assert settings.batch_size == 7
+    assert settings.timezone == "Europe/Ljubljana"
+    assert config.registry.scheduler.settings is settings
+
+
+def test_a_bad_setting_added_after_the_include_is_an_error_at_commit(make_config):
+    from pyramid.exceptions import ConfigurationError
+
+    config = make_config(MEMORY)
+    config.include("pyramid_pyncette")
+    config.add_settings({"pyncette.batch_size": "x"})
+    with pytest.raises(ConfigurationError) as excinfo:
+        config.commit()
+    assert "pyncette.batch_size" in str(excinfo.value)
+    assert "whole number" in str(excinfo.value)
+
+
+def test_an_autocommitting_configurator_raises_a_bad_setting_at_the_include():
+    from pyramid import testing
+    from pyramid.exceptions import ConfigurationError
+
+    config = testing.setUp(settings={"pyncette.url": "memory://", "pyncette.batch_size": "x"})
+    try:
+        with pytest.raises(ConfigurationError) as excinfo:
+            config.include("pyramid_pyncette")
+    finally:
+        testing.tearDown()
+    assert str(excinfo.value).startswith("pyncette.batch_size: 'x' is not a whole number")
+
+
+def test_tasks_registered_before_the_include_commits_find_the_scheduler(make_config):
+    config = make_config(MEMORY)
+    config.include("pyramid_pyncette")
+    config.add_pyncette_task(_some_task, name="early")
+    config.commit()
+    assert config.registry.scheduler.tasks.get("early").func is _some_task
+
+
+def test_the_testing_include_swaps_in_a_recording_scheduler_at_commit(make_config):
+    from pyramid_pyncette.testing import RecordingScheduler
+
+    config = make_config({"pyncette.url": "sqlite:///never-created.sqlite"})
+    config.include("pyramid_pyncette")
+    config.include("pyramid_pyncette.testing")
+    config.add_settings({"pyncette.batch_size": "7"})
+    config.commit()
+    registry = config.registry
+    assert isinstance(registry.scheduler, RecordingScheduler)
+    assert registry.pyncette_settings.url == "memory://"
+    assert registry.pyncette_settings.batch_size == 7
+    assert registry.scheduler.settings is registry.pyncette_settings
 
 
 # --------------------------------------------------------------------------- no side effects

@@ -1,6 +1,7 @@
 import datetime
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -591,3 +592,125 @@ def test_redacted_url_never_raises(url):
 @given(st.text())
 def test_redacted_url_never_raises_on_arbitrary_text(text):
     assert isinstance(_redacted(text), str)
+
+
+# --------------------------------------------------------------------------- the settings table
+
+REGENERATE = "python -m tests.test_settings"
+_ROOT = Path(__file__).resolve().parent.parent
+_README = _ROOT / "README.md"
+_INIT = _ROOT / "pyramid_pyncette" / "__init__.py"
+
+
+def _readme_table_span(text):
+    """Where the README's settings table is: ``(start, end)`` offsets."""
+    start = text.index("| setting | default | meaning |")
+    end = text.find("\n\n", start)
+    return start, (len(text) if end == -1 else end + 1)
+
+
+def _docstring_block_span(text):
+    """Where ``includeme``'s list of settings is in its source: ``(start, end)`` offsets.
+
+    The list is the run of non-blank lines that starts at the first line
+    naming a ``pyncette.*`` setting in the docstring.
+    """
+    body = text.index("def includeme(")
+    start = text.index("\n    ``pyncette.", body) + 1
+    end = text.index("\n\n", start) + 1
+    return start, end
+
+
+def _indented(block):
+    return "".join(f"    {line}" if line.strip() else line for line in block.splitlines(True))
+
+
+def regenerate():
+    """Rewrite the README's settings table and ``includeme``'s settings list from the table."""
+    from pyramid_pyncette.settings import settings_docstring, settings_markdown_table
+
+    readme = _README.read_text(encoding="utf-8")
+    start, end = _readme_table_span(readme)
+    _README.write_text(readme[:start] + settings_markdown_table() + readme[end:], encoding="utf-8")
+    source = _INIT.read_text(encoding="utf-8")
+    start, end = _docstring_block_span(source)
+    new = source[:start] + _indented(settings_docstring()) + source[end:]
+    _INIT.write_text(new, encoding="utf-8")
+
+
+def test_readme_settings_table_is_rendered_from_the_settings_table():
+    from pyramid_pyncette.settings import settings_markdown_table
+
+    readme = _README.read_text(encoding="utf-8")
+    start, end = _readme_table_span(readme)
+    assert readme[start:end] == settings_markdown_table(), (
+        f"README.md's settings table differs from pyramid_pyncette/settings.py: run {REGENERATE}"
+    )
+
+
+def test_includeme_docstring_lists_the_settings_of_the_settings_table():
+    import inspect
+
+    from pyramid_pyncette import includeme
+    from pyramid_pyncette.settings import settings_docstring
+
+    assert settings_docstring() in inspect.cleandoc(includeme.__doc__), (
+        f"includeme's docstring differs from pyramid_pyncette/settings.py: run {REGENERATE}"
+    )
+
+
+def test_every_setting_has_a_parser_a_default_and_a_one_line_doc():
+    from pyramid_pyncette.settings import KNOWN_KEYS, SETTINGS, PyncetteSettings
+
+    assert {s.name for s in SETTINGS} == KNOWN_KEYS
+    defaults = PyncetteSettings()
+    for setting in SETTINGS:
+        assert callable(setting.parse), setting.name
+        assert getattr(defaults, setting.name) == setting.default
+        assert setting.doc and "\n" not in setting.doc, setting.name
+        assert setting.key == f"pyncette.{setting.name}"
+
+
+def test_every_setting_is_parsed_by_its_own_parser():
+    from pyramid_pyncette.settings import SETTINGS
+
+    ini = {
+        "url": "memory://",
+        "poll_interval": "2s",
+        "batch_size": "7",
+        "concurrency": "3",
+        "lease_duration": "5m",
+        "heartbeat_interval": "1m",
+        "table_name": "jobs",
+        "timezone": "Europe/Ljubljana",
+        "skip_table_create": "yes",
+        "base_url": "https://example.com/",
+        "session_hook": "myapp.models:get_session",
+        "redis_namespace": "myapp:jobs",
+        "max_retries": "2",
+        "retry_backoff": "30s",
+        "retry_backoff_max": "2h",
+    }
+    assert set(ini) == {s.name for s in SETTINGS}
+    parsed = _parse(**ini)
+    for setting in SETTINGS:
+        assert getattr(parsed, setting.name) != setting.default, setting.name
+
+
+def test_defaults_are_shown_as_the_ini_would_spell_them():
+    from pyramid_pyncette.settings import SETTINGS
+
+    shown = {s.name: s.default_text for s in SETTINGS}
+    assert shown["poll_interval"] == "`1s`"
+    assert shown["lease_duration"] == "`60s`"
+    assert shown["retry_backoff_max"] == "`1h`"
+    assert shown["skip_table_create"] == "`false`"
+    assert shown["heartbeat_interval"] == "a third of the lease"
+    for setting in SETTINGS:
+        if setting.default_text.startswith("`"):
+            raw = setting.default_text.strip("`")
+            assert getattr(_parse(**{setting.name: raw}), setting.name) == setting.default
+
+
+if __name__ == "__main__":
+    regenerate()

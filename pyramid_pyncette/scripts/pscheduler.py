@@ -27,6 +27,7 @@ import sys
 import textwrap
 from typing import Any
 
+from pyramid.exceptions import ConfigurationExecutionError
 from pyramid.paster import bootstrap, setup_logging
 from pyramid.scripts.common import parse_vars
 
@@ -177,6 +178,10 @@ class PSchedulerCommand:
             uri = config_uri if not self.args.app_name else f"{config_uri}#{self.args.app_name}"
             env = self.bootstrap(uri, options=config_vars)
         except Exception as exc:
+            if isinstance(exc, ConfigurationExecutionError):
+                # An error raised by a deferred configuration action (a bad
+                # pyncette.* setting): show it, not the action's source lines.
+                exc = exc.evalue
             self.err(f"cannot load {config_uri!r}: {type(exc).__name__}: {exc}")
             return EXIT_USAGE
         try:
