@@ -1,6 +1,7 @@
 import html
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -411,3 +412,63 @@ def test_json_is_json(demo):
     res = app.get("/jobs.json")
     assert res.content_type == "application/json"
     assert json.loads(res.text)["jobs"][0]["task"] == "demo.say_hello"
+
+
+# --------------------------------------------------------------------------- templates
+
+
+def test_escape_text_spells_entities_as_html_escape():
+    from pyramid_pyncette.demo.views import escape_text
+
+    text = '<a href="x">it\'s & more</a>'
+    assert escape_text(text).__html__() == html.escape(text, quote=True)
+    assert escape_text(None).__html__() == ""
+    assert escape_text(3).__html__() == "3"
+
+
+def test_escape_text_keeps_markup_as_it_is():
+    from pyramid_pyncette.demo.views import EscapedText, escape_text
+
+    markup = EscapedText("<em>already html</em>")
+    assert escape_text(markup) is markup
+
+
+def test_stored_error_text_is_escaped_in_the_title_attribute(demo):
+    app, registry, clock = demo
+    _submit(app, "flaky")
+    run_pending(registry, now=clock())
+    page = app.get("/").text
+    # With a raw quote in it the attribute would end at the first file name.
+    title = re.search(r'<td title="(Traceback[^"]*)">', page)
+    assert title is not None
+    assert "&quot;" in title.group(1)
+    assert "FlakyError: flaky job" in title.group(1)
+
+
+def test_page_templates_and_stylesheet_are_package_files(demo):
+    from importlib.resources import files
+
+    app, _, _ = demo
+    templates = files("pyramid_pyncette.demo") / "templates"
+    names = {path.name for path in templates.iterdir()}
+    assert {"base.jinja2", "home.jinja2", "demo.css"} <= names
+    css = (templates / "demo.css").read_text(encoding="utf-8")
+    first_rule = css.strip().splitlines()[0]
+    assert first_rule in app.get("/").text
+
+
+def test_views_return_data_for_the_template(demo):
+    from pyramid.testing import DummyRequest
+
+    from pyramid_pyncette.demo.views import DEFAULTS, page_data
+
+    _, registry, _ = demo
+    request = DummyRequest()
+    request.registry = registry
+    request.scheduler = registry.scheduler
+    data = page_data(request, error="bad <input>", values={"cron": "x", "other": "y"})
+    assert data["error"] == "bad <input>"  # escaped by the template, not here
+    assert data["values"] == {**DEFAULTS, "cron": "x"}
+    assert data["store"] == "memory://"
+    assert data["combined"] is False
+    assert data["jobs"] == [] and data["runs"] == [] and data["more"] is False

@@ -11,17 +11,27 @@ then open http://localhost:6543/ to schedule, watch and cancel jobs.
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from pyramid.config import Configurator
 from pyramid.csrf import CookieCSRFStoragePolicy
+from pyramid.router import Router
 
 from pyramid_pyncette.demo.tasks import RECENT_RUNS
 
+#: The demo's defaults for pyramid_jinja2 (the INI file may override them).
+JINJA2_SETTINGS = {
+    # Auto-escaped output, spelled as html.escape spells it (see escape_text).
+    "jinja2.autoescape": "true",
+    "jinja2.finalize": "pyramid_pyncette.demo.views.escape_text",
+}
 
-def main(global_config, **settings):
+
+def main(global_config: dict[str, Any], **settings: Any) -> Router:
     """The WSGI application factory (``use = egg:pyramid_pyncette#demo``)."""
-    with Configurator(settings=settings) as config:
+    with Configurator(settings={**JINJA2_SETTINGS, **settings}) as config:
         config.include("pyramid_tm")
+        config.include("pyramid_jinja2")
         config.include("pyramid_pyncette")
         config.registry.demo_runs = deque(maxlen=RECENT_RUNS)
         config.set_csrf_storage_policy(CookieCSRFStoragePolicy(samesite="Strict"))

@@ -13,6 +13,8 @@ import logging
 from collections import deque
 from typing import Any
 
+from pyramid.request import Request
+
 from pyramid_pyncette import periodic_task, task
 
 log = logging.getLogger("pyramid_pyncette.demo")
@@ -45,7 +47,7 @@ def _record(request: Any, outcome: str, detail: str) -> None:
 
 
 @task(name="demo.say_hello")
-def say_hello(request, name: str = "world") -> str:
+def say_hello(request: Request, name: str = "world") -> str:
     """Greet ``name``."""
     greeting = f"Hello, {name}!"
     log.info("job %s (attempt %d): %s", request.job.id, request.job.attempt, greeting)
@@ -58,7 +60,7 @@ class FlakyError(RuntimeError):
 
 
 @task(name="demo.flaky", failure_mode="unlock")
-def flaky(request) -> str:
+def flaky(request: Request) -> str:
     """Fail on the first attempt and succeed on any retry.
 
     ``failure_mode='unlock'`` makes a failed run due again at once, so the
@@ -77,7 +79,7 @@ def flaky(request) -> str:
 
 
 @periodic_task(interval="1m", name="demo.heartbeat")
-def heartbeat(request) -> None:
+def heartbeat(request: Request) -> None:
     """Log once a minute while a daemon runs."""
     log.info("heartbeat (scheduled for %s)", request.job.scheduled_at.isoformat())
     _record(request, "succeeded", "heartbeat")
