@@ -19,7 +19,7 @@ from pyramid.router import Router
 
 from pyramid_pyncette.demo.tasks import RECENT_RUNS
 
-#: The demo's defaults for pyramid_jinja2 (the INI file may override them).
+#: The demo's pyramid_jinja2 settings (they take precedence over the INI file's).
 JINJA2_SETTINGS = {
     # Auto-escaped output, spelled as html.escape spells it (see escape_text).
     "jinja2.autoescape": "true",
@@ -29,7 +29,7 @@ JINJA2_SETTINGS = {
 
 def main(global_config: dict[str, Any], **settings: Any) -> Router:
     """The WSGI application factory (``use = egg:pyramid_pyncette#demo``)."""
-    with Configurator(settings={**JINJA2_SETTINGS, **settings}) as config:
+    with Configurator(settings={**settings, **JINJA2_SETTINGS}) as config:
         config.include("pyramid_tm")
         config.include("pyramid_jinja2")
         config.include("pyramid_pyncette")
