@@ -103,7 +103,7 @@ def _register_scheduler(config: Configurator, settings: PyncetteSettings) -> Non
     registry.pyncette_session_hook = _resolve_session_hook(config, settings)
 
 
-def includeme(config) -> None:
+def includeme(config: Configurator) -> None:
     """Set up the scheduler for a Pyramid application.
 
     Registers ``registry.scheduler`` (the immediate :class:`Scheduler`), the
