@@ -29,9 +29,9 @@ from pyramid.request import Request
 from pyramid.threadlocal import manager as threadlocal_manager
 
 from .events import JobFailed, JobStarted, JobSucceeded, notify_subscribers
-from .jobs import DEFAULT_RETRIES, RetryDefaults
-from .repository import Lease, Outcome
-from .repository.base import describe_failure, plan_completion
+from .jobs import DEFAULT_RETRIES, Lease, Outcome, RetryDefaults
+from .policy import describe_failure, plan_completion
+from .repository.base import session_store
 from .tasks import Task
 
 log = logging.getLogger(__name__)
@@ -244,7 +244,7 @@ def _complete_in_transaction(
 
     session = registry.pyncette_session_hook(request)
     outcome = Outcome(lease, succeeded=True, finished_at=clock())
-    matched = registry.scheduler.repository.complete_on(session, [outcome])
+    matched = session_store(registry.scheduler.repository).complete_on(session, [outcome])
     if lease.token is not None and not matched:
         raise LeaseTakenOver(
             f"job {lease.job.id!r} lost its lease before it could commit; its work is rolled "

@@ -12,9 +12,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-EXECUTION_MODES = ("at_least_once", "at_most_once")
-FAILURE_MODES = ("none", "unlock", "commit")
-RETRY_EXHAUSTED_MODES = ("advance", "park")
+from .options import (
+    ExecutionMode,
+    FailureMode,
+    JobOptions,
+    RetryExhausted,
+    options_from_json,
+)
+from .schedules import RECURRING_KINDS
 
 #: Defaults of the retry settings and options: a failed run is retried 5
 #: times, about 5-10 s, 10-20 s, 20-40 s, 40-80 s and 80-160 s after each
@@ -24,8 +29,10 @@ DEFAULT_MAX_RETRIES = 5
 DEFAULT_RETRY_BACKOFF = 10.0
 DEFAULT_RETRY_BACKOFF_MAX = 3600.0
 
-#: The start of a staging transaction's lock (``repository.base.STAGED_PREFIX``).
-_STAGED_PREFIX = "staged:"
+#: How the lock of a row staged by a transaction starts (see
+#: :meth:`~pyramid_pyncette.repository.base.Repository.stage`). Daemons lock
+#: rows with tokens of their own, never with this prefix.
+STAGED_PREFIX = "staged:"
 
 #: Longest accepted job id (it is a primary key in every store).
 MAX_JOB_ID_LENGTH = 200
@@ -93,54 +100,47 @@ class Job:
     partition: int = 0
     problem: str | None = field(default=None, compare=False)
 
-    def _option(self, name: str, default: Any = None) -> Any:
-        options = self.options
-        if not isinstance(options, dict):
-            return default
-        value = options.get(name)
-        return default if value is None else value
+    @property
+    def parsed_options(self) -> JobOptions:
+        """``options`` as a typed :class:`~pyramid_pyncette.options.JobOptions`.
 
-    def _seconds(self, name: str, default: float | None) -> float | None:
-        value = self._option(name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return default
-        if not 0 < value < float("inf"):
-            return default
-        return float(value)
+        Parsed once per job (see :func:`~pyramid_pyncette.options.options_from_json`);
+        a stored value that cannot be read counts as unset (and the store
+        reports it in ``problem``).
+        """
+        parsed = self.__dict__.get(_PARSED_OPTIONS)
+        if parsed is None:
+            parsed = remember_options(self, options_from_json(self.options)[0])
+        return parsed
 
     @property
-    def execution_mode(self) -> str:
+    def execution_mode(self) -> ExecutionMode:
         """``'at_least_once'`` (the default) or ``'at_most_once'``."""
-        value = self._option("execution_mode")
-        return value if value in EXECUTION_MODES else "at_least_once"
+        return self.parsed_options.execution_mode or ExecutionMode.AT_LEAST_ONCE
 
     @property
-    def failure_mode(self) -> str:
+    def failure_mode(self) -> FailureMode:
         """``'none'``, ``'unlock'`` or ``'commit'`` (``'none'`` when unset).
 
         It only decides what a failure does when the job sets it (see
         :meth:`retry_limit`); otherwise the bounded default retries apply.
         """
-        value = self._option("failure_mode")
-        return value if value in FAILURE_MODES else "none"
+        return self.parsed_options.failure_mode or FailureMode.NONE
 
     @property
     def failure_mode_set(self) -> bool:
         """Whether the job (or its task) chose a ``failure_mode`` explicitly."""
-        return self._option("failure_mode") in FAILURE_MODES
+        return self.parsed_options.failure_mode is not None
 
     @property
     def lease_duration(self) -> float | None:
         """Seconds a claim of this job holds its lease, or ``None`` for the default."""
-        return self._seconds("lease_duration", None)
+        return self.parsed_options.lease_duration
 
     @property
     def max_retries(self) -> int | None:
         """The ``max_retries`` the job (or its task) set, or ``None`` when unset."""
-        value = self._option("max_retries")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            return None
-        return value
+        return self.parsed_options.max_retries
 
     def retry_limit(self, defaults: RetryDefaults = DEFAULT_RETRIES) -> int | None:
         """How often a failed run of this job is retried; ``None``: ``failure_mode`` decides.
@@ -160,38 +160,37 @@ class Job:
     def retry_backoff(self) -> float | None:
         """Seconds before the first retry (doubling for each further one), or
         ``None`` for the default (``pyncette.retry_backoff``, see :meth:`backoff`)."""
-        return self._seconds("retry_backoff", None)
+        return self.parsed_options.retry_backoff
 
     @property
     def retry_backoff_max(self) -> float | None:
         """The longest pause between two retries in seconds, or ``None`` for the default."""
-        return self._seconds("retry_backoff_max", None)
+        return self.parsed_options.retry_backoff_max
 
     def backoff(self, defaults: RetryDefaults = DEFAULT_RETRIES) -> tuple[float, float]:
         """``(retry_backoff, retry_backoff_max)`` in seconds: the job's own, else ``defaults``."""
+        options = self.parsed_options
+        backoff = options.retry_backoff
+        backoff_max = options.retry_backoff_max
         return (
-            self._seconds("retry_backoff", defaults.retry_backoff),
-            self._seconds("retry_backoff_max", defaults.retry_backoff_max),
+            defaults.retry_backoff if backoff is None else backoff,
+            defaults.retry_backoff_max if backoff_max is None else backoff_max,
         )
 
     @property
-    def retry_exhausted(self) -> str:
+    def retry_exhausted(self) -> RetryExhausted:
         """What a recurring job does after its last retry failed: ``'advance'`` or ``'park'``."""
-        value = self._option("retry_exhausted")
-        return value if value in RETRY_EXHAUSTED_MODES else "advance"
+        return self.parsed_options.retry_exhausted or RetryExhausted.ADVANCE
 
     @property
     def misfire_grace_time(self) -> float | None:
         """Seconds a run may start late before it is skipped, or ``None`` (no limit)."""
-        return self._seconds("misfire_grace_time", None)
+        return self.parsed_options.misfire_grace_time
 
     @property
     def recurring(self) -> bool:
         """Whether the job has more than one run (interval or cron)."""
-        return isinstance(self.schedule, dict) and self.schedule.get("kind") in (
-            "interval",
-            "cron",
-        )
+        return isinstance(self.schedule, dict) and self.schedule.get("kind") in RECURRING_KINDS
 
     @property
     def state(self) -> str:
@@ -206,7 +205,7 @@ class Job:
         """
         locked_by = self.locked_by
         if locked_by is not None and not (
-            isinstance(locked_by, str) and locked_by.startswith(_STAGED_PREFIX)
+            isinstance(locked_by, str) and locked_by.startswith(STAGED_PREFIX)
         ):
             return "running"
         if self.due_at is None:
@@ -233,7 +232,69 @@ class Job:
         copy = object.__new__(Job)
         copy.__dict__.update(self.__dict__)
         copy.__dict__.update(changes)
+        if "options" in changes:
+            copy.__dict__.pop(_PARSED_OPTIONS, None)
         return copy
 
 
 _FIELD_NAMES = frozenset(field.name for field in dataclasses.fields(Job))
+
+# Where a job keeps its parsed options (not a field: never stored, compared or shown).
+_PARSED_OPTIONS = "_parsed_options"
+
+
+def remember_options(job: Job, parsed: JobOptions) -> JobOptions:
+    """Keep ``parsed`` as ``job.parsed_options``; for decoders that already parsed
+    ``job.options`` with :func:`~pyramid_pyncette.options.options_from_json`."""
+    job.__dict__[_PARSED_OPTIONS] = parsed
+    return parsed
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One claimed run of a job.
+
+    ``token`` identifies the claim: completion and heartbeats only touch the
+    row while it still carries this token. At-most-once jobs are advanced
+    (or deleted) inside the claim itself, so their ``token`` is ``None``.
+
+    ``skipped`` marks a run the claim decided not to start: a misfire (the
+    run was claimed more than ``misfire_grace_time`` after it was due,
+    ``lateness`` seconds late; the claim already deleted or advanced the
+    row, so ``token`` is ``None``), or a job whose stored row cannot be run
+    (``job.problem`` says why; it is leased, for the worker to park it).
+    """
+
+    job: Job
+    scheduled_at: datetime
+    token: str | None
+    skipped: bool = False
+    lateness: float = 0.0
+
+    @property
+    def attempt(self) -> int:
+        """1 for the first try of this run, 2 for the first retry, ..."""
+        return self.job.attempts
+
+    @property
+    def runnable(self) -> bool:
+        """Whether the worker should run this lease (not skipped, readable)."""
+        return not self.skipped and self.job.problem is None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one run ended."""
+
+    lease: Lease
+    succeeded: bool
+    finished_at: datetime
+    error: str | None = None
+    #: The job can never succeed as stored (e.g. its task is gone): park it as failed.
+    permanent: bool = False
+    #: The run already completed its row inside its own transaction (``transactional=True``).
+    completed: bool = False
+    #: The retry options of a job that sets none (the daemon's ``pyncette.max_retries``,
+    #: ``retry_backoff`` and ``retry_backoff_max``): the outcome carries them so that
+    #: :func:`~pyramid_pyncette.policy.plan_completion` stays a function of the outcome alone.
+    retry_defaults: RetryDefaults = DEFAULT_RETRIES

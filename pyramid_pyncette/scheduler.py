@@ -25,6 +25,7 @@ from .jobs import Job
 from .redaction import redact_text
 from .repository import JobPage, Repository, UnsupportedStoreError, create_repository
 from .schedules import (
+    CRON_FIELD_NAMES,
     CronSchedule,
     DateSchedule,
     IntervalSchedule,
@@ -537,17 +538,8 @@ class Scheduler:
         where unset smaller fields default to their minimum.
         """
         where = "add_cron_job"
-        fields = {
-            "year": year,
-            "month": month,
-            "day": day,
-            "week": week,
-            "day_of_week": day_of_week,
-            "hour": hour,
-            "minute": minute,
-            "second": second,
-        }
-        given = {k: v for k, v in fields.items() if v is not None}
+        fields = (year, month, day, week, day_of_week, hour, minute, second)
+        given = {k: v for k, v in zip(CRON_FIELD_NAMES, fields, strict=True) if v is not None}
         zone = timezone or self.settings.timezone
         start = _start_date(start_date, where)
         try:

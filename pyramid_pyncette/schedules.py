@@ -21,6 +21,7 @@ Schedules serialise to plain JSON dicts (:meth:`Schedule.to_json`) and back
 from __future__ import annotations
 
 import abc
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -765,6 +766,9 @@ _FIELD_ORDER: tuple[tuple[str, str | None], ...] = (
     ("second", "0"),
 )
 
+#: The keyword fields of a cron schedule (see :func:`cron_from_fields`), most significant first.
+CRON_FIELD_NAMES = tuple(name for name, _ in _FIELD_ORDER)
+
 
 def cron_from_fields(
     *,
@@ -951,6 +955,12 @@ _FROM_JSON = {
     CronSchedule.kind: _cron_from_json,
 }
 
+#: The ``kind`` of every schedule, as its JSON names it.
+SCHEDULE_KINDS = tuple(_FROM_JSON)
+
+#: The kinds of schedule that have more than one run.
+RECURRING_KINDS = (IntervalSchedule.kind, CronSchedule.kind)
+
 
 def schedule_from_json(data: Mapping) -> Schedule:
     """Rebuild a schedule from :meth:`Schedule.to_json` output.
@@ -971,3 +981,74 @@ def schedule_from_json(data: Mapping) -> Schedule:
         raise
     except (TypeError, ValueError, KeyError, OverflowError, AttributeError) as exc:
         raise ScheduleError(f"malformed {kind} schedule JSON: {exc}") from exc
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@functools.lru_cache(maxsize=1024)
+def _cron_json_problem(items: tuple[tuple[str, Any], ...]) -> str | None:
+    """Why a cron schedule's JSON does not parse (cached: a daemon sees few distinct crons)."""
+    try:
+        schedule_from_json(dict(items))
+    except ScheduleError as exc:
+        return f"schedule is unreadable ({exc})"
+    return None
+
+
+def _is_optional_text(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _date_json_is_well_formed(data: Mapping) -> bool:
+    return isinstance(data.get("run_at"), str)
+
+
+def _interval_json_is_well_formed(data: Mapping) -> bool:
+    micros = data.get("microseconds")
+    if isinstance(micros, bool) or not isinstance(micros, int) or micros <= 0:
+        return False
+    return _is_optional_text(data.get("start"))
+
+
+def _cron_json_is_well_formed(data: Mapping) -> bool:
+    expression = data.get("expression")
+    if not isinstance(expression, str) or not expression.strip():
+        return False
+    if not (_is_optional_text(data.get("timezone")) and _is_optional_text(data.get("start"))):
+        return False
+    weeks = data.get("weeks")
+    return weeks is None or (isinstance(weeks, (str, int)) and not isinstance(weeks, bool))
+
+
+_WELL_FORMED = {
+    DateSchedule.kind: _date_json_is_well_formed,
+    IntervalSchedule.kind: _interval_json_is_well_formed,
+    CronSchedule.kind: _cron_json_is_well_formed,
+}
+
+
+def schedule_json_problem(data: Any) -> str | None:
+    """Why stored schedule JSON cannot be used, or None. Never raises.
+
+    Cheap enough for every claim: the shape of dates and intervals (their
+    values are parsed only to compute a next run, which parks the job if
+    they do not parse) and cron schedules in full, cached. ``data`` that
+    is not an object is the caller's to describe.
+    """
+    if not isinstance(data, dict):
+        return None
+    kind = data.get("kind")
+    if kind not in SCHEDULE_KINDS:
+        return f"schedule has the unknown kind {_short(kind)} (expected date, interval or cron)"
+    if not _WELL_FORMED[kind](data):
+        return f"{kind} schedule is malformed: {_short(data)}"
+    if kind == CronSchedule.kind:
+        keys = ("kind", "expression", "timezone", "start", "weeks")
+        return _cron_json_problem(tuple((key, data.get(key)) for key in keys))
+    return None

@@ -23,7 +23,8 @@ import venusian
 from pyramid.exceptions import ConfigurationError
 
 from .exceptions import InvalidJobError, UnknownTaskError
-from .jobs import EXECUTION_MODES, FAILURE_MODES, MAX_JOB_ID_LENGTH, RETRY_EXHAUSTED_MODES
+from .jobs import MAX_JOB_ID_LENGTH
+from .options import JOB_OPTIONS, ExecutionMode, options_from_arguments
 from .schedules import (
     CronSchedule,
     IntervalSchedule,
@@ -33,25 +34,7 @@ from .schedules import (
     check_interval_floor,
     get_zone,
 )
-from .settings import MAX_DURATION, parse_duration
-
-#: Options a job (and so a task) can carry; per-job values override the task's.
-JOB_OPTIONS = (
-    "execution_mode",
-    "failure_mode",
-    "lease_duration",
-    "max_retries",
-    "retry_backoff",
-    "retry_backoff_max",
-    "retry_exhausted",
-    "misfire_grace_time",
-)
-
-#: Job options that are durations (stored as seconds).
-DURATION_OPTIONS = ("lease_duration", "retry_backoff", "retry_backoff_max", "misfire_grace_time")
-
-#: Longest accepted ``max_retries``.
-MAX_RETRIES_LIMIT = 1000
+from .settings import parse_duration
 
 #: Options only a task has.
 TASK_ONLY_OPTIONS = ("timezone", "transactional")
@@ -96,63 +79,34 @@ def interval_timezone_error(where: str) -> InvalidJobError:
 
 
 def normalize_options(options: Mapping[str, Any], *, where: str) -> dict[str, Any]:
-    """Validate job options; return them with durations as seconds.
+    """Validate the options of a job (or, when ``where`` names a task, a task's options).
 
-    ``where`` names the caller in error messages (e.g. ``"add_date_job"``).
+    Returns them as stored, in the order given: the job options parsed by
+    :func:`~pyramid_pyncette.options.options_from_arguments` (durations as
+    seconds, modes as their strings), plus a task's own ``timezone`` and
+    ``transactional``. ``where`` names the caller in error messages (e.g.
+    ``"add_date_job"``). Raises :class:`InvalidJobError`.
     """
-    allowed = JOB_OPTIONS + TASK_ONLY_OPTIONS if where.startswith("task") else JOB_OPTIONS
+    extra = TASK_ONLY_OPTIONS if where.startswith("task") else ()
+    parsed = options_from_arguments(options, where=where, extra=extra).to_json()
     result: dict[str, Any] = {}
     for key, value in options.items():
-        if key not in allowed:
-            hint = difflib.get_close_matches(key, allowed, n=1)
-            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise InvalidJobError(
-                f"{where}: unknown option {key!r}{suggestion}; allowed options are "
-                + ", ".join(allowed)
-            )
-        if value is None:
-            continue
-        if key == "execution_mode" and value not in EXECUTION_MODES:
-            raise InvalidJobError(
-                f"{where}: execution_mode {value!r} is not one of {', '.join(EXECUTION_MODES)}"
-            )
-        if key == "failure_mode" and value not in FAILURE_MODES:
-            raise InvalidJobError(
-                f"{where}: failure_mode {value!r} is not one of {', '.join(FAILURE_MODES)}"
-            )
-        if key in DURATION_OPTIONS:
-            try:
-                value = parse_duration(value, key=key)
-            except ValueError as exc:
-                raise InvalidJobError(f"{where}: {exc}") from None
-            if value > MAX_DURATION:
-                raise InvalidJobError(
-                    f"{where}: {key} of {value:g}s is too long; use a duration above 0 and "
-                    f"at most ten years ({MAX_DURATION}s)"
-                )
-        if key == "max_retries" and (
-            isinstance(value, bool)
-            or not isinstance(value, int)
-            or not 0 <= value <= MAX_RETRIES_LIMIT
-        ):
-            raise InvalidJobError(
-                f"{where}: max_retries must be a whole number from 0 to {MAX_RETRIES_LIMIT}, "
-                f"got {value!r}; e.g. max_retries=3"
-            )
-        if key == "retry_exhausted" and value not in RETRY_EXHAUSTED_MODES:
-            raise InvalidJobError(
-                f"{where}: retry_exhausted {value!r} is not one of "
-                f"{', '.join(RETRY_EXHAUSTED_MODES)}"
-            )
-        if key == "transactional" and not isinstance(value, bool):
-            raise InvalidJobError(f"{where}: transactional must be True or False, got {value!r}")
-        if key == "timezone":
-            try:
-                get_zone(value)
-            except ScheduleError as exc:
-                raise InvalidJobError(f"{where}: {exc}") from None
-        result[key] = value
+        if key in parsed:
+            result[key] = parsed[key]
+        elif key in extra and value is not None:
+            _check_task_option(key, value, where)
+            result[key] = value
     return result
+
+
+def _check_task_option(key: str, value: Any, where: str) -> None:
+    if key == "transactional" and not isinstance(value, bool):
+        raise InvalidJobError(f"{where}: transactional must be True or False, got {value!r}")
+    if key == "timezone":
+        try:
+            get_zone(value)
+        except ScheduleError as exc:
+            raise InvalidJobError(f"{where}: {exc}") from None
 
 
 def check_option_combination(
@@ -163,7 +117,7 @@ def check_option_combination(
     ``inherited`` holds the options that came from the task rather than the
     call, so the message can say where a conflicting value was set.
     """
-    if options.get("execution_mode", "at_least_once") != "at_most_once":
+    if options.get("execution_mode") != ExecutionMode.AT_MOST_ONCE:
         return
     for key in RETRY_OPTIONS:
         value = options.get(key)

@@ -43,10 +43,9 @@ from transaction.interfaces import (
 )
 from zope.interface import implementer
 
-from .jobs import Job
+from .jobs import STAGED_PREFIX, Job
 from .redaction import redact_text
 from .repository import Repository
-from .repository.base import STAGED_PREFIX
 
 log = logging.getLogger(__name__)
 

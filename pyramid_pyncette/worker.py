@@ -34,7 +34,8 @@ from typing import Any
 
 from .events import JobSkipped, LeaseLost, WorkerStarting, WorkerStopping, notify_subscribers
 from .execution import JobInfo, JobRequests, run_job
-from .repository import Lease, Outcome
+from .jobs import Lease, Outcome
+from .repository.base import Announcer
 
 log = logging.getLogger(__name__)
 
@@ -329,8 +330,10 @@ class Worker:
         self._notify(WorkerStarting(self, self.registry))
         threads = _JobThreads(self.concurrency, self._run_one)
         # Stores that announce new jobs (PostgreSQL, Redis) wake the loop at once.
-        start_listener = getattr(self.repository, "start_listener", None)
-        stop_listener = start_listener(self.wake) if start_listener else None
+        repository = self.repository
+        stop_listener = (
+            repository.start_listener(self.wake) if isinstance(repository, Announcer) else None
+        )
         try:
             while not self._stopping.is_set():
                 timeout = self._cycle(threads, until_idle)

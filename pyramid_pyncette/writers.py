@@ -20,10 +20,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from .jobs import Job
 from .repository import Repository
+from .repository.base import SessionStore, session_store
 from .transaction import (
     CommitCallback,
     StagingDataManager,
@@ -163,14 +164,6 @@ class StagedWriter(_TransactionWriter):
         return self.store.ready().get(job_id)
 
 
-class _SessionStore(Protocol):
-    """The store methods the shared-database mode needs (the SQL store has them)."""
-
-    def write_on(self, conn: Any, adds: Sequence[Job], removes: Sequence[str]) -> set[str]: ...
-
-    def get_on(self, conn: Any, job_id: str) -> Job | None: ...
-
-
 class SessionWriter(_TransactionWriter):
     """Writes the rows through the app's zope.sqlalchemy session (shared database).
 
@@ -191,8 +184,8 @@ class SessionWriter(_TransactionWriter):
         super().__init__(store, on_commit, transaction_manager, window=window, clock=clock)
         self.session = session
 
-    def _session_store(self) -> _SessionStore:
-        return cast(_SessionStore, self.store.ready())
+    def _session_store(self) -> SessionStore:
+        return session_store(self.store.ready())
 
     def _write(self, adds: Sequence[Job], removes: Sequence[str]) -> set[str]:
         from zope.sqlalchemy import mark_changed

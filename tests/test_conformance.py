@@ -15,7 +15,7 @@ import pytest
 import transaction
 
 from pyramid_pyncette import IJobFailed, IJobScheduled, IJobStarted, IJobSucceeded
-from pyramid_pyncette.repository import Outcome
+from pyramid_pyncette.jobs import Outcome
 from pyramid_pyncette.schedules import DateSchedule
 
 SECOND = timedelta(seconds=1)

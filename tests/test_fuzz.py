@@ -22,15 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyramid.exceptions import ConfigurationError
 
-from pyramid_pyncette.jobs import Job
-from pyramid_pyncette.repository.base import (
-    Lease,
-    Outcome,
+from pyramid_pyncette.jobs import Job, Lease, Outcome
+from pyramid_pyncette.policy import plan_claim, plan_completion
+from pyramid_pyncette.repository.rows import (
     UnreadableJSON,
     decode_job_fields,
     load_json,
-    plan_claim,
-    plan_completion,
     well_formed_job,
 )
 from pyramid_pyncette.schedules import DateSchedule

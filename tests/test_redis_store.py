@@ -19,13 +19,10 @@ redis = pytest.importorskip("redis", reason="the Redis store tests need redis-py
 
 from redis.crc import key_slot  # noqa: E402
 
-from pyramid_pyncette.jobs import FAILURE_MODES, Job  # noqa: E402
-from pyramid_pyncette.repository.base import (  # noqa: E402
-    Lease,
-    Outcome,
-    RepositoryError,
-    plan_claim,
-)
+from pyramid_pyncette.jobs import Job, Lease, Outcome  # noqa: E402
+from pyramid_pyncette.options import FailureMode  # noqa: E402
+from pyramid_pyncette.policy import plan_claim  # noqa: E402
+from pyramid_pyncette.repository.base import RepositoryError  # noqa: E402
 from pyramid_pyncette.repository.memory import MemoryRepository  # noqa: E402
 from pyramid_pyncette.repository.redis import RedisRepository, redact_url  # noqa: E402
 from pyramid_pyncette.schedules import CronSchedule, DateSchedule, IntervalSchedule  # noqa: E402
@@ -543,7 +540,7 @@ def random_job(rng: random.Random, now: datetime) -> Job:
     if rng.random() < 0.3:
         options["execution_mode"] = "at_most_once"
     if rng.random() < 0.6:
-        options["failure_mode"] = rng.choice(FAILURE_MODES)
+        options["failure_mode"] = rng.choice([mode.value for mode in FailureMode])
     if rng.random() < 0.3:
         options["lease_duration"] = rng.choice((0.5, 10, 12.3456789))
     parked = rng.random() < 0.1

@@ -25,8 +25,9 @@ from pyramid_pyncette import (
     execution,
 )
 from pyramid_pyncette.execution import JobInfo, RecentFailures, log_failure
-from pyramid_pyncette.jobs import DEFAULT_RETRIES, Job, RetryDefaults
-from pyramid_pyncette.repository.base import Lease, Outcome, retry_delay, staged_job
+from pyramid_pyncette.jobs import DEFAULT_RETRIES, Job, Lease, Outcome, RetryDefaults
+from pyramid_pyncette.policy import retry_delay
+from pyramid_pyncette.repository.base import staged_job
 from pyramid_pyncette.schedules import IntervalSchedule
 from pyramid_pyncette.scripts.pscheduler import PSchedulerCommand
 from pyramid_pyncette.settings import parse_settings

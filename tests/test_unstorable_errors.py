@@ -275,13 +275,13 @@ def test_a_redis_document_that_turns_unreadable_while_its_job_runs_costs_only_th
     ],
 )
 def test_storable_text_replaces_what_no_store_can_hold(text, stored):
-    from pyramid_pyncette.repository.base import storable_text
+    from pyramid_pyncette.repository.rows import storable_text
 
     assert storable_text(text) == stored
 
 
 def test_storable_text_keeps_the_end_of_long_text():
-    from pyramid_pyncette.repository.base import storable_text
+    from pyramid_pyncette.repository.rows import storable_text
 
     text = "x" * MAX_ERROR_LENGTH + "the exception line"
     stored = storable_text(text)
@@ -290,7 +290,7 @@ def test_storable_text_keeps_the_end_of_long_text():
 
 
 def test_ascii_text_escapes_what_a_narrow_charset_cannot_hold():
-    from pyramid_pyncette.repository.base import ascii_text
+    from pyramid_pyncette.repository.rows import ascii_text
 
     assert ascii_text("caf\u00e9 \U0001f600 \ud800\x00") == "caf\\xe9 \\U0001f600 \\ufffd\\ufffd"
     long = ascii_text("\U0001f600" * MAX_ERROR_LENGTH)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import JobPage, Lease, Outcome, Repository, RepositoryError
+from .base import JobPage, Repository, RepositoryError
 
 if TYPE_CHECKING:
     from ..settings import PyncetteSettings
 
 __all__ = [
     "JobPage",
-    "Lease",
-    "Outcome",
     "Repository",
     "RepositoryError",
     "UnsupportedStoreError",

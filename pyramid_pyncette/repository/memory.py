@@ -12,16 +12,10 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 
-from ..jobs import Job
-from .base import (
-    JobPage,
-    Lease,
-    Outcome,
-    Repository,
-    plan_claim,
-    plan_completion,
-    storable_values,
-)
+from ..jobs import Job, Lease, Outcome
+from ..policy import plan_claim, plan_completion
+from .base import JobPage, Repository
+from .rows import storable_values
 
 
 class MemoryRepository(Repository):

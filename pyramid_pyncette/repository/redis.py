@@ -54,21 +54,14 @@ from redis import exceptions as redis_errors
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..jobs import Job
+from ..jobs import Job, Lease, Outcome
+from ..policy import plan_claim, plan_completion, split_finished
 from ..redaction import redact_text, redact_url
-from .base import (
-    JobPage,
-    Lease,
-    Outcome,
-    Repository,
-    RepositoryError,
+from .base import JobPage, Repository, RepositoryError, staged_job
+from .rows import (
     decode_job_fields,
     load_json,
     loads_stored,
-    plan_claim,
-    plan_completion,
-    split_finished,
-    staged_job,
     storable_text,
     storable_values,
     unwritable_row_values,

@@ -28,22 +28,14 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 
-from ..jobs import MAX_JOB_ID_LENGTH, Job
+from ..jobs import MAX_JOB_ID_LENGTH, Job, Lease, Outcome
+from ..policy import CompletionPlan, plan_claim, plan_completion, split_finished
 from ..redaction import redact_text
-from .base import (
-    CompletionPlan,
-    JobPage,
-    Lease,
-    Outcome,
-    Repository,
-    RepositoryError,
+from .base import JobPage, Repository, RepositoryError, staged_job
+from .rows import (
     ascii_text,
     decode_job_fields,
     loads_stored,
-    plan_claim,
-    plan_completion,
-    split_finished,
-    staged_job,
     storable_text,
     storable_values,
     unwritable_row_values,
