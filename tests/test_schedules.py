@@ -684,3 +684,79 @@ def test_json_malformed_raises_schedule_error(data):
 def test_schedule_error_is_value_error():
     s = _mod()
     assert issubclass(s.ScheduleError, ValueError)
+
+
+# --------------------------------------------------------------------------- stored JSON shape
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        {"kind": "date", "run_at": "2030-01-01T12:00:00+00:00"},
+        {"kind": "interval", "microseconds": 60_000_000, "start": None},
+        {"kind": "cron", "expression": "*/5 * * * *", "timezone": "UTC", "weeks": "1-10"},
+    ],
+    ids=["date", "interval", "cron"],
+)
+def test_schedule_json_every_kind_writes_has_no_problem(schedule):
+    assert _mod().schedule_json_problem(schedule) is None
+
+
+@pytest.mark.parametrize(
+    ("schedule", "problem"),
+    [
+        pytest.param(
+            {"kind": "weekly"},
+            "schedule has the unknown kind 'weekly' (expected date, interval or cron)",
+            id="unknown-kind",
+        ),
+        pytest.param(
+            {"kind": ["cron"]},
+            "schedule has the unknown kind ['cron'] (expected date, interval or cron)",
+            id="unhashable-kind",
+        ),
+        pytest.param(
+            {"kind": "interval", "microseconds": 0},
+            "interval schedule is malformed: {'kind': 'interval', 'microseconds': 0}",
+            id="zero-interval",
+        ),
+        pytest.param(
+            {"kind": "date", "run_at": 5},
+            "date schedule is malformed: {'kind': 'date', 'run_at': 5}",
+            id="date-not-text",
+        ),
+        pytest.param(
+            {"kind": "cron", "expression": "61 * * * *"},
+            "schedule is unreadable (",
+            id="cron-does-not-parse",
+        ),
+    ],
+)
+def test_schedule_json_problem_describes_what_no_version_writes(schedule, problem):
+    assert _mod().schedule_json_problem(schedule).startswith(problem)
+
+
+def test_schedule_kinds_come_from_the_schedule_classes():
+    schedules = _mod()
+    assert schedules.SCHEDULE_KINDS == ("date", "interval", "cron")
+    assert schedules.RECURRING_KINDS == ("interval", "cron")
+
+
+def test_cron_field_names_are_the_keywords_of_cron_from_fields_most_significant_first():
+    import inspect
+
+    schedules = _mod()
+    keywords = list(inspect.signature(schedules.cron_from_fields).parameters)
+    assert tuple(keywords[:8]) == schedules.CRON_FIELD_NAMES
+    assert schedules.CRON_FIELD_NAMES[0] == "year"
+    assert schedules.CRON_FIELD_NAMES[-1] == "second"
+
+
+def test_add_cron_job_takes_the_cron_fields_in_the_same_order():
+    import inspect
+
+    from pyramid_pyncette.scheduler import Scheduler
+
+    keywords = list(inspect.signature(Scheduler.add_cron_job).parameters)
+    fields = [name for name in keywords if name in _mod().CRON_FIELD_NAMES]
+    assert tuple(fields) == _mod().CRON_FIELD_NAMES
