@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class InvalidJobError(ValueError):
     """A job cannot be added as asked; the message names the problem and the fix.
@@ -12,3 +14,15 @@ class InvalidJobError(ValueError):
 
 class UnknownTaskError(InvalidJobError, LookupError):
     """A function or name that is not a registered task."""
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``value`` as an error message shows it: its ``repr``, cut to ``limit`` characters.
+
+    Never raises (a value whose ``repr`` fails is shown by its type).
+    """
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

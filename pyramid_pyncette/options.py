@@ -22,7 +22,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .exceptions import InvalidJobError
+from .exceptions import InvalidJobError, short_repr
 
 
 class _Choice(str, enum.Enum):
@@ -108,21 +108,13 @@ class _Problem(ValueError):
     """One option's value is wrong; the text says how, without naming the caller."""
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    try:
-        text = repr(value)
-    except Exception:
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _enum(kind: type[enum.Enum]) -> Callable[[str, Any, bool], Any]:
     def parse(key: str, value: Any, stored: bool) -> Any:
         try:
             return kind(value)
         except (ValueError, TypeError):
             if stored:
-                raise _Problem(f"option {key} is {_short(value)}") from None
+                raise _Problem(f"option {key} is {short_repr(value)}") from None
             known = ", ".join(member.value for member in kind)
             raise _Problem(f"{key} {value!r} is not one of {known}") from None
 
@@ -132,7 +124,7 @@ def _enum(kind: type[enum.Enum]) -> Callable[[str, Any, bool], Any]:
 def _count(key: str, value: Any, stored: bool) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         if stored:
-            raise _Problem(f"option {key} is {_short(value)}, not a whole number >= 0")
+            raise _Problem(f"option {key} is {short_repr(value)}, not a whole number >= 0")
         raise _Problem(_count_error(key, value))
     if not stored and value > MAX_RETRIES_LIMIT:
         raise _Problem(_count_error(key, value))
@@ -152,7 +144,7 @@ def _duration(key: str, value: Any, stored: bool) -> float:
             or not isinstance(value, (int, float))
             or not 0 < value < _MAX_STORED_SECONDS
         ):
-            raise _Problem(f"option {key} is {_short(value)}, not a positive number of seconds")
+            raise _Problem(f"option {key} is {short_repr(value)}, not a positive number of seconds")
         return float(value)
     # settings imports jobs, which imports this module: import its parser when first used.
     from .settings import MAX_DURATION, parse_duration

@@ -33,6 +33,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterError, croniter
 from dateutil.parser import isoparse
 
+from .exceptions import short_repr
+
 __all__ = [
     "MIN_INTERVAL",
     "UTC",
@@ -772,22 +774,16 @@ CRON_FIELD_NAMES = tuple(name for name, _ in _FIELD_ORDER)
 
 def cron_from_fields(
     *,
-    year: int | str | None = None,
-    month: int | str | None = None,
-    day: int | str | None = None,
-    week: int | str | None = None,
-    day_of_week: int | str | None = None,
-    hour: int | str | None = None,
-    minute: int | str | None = None,
-    second: int | str | None = None,
     timezone: str = "UTC",
     start_date: datetime | None = None,
+    **given: int | str | None,
 ) -> CronSchedule:
     """Build a :class:`CronSchedule` from field keywords.
 
     Each field is an int or a cron field string such as ``'*/5'``,
-    ``'1-5'``, ``'mon-fri'`` or ``'1,15'``. Fields, most significant first:
-    year, month, day, week, day_of_week, hour, minute, second.
+    ``'1-5'``, ``'mon-fri'`` or ``'1,15'``; ``None`` means not given. Fields,
+    most significant first (:data:`CRON_FIELD_NAMES`): year, month, day, week,
+    day_of_week, hour, minute, second.
 
     * fields more significant than the least significant given field default
       to ``'*'``;
@@ -806,18 +802,15 @@ def cron_from_fields(
     ``'a-b'``, ``'a,b'`` or ``'*/n'``. ``year`` (1970-2099) becomes the 7th
     cron field.
     """
-    given = {
-        "year": year,
-        "month": month,
-        "day": day,
-        "week": week,
-        "day_of_week": day_of_week,
-        "hour": hour,
-        "minute": minute,
-        "second": second,
-    }
+    unknown = sorted(set(given) - set(CRON_FIELD_NAMES))
+    if unknown:
+        raise ScheduleError(
+            f"cron_from_fields() got the unknown field(s) {', '.join(unknown)}; the fields are "
+            + ", ".join(CRON_FIELD_NAMES)
+        )
     values: dict[str, str] = {}
-    for name, value in given.items():
+    for name in CRON_FIELD_NAMES:
+        value = given.get(name)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, str)):
@@ -867,7 +860,7 @@ def cron_from_fields(
     try:
         return CronSchedule(expression, timezone=timezone, start_date=start_date, weeks=weeks)
     except ScheduleError as exc:
-        shown = ", ".join(f"{k}={v!r}" for k, v in given.items() if v is not None)
+        shown = ", ".join(f"{k}={given[k]!r}" for k in CRON_FIELD_NAMES if given.get(k) is not None)
         raise ScheduleError(f"cron_from_fields({shown}): {exc}") from exc
 
 
@@ -983,14 +976,6 @@ def schedule_from_json(data: Mapping) -> Schedule:
         raise ScheduleError(f"malformed {kind} schedule JSON: {exc}") from exc
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    try:
-        text = repr(value)
-    except Exception:
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 @functools.lru_cache(maxsize=1024)
 def _cron_json_problem(items: tuple[tuple[str, Any], ...]) -> str | None:
     """Why a cron schedule's JSON does not parse (cached: a daemon sees few distinct crons)."""
@@ -1045,9 +1030,9 @@ def schedule_json_problem(data: Any) -> str | None:
         return None
     kind = data.get("kind")
     if kind not in SCHEDULE_KINDS:
-        return f"schedule has the unknown kind {_short(kind)} (expected date, interval or cron)"
+        return f"schedule has the unknown kind {short_repr(kind)} (expected date, interval or cron)"
     if not _WELL_FORMED[kind](data):
-        return f"{kind} schedule is malformed: {_short(data)}"
+        return f"{kind} schedule is malformed: {short_repr(data)}"
     if kind == CronSchedule.kind:
         keys = ("kind", "expression", "timezone", "start", "weeks")
         return _cron_json_problem(tuple((key, data.get(key)) for key in keys))

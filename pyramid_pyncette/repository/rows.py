@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from ..exceptions import short_repr
 from ..jobs import MAX_ERROR_LENGTH, STATUS_FAILED, Job, remember_options
 from ..options import NO_OPTIONS, JobOptions, options_from_json
 from ..schedules import schedule_json_problem
@@ -117,12 +118,12 @@ class UnreadableJSON:
         self.error = error
 
     def __repr__(self) -> str:
-        return f"<unreadable JSON {_short(self.text)}>"
+        return f"<unreadable JSON {short_repr(self.text)}>"
 
     def describe(self) -> str:
         """What is wrong with the text, in a line."""
         detail = str(self.error).splitlines()[0] if str(self.error) else type(self.error).__name__
-        return f"not valid JSON ({detail}): {_short(self.text)}"
+        return f"not valid JSON ({detail}): {short_repr(self.text)}"
 
 
 def load_json(text: Any) -> Any:
@@ -153,18 +154,10 @@ def utc(value: Any) -> Any:
     return value
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    try:
-        text = repr(value)
-    except Exception:
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _what(value: Any) -> str:
     if isinstance(value, UnreadableJSON):
         return value.describe()
-    return f"{_short(value)} ({type(value).__name__})"
+    return f"{short_repr(value)} ({type(value).__name__})"
 
 
 def problem_text(job_id: Any, problems: list[str]) -> str | None:
@@ -172,7 +165,7 @@ def problem_text(job_id: Any, problems: list[str]) -> str | None:
     if not problems:
         return None
     return (
-        f"the stored job {_short(job_id)} cannot be run: {'; '.join(problems)}; add it again "
+        f"the stored job {short_repr(job_id)} cannot be run: {'; '.join(problems)}; add it again "
         "with the same job_id to replace it, or cancel it"
     )
 
@@ -368,7 +361,7 @@ def _decode_time(
     try:
         if value is not None and not isinstance(value, datetime):
             if decode_time is None:
-                raise TypeError(f"not a datetime: {_short(value)}")
+                raise TypeError(f"not a datetime: {short_repr(value)}")
             value = decode_time(value)
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
