@@ -2,7 +2,8 @@
 
 A *task* is code (a registered callable plus its options); a *job* is the row
 that names a task, carries its schedule and JSON arguments, and tracks its
-state. Every store keeps exactly these fields.
+state. Every store keeps exactly these fields. A :class:`Lease` is one
+claimed run of a job, an :class:`Outcome` how that run ended.
 """
 
 from __future__ import annotations
@@ -70,10 +71,11 @@ class Job:
     """A persisted job as the stores keep it and the API returns it.
 
     ``schedule`` is the schedule's JSON form (see :mod:`pyramid_pyncette.schedules`),
-    ``options`` the resolved execution options (``execution_mode``,
-    ``failure_mode``, ``lease_duration``, the retry options and
-    ``misfire_grace_time``; options the job did not set are absent, so the
-    daemon's settings apply to them). ``due_at`` is when the job is next
+    ``options`` the JSON form of the resolved execution options
+    (``execution_mode``, ``failure_mode``, ``lease_duration``, the retry
+    options and ``misfire_grace_time``; options the job did not set are
+    absent, so the daemon's settings apply to them); :attr:`parsed_options`
+    is their typed form. ``due_at`` is when the job is next
     eligible to be claimed: its next run time while unleased (or the time of
     its next retry), the lease expiry while leased, ``None`` once it is parked
     as failed. ``next_run_at`` is the scheduled time of the run.
