@@ -227,4 +227,14 @@ def options_from_json(stored: Any) -> tuple[JobOptions, str | None]:
             values[key] = parse(key, value, True)
         except _Problem as exc:
             problem = problem or str(exc)
-    return (JobOptions(**values) if values else NO_OPTIONS), problem
+    return _stored_options(values), problem
+
+
+def _stored_options(values: dict[str, Any]) -> JobOptions:
+    """``JobOptions(**values)`` for already parsed values, cheaply (the claim path reads
+    the options of every claimed job): unset fields fall back to the class defaults."""
+    if not values:
+        return NO_OPTIONS
+    options = object.__new__(JobOptions)
+    options.__dict__.update(values)
+    return options
