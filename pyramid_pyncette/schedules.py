@@ -510,11 +510,11 @@ def _cron_value(spec: _CronField, token: str) -> tuple[int | None, str | None]:
         if spec.low <= number <= spec.high:
             return number, None
         return None, f"{spec.name} {token} is out of range {spec.allowed}"
-    number = spec.names.get(token.lower())
-    if number is None:
+    named = spec.names.get(token.lower())
+    if named is None:
         kind = "a name this field knows" if spec.names else "a number"
         return None, f"{spec.name} {token!r} is not {kind}; use {spec.allowed}"
-    return number, None
+    return named, None
 
 
 def _cron_field_problem(spec: _CronField, text: str) -> str | None:
@@ -523,11 +523,11 @@ def _cron_field_problem(spec: _CronField, text: str) -> str | None:
         match = _CRON_ITEM.fullmatch(item)
         if match is None or (match["first"] or "").lower() == "l":
             continue  # special syntax: croniter decides
-        values = []
+        values: list[int] = []
         for token in (match["first"], match["last"]):
             if token is not None:
                 number, problem = _cron_value(spec, token)
-                if problem:
+                if number is None:
                     return problem
                 values.append(number)
         if len(values) == 2 and spec.cycle_end is not None and values[1] == spec.low:
@@ -938,7 +938,7 @@ def _cron_from_json(data: Mapping) -> CronSchedule:
         expression,
         timezone=tz,
         start_date=_optional_date(data, "start", "cron"),
-        weeks=weeks,
+        weeks=None if weeks is None else str(weeks),
     )
 
 
