@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from pyramid_pyncette.repository.base import Announcer, SessionWriter, session_writer
+from pyramid_pyncette.repository.base import Announcer, SessionStore, session_store
 from pyramid_pyncette.repository.memory import MemoryRepository
 
 
 def test_the_memory_store_neither_writes_through_a_session_nor_announces():
     store = MemoryRepository()
-    assert not isinstance(store, SessionWriter)
+    assert not isinstance(store, SessionStore)
     assert not isinstance(store, Announcer)
 
 
@@ -21,9 +21,9 @@ def test_the_sql_store_writes_through_a_session_and_can_announce(tmp_path):
 
     store = SQLRepository(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
     try:
-        assert isinstance(store, SessionWriter)
+        assert isinstance(store, SessionStore)
         assert isinstance(store, Announcer)
-        assert session_writer(store) is store
+        assert session_store(store) is store
     finally:
         store.close()
 
@@ -35,14 +35,14 @@ def test_the_redis_store_announces_but_cannot_write_through_a_session():
     store = RedisRepository("redis://127.0.0.1:1/0")
     try:
         assert isinstance(store, Announcer)
-        assert not isinstance(store, SessionWriter)
+        assert not isinstance(store, SessionStore)
     finally:
         store.close()
 
 
-def test_session_writer_of_a_store_without_sessions_names_the_fix():
+def test_session_store_of_a_store_without_sessions_names_the_fix():
     with pytest.raises(TypeError) as info:
-        session_writer(MemoryRepository())
+        session_store(MemoryRepository())
     assert str(info.value) == (
         "MemoryRepository cannot write through the app's session: pyncette.session_hook needs "
         "pyncette.url to name the app's SQL database"
