@@ -17,7 +17,7 @@ import reprlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import venusian
 from pyramid.exceptions import ConfigurationError
@@ -35,6 +35,10 @@ from .schedules import (
     get_zone,
 )
 from .settings import parse_duration
+
+if TYPE_CHECKING:
+    from pyramid.config import Configurator
+    from pyramid.registry import Registry
 
 #: Options only a task has.
 TASK_ONLY_OPTIONS = ("timezone", "transactional")
@@ -391,7 +395,7 @@ def check_job_id(job_id: Any) -> str:
 
 
 def add_pyncette_task(
-    config,
+    config: Configurator,
     func: Callable[..., Any] | str,
     name: str | None = None,
     schedule: str | None = None,
@@ -407,8 +411,8 @@ def add_pyncette_task(
     ``retry_exhausted``, ``misfire_grace_time``, ``timezone``,
     ``transactional``. Two tasks with the same name conflict.
     """
-    func = config.maybe_dotted(func)
-    task = make_task(func, name=name, schedule=schedule, interval=interval, **options)
+    resolved: Callable[..., Any] = config.maybe_dotted(func)
+    task = make_task(resolved, name=name, schedule=schedule, interval=interval, **options)
 
     def register() -> None:
         if task.options.get("transactional") and not getattr(
@@ -422,14 +426,14 @@ def add_pyncette_task(
         get_task_registry(config.registry).add(task)
 
     intr = config.introspectable("pyncette tasks", task.name, task.name, "pyncette task")
-    intr["func"] = func
+    intr["func"] = resolved
     intr["schedule"] = schedule
     intr["interval"] = task.interval
     intr["options"] = task.options
     config.action(("pyncette-task", task.name), register, introspectables=(intr,))
 
 
-def get_task_registry(registry) -> TaskRegistry:
+def get_task_registry(registry: Registry) -> TaskRegistry:
     """The application's :class:`TaskRegistry` (created on first use)."""
     tasks = getattr(registry, "pyncette_tasks", None)
     if tasks is None:
@@ -457,7 +461,7 @@ class task:
     def __call__(self, wrapped: Callable[..., Any]) -> Callable[..., Any]:
         arguments = self._directive_args()
 
-        def callback(context, name, ob):
+        def callback(context: Any, name: str, ob: Any) -> None:
             config = context.config.with_package(info.module)
             config.add_pyncette_task(wrapped, **arguments)
 
@@ -475,7 +479,11 @@ class periodic_task(task):
     """
 
     def __init__(
-        self, schedule: str | None = None, interval: Any = None, name: str | None = None, **options
+        self,
+        schedule: str | None = None,
+        interval: Any = None,
+        name: str | None = None,
+        **options: Any,
     ) -> None:
         if (schedule is None) == (interval is None):
             raise InvalidJobError(
