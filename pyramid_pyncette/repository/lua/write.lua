@@ -1,0 +1,136 @@
+-- Every other write, as a list of operations applied atomically.
+-- KEYS: jobs, due, ids, task keys... ARGV: the task key prefix, JSON list of ops:
+--   {"o": "put", "id", "task", "due", "doc", "replace"}
+--   {"o": "del", "id"}
+--   {"o": "plan", "id", "token", "action": "delete"|"settle"|"note", "values"}
+--   {"o": "release", "id", "token", "due"}
+--   {"o": "publish", "id", "token", "due"}: unlock a staged row, due at "due"
+--   {"o": "unstage", "id", "token"[, "task", "due", "doc"]}: delete a staged row,
+--     or put back the document it replaced
+-- then optionally a channel to announce new jobs on.
+-- A put or del with "old": true answers with the document it replaced or
+-- deleted (0 if none) instead of 1/0; publish and unstage only touch a row
+-- still locked by their token.
+-- Returns one 1/0 per op (written / skipped), or {"missing", task, ...} without
+-- writing anything when a job belongs to a task whose key was not passed.
+
+local jobs, due, ids = KEYS[1], KEYS[2], KEYS[3]
+local prefix = ARGV[1]
+local ops = cjson.decode(ARGV[2])
+
+local declared = {}
+for i = 4, #KEYS do declared[KEYS[i]] = true end
+local missing, noted = {}, {}
+local function need(task)
+  local key = prefix .. tostring(task)
+  if not declared[key] and not noted[key] then
+    noted[key] = true
+    missing[#missing + 1] = tostring(task)
+  end
+end
+for _, op in ipairs(ops) do
+  if op.o ~= 'release' and op.o ~= 'publish' and not (op.o == 'plan' and op.action ~= 'delete') then
+    local doc = fetch(jobs, op.id)
+    if doc then need(doc.task) end
+    if op.o == 'put' or (op.o == 'unstage' and op.doc) then need(op.task) end
+  end
+end
+if #missing > 0 then
+  table.insert(missing, 1, 'missing')
+  return missing
+end
+
+local function drop(id, doc)
+  redis.call('HDEL', jobs, id)
+  redis.call('ZREM', due, id)
+  redis.call('ZREM', ids, id)
+  redis.call('ZREM', prefix .. tostring(doc.task), id)
+end
+
+local function put(id, old, op)
+  if old and old.task ~= op.task then redis.call('ZREM', prefix .. tostring(old.task), id) end
+  redis.call('HSET', jobs, id, op.doc)
+  redis.call('ZADD', ids, 0, id)
+  redis.call('ZADD', prefix .. op.task, 0, id)
+  if op.due == NULL then
+    redis.call('ZREM', due, id)
+  else
+    redis.call('ZADD', due, op.due, id)
+  end
+end
+
+local results = {}
+for i, op in ipairs(ops) do
+  local id = op.id
+  local done = 0
+  if op.o == 'put' then
+    local raw = op.old and redis.call('HGET', jobs, id)
+    local old = fetch(jobs, id)
+    if not old or op.replace then
+      put(id, old, op)
+      done = 1
+    end
+    if op.old then done = raw or 0 end
+  elseif op.o == 'del' then
+    local raw = op.old and redis.call('HGET', jobs, id)
+    local old = fetch(jobs, id)
+    if old then
+      drop(id, old)
+      done = 1
+    end
+    if op.old then done = raw or 0 end
+  elseif op.o == 'publish' then
+    local doc = fetch(jobs, id)
+    if doc and doc.locked_by == op.token then
+      doc.locked_by = nil
+      if op.due == NULL then doc.due_at = nil else doc.due_at = op.due end
+      save(jobs, due, id, doc)
+      done = 1
+    end
+  elseif op.o == 'unstage' then
+    local doc = fetch(jobs, id)
+    if doc and doc.locked_by == op.token then
+      if op.doc then put(id, doc, op) else drop(id, doc) end
+      done = 1
+    end
+  elseif op.o == 'plan' then
+    local doc = fetch(jobs, id)
+    if doc and (op.token == NULL or doc.locked_by == op.token) then
+      if op.action == 'delete' then
+        drop(id, doc)
+      else
+        for k, v in pairs(op.values) do
+          if v == NULL then doc[k] = nil else doc[k] = v end
+        end
+        if op.action == 'settle' then
+          doc.locked_by = nil
+          save(jobs, due, id, doc)
+        else
+          redis.call('HSET', jobs, id, encode(doc))
+        end
+      end
+      done = 1
+    end
+  elseif op.o == 'release' then
+    local doc = fetch(jobs, id)
+    if doc and doc.locked_by == op.token then
+      doc.locked_by = nil
+      doc.due_at = op.due
+      doc.attempts = math.max((doc.attempts or 0) - 1, 0)
+      save(jobs, due, id, doc)
+      done = 1
+    end
+  end
+  results[i] = done
+end
+-- ARGV[3]: a channel to announce new jobs on (daemons subscribe to it).
+if ARGV[3] and ARGV[3] ~= '' then
+  for i, op in ipairs(ops) do
+    local announced = op.o == 'put' or op.o == 'publish' or (op.o == 'unstage' and op.doc)
+    if announced and results[i] == 1 then
+      redis.call('PUBLISH', ARGV[3], '1')
+      break
+    end
+  end
+end
+return results
