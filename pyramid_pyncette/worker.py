@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import math
 import queue
-import random
 import threading
 import time
 import uuid
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from .backoff import Backoff
 from .events import JobSkipped, LeaseLost, WorkerStarting, WorkerStopping, notify_subscribers
 from .execution import JobInfo, JobRequests, run_job
 from .jobs import Lease, Outcome
@@ -141,23 +141,6 @@ class _JobThreads:
             self._run(item)
 
 
-class _Backoff:
-    """Exponential backoff with jitter for store outages."""
-
-    def __init__(self, first: float = 0.1, cap: float = MAX_BACKOFF) -> None:
-        self.first = first
-        self.cap = cap
-        self.failures = 0
-
-    def reset(self) -> None:
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        self.failures += 1
-        delay = min(self.cap, self.first * (2 ** (self.failures - 1)))
-        return delay * random.uniform(0.5, 1.0)
-
-
 class Worker:
     """Claims, runs and completes jobs for one application.
 
@@ -208,7 +191,7 @@ class Worker:
         self._pending: list[Outcome] = []
         #: No held lease is due for renewal before this (monotonic; it may be early).
         self._renewal_due = math.inf
-        self._backoff = _Backoff()
+        self._backoff = Backoff(first=0.1, cap=MAX_BACKOFF, jitter=0.5)
         #: Mean run time of recent jobs (seconds), None until jobs have run.
         self._mean_duration: float | None = None
 
@@ -701,6 +684,7 @@ class Worker:
 
     def _finish_writes(self, unstarted: list[Lease]) -> None:
         pending = self._pending
+        backoff = Backoff(first=0.2, cap=2.0)
         for attempt in range(5):
             try:
                 pending.extend(self._confirm_leases())
@@ -714,7 +698,7 @@ class Worker:
                 return
             except Exception as exc:
                 log.warning("could not write final results (try %d): %s", attempt + 1, exc)
-                time.sleep(min(2.0, 0.2 * 2**attempt))
+                time.sleep(backoff.next_delay())
         log.error(
             "gave up writing %d result(s) and %d release(s); those leases expire on their own",
             len(pending) + len(self._unconfirmed),

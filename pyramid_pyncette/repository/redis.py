@@ -43,7 +43,7 @@ import functools
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from typing import Any
@@ -68,6 +68,7 @@ from .rows import (
     unwritable_row_values,
     well_formed_job,
 )
+from .listener import Receive, start_listener_thread
 
 log = logging.getLogger(__name__)
 
@@ -555,35 +556,18 @@ class RedisRepository(Repository):
 
     def start_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` whenever a job is added (from any process); return a stopper."""
-        stopped = threading.Event()
+        return start_listener_thread(self._subscribe, callback)
 
-        def listen() -> None:
-            failures = 0
-            while not stopped.is_set():
-                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-                try:
-                    pubsub.subscribe(self.channel)
-                    callback()  # anything added while we were not listening
-                    failures = 0
-                    while not stopped.is_set():
-                        if pubsub.get_message(timeout=1.0) is not None:
-                            callback()
-                except Exception as exc:
-                    failures += 1
-                    log.debug("job announcements unavailable (%s); polling meanwhile", exc)
-                    stopped.wait(min(30.0, 0.2 * 2**failures))
-                finally:
-                    with contextlib.suppress(Exception):
-                        pubsub.close()
-
-        thread = threading.Thread(target=listen, name="pyncette-listener", daemon=True)
-        thread.start()
-
-        def stop() -> None:
-            stopped.set()
-            thread.join(5)
-
-        return stop
+    @contextlib.contextmanager
+    def _subscribe(self) -> Iterator[Receive]:
+        """A pub/sub connection subscribed to :attr:`channel`, closed on exit."""
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self.channel)
+            yield lambda timeout: pubsub.get_message(timeout=timeout) is not None
+        finally:
+            with contextlib.suppress(Exception):
+                pubsub.close()
 
     def get(self, job_id: str) -> Job | None:
         raw = self._client.hget(self._jobs_key, job_id)

@@ -42,6 +42,7 @@ from .rows import (
     utc,
     well_formed_job,
 )
+from .listener import Receive, start_listener_thread
 
 log = logging.getLogger(__name__)
 
@@ -762,38 +763,24 @@ class SQLRepository(Repository):
         """
         if self._dialect != "postgresql":
             return None
-        stopped = threading.Event()
+        return start_listener_thread(self._subscribe, callback)
 
-        def listen() -> None:
-            failures = 0
-            while not stopped.is_set():
-                try:
-                    with self.engine.connect() as conn:
-                        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-                        try:
-                            conn.exec_driver_sql(f'LISTEN "{self.channel}"')
-                            raw = conn.connection.dbapi_connection
-                            callback()  # anything added while we were not listening
-                            failures = 0
-                            while not stopped.is_set():
-                                for _ in raw.notifies(timeout=1.0, stop_after=1):
-                                    callback()
-                        finally:
-                            # Never hand a LISTENing session back to the pool.
-                            conn.invalidate()
-                except Exception as exc:
-                    failures += 1
-                    log.debug("job announcements unavailable (%s); polling meanwhile", exc)
-                    stopped.wait(min(30.0, 0.2 * 2**failures))
+    @contextlib.contextmanager
+    def _subscribe(self) -> Iterator[Receive]:
+        """A connection LISTENing on :attr:`channel` (PostgreSQL), closed on exit."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                conn.exec_driver_sql(f'LISTEN "{self.channel}"')
+                raw = conn.connection.dbapi_connection
 
-        thread = threading.Thread(target=listen, name="pyncette-listener", daemon=True)
-        thread.start()
+                def receive(timeout: float) -> bool:
+                    return any(True for _ in raw.notifies(timeout=timeout, stop_after=1))
 
-        def stop() -> None:
-            stopped.set()
-            thread.join(5)
-
-        return stop
+                yield receive
+            finally:
+                # Never hand a LISTENing session back to the pool.
+                conn.invalidate()
 
     def is_transient(self, exc: BaseException) -> bool:
         if self.describe_setup_error(exc) is not None:
