@@ -32,7 +32,7 @@ from .events import (
 )
 from .exceptions import InvalidJobError, UnknownTaskError
 from .jobs import Job
-from .repository import SQL_SCHEMES
+from .repository import is_sql_url
 from .scheduler import BoundScheduler, Scheduler, UnknownJobError
 from .schedules import ScheduleError
 from .settings import PyncetteSettings, parse_settings
@@ -196,7 +196,7 @@ def _resolve_session_hook(
 ) -> Callable[[Request], Any] | None:
     if settings.session_hook is None:
         return None
-    if settings.url.split("://", 1)[0].split("+", 1)[0] not in SQL_SCHEMES:
+    if not is_sql_url(settings.url):
         raise ConfigurationError(
             "pyncette.session_hook needs the jobs table in the app's own database: set "
             "pyncette.url to that database's URL (it is not a SQL URL now)"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .base import JobPage, Repository, RepositoryError
 
@@ -10,31 +10,64 @@ if TYPE_CHECKING:
     from ..settings import PyncetteSettings
 
 __all__ = [
+    "STORE_SCHEMES",
     "JobPage",
     "Repository",
     "RepositoryError",
+    "StoreScheme",
     "UnsupportedStoreError",
     "create_repository",
+    "is_sql_url",
     "missing_driver_message",
+    "store_scheme",
 ]
 
-SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb")
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+class StoreScheme(NamedTuple):
+    """What one ``pyncette.url`` scheme names: its store and how to install its driver."""
+
+    #: The store module: ``"memory"``, ``"sql"`` or ``"redis"``.
+    store: str
+    #: The extra (``pip install "pyramid_pyncette[<extra>]"``) installing its driver.
+    extra: str | None = None
+    #: The driver module that extra installs.
+    driver: str | None = None
+
+
+#: Every store URL scheme this package knows, in lower case and without any
+#: ``+driver`` part (see :func:`store_scheme`).
+STORE_SCHEMES: dict[str, StoreScheme] = {
+    "memory": StoreScheme("memory"),
+    "sqlite": StoreScheme("sql"),
+    "postgresql": StoreScheme("sql", "postgresql", "psycopg"),
+    "mysql": StoreScheme("sql", "mysql", "pymysql"),
+    "mariadb": StoreScheme("sql", "mysql", "pymysql"),
+    "redis": StoreScheme("redis", "redis", "redis"),
+    "rediss": StoreScheme("redis", "redis", "redis"),
+    "unix": StoreScheme("redis", "redis", "redis"),
+}
+SQL_SCHEMES = tuple(name for name, kind in STORE_SCHEMES.items() if kind.store == "sql")
+REDIS_SCHEMES = tuple(name for name, kind in STORE_SCHEMES.items() if kind.store == "redis")
+
+
+def store_scheme(url: str) -> str:
+    """The scheme of a store URL in lower case, without its ``+driver`` part.
+
+    ``"PostgreSQL+psycopg://..."`` gives ``"postgresql"``; look it up in
+    :data:`STORE_SCHEMES`.
+    """
+    return url.split("://", 1)[0].split("+", 1)[0].lower()
+
+
+def is_sql_url(url: str) -> bool:
+    """Whether ``url`` names a SQL store (SQLite, PostgreSQL, MySQL or MariaDB)."""
+    return store_scheme(url) in SQL_SCHEMES
 
 
 class UnsupportedStoreError(ValueError):
     """``pyncette.url`` names a store this package does not know, or lacks its driver."""
 
 
-#: The extra installing each store's driver, and the driver module it installs.
-STORE_EXTRAS = {
-    "postgresql": ("postgresql", "psycopg"),
-    "mysql": ("mysql", "pymysql"),
-    "mariadb": ("mysql", "pymysql"),
-    "redis": ("redis", "redis"),
-    "rediss": ("redis", "redis"),
-    "unix": ("redis", "redis"),
-}
 # Distribution names of driver modules whose import name differs.
 _PIP_NAMES = {"MySQLdb": "mysqlclient", "psycopg2": "psycopg2-binary"}
 
@@ -43,7 +76,8 @@ def missing_driver_message(scheme: str, exc: ImportError) -> str:
     """The error for a store whose driver cannot be imported, naming what to install."""
     backend = scheme.split("+", 1)[0]
     module = (getattr(exc, "name", None) or str(exc)).split(".", 1)[0]
-    extra, driver = STORE_EXTRAS.get(backend, (None, None))
+    known = STORE_SCHEMES.get(backend.lower())
+    extra, driver = (known.extra, known.driver) if known else (None, None)
     if extra is None:
         return f"pyncette.url: the {scheme}:// store cannot import {module!r} ({exc}); install it"
     install = f'pip install "pyramid_pyncette[{extra}]"'
@@ -61,12 +95,13 @@ def create_repository(settings: PyncetteSettings) -> Repository:
     """Build (but do not connect) the store that ``settings.url`` names."""
     url = settings.url
     scheme = url.split("://", 1)[0].lower()
-    backend = scheme.split("+", 1)[0]
-    if backend == "memory":
+    backend = store_scheme(url)
+    store = STORE_SCHEMES[backend].store if backend in STORE_SCHEMES else None
+    if store == "memory":
         from .memory import MemoryRepository
 
         return MemoryRepository()
-    if backend in SQL_SCHEMES:
+    if store == "sql":
         import sqlalchemy as sa
 
         from .sql import SQLRepository
@@ -78,13 +113,13 @@ def create_repository(settings: PyncetteSettings) -> Repository:
         except ImportError as exc:  # the drivers are optional dependencies
             raise UnsupportedStoreError(missing_driver_message(scheme, exc)) from exc
         except sa.exc.NoSuchModuleError as exc:
-            driver = STORE_EXTRAS[backend][1] if backend in STORE_EXTRAS else None
+            driver = STORE_SCHEMES[backend].driver
             better = f"{backend}+{driver}://" if driver else f"{backend}://"
             raise UnsupportedStoreError(
                 f"pyncette.url: SQLAlchemy knows no driver {scheme.partition('+')[2]!r} for "
                 f"{backend}://; use {better}... (see the README, 'Stores')"
             ) from exc
-    if backend in REDIS_SCHEMES:
+    if store == "redis":
         try:
             from .redis import RedisRepository
         except ImportError as exc:  # redis-py is an optional dependency

@@ -772,7 +772,8 @@ class SQLRepository(Repository):
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             try:
                 conn.exec_driver_sql(f'LISTEN "{self.channel}"')
-                raw = conn.connection.dbapi_connection
+                # psycopg 3's own connection: its notifies() waits for NOTIFY.
+                raw: Any = conn.connection.dbapi_connection
 
                 def receive(timeout: float) -> bool:
                     return any(True for _ in raw.notifies(timeout=timeout, stop_after=1))
