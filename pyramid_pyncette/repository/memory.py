@@ -7,15 +7,31 @@ while it matches the job's current ``due_at``.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from ..jobs import Job, Lease, Outcome
 from ..policy import plan_claim, plan_completion
 from .base import JobPage, Repository
 from .rows import storable_values
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _locked(method: Callable[Concatenate[Any, _P], _R]) -> Callable[Concatenate[Any, _P], _R]:
+    """``method`` run while holding the repository's lock."""
+
+    @functools.wraps(method)
+    def locked(self: Any, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 class MemoryRepository(Repository):
@@ -42,30 +58,11 @@ class MemoryRepository(Repository):
                     continue
                 self._store(job)
 
-    def apply(self, adds: Sequence[Job], removes: Sequence[str]) -> None:
-        with self._lock:
-            super().apply(adds, removes)
-
-    # One lock around each of the base class's staging steps makes each atomic.
-
-    def stage(
-        self,
-        jobs: Sequence[Job],
-        removes: Sequence[str],
-        token: str,
-        window: float,
-        now: datetime,
-    ) -> dict[str, Job]:
-        with self._lock:
-            return super().stage(jobs, removes, token, window, now)
-
-    def publish(self, token: str, jobs: Sequence[Job]) -> None:
-        with self._lock:
-            super().publish(token, jobs)
-
-    def withdraw(self, token: str, ids: Sequence[str], previous: Mapping[str, Job]) -> None:
-        with self._lock:
-            super().withdraw(token, ids, previous)
+    # The base class's multi-step writes, each made atomic by the one lock.
+    apply = _locked(Repository.apply)
+    stage = _locked(Repository.stage)
+    publish = _locked(Repository.publish)
+    withdraw = _locked(Repository.withdraw)
 
     def remove(self, ids: Iterable[str]) -> set[str]:
         with self._lock:

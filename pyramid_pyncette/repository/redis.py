@@ -506,12 +506,7 @@ class RedisRepository(Repository):
         self._write(ops, {job.task for job in adds}, announce=bool(adds))
 
     def stage(
-        self,
-        jobs: Sequence[Job],
-        removes: Sequence[str],
-        token: str,
-        window: float,
-        now: datetime,
+        self, jobs: Sequence[Job], removes: Sequence[str], token: str, window: float, now: datetime
     ) -> dict[str, Job]:
         if not jobs and not removes:
             return {}

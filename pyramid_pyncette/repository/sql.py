@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -266,10 +266,26 @@ COLUMNS = tuple(column.name for column in jobs_table.c)
 # Position of locked_by in a row of ``select(table)``.
 _LOCKED_BY = COLUMNS.index("locked_by")
 
+# Positions of the JSON and time columns in COLUMNS, and of "args".
+_JSON_COLUMNS = frozenset(COLUMNS.index(name) for name in ("schedule", "args", "options"))
+_TIME_COLUMNS = frozenset(
+    COLUMNS.index(name) for name in ("due_at", "next_run_at", "last_run_at", "created_at")
+)
+_ARGS = COLUMNS.index("args")
+
 # Positions in a row of the PostgreSQL claim (the clock, then COLUMNS).
 _DUE_AT, _NEXT_RUN_AT, _ATTEMPTS = (
     1 + COLUMNS.index(name) for name in ("due_at", "next_run_at", "attempts")
 )
+
+
+class _Claim(NamedTuple):
+    """The arguments of one claim, in the order :meth:`SQLRepository.claim` takes them."""
+
+    now: datetime
+    limit: int
+    token: str
+    default_lease: float
 
 
 def _row_to_job(row: Sequence[Any]) -> Job:
@@ -284,49 +300,26 @@ def _job_from_columns(values: tuple[Any, ...], raw: bool) -> Job:
     the session's time zone), as a textual statement returns them. A row
     that cannot be read becomes a job that is parked, not run.
     """
-    (
-        job_id,
-        task,
-        schedule,
-        args,
-        options,
-        due_at,
-        next_run_at,
-        locked_by,
-        attempts,
-        last_run_at,
-        last_status,
-        last_error,
-        created_at,
-        partition,
-    ) = values
     if raw:
-        schedule, args, options = loads_stored(schedule), loads_stored(args), loads_stored(options)
-        due_at, next_run_at = utc(due_at), utc(next_run_at)
-        last_run_at, created_at = utc(last_run_at), utc(created_at)
+        values = tuple(_decode_raw(value, index) for index, value in enumerate(values))
+    args = values[_ARGS]
     if type(args) is dict and len(args) == 2:
+        # well_formed_job takes the columns in order, "args" split in two.
         job = well_formed_job(
-            job_id,
-            task,
-            schedule,
-            args.get("args"),
-            args.get("kwargs"),
-            options,
-            due_at,
-            next_run_at,
-            locked_by,
-            attempts,
-            last_run_at,
-            last_status,
-            last_error,
-            created_at,
-            partition,
+            *values[:_ARGS], args.get("args"), args.get("kwargs"), *values[_ARGS + 1 :]
         )
         if job is not None:
             return job
-    row = (job_id, task, schedule, args, options, due_at, next_run_at, locked_by, attempts)
-    row += (last_run_at, last_status, last_error, created_at, partition)
-    return decode_job_fields(dict(zip(COLUMNS, row, strict=True)))
+    return decode_job_fields(dict(zip(COLUMNS, values, strict=True)))
+
+
+def _decode_raw(value: Any, index: int) -> Any:
+    """A driver's value of column ``COLUMNS[index]`` as ``select(table)`` returns it."""
+    if index in _JSON_COLUMNS:
+        return loads_stored(value)
+    if index in _TIME_COLUMNS:
+        return utc(value)
+    return value
 
 
 def _job_to_row(job: Job) -> dict[str, Any]:
@@ -639,12 +632,7 @@ class SQLRepository(Repository):
             conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": self.channel})
 
     def stage(
-        self,
-        jobs: Sequence[Job],
-        removes: Sequence[str],
-        token: str,
-        window: float,
-        now: datetime,
+        self, jobs: Sequence[Job], removes: Sequence[str], token: str, window: float, now: datetime
     ) -> dict[str, Job]:
         table = self.table
         ids = list(dict.fromkeys([job.id for job in jobs] + list(removes)))
@@ -924,7 +912,7 @@ class SQLRepository(Repository):
         return value.astimezone(timezone.utc)
 
     def claim(self, now: datetime, limit: int, token: str, default_lease: float) -> list[Lease]:
-        return self._complete_and_claim((), now, limit, token, default_lease, keep=False)
+        return self._complete_and_claim((), _Claim(now, limit, token, default_lease), keep=False)
 
     def complete_and_claim(
         self,
@@ -942,55 +930,39 @@ class SQLRepository(Repository):
         connection spares a pool checkout (and its liveness ping) per call.
         :meth:`release_thread_connection` gives it back.
         """
-        return self._complete_and_claim(outcomes, now, limit, token, default_lease, keep=True)
+        claim = _Claim(now, limit, token, default_lease)
+        return self._complete_and_claim(outcomes, claim, keep=True)
 
     def _complete_and_claim(
-        self,
-        outcomes: Sequence[Outcome],
-        now: datetime,
-        limit: int,
-        token: str,
-        default_lease: float,
-        keep: bool,
+        self, outcomes: Sequence[Outcome], claim: _Claim, keep: bool
     ) -> list[Lease]:
         try:
-            return self._complete_and_claim_batch(outcomes, now, limit, token, default_lease, keep)
+            return self._complete_and_claim_batch(outcomes, claim, keep)
         except Exception as exc:
             if not self.is_row_error(exc):
                 raise
             # One row's values, not the store: nothing of the batch was written.
             log.warning("the store refused a row of a batch (%s); writing row by row", exc)
-        return self._complete_and_claim_row_by_row(outcomes, now, limit, token, default_lease)
+        return self._complete_and_claim_row_by_row(outcomes, claim)
 
     def _complete_and_claim_batch(
-        self,
-        outcomes: Sequence[Outcome],
-        now: datetime,
-        limit: int,
-        token: str,
-        default_lease: float,
-        keep: bool,
+        self, outcomes: Sequence[Outcome], claim: _Claim, keep: bool
     ) -> list[Lease]:
         if self._dialect == "postgresql":
             finished, others = split_finished(outcomes)
             if others:
                 self.complete(others)
             done = [(plan.job_id, plan.token) for plan, _ in finished]
-            return self._claim_postgresql(now, limit, token, default_lease, done, keep)
+            return self._claim_postgresql(*claim, done, keep)
         with self._connection(autocommit=False, keep=keep) as conn, conn.begin():
             if outcomes:
                 self.complete_on(conn, outcomes)
-            if limit <= 0:
+            if claim.limit <= 0:
                 return []
-            return self._claim_on(conn, now, limit, token, default_lease)
+            return self._claim_on(conn, *claim)
 
     def _complete_and_claim_row_by_row(
-        self,
-        outcomes: Sequence[Outcome],
-        now: datetime,
-        limit: int,
-        token: str,
-        default_lease: float,
+        self, outcomes: Sequence[Outcome], claim: _Claim
     ) -> list[Lease]:
         """:meth:`complete_and_claim` after the database refused a row of the batch.
 
@@ -1000,12 +972,12 @@ class SQLRepository(Repository):
         """
         if outcomes:
             self.complete(outcomes)
-        if limit <= 0:
+        if claim.limit <= 0:
             return []
         with self._write() as conn:
             if self._dialect == "postgresql" and self.store_clock:
-                now = self._now(conn, now)
-            return self._claim_on(conn, now, limit, token, default_lease, row_by_row=True)
+                claim = claim._replace(now=self._now(conn, claim.now))
+            return self._claim_on(conn, *claim, row_by_row=True)
 
     def _claim_on(
         self,
