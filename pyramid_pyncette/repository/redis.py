@@ -29,11 +29,12 @@ are exact until 2^53 microseconds (the year 2255); later due times may be
 ordered a few microseconds off, which :meth:`RedisRepository.next_due` does
 not see because it reads the document.
 
-Every write is one Lua script, so it is atomic, and every key a script
-touches is passed in ``KEYS``. The task index of a job that is deleted or
-moved to another task can only be known by reading the job, so writers pass
-the task keys they expect; a script that finds a job of another task writes
-nothing and names the missing tasks, and the call is repeated with their keys.
+Every write is one Lua script (``lua/*.lua`` beside this module), so it is
+atomic, and every key a script touches is passed in ``KEYS``. The task index
+of a job that is deleted or moved to another task can only be known by
+reading the job, so writers pass the task keys they expect; a script that
+finds a job of another task writes nothing and names the missing tasks, and
+the call is repeated with their keys.
 """
 
 from __future__ import annotations
