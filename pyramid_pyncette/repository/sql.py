@@ -305,9 +305,8 @@ def _job_from_columns(values: tuple[Any, ...], raw: bool) -> Job:
     args = values[_ARGS]
     if type(args) is dict and len(args) == 2:
         # well_formed_job takes the columns in order, "args" split in two.
-        job = well_formed_job(
-            *values[:_ARGS], args.get("args"), args.get("kwargs"), *values[_ARGS + 1 :]
-        )
+        fields = [*values[:_ARGS], args.get("args"), args.get("kwargs"), *values[_ARGS + 1 :]]
+        job = well_formed_job(*fields)
         if job is not None:
             return job
     return decode_job_fields(dict(zip(COLUMNS, values, strict=True)))
