@@ -60,6 +60,7 @@ from ..jobs import Job, Lease, Outcome
 from ..policy import plan_claim, plan_completion, split_finished
 from ..redaction import redact_text, redact_url
 from .base import JobPage, Repository, RepositoryError, staged_job
+from .listener import Receive, start_listener_thread
 from .rows import (
     decode_job_fields,
     load_json,
@@ -69,7 +70,6 @@ from .rows import (
     unwritable_row_values,
     well_formed_job,
 )
-from .listener import Receive, start_listener_thread
 
 log = logging.getLogger(__name__)
 

@@ -32,6 +32,7 @@ from ..jobs import MAX_JOB_ID_LENGTH, Job, Lease, Outcome
 from ..policy import CompletionPlan, plan_claim, plan_completion, split_finished
 from ..redaction import redact_text
 from .base import JobPage, Repository, RepositoryError, staged_job
+from .listener import Receive, start_listener_thread
 from .rows import (
     ascii_text,
     decode_job_fields,
@@ -42,7 +43,6 @@ from .rows import (
     utc,
     well_formed_job,
 )
-from .listener import Receive, start_listener_thread
 
 log = logging.getLogger(__name__)
 
