@@ -21,8 +21,8 @@ from pyramid.exceptions import ConfigurationError
 
 from pyramid_pyncette import InvalidJobError, UnknownTaskError
 from pyramid_pyncette.schedules import DateSchedule
-from tests.test_fuzz import store_kind, write_garbage
-from tests.test_pscheduler import PSCHEDULER, _env, _write_ini
+from tests.daemon import PSCHEDULER, process_env, write_ini
+from tests.garbage import store_kind, write_garbage
 
 SECRET = "S3cr3tPassw0rd"
 
@@ -429,7 +429,7 @@ def test_include_errors_never_show_the_password_in_other_places(url):
 def _pscheduler(ini, *args, timeout=60):
     done = subprocess.run(
         [*PSCHEDULER, *args, ini],
-        env=_env(),
+        env=process_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -452,7 +452,7 @@ def _assert_clean(output):
 def test_pscheduler_never_prints_a_postgresql_password(tmp_path, postgresql_server):
     # The test server trusts every local connection: the password is sent and ignored.
     url = _with_password(postgresql_server.url, "postgres")
-    ini, _ = _write_ini(tmp_path, url, extra="pyncette.table_name = creds_ok")
+    ini, _ = write_ini(tmp_path, url, extra="pyncette.table_name = creds_ok")
     for args in (["--list"], ["--once"], ["--once", "-v"]):
         status, output = _pscheduler(ini, *args)
         assert status == 0, output
@@ -460,7 +460,7 @@ def test_pscheduler_never_prints_a_postgresql_password(tmp_path, postgresql_serv
     assert "postgres:***@" in output  # the worker names its store, redacted
 
     # An unknown role: a misconfiguration, reported at start.
-    ini, _ = _write_ini(tmp_path, _with_password(postgresql_server.url, "nobody"))
+    ini, _ = write_ini(tmp_path, _with_password(postgresql_server.url, "nobody"))
     for args in (["--list"], ["--once"]):
         status, output = _pscheduler(ini, *args)
         assert status == 2, output
@@ -471,7 +471,7 @@ def test_pscheduler_never_prints_a_postgresql_password(tmp_path, postgresql_serv
 @pytest.mark.slow
 def test_pscheduler_never_prints_a_mariadb_password(tmp_path, mariadb_server):
     # root has no password on the test server: one that is given is wrong.
-    ini, _ = _write_ini(tmp_path, _with_password(mariadb_server.url, "root"))
+    ini, _ = write_ini(tmp_path, _with_password(mariadb_server.url, "root"))
     for args in (["--list"], ["--once"]):
         status, output = _pscheduler(ini, *args)
         assert status == 2, output
@@ -490,7 +490,7 @@ def test_pscheduler_never_prints_a_redis_password_the_server_rejects(
         "password-only": f"redis://:{SECRET}@{address}",
         "query": f"redis://{address}?password={SECRET}",
     }[form]
-    ini, _ = _write_ini(tmp_path, url)
+    ini, _ = write_ini(tmp_path, url)
     for args in (["--list"], ["--once"]):
         status, output = _pscheduler(ini, *args)
         assert status == 2, output
@@ -503,7 +503,7 @@ def test_pscheduler_never_prints_a_redis_password_the_server_does_not_expect(
 ):
     # Depending on the server version the password is ignored or refused.
     address = redis_server.url.partition("://")[2]
-    ini, _ = _write_ini(tmp_path, f"redis://:{SECRET}@{address}")
+    ini, _ = write_ini(tmp_path, f"redis://:{SECRET}@{address}")
     for args in (["--list"], ["--once", "-v"]):
         status, output = _pscheduler(ini, *args)
         assert status in (0, 2), output
@@ -516,9 +516,13 @@ def test_the_daemon_waiting_out_a_refused_store_never_logs_the_password(tmp_path
 
     # Nothing listens on the port: an outage the daemon waits out.
     url = f"postgresql+psycopg://app:{SECRET}@127.0.0.1:{free_port()}/jobs"
-    ini, _ = _write_ini(tmp_path, url)
+    ini, _ = write_ini(tmp_path, url)
     daemon = subprocess.Popen(
-        [*PSCHEDULER, ini], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*PSCHEDULER, ini],
+        env=process_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         time.sleep(3)
@@ -536,12 +540,12 @@ def test_the_daemon_waiting_out_a_refused_store_never_logs_the_password(tmp_path
 
 @pytest.mark.slow
 def test_pscheduler_once_parks_a_job_whose_task_is_gone_and_runs_the_rest(tmp_path, capsys):
+    from tests.daemon import add_due_jobs, bootstrap_registry, run_pscheduler
     from tests.procapp import read_runs
-    from tests.test_pscheduler import _add_jobs, _registry, _run
 
-    ini, records = _write_ini(tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite")
-    registry = _registry(ini)
-    expected = _add_jobs(registry, 3)
+    ini, records = write_ini(tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite")
+    registry = bootstrap_registry(ini)
+    expected = add_due_jobs(registry, 3)
     orphan = registry.scheduler.build_job(
         "record", DateSchedule(datetime.now().astimezone() - timedelta(seconds=1)), job_id="orphan"
     )
@@ -560,7 +564,7 @@ def test_pscheduler_once_parks_a_job_whose_task_is_gone_and_runs_the_rest(tmp_pa
     assert (job.state, job.last_status) == ("failed", "failed")
     assert "is not registered in this application" in job.last_error
 
-    assert _run("--list", ini) == 0
+    assert run_pscheduler("--list", ini) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
     assert lines[1].split()[:2] == ["orphan", "tests.procapp:gone"]
@@ -568,12 +572,12 @@ def test_pscheduler_once_parks_a_job_whose_task_is_gone_and_runs_the_rest(tmp_pa
 
 
 def test_pscheduler_exit_status_for_an_unreachable_store_is_three(tmp_path, capsys):
-    from tests.test_pscheduler import _run
+    from tests.daemon import run_pscheduler
 
-    ini, _ = _write_ini(tmp_path, f"sqlite:///{tmp_path}/missing-dir/jobs.sqlite")
-    assert _run("--list", ini) == 3
+    ini, _ = write_ini(tmp_path, f"sqlite:///{tmp_path}/missing-dir/jobs.sqlite")
+    assert run_pscheduler("--list", ini) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0].startswith("pscheduler: cannot list the jobs of the store")
-    assert _run("--once", ini) == 3
+    assert run_pscheduler("--once", ini) == 3
     assert "cannot reach the store" in capsys.readouterr().err

@@ -22,9 +22,14 @@ from itertools import pairwise
 import pytest
 
 from tests.chaosapp import read_runs, read_starts
+from tests.daemon import (
+    PERSISTENT_STORES,
+    PSCHEDULER,
+    bootstrap_registry,
+    persistent_store,
+    process_env,
+)
 from tests.inifiles import logging_sections
-from tests.test_pscheduler import PSCHEDULER, _env, _registry
-from tests.test_stores_processes import PERSISTENT_STORES, _store
 
 pytestmark = pytest.mark.slow
 
@@ -96,10 +101,6 @@ def _add_work(registry, count, seconds=0.0, due=None, options=None, prefix="job"
     return [job.id for job in jobs]
 
 
-def _leased(registry):
-    return [job for job in registry.scheduler.iter_jobs() if job.locked_by is not None]
-
-
 def _wait_for(condition, timeout, message, interval=0.05):
     """Poll ``condition()`` until it is truthy (and return it) or fail after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -124,7 +125,7 @@ class Daemons:
         log = self.tmp_path / f"daemon-{len(self.processes)}.err"
         with open(log, "w") as err:
             process = subprocess.Popen(
-                [*PSCHEDULER, *args, ini], env=_env(), stdout=subprocess.DEVNULL, stderr=err
+                [*PSCHEDULER, *args, ini], env=process_env(), stdout=subprocess.DEVNULL, stderr=err
             )
         self.processes.append(process)
         self.logs[process.pid] = log
@@ -171,9 +172,9 @@ def test_two_daemons_race_for_2000_slow_jobs_without_duplicates_or_losses(
     Both daemons claim from the same store at the same instants all along
     (each frees a thread every 20 ms): every job is started exactly once.
     """
-    url, extra = _store(request, tmp_path, kind)
+    url, extra = persistent_store(request, tmp_path, kind)
     ini, records = _write_ini(tmp_path, url, extra, lease_duration="5s", concurrency=10)
-    registry = _registry(ini)
+    registry = bootstrap_registry(ini)
     expected = _add_work(registry, 2000, seconds=0.2)
 
     processes = [daemons.spawn(ini, "--once") for _ in range(2)]
@@ -240,7 +241,7 @@ def test_chaos_daemons_killed_at_random_lose_and_duplicate_only_what_the_modes_a
     """
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
-    url, extra = _store(request, tmp_path, kind)
+    url, extra = persistent_store(request, tmp_path, kind)
     ini, records = _write_ini(
         tmp_path,
         url,
@@ -250,7 +251,7 @@ def test_chaos_daemons_killed_at_random_lose_and_duplicate_only_what_the_modes_a
         concurrency=CHAOS_CONCURRENCY,
         batch_size=CHAOS_BATCH,
     )
-    registry = _registry(ini)
+    registry = bootstrap_registry(ini)
     first_due = datetime.now(timezone.utc) + timedelta(seconds=3)
     jobs = CHAOS_JOBS_OF.get(kind, CHAOS_JOBS)
     step = CHAOS_WINDOW / jobs
@@ -409,9 +410,9 @@ def test_chaos_daemons_killed_at_random_lose_and_duplicate_only_what_the_modes_a
 @pytest.mark.parametrize("kind", ["postgresql", "redis", "sqlite"])
 def test_a_job_three_times_longer_than_its_lease_runs_once(request, tmp_path, daemons, kind):
     """A 6 s job under a 2 s lease, two daemons: the heartbeat keeps the lease."""
-    url, extra = _store(request, tmp_path, kind)
+    url, extra = persistent_store(request, tmp_path, kind)
     ini, records = _write_ini(tmp_path, url, extra, lease_duration="2s")
-    registry = _registry(ini)
+    registry = bootstrap_registry(ini)
     (job_id,) = _add_work(registry, 1, seconds=6.0, prefix="long")
 
     processes = [daemons.spawn(ini) for _ in range(2)]
@@ -458,9 +459,9 @@ def test_a_job_three_times_longer_than_its_lease_runs_once(request, tmp_path, da
 def test_sigterm_mid_drain_finishes_what_started_and_leaves_no_lease(
     request, tmp_path, daemons, kind
 ):
-    url, extra = _store(request, tmp_path, kind)
+    url, extra = persistent_store(request, tmp_path, kind)
     ini, records = _write_ini(tmp_path, url, extra)
-    registry = _registry(ini)
+    registry = bootstrap_registry(ini)
     expected = set(_add_work(registry, 400, seconds=0.02))
 
     daemon = daemons.spawn(ini)
@@ -485,9 +486,9 @@ def test_sigterm_mid_drain_finishes_what_started_and_leaves_no_lease(
 
 @pytest.mark.parametrize("kind", PERSISTENT_STORES)
 def test_second_signal_during_long_jobs_exits_at_once_non_zero(request, tmp_path, daemons, kind):
-    url, extra = _store(request, tmp_path, kind)
+    url, extra = persistent_store(request, tmp_path, kind)
     ini, records = _write_ini(tmp_path, url, extra, lease_duration="20s")
-    registry = _registry(ini)
+    registry = bootstrap_registry(ini)
     ids = set(_add_work(registry, 4, seconds=30.0))
 
     daemon = daemons.spawn(ini)

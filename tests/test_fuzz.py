@@ -34,72 +34,12 @@ from pyramid_pyncette.schedules import DateSchedule
 from pyramid_pyncette.settings import KNOWN_KEYS, parse_settings
 from pyramid_pyncette.worker import Worker
 from tests.conftest import STORES
+from tests.garbage import store_kind, write_column_garbage, write_garbage
 
 NOW = datetime(2030, 1, 1, tzinfo=timezone.utc)
 
 
-# --------------------------------------------------------------------------- writing garbage
-
-
-def store_kind(app) -> str:
-    url = app.scheduler.settings.url
-    for kind in ("memory", "sqlite", "postgresql", "mysql", "redis"):
-        if url.startswith(kind):
-            return "mariadb" if kind == "mysql" else kind
-    raise AssertionError(url)
-
-
-RAW = object()
-
-
-def write_garbage(app, job_id, **columns):
-    """Write a due job ``job_id`` whose stored columns hold ``columns`` verbatim.
-
-    Values are the stored text of the JSON columns (``schedule``, ``args``,
-    ``options``) or of the Redis document's ``job`` definition (key
-    ``definition``); the Redis store also accepts definition keys
-    (``schedule``, ``args``, ``kwargs``, ``options``) as Python values to
-    encode. On the memory store the values are what a store's decoder would
-    make of such text.
-    """
-    good = app.scheduler.build_job("record", DateSchedule(app.clock()), job_id=job_id)
-    kind = store_kind(app)
-    repository = app.repository
-    if kind == "memory":
-        fields = {
-            "id": job_id,
-            "task": good.task,
-            "schedule": good.schedule,
-            "args": {"args": [], "kwargs": {}},
-            "options": {},
-            "due_at": good.due_at,
-            "next_run_at": good.next_run_at,
-            "created_at": good.created_at,
-        }
-        fields.update({k: load_json(v) for k, v in columns.items() if k != "definition"})
-        repository.add([decode_job_fields(fields)])
-        return
-    repository.add([good])
-    if kind == "redis":
-        client = repository.client
-        doc = json.loads(client.hget(repository._jobs_key, job_id))
-        if "definition" in columns:
-            doc["job"] = columns["definition"]
-        else:
-            definition = json.loads(doc["job"])
-            for key, value in columns.items():
-                definition[key] = load_json(value)
-                if isinstance(definition[key], UnreadableJSON):
-                    doc["job"] = json.dumps(definition)[:-1] + f', "{key}": {value}}}'
-                    break
-            else:
-                doc["job"] = json.dumps(definition)
-        client.hset(repository._jobs_key, job_id, json.dumps(doc))
-        return
-    table = repository.table
-    raw = sa.table(table.name, *(sa.column(name, sa.Text) for name in columns), sa.column("id"))
-    with repository.engine.begin() as conn:
-        conn.execute(sa.update(raw).where(raw.c.id == job_id).values(**columns))
+# --------------------------------------------------------------------------- garbage cases
 
 
 def assert_parked_with(app, job_id, *words):
@@ -287,43 +227,6 @@ COLUMN_GARBAGE = {
     ],
 }
 
-#: Keys of a Redis document's job definition (the others are the document's own).
-_DEFINITION_KEYS = ("created_at", "partition")
-
-
-def write_column_garbage(app, job_id, column, value):
-    """Write a due job ``job_id`` whose stored ``column`` holds ``value`` (see TIME_GARBAGE)."""
-    kind = store_kind(app)
-    good = app.scheduler.build_job("record", DateSchedule(app.clock()), job_id=job_id)
-    repository = app.repository
-    if kind == "memory":
-        fields = {name: getattr(good, name) for name in ("id", "task", "schedule", "due_at")}
-        fields.update(args={"args": [], "kwargs": {}}, options={}, next_run_at=good.next_run_at)
-        fields[column] = value
-        repository.add([decode_job_fields(fields)])
-        return
-    repository.add([good])
-    if kind == "redis":
-        client = repository.client
-        doc = json.loads(client.hget(repository._jobs_key, job_id))
-        if column in _DEFINITION_KEYS:
-            definition = json.loads(doc["job"])
-            definition[column] = value
-            doc["job"] = json.dumps(definition)
-        else:
-            doc[column] = value
-        client.hset(repository._jobs_key, job_id, json.dumps(doc))
-        return
-    table = repository.engine.dialect.identifier_preparer.format_table(repository.table)
-    assignments = f"{column} = {value}"
-    if column == "due_at":
-        assignments += ", next_run_at = NULL"  # so the claim keeps the due time as the run's
-    with repository.engine.begin() as conn:
-        if kind == "mariadb":
-            # Zero and impossible dates are what a lax server or an old dump leaves behind.
-            conn.exec_driver_sql("SET SESSION sql_mode = 'ALLOW_INVALID_DATES'")
-        conn.execute(sa.text(f"UPDATE {table} SET {assignments} WHERE id = :id"), {"id": job_id})
-
 
 def _column_garbage_cases(garbage):
     for kind in STORES:
@@ -383,11 +286,11 @@ SHARED_STORES = [name for name in STORES if name != "memory"]
 
 @pytest.mark.parametrize("store_settings", SHARED_STORES, indirect=True)
 def test_list_shows_garbage_rows_without_crashing(tmp_path, capsys, store_settings):
-    from tests.test_pscheduler import _registry, _run, _write_ini
+    from tests.daemon import bootstrap_registry, run_pscheduler, write_ini
 
     extra = "\n".join(f"{k} = {v}" for k, v in store_settings.items() if k != "pyncette.url")
-    ini, _ = _write_ini(tmp_path, store_settings["pyncette.url"], extra=extra)
-    registry = _registry(ini)
+    ini, _ = write_ini(tmp_path, store_settings["pyncette.url"], extra=extra)
+    registry = bootstrap_registry(ini)
     registry.scheduler.add_async_job("record", job_id="good")
 
     class Handle:
@@ -412,14 +315,14 @@ def test_list_shows_garbage_rows_without_crashing(tmp_path, capsys, store_settin
     assert all(listed[name].problem for name in names if name.startswith("typed-"))
     assert all(registry.scheduler.get_job(name).id == name for name in names)
 
-    assert _run("--list", ini) == 0
+    assert run_pscheduler("--list", ini) == 0
     out = capsys.readouterr().out
     for name in [*names, "good"]:
         assert name in out
 
-    assert _run("--once", ini) == 0
+    assert run_pscheduler("--once", ini) == 0
     capsys.readouterr()
-    assert _run("--list", ini) == 0
+    assert run_pscheduler("--list", ini) == 0
     lines = capsys.readouterr().out.splitlines()
     states = {line.split()[0]: line for line in lines[1:]}
     assert "good" not in states  # it ran and was deleted

@@ -2,130 +2,40 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
 
+from tests.daemon import (
+    PSCHEDULER,
+    add_due_jobs,
+    bootstrap_registry,
+    leased,
+    process_env,
+    run_pscheduler,
+    spawn,
+    write_ini,
+)
 from tests.inifiles import logging_sections
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# The installed console script when there is one (it is what users run).
-_script = shutil.which("pscheduler")
-PSCHEDULER = [_script] if _script else [sys.executable, "-m", "pyramid_pyncette.scripts.pscheduler"]
-
-
-def _write_ini(tmp_path, url, include=True, extra=""):
-    records = tmp_path / "records"
-    records.mkdir(exist_ok=True)
-    factory = "call:tests.procapp:main" if include else "call:tests.test_pscheduler:bare_app"
-    ini = tmp_path / "app.ini"
-    ini.write_text(
-        textwrap.dedent(
-            f"""\
-            [app:main]
-            use = {factory}
-            record_dir = {records}
-            pyncette.url = {url}
-            pyncette.poll_interval = 0.2s
-            pyncette.concurrency = 4
-            EXTRA
-
-            LOGGING
-            """
-        )
-        .replace("EXTRA", textwrap.dedent(extra).strip())
-        .replace(
-            "LOGGING", logging_sections("%(asctime)s %(levelname)-5.5s [%(name)s] %(message)s")
-        )
-    )
-    return str(ini), str(records)
-
-
-def bare_app(global_config, **settings):
-    """An app that forgot to include pyramid_pyncette."""
-    from pyramid.config import Configurator
-
-    with Configurator(settings=settings) as config:
-        pass
-    return config.make_wsgi_app()
-
-
-def _registry(ini):
-    from pyramid.paster import bootstrap
-
-    env = bootstrap(ini)
-    env["closer"]()
-    return env["registry"]
-
-
-def _add_jobs(registry, count, seconds=0.0, **options):
-    from pyramid_pyncette.jobs import Job
-
-    now = datetime.now(timezone.utc) - timedelta(seconds=1)
-    jobs = [
-        Job(
-            id=f"job-{n:06d}",
-            task="record",
-            schedule={"kind": "date", "run_at": now.isoformat()},
-            kwargs={"seconds": seconds} if seconds else {},
-            options=options,
-            due_at=now,
-            next_run_at=now,
-            created_at=now,
-        )
-        for n in range(count)
-    ]
-    registry.scheduler.repository.add(jobs)
-    return {job.id for job in jobs}
-
-
-def _run(*argv):
-    from pyramid_pyncette.scripts import pscheduler
-
-    return pscheduler.main(["pscheduler", *argv], quiet=False)
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-def _spawn(ini, *args):
-    return subprocess.Popen(
-        [*PSCHEDULER, *args, ini],
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _leased(registry):
-    return [job for job in registry.scheduler.iter_jobs() if job.locked_by is not None]
 
 
 def test_once_runs_due_jobs_and_exits_zero(tmp_path):
     from tests.procapp import read_runs
 
-    ini, records = _write_ini(tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite")
-    registry = _registry(ini)
+    ini, records = write_ini(tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite")
+    registry = bootstrap_registry(ini)
     registry.scheduler.add_async_job("record", job_id="a")
     registry.scheduler.add_date_job(
         "record", datetime(2000, 1, 1, tzinfo=timezone.utc), job_id="past"
     )
     registry.scheduler.add_interval_job("record", "1h", job_id="hourly")
 
-    assert _run("--once", ini) == 0
+    assert run_pscheduler("--once", ini) == 0
 
     runs = read_runs(records)
     assert sorted(job_id for job_id, _, _ in runs) == ["a", "past"]
@@ -134,12 +44,12 @@ def test_once_runs_due_jobs_and_exits_zero(tmp_path):
 
 
 def test_list_prints_a_table_of_jobs(tmp_path, capsys):
-    ini, _ = _write_ini(tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite")
-    registry = _registry(ini)
+    ini, _ = write_ini(tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite")
+    registry = bootstrap_registry(ini)
     registry.scheduler.add_cron_job("record", "*/5 * * * *", job_id="every-five")
     registry.scheduler.add_interval_job("record", "30s", job_id="thirty")
 
-    assert _run("--list", ini) == 0
+    assert run_pscheduler("--list", ini) == 0
 
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["ID", "TASK", "SCHEDULE", "NEXT", "RUN", "STATE", "LAST"]
@@ -151,14 +61,14 @@ def test_list_prints_a_table_of_jobs(tmp_path, capsys):
 
 
 def test_list_with_no_jobs_says_so(tmp_path, capsys):
-    ini, _ = _write_ini(tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite")
-    assert _run("--list", ini) == 0
+    ini, _ = write_ini(tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite")
+    assert run_pscheduler("--list", ini) == 0
     assert capsys.readouterr().out.strip() == "no jobs"
 
 
 def test_missing_include_is_a_one_line_error(tmp_path, capsys):
-    ini, _ = _write_ini(tmp_path, "memory://", include=False)
-    assert _run("--once", ini) == 2
+    ini, _ = write_ini(tmp_path, "memory://", include=False)
+    assert run_pscheduler("--once", ini) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert "does not include pyramid_pyncette" in err[0]
@@ -166,30 +76,30 @@ def test_missing_include_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_missing_ini_is_a_one_line_error(tmp_path, capsys):
-    assert _run("--once", str(tmp_path / "nope.ini")) == 2
+    assert run_pscheduler("--once", str(tmp_path / "nope.ini")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0].startswith("pscheduler: cannot load")
 
 
 def test_bad_setting_is_a_one_line_error(tmp_path, capsys):
-    ini, _ = _write_ini(tmp_path, "memory://", extra="pyncette.batch_size = lots")
-    assert _run("--once", ini) == 2
+    ini, _ = write_ini(tmp_path, "memory://", extra="pyncette.batch_size = lots")
+    assert run_pscheduler("--once", ini) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert "pyncette.batch_size" in err[0]
 
 
 def test_bad_config_var_is_a_usage_error(tmp_path, capsys):
-    ini, _ = _write_ini(tmp_path, "memory://")
-    assert _run(ini, "novalue") == 2
+    ini, _ = write_ini(tmp_path, "memory://")
+    assert run_pscheduler(ini, "novalue") == 2
     assert "novalue" in capsys.readouterr().err
 
 
 def test_config_vars_reach_the_ini(tmp_path):
-    ini, _ = _write_ini(tmp_path, "%(store)s")
+    ini, _ = write_ini(tmp_path, "%(store)s")
     url = f"sqlite:///{tmp_path}/vars.sqlite"
-    assert _run("--once", ini, f"store={url}") == 0
+    assert run_pscheduler("--once", ini, f"store={url}") == 0
     assert (tmp_path / "vars.sqlite").exists()
 
 
@@ -197,13 +107,13 @@ def test_config_vars_reach_the_ini(tmp_path):
 def test_two_daemons_drain_2000_jobs_without_duplicates_or_locks(tmp_path):
     from tests.procapp import read_runs
 
-    ini, records = _write_ini(
+    ini, records = write_ini(
         tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite", extra="pyncette.batch_size = 50"
     )
-    registry = _registry(ini)
-    expected = _add_jobs(registry, 2000)
+    registry = bootstrap_registry(ini)
+    expected = add_due_jobs(registry, 2000)
 
-    daemons = [_spawn(ini, "--once") for _ in range(2)]
+    daemons = [spawn(ini, "--once") for _ in range(2)]
     outputs = [daemon.communicate(timeout=300) for daemon in daemons]
 
     for daemon, (_, err) in zip(daemons, outputs, strict=True):
@@ -221,11 +131,11 @@ def test_two_daemons_drain_2000_jobs_without_duplicates_or_locks(tmp_path):
 def test_sigterm_mid_drain_exits_zero_and_leaves_no_lease(tmp_path):
     from tests.procapp import read_runs
 
-    ini, records = _write_ini(tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite")
-    registry = _registry(ini)
-    _add_jobs(registry, 400, seconds=0.05)
+    ini, records = write_ini(tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite")
+    registry = bootstrap_registry(ini)
+    add_due_jobs(registry, 400, seconds=0.05)
 
-    daemon = _spawn(ini)
+    daemon = spawn(ini)
     deadline = time.monotonic() + 60
     while len(read_runs(records)) < 20:
         assert time.monotonic() < deadline, "the daemon ran nothing"
@@ -235,7 +145,7 @@ def test_sigterm_mid_drain_exits_zero_and_leaves_no_lease(tmp_path):
     _, err = daemon.communicate(timeout=60)
 
     assert daemon.returncode == 0, err
-    assert _leased(registry) == []
+    assert leased(registry) == []
     done = {job_id for job_id, _, _ in read_runs(records)}
     left = {job.id for job in registry.scheduler.iter_jobs()}
     assert not done & left  # every finished run was completed
@@ -247,13 +157,13 @@ def test_sigterm_mid_drain_exits_zero_and_leaves_no_lease(tmp_path):
 def test_second_signal_exits_at_once_with_non_zero_status(tmp_path):
     from tests.procapp import read_runs
 
-    ini, records = _write_ini(tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite")
-    registry = _registry(ini)
-    _add_jobs(registry, 4, seconds=30)
+    ini, records = write_ini(tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite")
+    registry = bootstrap_registry(ini)
+    add_due_jobs(registry, 4, seconds=30)
 
-    daemon = _spawn(ini)
+    daemon = spawn(ini)
     deadline = time.monotonic() + 30
-    while len(_leased(registry)) < 4:
+    while len(leased(registry)) < 4:
         assert time.monotonic() < deadline, "the daemon claimed nothing"
         time.sleep(0.05)
     daemon.send_signal(signal.SIGTERM)
@@ -296,7 +206,11 @@ def _write_talking_ini(tmp_path, url, extra=""):
 
 def _run_process(ini, *args, timeout=120):
     done = subprocess.run(
-        [*PSCHEDULER, *args, ini], env=_env(), capture_output=True, text=True, timeout=timeout
+        [*PSCHEDULER, *args, ini],
+        env=process_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     return done.returncode, done.stdout + done.stderr
 
@@ -323,7 +237,7 @@ def test_pscheduler_output_hides_only_the_postgresql_password(
     # The test server trusts local connections: the password is sent and ignored.
     url = _server_url(postgresql_server.url, "postgres", password)
     ini = _write_talking_ini(tmp_path, url, extra=f"pyncette.table_name = talk_{len(password)}")
-    registry = _registry(ini)
+    registry = bootstrap_registry(ini)
     registry.scheduler.add_async_job("talk", job_id="talk")
 
     status, output = _run_process(ini, "--once", "-v")
@@ -353,7 +267,7 @@ def test_pscheduler_output_hides_the_password_of_a_user_named_like_the_scheme(
     ]
     for url in urls:
         ini = _write_talking_ini(tmp_path, url, extra="pyncette.table_name = talk_scheme")
-        registry = _registry(ini)
+        registry = bootstrap_registry(ini)
         registry.scheduler.add_async_job("talk", job_id="talk")
 
         status, output = _run_process(ini, "--once", "-v")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import StoreSettings
-from tests.test_pscheduler import PSCHEDULER, ROOT
+from tests.daemon import PSCHEDULER, ROOT
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 

@@ -18,8 +18,8 @@ import pytest
 from pyramid import testing as pyramid_testing
 from pyramid.exceptions import ConfigurationError
 
+from tests.daemon import PSCHEDULER, process_env, run_pscheduler, write_ini
 from tests.servers import free_port
-from tests.test_pscheduler import PSCHEDULER, _env, _run, _write_ini
 
 MODES = [["--once"], ["--list"], []]  # [] is the daemon
 MODE_IDS = ["once", "list", "daemon"]
@@ -28,7 +28,7 @@ MODE_IDS = ["once", "list", "daemon"]
 def _pscheduler(ini, *args, env=None, timeout=60):
     done = subprocess.run(
         [*PSCHEDULER, *args, ini],
-        env=env or _env(),
+        env=env or process_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -63,7 +63,7 @@ def _with_database(url, database):
 
 @pytest.mark.slow
 def test_sqlite_missing_table_with_skip_table_create_stops_every_mode(tmp_path):
-    ini, _ = _write_ini(
+    ini, _ = write_ini(
         tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite", extra="pyncette.skip_table_create = true"
     )
     _assert_stops_with_one_line(
@@ -73,8 +73,8 @@ def test_sqlite_missing_table_with_skip_table_create_stops_every_mode(tmp_path):
 
 def test_a_missing_sqlite_directory_is_still_an_outage(tmp_path, capsys):
     # It may be a volume not mounted yet: --once fails with 3, not 2.
-    ini, _ = _write_ini(tmp_path, f"sqlite:///{tmp_path}/missing-dir/jobs.sqlite")
-    assert _run("--once", ini) == 3
+    ini, _ = write_ini(tmp_path, f"sqlite:///{tmp_path}/missing-dir/jobs.sqlite")
+    assert run_pscheduler("--once", ini) == 3
     assert "cannot reach the store" in capsys.readouterr().err
 
 
@@ -148,7 +148,7 @@ def password_role(postgresql_server):
 @pytest.mark.slow
 def test_postgresql_wrong_password_stops_pscheduler(tmp_path, postgresql_server, password_role):
     url = _with_credentials(postgresql_server.url, password_role, "wrong")
-    ini, _ = _write_ini(tmp_path, url)
+    ini, _ = write_ini(tmp_path, url)
     _assert_stops_with_one_line(
         ini,
         "fix the user and password in pyncette.url",
@@ -156,17 +156,17 @@ def test_postgresql_wrong_password_stops_pscheduler(tmp_path, postgresql_server,
         f"{password_role}:***@",
     )
     # The right password works, through the same checks.
-    ini, _ = _write_ini(tmp_path, _with_credentials(postgresql_server.url, password_role, "right"))
+    ini, _ = write_ini(tmp_path, _with_credentials(postgresql_server.url, password_role, "right"))
     status, _, err = _pscheduler(ini, "--once")
     assert status == 0, err
 
 
 @pytest.mark.slow
 def test_postgresql_unknown_role_or_database_stops_pscheduler(tmp_path, postgresql_server):
-    ini, _ = _write_ini(tmp_path, _with_credentials(postgresql_server.url, "nobody", "pw"))
+    ini, _ = write_ini(tmp_path, _with_credentials(postgresql_server.url, "nobody", "pw"))
     _assert_stops_with_one_line(ini, 'role "nobody" does not exist', "nobody:***@")
 
-    ini, _ = _write_ini(tmp_path, _with_database(postgresql_server.url, "no_such_db"))
+    ini, _ = write_ini(tmp_path, _with_database(postgresql_server.url, "no_such_db"))
     _assert_stops_with_one_line(
         ini, "the database does not exist; create it", 'database "no_such_db" does not exist'
     )
@@ -176,7 +176,7 @@ def test_postgresql_unknown_role_or_database_stops_pscheduler(tmp_path, postgres
 def test_postgresql_missing_table_with_skip_table_create_stops_pscheduler(
     tmp_path, postgresql_server
 ):
-    ini, _ = _write_ini(
+    ini, _ = write_ini(
         tmp_path,
         postgresql_server.url,
         extra="pyncette.table_name = never_created\npyncette.skip_table_create = true",
@@ -199,13 +199,13 @@ def test_mariadb_wrong_password_unknown_database_and_missing_table_stop_pschedul
             cursor.execute("CREATE USER IF NOT EXISTS 'pwcheck'@'%' IDENTIFIED BY 'right'")
     finally:
         conn.close()
-    ini, _ = _write_ini(tmp_path, _with_credentials(mariadb_server.url, "pwcheck", "wrong"))
+    ini, _ = write_ini(tmp_path, _with_credentials(mariadb_server.url, "pwcheck", "wrong"))
     _assert_stops_with_one_line(ini, "fix the user and password", "1045", "pwcheck:***@")
 
-    ini, _ = _write_ini(tmp_path, _with_database(mariadb_server.url, "no_such_db"))
+    ini, _ = write_ini(tmp_path, _with_database(mariadb_server.url, "no_such_db"))
     _assert_stops_with_one_line(ini, "the database does not exist", "1049")
 
-    ini, _ = _write_ini(
+    ini, _ = write_ini(
         tmp_path,
         mariadb_server.url,
         extra="pyncette.table_name = never_created\npyncette.skip_table_create = true",
@@ -220,10 +220,10 @@ def test_mariadb_wrong_password_unknown_database_and_missing_table_stop_pschedul
 def test_redis_wrong_password_and_unknown_database_stop_pscheduler(tmp_path, redis_server):
     with redis_server.client() as client:
         client.execute_command("ACL", "SETUSER", "pwcheck", "on", ">right", "~*", "&*", "+@all")
-    ini, _ = _write_ini(tmp_path, _with_credentials(redis_server.url, "pwcheck", "wrong"))
+    ini, _ = write_ini(tmp_path, _with_credentials(redis_server.url, "pwcheck", "wrong"))
     _assert_stops_with_one_line(ini, "fix the user and password", "pwcheck:***@")
 
-    ini, _ = _write_ini(tmp_path, _with_database(redis_server.url, "99"))
+    ini, _ = write_ini(tmp_path, _with_database(redis_server.url, "99"))
     _assert_stops_with_one_line(ini, "no such database number", "DB index is out of range")
 
 
@@ -231,7 +231,7 @@ def test_redis_wrong_password_and_unknown_database_stop_pscheduler(tmp_path, red
 def test_redis_without_the_password_it_requires_stops_pscheduler(
     tmp_path, redis_requiring_a_password
 ):
-    ini, _ = _write_ini(tmp_path, redis_requiring_a_password.url)  # NOAUTH
+    ini, _ = write_ini(tmp_path, redis_requiring_a_password.url)  # NOAUTH
     _assert_stops_with_one_line(ini, "fix the user and password")
 
 
@@ -244,7 +244,7 @@ def test_a_refused_port_is_an_outage_not_a_misconfiguration(tmp_path, scheme):
     url = f"{scheme}://app:pw@127.0.0.1:{free_port()}/jobs"
     if scheme == "redis":
         url = f"redis://:pw@127.0.0.1:{free_port()}/0"
-    ini, _ = _write_ini(tmp_path, url)
+    ini, _ = write_ini(tmp_path, url)
     for args in (["--once"], ["--list"]):
         status, _, err = _pscheduler(ini, *args)
         assert status == 3, (args, err)
@@ -252,7 +252,7 @@ def test_a_refused_port_is_an_outage_not_a_misconfiguration(tmp_path, scheme):
     # The daemon starts and waits for the store.
     log = tmp_path / "daemon.log"
     with open(log, "w") as stderr:
-        daemon = subprocess.Popen([*PSCHEDULER, ini], env=_env(), stderr=stderr, text=True)
+        daemon = subprocess.Popen([*PSCHEDULER, ini], env=process_env(), stderr=stderr, text=True)
     try:
         deadline = time.monotonic() + 60
         while "store unavailable" not in log.read_text():
@@ -315,7 +315,7 @@ def test_pscheduler_without_the_driver_stops_and_names_the_extra(tmp_path, modul
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(f"import sys\nsys.modules[{module!r}] = None\n")
-    env = _env()
+    env = process_env()
     env["PYTHONPATH"] = f"{site}:{env['PYTHONPATH']}"
-    ini, _ = _write_ini(tmp_path, url)
+    ini, _ = write_ini(tmp_path, url)
     _assert_stops_with_one_line(ini, f'pip install "pyramid_pyncette[{extra}]"', env=env)

@@ -10,52 +10,28 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-import uuid
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from tests.test_pscheduler import PSCHEDULER, _add_jobs, _env, _registry, _write_ini
+from tests.daemon import (
+    PERSISTENT_STORES,
+    add_due_jobs,
+    bootstrap_registry,
+    persistent_store,
+    spawn,
+    wait_for,
+    write_ini,
+)
 
 pytestmark = pytest.mark.slow
-
-PERSISTENT_STORES = ["sqlite", "postgresql", "mariadb", "redis"]
-
-
-def _store(request, tmp_path, kind):
-    """``(url, extra INI lines)`` of a fresh store of ``kind``."""
-    if kind == "sqlite":
-        return f"sqlite:///{tmp_path}/jobs.sqlite", ""
-    server = request.getfixturevalue(f"{kind}_server")
-    server.start()
-    if kind == "redis":
-        return server.url, f"pyncette.redis_namespace = p{uuid.uuid4().hex[:8]}"
-    return server.create_database(), ""
 
 
 @pytest.fixture(params=PERSISTENT_STORES)
 def store(request, tmp_path):
-    return _store(request, tmp_path, request.param)
-
-
-def _spawn(ini, *args):
-    return subprocess.Popen(
-        [*PSCHEDULER, *args, ini],
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _wait_for(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    return persistent_store(request, tmp_path, request.param)
 
 
 def _runs(records):
@@ -67,17 +43,17 @@ def _runs(records):
 @pytest.mark.parametrize("daemons", [2, 4])
 def test_daemons_share_the_work_without_duplicates_or_losses(tmp_path, store, daemons):
     url, extra = store
-    ini, records = _write_ini(tmp_path, url, extra=f"{extra}\npyncette.batch_size = 25")
-    registry = _registry(ini)
+    ini, records = write_ini(tmp_path, url, extra=f"{extra}\npyncette.batch_size = 25")
+    registry = bootstrap_registry(ini)
     # Every daemon is up before the jobs arrive: a drain can be over before a
     # late starter claims anything.
-    processes = [_spawn(ini) for _ in range(daemons)]
+    processes = [spawn(ini, stdout=subprocess.DEVNULL) for _ in range(daemons)]
     try:
-        _wait_for(lambda: len(list(Path(records).glob("ready-*"))) == daemons, 120, "the daemons")
+        wait_for(lambda: len(list(Path(records).glob("ready-*"))) == daemons, 120, "the daemons")
         # Runs of 2 ms: the drain lasts long enough for every daemon to claim,
         # even on SQLite, where one writer at a time holds the lock.
-        expected = _add_jobs(registry, 5000, seconds=0.002)
-        _wait_for(lambda: not list(registry.scheduler.iter_jobs()), 300, "the drain")
+        expected = add_due_jobs(registry, 5000, seconds=0.002)
+        wait_for(lambda: not list(registry.scheduler.iter_jobs()), 300, "the drain")
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
@@ -101,9 +77,9 @@ def test_daemons_share_the_work_without_duplicates_or_losses(tmp_path, store, da
 def test_a_daemon_whose_clock_runs_ahead_does_not_take_a_live_lease(request, tmp_path, kind):
     from pyramid_pyncette.worker import Worker
 
-    url, extra = _store(request, tmp_path, kind)
-    ini, _ = _write_ini(tmp_path, url, extra=extra)
-    registry = _registry(ini)
+    url, extra = persistent_store(request, tmp_path, kind)
+    ini, _ = write_ini(tmp_path, url, extra=extra)
+    registry = bootstrap_registry(ini)
     repository = registry.scheduler.repository
     assert repository.store_clock, "stores with a clock use it by default"
     now = datetime.now(timezone.utc)
@@ -125,13 +101,13 @@ def test_a_daemon_whose_clock_runs_ahead_does_not_take_a_live_lease(request, tmp
 
 @pytest.mark.parametrize("kind", ["postgresql", "redis"])
 def test_store_restart_mid_drain_loses_nothing_and_the_daemon_carries_on(request, tmp_path, kind):
-    url, extra = _store(request, tmp_path, kind)
-    ini, records = _write_ini(tmp_path, url, extra=extra)
-    registry = _registry(ini)
-    expected = _add_jobs(registry, 600, seconds=0.01)
+    url, extra = persistent_store(request, tmp_path, kind)
+    ini, records = write_ini(tmp_path, url, extra=extra)
+    registry = bootstrap_registry(ini)
+    expected = add_due_jobs(registry, 600, seconds=0.01)
     server = request.getfixturevalue(f"{kind}_server")
 
-    daemon = _spawn(ini)
+    daemon = spawn(ini, stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while len(_runs(records)) < 100:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -26,6 +27,7 @@ from pyramid_pyncette.repository import create_repository
 from pyramid_pyncette.settings import PyncetteSettings
 from pyramid_pyncette.testing import FakeClock
 from pyramid_pyncette.worker import Worker
+from tests.daemon import PERSISTENT_STORES
 
 #: The longest the simulated loop sleeps at once (seconds).
 STEP = 0.1
@@ -390,20 +392,17 @@ def test_a_queued_run_that_lost_its_lease_is_not_started(make_app):
 
 # --------------------------------------------------------------------------- real daemons
 
-PERSISTENT_STORES = ["sqlite", "postgresql", "mariadb", "redis"]
-
 
 def _daemon(request, tmp_path, kind, settings=""):
     """A running ``pscheduler`` on a fresh store of ``kind``: ``(process, registry, records)``."""
-    from tests.test_pscheduler import _registry, _write_ini
-    from tests.test_stores_processes import _spawn, _store, _wait_for
+    from tests.daemon import bootstrap_registry, persistent_store, spawn, wait_for, write_ini
 
-    url, extra = _store(request, tmp_path, kind)
-    ini, records = _write_ini(tmp_path, url, extra=f"{extra}\n{settings}")
-    registry = _registry(ini)
-    daemon = _spawn(ini)
+    url, extra = persistent_store(request, tmp_path, kind)
+    ini, records = write_ini(tmp_path, url, extra=f"{extra}\n{settings}")
+    registry = bootstrap_registry(ini)
+    daemon = spawn(ini, stdout=subprocess.DEVNULL)
     try:
-        _wait_for(lambda: any(n.startswith("ready-") for n in os.listdir(records)), 60, "ready")
+        wait_for(lambda: any(n.startswith("ready-") for n in os.listdir(records)), 60, "ready")
     except BaseException:
         daemon.kill()
         daemon.communicate(timeout=60)
@@ -416,8 +415,8 @@ def _daemon(request, tmp_path, kind, settings=""):
 def test_a_job_lease_shorter_than_the_heartbeat_period_runs_once_on_a_healthy_daemon(
     request, tmp_path, kind
 ):
+    from tests.daemon import wait_for
     from tests.procapp import read_lines, read_runs
-    from tests.test_stores_processes import _wait_for
 
     # The daemon's lease is the default 60 s (renewals every 20 s by it alone).
     daemon, registry, records = _daemon(request, tmp_path, kind)
@@ -425,7 +424,7 @@ def test_a_job_lease_shorter_than_the_heartbeat_period_runs_once_on_a_healthy_da
         job = registry.scheduler.add_async_job(
             "long_run", kwargs={"seconds": 3.0}, lease_duration=1
         )
-        _wait_for(lambda: read_runs(records), 30, "the run to end")
+        wait_for(lambda: read_runs(records), 30, "the run to end")
         time.sleep(1.5)  # a lease and a poll: time for a wrong second start
     finally:
         daemon.send_signal(signal.SIGTERM)
@@ -442,21 +441,21 @@ def test_a_job_lease_shorter_than_the_heartbeat_period_runs_once_on_a_healthy_da
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", PERSISTENT_STORES)
 def test_a_daemon_paused_longer_than_the_lease_reports_every_run_it_lost(request, tmp_path, kind):
+    from tests.daemon import wait_for
     from tests.procapp import read_lines, read_runs
-    from tests.test_stores_processes import _wait_for
 
     daemon, registry, records = _daemon(request, tmp_path, kind, "pyncette.lease_duration = 1s")
     try:
         ids = [f"paused-{n}-{uuid.uuid4().hex[:6]}" for n in range(4)]
         for job_id in ids:
             registry.scheduler.add_async_job("long_run", kwargs={"seconds": 1.0}, job_id=job_id)
-        _wait_for(lambda: len(read_lines(records, "started")) == 4, 30, "the runs to start")
+        wait_for(lambda: len(read_lines(records, "started")) == 4, 30, "the runs to start")
 
         # Paused through the end of the lease; meanwhile another daemon takes the jobs.
         os.kill(daemon.pid, signal.SIGSTOP)
         try:
             taken = []
-            _wait_for(
+            wait_for(
                 lambda: (
                     taken.extend(
                         registry.scheduler.repository.claim(
@@ -471,7 +470,7 @@ def test_a_daemon_paused_longer_than_the_lease_reports_every_run_it_lost(request
             time.sleep(0.5)  # the paused runs are over by the time it resumes
         finally:
             os.kill(daemon.pid, signal.SIGCONT)
-        _wait_for(lambda: len(read_lines(records, "lost")) >= 4, 20, "the lost leases")
+        wait_for(lambda: len(read_lines(records, "lost")) >= 4, 20, "the lost leases")
         time.sleep(0.5)  # anything else it would report or write
     finally:
         daemon.send_signal(signal.SIGTERM)

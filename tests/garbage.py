@@ -1,0 +1,113 @@
+"""Writing garbage into a store: rows and documents no valid job would leave behind.
+
+A hand-edited row, a bad migration or another version of the app can put
+anything in a shared store; these helpers put it there on purpose, bypassing
+the repository's checks, so tests can show the worker and the listings cope.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+
+from pyramid_pyncette.repository.base import UnreadableJSON, decode_job_fields, load_json
+from pyramid_pyncette.schedules import DateSchedule
+
+
+def store_kind(app: Any) -> str:
+    """The kind of ``app``'s store: memory, sqlite, postgresql, mariadb or redis."""
+    url = app.scheduler.settings.url
+    for kind in ("memory", "sqlite", "postgresql", "mysql", "redis"):
+        if url.startswith(kind):
+            return "mariadb" if kind == "mysql" else kind
+    raise AssertionError(url)
+
+
+def write_garbage(app: Any, job_id: str, **columns: Any) -> None:
+    """Write a due job ``job_id`` whose stored columns hold ``columns`` verbatim.
+
+    Values are the stored text of the JSON columns (``schedule``, ``args``,
+    ``options``) or of the Redis document's ``job`` definition (key
+    ``definition``); the Redis store also accepts definition keys
+    (``schedule``, ``args``, ``kwargs``, ``options``) as Python values to
+    encode. On the memory store the values are what a store's decoder would
+    make of such text.
+    """
+    good = app.scheduler.build_job("record", DateSchedule(app.clock()), job_id=job_id)
+    kind = store_kind(app)
+    repository = app.repository
+    if kind == "memory":
+        fields = {
+            "id": job_id,
+            "task": good.task,
+            "schedule": good.schedule,
+            "args": {"args": [], "kwargs": {}},
+            "options": {},
+            "due_at": good.due_at,
+            "next_run_at": good.next_run_at,
+            "created_at": good.created_at,
+        }
+        fields.update({k: load_json(v) for k, v in columns.items() if k != "definition"})
+        repository.add([decode_job_fields(fields)])
+        return
+    repository.add([good])
+    if kind == "redis":
+        client = repository.client
+        doc = json.loads(client.hget(repository._jobs_key, job_id))
+        if "definition" in columns:
+            doc["job"] = columns["definition"]
+        else:
+            definition = json.loads(doc["job"])
+            for key, value in columns.items():
+                definition[key] = load_json(value)
+                if isinstance(definition[key], UnreadableJSON):
+                    doc["job"] = json.dumps(definition)[:-1] + f', "{key}": {value}}}'
+                    break
+            else:
+                doc["job"] = json.dumps(definition)
+        client.hset(repository._jobs_key, job_id, json.dumps(doc))
+        return
+    table = repository.table
+    raw = sa.table(table.name, *(sa.column(name, sa.Text) for name in columns), sa.column("id"))
+    with repository.engine.begin() as conn:
+        conn.execute(sa.update(raw).where(raw.c.id == job_id).values(**columns))
+
+
+#: Keys of a Redis document's job definition (the others are the document's own).
+DEFINITION_KEYS = ("created_at", "partition")
+
+
+def write_column_garbage(app: Any, job_id: str, column: str, value: Any) -> None:
+    """Write a due job ``job_id`` whose stored ``column`` holds ``value`` (see TIME_GARBAGE)."""
+    kind = store_kind(app)
+    good = app.scheduler.build_job("record", DateSchedule(app.clock()), job_id=job_id)
+    repository = app.repository
+    if kind == "memory":
+        fields = {name: getattr(good, name) for name in ("id", "task", "schedule", "due_at")}
+        fields.update(args={"args": [], "kwargs": {}}, options={}, next_run_at=good.next_run_at)
+        fields[column] = value
+        repository.add([decode_job_fields(fields)])
+        return
+    repository.add([good])
+    if kind == "redis":
+        client = repository.client
+        doc = json.loads(client.hget(repository._jobs_key, job_id))
+        if column in DEFINITION_KEYS:
+            definition = json.loads(doc["job"])
+            definition[column] = value
+            doc["job"] = json.dumps(definition)
+        else:
+            doc[column] = value
+        client.hset(repository._jobs_key, job_id, json.dumps(doc))
+        return
+    table = repository.engine.dialect.identifier_preparer.format_table(repository.table)
+    assignments = f"{column} = {value}"
+    if column == "due_at":
+        assignments += ", next_run_at = NULL"  # so the claim keeps the due time as the run's
+    with repository.engine.begin() as conn:
+        if kind == "mariadb":
+            # Zero and impossible dates are what a lax server or an old dump leaves behind.
+            conn.exec_driver_sql("SET SESSION sql_mode = 'ALLOW_INVALID_DATES'")
+        conn.execute(sa.text(f"UPDATE {table} SET {assignments} WHERE id = :id"), {"id": job_id})
