@@ -14,7 +14,7 @@ binaries those tests are skipped, or fail under ``--require-backends``.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -90,6 +90,48 @@ def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSetti
 def store_url(store_settings: StoreSettings) -> str:
     """The ``pyncette.url`` of a fresh, empty store."""
     return store_settings["pyncette.url"]
+
+
+#: The settings a configurator gets when a test names none: a store in memory.
+MEMORY_SETTINGS: StoreSettings = {"pyncette.url": "memory://"}
+
+MakeConfig = Callable[..., Any]
+
+
+@pytest.fixture
+def make_config() -> Iterator[MakeConfig]:
+    """``make_config(settings=None, include=("pyramid_pyncette",))``: a test configurator.
+
+    It comes from ``pyramid.testing.setUp`` without autocommit, so the test
+    adds what it needs and commits (``config.commit()`` or
+    ``config.make_wsgi_app()``). ``settings`` default to
+    :data:`MEMORY_SETTINGS` and are used as given otherwise; ``include``
+    names what to include, in order. Every configurator is torn down after
+    the test.
+    """
+    made = []
+
+    def build(
+        settings: Mapping[str, Any] | None = None,
+        include: Iterable[str] = ("pyramid_pyncette",),
+    ) -> Any:
+        values = MEMORY_SETTINGS if settings is None else settings
+        config = pyramid_testing.setUp(settings=dict(values), autocommit=False)
+        made.append(config)
+        for name in include:
+            config.include(name)
+        return config
+
+    yield build
+
+    for _ in made:
+        pyramid_testing.tearDown()
+
+
+@pytest.fixture
+def config(make_config: MakeConfig) -> Any:
+    """A configurator on a memory store with pyramid_pyncette included, not yet committed."""
+    return make_config()
 
 
 @pytest.fixture

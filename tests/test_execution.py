@@ -58,40 +58,30 @@ def _dbsession(request):
     return session
 
 
-@pytest.fixture
-def make_config():
-    from pyramid import testing
-
+def _job_app(config):
+    """Add routes, a cookiecutter-like ``request.dbsession``, a run-event recorder, a fake clock."""
     from pyramid_pyncette import IJobFailed, IJobStarted, IJobSucceeded
     from pyramid_pyncette.testing import FakeClock
 
-    made = []
-
-    def factory(**settings):
-        config = testing.setUp(settings={"pyncette.url": "memory://", **settings}, autocommit=False)
-        made.append(config)
-        config.include("pyramid_pyncette")
-        config.commit()  # builds registry.scheduler, whose clock is set below
-        config.add_route("home", "/")
-        config.add_route("report", "/reports/{day}")
-        config.add_request_method(_dbsession, "dbsession", reify=True)
-        registry = config.registry
-        registry.dm_calls = []
-        registry.sessions = []
-        registry.run_events = []
-        for iface in (IJobStarted, IJobSucceeded, IJobFailed):
-            config.add_subscriber(registry.run_events.append, iface)
-        registry.scheduler.clock = FakeClock(NOW)
-        return config
-
-    yield factory
-    for _ in made:
-        testing.tearDown()
+    config.commit()  # builds registry.scheduler, whose clock is set below
+    config.add_route("home", "/")
+    config.add_route("report", "/reports/{day}")
+    config.add_request_method(_dbsession, "dbsession", reify=True)
+    registry = config.registry
+    registry.dm_calls = []
+    registry.sessions = []
+    registry.run_events = []
+    for iface in (IJobStarted, IJobSucceeded, IJobFailed):
+        config.add_subscriber(registry.run_events.append, iface)
+    registry.scheduler.clock = FakeClock(NOW)
+    return config
 
 
 @pytest.fixture
 def config(make_config):
-    return make_config(**{"pyncette.base_url": "https://example.com"})
+    return _job_app(
+        make_config({"pyncette.url": "memory://", "pyncette.base_url": "https://example.com"})
+    )
 
 
 def _run_now(config, func, args=None, kwargs=None, **options):
@@ -193,14 +183,18 @@ def test_route_url_uses_the_base_url_setting(config):
 
 
 def test_route_url_defaults_to_localhost(make_config):
-    config = make_config()
+    config = _job_app(make_config())
     urls = []
     _run_now(config, lambda request: urls.append(request.route_url("home")))
     assert urls == ["http://localhost/"]
 
 
 def test_base_url_with_a_port(make_config):
-    config = make_config(**{"pyncette.base_url": "http://jobs.example.com:6543"})
+    config = _job_app(
+        make_config(
+            {"pyncette.url": "memory://", "pyncette.base_url": "http://jobs.example.com:6543"}
+        )
+    )
     urls = []
     _run_now(config, lambda request: urls.append(request.route_url("home")))
     assert urls == ["http://jobs.example.com:6543/"]

@@ -177,45 +177,36 @@ def test_pshell_help_lists_each_name_with_one_short_line(tmp_path):
     assert "Validation happens at call time" not in seen["help"]
 
 
-def test_run_pending_writes_periodic_jobs_like_a_starting_daemon():
-    from pyramid import testing as pyramid_testing
-
+def test_run_pending_writes_periodic_jobs_like_a_starting_daemon(make_config):
     from pyramid_pyncette.testing import FakeClock, run_pending, set_clock
 
     runs = []
-    config = pyramid_testing.setUp(autocommit=False)
-    try:
-        config.include("pyramid_pyncette.testing")
-        config.add_pyncette_task(
-            lambda request: runs.append(request.job.scheduled_at), name="tick", interval="1h"
-        )
-        config.commit()
-        registry = config.registry
-        clock = set_clock(registry, FakeClock())
-        assert run_pending(registry) == 0  # its first run is an hour away
-        clock.advance(hours=1)
-        assert run_pending(registry) == 1
-        assert runs == [clock()]
-    finally:
-        pyramid_testing.tearDown()
+    config = make_config({}, include=["pyramid_pyncette.testing"])
+    config.add_pyncette_task(
+        lambda request: runs.append(request.job.scheduled_at), name="tick", interval="1h"
+    )
+    config.commit()
+    registry = config.registry
+    clock = set_clock(registry, FakeClock())
+    assert run_pending(registry) == 0  # its first run is an hour away
+    clock.advance(hours=1)
+    assert run_pending(registry) == 1
+    assert runs == [clock()]
 
 
 def test_set_clock_lets_a_fake_time_decide_what_is_due_on_every_store(
-    store_settings: StoreSettings,
+    make_config, store_settings: StoreSettings
 ):
     from datetime import timedelta
-
-    from pyramid import testing as pyramid_testing
 
     from pyramid_pyncette.testing import FakeClock, run_pending, set_clock
 
     runs = []
-    config = pyramid_testing.setUp(settings=dict(store_settings), autocommit=False)
+    config = make_config(store_settings)
+    config.add_pyncette_task(lambda request: runs.append(request.job.id), name="once")
+    config.commit()
+    registry = config.registry
     try:
-        config.include("pyramid_pyncette")
-        config.add_pyncette_task(lambda request: runs.append(request.job.id), name="once")
-        config.commit()
-        registry = config.registry
         clock = set_clock(registry, FakeClock())  # years ahead of any server's clock
         registry.scheduler.add_date_job("once", clock() + timedelta(hours=1), job_id="later")
         assert run_pending(registry) == 0
@@ -223,6 +214,4 @@ def test_set_clock_lets_a_fake_time_decide_what_is_due_on_every_store(
         assert run_pending(registry) == 1
         assert runs == ["later"]
     finally:
-        registry = config.registry
-        pyramid_testing.tearDown()
         registry.scheduler.repository.close()

@@ -6,6 +6,8 @@ import pytest
 UTC = timezone.utc
 NOW = datetime(2030, 1, 1, 0, 7, tzinfo=UTC)
 TASK_NAME = "tests.test_scheduler_api:send_report"
+#: A memory store whose default timezone is Tokyo's.
+TOKYO = {"pyncette.url": "memory://", "pyncette.timezone": "Asia/Tokyo"}
 
 
 def send_report(request, *args, **kwargs):
@@ -20,36 +22,23 @@ def unregistered(request):
     return "never registered"
 
 
-@pytest.fixture
-def make_config():
-    """Build an app with two tasks, a fake clock and a JobScheduled recorder."""
-    from pyramid import testing
-
+def _report_app(config):
+    """Add two tasks and a JobScheduled recorder, commit, set a fake clock."""
     from pyramid_pyncette import IJobScheduled
     from pyramid_pyncette.testing import FakeClock
 
-    made = []
-
-    def factory(**settings):
-        config = testing.setUp(settings={"pyncette.url": "memory://", **settings}, autocommit=False)
-        made.append(config)
-        config.include("pyramid_pyncette")
-        config.add_pyncette_task(send_report)
-        config.add_pyncette_task(other_task, name="other")
-        config.registry.scheduled_events = []
-        config.add_subscriber(config.registry.scheduled_events.append, IJobScheduled)
-        config.commit()
-        config.registry.scheduler.clock = FakeClock(NOW)
-        return config
-
-    yield factory
-    for _ in made:
-        testing.tearDown()
+    config.add_pyncette_task(send_report)
+    config.add_pyncette_task(other_task, name="other")
+    config.registry.scheduled_events = []
+    config.add_subscriber(config.registry.scheduled_events.append, IJobScheduled)
+    config.commit()
+    config.registry.scheduler.clock = FakeClock(NOW)
+    return config
 
 
 @pytest.fixture
 def config(make_config):
-    return make_config()
+    return _report_app(make_config())
 
 
 @pytest.fixture
@@ -219,7 +208,7 @@ def test_add_cron_job_hour_keyword_fires_at_that_hour_sharp(config, scheduler):
 
 
 def test_add_cron_job_uses_the_timezone_setting_by_default(make_config):
-    config = make_config(**{"pyncette.timezone": "Asia/Tokyo"})
+    config = _report_app(make_config(TOKYO))
     scheduler = config.registry.scheduler
     job = scheduler.add_cron_job(send_report, hour=3)
     # 00:07 UTC is 09:07 in Tokyo: the next 03:00 there is 18:00 UTC.
@@ -228,7 +217,7 @@ def test_add_cron_job_uses_the_timezone_setting_by_default(make_config):
 
 
 def test_add_cron_job_timezone_argument_beats_the_setting(make_config):
-    config = make_config(**{"pyncette.timezone": "Asia/Tokyo"})
+    config = _report_app(make_config(TOKYO))
     scheduler = config.registry.scheduler
     job = scheduler.add_cron_job(send_report, "0 3 * * *", timezone="UTC")
     assert job.next_run_at == datetime(2030, 1, 1, 3, 0, tzinfo=UTC)
@@ -749,7 +738,7 @@ def test_arguments_the_task_can_never_be_called_with_are_refused(
 ):
     from pyramid_pyncette import InvalidJobError
 
-    config = make_config()
+    config = _report_app(make_config())
     config.add_pyncette_task(strict_task, name="strict")
     config.commit()
     scheduler = config.registry.scheduler
@@ -772,7 +761,7 @@ def open_task(req, *args, **kwargs):
 def test_a_keyword_named_like_the_request_parameter_is_refused(make_config):
     from pyramid_pyncette import InvalidJobError
 
-    config = make_config()
+    config = _report_app(make_config())
     config.add_pyncette_task(open_task, name="open")
     config.commit()
     scheduler = config.registry.scheduler

@@ -10,16 +10,6 @@ BUILD_REPORT = "tests.scanpkg.sub.reports:build_report"
 START = datetime(2030, 1, 1, tzinfo=timezone.utc)
 
 
-@pytest.fixture
-def config():
-    from pyramid import testing
-
-    config = testing.setUp(settings={"pyncette.url": "memory://"}, autocommit=False)
-    config.include("pyramid_pyncette")
-    yield config
-    testing.tearDown()
-
-
 def _tasks(config):
     from pyramid_pyncette.tasks import get_task_registry
 

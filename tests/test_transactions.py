@@ -39,7 +39,7 @@ MANAGERS = pytest.mark.parametrize(
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def build(request, tmp_path, clock):
-    """``build(views, tasks=..., configure=..., **make_config options) -> (TestApp, registry)``.
+    """``build(views, tasks=..., configure=..., **configurator options) -> (TestApp, registry)``.
 
     ``views`` maps a route name (also its path) to a view callable; ``tasks`` maps task names
     to functions or ``(function, directive keywords)``. The task ``noop`` is always there.
@@ -58,7 +58,7 @@ def build(request, tmp_path, clock):
             options.setdefault("sqlalchemy.url", app_url)
             shared = options.get("shared", False)
             options.setdefault("pyncette.url", app_url if shared else server.create_database())
-        config = txapp.make_config(folder, **options)
+        config = txapp.configurator(folder, **options)
         config.add_pyncette_task(txapp.noop, name="noop")
         for name, spec in (tasks or {}).items():
             func, keywords = spec if isinstance(spec, tuple) else (spec, {})
@@ -664,7 +664,7 @@ def test_transactional_task_is_complete_once_its_transaction_commits(build, cloc
 
 
 def test_transactional_task_without_session_hook_is_a_configuration_error(tmp_path):
-    config = txapp.make_config(tmp_path)
+    config = txapp.configurator(tmp_path)
     config.add_pyncette_task(txapp.write_note, name="write_note", transactional=True)
     try:
         with pytest.raises(ConfigurationError, match="session_hook"):

@@ -4,7 +4,7 @@ The app database is a SQLite file reached through SQLAlchemy and zope.sqlalchemy
 way the Pyramid cookiecutter does it: a session factory on the registry and a reified
 ``request.dbsession`` joined to ``request.tm``. It holds one tiny ``notes`` table.
 
-:func:`make_config` builds the configurator (pyramid_tm, optionally pyramid_retry, this
+:func:`configurator` builds the configurator (pyramid_tm, optionally pyramid_retry, this
 module, pyramid_pyncette); the tests add their views and tasks to it.
 """
 
@@ -68,7 +68,7 @@ def includeme(config: Configurator) -> None:
     )
 
 
-def make_config(
+def configurator(
     tmp_path: Any, *, shared: bool = False, retry: bool = False, tm: bool = True, **settings: Any
 ):
     """The configurator of a test app whose databases live in ``tmp_path``.
