@@ -117,6 +117,18 @@ def run_pscheduler(*argv: str) -> int:
     return pscheduler.main(["pscheduler", *argv], quiet=False)
 
 
+def pscheduler_output(ini: str, *args: str, timeout: float = 60) -> tuple[int, str]:
+    """Run ``pscheduler args... ini`` to its end in a process: ``(status, stdout + stderr)``."""
+    done = subprocess.run(
+        [*PSCHEDULER, *args, ini],
+        env=process_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
 def process_env() -> dict[str, str]:
     """The environment of a child process: this one's, with the repository importable."""
     env = dict(os.environ)

@@ -16,6 +16,16 @@ from pyramid_pyncette.repository.base import UnreadableJSON, decode_job_fields, 
 from pyramid_pyncette.schedules import DateSchedule
 
 
+def _redis_document(repository: Any, job_id: str) -> dict[str, Any]:
+    """The stored Redis document of ``job_id``, decoded."""
+    return json.loads(repository.client.hget(repository._jobs_key, job_id))
+
+
+def _store_redis_document(repository: Any, job_id: str, doc: dict[str, Any]) -> None:
+    """Overwrite the stored Redis document of ``job_id`` with ``doc``, unchecked."""
+    repository.client.hset(repository._jobs_key, job_id, json.dumps(doc))
+
+
 def store_kind(app: Any) -> str:
     """The kind of ``app``'s store: memory, sqlite, postgresql, mariadb or redis."""
     url = app.scheduler.settings.url
@@ -54,8 +64,7 @@ def write_garbage(app: Any, job_id: str, **columns: Any) -> None:
         return
     repository.add([good])
     if kind == "redis":
-        client = repository.client
-        doc = json.loads(client.hget(repository._jobs_key, job_id))
+        doc = _redis_document(repository, job_id)
         if "definition" in columns:
             doc["job"] = columns["definition"]
         else:
@@ -67,7 +76,7 @@ def write_garbage(app: Any, job_id: str, **columns: Any) -> None:
                     break
             else:
                 doc["job"] = json.dumps(definition)
-        client.hset(repository._jobs_key, job_id, json.dumps(doc))
+        _store_redis_document(repository, job_id, doc)
         return
     table = repository.table
     raw = sa.table(table.name, *(sa.column(name, sa.Text) for name in columns), sa.column("id"))
@@ -92,15 +101,14 @@ def write_column_garbage(app: Any, job_id: str, column: str, value: Any) -> None
         return
     repository.add([good])
     if kind == "redis":
-        client = repository.client
-        doc = json.loads(client.hget(repository._jobs_key, job_id))
+        doc = _redis_document(repository, job_id)
         if column in DEFINITION_KEYS:
             definition = json.loads(doc["job"])
             definition[column] = value
             doc["job"] = json.dumps(definition)
         else:
             doc[column] = value
-        client.hset(repository._jobs_key, job_id, json.dumps(doc))
+        _store_redis_document(repository, job_id, doc)
         return
     table = repository.engine.dialect.identifier_preparer.format_table(repository.table)
     assignments = f"{column} = {value}"

@@ -21,7 +21,7 @@ from pyramid.exceptions import ConfigurationError
 
 from pyramid_pyncette import InvalidJobError, UnknownTaskError
 from pyramid_pyncette.schedules import DateSchedule
-from tests.daemon import PSCHEDULER, process_env, write_ini
+from tests.daemon import PSCHEDULER, process_env, pscheduler_output, write_ini
 from tests.garbage import store_kind, write_garbage
 
 SECRET = "S3cr3tPassw0rd"
@@ -426,17 +426,6 @@ def test_include_errors_never_show_the_password_in_other_places(url):
     assert SECRET not in str(raised.value)
 
 
-def _pscheduler(ini, *args, timeout=60):
-    done = subprocess.run(
-        [*PSCHEDULER, *args, ini],
-        env=process_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return done.returncode, done.stdout + done.stderr
-
-
 def _with_password(url, user, password=SECRET):
     scheme, _, rest = url.partition("://")
     host = rest.rpartition("@")[2]
@@ -454,7 +443,7 @@ def test_pscheduler_never_prints_a_postgresql_password(tmp_path, postgresql_serv
     url = _with_password(postgresql_server.url, "postgres")
     ini, _ = write_ini(tmp_path, url, extra="pyncette.table_name = creds_ok")
     for args in (["--list"], ["--once"], ["--once", "-v"]):
-        status, output = _pscheduler(ini, *args)
+        status, output = pscheduler_output(ini, *args)
         assert status == 0, output
         _assert_clean(output)
     assert "postgres:***@" in output  # the worker names its store, redacted
@@ -462,7 +451,7 @@ def test_pscheduler_never_prints_a_postgresql_password(tmp_path, postgresql_serv
     # An unknown role: a misconfiguration, reported at start.
     ini, _ = write_ini(tmp_path, _with_password(postgresql_server.url, "nobody"))
     for args in (["--list"], ["--once"]):
-        status, output = _pscheduler(ini, *args)
+        status, output = pscheduler_output(ini, *args)
         assert status == 2, output
         assert 'role "nobody" does not exist' in output
         _assert_clean(output)
@@ -473,7 +462,7 @@ def test_pscheduler_never_prints_a_mariadb_password(tmp_path, mariadb_server):
     # root has no password on the test server: one that is given is wrong.
     ini, _ = write_ini(tmp_path, _with_password(mariadb_server.url, "root"))
     for args in (["--list"], ["--once"]):
-        status, output = _pscheduler(ini, *args)
+        status, output = pscheduler_output(ini, *args)
         assert status == 2, output
         assert "Access denied" in output
         _assert_clean(output)
@@ -492,7 +481,7 @@ def test_pscheduler_never_prints_a_redis_password_the_server_rejects(
     }[form]
     ini, _ = write_ini(tmp_path, url)
     for args in (["--list"], ["--once"]):
-        status, output = _pscheduler(ini, *args)
+        status, output = pscheduler_output(ini, *args)
         assert status == 2, output
         _assert_clean(output)
 
@@ -505,7 +494,7 @@ def test_pscheduler_never_prints_a_redis_password_the_server_does_not_expect(
     address = redis_server.url.partition("://")[2]
     ini, _ = write_ini(tmp_path, f"redis://:{SECRET}@{address}")
     for args in (["--list"], ["--once", "-v"]):
-        status, output = _pscheduler(ini, *args)
+        status, output = pscheduler_output(ini, *args)
         assert status in (0, 2), output
         _assert_clean(output)
 
@@ -551,7 +540,7 @@ def test_pscheduler_once_parks_a_job_whose_task_is_gone_and_runs_the_rest(tmp_pa
     )
     registry.scheduler.repository.add([orphan.replace(task="tests.procapp:gone")])
 
-    status, output = _pscheduler(ini, "--once")
+    status, output = pscheduler_output(ini, "--once")
 
     assert status == 0, output
     assert (

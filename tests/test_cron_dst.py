@@ -67,6 +67,32 @@ CASES = {
         _utc(2026, 10, 23, 12),
         [_utc(2026, 10, 24, 0, 1), _utc(2026, 10, 25, 0, 1), _utc(2026, 10, 26, 1, 1)],
     ),
+    # 02:30 does not exist on 29 March in Paris: 03:00 CEST (01:00 UTC).
+    "paris-0230-spring": (
+        "30 2 * * *",
+        "Europe/Paris",
+        _utc(2026, 3, 27),
+        [
+            _utc(2026, 3, 27, 1, 30),
+            _utc(2026, 3, 28, 1, 30),
+            _utc(2026, 3, 29, 1, 0),
+            _utc(2026, 3, 30, 0, 30),
+            _utc(2026, 3, 31, 0, 30),
+        ],
+    ),
+    # 02:30 comes twice on 25 October in Paris: it fires once, the first time.
+    "paris-0230-fall": (
+        "30 2 * * *",
+        "Europe/Paris",
+        _utc(2026, 10, 23),
+        [
+            _utc(2026, 10, 23, 0, 30),
+            _utc(2026, 10, 24, 0, 30),
+            _utc(2026, 10, 25, 0, 30),
+            _utc(2026, 10, 26, 1, 30),
+            _utc(2026, 10, 27, 1, 30),
+        ],
+    ),
     "paris-0200-spring": (
         "0 2 * * *",
         "Europe/Paris",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import textwrap
 import time
 from collections import Counter
@@ -12,11 +11,10 @@ from datetime import datetime, timezone
 import pytest
 
 from tests.daemon import (
-    PSCHEDULER,
     add_due_jobs,
     bootstrap_registry,
     leased,
-    process_env,
+    pscheduler_output,
     run_pscheduler,
     spawn,
     write_ini,
@@ -204,17 +202,6 @@ def _write_talking_ini(tmp_path, url, extra=""):
     return str(ini)
 
 
-def _run_process(ini, *args, timeout=120):
-    done = subprocess.run(
-        [*PSCHEDULER, *args, ini],
-        env=process_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return done.returncode, done.stdout + done.stderr
-
-
 def _assert_app_lines_intact(output):
     from tests.redactapp import ORDINARY
 
@@ -240,7 +227,7 @@ def test_pscheduler_output_hides_only_the_postgresql_password(
     registry = bootstrap_registry(ini)
     registry.scheduler.add_async_job("talk", job_id="talk")
 
-    status, output = _run_process(ini, "--once", "-v")
+    status, output = pscheduler_output(ini, "--once", "-v", timeout=120)
 
     assert status == 0, output
     _assert_app_lines_intact(output)
@@ -270,7 +257,7 @@ def test_pscheduler_output_hides_the_password_of_a_user_named_like_the_scheme(
         registry = bootstrap_registry(ini)
         registry.scheduler.add_async_job("talk", job_id="talk")
 
-        status, output = _run_process(ini, "--once", "-v")
+        status, output = pscheduler_output(ini, "--once", "-v", timeout=120)
 
         assert status == 0, output
         _assert_app_lines_intact(output)
@@ -287,7 +274,7 @@ def test_pscheduler_error_line_hides_only_the_mariadb_password(tmp_path, mariadb
     url = _server_url(mariadb_server.url, "root", "p")
     ini = _write_talking_ini(tmp_path, url)
 
-    status, output = _run_process(ini, "--once")
+    status, output = pscheduler_output(ini, "--once", timeout=120)
 
     assert status == 2, output
     _assert_app_lines_intact(output)

@@ -206,33 +206,6 @@ def test_cron_uses_schedule_timezone():
     assert schedule.first_run(T0) == _utc(2026, 1, 2, 0, 0)
 
 
-def test_cron_daily_paris_spring_forward_utc_instants():
-    s = _mod()
-    schedule = s.CronSchedule("30 2 * * *", timezone="Europe/Paris")
-    runs = _chain(schedule, _utc(2026, 3, 27), 5)
-    # 02:30 does not exist on 2026-03-29: croniter moves it to 03:00 CEST.
-    assert runs == [
-        _utc(2026, 3, 27, 1, 30),
-        _utc(2026, 3, 28, 1, 30),
-        _utc(2026, 3, 29, 1, 0),
-        _utc(2026, 3, 30, 0, 30),
-        _utc(2026, 3, 31, 0, 30),
-    ]
-
-
-def test_cron_daily_paris_fall_back_fires_once():
-    s = _mod()
-    schedule = s.CronSchedule("30 2 * * *", timezone="Europe/Paris")
-    runs = _chain(schedule, _utc(2026, 10, 23), 5)
-    assert runs == [
-        _utc(2026, 10, 23, 0, 30),
-        _utc(2026, 10, 24, 0, 30),
-        _utc(2026, 10, 25, 0, 30),
-        _utc(2026, 10, 26, 1, 30),
-        _utc(2026, 10, 27, 1, 30),
-    ]
-
-
 def test_cron_daily_paris_whole_year_once_per_local_day():
     s = _mod()
     schedule = s.CronSchedule("30 2 * * *", timezone="Europe/Paris")
