@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import StoreSettings
 from tests.daemon import PSCHEDULER, ROOT
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
@@ -175,43 +174,3 @@ def test_pshell_help_lists_each_name_with_one_short_line(tmp_path):
     assert "tm.commit()" in lines["scheduler"]
     # A class docstring pasted onto one line is what the help must not show.
     assert "Validation happens at call time" not in seen["help"]
-
-
-def test_run_pending_writes_periodic_jobs_like_a_starting_daemon(make_config):
-    from pyramid_pyncette.testing import FakeClock, run_pending, set_clock
-
-    runs = []
-    config = make_config({}, include=["pyramid_pyncette.testing"])
-    config.add_pyncette_task(
-        lambda request: runs.append(request.job.scheduled_at), name="tick", interval="1h"
-    )
-    config.commit()
-    registry = config.registry
-    clock = set_clock(registry, FakeClock())
-    assert run_pending(registry) == 0  # its first run is an hour away
-    clock.advance(hours=1)
-    assert run_pending(registry) == 1
-    assert runs == [clock()]
-
-
-def test_set_clock_lets_a_fake_time_decide_what_is_due_on_every_store(
-    make_config, store_settings: StoreSettings
-):
-    from datetime import timedelta
-
-    from pyramid_pyncette.testing import FakeClock, run_pending, set_clock
-
-    runs = []
-    config = make_config(store_settings)
-    config.add_pyncette_task(lambda request: runs.append(request.job.id), name="once")
-    config.commit()
-    registry = config.registry
-    try:
-        clock = set_clock(registry, FakeClock())  # years ahead of any server's clock
-        registry.scheduler.add_date_job("once", clock() + timedelta(hours=1), job_id="later")
-        assert run_pending(registry) == 0
-        clock.advance(hours=1)
-        assert run_pending(registry) == 1
-        assert runs == ["later"]
-    finally:
-        registry.scheduler.repository.close()

@@ -1,4 +1,11 @@
-"""The testing include: a recording scheduler over a memory store."""
+"""The testing include: a recording scheduler over a memory store.
+
+``run_pending`` and ``set_clock`` drive an app's jobs in a test.
+"""
+
+from __future__ import annotations
+
+from tests.conftest import StoreSettings
 
 
 def noop(request):
@@ -54,3 +61,43 @@ def test_recording_scheduler_records_what_every_commit_listener_hears():
     scheduler.clear()
     assert scheduler.scheduled == []
     assert scheduler.cancelled == []
+
+
+def test_run_pending_writes_periodic_jobs_like_a_starting_daemon(make_config):
+    from pyramid_pyncette.testing import FakeClock, run_pending, set_clock
+
+    runs = []
+    config = make_config({}, include=["pyramid_pyncette.testing"])
+    config.add_pyncette_task(
+        lambda request: runs.append(request.job.scheduled_at), name="tick", interval="1h"
+    )
+    config.commit()
+    registry = config.registry
+    clock = set_clock(registry, FakeClock())
+    assert run_pending(registry) == 0  # its first run is an hour away
+    clock.advance(hours=1)
+    assert run_pending(registry) == 1
+    assert runs == [clock()]
+
+
+def test_set_clock_lets_a_fake_time_decide_what_is_due_on_every_store(
+    make_config, store_settings: StoreSettings
+):
+    from datetime import timedelta
+
+    from pyramid_pyncette.testing import FakeClock, run_pending, set_clock
+
+    runs = []
+    config = make_config(store_settings)
+    config.add_pyncette_task(lambda request: runs.append(request.job.id), name="once")
+    config.commit()
+    registry = config.registry
+    try:
+        clock = set_clock(registry, FakeClock())  # years ahead of any server's clock
+        registry.scheduler.add_date_job("once", clock() + timedelta(hours=1), job_id="later")
+        assert run_pending(registry) == 0
+        clock.advance(hours=1)
+        assert run_pending(registry) == 1
+        assert runs == ["later"]
+    finally:
+        registry.scheduler.repository.close()
