@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -14,11 +13,10 @@ import urllib.request
 
 import pytest
 
+from tests.daemon import ROOT, process_env
 from tests.inifiles import logging_sections
 
 THREADED_FORMAT = "%(levelname)s [%(name)s][%(threadName)s] %(message)s"
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _write_ini(tmp_path):
@@ -155,7 +153,7 @@ def test_pserve_serves_and_runs_jobs_committed_by_its_requests(tmp_path):
     from tests.procapp import read_runs
 
     ini, records = _write_ini(tmp_path)
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = process_env()
     server = subprocess.Popen(
         [sys.executable, "-m", "pyramid.scripts.pserve", ini],
         env=env,
