@@ -268,7 +268,9 @@ MakeApp = Callable[..., App]
 
 
 @pytest.fixture
-def make_app(store_settings: StoreSettings, clock: FakeClock) -> Iterator[MakeApp]:
+def make_app(
+    make_config: MakeConfig, store_settings: StoreSettings, clock: FakeClock
+) -> Iterator[MakeApp]:
     """Build the application under test (call it once per test).
 
     Every app registers the tasks ``record`` (returns ``'ok'``), ``fail``
@@ -285,8 +287,7 @@ def make_app(store_settings: StoreSettings, clock: FakeClock) -> Iterator[MakeAp
         configure: Callable[[Any, list[Call]], None] | None = None,
     ) -> App:
         calls: list[Call] = []
-        config = pyramid_testing.setUp(settings=dict(store_settings), autocommit=False)
-        config.include("pyramid_pyncette")
+        config = make_config(store_settings)
         config.add_pyncette_task(_recording(calls, "record"), name="record")
         config.add_pyncette_task(_recording(calls, "fail", fail=True), name="fail")
         config.add_pyncette_task(_async_recording(calls, "async_record"), name="async_record")
@@ -314,8 +315,8 @@ def make_app(store_settings: StoreSettings, clock: FakeClock) -> Iterator[MakeAp
 
     yield build
 
+    # Before make_config tears the configurators down.
     for app in reversed(apps):
-        pyramid_testing.tearDown()
         app.scheduler.repository.close()
 
 
