@@ -13,18 +13,14 @@ def noop(request):
 
 
 @pytest.fixture
-def registry():
-    from pyramid import testing
-
+def registry(make_config):
     from pyramid_pyncette.testing import FakeClock
 
-    config = testing.setUp(settings={"pyncette.url": "memory://"}, autocommit=False)
-    config.include("pyramid_pyncette")
+    config = make_config()
     config.add_pyncette_task(noop, name="noop")
     config.commit()
     config.registry.scheduler.clock = FakeClock(NOW)
-    yield config.registry
-    testing.tearDown()
+    return config.registry
 
 
 def _begun():
@@ -42,9 +38,7 @@ def _recorder(scheduler):
 # --------------------------------------------------------------------------- one store
 
 
-def test_the_store_is_built_once_at_include_and_never_by_binding(monkeypatch):
-    from pyramid import testing
-
+def test_the_store_is_built_once_at_include_and_never_by_binding(monkeypatch, make_config):
     import pyramid_pyncette.scheduler as scheduler_module
 
     built = []
@@ -55,20 +49,16 @@ def test_the_store_is_built_once_at_include_and_never_by_binding(monkeypatch):
         return original(settings)
 
     monkeypatch.setattr(scheduler_module, "create_repository", counting)
-    config = testing.setUp(settings={"pyncette.url": "memory://"}, autocommit=False)
-    try:
-        config.include("pyramid_pyncette")
-        config.add_pyncette_task(noop, name="noop")
-        config.commit()
-        scheduler = config.registry.scheduler
-        assert built == ["memory://"]
+    config = make_config()
+    config.add_pyncette_task(noop, name="noop")
+    config.commit()
+    scheduler = config.registry.scheduler
+    assert built == ["memory://"]
 
-        bound = scheduler.bind(_begun())
-        bound.add_async_job("noop", job_id="one")
-        assert bound.repository is scheduler.repository
-        assert built == ["memory://"]
-    finally:
-        testing.tearDown()
+    bound = scheduler.bind(_begun())
+    bound.add_async_job("noop", job_id="one")
+    assert bound.repository is scheduler.repository
+    assert built == ["memory://"]
 
 
 def test_from_settings_rejects_an_unknown_store_without_showing_the_password():
