@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from pyramid_pyncette.repository.base import UnreadableJSON, decode_job_fields, load_json
+from pyramid_pyncette.repository.rows import UnreadableJSON, decode_job_fields, load_json
 from pyramid_pyncette.schedules import DateSchedule
 
 
