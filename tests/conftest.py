@@ -128,6 +128,21 @@ def make_config() -> Iterator[MakeConfig]:
         pyramid_testing.tearDown()
 
 
+def include_pyncette(settings: Mapping[str, Any]) -> None:
+    """Include pyramid_pyncette with ``settings`` in a throwaway configurator, and commit.
+
+    For tests of what the include refuses: it raises what the include
+    raises. The configurator autocommits (so a refusal surfaces at the
+    include) and is torn down before this returns.
+    """
+    config = pyramid_testing.setUp(settings=dict(settings))
+    try:
+        config.include("pyramid_pyncette")
+        config.commit()
+    finally:
+        pyramid_testing.tearDown()
+
+
 @pytest.fixture
 def config(make_config: MakeConfig) -> Any:
     """A configurator on a memory store with pyramid_pyncette included, not yet committed."""

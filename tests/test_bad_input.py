@@ -16,11 +16,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from pyramid import testing as pyramid_testing
 from pyramid.exceptions import ConfigurationError
 
 from pyramid_pyncette import InvalidJobError, UnknownTaskError
 from pyramid_pyncette.schedules import DateSchedule
+from tests.conftest import include_pyncette
 from tests.daemon import PSCHEDULER, process_env, pscheduler_output, write_ini
 from tests.garbage import store_kind, write_garbage
 
@@ -40,15 +40,6 @@ class Case:
     text: str
     error: type[Exception] = InvalidJobError
     kind: str = "call"
-
-
-def _include(settings):
-    config = pyramid_testing.setUp(settings=settings)
-    try:
-        config.include("pyramid_pyncette")
-        config.commit()
-    finally:
-        pyramid_testing.tearDown()
 
 
 def _write_unknown_task(app, tmp_path):
@@ -140,7 +131,7 @@ CASES = {
         r"lease_duration of .*s is too long",
     ),
     "endless-lease-setting": Case(
-        lambda app, tmp_path: _include(
+        lambda app, tmp_path: include_pyncette(
             {
                 "pyncette.url": f"sqlite:///{tmp_path}/other.sqlite",
                 "pyncette.lease_duration": "420000w",
@@ -151,13 +142,13 @@ CASES = {
         "include",
     ),
     "unknown-url-scheme": Case(
-        lambda app, tmp_path: _include({"pyncette.url": f"ftp://user:{SECRET}@host/jobs"}),
+        lambda app, tmp_path: include_pyncette({"pyncette.url": f"ftp://user:{SECRET}@host/jobs"}),
         r"unsupported store scheme 'ftp'",
         ConfigurationError,
         "include",
     ),
     "bad-table-name": Case(
-        lambda app, tmp_path: _include(
+        lambda app, tmp_path: include_pyncette(
             {
                 "pyncette.url": f"sqlite:///{tmp_path}/other.sqlite",
                 "pyncette.table_name": "jobs; DROP TABLE x",
@@ -168,7 +159,7 @@ CASES = {
         "include",
     ),
     "quoted-table-name": Case(
-        lambda app, tmp_path: _include(
+        lambda app, tmp_path: include_pyncette(
             {
                 "pyncette.url": f"sqlite:///{tmp_path}/other.sqlite",
                 "pyncette.table_name": 'jobs" --',
@@ -407,7 +398,7 @@ def test_arguments_up_to_the_size_limit_are_stored_and_read_back(make_app):
 )
 def test_include_errors_never_show_the_password(url):
     with pytest.raises(ConfigurationError) as raised:
-        _include({"pyncette.url": url})
+        include_pyncette({"pyncette.url": url})
     assert SECRET not in str(raised.value)
     assert "pyncette.url" in str(raised.value)
 
@@ -422,7 +413,7 @@ def test_include_errors_never_show_the_password(url):
 )
 def test_include_errors_never_show_the_password_in_other_places(url):
     with pytest.raises(ConfigurationError) as raised:
-        _include({"pyncette.url": url})
+        include_pyncette({"pyncette.url": url})
     assert SECRET not in str(raised.value)
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from pyramid import testing
 from pyramid.exceptions import ConfigurationError
+
+from tests.conftest import include_pyncette
 
 
 def _store_scheme(url):
@@ -66,12 +67,5 @@ def test_an_unknown_scheme_names_the_stores_there_are():
 
 @pytest.mark.parametrize("url", ["memory://", "MEMORY://"])
 def test_a_session_hook_needs_a_sql_store(url):
-    config = testing.setUp(
-        settings={"pyncette.url": url, "pyncette.session_hook": "tests.txapp:get_session"}
-    )
-    try:
-        with pytest.raises(ConfigurationError, match="needs the jobs table in the app's own"):
-            config.include("pyramid_pyncette")
-            config.commit()
-    finally:
-        testing.tearDown()
+    with pytest.raises(ConfigurationError, match="needs the jobs table in the app's own"):
+        include_pyncette({"pyncette.url": url, "pyncette.session_hook": "tests.txapp:get_session"})

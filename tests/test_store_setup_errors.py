@@ -15,9 +15,9 @@ import sys
 import time
 
 import pytest
-from pyramid import testing as pyramid_testing
 from pyramid.exceptions import ConfigurationError
 
+from tests.conftest import include_pyncette
 from tests.daemon import PSCHEDULER, process_env, run_pscheduler, write_ini
 from tests.servers import free_port
 
@@ -286,12 +286,8 @@ def test_a_missing_driver_names_the_extra_to_install(monkeypatch, module, url, e
 
 
 def _include_error(url):
-    config = pyramid_testing.setUp(settings={"pyncette.url": url})
-    try:
-        with pytest.raises(ConfigurationError) as raised:
-            config.include("pyramid_pyncette")
-    finally:
-        pyramid_testing.tearDown()
+    with pytest.raises(ConfigurationError) as raised:
+        include_pyncette({"pyncette.url": url})
     return str(raised.value)
 
 
