@@ -1,3 +1,4 @@
+import functools
 import threading
 import warnings
 
@@ -7,20 +8,9 @@ MEMORY = {"pyncette.url": "memory://"}
 
 
 @pytest.fixture
-def make_config():
-    """Build a ``pyramid.testing`` configurator; everything is torn down after the test."""
-    from pyramid import testing
-
-    made = []
-
-    def factory(settings=None):
-        config = testing.setUp(settings=dict(settings or {}), autocommit=False)
-        made.append(config)
-        return config
-
-    yield factory
-    for _ in made:
-        testing.tearDown()
+def make_config(make_config):
+    """The shared configurator factory without the include: these tests include it themselves."""
+    return functools.partial(make_config, include=())
 
 
 @pytest.fixture
