@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
-from .base import JobPage, Repository, RepositoryError
+from .base import Claim, JobPage, Repository, RepositoryError
 
 if TYPE_CHECKING:
     from ..settings import PyncetteSettings
 
 __all__ = [
     "STORE_SCHEMES",
+    "Claim",
     "JobPage",
     "Repository",
     "RepositoryError",

@@ -20,7 +20,7 @@ import builtins
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from ..jobs import Job, Lease, Outcome
 
@@ -58,6 +58,19 @@ class JobPage:
 
     def __getitem__(self, index: int) -> Job:
         return self.jobs[index]
+
+
+class Claim(NamedTuple):
+    """What one claim asks for, in the order :meth:`Repository.claim` takes it.
+
+    Up to ``limit`` jobs due at ``now``, leased with ``token`` for
+    ``default_lease`` seconds unless a job has a lease duration of its own.
+    """
+
+    now: datetime
+    limit: int
+    token: str
+    default_lease: float
 
 
 class Repository(abc.ABC):
@@ -216,13 +229,20 @@ class Repository(abc.ABC):
     ) -> builtins.list[Lease]:
         """:meth:`complete` ``outcomes``, then :meth:`claim`; the worker's loop calls this.
 
-        Stores override it to do both in one round trip. If it raises, the
-        caller writes the outcomes again later: writing an outcome twice must
-        change nothing (every completion is guarded by its lease token).
+        If it raises, the caller writes the outcomes again later: writing an
+        outcome twice must change nothing (every completion is guarded by its
+        lease token). Stores do both in one round trip by overriding
+        :meth:`_complete_then_claim`.
         """
+        return self._complete_then_claim(outcomes, Claim(now, limit, token, default_lease))
+
+    def _complete_then_claim(
+        self, outcomes: Sequence[Outcome], claim: Claim
+    ) -> builtins.list[Lease]:
+        """What :meth:`complete_and_claim` does; the one method a store overrides for it."""
         if outcomes:
             self.complete(outcomes)
-        return self.claim(now, limit, token, default_lease)
+        return self.claim(*claim)
 
     def release_thread_connection(self) -> None:  # noqa: B027 - optional hook
         """Give back what :meth:`complete_and_claim` kept for the calling thread.

@@ -7,6 +7,7 @@ while it matches the job's current ``due_at``.
 
 from __future__ import annotations
 
+import builtins
 import functools
 import heapq
 import threading
@@ -84,7 +85,9 @@ class MemoryRepository(Repository):
         page = page[:limit]
         return JobPage(page, page[-1].id if more else None)
 
-    def claim(self, now: datetime, limit: int, token: str, default_lease: float) -> list[Lease]:
+    def claim(
+        self, now: datetime, limit: int, token: str, default_lease: float
+    ) -> builtins.list[Lease]:
         leases: list[Lease] = []
         with self._lock:
             while self._heap and len(leases) < limit and self._heap[0][0] <= now:

@@ -39,6 +39,7 @@ the call is repeated with their keys.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import functools
 import json
@@ -47,7 +48,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from importlib import resources
-from typing import Any
+from typing import Any, overload
 from urllib.parse import urlsplit
 
 import orjson
@@ -59,7 +60,7 @@ from redis.retry import Retry
 from ..jobs import Job, Lease, Outcome
 from ..policy import plan_claim, plan_completion, split_finished
 from ..redaction import redact_text, redact_url
-from .base import JobPage, Repository, RepositoryError, staged_job
+from .base import Claim, JobPage, Repository, RepositoryError, staged_job
 from .listener import Receive, start_listener_thread
 from .rows import (
     decode_job_fields,
@@ -126,6 +127,12 @@ def _lease_micros(seconds: float) -> int:
     return _micros(timedelta(seconds=seconds))
 
 
+@overload
+def _encode_time(value: datetime) -> str: ...
+@overload
+def _encode_time(value: None) -> None: ...
+@overload
+def _encode_time(value: datetime | None) -> str | None: ...
 def _encode_time(value: datetime | None) -> str | None:
     if value is None:
         return None
@@ -363,7 +370,7 @@ class RedisRepository(Repository):
         """The Redis client (for tests and maintenance)."""
         return self._client
 
-    def keys(self) -> list[str]:
+    def keys(self) -> builtins.list[str]:
         """The fixed keys of this namespace (task keys come and go with their jobs)."""
         return [self._jobs_key, self._due_key, self._ids_key]
 
@@ -433,7 +440,7 @@ class RedisRepository(Repository):
 
     def _write(
         self, ops: list[dict[str, Any]], tasks: Iterable[str], announce: bool = False
-    ) -> list[int]:
+    ) -> builtins.list[int]:
         """Run ops in one atomic script call, adding task keys the script asks for.
 
         ``announce`` publishes one message on :attr:`channel` if a job was written.
@@ -442,7 +449,7 @@ class RedisRepository(Repository):
 
     def _write_raw(
         self, ops: list[dict[str, Any]], tasks: Iterable[str], announce: bool = False
-    ) -> list[Any]:
+    ) -> builtins.list[Any]:
         """:meth:`_write`, answering with what the script returned for each op."""
         tasks = set(tasks)
         payload = _dumps(ops)
@@ -515,7 +522,7 @@ class RedisRepository(Repository):
             seconds, micros = self._client.time()
             now = _EPOCH + timedelta(seconds=int(seconds), microseconds=int(micros))
         until = now + timedelta(seconds=window)
-        ops = [{"o": "del", "id": job_id, "old": True} for job_id in removes]
+        ops: list[dict[str, Any]] = [{"o": "del", "id": job_id, "old": True} for job_id in removes]
         for job in jobs:
             ops.append({**self._put(staged_job(job, token, until), True), "old": True})
         found = self._write_raw(ops, {job.task for job in jobs})
@@ -596,22 +603,21 @@ class RedisRepository(Repository):
         ]
         return JobPage(jobs, ids[limit - 1] if more else None)
 
-    def claim(self, now: datetime, limit: int, token: str, default_lease: float) -> list[Lease]:
-        return self.complete_and_claim((), now, limit, token, default_lease)
+    def claim(
+        self, now: datetime, limit: int, token: str, default_lease: float
+    ) -> builtins.list[Lease]:
+        return self._complete_then_claim((), Claim(now, limit, token, default_lease))
 
-    def complete_and_claim(
-        self,
-        outcomes: Sequence[Outcome],
-        now: datetime,
-        limit: int,
-        token: str,
-        default_lease: float,
-    ) -> list[Lease]:
+    def _complete_then_claim(
+        self, outcomes: Sequence[Outcome], claim: Claim
+    ) -> builtins.list[Lease]:
         """One script call deletes finished one-off jobs and claims due ones."""
+        now, limit, token, default_lease = claim
         deletes, others = split_finished(outcomes)
         finished: list[str] = []
-        for plan, _ in deletes:
-            finished += (plan.job_id, plan.token)
+        for done, _ in deletes:
+            assert done.token is not None  # split_finished keeps lease-guarded deletes only
+            finished += (done.job_id, done.token)
         tasks = {outcome.lease.job.task for _, outcome in deletes}
         by_id = {plan.job_id: outcome for plan, outcome in deletes}
         if others:
@@ -624,7 +630,9 @@ class RedisRepository(Repository):
         args.append(self._task_prefix)
         args.extend(finished)
         found = self._claim(keys=keys, args=args)
-        now = _decode_time(_text(found[0]))
+        clock = _decode_time(_text(found[0]))
+        assert clock is not None  # the script's first value is always its clock
+        now = clock
         skipped = int(found[1])
         if skipped:
             # Finished runs of jobs whose task changed: written the careful way.

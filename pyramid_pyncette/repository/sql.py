@@ -11,27 +11,31 @@ caller's clock (one machine shares one clock).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import functools
 import json
 import logging
 import os
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any, NamedTuple
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ColumnElement
 
 from ..jobs import MAX_JOB_ID_LENGTH, Job, Lease, Outcome
 from ..policy import CompletionPlan, plan_claim, plan_completion, split_finished
 from ..redaction import redact_text
-from .base import JobPage, Repository, RepositoryError, staged_job
+from .base import Claim, JobPage, Repository, RepositoryError, staged_job
 from .listener import Receive, start_listener_thread
 from .rows import (
     ascii_text,
@@ -72,7 +76,7 @@ _MYSQL_ROW_ERRORS = frozenset(
 NAIVE_UTC_DIALECTS = ("sqlite", "mysql", "mariadb")
 
 
-class UTCDateTime(sa.types.TypeDecorator):
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
     """Timestamps are UTC-aware in Python and UTC in the store.
 
     PostgreSQL stores ``timestamptz``. SQLite and MySQL have no time zone
@@ -90,14 +94,14 @@ class UTCDateTime(sa.types.TypeDecorator):
     impl = sa.DateTime(timezone=True)
     cache_ok = True
 
-    def load_dialect_impl(self, dialect):
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
         if dialect.name in ("mysql", "mariadb"):
             from sqlalchemy.dialects.mysql import DATETIME
 
             return dialect.type_descriptor(DATETIME(fsp=6))
         return dialect.type_descriptor(sa.DateTime(timezone=True))
 
-    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         value = value.astimezone(timezone.utc)
@@ -105,10 +109,10 @@ class UTCDateTime(sa.types.TypeDecorator):
             return value.replace(tzinfo=None)
         return value
 
-    def column_expression(self, colexpr):
+    def column_expression(self, colexpr: ColumnElement[datetime]) -> ColumnElement[datetime]:
         return _readable_time(colexpr, self)
 
-    def result_processor(self, dialect, coltype):
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Callable[[Any], Any] | None:
         process = super().result_processor(dialect, coltype)
         if process is None:
             return None
@@ -121,7 +125,7 @@ class UTCDateTime(sa.types.TypeDecorator):
 
         return tolerant
 
-    def process_result_value(self, value: Any, dialect) -> Any:
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         if value is None:
             return None
         if type(value) is str and dialect.name == "postgresql":
@@ -137,14 +141,14 @@ class UTCDateTime(sa.types.TypeDecorator):
         return value.astimezone(timezone.utc)
 
 
-def _long_text() -> sa.types.TypeEngine:
+def _long_text() -> sa.types.TypeEngine[str]:
     """A text column for JSON and error text: MySQL's ``TEXT`` holds only 64 KiB, so MEDIUMTEXT."""
     from sqlalchemy.dialects.mysql import MEDIUMTEXT
 
     return sa.Text().with_variant(MEDIUMTEXT(), "mysql", "mariadb")
 
 
-class _readable_time(sa.sql.functions.FunctionElement):
+class _readable_time(sa.sql.functions.FunctionElement[datetime]):
     """A selected time column, as a value the driver can always load (see UTCDateTime).
 
     Only PostgreSQL needs it: psycopg fails the whole result on a time
@@ -156,19 +160,21 @@ class _readable_time(sa.sql.functions.FunctionElement):
     inherit_cache = True
     name = "pyncette_readable_time"
 
-    def __init__(self, column: Any, type_: Any) -> None:
+    def __init__(self, column: ColumnElement[datetime], type_: UTCDateTime) -> None:
         super().__init__(column)
         self.type = type_
 
 
 @compiles(_readable_time)
-def _compile_readable_time(element, compiler, **kw):
+def _compile_readable_time(element: _readable_time, compiler: SQLCompiler, **kw: Any) -> str:
     (column,) = element.clauses
     return compiler.process(column, **kw)
 
 
 @compiles(_readable_time, "postgresql")
-def _compile_readable_time_postgresql(element, compiler, **kw):
+def _compile_readable_time_postgresql(
+    element: _readable_time, compiler: SQLCompiler, **kw: Any
+) -> str:
     (column,) = element.clauses
     value = compiler.process(column, **kw)
     return (
@@ -178,7 +184,7 @@ def _compile_readable_time_postgresql(element, compiler, **kw):
     )
 
 
-class JSONText(sa.types.TypeDecorator):
+class JSONText(sa.types.TypeDecorator[Any]):
     """Compact JSON in a text column (portable, and what we write is what we read).
 
     MySQL stores it in a MEDIUMTEXT (16 MiB): its TEXT would cap arguments at 64 KiB.
@@ -187,19 +193,19 @@ class JSONText(sa.types.TypeDecorator):
     impl = sa.Text
     cache_ok = True
 
-    def load_dialect_impl(self, dialect):
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
         if dialect.name in ("mysql", "mariadb"):
             from sqlalchemy.dialects.mysql import MEDIUMTEXT
 
             return dialect.type_descriptor(MEDIUMTEXT())
         return dialect.type_descriptor(sa.Text())
 
-    def process_bind_param(self, value: Any, dialect) -> str | None:
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
         if value is None:
             return None
         return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
-    def process_result_value(self, value: str | None, dialect) -> Any:
+    def process_result_value(self, value: str | None, dialect: Dialect) -> Any:
         if value is None:
             return None
         return loads_stored(value)
@@ -210,7 +216,7 @@ class JSONText(sa.types.TypeDecorator):
 #: defaults (often latin1 or a case- and accent-insensitive collation, under
 #: which ``'Plain'`` and ``'plain'`` would be one job). An id of 200
 #: characters takes 800 bytes, within InnoDB's 3072-byte key limit.
-MYSQL_TABLE_OPTIONS = {
+MYSQL_TABLE_OPTIONS: dict[str, Any] = {
     f"{dialect}_{option}": value
     for dialect in ("mysql", "mariadb")
     for option, value in (("charset", "utf8mb4"), ("collate", "utf8mb4_bin"))
@@ -279,15 +285,6 @@ _DUE_AT, _NEXT_RUN_AT, _ATTEMPTS = (
 )
 
 
-class _Claim(NamedTuple):
-    """The arguments of one claim, in the order :meth:`SQLRepository.claim` takes them."""
-
-    now: datetime
-    limit: int
-    token: str
-    default_lease: float
-
-
 def _row_to_job(row: Sequence[Any]) -> Job:
     """The job in a row of ``select(table)`` (its columns in :data:`COLUMNS` order)."""
     return _job_from_columns(tuple(row), raw=False)
@@ -349,7 +346,7 @@ def _job_columns(job: Job) -> dict[str, Any]:
 
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, connection_record):
+    def _on_connect(dbapi_connection: sqlite3.Connection, connection_record: Any) -> None:
         # Let SQLAlchemy's "begin" event issue BEGIN itself (see below).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -361,7 +358,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection):
+    def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get("pyncette_sqlite_begin", "IMMEDIATE")
         conn.exec_driver_sql(f"BEGIN {mode}")
 
@@ -434,9 +431,12 @@ class SQLRepository(Repository):
         ``utf8mb4_bin`` pads: ``'a'`` and ``'a '`` would be one id. MariaDB
         (10.2+) has ``utf8mb4_nopad_bin``, MySQL (8.0.17+) ``utf8mb4_0900_bin``.
         """
+        from sqlalchemy.dialects.mysql.base import MySQLDialect
+
         with self.engine.connect():
             pass  # the first connection tells the dialect what the server is
         dialect = self.engine.dialect
+        assert isinstance(dialect, MySQLDialect)  # only called for mysql and mariadb URLs
         version = dialect.server_version_info or ()
         if dialect.is_mariadb:
             collation = "utf8mb4_nopad_bin"
@@ -489,13 +489,13 @@ class SQLRepository(Repository):
         if not self._ready:
             self.setup()
         if not keep:
-            with self.engine.connect() as conn:
+            with self.engine.connect() as pooled:
                 if autocommit:
-                    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-                yield conn
+                    pooled = pooled.execution_options(isolation_level="AUTOCOMMIT")
+                yield pooled
             return
         name = "autocommit_conn" if autocommit else "conn"
-        conn = getattr(self._local, name, None)
+        conn: Connection | None = getattr(self._local, name, None)
         if conn is not None and getattr(self._local, "generation", None) != self._generation:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -519,6 +519,7 @@ class SQLRepository(Repository):
 
     def _remember_sqlite_file(self, dbapi_connection: Any, connection_record: Any) -> None:
         """On each new connection: note which file the path names, if not known yet."""
+        assert self._sqlite_path is not None  # listened for only when there is a file
         if self._sqlite_file is None:
             self._sqlite_file = _file_identity(self._sqlite_path)
 
@@ -562,13 +563,13 @@ class SQLRepository(Repository):
         with self._held_lock:
             self._held = [c for c in self._held if not c.closed]
 
-    def _write(self):
+    def _write(self) -> contextlib.AbstractContextManager[Connection]:
         self._check_sqlite_file()
         if not self._ready:
             self.setup()
         return self.engine.begin()
 
-    def _read(self):
+    def _read(self) -> Connection:
         self._check_sqlite_file()
         if not self._ready:
             self.setup()
@@ -704,7 +705,7 @@ class SQLRepository(Repository):
                 self._announce(conn)
 
     @functools.cached_property
-    def _update_locked(self) -> Any:
+    def _update_locked(self) -> sa.Update:
         """An UPDATE of the row ``b_id`` only while it is locked by ``b_token``."""
         table = self.table
         return sa.update(table).where(
@@ -712,24 +713,24 @@ class SQLRepository(Repository):
         )
 
     @functools.cached_property
-    def _upsert(self) -> Any:
+    def _upsert(self) -> sa.Insert:
         """One INSERT that replaces an existing id (the dialect's upsert)."""
         table = self.table
         columns = [column.name for column in table.c if column.name != "id"]
         if self._dialect in ("postgresql", "sqlite"):
-            if self._dialect == "postgresql":
-                from sqlalchemy.dialects.postgresql import insert
-            else:
-                from sqlalchemy.dialects.sqlite import insert
-            statement = insert(table)
-            return statement.on_conflict_do_update(
+            from sqlalchemy.dialects import postgresql, sqlite
+
+            insert: postgresql.Insert | sqlite.Insert = (
+                postgresql.insert(table) if self._dialect == "postgresql" else sqlite.insert(table)
+            )
+            return insert.on_conflict_do_update(
                 index_elements=[table.c.id],
-                set_={name: statement.excluded[name] for name in columns},
+                set_={name: insert.excluded[name] for name in columns},
             )
         if self._dialect in ("mysql", "mariadb"):
-            from sqlalchemy.dialects.mysql import insert
+            from sqlalchemy.dialects import mysql
 
-            statement = insert(table)
+            statement = mysql.insert(table)
             return statement.on_duplicate_key_update(
                 {name: statement.inserted[name] for name in columns}
             )
@@ -808,10 +809,10 @@ class SQLRepository(Repository):
         orig = getattr(exc, "orig", None) or exc
         problem = None
         code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-        args = getattr(orig, "args", ())
+        args: tuple[Any, ...] = getattr(orig, "args", ())
         if "pymysql" in type(orig).__module__ or "MySQLdb" in type(orig).__module__:
-            number = args[0] if args and isinstance(args[0], int) else None
-            problem = self._MYSQL_PROBLEMS.get(number)
+            if args and isinstance(args[0], int):
+                problem = self._MYSQL_PROBLEMS.get(args[0])
         elif code:
             problem = self._SQLSTATE_PROBLEMS.get(code)
         elif isinstance(exc, sa.exc.DBAPIError):
@@ -862,9 +863,9 @@ class SQLRepository(Repository):
                 return True
             # PyMySQL carries no SQLSTATE, and older releases report some data
             # and constraint errors (MariaDB's 4025) as OperationalError.
-            args = getattr(orig, "args", ())
+            args: tuple[Any, ...] = getattr(orig, "args", ())
             return bool(args) and args[0] in _MYSQL_ROW_ERRORS
-        if isinstance(exc, sa.exc.StatementError):
+        if isinstance(exc, sa.exc.StatementError) and exc.orig is not None:
             # Raised before the statement reached the database: a value the driver refused.
             exc = exc.orig
         return super().is_row_error(exc)
@@ -910,17 +911,14 @@ class SQLRepository(Repository):
             return value.replace(tzinfo=timezone.utc)
         return value.astimezone(timezone.utc)
 
-    def claim(self, now: datetime, limit: int, token: str, default_lease: float) -> list[Lease]:
-        return self._complete_and_claim((), _Claim(now, limit, token, default_lease), keep=False)
+    def claim(
+        self, now: datetime, limit: int, token: str, default_lease: float
+    ) -> builtins.list[Lease]:
+        return self._write_and_claim((), Claim(now, limit, token, default_lease), keep=False)
 
-    def complete_and_claim(
-        self,
-        outcomes: Sequence[Outcome],
-        now: datetime,
-        limit: int,
-        token: str,
-        default_lease: float,
-    ) -> list[Lease]:
+    def _complete_then_claim(
+        self, outcomes: Sequence[Outcome], claim: Claim
+    ) -> builtins.list[Lease]:
         """Write ``outcomes`` and claim, on a connection the calling thread keeps.
 
         PostgreSQL deletes finished one-off runs inside its claim statement;
@@ -929,12 +927,11 @@ class SQLRepository(Repository):
         connection spares a pool checkout (and its liveness ping) per call.
         :meth:`release_thread_connection` gives it back.
         """
-        claim = _Claim(now, limit, token, default_lease)
-        return self._complete_and_claim(outcomes, claim, keep=True)
+        return self._write_and_claim(outcomes, claim, keep=True)
 
-    def _complete_and_claim(
-        self, outcomes: Sequence[Outcome], claim: _Claim, keep: bool
-    ) -> list[Lease]:
+    def _write_and_claim(
+        self, outcomes: Sequence[Outcome], claim: Claim, keep: bool
+    ) -> builtins.list[Lease]:
         try:
             return self._complete_and_claim_batch(outcomes, claim, keep)
         except Exception as exc:
@@ -945,13 +942,16 @@ class SQLRepository(Repository):
         return self._complete_and_claim_row_by_row(outcomes, claim)
 
     def _complete_and_claim_batch(
-        self, outcomes: Sequence[Outcome], claim: _Claim, keep: bool
-    ) -> list[Lease]:
+        self, outcomes: Sequence[Outcome], claim: Claim, keep: bool
+    ) -> builtins.list[Lease]:
         if self._dialect == "postgresql":
             finished, others = split_finished(outcomes)
             if others:
                 self.complete(others)
-            done = [(plan.job_id, plan.token) for plan, _ in finished]
+            done = []
+            for plan, _ in finished:
+                assert plan.token is not None  # split_finished keeps lease-guarded deletes only
+                done.append((plan.job_id, plan.token))
             return self._claim_postgresql(*claim, done, keep)
         with self._connection(autocommit=False, keep=keep) as conn, conn.begin():
             if outcomes:
@@ -961,8 +961,8 @@ class SQLRepository(Repository):
             return self._claim_on(conn, *claim)
 
     def _complete_and_claim_row_by_row(
-        self, outcomes: Sequence[Outcome], claim: _Claim
-    ) -> list[Lease]:
+        self, outcomes: Sequence[Outcome], claim: Claim
+    ) -> builtins.list[Lease]:
         """:meth:`complete_and_claim` after the database refused a row of the batch.
 
         The outcomes are written one by one (see :meth:`complete`), then the
@@ -986,7 +986,7 @@ class SQLRepository(Repository):
         token: str,
         default_lease: float,
         row_by_row: bool = False,
-    ) -> list[Lease]:
+    ) -> builtins.list[Lease]:
         """SQLite and MySQL: select due rows (``SKIP LOCKED`` on MySQL), then write their plans.
 
         ``row_by_row`` writes each plan in a savepoint of its own and parks a
@@ -1010,7 +1010,7 @@ class SQLRepository(Repository):
             # then skip them all and find nothing to claim.
             hint = f"FORCE INDEX ({self._due_index})"
             query = query.with_hint(table, hint, "mysql").with_hint(table, hint, "mariadb")
-        rows = conn.execute(query).all()
+        rows: Sequence[Sequence[Any]] = conn.execute(query).all()
         if not rows:
             return []
         if clock is not None:
@@ -1099,7 +1099,7 @@ RETURNING clock.now, {columns}
         default_lease: float,
         finished: Sequence[tuple[str, str]],
         keep: bool,
-    ) -> list[Lease]:
+    ) -> builtins.list[Lease]:
         """Claim (and delete ``finished`` ``(id, token)`` rows) in one round trip.
 
         Rows whose plan is not a plain lease (at-most-once, misfires,
@@ -1122,6 +1122,7 @@ RETURNING clock.now, {columns}
         }
         with self._connection(autocommit=True, keep=keep) as conn:
             result = conn.exec_driver_sql(self._claim_sql, params)
+            rows: Sequence[Sequence[Any]]
             try:
                 rows = result.all()
             except sa.exc.DataError:
@@ -1196,7 +1197,9 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
         }
         return set(conn.exec_driver_sql(self._rewrite_claim_sql, params).scalars())
 
-    def _claimed_rows(self, conn: Connection, token: str, lease_us: int) -> list[tuple[Any, ...]]:
+    def _claimed_rows(
+        self, conn: Connection, token: str, lease_us: int
+    ) -> builtins.list[tuple[Any, ...]]:
         """The rows PostgreSQL's claim statement just leased with ``token``, as it returns them.
 
         JSON stays text and times are read by :class:`UTCDateTime` (an
@@ -1265,10 +1268,10 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
             )
             written += conn.execute(statement).rowcount
         for lock, ids in deletes.items():
-            statement = sa.delete(table).where(
+            removal = sa.delete(table).where(
                 table.c.id.in_(ids), table.c.locked_by.is_not_distinct_from(lock)
             )
-            written += conn.execute(statement).rowcount
+            written += conn.execute(removal).rowcount
         if advances:
             statement = sa.update(table).where(
                 table.c.id == sa.bindparam("b_id"),
@@ -1336,7 +1339,7 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
     ) -> int:
         """Write completion plans, their error text made storable by ``text``."""
         table = self.table
-        deletes: dict[str, list[str]] = {}
+        deletes: dict[str | None, list[str]] = {}
         settles: list[dict[str, Any]] = []
         notes: list[dict[str, Any]] = []
         unguarded: list[dict[str, Any]] = []
@@ -1361,13 +1364,11 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
         # Finished one-off jobs, the bulk of a drain: one DELETE per claim token.
         for token, ids in deletes.items():
             for chunk in _chunks(ids):
-                statement = sa.delete(table).where(
-                    table.c.locked_by == token, table.c.id.in_(chunk)
-                )
-                matched += conn.execute(statement).rowcount
+                removal = sa.delete(table).where(table.c.locked_by == token, table.c.id.in_(chunk))
+                matched += conn.execute(removal).rowcount
         if settles:
-            statement = sa.update(table).where(guard).values(locked_by=None)
-            matched += conn.execute(statement, settles).rowcount
+            settle = sa.update(table).where(guard).values(locked_by=None)
+            matched += conn.execute(settle, settles).rowcount
         if notes:
             matched += conn.execute(sa.update(table).where(guard), notes).rowcount
         if unguarded:
