@@ -17,11 +17,18 @@ import contextlib
 import logging
 import signal
 import threading
-from typing import Any
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pyramid.exceptions import ConfigurationError
 
 from .redaction import install_log_redaction
+
+if TYPE_CHECKING:
+    from pyramid.registry import Registry
+
+    from .worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +36,7 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 30.0
 
 
-def find_registry(app: Any) -> Any:
+def find_registry(app: Any) -> Registry:
     """The Pyramid registry behind a WSGI app (a Router, possibly wrapped)."""
     seen = set()
     while app is not None and id(app) not in seen:
@@ -44,7 +51,7 @@ def find_registry(app: Any) -> Any:
     )
 
 
-def start_worker(registry: Any) -> tuple[Any, threading.Thread]:
+def start_worker(registry: Registry) -> tuple[Worker, threading.Thread]:
     """Start a :class:`~pyramid_pyncette.worker.Worker` in a daemon thread."""
     from .worker import Worker
 
@@ -61,7 +68,7 @@ def start_worker(registry: Any) -> tuple[Any, threading.Thread]:
     return worker, thread
 
 
-def stop_worker(worker: Any, thread: threading.Thread, grace: float = SHUTDOWN_GRACE) -> None:
+def stop_worker(worker: Worker, thread: threading.Thread, grace: float = SHUTDOWN_GRACE) -> None:
     """Stop claiming and wait up to ``grace`` seconds for running jobs."""
     worker.stop()
     thread.join(grace)
@@ -80,13 +87,13 @@ def _stop_on_sigterm() -> None:
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return
 
-    def handler(signum, frame):
+    def handler(signum: int, frame: FrameType | None) -> NoReturn:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
 
 
-def server_factory(global_conf: dict[str, Any], **settings: Any):
+def server_factory(global_conf: dict[str, Any], **settings: Any) -> Callable[[Any], int]:
     """``paste.server_factory``: waitress plus an in-process worker."""
 
     def serve(app: Any) -> int:

@@ -29,13 +29,16 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .backoff import Backoff
 from .events import JobSkipped, LeaseLost, WorkerStarting, WorkerStopping, notify_subscribers
 from .execution import JobInfo, JobRequests, run_job
 from .jobs import Lease, Outcome
-from .repository.base import Announcer
+from .repository.base import Announcer, Repository
+
+if TYPE_CHECKING:
+    from pyramid.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -152,13 +155,13 @@ class Worker:
 
     def __init__(
         self,
-        registry: Any,
+        registry: Registry,
         *,
         concurrency: int | None = None,
         batch_size: int | None = None,
         poll_interval: float | None = None,
         lease_duration: float | None = None,
-        clock: Any = None,
+        clock: Callable[[], datetime] | None = None,
         monotonic: Callable[[], float] | None = None,
     ) -> None:
         self.registry = registry
@@ -198,7 +201,7 @@ class Worker:
     # -- helpers ----------------------------------------------------------
 
     @property
-    def repository(self):
+    def repository(self) -> Repository:
         """The store this worker drains."""
         return self.scheduler.repository
 
@@ -223,7 +226,9 @@ class Worker:
     def _notify(self, event: Any) -> None:
         notify_subscribers(self.registry, event, log, "the worker goes on")
 
-    def _execute(self, lease: Lease, info: JobInfo | None = None, clock=None) -> Outcome:
+    def _execute(
+        self, lease: Lease, info: JobInfo | None = None, clock: Callable[[], datetime] | None = None
+    ) -> Outcome:
         task = self.scheduler.tasks.get(lease.job.task)
         started = time.perf_counter()
         outcome = run_job(
@@ -635,13 +640,12 @@ class Worker:
         (:meth:`_lose_reclaimed`), and lost runs are never renewed.
         """
         started = self._monotonic()
-        held = self.repository.extend(
-            self.clock(),
-            [
-                (running.lease.job.id, running.lease.token, self._lease_seconds(running.lease))
-                for running in runs
-            ],
-        )
+        leases = []
+        for running in runs:
+            token = running.lease.token
+            assert token is not None  # callers pass only runs that hold a lease
+            leases.append((running.lease.job.id, token, self._lease_seconds(running.lease)))
+        held = self.repository.extend(self.clock(), leases)
         for running in runs:
             if running.lease.job.id in held:
                 running.renewed = started

@@ -25,7 +25,7 @@ import os
 import signal
 import sys
 import textwrap
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyramid.exceptions import ConfigurationExecutionError
 from pyramid.paster import bootstrap, setup_logging
@@ -33,6 +33,11 @@ from pyramid.scripts.common import parse_vars
 
 from ..redaction import install_log_redaction, redact_text
 from ..schedules import ScheduleError, schedule_from_json
+
+if TYPE_CHECKING:
+    from pyramid.registry import Registry
+
+    from ..worker import Worker
 
 log = logging.getLogger("pyramid_pyncette")
 
@@ -82,7 +87,7 @@ class PSchedulerCommand:
         if quiet:
             self.args.verbose = 0
         self.signals_seen = 0
-        self.worker = None
+        self.worker: Worker | None = None
 
     def _make_parser(self) -> argparse.ArgumentParser:
         parser = argparse.ArgumentParser(
@@ -127,7 +132,7 @@ class PSchedulerCommand:
     def err(self, message: str) -> None:
         print(f"pscheduler: {redact_text(message)}", file=sys.stderr)
 
-    def _store_error(self, registry: Any, what: str, exc: BaseException) -> int:
+    def _store_error(self, registry: Registry, what: str, exc: BaseException) -> int:
         """Report a store error at start: status 2 if no retry can fix it, else 3."""
         scheduler = registry.scheduler
         store = scheduler.settings.redacted_url()
@@ -140,7 +145,7 @@ class PSchedulerCommand:
         self.err(f"{what} ({store}): {detail}")
         return EXIT_STORE
 
-    def check_store(self, registry: Any) -> int | None:
+    def check_store(self, registry: Registry) -> int | None:
         """Connect to the store and read its table; an exit status if that must stop us.
 
         A misconfiguration stops every mode (status 2). An outage stops
@@ -212,7 +217,7 @@ class PSchedulerCommand:
                 format="%(asctime)s %(levelname)-5s [%(name)s] %(message)s",
             )
 
-    def list_jobs(self, registry: Any) -> int:
+    def list_jobs(self, registry: Registry) -> int:
         scheduler = registry.scheduler
         rows = [("ID", "TASK", "SCHEDULE", "NEXT RUN", "STATE", "LAST")]
         try:
@@ -254,15 +259,15 @@ class PSchedulerCommand:
         logging.shutdown()
         os._exit(EXIT_FORCED)
 
-    def serve(self, registry: Any) -> int:
+    def serve(self, registry: Registry) -> int:
         from ..worker import Worker
 
-        self.worker = Worker(registry)
+        worker = self.worker = Worker(registry)
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
         }
         try:
-            self.worker.run(until_idle=self.args.once)
+            worker.run(until_idle=self.args.once)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
