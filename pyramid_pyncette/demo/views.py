@@ -7,9 +7,10 @@ message and HTTP 400.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -216,70 +217,72 @@ def _name(request: Request) -> str:
     return name
 
 
+def _adds_a_job(add: Callable[[Request], object]) -> Callable[[Request], Response]:
+    """A form's view: ``add`` schedules what the form asks for, then the page is shown again.
+
+    Bad input (a :class:`ValueError` naming the problem) shows the page with
+    that problem and the values typed, with status 400.
+    """
+
+    @functools.wraps(add)
+    def view(request: Request) -> Response:
+        try:
+            add(request)
+        except ValueError as exc:
+            return _rejected(request, exc)
+        return _done(request)
+
+    return view
+
+
 @view_config(route_name="hello_now", request_method="POST")
-def hello_now(request: Request) -> Response:
+@_adds_a_job
+def hello_now(request: Request) -> None:
     """Say hello as soon as possible (an async job)."""
-    try:
-        _scheduler(request).add_async_job(say_hello, kwargs={"name": _name(request)})
-    except ValueError as exc:
-        return _rejected(request, exc)
-    return _done(request)
+    _scheduler(request).add_async_job(say_hello, kwargs={"name": _name(request)})
 
 
 @view_config(route_name="hello_at", request_method="POST")
-def hello_at(request: Request) -> Response:
+@_adds_a_job
+def hello_at(request: Request) -> None:
     """Say hello once, in a given number of seconds (a date job)."""
     text = request.POST.get("delay", "")
+    name = _name(request)
+    delay = parse_duration(text, key="delay")
     try:
-        name = _name(request)
-        delay = parse_duration(text, key="delay")
-        try:
-            date = _now(request) + timedelta(seconds=delay)
-        except OverflowError:
-            raise InvalidJobError(f"delay: {text!r} is too far in the future") from None
-        _scheduler(request).add_date_job(say_hello, date, kwargs={"name": name})
-    except ValueError as exc:
-        return _rejected(request, exc)
-    return _done(request)
+        date = _now(request) + timedelta(seconds=delay)
+    except OverflowError:
+        raise InvalidJobError(f"delay: {text!r} is too far in the future") from None
+    _scheduler(request).add_date_job(say_hello, date, kwargs={"name": name})
 
 
 @view_config(route_name="hello_every", request_method="POST")
-def hello_every(request: Request) -> Response:
+@_adds_a_job
+def hello_every(request: Request) -> None:
     """Say hello every so often (an interval job)."""
     text = request.POST.get("interval", "")
     try:
         name = _name(request)
         _scheduler(request).add_interval_job(say_hello, interval=text, kwargs={"name": name})
     except OverflowError:
-        return _rejected(request, InvalidJobError(f"interval: {text!r} is too long"))
-    except ValueError as exc:
-        return _rejected(request, exc)
-    return _done(request)
+        raise InvalidJobError(f"interval: {text!r} is too long") from None
 
 
 @view_config(route_name="hello_cron", request_method="POST")
-def hello_cron(request: Request) -> Response:
+@_adds_a_job
+def hello_cron(request: Request) -> None:
     """Say hello on a cron schedule."""
     cron = request.POST.get("cron", "").strip()
     zone = request.POST.get("timezone", "").strip() or None
-    try:
-        name = _name(request)
-        _scheduler(request).add_cron_job(
-            say_hello, schedule=cron, timezone=zone, kwargs={"name": name}
-        )
-    except ValueError as exc:
-        return _rejected(request, exc)
-    return _done(request)
+    name = _name(request)
+    _scheduler(request).add_cron_job(say_hello, schedule=cron, timezone=zone, kwargs={"name": name})
 
 
 @view_config(route_name="flaky", request_method="POST")
-def run_flaky(request: Request) -> Response:
+@_adds_a_job
+def run_flaky(request: Request) -> None:
     """Run the task that fails once."""
-    try:
-        _scheduler(request).add_async_job(flaky)
-    except ValueError as exc:
-        return _rejected(request, exc)
-    return _done(request)
+    _scheduler(request).add_async_job(flaky)
 
 
 @view_config(route_name="cancel_job", request_method="POST")
