@@ -9,9 +9,16 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zope.interface import Attribute, Interface, implementer
+
+if TYPE_CHECKING:
+    from pyramid.registry import Registry
+    from pyramid.request import Request
+
+    from .jobs import Job
+    from .worker import Worker
 
 
 class IJobEvent(Interface):
@@ -87,13 +94,13 @@ class IWorkerStopping(IWorkerEvent):
 
 
 class _JobEvent:
-    def __init__(self, job: Any, registry: Any) -> None:
+    def __init__(self, job: Job, registry: Registry) -> None:
         self.job = job
         self.registry = registry
 
 
 class _JobRunEvent(_JobEvent):
-    def __init__(self, job: Any, request: Any, scheduled_at: Any, attempt: int) -> None:
+    def __init__(self, job: Job, request: Request, scheduled_at: datetime, attempt: int) -> None:
         super().__init__(job, request.registry)
         self.request = request
         self.scheduled_at = scheduled_at
@@ -115,8 +122,8 @@ class _JobEndEvent(_JobRunEvent):
 
     def __init__(
         self,
-        job: Any,
-        request: Any,
+        job: Job,
+        request: Request,
         scheduled_at: datetime,
         attempt: int,
         ending: Any = None,
@@ -151,7 +158,9 @@ class JobFailed(_JobEndEvent):
 class JobSkipped(_JobEvent):
     """See :class:`IJobSkipped`."""
 
-    def __init__(self, job: Any, registry: Any, scheduled_at: Any, lateness: float) -> None:
+    def __init__(
+        self, job: Job, registry: Registry, scheduled_at: datetime, lateness: float
+    ) -> None:
         super().__init__(job, registry)
         self.scheduled_at = scheduled_at
         self.lateness = lateness
@@ -161,13 +170,13 @@ class JobSkipped(_JobEvent):
 class LeaseLost(_JobEvent):
     """See :class:`ILeaseLost`."""
 
-    def __init__(self, job: Any, registry: Any, scheduled_at: Any) -> None:
+    def __init__(self, job: Job, registry: Registry, scheduled_at: datetime) -> None:
         super().__init__(job, registry)
         self.scheduled_at = scheduled_at
 
 
 class _WorkerEvent:
-    def __init__(self, worker: Any, registry: Any) -> None:
+    def __init__(self, worker: Worker, registry: Registry) -> None:
         self.worker = worker
         self.registry = registry
 
@@ -182,7 +191,9 @@ class WorkerStopping(_WorkerEvent):
     """See :class:`IWorkerStopping`."""
 
 
-def notify_subscribers(registry: Any, event: Any, log: logging.Logger, goes_on: str) -> None:
+def notify_subscribers(
+    registry: Registry, event: object, log: logging.Logger, goes_on: str
+) -> None:
     """Send ``event`` to ``registry``'s subscribers; one that raises is logged, never raised.
 
     The scheduler, the worker and a running job all carry on when a
