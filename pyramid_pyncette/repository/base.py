@@ -20,9 +20,13 @@ import builtins
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 from ..jobs import Job, Lease, Outcome
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.orm import Session
 
 
 class RepositoryError(Exception):
@@ -293,15 +297,19 @@ class SessionStore(Protocol):
     """
 
     def write_on(
-        self, conn: Any, adds: Sequence[Job], removes: Sequence[str], announce: bool = True
+        self,
+        conn: Connection | Session,
+        adds: Sequence[Job],
+        removes: Sequence[str],
+        announce: bool = True,
     ) -> set[str]:
         """Write ``adds`` (replacing) and delete ``removes`` through ``conn``; return the
         ids of ``removes`` that existed."""
 
-    def get_on(self, conn: Any, job_id: str) -> Job | None:
+    def get_on(self, conn: Connection | Session, job_id: str) -> Job | None:
         """One job read through ``conn``, or None."""
 
-    def complete_on(self, conn: Any, outcomes: Sequence[Outcome]) -> int:
+    def complete_on(self, conn: Connection | Session, outcomes: Sequence[Outcome]) -> int:
         """Apply ``outcomes`` through ``conn``; return how many lease-guarded rows matched."""
 
 

@@ -307,7 +307,7 @@ class RedisRepository(Repository):
         *,
         namespace: str = "pyncette",
         max_connections: int | None = None,
-        client: Any = None,
+        client: redis.Redis | None = None,
         store_clock: bool = True,
     ) -> None:
         if not namespace or "{" in namespace or "}" in namespace:
@@ -366,7 +366,7 @@ class RedisRepository(Repository):
         return f"<RedisRepository {self.redacted_url} namespace={self.namespace!r}>"
 
     @property
-    def client(self) -> Any:
+    def client(self) -> redis.Redis:
         """The Redis client (for tests and maintenance)."""
         return self._client
 
@@ -626,7 +626,12 @@ class RedisRepository(Repository):
             return []
         keys = [self._jobs_key, self._due_key, self._ids_key]
         keys.extend(self.task_key(task) for task in sorted(tasks))
-        args = [self._now_arg(now), max(limit, 0), token, _lease_micros(default_lease)]
+        args: list[str | int] = [
+            self._now_arg(now),
+            max(limit, 0),
+            token,
+            _lease_micros(default_lease),
+        ]
         args.append(self._task_prefix)
         args.extend(finished)
         found = self._claim(keys=keys, args=args)

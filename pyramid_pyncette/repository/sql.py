@@ -23,17 +23,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..jobs import MAX_JOB_ID_LENGTH, Job, Lease, Outcome
-from ..policy import CompletionPlan, plan_claim, plan_completion, split_finished
+from ..policy import ClaimPlan, CompletionPlan, plan_claim, plan_completion, split_finished
 from ..redaction import redact_text
 from .base import Claim, JobPage, Repository, RepositoryError, staged_job
 from .listener import Receive, start_listener_thread
@@ -47,6 +47,9 @@ from .rows import (
     utc,
     well_formed_job,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
@@ -607,7 +610,11 @@ class SQLRepository(Repository):
             self.write_on(conn, adds, removes)
 
     def write_on(
-        self, conn: Any, adds: Sequence[Job], removes: Sequence[str], announce: bool = True
+        self,
+        conn: Connection | Session,
+        adds: Sequence[Job],
+        removes: Sequence[str],
+        announce: bool = True,
     ) -> set[str]:
         """Write jobs through ``conn`` (a Connection or an ORM Session) in its transaction.
 
@@ -626,7 +633,7 @@ class SQLRepository(Repository):
                 self._announce(conn)
         return removed
 
-    def _announce(self, conn: Any) -> None:
+    def _announce(self, conn: Connection | Session) -> None:
         if self._dialect == "postgresql":
             # Delivered at commit, to the daemons LISTENing (see start_listener).
             conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": self.channel})
@@ -736,7 +743,7 @@ class SQLRepository(Repository):
             )
         raise NotImplementedError(f"no upsert for {self._dialect}")
 
-    def _existing(self, conn: Any, ids: Sequence[str]) -> set[str]:
+    def _existing(self, conn: Connection | Session, ids: Sequence[str]) -> set[str]:
         table = self.table
         found: set[str] = set()
         for chunk in _chunks(list(ids)):
@@ -881,7 +888,7 @@ class SQLRepository(Repository):
         with self._read() as conn:
             return self.get_on(conn, job_id)
 
-    def get_on(self, conn: Any, job_id: str) -> Job | None:
+    def get_on(self, conn: Connection | Session, job_id: str) -> Job | None:
         """One job read through ``conn`` (a Connection or the app's Session)."""
         row = conn.execute(sa.select(self.table).where(self.table.c.id == job_id)).first()
         return None if row is None else _row_to_job(row)
@@ -899,14 +906,14 @@ class SQLRepository(Repository):
         jobs = jobs[:limit]
         return JobPage(jobs, jobs[-1].id if more else None)
 
-    def _now(self, conn: Any, now: datetime) -> datetime:
+    def _now(self, conn: Connection, now: datetime) -> datetime:
         """The store's clock when it has one (and it is in use), else ``now``."""
         if not self.store_clock:
             return now
         if self._dialect == "postgresql":
-            value = conn.execute(sa.text("SELECT clock_timestamp()")).scalar()
+            value = conn.execute(sa.text("SELECT clock_timestamp()")).scalar_one()
         else:
-            value = conn.execute(sa.text("SELECT UTC_TIMESTAMP(6)")).scalar()
+            value = conn.execute(sa.text("SELECT UTC_TIMESTAMP(6)")).scalar_one()
         if value.tzinfo is None:
             return value.replace(tzinfo=timezone.utc)
         return value.astimezone(timezone.utc)
@@ -1037,7 +1044,7 @@ class SQLRepository(Repository):
         return leases
 
     def _park_unwritable(
-        self, conn: Any, job_id: str, token: str | None, now: datetime, exc: BaseException
+        self, conn: Connection, job_id: str, token: str | None, now: datetime, exc: BaseException
     ) -> None:
         """Park the row the database refused to write (see :func:`unwritable_row_values`).
 
@@ -1223,7 +1230,11 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
         return claimed
 
     def _apply_claim(
-        self, conn: Any, plans: Sequence[Any], token: str, keys: Sequence[tuple[Any, Any]]
+        self,
+        conn: Connection,
+        plans: Sequence[ClaimPlan],
+        token: str,
+        keys: Sequence[tuple[Any, Any]],
     ) -> None:
         """SQLite and MySQL: write claim plans set-based, in the claim's own transaction.
 
@@ -1233,7 +1244,7 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
         promise was broken: the whole claim is undone rather than run.
         """
         table = self.table
-        leases: dict[tuple[datetime, Any], list[Any]] = {}
+        leases: dict[tuple[datetime | None, Any], list[Any]] = {}
         deletes: dict[Any, list[Any]] = {}
         advances: list[dict[str, Any]] = []
         for plan, (job_id, lock) in zip(plans, keys, strict=True):
@@ -1324,7 +1335,7 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
         with self._write() as conn:
             self._park_unwritable(conn, plan.job_id, plan.token, now, refused)
 
-    def complete_on(self, conn: Any, outcomes: Sequence[Outcome]) -> int:
+    def complete_on(self, conn: Connection | Session, outcomes: Sequence[Outcome]) -> int:
         """Apply outcomes through ``conn`` (a Connection or the app's Session).
 
         Returns how many lease-guarded rows matched: 0 for a lost lease.
@@ -1333,7 +1344,7 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
 
     def _write_completions(
         self,
-        conn: Any,
+        conn: Connection | Session,
         plans: Sequence[CompletionPlan],
         text: Callable[..., Any] = storable_text,
     ) -> int:
@@ -1365,12 +1376,12 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
         for token, ids in deletes.items():
             for chunk in _chunks(ids):
                 removal = sa.delete(table).where(table.c.locked_by == token, table.c.id.in_(chunk))
-                matched += conn.execute(removal).rowcount
+                matched += _rowcount(conn, removal)
         if settles:
             settle = sa.update(table).where(guard).values(locked_by=None)
-            matched += conn.execute(settle, settles).rowcount
+            matched += _rowcount(conn, settle, settles)
         if notes:
-            matched += conn.execute(sa.update(table).where(guard), notes).rowcount
+            matched += _rowcount(conn, sa.update(table).where(guard), notes)
         if unguarded:
             unguarded = [{k: v for k, v in p.items() if k != "b_token"} for p in unguarded]
             conn.execute(sa.update(table).where(table.c.id == sa.bindparam("b_id")), unguarded)
@@ -1467,6 +1478,16 @@ def _file_identity(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return (stat.st_dev, stat.st_ino)
+
+
+def _rowcount(
+    conn: Connection | Session, statement: sa.Executable, params: list[dict[str, Any]] | None = None
+) -> int:
+    """How many rows the UPDATE or DELETE ``statement`` matched, run through ``conn``."""
+    # Both return a CursorResult for such a statement; SQLAlchemy's annotations
+    # say so for Connection.execute only, and a plain Result for Session.execute.
+    result = cast("CursorResult[Any]", conn.execute(statement, params))
+    return result.rowcount
 
 
 def _micros(seconds: float) -> int:
