@@ -15,7 +15,7 @@ import reprlib
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyramid.exceptions import ConfigurationError
 
@@ -48,6 +48,11 @@ from .tasks import (
     unstorable_text,
 )
 from .writers import ImmediateWriter, JobWriter, SessionWriter, StagedWriter, Store
+
+if TYPE_CHECKING:
+    from pyramid.registry import Registry
+    from sqlalchemy.orm import Session
+    from transaction import TransactionManager
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +245,7 @@ class Scheduler:
 
     def __init__(
         self,
-        registry: Any,
+        registry: Registry,
         settings: PyncetteSettings,
         repository: Repository,
         clock: Clock | None = None,
@@ -253,7 +258,7 @@ class Scheduler:
 
     @classmethod
     def from_settings(
-        cls, registry: Any, settings: PyncetteSettings, clock: Clock | None = None
+        cls, registry: Registry, settings: PyncetteSettings, clock: Clock | None = None
     ) -> Scheduler:
         """A scheduler over the store ``settings.url`` names, built without connecting.
 
@@ -340,7 +345,11 @@ class Scheduler:
         """
         return self._shared.store.repository.describe_setup_error(exc)
 
-    def bind(self, transaction_manager: Any = None, session: Any = None) -> Scheduler:
+    def bind(
+        self,
+        transaction_manager: TransactionManager | None = None,
+        session: Session | None = None,
+    ) -> Scheduler:
         """A copy of this scheduler writing through ``transaction_manager``'s transaction.
 
         Jobs added or cancelled through the copy are written when that
@@ -370,10 +379,10 @@ class Scheduler:
 
     def build_job(
         self,
-        func: Any,
+        func: Callable[..., Any] | str,
         schedule: Schedule,
-        args: Any = None,
-        kwargs: Any = None,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
         job_id: str | None = None,
         where: str = "add_job",
         **options: Any,
@@ -414,8 +423,8 @@ class Scheduler:
         self,
         func: Callable[..., Any] | str,
         schedule: Schedule,
-        args: Any,
-        kwargs: Any,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
         job_id: str | None,
         where: str,
         options: dict[str, Any],
@@ -611,14 +620,21 @@ class Scheduler:
         self.writer.write([job])
         return job
 
-    def get_jobs(self, task: Any = None, limit: int = 100, cursor: str | None = None) -> JobPage:
+    def get_jobs(
+        self,
+        task: Callable[..., Any] | str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> JobPage:
         """A page of jobs ordered by id (``.next_cursor`` fetches the next page)."""
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidJobError(f"get_jobs: limit must be a positive integer, got {limit!r}")
         name = None if task is None else self.tasks.resolve(task).name
         return self.repository.list(task=name, cursor=cursor, limit=limit)
 
-    def iter_jobs(self, task: Any = None, page_size: int = 500) -> Iterable[Job]:
+    def iter_jobs(
+        self, task: Callable[..., Any] | str | None = None, page_size: int = 500
+    ) -> Iterable[Job]:
         """Every job, fetched page by page."""
         cursor = None
         while True:

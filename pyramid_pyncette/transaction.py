@@ -33,7 +33,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transaction.interfaces import (
     IDataManagerSavepoint,
@@ -46,6 +46,9 @@ from zope.interface import implementer
 from .jobs import STAGED_PREFIX, Job
 from .redaction import redact_text
 from .repository import Repository
+
+if TYPE_CHECKING:
+    from transaction import Transaction, TransactionManager
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ NO_TRANSACTION_HELP = (
 )
 
 
-def active_transaction(manager: Any) -> Any:
+def active_transaction(manager: TransactionManager | None) -> Transaction | None:
     """The transaction ``manager`` has begun, or None (never begins one implicitly)."""
     if manager is None:
         return None
@@ -111,7 +114,7 @@ class StagingDataManager:
         self,
         repository: Repository,
         on_commit: CommitCallback,
-        txn: Any,
+        txn: Transaction,
         *,
         window: float,
         clock: Callable[[], datetime],
@@ -171,20 +174,20 @@ class StagingDataManager:
         # its own tpc_vote: a store failure then aborts the app's database too.
         return f"pyramid_pyncette:{id(self)}"
 
-    def abort(self, txn: Any) -> None:
+    def abort(self, txn: Transaction) -> None:
         # Also called when a savepoint taken before this manager joined is
         # rolled back: the transaction then forgets it, so it must rejoin.
         self.changes = []
         self.elsewhere = []
         self.joined = False
 
-    def tpc_begin(self, txn: Any) -> None:
+    def tpc_begin(self, txn: Transaction) -> None:
         pass
 
-    def commit(self, txn: Any) -> None:
+    def commit(self, txn: Transaction) -> None:
         pass
 
-    def tpc_vote(self, txn: Any) -> None:
+    def tpc_vote(self, txn: Transaction) -> None:
         adds, removes = self._net_changes()
         if not adds and not removes:
             return
@@ -202,7 +205,7 @@ class StagingDataManager:
             raise
         self._applied = (adds, removes, previous, token)
 
-    def tpc_finish(self, txn: Any) -> None:
+    def tpc_finish(self, txn: Transaction) -> None:
         written: list[Job] = []
         removed: list[str] = []
         if self._applied is not None:
@@ -234,7 +237,7 @@ class StagingDataManager:
                 # tpc_finish must not raise: the transaction has committed.
                 log.exception("announcing the jobs of a committed transaction failed")
 
-    def tpc_abort(self, txn: Any) -> None:
+    def tpc_abort(self, txn: Transaction) -> None:
         applied = self._applied
         self._applied = None
         self.changes = []
@@ -257,7 +260,7 @@ class StagingDataManager:
         return _Savepoint(self)
 
 
-def current_transaction(manager: Any) -> Any:
+def current_transaction(manager: TransactionManager | None) -> Transaction:
     """The transaction ``manager`` has begun; :class:`NoTransactionError` if none."""
     txn = active_transaction(manager)
     if txn is None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .jobs import Job
 from .repository import Repository
@@ -31,6 +31,10 @@ from .transaction import (
     active_transaction,
     current_transaction,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+    from transaction import Transaction, TransactionManager
 
 
 class Store:
@@ -100,7 +104,7 @@ class _TransactionWriter:
         self,
         store: Store,
         on_commit: CommitCallback,
-        transaction_manager: Any,
+        transaction_manager: TransactionManager | None,
         *,
         window: float,
         clock: Callable[[], datetime],
@@ -110,7 +114,7 @@ class _TransactionWriter:
         self.transaction_manager = transaction_manager
         self.window = window
         self.clock = clock
-        self._joined: tuple[Any, StagingDataManager] | None = None
+        self._joined: tuple[Transaction, StagingDataManager] | None = None
 
     def data_manager(self) -> StagingDataManager:
         """This transaction's data manager, joined now if it is not yet.
@@ -175,8 +179,8 @@ class SessionWriter(_TransactionWriter):
         self,
         store: Store,
         on_commit: CommitCallback,
-        transaction_manager: Any,
-        session: Any,
+        transaction_manager: TransactionManager | None,
+        session: Session,
         *,
         window: float,
         clock: Callable[[], datetime],
