@@ -41,6 +41,7 @@ from .transaction import NO_TRANSACTION_HELP, NoTransactionError, StoreUnavailab
 
 if TYPE_CHECKING:
     from pyramid.config import Configurator
+    from pyramid.registry import Registry
     from pyramid.request import Request
 
 __all__ = [
@@ -77,7 +78,7 @@ __all__ = [
 ]
 
 
-def get_scheduler(request_or_registry: Any) -> Scheduler:
+def get_scheduler(request_or_registry: Request | Registry) -> Scheduler:
     """The scheduler of a request (bound to its transaction) or of a registry (immediate)."""
     scheduler = getattr(request_or_registry, "scheduler", None)
     if scheduler is None:

@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import transaction
 from pyramid.interfaces import IRequestExtensions, IRequestFactory
@@ -33,6 +33,9 @@ from .jobs import DEFAULT_RETRIES, Lease, Outcome, RetryDefaults
 from .policy import describe_failure, plan_completion
 from .repository.base import session_store
 from .tasks import Task
+
+if TYPE_CHECKING:
+    from pyramid.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +159,7 @@ class JobRequests:
     job's request several times cheaper without changing what it offers.
     """
 
-    def __init__(self, registry: Any, base_url: str = "http://localhost") -> None:
+    def __init__(self, registry: Registry, base_url: str = "http://localhost") -> None:
         self.registry = registry
         environ = Request.blank("/", base_url=base_url).environ
         environ.pop("wsgi.input", None)
@@ -233,7 +236,7 @@ class LeaseTakenOver(RuntimeError):
 
 
 def _complete_in_transaction(
-    registry: Any, request: Request, lease: Lease, clock: Callable[[], datetime]
+    registry: Registry, request: Request, lease: Lease, clock: Callable[[], datetime]
 ) -> None:
     """Complete the job's row through the app's session, in the job's own transaction.
 
@@ -253,12 +256,12 @@ def _complete_in_transaction(
     mark_changed(session, transaction_manager=request.tm)
 
 
-def _notify(registry: Any, event: Any) -> None:
+def _notify(registry: Registry, event: object) -> None:
     notify_subscribers(registry, event, log, "the job goes on")
 
 
 def run_job(
-    registry: Any,
+    registry: Registry,
     task: Task | None,
     lease: Lease,
     clock: Callable[[], datetime],

@@ -271,7 +271,7 @@ def make_task(
     func: Callable[..., Any],
     name: str | None = None,
     schedule: str | None = None,
-    interval: Any = None,
+    interval: timedelta | float | str | None = None,
     **options: Any,
 ) -> Task:
     """Validate a task definition (raises :class:`InvalidJobError`)."""
@@ -343,7 +343,7 @@ class TaskRegistry:
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
 
-    def resolve(self, func_or_name: Any) -> Task:
+    def resolve(self, func_or_name: Callable[..., Any] | str) -> Task:
         """The task for a registered function or a task name, or a helpful error."""
         if isinstance(func_or_name, str):
             task = self._by_name.get(func_or_name)
@@ -399,7 +399,7 @@ def add_pyncette_task(
     func: Callable[..., Any] | str,
     name: str | None = None,
     schedule: str | None = None,
-    interval: Any = None,
+    interval: timedelta | float | str | None = None,
     **options: Any,
 ) -> None:
     """Register ``func`` as a task (a Pyramid configuration directive).
@@ -481,7 +481,7 @@ class periodic_task(task):
     def __init__(
         self,
         schedule: str | None = None,
-        interval: Any = None,
+        interval: timedelta | float | str | None = None,
         name: str | None = None,
         **options: Any,
     ) -> None:

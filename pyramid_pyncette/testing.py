@@ -13,7 +13,7 @@ import dataclasses
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pyramid.interfaces import PHASE3_CONFIG
 
@@ -22,6 +22,10 @@ from .repository import Repository
 from .repository.memory import MemoryRepository
 from .scheduler import Scheduler
 from .settings import PyncetteSettings
+
+if TYPE_CHECKING:
+    from pyramid.config import Configurator
+    from pyramid.registry import Registry
 
 __all__ = ["FakeClock", "RecordingScheduler", "includeme", "run_pending", "set_clock"]
 
@@ -56,7 +60,7 @@ class FakeClock:
             return self._now
 
 
-def run_pending(registry: Any, now: datetime | None = None) -> int:
+def run_pending(registry: Registry, now: datetime | None = None) -> int:
     """Run every job due at ``now`` (default: the scheduler's clock); return how many ran.
 
     Like a daemon starting, it first writes the jobs of the ``@periodic_task``
@@ -69,7 +73,7 @@ def run_pending(registry: Any, now: datetime | None = None) -> int:
     return Worker(registry).run_pending(now)
 
 
-def set_clock(registry: Any, clock: Callable[[], datetime]) -> Callable[[], datetime]:
+def set_clock(registry: Registry, clock: Callable[[], datetime]) -> Callable[[], datetime]:
     """Make ``clock`` the time of the application's scheduler and its store; return it.
 
     ``clock`` is a callable returning an aware UTC datetime, usually a
@@ -95,7 +99,7 @@ class RecordingScheduler(Scheduler):
 
     def __init__(
         self,
-        registry: Any,
+        registry: Registry,
         settings: PyncetteSettings,
         clock: Callable[[], datetime] | None = None,
         repository: Repository | None = None,
@@ -117,7 +121,7 @@ class RecordingScheduler(Scheduler):
         self.cancelled.clear()
 
 
-def includeme(config: Any) -> None:
+def includeme(config: Configurator) -> None:
     """Include ``pyramid_pyncette`` with a memory store and a :class:`RecordingScheduler`.
 
     The swap is a configuration action ordered after the default ones, so
@@ -128,7 +132,7 @@ def includeme(config: Any) -> None:
     config.action(None, _use_recording_scheduler, args=(config.registry,), order=PHASE3_CONFIG + 1)
 
 
-def _use_recording_scheduler(registry: Any) -> None:
+def _use_recording_scheduler(registry: Registry) -> None:
     settings = dataclasses.replace(registry.pyncette_settings, url="memory://")
     registry.pyncette_settings = settings
     registry.scheduler = RecordingScheduler.from_settings(registry, settings)

@@ -223,7 +223,7 @@ class Worker:
         self._claims += 1
         return f"{self.id}-{self._claims:x}"
 
-    def _notify(self, event: Any) -> None:
+    def _notify(self, event: object) -> None:
         notify_subscribers(self.registry, event, log, "the worker goes on")
 
     def _execute(

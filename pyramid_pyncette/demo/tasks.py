@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyramid.request import Request
 
 from pyramid_pyncette import periodic_task, task
+
+if TYPE_CHECKING:
+    from pyramid.registry import Registry
 
 log = logging.getLogger("pyramid_pyncette.demo")
 
@@ -23,7 +26,7 @@ log = logging.getLogger("pyramid_pyncette.demo")
 RECENT_RUNS = 50
 
 
-def recent_runs(registry: Any) -> deque:
+def recent_runs(registry: Registry) -> deque[dict[str, Any]]:
     """The ring buffer of the latest runs made in this process (newest last)."""
     runs = getattr(registry, "demo_runs", None)
     if runs is None:
@@ -31,7 +34,7 @@ def recent_runs(registry: Any) -> deque:
     return runs
 
 
-def _record(request: Any, outcome: str, detail: str) -> None:
+def _record(request: Request, outcome: str, detail: str) -> None:
     job = request.job
     recent_runs(request.registry).append(
         {

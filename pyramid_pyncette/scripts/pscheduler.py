@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import textwrap
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from pyramid.exceptions import ConfigurationExecutionError
@@ -246,7 +247,7 @@ class PSchedulerCommand:
             self.out("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         return EXIT_OK
 
-    def _on_signal(self, signum: int, frame: Any) -> None:
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signals_seen += 1
         if self.signals_seen == 1 and self.worker is not None:
             log.info(
