@@ -25,8 +25,14 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 from ..jobs import Job, Lease, Outcome
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from sqlalchemy.engine import Connection
     from sqlalchemy.orm import Session
+
+    #: What a :class:`SessionStore` reads and writes through: a SQLAlchemy
+    #: Connection, or the app's ORM Session (shared-database mode).
+    DBConnection: TypeAlias = Connection | Session
 
 
 class RepositoryError(Exception):
@@ -297,19 +303,15 @@ class SessionStore(Protocol):
     """
 
     def write_on(
-        self,
-        conn: Connection | Session,
-        adds: Sequence[Job],
-        removes: Sequence[str],
-        announce: bool = True,
+        self, conn: DBConnection, adds: Sequence[Job], removes: Sequence[str], announce: bool = True
     ) -> set[str]:
         """Write ``adds`` (replacing) and delete ``removes`` through ``conn``; return the
         ids of ``removes`` that existed."""
 
-    def get_on(self, conn: Connection | Session, job_id: str) -> Job | None:
+    def get_on(self, conn: DBConnection, job_id: str) -> Job | None:
         """One job read through ``conn``, or None."""
 
-    def complete_on(self, conn: Connection | Session, outcomes: Sequence[Outcome]) -> int:
+    def complete_on(self, conn: DBConnection, outcomes: Sequence[Outcome]) -> int:
         """Apply ``outcomes`` through ``conn``; return how many lease-guarded rows matched."""
 
 

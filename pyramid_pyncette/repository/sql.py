@@ -49,7 +49,7 @@ from .rows import (
 )
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+    from .base import DBConnection
 
 log = logging.getLogger(__name__)
 
@@ -610,11 +610,7 @@ class SQLRepository(Repository):
             self.write_on(conn, adds, removes)
 
     def write_on(
-        self,
-        conn: Connection | Session,
-        adds: Sequence[Job],
-        removes: Sequence[str],
-        announce: bool = True,
+        self, conn: DBConnection, adds: Sequence[Job], removes: Sequence[str], announce: bool = True
     ) -> set[str]:
         """Write jobs through ``conn`` (a Connection or an ORM Session) in its transaction.
 
@@ -633,7 +629,7 @@ class SQLRepository(Repository):
                 self._announce(conn)
         return removed
 
-    def _announce(self, conn: Connection | Session) -> None:
+    def _announce(self, conn: DBConnection) -> None:
         if self._dialect == "postgresql":
             # Delivered at commit, to the daemons LISTENing (see start_listener).
             conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": self.channel})
@@ -743,7 +739,7 @@ class SQLRepository(Repository):
             )
         raise NotImplementedError(f"no upsert for {self._dialect}")
 
-    def _existing(self, conn: Connection | Session, ids: Sequence[str]) -> set[str]:
+    def _existing(self, conn: DBConnection, ids: Sequence[str]) -> set[str]:
         table = self.table
         found: set[str] = set()
         for chunk in _chunks(list(ids)):
@@ -888,7 +884,7 @@ class SQLRepository(Repository):
         with self._read() as conn:
             return self.get_on(conn, job_id)
 
-    def get_on(self, conn: Connection | Session, job_id: str) -> Job | None:
+    def get_on(self, conn: DBConnection, job_id: str) -> Job | None:
         """One job read through ``conn`` (a Connection or the app's Session)."""
         row = conn.execute(sa.select(self.table).where(self.table.c.id == job_id)).first()
         return None if row is None else _row_to_job(row)
@@ -1335,7 +1331,7 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
         with self._write() as conn:
             self._park_unwritable(conn, plan.job_id, plan.token, now, refused)
 
-    def complete_on(self, conn: Connection | Session, outcomes: Sequence[Outcome]) -> int:
+    def complete_on(self, conn: DBConnection, outcomes: Sequence[Outcome]) -> int:
         """Apply outcomes through ``conn`` (a Connection or the app's Session).
 
         Returns how many lease-guarded rows matched: 0 for a lost lease.
@@ -1344,7 +1340,7 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
 
     def _write_completions(
         self,
-        conn: Connection | Session,
+        conn: DBConnection,
         plans: Sequence[CompletionPlan],
         text: Callable[..., Any] = storable_text,
     ) -> int:
@@ -1481,7 +1477,7 @@ def _file_identity(path: str) -> tuple[int, int] | None:
 
 
 def _rowcount(
-    conn: Connection | Session, statement: sa.Executable, params: list[dict[str, Any]] | None = None
+    conn: DBConnection, statement: sa.Executable, params: list[dict[str, Any]] | None = None
 ) -> int:
     """How many rows the UPDATE or DELETE ``statement`` matched, run through ``conn``."""
     # Both return a CursorResult for such a statement; SQLAlchemy's annotations
