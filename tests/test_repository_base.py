@@ -47,3 +47,44 @@ def test_session_store_of_a_store_without_sessions_names_the_fix():
         "MemoryRepository cannot write through the app's session: pyncette.session_hook needs "
         "pyncette.url to name the app's SQL database"
     )
+
+
+def test_complete_and_claim_hands_the_claim_to_the_store_hook_as_one_value():
+    from datetime import datetime, timezone
+
+    from pyramid_pyncette.repository.base import Claim
+
+    heard = []
+
+    class OneRoundTrip(MemoryRepository):
+        def _complete_then_claim(self, outcomes, claim):
+            heard.append((tuple(outcomes), claim))
+            return []
+
+    now = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    assert OneRoundTrip().complete_and_claim((), now, 7, "tok", 30.0) == []
+    assert heard == [((), Claim(now=now, limit=7, token="tok", default_lease=30.0))]
+
+
+def test_the_default_hook_completes_then_claims_with_the_claim_unpacked():
+    from datetime import datetime, timezone
+
+    calls = []
+
+    class Recording(MemoryRepository):
+        def complete(self, outcomes):
+            calls.append(("complete", tuple(outcomes)))
+
+        def claim(self, now, limit, token, default_lease):
+            calls.append(("claim", now, limit, token, default_lease))
+            return []
+
+    now = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    store = Recording()
+    store.complete_and_claim((), now, 3, "a", 60.0)
+    store.complete_and_claim(["outcome"], now, 5, "b", 90.0)
+    assert calls == [
+        ("claim", now, 3, "a", 60.0),
+        ("complete", ("outcome",)),
+        ("claim", now, 5, "b", 90.0),
+    ]

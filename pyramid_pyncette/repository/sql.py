@@ -1,12 +1,14 @@
-"""The SQL store (SQLAlchemy Core): SQLite now, other dialects plug in here.
+"""The SQL store (SQLAlchemy Core): SQLite, PostgreSQL and MySQL/MariaDB.
 
 One table, one row per job, an index on ``due_at``: "what can I claim now"
 is an index range scan, so polling costs O(due), never O(stored).
 
-SQLite is made safe for several processes: WAL journal, a busy timeout, and
-every writing transaction opened with ``BEGIN IMMEDIATE`` so two daemons
-never deadlock upgrading a read lock to a write lock. Claims use the
-caller's clock (one machine shares one clock).
+PostgreSQL and MySQL/MariaDB claim with ``SELECT ... FOR UPDATE SKIP
+LOCKED`` (PostgreSQL in one ``UPDATE ... RETURNING``) and decide what is due
+by the database server's clock. SQLite is made safe for several processes:
+WAL journal, a busy timeout, and every writing transaction opened with
+``BEGIN IMMEDIATE`` so two daemons never deadlock upgrading a read lock to a
+write lock; its claims use the caller's clock (one machine shares one clock).
 """
 
 from __future__ import annotations
