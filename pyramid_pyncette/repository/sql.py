@@ -278,8 +278,8 @@ COLUMNS = tuple(column.name for column in jobs_table.c)
 _LOCKED_BY = COLUMNS.index("locked_by")
 
 # Positions of the JSON and time columns in COLUMNS, and of "args".
-_JSON_COLUMNS = frozenset(COLUMNS.index(name) for name in ("schedule", "args", "options"))
-_TIME_COLUMNS = frozenset(
+_JSON_COLUMNS = tuple(COLUMNS.index(name) for name in ("schedule", "args", "options"))
+_TIME_COLUMNS = tuple(
     COLUMNS.index(name) for name in ("due_at", "next_run_at", "last_run_at", "created_at")
 )
 _ARGS = COLUMNS.index("args")
@@ -303,7 +303,7 @@ def _job_from_columns(values: tuple[Any, ...], raw: bool) -> Job:
     that cannot be read becomes a job that is parked, not run.
     """
     if raw:
-        values = tuple(_decode_raw(value, index) for index, value in enumerate(values))
+        values = _decode_raw(values)
     args = values[_ARGS]
     if type(args) is dict and len(args) == 2:
         # well_formed_job takes the columns in order, "args" split in two.
@@ -314,13 +314,18 @@ def _job_from_columns(values: tuple[Any, ...], raw: bool) -> Job:
     return decode_job_fields(dict(zip(COLUMNS, values, strict=True)))
 
 
-def _decode_raw(value: Any, index: int) -> Any:
-    """A driver's value of column ``COLUMNS[index]`` as ``select(table)`` returns it."""
-    if index in _JSON_COLUMNS:
-        return loads_stored(value)
-    if index in _TIME_COLUMNS:
-        return utc(value)
-    return value
+def _decode_raw(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A driver's row as ``select(table)`` returns it: JSON loaded, times in UTC.
+
+    On the claim path, once per claimed job: only the JSON and time columns
+    are touched.
+    """
+    decoded = list(values)
+    for index in _JSON_COLUMNS:
+        decoded[index] = loads_stored(decoded[index])
+    for index in _TIME_COLUMNS:
+        decoded[index] = utc(decoded[index])
+    return tuple(decoded)
 
 
 def _job_to_row(job: Job) -> dict[str, Any]:
