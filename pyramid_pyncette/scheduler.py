@@ -26,6 +26,7 @@ from .options import PERIODIC_MARKER, declared_periodic
 from .policy import parked_for_unknown_task, revive_parked
 from .redaction import redact_text
 from .repository import JobPage, Repository, UnsupportedStoreError, create_repository
+from .repository.rows import job_problem
 from .schedules import (
     CRON_FIELD_NAMES,
     CronSchedule,
@@ -734,7 +735,7 @@ class Scheduler:
                 task = tasks.get(job.task) if isinstance(job.task, str) else None
                 if declared_periodic(job.options) and (task is None or not task.periodic):
                     stale.append(job.id)
-                elif task is not None and parked_for_unknown_task(job):
+                elif task is not None and parked_for_unknown_task(job) and not job_problem(job):
                     try:
                         again = revive_parked(job, now)
                     except ScheduleError as exc:

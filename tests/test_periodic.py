@@ -430,3 +430,23 @@ def test_run_pending_of_the_testing_include_runs_periodic_tasks_by_itself(make_c
     assert runs == [start + seconds(30 * n) for n in range(1, 11)]
     with pytest.raises(PeriodicJobError):
         registry.scheduler.cancel_job("tick")
+
+
+def test_a_job_parked_for_an_unknown_task_with_an_unreadable_row_stays_parked(make_app):
+    app = make_app(tasks={"fresh": noop})
+    job = app.scheduler.build_job("fresh", DateSchedule(app.clock()), job_id="odd")
+    parked = job.replace(
+        options={"max_retries": "lots"},
+        due_at=None,
+        next_run_at=None,
+        attempts=1,
+        last_status="failed",
+        last_error=unknown_task_error("fresh", "odd"),
+    )
+    app.repository.add([parked])
+    assert job_problem(app.scheduler.get_job("odd")) is not None
+
+    assert app.scheduler.sync_periodic_jobs() == []
+
+    assert app.scheduler.get_job("odd").state == "failed"
+    assert app.run_pending() == 0
