@@ -682,7 +682,10 @@ class Scheduler:
     # -- static periodic tasks -------------------------------------------
 
     def sync_periodic_jobs(self) -> list[Job]:
-        """Bring the stored jobs in line with this application's code; return the jobs written.
+        """Bring the stored jobs in line with this application's code.
+
+        Returns the jobs of periodic tasks it wrote (added, replaced or
+        revived); the other jobs it revives or removes are logged.
 
         What a starting daemon (``pscheduler``, combined mode) and
         :func:`~pyramid_pyncette.testing.run_pending` do first:
@@ -723,7 +726,7 @@ class Scheduler:
 
     def _sweep_stored_jobs(self) -> list[Job]:
         """Remove the periodic jobs this code no longer declares; revive jobs parked for
-        an unknown task that this code registers. Returns the revived jobs."""
+        an unknown task that this code registers. Returns the revived jobs of periodic tasks."""
         tasks = self.tasks
         revived: list[Job] = []
         cursor = None
@@ -761,7 +764,7 @@ class Scheduler:
                         job.task,
                         job.next_run_at,
                     )
-                revived.extend(back)
+                revived.extend(job for job in back if _is_periodic_job(job, tasks.get(job.task)))
             cursor = page.next_cursor
             if cursor is None:
                 return revived
@@ -770,6 +773,11 @@ class Scheduler:
         schedule = task.periodic_schedule(self.settings.timezone)
         job = self.build_job(task.name, schedule, job_id=task.name, where=f"task {task.name!r}")
         return job.replace(options={**job.options, PERIODIC_MARKER: True})
+
+
+def _is_periodic_job(job: Job, task: Task | None) -> bool:
+    """Whether ``job`` is the job of ``task``, a periodic task."""
+    return task is not None and task.periodic and job.id == task.name
 
 
 #: How many stored jobs :meth:`Scheduler.sync_periodic_jobs` reads per page.
