@@ -166,6 +166,47 @@ def test_cancel_of_a_periodic_job_through_a_transaction_is_refused_at_call_time(
     assert app.scheduler.get_job("tick") == before
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["separate", "shared"])
+def test_cancel_of_a_periodic_job_in_a_request_is_refused_and_the_request_commits(
+    tmp_path, clock, shared
+):
+    import webtest
+    from pyramid.response import Response
+
+    from tests import txapp
+
+    seen = []
+
+    def cancel(request):
+        try:
+            request.scheduler.cancel_job("tick")
+        except PeriodicJobError as exc:
+            seen.append(str(exc))
+        request.scheduler.add_async_job("noop", job_id="after")  # the request goes on
+        return Response("ok")
+
+    config = txapp.configurator(tmp_path, shared=shared)
+    config.add_pyncette_task(txapp.noop, name="noop")
+    config.add_pyncette_task(noop, name="tick", interval="30s")
+    config.add_route("cancel", "/cancel")
+    config.add_view(cancel, route_name="cancel")
+    wsgi = config.make_wsgi_app()
+    scheduler = wsgi.registry.scheduler
+    scheduler.clock = clock
+    try:
+        scheduler.sync_periodic_jobs()
+        before = scheduler.get_job("tick")
+
+        webtest.TestApp(wsgi).get("/cancel")
+
+        assert len(seen) == 1
+        assert "remove that declaration from the code" in seen[0]
+        assert scheduler.get_job("tick") == before
+        assert sorted(job.id for job in scheduler.iter_jobs()) == ["after", "tick"]
+    finally:
+        scheduler.repository.close()
+
+
 def test_periodic_jobs_run_on_schedule_after_a_refused_cancel(make_app, tick):
     runs = []
     app = make_app(tasks={"tick": periodic("30s", lambda request: runs.append(request.job.id))})
