@@ -33,7 +33,7 @@ from .events import (
 from .exceptions import InvalidJobError, UnknownTaskError
 from .jobs import Job
 from .repository import is_sql_url
-from .scheduler import BoundScheduler, Scheduler, UnknownJobError
+from .scheduler import BoundScheduler, PeriodicJobError, Scheduler, UnknownJobError
 from .schedules import ScheduleError
 from .settings import PyncetteSettings, parse_settings
 from .tasks import add_pyncette_task, get_task_registry, periodic_task, task
@@ -63,6 +63,7 @@ __all__ = [
     "JobSucceeded",
     "LeaseLost",
     "NoTransactionError",
+    "PeriodicJobError",
     "PyncetteSettings",
     "ScheduleError",
     "Scheduler",

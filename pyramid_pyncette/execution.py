@@ -30,7 +30,7 @@ from pyramid.threadlocal import manager as threadlocal_manager
 
 from .events import JobFailed, JobStarted, JobSucceeded, notify_subscribers
 from .jobs import DEFAULT_RETRIES, Lease, Outcome, RetryDefaults
-from .policy import describe_failure, plan_completion
+from .policy import describe_failure, plan_completion, unknown_task_error
 from .repository.base import session_store
 from .tasks import Task
 
@@ -278,10 +278,7 @@ def run_job(
     """
     job = lease.job
     if task is None:
-        error = (
-            f"task {job.task!r} is not registered in this application; register it or "
-            f"cancel the job {job.id!r}"
-        )
+        error = unknown_task_error(job.task, job.id)
         outcome = Outcome(
             lease,
             succeeded=False,

@@ -103,6 +103,24 @@ JOB_OPTIONS = tuple(field.name for field in fields(JobOptions))
 #: The options of a job that sets none.
 NO_OPTIONS = JobOptions()
 
+#: The stored option that marks the job of a periodic task declared in code
+#: (``@periodic_task``, or ``config.add_pyncette_task`` with ``schedule=`` or
+#: ``interval=``): ``true``. Only the scheduler writes it (no ``add_*_job`` or
+#: task accepts it as an option), so the stored options of other jobs never
+#: hold it. A daemon removes a marked job whose task its code no longer
+#: declares periodic.
+PERIODIC_MARKER = "periodic"
+
+
+def declared_periodic(stored: Any) -> bool:
+    """Whether stored options carry the periodic marker (see :data:`PERIODIC_MARKER`).
+
+    Never raises: options that are not an object, or hold anything but
+    ``true`` under the marker, are not marked (an unreadable marker is
+    reported by :func:`options_from_json`).
+    """
+    return isinstance(stored, dict) and stored.get(PERIODIC_MARKER) is True
+
 
 class _Problem(ValueError):
     """One option's value is wrong; the text says how, without naming the caller."""
@@ -211,7 +229,9 @@ def options_from_json(stored: Any) -> tuple[JobOptions, str | None]:
 
     Options this version does not know are ignored (a newer version may have
     written them); a known one holding a value no version writes is left
-    unset, and the first such value is described in the problem text.
+    unset, and the first such value is described in the problem text. The
+    periodic marker (:data:`PERIODIC_MARKER`) is not an option: it is only
+    checked to be a boolean.
     """
     if not isinstance(stored, dict):
         return NO_OPTIONS, None
@@ -222,6 +242,8 @@ def options_from_json(stored: Any) -> tuple[JobOptions, str | None]:
     for key, value in stored.items():
         parse = _PARSERS.get(key)
         if parse is None or value is None:
+            if key == PERIODIC_MARKER and value is not None and not isinstance(value, bool):
+                problem = problem or f"option {key} is {short_repr(value)}, not true or false"
             continue
         try:
             values[key] = parse(key, value, True)

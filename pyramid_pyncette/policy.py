@@ -354,3 +354,50 @@ def _park(job: Job, lease: Lease, now: datetime, error: str) -> CompletionPlan:
         "last_error": truncate_error(error),
     }
     return CompletionPlan("settle", job.id, lease.token, values)
+
+
+# --------------------------------------------------------------------------- unknown tasks
+
+
+def unknown_task_error(task: str, job_id: str) -> str:
+    """The error a job is parked with when the daemon that claimed it has no task ``task``.
+
+    :func:`parked_for_unknown_task` recognises it, so that a daemon that
+    does know the task revives the job when it syncs (a rolling deploy in
+    which an older daemon claimed a job of a new task).
+    """
+    return (
+        f"task {task!r} is not registered in this application; register it or "
+        f"cancel the job {job_id!r}"
+    )
+
+
+def parked_for_unknown_task(job: Job) -> bool:
+    """Whether ``job`` is parked as failed because the daemon that claimed it knew no
+    task of its name (and for no other reason). Never raises."""
+    return (
+        isinstance(job.task, str)
+        and isinstance(job.id, str)
+        and job.state == "failed"
+        and job.last_error == unknown_task_error(job.task, job.id)
+    )
+
+
+def revive_parked(job: Job, now: datetime) -> Job | None:
+    """``job``, parked, put back on its schedule at ``now``; None if it has no run left.
+
+    A recurring job's next run is its first schedule time after ``now``
+    (no burst of missed runs); a one-off job runs at its date, or now when
+    that has passed. The attempts are reset and the parking error cleared.
+    Raises :class:`~pyramid_pyncette.schedules.ScheduleError` for an
+    unreadable schedule.
+    """
+    schedule = schedule_from_json(job.schedule)
+    if job.recurring:
+        at = schedule.next_run(now, now)
+    else:
+        first = schedule.first_run(now)
+        at = None if first is None else max(first, now)
+    if at is None:
+        return None
+    return job.replace(due_at=at, next_run_at=at, attempts=0, locked_by=None, last_error=None)

@@ -22,8 +22,11 @@ from pyramid.exceptions import ConfigurationError
 from .events import JobScheduled, notify_subscribers
 from .exceptions import InvalidJobError
 from .jobs import Job
+from .options import PERIODIC_MARKER, declared_periodic
+from .policy import parked_for_unknown_task, revive_parked
 from .redaction import redact_text
 from .repository import JobPage, Repository, UnsupportedStoreError, create_repository
+from .repository.rows import job_problem
 from .schedules import (
     CRON_FIELD_NAMES,
     CronSchedule,
@@ -61,6 +64,16 @@ Clock = Callable[[], datetime]
 
 class UnknownJobError(InvalidJobError, LookupError):
     """No job has the given id."""
+
+
+class PeriodicJobError(InvalidJobError):
+    """The job of a periodic task declared in code cannot be changed that way.
+
+    Such a job belongs to the code (``@periodic_task``, or
+    ``config.add_pyncette_task`` with ``schedule=`` or ``interval=``): every
+    daemon that starts with that code writes it again. The message names
+    the lever that works.
+    """
 
 
 def utcnow() -> datetime:
@@ -589,8 +602,30 @@ class Scheduler:
         return self._add(func, schedule, args, kwargs, job_id, "add_async_job", options)
 
     def cancel_job(self, job_id: str) -> bool:
-        """Delete a job; True if it existed. A run in progress finishes but is not repeated."""
-        return self.writer.remove(check_job_id(job_id))
+        """Delete a job; True if it existed. A run in progress finishes but is not repeated.
+
+        The job of a periodic task this application's code declares
+        (``@periodic_task``, or ``config.add_pyncette_task`` with
+        ``schedule=`` or ``interval=``) is refused with
+        :class:`PeriodicJobError`, and nothing is written: the next daemon
+        start would add it again. Remove the declaration from the code
+        instead; a daemon running that code removes the job when it starts.
+        A job that only shares its id with a periodic task (it runs another
+        task) is cancelled as usual.
+        """
+        job_id = check_job_id(job_id)
+        task = self.tasks.get(job_id)
+        if task is not None and task.periodic:
+            current = self.writer.get(job_id)
+            if current is not None and current.task == task.name:
+                raise PeriodicJobError(
+                    f"cancel_job: job {job_id!r} is the job of the periodic task {task.name!r}, "
+                    "declared in this application's code (@periodic_task, or "
+                    "config.add_pyncette_task with schedule= or interval=), so every daemon "
+                    "start would add it again; to stop it, remove that declaration from the "
+                    "code: a daemon running the new code removes the job when it starts"
+                )
+        return self.writer.remove(job_id)
 
     def get_job(self, job_id: str) -> Job | None:
         """The job with this id, or None.
@@ -647,10 +682,30 @@ class Scheduler:
     # -- static periodic tasks -------------------------------------------
 
     def sync_periodic_jobs(self) -> list[Job]:
-        """Upsert the job of every ``@periodic_task``; return the jobs written.
+        """Bring the stored jobs in line with this application's code.
 
-        A job whose stored schedule and options still match its task is kept
-        (with its next run time); a changed one is replaced.
+        Returns the jobs of periodic tasks it wrote (added, replaced or
+        revived); the other jobs it revives or removes are logged.
+
+        What a starting daemon (``pscheduler``, combined mode) and
+        :func:`~pyramid_pyncette.testing.run_pending` do first:
+
+        - every periodic task (``@periodic_task``) gets its job, with the task's
+          name as id and marked as declared in code (see
+          :data:`~pyramid_pyncette.options.PERIODIC_MARKER`). A stored job whose
+          schedule and options still match its task is kept, with its next run
+          time; a changed one is replaced.
+        - a job marked as declared in code whose task this code does not
+          declare periodic (unknown here, or now a plain task) is removed.
+          Jobs written before the marker existed are not marked, so they are
+          never removed this way; a daemon that declares their task marks them.
+        - a job parked because the daemon that claimed it did not know its
+          task (see :func:`~pyramid_pyncette.policy.parked_for_unknown_task`)
+          is revived when this code registers the task: its next run is its
+          first schedule time after now (now for a one-off job whose time has
+          passed), its attempts reset, its parking error cleared.
+
+        The last two read every stored job once, page by page.
         """
         written = []
         for task in self.tasks:
@@ -658,21 +713,85 @@ class Scheduler:
                 continue
             job = self._periodic_job(task)
             current = self.repository.get(job.id)
-            if current is not None and _same_definition(current, job):
-                continue
+            if current is not None and current.problem is None and _same_definition(current, job):
+                if declared_periodic(current.options) or current.locked_by is not None:
+                    continue
+                # Written before the marker existed: mark it, keeping its next run
+                # (a running one is marked by a later sync).
+                job = current.replace(options=job.options)
             self.repository.add([job])
             written.append(job)
+        written.extend(self._sweep_stored_jobs())
         return written
+
+    def _sweep_stored_jobs(self) -> list[Job]:
+        """Remove the periodic jobs this code no longer declares; revive jobs parked for
+        an unknown task that this code registers. Returns the revived jobs of periodic tasks."""
+        tasks = self.tasks
+        revived: list[Job] = []
+        cursor = None
+        while True:
+            page = self.repository.list(cursor=cursor, limit=SYNC_PAGE_SIZE)
+            now = self.now()
+            stale, back = [], []
+            for job in page.jobs:
+                task = tasks.get(job.task) if isinstance(job.task, str) else None
+                if declared_periodic(job.options) and (task is None or not task.periodic):
+                    stale.append(job.id)
+                elif task is not None and parked_for_unknown_task(job) and not job_problem(job):
+                    try:
+                        again = revive_parked(job, now)
+                    except ScheduleError as exc:
+                        log.warning(
+                            "job %r stays parked: its schedule is unreadable (%s)", job.id, exc
+                        )
+                        continue
+                    if again is not None:
+                        back.append(again)
+            if stale:
+                for job_id in sorted(self.repository.remove(stale)):
+                    log.info(
+                        "periodic job %r removed: this application no longer declares its task "
+                        "periodic",
+                        job_id,
+                    )
+            if back:
+                self.repository.add(back)
+                for job in back:
+                    log.info(
+                        "job %r revived: its task %r is registered here (next run %s)",
+                        job.id,
+                        job.task,
+                        job.next_run_at,
+                    )
+                revived.extend(job for job in back if _is_periodic_job(job, tasks.get(job.task)))
+            cursor = page.next_cursor
+            if cursor is None:
+                return revived
 
     def _periodic_job(self, task: Task) -> Job:
         schedule = task.periodic_schedule(self.settings.timezone)
-        return self.build_job(task.name, schedule, job_id=task.name, where=f"task {task.name!r}")
+        job = self.build_job(task.name, schedule, job_id=task.name, where=f"task {task.name!r}")
+        return job.replace(options={**job.options, PERIODIC_MARKER: True})
+
+
+def _is_periodic_job(job: Job, task: Task | None) -> bool:
+    """Whether ``job`` is the job of ``task``, a periodic task."""
+    return task is not None and task.periodic and job.id == task.name
+
+
+#: How many stored jobs :meth:`Scheduler.sync_periodic_jobs` reads per page.
+SYNC_PAGE_SIZE = 500
 
 
 def _same_definition(stored: Job, fresh: Job) -> bool:
+    """Whether ``stored`` has ``fresh``'s task, schedule, options and arguments (the
+    anchor of an interval and the periodic marker aside)."""
+
     def signature(job: Job) -> tuple[Any, ...]:
         schedule = {k: v for k, v in job.schedule.items() if k != "start"}
-        return (job.task, schedule, job.options, job.args, job.kwargs)
+        options = {k: v for k, v in job.options.items() if k != PERIODIC_MARKER}
+        return (job.task, schedule, options, job.args, job.kwargs)
 
     return signature(stored) == signature(fresh)
 

@@ -63,9 +63,13 @@ class FakeClock:
 def run_pending(registry: Registry, now: datetime | None = None) -> int:
     """Run every job due at ``now`` (default: the scheduler's clock); return how many ran.
 
-    Like a daemon starting, it first writes the jobs of the ``@periodic_task``
-    tasks (those already stored with the same definition keep their next
-    run), so periodic tasks are tested the same way as jobs added by views.
+    Like a daemon starting, it first syncs the periodic jobs
+    (:meth:`~pyramid_pyncette.scheduler.Scheduler.sync_periodic_jobs`): it
+    writes the jobs of the ``@periodic_task`` tasks (those already stored
+    with the same definition keep their next run), removes those the code no
+    longer declares and revives jobs parked because their task was unknown,
+    so periodic tasks are tested the same way as jobs added by views, with
+    no extra call.
     """
     from .worker import Worker
 

@@ -5,7 +5,7 @@ import pytest
 
 UTC = timezone.utc
 NOW = datetime(2030, 1, 1, 0, 7, tzinfo=UTC)
-TASK_NAME = "tests.test_scheduler_api:send_report"
+TASK_NAME = "tests.test_scheduler:send_report"
 #: A memory store whose default timezone is Tokyo's.
 TOKYO = {"pyncette.url": "memory://", "pyncette.timezone": "Asia/Tokyo"}
 
@@ -417,7 +417,7 @@ BAD_INPUT = [
     pytest.param(
         lambda s: s.add_async_job(unregistered),
         [
-            "tests.test_scheduler_api:unregistered is not a registered task",
+            "tests.test_scheduler:unregistered is not a registered task",
             "@pyramid_pyncette.task()",
             "config.add_pyncette_task",
         ],
