@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
+from datetime import datetime, timezone
 
 import pytest
 
@@ -354,3 +356,92 @@ def test_help_explains_every_action_and_option():
     assert "--json Print --list or --show as one JSON document" in text
     assert "At most one; without any, pscheduler runs the daemon" in text
     assert "3 the store cannot be reached" in text
+
+
+# --------------------------------------------------------------------------- README
+
+
+def _readme_section(title):
+    from tests.daemon import ROOT
+
+    with open(f"{ROOT}/README.md", encoding="utf-8") as readme:
+        text = readme.read()
+    start = text.index(f"\n## {title}\n")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def _readme_jobs():
+    """The jobs of the README's "Operating the scheduler" examples."""
+    from pyramid_pyncette.jobs import Job
+
+    def utc(*parts):
+        return datetime(*parts, tzinfo=timezone.utc)
+
+    error = (
+        "Traceback (most recent call last):\n"
+        '  File "/srv/myapp/myapp/jobs.py", line 16, in send_welcome\n'
+        '    with smtplib.SMTP("mail.example.com") as smtp:\n'
+        '  File "/usr/lib/python3.12/smtplib.py", line 255, in __init__\n'
+        "    (code, msg) = self.connect(host, port)\n"
+        "ConnectionRefusedError: [Errno 111] Connection refused\n"
+    )
+    return [
+        Job(
+            id="daily-42",
+            task="myapp.jobs:send_welcome",
+            schedule={
+                "kind": "interval",
+                "microseconds": 86400 * 10**6,
+                "start": "2026-05-03T09:12:44+00:00",
+            },
+            args=[42],
+            due_at=utc(2026, 5, 5, 9, 12, 44),
+            next_run_at=utc(2026, 5, 5, 9, 12, 44),
+            last_run_at=utc(2026, 5, 4, 9, 12, 44),
+            last_status="succeeded",
+            created_at=utc(2026, 5, 3, 9, 12, 44),
+        ),
+        Job(
+            id="myapp.jobs:nightly_cleanup",
+            task="myapp.jobs:nightly_cleanup",
+            schedule={"kind": "cron", "expression": "0 3 * * *", "timezone": "Europe/Paris"},
+            due_at=utc(2026, 5, 5, 1, 0),
+            next_run_at=utc(2026, 5, 5, 1, 0),
+            last_run_at=utc(2026, 5, 4, 1, 0),
+            last_status="succeeded",
+            created_at=utc(2026, 5, 1, 8, 0),
+        ),
+        Job(
+            id="welcome-43",
+            task="myapp.jobs:send_welcome",
+            schedule={"kind": "date", "run_at": "2026-05-04T08:57:10+00:00"},
+            args=[43],
+            attempts=6,
+            last_run_at=utc(2026, 5, 4, 9, 30),
+            last_status="failed",
+            last_error=error,
+            created_at=utc(2026, 5, 4, 8, 57, 10),
+        ),
+    ]
+
+
+def test_readme_operating_examples_are_what_pscheduler_prints():
+    from pyramid_pyncette import operate
+
+    section = _readme_section("Operating the scheduler")
+    jobs = _readme_jobs()
+    for block in (
+        operate.jobs_table(jobs),
+        operate.jobs_table(jobs[2:]),
+        operate.job_details(jobs[2]),
+    ):
+        assert "\n" + "\n".join(block) + "\n```" in section, block
+
+
+def test_readme_documents_every_json_key():
+    from pyramid_pyncette import operate
+
+    section = _readme_section("Operating the scheduler")
+    documented = section[section.index("Each job has these keys") : section.index("Times\nare")]
+    keys = set(re.findall(r"`([a-z_]+)`", documented)) - {"null"}
+    assert keys == set(operate.job_document(_readme_jobs()[0]))
