@@ -103,6 +103,15 @@ def test_list_of_an_unregistered_task_is_a_usage_error(sqlite_ini, capsys):
     assert "no task is registered as 'fial' (did you mean 'fail'?)" in err[0]
 
 
+def test_list_finds_the_stored_jobs_of_a_task_no_longer_registered(sqlite_ini, capsys):
+    ini, registry = sqlite_ini
+    hourly = registry.scheduler.get_job("hourly")
+    registry.scheduler.repository.add([hourly.replace(id="orphan", task="gone")])
+    assert run_pscheduler("--list", "--task", "gone", ini) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines[1:]] == [["orphan", "gone"]]
+
+
 def test_show_prints_every_field_and_the_last_error_in_full(sqlite_ini, capsys):
     ini, _ = sqlite_ini
     assert run_pscheduler("--show", "broken", ini) == 0

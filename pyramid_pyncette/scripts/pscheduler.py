@@ -19,8 +19,8 @@ At start every mode checks the store. A misconfiguration no retry can fix
 (wrong credentials, an unknown database, a missing table or driver) exits
 with status 2 and one line naming the problem and the fix. A store that
 cannot be reached (refused, timed out, unknown host) fails ``--once`` and
-every action that shows or changes jobs with status 3; the daemon waits it out, and once running it
-treats every store error as an outage. Passwords in URLs and connection
+every action that shows or changes jobs with status 3; the daemon waits it
+out, and once running it treats every store error as an outage. Passwords in URLs and connection
 strings are hidden (``***``) in everything it prints and logs. Bad usage
 (conflicting flags, an unknown job id or state) exits 2 with one line.
 """
@@ -41,7 +41,7 @@ from pyramid.paster import bootstrap, setup_logging
 from pyramid.scripts.common import parse_vars
 
 from .. import operate
-from ..exceptions import InvalidJobError
+from ..exceptions import InvalidJobError, UnknownTaskError
 from ..redaction import install_log_redaction, redact_text
 
 if TYPE_CHECKING:
@@ -220,8 +220,8 @@ class PSchedulerCommand:
         """Connect to the store and read its table; an exit status if that must stop us.
 
         A misconfiguration stops every mode (status 2). An outage stops
-        ``--once`` and the actions on jobs (status 3); the daemon starts anyway and
-        waits for the store.
+        ``--once`` and the actions on jobs (status 3); the daemon starts
+        anyway and waits for the store.
         """
         scheduler = registry.scheduler
         try:
@@ -308,15 +308,21 @@ class PSchedulerCommand:
 
     def list_jobs(self, registry: Registry) -> int:
         """``--list``: the stored jobs, filtered by ``--state`` and ``--task``."""
-        state = self.args.state
+        scheduler = registry.scheduler
+        state, task = self.args.state, self.args.task
         try:
-            jobs = [
-                job
-                for job in registry.scheduler.iter_jobs(task=self.args.task)
-                if state is None or job.state == state
-            ]
+            try:
+                jobs = list(scheduler.iter_jobs(task=task))
+            except UnknownTaskError:
+                # Jobs of a task this app no longer registers are still
+                # stored (parked when claimed): they are worth finding.
+                jobs = [job for job in scheduler.iter_jobs() if job.task == task]
+                if not jobs:
+                    raise
         except Exception as exc:
             return self._job_error(registry, "cannot list the jobs of the store", exc)
+        if state is not None:
+            jobs = [job for job in jobs if job.state == state]
         if self.args.json:
             self.out(operate.dump_json(operate.jobs_document(jobs)))
         else:
@@ -332,7 +338,9 @@ class PSchedulerCommand:
             return self._job_error(registry, "cannot read the job from the store", exc)
         if job is None:
             return self._unknown_job(job_id)
-        # The job's last runs join here once the store records run history.
+        # Run history is not recorded yet: once it is, the job's last 10 runs
+        # (scheduler.get_runs(job_id=..., limit=10)) follow its lines here,
+        # and go beside "job" in the JSON document as "runs".
         if self.args.json:
             self.out(operate.dump_json({"job": operate.job_document(job)}))
         else:
