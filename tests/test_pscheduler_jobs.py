@@ -22,8 +22,8 @@ from tests.daemon import (
 )
 from tests.servers import free_port
 
-#: The stores the process tests run on: a file and a server.
-STORES = ["sqlite", "redis"]
+#: The stores the process tests run on: a file, a SQL server and Redis.
+STORES = ["sqlite", "postgresql", "redis"]
 
 UNKNOWN = "pscheduler: no job has the id 'nope'"
 
