@@ -359,9 +359,9 @@ def test_help_explains_every_action_and_option():
     text = " ".join(done.stdout.split())
     for flag in ("--once", "--list", "--show ID", "--retry ID", "--cancel ID", "--task NAME"):
         assert f"{flag} " in text, flag
-    assert "--state STATE --list only the jobs in STATE: scheduled, running, retrying, failed" in (
-        text
-    )
+    states = "scheduled, running, retrying, failed"
+    assert f"--state STATE With --list: only the jobs in STATE ({states})" in text
+    assert "--task NAME With --list: only the jobs of the task NAME" in text
     assert "--json Print --list or --show as one JSON document" in text
     assert "At most one; without any, pscheduler runs the daemon" in text
     assert "3 the store cannot be reached" in text

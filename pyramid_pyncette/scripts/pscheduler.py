@@ -154,9 +154,11 @@ class PSchedulerCommand:
             "--state",
             choices=operate.JOB_STATES,
             metavar="STATE",
-            help=f"--list only the jobs in STATE: {', '.join(operate.JOB_STATES)}",
+            help=f"With --list: only the jobs in STATE ({', '.join(operate.JOB_STATES)})",
         )
-        listing.add_argument("--task", metavar="NAME", help="--list only the jobs of the task NAME")
+        listing.add_argument(
+            "--task", metavar="NAME", help="With --list: only the jobs of the task NAME"
+        )
         listing.add_argument(
             "--json",
             action="store_true",
