@@ -50,7 +50,17 @@ def test_list_prints_a_table_of_jobs(tmp_path, capsys):
     assert run_pscheduler("--list", ini) == 0
 
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["ID", "TASK", "SCHEDULE", "NEXT", "RUN", "STATE", "LAST"]
+    assert out[0].split() == [
+        "ID",
+        "TASK",
+        "SCHEDULE",
+        "NEXT",
+        "RUN",
+        "STATE",
+        "LAST",
+        "LAST",
+        "ERROR",
+    ]
     assert out[1].startswith("every-five  record")
     assert "cron */5 * * * *" in out[1]
     assert "scheduled" in out[1]

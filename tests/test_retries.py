@@ -588,7 +588,17 @@ def test_list_shows_a_retrying_job_at_its_retry_time_and_a_running_one_at_its_ru
     assert PSchedulerCommand(["pscheduler", "--list", "app.ini"]).list_jobs(app.registry) == 0
 
     header, *lines = capsys.readouterr().out.splitlines()
-    assert header.split() == ["ID", "TASK", "SCHEDULE", "NEXT", "RUN", "STATE", "LAST"]
+    assert header.split() == [
+        "ID",
+        "TASK",
+        "SCHEDULE",
+        "NEXT",
+        "RUN",
+        "STATE",
+        "LAST",
+        "LAST",
+        "ERROR",
+    ]
     rows = {line.split()[0]: line for line in lines}
     retry_at = (app.start + d1).strftime("%Y-%m-%d %H:%M:%S UTC")
     assert f"{retry_at}  retrying  failed (attempt 1)" in rows["failing"]

@@ -2,7 +2,14 @@
 
 Shaped like ``pserve``::
 
-    pscheduler [-n NAME] [--once] [--list] [-v | -q] config_uri [name=value ...]
+    pscheduler [-n NAME] [-v | -q] [--once | --list | --show ID | --retry ID | --cancel ID]
+               [--state STATE] [--task NAME] [--json] config_uri [name=value ...]
+
+With no action it runs the daemon. ``--list`` (filtered by ``--state`` and
+``--task``) and ``--show`` print jobs, as JSON with ``--json``; ``--retry``
+and ``--cancel`` act on one job. They are faces of the scheduler API
+(``get_jobs``, ``get_job``, ``retry_job``, ``cancel_job``); the formatting
+lives in :mod:`pyramid_pyncette.operate`.
 
 The first SIGINT or SIGTERM stops claiming, lets running jobs finish and
 exits 0; a second one exits at once with status 1 (leases of jobs still
@@ -11,10 +18,11 @@ running then expire and the jobs run again elsewhere).
 At start every mode checks the store. A misconfiguration no retry can fix
 (wrong credentials, an unknown database, a missing table or driver) exits
 with status 2 and one line naming the problem and the fix. A store that
-cannot be reached (refused, timed out, unknown host) fails ``--list`` and
-``--once`` with status 3; the daemon waits it out, and once running it
-treats every store error as an outage. Passwords in URLs and connection
-strings are hidden (``***``) in everything it prints and logs.
+cannot be reached (refused, timed out, unknown host) fails ``--once`` and
+every action that shows or changes jobs with status 3; the daemon waits it
+out, and once running it treats every store error as an outage. Passwords in URLs and connection
+strings are hidden (``***``) in everything it prints and logs. Bad usage
+(conflicting flags, an unknown job id or state) exits 2 with one line.
 """
 
 from __future__ import annotations
@@ -26,14 +34,15 @@ import signal
 import sys
 import textwrap
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, NoReturn
 
 from pyramid.exceptions import ConfigurationExecutionError
 from pyramid.paster import bootstrap, setup_logging
 from pyramid.scripts.common import parse_vars
 
+from .. import operate
+from ..exceptions import InvalidJobError, UnknownTaskError
 from ..redaction import install_log_redaction, redact_text
-from ..schedules import ScheduleError, schedule_from_json
 
 if TYPE_CHECKING:
     from pyramid.registry import Registry
@@ -46,26 +55,22 @@ EXIT_OK = 0
 EXIT_FORCED = 1
 #: Bad usage or configuration, including a store misconfigured beyond any retry.
 EXIT_USAGE = 2
-#: The store cannot be reached (``--list`` and ``--once`` only).
+#: The store cannot be reached (``--once`` and the actions on jobs only).
 EXIT_STORE = 3
 
-
-def _format_time(value: Any) -> str:
-    if value is None:
-        return "-"
-    try:
-        return value.strftime("%Y-%m-%d %H:%M:%S UTC")
-    except Exception:
-        return repr(value)
+#: The flags that show or change jobs instead of running the daemon.
+JOB_ACTIONS = ("list", "show", "retry", "cancel")
 
 
-def _describe_schedule(data: Any) -> str:
-    try:
-        return schedule_from_json(data).describe()
-    except ScheduleError:
-        return f"unreadable {data!r}"
-    except Exception:
-        return "unreadable"
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one ``pscheduler:`` line (status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(
+            f"pscheduler: {operate.terminal_text(message)} (see pscheduler --help)",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_USAGE)
 
 
 class PSchedulerCommand:
@@ -75,7 +80,15 @@ class PSchedulerCommand:
     Run the scheduler daemon of the Pyramid application described in
     'config_uri' (e.g. 'production.ini'): claim due jobs from the store and
     run each as a request with its own transaction. Any number of daemons
-    can share one store.
+    can share one store. The actions below show and steer the stored jobs
+    instead.
+    """
+
+    epilog = """\
+    exit status: 0 done; 1 stopped by a second signal; 2 bad usage or
+    configuration, an unknown job id, or a change the scheduler refused;
+    3 the store cannot be reached (--once and the actions only: the daemon
+    waits for it).
     """
 
     bootstrap = staticmethod(bootstrap)  # for testing
@@ -85,15 +98,17 @@ class PSchedulerCommand:
         self.quiet = quiet
         self.parser = self._make_parser()
         self.args = self.parser.parse_args(argv[1:])
+        self._check_combinations()
         if quiet:
             self.args.verbose = 0
         self.signals_seen = 0
         self.worker: Worker | None = None
 
     def _make_parser(self) -> argparse.ArgumentParser:
-        parser = argparse.ArgumentParser(
+        parser = _Parser(
             prog="pscheduler",
             description=textwrap.dedent(self.description),
+            epilog=textwrap.dedent(self.epilog),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         parser.add_argument(
@@ -103,13 +118,51 @@ class PSchedulerCommand:
             metavar="NAME",
             help="Load the named application (default: main)",
         )
-        parser.add_argument(
+        actions = parser.add_argument_group(
+            "actions", "At most one; without any, pscheduler runs the daemon until stopped."
+        )
+        action = actions.add_mutually_exclusive_group()
+        action.add_argument(
             "--once",
             action="store_true",
-            help="Run until no job is due, then exit (for tests and system cron)",
+            help="Run the daemon until no job is due, then exit (for tests and system cron)",
         )
-        parser.add_argument(
-            "--list", action="store_true", help="Print the stored jobs as a table and exit"
+        action.add_argument(
+            "--list",
+            action="store_true",
+            help="Print the stored jobs as a table (id, task, schedule, next run, state, "
+            "last status, the line naming the last error) and exit",
+        )
+        action.add_argument(
+            "--show",
+            metavar="ID",
+            help="Print everything about the job ID, its last error in full, and exit",
+        )
+        action.add_argument(
+            "--retry",
+            metavar="ID",
+            help="Queue the job ID to run now, as a fresh run (a failed job runs again; "
+            "a recurring one then keeps its schedule)",
+        )
+        action.add_argument(
+            "--cancel",
+            metavar="ID",
+            help="Delete the job ID (a run in progress finishes but is not repeated)",
+        )
+        listing = parser.add_argument_group("options of --list and --show")
+        listing.add_argument(
+            "--state",
+            choices=operate.JOB_STATES,
+            metavar="STATE",
+            help=f"With --list: only the jobs in STATE ({', '.join(operate.JOB_STATES)})",
+        )
+        listing.add_argument(
+            "--task", metavar="NAME", help="With --list: only the jobs of the task NAME"
+        )
+        listing.add_argument(
+            "--json",
+            action="store_true",
+            help="Print --list or --show as one JSON document (times in ISO 8601 UTC)",
         )
         parser.add_argument(
             "-v", "--verbose", default=1, action="count", help="Print more (repeatable)"
@@ -126,12 +179,31 @@ class PSchedulerCommand:
         )
         return parser
 
+    def _check_combinations(self) -> None:
+        """Refuse options that the chosen action ignores (argparse groups cannot say it)."""
+        args = self.args
+        for flag, value in (("--state", args.state), ("--task", args.task)):
+            if value is not None and not args.list:
+                self.parser.error(f"{flag} only filters --list")
+        if args.json and not (args.list or args.show is not None):
+            self.parser.error("--json only applies to --list and --show")
+
+    @property
+    def action(self) -> str | None:
+        """The flag that shows or changes jobs (``'list'``, ``'show'``...), or None."""
+        for name in JOB_ACTIONS:
+            value = getattr(self.args, name)
+            if value is not None and value is not False:
+                return name
+        return None
+
     def out(self, message: str) -> None:
         if not self.quiet:
             print(message)
 
     def err(self, message: str) -> None:
-        print(f"pscheduler: {redact_text(message)}", file=sys.stderr)
+        """Print ``message`` as one ``pscheduler:`` line on stderr, credentials hidden."""
+        print(f"pscheduler: {operate.terminal_text(redact_text(message))}", file=sys.stderr)
 
     def _store_error(self, registry: Registry, what: str, exc: BaseException) -> int:
         """Report a store error at start: status 2 if no retry can fix it, else 3."""
@@ -150,8 +222,8 @@ class PSchedulerCommand:
         """Connect to the store and read its table; an exit status if that must stop us.
 
         A misconfiguration stops every mode (status 2). An outage stops
-        ``--list`` and ``--once`` (status 3); the daemon starts anyway and
-        waits for the store.
+        ``--once`` and the actions on jobs (status 3); the daemon starts
+        anyway and waits for the store.
         """
         scheduler = registry.scheduler
         try:
@@ -159,9 +231,7 @@ class PSchedulerCommand:
             # table with pyncette.skip_table_create shows here).
             scheduler.repository.next_due()
         except Exception as exc:
-            if scheduler.describe_setup_error(exc) is None and not (
-                self.args.once or self.args.list
-            ):
+            if scheduler.describe_setup_error(exc) is None and not (self.args.once or self.action):
                 return None  # the worker waits the outage out and logs it
             what = (
                 "cannot list the jobs of the store" if self.args.list else "cannot reach the store"
@@ -205,6 +275,12 @@ class PSchedulerCommand:
                 return status
             if self.args.list:
                 return self.list_jobs(registry)
+            if self.args.show is not None:
+                return self.show_job(registry, self.args.show)
+            if self.args.retry is not None:
+                return self.retry_job(registry, self.args.retry)
+            if self.args.cancel is not None:
+                return self.cancel_job(registry, self.args.cancel)
             return self.serve(registry)
         finally:
             env["closer"]()
@@ -218,33 +294,82 @@ class PSchedulerCommand:
                 format="%(asctime)s %(levelname)-5s [%(name)s] %(message)s",
             )
 
+    def _job_error(self, registry: Registry, what: str, exc: Exception) -> int:
+        """Report an error of the scheduler API: refused input is 2, the store 2 or 3."""
+        if isinstance(exc, InvalidJobError):
+            self.err(str(exc))
+            return EXIT_USAGE
+        return self._store_error(registry, what, exc)
+
+    def _unknown_job(self, job_id: str) -> int:
+        self.err(
+            f"no job has the id {job_id!r}; it may have finished, been cancelled, or never "
+            "existed (see pscheduler --list)"
+        )
+        return EXIT_USAGE
+
     def list_jobs(self, registry: Registry) -> int:
+        """``--list``: the stored jobs, filtered by ``--state`` and ``--task``."""
         scheduler = registry.scheduler
-        rows = [("ID", "TASK", "SCHEDULE", "NEXT RUN", "STATE", "LAST")]
+        state, task = self.args.state, self.args.task
         try:
-            for job in scheduler.iter_jobs():
-                last = job.last_status or "-"
-                if job.attempts:
-                    last = f"{last} (attempt {job.attempts})"
-                rows.append(
-                    (
-                        job.id,
-                        job.task,
-                        _describe_schedule(job.schedule),
-                        # A retrying job's next run is its retry, not its scheduled time.
-                        _format_time(job.next_attempt_at),
-                        job.state,
-                        last,
-                    )
-                )
+            try:
+                jobs = list(scheduler.iter_jobs(task=task))
+            except UnknownTaskError:
+                # Jobs of a task this app no longer registers are still
+                # stored (parked when claimed): they are worth finding.
+                jobs = [job for job in scheduler.iter_jobs() if job.task == task]
+                if not jobs:
+                    raise
         except Exception as exc:
-            return self._store_error(registry, "cannot list the jobs of the store", exc)
-        if len(rows) == 1:
-            self.out("no jobs")
-            return EXIT_OK
-        widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            self.out("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+            return self._job_error(registry, "cannot list the jobs of the store", exc)
+        if state is not None:
+            jobs = [job for job in jobs if job.state == state]
+        if self.args.json:
+            self.out(operate.dump_json(operate.jobs_document(jobs)))
+        else:
+            for line in operate.jobs_table(jobs):
+                self.out(line)
+        return EXIT_OK
+
+    def show_job(self, registry: Registry, job_id: str) -> int:
+        """``--show ID``: everything about one job."""
+        try:
+            job = registry.scheduler.get_job(job_id)
+        except Exception as exc:
+            return self._job_error(registry, "cannot read the job from the store", exc)
+        if job is None:
+            return self._unknown_job(job_id)
+        # Run history is not recorded yet: once it is, the job's last 10 runs
+        # (scheduler.get_runs(job_id=..., limit=10)) follow its lines here,
+        # and go beside "job" in the JSON document as "runs".
+        if self.args.json:
+            self.out(operate.dump_json({"job": operate.job_document(job)}))
+        else:
+            for line in operate.job_details(job):
+                self.out(line)
+        return EXIT_OK
+
+    def retry_job(self, registry: Registry, job_id: str) -> int:
+        """``--retry ID``: queue the job to run now."""
+        try:
+            registry.scheduler.retry_job(job_id)
+        except Exception as exc:
+            if isinstance(exc, LookupError):
+                return self._unknown_job(job_id)
+            return self._job_error(registry, "cannot retry the job", exc)
+        self.out(f"job {operate.terminal_text(repr(job_id))} queued to run now")
+        return EXIT_OK
+
+    def cancel_job(self, registry: Registry, job_id: str) -> int:
+        """``--cancel ID``: delete the job."""
+        try:
+            existed = registry.scheduler.cancel_job(job_id)
+        except Exception as exc:
+            return self._job_error(registry, "cannot cancel the job", exc)
+        if not existed:
+            return self._unknown_job(job_id)
+        self.out(f"job {operate.terminal_text(repr(job_id))} cancelled")
         return EXIT_OK
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:

@@ -1,0 +1,285 @@
+"""Showing jobs to operators (:mod:`pyramid_pyncette.operate`), without a store."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+T0 = datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+
+TRACEBACK = (
+    "Traceback (most recent call last):\n"
+    '  File "app/jobs.py", line 12, in send\n'
+    "    raise RuntimeError('smtp refused')\n"
+    "RuntimeError: smtp refused\n"
+)
+
+
+def _job(**fields):
+    from pyramid_pyncette.jobs import Job
+
+    values = {
+        "id": "nightly",
+        "task": "report",
+        "schedule": {"kind": "interval", "microseconds": 30_000_000, "start": T0.isoformat()},
+        "due_at": T0,
+        "next_run_at": T0,
+        "created_at": T0 - timedelta(days=1),
+    }
+    values.update(fields)
+    return Job(**values)
+
+
+def _operate():
+    from pyramid_pyncette import operate
+
+    return operate
+
+
+# --------------------------------------------------------------------------- terminal text
+
+
+def test_terminal_text_escapes_escape_sequences_and_line_breaks():
+    text = _operate().terminal_text("a\x1b[2Jb\nc\rd\te\x9bf")
+    assert text == "a\\x1b[2Jb\\x0ac\\x0dd\\x09e\\x9bf"
+
+
+def test_terminal_text_escapes_bidirectional_overrides():
+    assert _operate().terminal_text("abc\u202edef\u2066") == "abc\\u202edef\\u2066"
+
+
+def test_multiline_terminal_text_keeps_newlines_and_tabs_only():
+    text = _operate().terminal_text("one\n\ttwo\r\nthree\rfour\x1b]0;title\x07", multiline=True)
+    assert text == "one\n\ttwo\nthree\\x0dfour\\x1b]0;title\\x07"
+
+
+def test_terminal_text_of_a_value_that_cannot_be_shown_names_its_type():
+    class Unprintable:
+        def __str__(self):
+            raise ValueError("no")
+
+    assert _operate().terminal_text(Unprintable()) == "<unprintable Unprintable>"
+
+
+# --------------------------------------------------------------------------- error headline
+
+
+def test_error_headline_of_a_traceback_is_its_exception_line():
+    assert _operate().error_headline(TRACEBACK) == "RuntimeError: smtp refused"
+
+
+def test_error_headline_of_a_traceback_cut_from_the_front_is_its_exception_line():
+    cut = "..." + TRACEBACK[40:]
+    assert _operate().error_headline(cut) == "RuntimeError: smtp refused"
+
+
+def test_error_headline_of_other_text_is_its_first_line():
+    assert _operate().error_headline("\nlease lost before start\nmore") == "lease lost before start"
+
+
+def test_error_headline_is_shortened_to_its_width():
+    headline = _operate().error_headline("x" * 100, width=20)
+    assert headline == "x" * 17 + "..."
+
+
+def test_error_headline_escapes_control_characters_and_hides_credentials():
+    error = "OperationalError: \x1b[31m postgresql://app:hunter2@db/jobs refused"
+    headline = _operate().error_headline(error, width=200)
+    assert headline == "OperationalError: \\x1b[31m postgresql://app:***@db/jobs refused"
+
+
+@pytest.mark.parametrize("error", [None, "", "\n \n"])
+def test_error_headline_of_no_error_is_a_dash(error):
+    assert _operate().error_headline(error) == "-"
+
+
+# --------------------------------------------------------------------------- --list
+
+
+def test_jobs_table_has_a_header_and_one_aligned_line_per_job():
+    operate = _operate()
+    jobs = [_job(), _job(id="a-much-longer-id", task="t")]
+    lines = operate.jobs_table(jobs)
+    assert len(lines) == 3
+    assert lines[0].startswith("ID                TASK    SCHEDULE")
+    assert lines[0].endswith("LAST ERROR")
+    assert lines[1].startswith("nightly           report  every 30s")
+    assert lines[2].startswith("a-much-longer-id  t       every 30s")
+    assert lines[1].index("scheduled") == lines[0].index("STATE")
+
+
+def test_jobs_table_without_jobs_says_so():
+    assert _operate().jobs_table([]) == ["no jobs"]
+
+
+def test_jobs_table_shows_the_headline_of_the_last_error():
+    job = _job(due_at=None, attempts=3, last_status="failed", last_error=TRACEBACK)
+    row = _operate().job_row(job)
+    assert row[4:] == ("failed", "failed (attempt 3)", "RuntimeError: smtp refused")
+
+
+def test_jobs_table_keeps_a_stored_newline_or_escape_on_its_line():
+    job = _job(id="evil\n\x1b[31mred", task="t\r", last_error="bad\x1b[2J\nsecond line")
+    lines = _operate().jobs_table([job])
+    assert len(lines) == 2
+    assert "\x1b" not in lines[1] and "\r" not in lines[1]
+    assert lines[1].startswith("evil\\x0a\\x1b[31mred  t\\x0d")
+    assert lines[1].endswith("bad\\x1b[2J")
+
+
+def test_a_retrying_job_shows_its_retry_time_as_next_run():
+    retry_at = T0 + timedelta(seconds=40)
+    job = _job(attempts=2, due_at=retry_at, last_status="failed")
+    row = _operate().job_row(job)
+    assert row[3] == "2026-03-04 05:06:47 UTC"
+    assert row[4] == "retrying"
+
+
+# --------------------------------------------------------------------------- --show
+
+
+def _details(job):
+    lines = _operate().job_details(job)
+    return lines, dict(
+        (name.strip(), value.strip())
+        for name, _, value in (line.partition(":") for line in lines)
+        if not name.startswith(" ")
+    )
+
+
+def test_job_details_show_every_field():
+    job = _job(
+        args=[1, "two"],
+        kwargs={"to": "ops@example.com"},
+        options={"max_retries": 3},
+        attempts=1,
+        due_at=T0 + timedelta(seconds=10),
+        last_run_at=T0 - timedelta(seconds=5),
+        last_status="failed",
+    )
+    _, fields = _details(job)
+    assert fields == {
+        "id": "nightly",
+        "task": "report",
+        "state": "retrying",
+        "schedule": f"every 30s from {T0.isoformat()}",
+        "next run": "2026-03-04 05:06:17 UTC",
+        "args": '[1, "two"]',
+        "kwargs": '{"to": "ops@example.com"}',
+        "options": '{"max_retries": 3}',
+        "attempts": "1",
+        "last run": "2026-03-04 05:06:02 UTC",
+        "last status": "failed",
+        "created at": "2026-03-03 05:06:07 UTC",
+        "last error": "-",
+    }
+
+
+def test_job_details_show_the_last_error_in_full_with_escapes():
+    error = TRACEBACK + "\x1b]0;pwned\x07 see postgresql://u:hunter2@db/x\n"
+    lines, _ = _details(_job(due_at=None, last_status="failed", last_error=error))
+    start = lines.index("last error:")
+    assert lines[start + 1 :] == [
+        "    Traceback (most recent call last):",
+        '      File "app/jobs.py", line 12, in send',
+        "        raise RuntimeError('smtp refused')",
+        "    RuntimeError: smtp refused",
+        "    \\x1b]0;pwned\\x07 see postgresql://u:***@db/x",
+    ]
+
+
+def test_job_details_name_the_lease_holder_only_while_running():
+    _, running = _details(_job(locked_by="host-1:42:abc"))
+    _, staged = _details(_job(locked_by="staged:xyz"))
+    assert running["state"] == "running"
+    assert running["lease holder"] == "host-1:42:abc"
+    assert "lease holder" not in staged
+
+
+def test_job_details_name_the_problem_of_an_unreadable_row():
+    from pyramid_pyncette.repository.rows import UnreadableJSON
+
+    job = _job(
+        schedule=UnreadableJSON("{nope", ValueError("bad")),
+        args=UnreadableJSON("[", ValueError("bad")),
+        attempts="x",
+        created_at="yesterday",
+        problem="the stored job 'nightly' cannot be run: schedule is not valid JSON",
+    )
+    _, fields = _details(job)
+    assert fields["problem"] == job.problem
+    assert fields["schedule"].startswith("unreadable")
+    assert fields["args"] == "\"<unreadable JSON '['>\""
+    assert fields["created at"] == "'yesterday'"
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+JSON_KEYS = {
+    "id",
+    "task",
+    "state",
+    "schedule",
+    "schedule_description",
+    "next_attempt_at",
+    "next_run_at",
+    "args",
+    "kwargs",
+    "options",
+    "attempts",
+    "last_run_at",
+    "last_status",
+    "last_error",
+    "created_at",
+    "lease_holder",
+    "problem",
+}
+
+
+def test_job_document_has_the_documented_keys():
+    assert set(_operate().job_document(_job())) == JSON_KEYS
+
+
+def test_job_document_gives_times_in_iso_8601_utc():
+    paris = timezone(timedelta(hours=1))
+    job = _job(
+        last_run_at=datetime(2026, 3, 4, 6, 0, tzinfo=paris),
+        created_at=datetime(2026, 3, 1, 12, 0),  # naive times are UTC
+        attempts=1,
+        due_at=T0 + timedelta(seconds=10),
+    )
+    document = _operate().job_document(job)
+    assert document["last_run_at"] == "2026-03-04T05:00:00+00:00"
+    assert document["created_at"] == "2026-03-01T12:00:00+00:00"
+    assert document["next_attempt_at"] == "2026-03-04T05:06:17+00:00"
+    assert document["next_run_at"] == "2026-03-04T05:06:07+00:00"
+
+
+def test_job_document_keeps_the_full_error_with_credentials_hidden():
+    job = _job(due_at=None, last_error=TRACEBACK + "redis://:hunter2@cache/0\n")
+    document = _operate().job_document(job)
+    assert document["last_error"] == TRACEBACK + "redis://:***@cache/0\n"
+    assert document["state"] == "failed"
+
+
+def test_job_document_of_an_unreadable_row_is_still_json():
+    from pyramid_pyncette.repository.rows import UnreadableJSON
+
+    job = _job(kwargs=UnreadableJSON("{", ValueError("bad")), attempts="x", problem="bad row")
+    operate = _operate()
+    document = json.loads(operate.dump_json({"job": operate.job_document(job)}))["job"]
+    assert document["kwargs"] == "<unreadable JSON '{'>"
+    assert document["attempts"] is None
+    assert document["problem"] == "bad row"
+
+
+def test_dump_json_is_ascii_so_stored_escapes_cannot_reach_the_terminal():
+    operate = _operate()
+    job = _job(id="caf\u00e9\x1b[31m", last_error="\x9b2J")
+    text = operate.dump_json(operate.jobs_document([job]))
+    assert text.isascii()
+    assert "\x1b" not in text
+    assert json.loads(text)["jobs"][0]["id"] == "caf\u00e9\x1b[31m"

@@ -1,0 +1,456 @@
+"""``pscheduler``'s actions on jobs: ``--list`` filters, ``--show``, ``--retry``,
+``--cancel`` and ``--json``, in process and as real processes on several stores."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import subprocess
+from datetime import datetime, timezone
+
+import pytest
+
+from tests.daemon import (
+    PSCHEDULER,
+    bootstrap_registry,
+    persistent_store,
+    process_env,
+    pscheduler_output,
+    run_pscheduler,
+    write_ini,
+)
+from tests.servers import free_port
+
+#: The stores the process tests run on: a file, a SQL server and Redis.
+STORES = ["sqlite", "postgresql", "redis"]
+
+UNKNOWN = "pscheduler: no job has the id 'nope'"
+
+
+def _failing_store(tmp_path, url, extra=""):
+    """An INI on ``url`` whose store holds ``broken`` (failed, parked) and ``hourly``."""
+    ini, _ = write_ini(tmp_path, url, extra=extra)
+    registry = bootstrap_registry(ini)
+    registry.scheduler.add_async_job("fail", job_id="broken", max_retries=0)
+    registry.scheduler.add_interval_job("record", "1h", job_id="hourly")
+    assert run_pscheduler("--once", ini) == 0
+    assert registry.scheduler.get_job("broken").state == "failed"
+    return ini, registry
+
+
+@pytest.fixture
+def sqlite_ini(tmp_path):
+    """``(ini, registry)`` of a SQLite store with a failed and a scheduled job."""
+    return _failing_store(tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite")
+
+
+@pytest.fixture(params=STORES)
+def store_ini(request, tmp_path):
+    """``(ini, registry)`` of each store of :data:`STORES`, holding the same two jobs."""
+    url, extra = persistent_store(request, tmp_path, request.param)
+    return _failing_store(tmp_path, url, extra)
+
+
+def _lines(text):
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _errors(output):
+    return [line for line in output.splitlines() if line.startswith("pscheduler:")]
+
+
+# --------------------------------------------------------------------------- in process
+
+
+def test_list_shows_the_headline_of_the_last_error(sqlite_ini, capsys):
+    ini, _ = sqlite_ini
+    assert run_pscheduler("--list", ini) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("LAST ERROR")
+    broken = next(line for line in lines if line.startswith("broken"))
+    assert "failed" in broken
+    assert broken.endswith("RuntimeError: failing on purpose")
+    hourly = next(line for line in lines if line.startswith("hourly"))
+    assert hourly.endswith("-")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--state", "failed"], ["broken"]),
+        (["--state", "scheduled"], ["hourly"]),
+        (["--state", "running"], []),
+        (["--task", "record"], ["hourly"]),
+        (["--task", "fail", "--state", "scheduled"], []),
+    ],
+)
+def test_list_filters_by_state_and_task(sqlite_ini, capsys, args, expected):
+    ini, _ = sqlite_ini
+    assert run_pscheduler("--list", *args, ini) == 0
+    lines = capsys.readouterr().out.splitlines()
+    if expected:
+        assert [line.split()[0] for line in lines[1:]] == expected
+    else:
+        assert lines == ["no jobs"]
+
+
+def test_list_of_an_unregistered_task_is_a_usage_error(sqlite_ini, capsys):
+    ini, _ = sqlite_ini
+    assert run_pscheduler("--list", "--task", "fial", ini) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1
+    assert "no task is registered as 'fial' (did you mean 'fail'?)" in err[0]
+
+
+def test_list_finds_the_stored_jobs_of_a_task_no_longer_registered(sqlite_ini, capsys):
+    ini, registry = sqlite_ini
+    hourly = registry.scheduler.get_job("hourly")
+    registry.scheduler.repository.add([hourly.replace(id="orphan", task="gone")])
+    assert run_pscheduler("--list", "--task", "gone", ini) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines[1:]] == [["orphan", "gone"]]
+
+
+def test_show_prints_every_field_and_the_last_error_in_full(sqlite_ini, capsys):
+    ini, _ = sqlite_ini
+    assert run_pscheduler("--show", "broken", ini) == 0
+    lines = capsys.readouterr().out.splitlines()
+    fields = [line.split(":")[0] for line in lines if not line.startswith(" ")]
+    assert fields == [
+        "id",
+        "task",
+        "state",
+        "schedule",
+        "next run",
+        "args",
+        "kwargs",
+        "options",
+        "attempts",
+        "last run",
+        "last status",
+        "created at",
+        "last error",
+    ]
+    assert "state:       failed" in lines
+    assert 'options:     {"max_retries": 0}' in lines
+    error = lines[lines.index("last error:") + 1 :]
+    assert error[0] == "    Traceback (most recent call last):"
+    assert error[-1] == "    RuntimeError: failing on purpose"
+    assert any("raise RuntimeError" in line for line in error)
+
+
+def test_show_json_is_one_document_with_iso_times(sqlite_ini, capsys):
+    ini, registry = sqlite_ini
+    assert run_pscheduler("--show", "broken", "--json", ini) == 0
+    document = json.loads(capsys.readouterr().out)
+    job = document["job"]
+    stored = registry.scheduler.get_job("broken")
+    assert job["state"] == "failed"
+    assert job["last_error"] == stored.last_error
+    assert job["last_error"].rstrip().endswith("RuntimeError: failing on purpose")
+    assert job["last_run_at"] == stored.last_run_at.isoformat()
+    assert job["last_run_at"].endswith("+00:00")
+
+
+def test_list_json_is_one_document_of_the_filtered_jobs(sqlite_ini, capsys):
+    ini, _ = sqlite_ini
+    assert run_pscheduler("--list", "--json", "--state", "scheduled", ini) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert [job["id"] for job in document["jobs"]] == ["hourly"]
+    assert document["jobs"][0]["schedule_description"].startswith("every 1h")
+
+
+def test_retry_queues_a_failed_job_to_run_now(sqlite_ini, capsys):
+    ini, registry = sqlite_ini
+    assert run_pscheduler("--retry", "broken", ini) == 0
+    assert capsys.readouterr().out.strip() == "job 'broken' queued to run now"
+    job = registry.scheduler.get_job("broken")
+    assert job.state == "scheduled"
+    assert job.attempts == 0
+
+
+def test_cancel_deletes_the_job(sqlite_ini, capsys):
+    ini, registry = sqlite_ini
+    assert run_pscheduler("--cancel", "hourly", ini) == 0
+    assert capsys.readouterr().out.strip() == "job 'hourly' cancelled"
+    assert registry.scheduler.get_job("hourly") is None
+
+
+@pytest.mark.parametrize("action", ["--show", "--retry", "--cancel"])
+def test_an_unknown_job_id_is_a_one_line_usage_error(sqlite_ini, capsys, action):
+    ini, registry = sqlite_ini
+    assert run_pscheduler(action, "nope", ini) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(UNKNOWN)
+    assert "pscheduler --list" in err[0]
+    assert sorted(job.id for job in registry.scheduler.iter_jobs()) == ["broken", "hourly"]
+
+
+def test_a_cancel_the_scheduler_refuses_passes_its_reason_on(sqlite_ini, capsys, monkeypatch):
+    from pyramid_pyncette import InvalidJobError
+    from pyramid_pyncette.scheduler import Scheduler
+
+    def refuse(self, job_id):
+        raise InvalidJobError(f"cancel_job: {job_id!r} is declared in code; pause it instead")
+
+    monkeypatch.setattr(Scheduler, "cancel_job", refuse)
+    ini, _ = sqlite_ini
+    assert run_pscheduler("--cancel", "hourly", ini) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["pscheduler: cancel_job: 'hourly' is declared in code; pause it instead"]
+
+
+def test_an_invalid_job_id_is_a_usage_error(sqlite_ini, capsys):
+    ini, _ = sqlite_ini
+    assert run_pscheduler("--show", "x" * 300, ini) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1
+    assert "job_id must be 1 to 200 characters" in err[0]
+
+
+def test_stored_control_characters_do_not_break_the_table(sqlite_ini, capsys):
+    ini, registry = sqlite_ini
+    hourly = registry.scheduler.get_job("hourly")
+    registry.scheduler.repository.add(
+        [hourly.replace(id="evil\x1b[2J\r\nid", last_error="bad\x1b]0;owned\x07\r\nmore")]
+    )
+    assert run_pscheduler("--list", ini) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out and "\x07" not in out
+    lines = out.splitlines()
+    assert len(lines) == 4
+    evil = next(line for line in lines if line.startswith("evil"))
+    assert evil.startswith("evil\\x1b[2J\\x0d\\x0aid  record")
+    assert evil.endswith("bad\\x1b]0;owned\\x07")
+
+
+def test_an_unreadable_row_is_listed_and_shown_with_its_problem(tmp_path, sqlite_ini, capsys):
+    ini, _ = sqlite_ini
+    with sqlite3.connect(tmp_path / "jobs.sqlite") as conn:
+        conn.execute("UPDATE pyncette_jobs SET args = '{nope' WHERE id = 'hourly'")
+    assert run_pscheduler("--list", ini) == 0
+    assert any(line.startswith("hourly") for line in capsys.readouterr().out.splitlines())
+    assert run_pscheduler("--show", "hourly", ini) == 0
+    problem = [line for line in capsys.readouterr().out.splitlines() if line.startswith("problem")]
+    assert len(problem) == 1
+    assert "cannot be run" in problem[0] and "not valid JSON" in problem[0]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--list"], ["--list", "--json"], ["--show", "x"], ["--retry", "x"], ["--cancel", "x"]],
+)
+def test_an_unreachable_store_exits_3(tmp_path, capsys, args):
+    # A missing directory may be a volume not mounted yet: an outage, not a misconfiguration.
+    ini, _ = write_ini(tmp_path, f"sqlite:///{tmp_path}/missing-dir/jobs.sqlite")
+    assert run_pscheduler(*args, ini) == 3
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("pscheduler: cannot")
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _run(ini, *args):
+    status, output = pscheduler_output(ini, *args, timeout=120)
+    return status, output
+
+
+@pytest.mark.slow
+def test_processes_list_filter_and_json_on_every_store(store_ini):
+    ini, _ = store_ini
+    status, output = _run(ini, "--list")
+    assert status == 0, output
+    table = _lines(output)
+    assert table[0].split()[-2:] == ["LAST", "ERROR"]
+    assert [line.split()[0] for line in table[1:]] == ["broken", "hourly"]
+    assert table[1].endswith("RuntimeError: failing on purpose")
+
+    status, output = _run(ini, "--list", "--state", "failed")
+    assert status == 0, output
+    assert [line.split()[0] for line in _lines(output)[1:]] == ["broken"]
+
+    status, output = _run(ini, "--list", "--task", "record", "--json")
+    assert status == 0, output
+    assert [job["id"] for job in json.loads(output)["jobs"]] == ["hourly"]
+
+
+@pytest.mark.slow
+def test_processes_show_the_last_error_in_full_on_every_store(store_ini):
+    ini, _ = store_ini
+    status, output = _run(ini, "--show", "broken")
+    assert status == 0, output
+    lines = output.splitlines()
+    assert "state:       failed" in lines
+    error = lines[lines.index("last error:") + 1 :]
+    assert error[0] == "    Traceback (most recent call last):"
+    assert error[-1] == "    RuntimeError: failing on purpose"
+
+    status, output = _run(ini, "--show", "broken", "--json")
+    assert status == 0, output
+    job = json.loads(output)["job"]
+    assert (job["id"], job["state"], job["attempts"]) == ("broken", "failed", 1)
+    assert job["last_error"].startswith("Traceback (most recent call last):")
+
+
+@pytest.mark.slow
+def test_processes_retry_and_cancel_on_every_store(store_ini):
+    ini, registry = store_ini
+    status, output = _run(ini, "--retry", "broken")
+    assert (status, _lines(output)) == (0, ["job 'broken' queued to run now"])
+    assert registry.scheduler.get_job("broken").state == "scheduled"
+
+    status, output = _run(ini, "--cancel", "hourly")
+    assert (status, _lines(output)) == (0, ["job 'hourly' cancelled"])
+    assert registry.scheduler.get_job("hourly") is None
+
+    for action in ("--show", "--retry", "--cancel"):
+        status, output = _run(ini, action, "nope")
+        assert status == 2, output
+        assert len(_errors(output)) == 1 and _errors(output)[0].startswith(UNKNOWN), output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (
+            ["--list", "--state", "stuck"],
+            "choose from 'scheduled', 'running', 'retrying', 'failed'",
+        ),
+        (["--list", "--show", "a"], "argument --show: not allowed with argument --list"),
+        (["--retry", "a", "--cancel", "a"], "argument --cancel: not allowed with argument --retry"),
+        (["--once", "--list"], "argument --list: not allowed with argument --once"),
+        (["--show", "a", "--state", "failed"], "--state only filters --list"),
+        (["--task", "record"], "--task only filters --list"),
+        (["--cancel", "a", "--json"], "--json only applies to --list and --show"),
+        (["--json"], "--json only applies to --list and --show"),
+    ],
+)
+def test_processes_refuse_bad_flags_in_one_line_with_status_2(tmp_path, args, needle):
+    ini, _ = write_ini(tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite")
+    status, output = _run(ini, *args)
+    assert status == 2, output
+    assert len(_lines(output)) == 1, output
+    assert output.startswith("pscheduler: ") and needle in output, output
+    assert not (tmp_path / "jobs.sqlite").exists()  # refused before touching the store
+
+
+@pytest.mark.slow
+def test_processes_exit_3_when_the_server_store_is_unreachable(tmp_path):
+    ini, _ = write_ini(tmp_path, f"redis://127.0.0.1:{free_port()}/0")
+    for args in (["--list"], ["--show", "x"], ["--retry", "x"], ["--cancel", "x"]):
+        status, output = _run(ini, *args)
+        assert status == 3, (args, output)
+        assert len(_errors(output)) == 1, output
+
+
+@pytest.mark.slow
+def test_help_explains_every_action_and_option():
+    done = subprocess.run(
+        [*PSCHEDULER, "--help"], env=process_env(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    for flag in ("--once", "--list", "--show ID", "--retry ID", "--cancel ID", "--task NAME"):
+        assert f"{flag} " in text, flag
+    states = "scheduled, running, retrying, failed"
+    assert f"--state STATE With --list: only the jobs in STATE ({states})" in text
+    assert "--task NAME With --list: only the jobs of the task NAME" in text
+    assert "--json Print --list or --show as one JSON document" in text
+    assert "At most one; without any, pscheduler runs the daemon" in text
+    assert "3 the store cannot be reached" in text
+
+
+# --------------------------------------------------------------------------- README
+
+
+def _readme_section(title):
+    from tests.daemon import ROOT
+
+    with open(f"{ROOT}/README.md", encoding="utf-8") as readme:
+        text = readme.read()
+    start = text.index(f"\n## {title}\n")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def _readme_jobs():
+    """The jobs of the README's "Operating the scheduler" examples."""
+    from pyramid_pyncette.jobs import Job
+
+    def utc(*parts):
+        return datetime(*parts, tzinfo=timezone.utc)
+
+    error = (
+        "Traceback (most recent call last):\n"
+        '  File "/srv/myapp/myapp/jobs.py", line 16, in send_welcome\n'
+        '    with smtplib.SMTP("mail.example.com") as smtp:\n'
+        '  File "/usr/lib/python3.12/smtplib.py", line 255, in __init__\n'
+        "    (code, msg) = self.connect(host, port)\n"
+        "ConnectionRefusedError: [Errno 111] Connection refused\n"
+    )
+    return [
+        Job(
+            id="daily-42",
+            task="myapp.jobs:send_welcome",
+            schedule={
+                "kind": "interval",
+                "microseconds": 86400 * 10**6,
+                "start": "2026-05-03T09:12:44+00:00",
+            },
+            args=[42],
+            due_at=utc(2026, 5, 5, 9, 12, 44),
+            next_run_at=utc(2026, 5, 5, 9, 12, 44),
+            last_run_at=utc(2026, 5, 4, 9, 12, 44),
+            last_status="succeeded",
+            created_at=utc(2026, 5, 3, 9, 12, 44),
+        ),
+        Job(
+            id="myapp.jobs:nightly_cleanup",
+            task="myapp.jobs:nightly_cleanup",
+            schedule={"kind": "cron", "expression": "0 3 * * *", "timezone": "Europe/Paris"},
+            due_at=utc(2026, 5, 5, 1, 0),
+            next_run_at=utc(2026, 5, 5, 1, 0),
+            last_run_at=utc(2026, 5, 4, 1, 0),
+            last_status="succeeded",
+            created_at=utc(2026, 5, 1, 8, 0),
+        ),
+        Job(
+            id="welcome-43",
+            task="myapp.jobs:send_welcome",
+            schedule={"kind": "date", "run_at": "2026-05-04T08:57:10+00:00"},
+            args=[43],
+            attempts=6,
+            last_run_at=utc(2026, 5, 4, 9, 30),
+            last_status="failed",
+            last_error=error,
+            created_at=utc(2026, 5, 4, 8, 57, 10),
+        ),
+    ]
+
+
+def test_readme_operating_examples_are_what_pscheduler_prints():
+    from pyramid_pyncette import operate
+
+    section = _readme_section("Operating the scheduler")
+    jobs = _readme_jobs()
+    for block in (
+        operate.jobs_table(jobs),
+        operate.jobs_table(jobs[2:]),
+        operate.job_details(jobs[2]),
+    ):
+        assert "\n" + "\n".join(block) + "\n```" in section, block
+
+
+def test_readme_documents_every_json_key():
+    from pyramid_pyncette import operate
+
+    section = _readme_section("Operating the scheduler")
+    documented = section[section.index("Each job has these keys") : section.index("Times\nare")]
+    keys = set(re.findall(r"`([a-z_]+)`", documented)) - {"null"}
+    assert keys == set(operate.job_document(_readme_jobs()[0]))
