@@ -67,7 +67,9 @@ _CONNINFO_PASSWORD = re.compile(
 )
 
 # A URL inside text: a scheme, '://' and everything up to a blank or a quote.
-_URL_IN_TEXT = re.compile(r"(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]*")
+# No look-behind: a scheme glued to what precedes it (a digit, a terminal
+# colour code) still starts a URL, read by the known scheme it ends with.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]*")
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://")
 
 # Base schemes (the part before any "+driver") that SQLAlchemy parses.
@@ -76,6 +78,16 @@ _SQLALCHEMY_SCHEMES = frozenset(
 )
 # Schemes whose lone user part is the password (``redis://secret@host``).
 _PASSWORD_ONLY_SCHEMES = frozenset({"redis", "rediss", "unix", "valkey", "valkeys"})
+# Longest first: a scheme glued to the text before it ("xredis", or the "m"
+# ending a terminal colour code) is read as the known scheme it ends with.
+_KNOWN_BASES = sorted(_SQLALCHEMY_SCHEMES | _PASSWORD_ONLY_SCHEMES, key=len, reverse=True)
+
+
+def _known_base(base: str) -> str:
+    """``base``, or the known scheme it ends with when something is glued in front."""
+    if base in _SQLALCHEMY_SCHEMES or base in _PASSWORD_ONLY_SCHEMES:
+        return base
+    return next((known for known in _KNOWN_BASES if base.endswith(known)), base)
 
 
 def is_credential_parameter(name: str) -> bool:
@@ -90,7 +102,7 @@ def _secret_spans(url: str) -> list[tuple[int, int]]:
     if match is None:
         return []
     scheme = match.group(1).lower()
-    base = scheme.split("+", 1)[0]
+    base = _known_base(scheme.split("+", 1)[0])
     start = match.end()
     rest = url[start:]
     spans: list[tuple[int, int]] = []

@@ -243,3 +243,21 @@ def test_settings_and_the_redis_store_use_the_same_redaction():
         assert store.redacted_url == redact_url(url)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x\x1b[31mpostgresql://user:p/w@db/app",
+        "xpostgresql://user:p?w@db/app",
+        "\x1b[1mredis://s3cret@cache:6379/0",
+        "seexredis://s3cret@cache:6379/0",
+    ],
+)
+def test_redact_text_hides_a_password_in_a_url_glued_to_the_text_before_it(text):
+    from pyramid_pyncette.redaction import redact_text
+
+    shown = redact_text(text)
+    for secret in ("p/w", "p?w", "s3cret"):
+        assert secret not in shown
+    assert "***" in shown
