@@ -705,7 +705,10 @@ class Scheduler:
           first schedule time after now (now for a one-off job whose time has
           passed), its attempts reset, its parking error cleared.
 
-        The last two read every stored job once, page by page.
+        The last two read, page by page, what
+        :meth:`~pyramid_pyncette.repository.base.Repository.list_for_sync`
+        returns: on SQL stores only parked jobs and jobs named after their
+        task, elsewhere every stored job.
         """
         written = []
         for task in self.tasks:
@@ -731,7 +734,7 @@ class Scheduler:
         revived: list[Job] = []
         cursor = None
         while True:
-            page = self.repository.list(cursor=cursor, limit=SYNC_PAGE_SIZE)
+            page = self.repository.list_for_sync(cursor=cursor, limit=SYNC_PAGE_SIZE)
             now = self.now()
             stale, back = [], []
             for job in page.jobs:

@@ -490,3 +490,28 @@ def test_a_job_parked_for_an_unknown_task_with_an_unreadable_row_stays_parked(ma
 
     assert app.scheduler.get_job("odd").state == "failed"
     assert app.run_pending() == 0
+
+
+def test_a_store_offers_sync_every_parked_job_and_every_job_named_after_its_task(make_app):
+    from pyramid_pyncette.repository.sql import SQLRepository
+
+    app = make_app(tasks={"tick": periodic()})
+    app.scheduler.sync_periodic_jobs()
+    app.scheduler.add_interval_job("record", seconds=30, job_id="ordinary")
+    app.scheduler.add_interval_job("record", seconds=30, job_id="parked")
+    app.repository.add([app.repository.get("parked").replace(due_at=None)])
+
+    offered, cursor = [], None
+    while True:  # one job a page: the cursor must carry the filter along
+        page = app.repository.list_for_sync(cursor=cursor, limit=1)
+        offered.extend(job.id for job in page.jobs)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+
+    assert {"tick", "parked"} <= set(offered)
+    assert offered == sorted(offered)
+    if isinstance(app.repository, SQLRepository):
+        assert offered == ["parked", "tick"]
+    else:
+        assert offered == ["ordinary", "parked", "tick"]

@@ -216,6 +216,16 @@ class Repository(abc.ABC):
     def list(self, task: str | None = None, cursor: str | None = None, limit: int = 100) -> JobPage:
         """Jobs ordered by id, after ``cursor``, optionally of one task."""
 
+    def list_for_sync(self, cursor: str | None = None, limit: int = 100) -> JobPage:
+        """The jobs a periodic-task sync may change, ordered by id, after ``cursor``.
+
+        At least every parked job (no due time) and every job whose id is its
+        task's name (the only id a periodic task's job has); a store may
+        return more. The default returns every job; a store that can filter
+        on its side does, so a daemon's start does not read every job.
+        """
+        return self.list(cursor=cursor, limit=limit)
+
     @abc.abstractmethod
     def claim(
         self, now: datetime, limit: int, token: str, default_lease: float

@@ -898,9 +898,21 @@ class SQLRepository(Repository):
 
     def list(self, task: str | None = None, cursor: str | None = None, limit: int = 100) -> JobPage:
         table = self.table
+        return self._page(None if task is None else table.c.task == task, cursor, limit)
+
+    def list_for_sync(self, cursor: str | None = None, limit: int = 100) -> JobPage:
+        """Parked jobs (found by the ``due_at`` index) and jobs named after their task."""
+        table = self.table
+        candidates = sa.or_(table.c.due_at.is_(None), table.c.id == table.c.task)
+        return self._page(candidates, cursor, limit)
+
+    def _page(
+        self, condition: ColumnElement[bool] | None, cursor: str | None, limit: int
+    ) -> JobPage:
+        table = self.table
         query = sa.select(table).order_by(table.c.id).limit(limit + 1)
-        if task is not None:
-            query = query.where(table.c.task == task)
+        if condition is not None:
+            query = query.where(condition)
         if cursor is not None:
             query = query.where(table.c.id > cursor)
         with self._read() as conn:
