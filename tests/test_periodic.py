@@ -444,34 +444,6 @@ def test_a_job_parked_for_an_unknown_task_stays_parked_where_the_task_is_unknown
     assert old.run_pending() == 0
 
 
-# --------------------------------------------------------------------------- run_pending
-
-
-def test_run_pending_of_the_testing_include_runs_periodic_tasks_by_itself(make_config):
-    from pyramid_pyncette.testing import FakeClock, run_pending, set_clock
-
-    runs = []
-    config = make_config({}, include=["pyramid_pyncette.testing"])
-    config.add_pyncette_task(
-        lambda request: runs.append(request.job.scheduled_at), name="tick", interval="30s"
-    )
-    config.commit()
-    registry = config.registry
-    clock = set_clock(registry, FakeClock())
-    start = clock()
-    assert run_pending(registry) == 0  # writes the job: its first run is 30 s away
-
-    total = 0
-    for _ in range(60):  # five minutes, in steps of 5 s
-        clock.advance(5)
-        total += run_pending(registry)
-
-    assert total == 10
-    assert runs == [start + seconds(30 * n) for n in range(1, 11)]
-    with pytest.raises(PeriodicJobError):
-        registry.scheduler.cancel_job("tick")
-
-
 def test_a_job_parked_for_an_unknown_task_with_an_unreadable_row_stays_parked(make_app):
     app = make_app(tasks={"fresh": noop})
     job = app.scheduler.build_job("fresh", DateSchedule(app.clock()), job_id="odd")

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import StoreSettings
 
 
@@ -63,21 +65,49 @@ def test_recording_scheduler_records_what_every_commit_listener_hears():
     assert scheduler.cancelled == []
 
 
-def test_run_pending_writes_periodic_jobs_like_a_starting_daemon(make_config):
-    from pyramid_pyncette.testing import FakeClock, run_pending, set_clock
+def _ticking_app(make_config, interval):
+    """A testing-include app with one periodic task ``tick``: its registry, clock and runs."""
+    from pyramid_pyncette.testing import FakeClock, set_clock
 
     runs = []
     config = make_config({}, include=["pyramid_pyncette.testing"])
     config.add_pyncette_task(
-        lambda request: runs.append(request.job.scheduled_at), name="tick", interval="1h"
+        lambda request: runs.append(request.job.scheduled_at), name="tick", interval=interval
     )
     config.commit()
     registry = config.registry
-    clock = set_clock(registry, FakeClock())
+    return registry, set_clock(registry, FakeClock()), runs
+
+
+def test_run_pending_writes_periodic_jobs_like_a_starting_daemon(make_config):
+    from pyramid_pyncette.testing import run_pending
+
+    registry, clock, runs = _ticking_app(make_config, "1h")
     assert run_pending(registry) == 0  # its first run is an hour away
     clock.advance(hours=1)
     assert run_pending(registry) == 1
     assert runs == [clock()]
+
+
+def test_run_pending_of_the_testing_include_runs_periodic_tasks_by_itself(make_config):
+    from datetime import timedelta
+
+    from pyramid_pyncette import PeriodicJobError
+    from pyramid_pyncette.testing import run_pending
+
+    registry, clock, runs = _ticking_app(make_config, "30s")
+    start = clock()
+    assert run_pending(registry) == 0  # writes the job: its first run is 30 s away
+
+    total = 0
+    for _ in range(60):  # five minutes, in steps of 5 s
+        clock.advance(5)
+        total += run_pending(registry)
+
+    assert total == 10
+    assert runs == [start + timedelta(seconds=30 * n) for n in range(1, 11)]
+    with pytest.raises(PeriodicJobError):
+        registry.scheduler.cancel_job("tick")
 
 
 def test_set_clock_lets_a_fake_time_decide_what_is_due_on_every_store(
