@@ -9,6 +9,7 @@ claimed run of a job, an :class:`Outcome` how that run ended.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,6 +19,7 @@ from .options import (
     FailureMode,
     JobOptions,
     RetryExhausted,
+    is_paused,
     options_from_json,
 )
 from .schedules import RECURRING_KINDS
@@ -43,6 +45,38 @@ MAX_ERROR_LENGTH = 4000
 
 STATUS_SUCCEEDED = "succeeded"
 STATUS_FAILED = "failed"
+
+#: The queue of a job that names none.
+DEFAULT_QUEUE = "default"
+
+#: A queue name: a letter or digit, then up to 63 letters, digits, ``_``, ``-`` or ``.``.
+QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+#: Where a job stands (:attr:`Job.state`): the same words in ``pscheduler``,
+#: the demo and events.
+JOB_STATES = ("scheduled", "running", "retrying", "failed", "paused")
+
+#: How a run ended (:attr:`RunRecord.outcome`).
+RUN_SUCCEEDED = "succeeded"
+RUN_FAILED = "failed"
+RUN_SKIPPED = "skipped"
+RUN_LEASE_LOST = "lease_lost"
+RUN_OUTCOMES = (RUN_SUCCEEDED, RUN_FAILED, RUN_SKIPPED, RUN_LEASE_LOST)
+
+#: Longest error text a run record keeps (its first lines).
+MAX_RUN_ERROR_LENGTH = 2000
+
+
+def queue_name_problem(name: object) -> str | None:
+    """What is wrong with ``name`` as a queue name, or None when it is one."""
+    if not isinstance(name, str):
+        return f"a queue name is a string, got {type(name).__name__}"
+    if QUEUE_NAME.fullmatch(name) is None:
+        return (
+            f"{name!r} is not a queue name: use 1 to 64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit (e.g. 'emails')"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -100,6 +134,7 @@ class Job:
     last_error: str | None = None
     created_at: datetime | None = None
     partition: int = 0
+    queue: str = DEFAULT_QUEUE
     problem: str | None = field(default=None, compare=False)
 
     @property
@@ -195,16 +230,29 @@ class Job:
         return isinstance(self.schedule, dict) and self.schedule.get("kind") in RECURRING_KINDS
 
     @property
-    def state(self) -> str:
-        """Where the job stands: ``'scheduled'``, ``'running'``, ``'retrying'`` or ``'failed'``.
+    def paused(self) -> bool:
+        """Whether the job is paused (:meth:`~pyramid_pyncette.scheduler.Scheduler.pause_job`).
 
-        ``'running'`` while a daemon holds its lease; ``'failed'`` when it is
-        parked after its last failure (no due time); ``'retrying'`` when a
-        failed run waits for its next attempt (unlocked, with attempts
-        counted: a finished or fresh run has none); otherwise ``'scheduled'``.
+        A paused job is never claimed; its options carry the pause marker
+        (:data:`~pyramid_pyncette.options.PAUSED_MARKER`).
+        """
+        return is_paused(self.options)
+
+    @property
+    def state(self) -> str:
+        """Where the job stands: one of :data:`JOB_STATES`.
+
+        ``'paused'`` while it is paused (a run in progress when it was paused
+        finishes, and the job is not claimed again); ``'running'`` while a
+        daemon holds its lease; ``'failed'`` when it is parked after its last
+        failure (no due time); ``'retrying'`` when a failed run waits for its
+        next attempt (unlocked, with attempts counted: a finished or fresh run
+        has none); otherwise ``'scheduled'``.
         A row a transaction staged (locked until it commits) is not running:
         it shows the state it will have once published.
         """
+        if self.paused:
+            return "paused"
         locked_by = self.locked_by
         if locked_by is not None and not (
             isinstance(locked_by, str) and locked_by.startswith(STAGED_PREFIX)
@@ -219,8 +267,11 @@ class Job:
     @property
     def next_attempt_at(self) -> datetime | None:
         """When the job is next tried: the retry time while ``'retrying'``,
-        otherwise the scheduled time of its run (``None`` once parked)."""
-        if self.state == "retrying":
+        otherwise the scheduled time of its run (``None`` once parked or paused)."""
+        state = self.state
+        if state == "paused":
+            return None
+        if state == "retrying":
             return self.due_at
         return self.next_run_at
 
@@ -272,6 +323,9 @@ class Lease:
     token: str | None
     skipped: bool = False
     lateness: float = 0.0
+    #: The claim found the job paused and took it off the schedule: nothing
+    #: runs, nothing is recorded (``token`` is ``None``).
+    paused: bool = False
 
     @property
     def attempt(self) -> int:
@@ -281,7 +335,7 @@ class Lease:
     @property
     def runnable(self) -> bool:
         """Whether the worker should run this lease (not skipped, readable)."""
-        return not self.skipped and self.job.problem is None
+        return not self.skipped and not self.paused and self.job.problem is None
 
 
 @dataclass(frozen=True)
@@ -300,3 +354,57 @@ class Outcome:
     #: ``retry_backoff`` and ``retry_backoff_max``): the outcome carries them so that
     #: :func:`~pyramid_pyncette.policy.plan_completion` stays a function of the outcome alone.
     retry_defaults: RetryDefaults = DEFAULT_RETRIES
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run of a job as the run history keeps it.
+
+    ``outcome`` is one of :data:`RUN_OUTCOMES`: ``'succeeded'``, ``'failed'``,
+    ``'skipped'`` (claimed too late, see ``misfire_grace_time``; never
+    started) or ``'lease_lost'`` (another daemon took the job over while it
+    ran; its result was not written). ``error`` holds the first lines of the
+    error (at most :data:`MAX_RUN_ERROR_LENGTH` characters). ``host``,
+    ``pid`` and ``worker`` name the daemon that ran it. ``id`` is the
+    store's, assigned when the record is written (``None`` before): records
+    are listed newest first by it.
+    """
+
+    job_id: str
+    task: str
+    queue: str
+    scheduled_at: datetime
+    started_at: datetime
+    finished_at: datetime
+    attempt: int
+    outcome: str
+    error: str | None = None
+    host: str = ""
+    pid: int = 0
+    worker: str = ""
+    id: str | None = None
+
+    @property
+    def duration(self) -> float:
+        """Seconds from start to end."""
+        return (self.finished_at - self.started_at).total_seconds()
+
+    @property
+    def failed(self) -> bool:
+        """Whether the run failed or lost its lease."""
+        return self.outcome in (RUN_FAILED, RUN_LEASE_LOST)
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """One queue as :meth:`~pyramid_pyncette.scheduler.Scheduler.get_queues` reports it.
+
+    ``due`` counts the jobs due now and not running (the backlog),
+    ``running`` the jobs a daemon holds a lease on. A queue is listed while
+    it holds jobs or is paused.
+    """
+
+    name: str
+    paused: bool
+    due: int
+    running: int

@@ -112,6 +112,23 @@ NO_OPTIONS = JobOptions()
 PERIODIC_MARKER = "periodic"
 
 
+#: The stored option that marks a paused job
+#: (:meth:`~pyramid_pyncette.scheduler.Scheduler.pause_job`): ``true``. Like
+#: :data:`PERIODIC_MARKER`, only the scheduler writes it. A claim that finds a
+#: due job carrying it takes the job off the schedule (no due time) instead of
+#: running it: a job paused while it ran is not claimed again once its run
+#: finishes.
+PAUSED_MARKER = "paused"
+
+#: The stored options that are markers, not options a caller gives.
+MARKERS = (PERIODIC_MARKER, PAUSED_MARKER)
+
+
+def is_paused(stored: Any) -> bool:
+    """Whether stored options carry the pause marker (see :data:`PAUSED_MARKER`). Never raises."""
+    return isinstance(stored, dict) and stored.get(PAUSED_MARKER) is True
+
+
 def declared_periodic(stored: Any) -> bool:
     """Whether stored options carry the periodic marker (see :data:`PERIODIC_MARKER`).
 
@@ -230,8 +247,8 @@ def options_from_json(stored: Any) -> tuple[JobOptions, str | None]:
     Options this version does not know are ignored (a newer version may have
     written them); a known one holding a value no version writes is left
     unset, and the first such value is described in the problem text. The
-    periodic marker (:data:`PERIODIC_MARKER`) is not an option: it is only
-    checked to be a boolean.
+    markers (:data:`PERIODIC_MARKER`, :data:`PAUSED_MARKER`) are not options:
+    they are only checked to be booleans.
     """
     if not isinstance(stored, dict):
         return NO_OPTIONS, None
@@ -242,7 +259,7 @@ def options_from_json(stored: Any) -> tuple[JobOptions, str | None]:
     for key, value in stored.items():
         parse = _PARSERS.get(key)
         if parse is None or value is None:
-            if key == PERIODIC_MARKER and value is not None and not isinstance(value, bool):
+            if key in MARKERS and value is not None and not isinstance(value, bool):
                 problem = problem or f"option {key} is {short_repr(value)}, not true or false"
             continue
         try:

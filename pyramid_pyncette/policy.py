@@ -33,7 +33,8 @@ class ClaimPlan:
 
     ``action`` is ``'lease'`` (at-least-once: lock it until ``due_at``),
     ``'advance'`` (at-most-once recurring, or a misfired recurring run: move
-    it to its next run, unlocked) or ``'delete'`` (at-most-once one-off, or a
+    it to its next run, unlocked; a paused job: unlocked without a due
+    time, its lease marked ``paused`` and never run) or ``'delete'`` (at-most-once one-off, or a
     misfired one-off run: remove it before it runs).
     """
 
@@ -94,6 +95,8 @@ def plan_claim(
     which already did that check (``job.problem`` holds its verdict).
     """
     try:
+        if job.paused:
+            return _hold_paused(job, now)
         problem = job.problem if checked else job_problem(job)
         if problem is None:
             return _plan_claim(job, now, token, default_lease)
@@ -126,6 +129,21 @@ def _plan_claim(job: Job, now: datetime, token: str, default_lease: float) -> Cl
         attempts=attempts,
     )
     return ClaimPlan("lease", leased, Lease(job=leased, scheduled_at=scheduled_at, token=token))
+
+
+def _hold_paused(job: Job, now: datetime) -> ClaimPlan:
+    """Take a paused job off the schedule instead of running it.
+
+    A job paused while a run of it was in progress is due again once that
+    run completes (or its lease expires); its claim unlocks it and clears its
+    due time, keeping its next run time and attempts for
+    :meth:`~pyramid_pyncette.scheduler.Scheduler.resume_job`.
+    """
+    scheduled_at = next((t for t in (job.next_run_at, job.due_at) if isinstance(t, datetime)), now)
+    held = job.replace(due_at=None, locked_by=None, next_run_at=scheduled_at)
+    return ClaimPlan(
+        "advance", held, Lease(job=held, scheduled_at=scheduled_at, token=None, paused=True)
+    )
 
 
 def _misfire_claim(

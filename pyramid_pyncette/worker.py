@@ -487,7 +487,7 @@ class Worker:
         still going under an older claim has lost its lease, even though
         this daemon is the one that claimed the job again.
         """
-        ids = {lease.job.id for lease in claimed}
+        ids = {lease.job.id for lease in claimed if not lease.paused}
         for running in self._held():
             if running.lease.job.id in ids:
                 self._lose(running, "the job was claimed again")
@@ -501,7 +501,9 @@ class Worker:
         """
         unreadable = []
         for lease in leases:
-            if lease.job.problem is not None:
+            if lease.paused:
+                log.debug("job %r is paused: taken off the schedule", lease.job.id)
+            elif lease.job.problem is not None:
                 log.error(
                     "job %r cannot run and is parked as failed: %s", lease.job.id, lease.job.problem
                 )

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import abc
 import builtins
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
-from ..jobs import Job, Lease, Outcome
+from ..jobs import Job, Lease, Outcome, QueueInfo, RunRecord
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -70,17 +70,37 @@ class JobPage:
         return self.jobs[index]
 
 
+@dataclass
+class RunPage:
+    """One page of :meth:`Repository.list_runs`, newest first, plus the cursor of the next."""
+
+    runs: list[RunRecord]
+    next_cursor: str | None
+
+    def __iter__(self) -> Iterator[RunRecord]:
+        return iter(self.runs)
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def __getitem__(self, index: int) -> RunRecord:
+        return self.runs[index]
+
+
 class Claim(NamedTuple):
     """What one claim asks for, in the order :meth:`Repository.claim` takes it.
 
     Up to ``limit`` jobs due at ``now``, leased with ``token`` for
-    ``default_lease`` seconds unless a job has a lease duration of its own.
+    ``default_lease`` seconds unless a job has a lease duration of its own,
+    from the queues named in ``queues`` (``None``: every queue); jobs of a
+    paused queue are never claimed.
     """
 
     now: datetime
     limit: int
     token: str
     default_lease: float
+    queues: frozenset[str] | None = None
 
 
 class Repository(abc.ABC):
@@ -228,16 +248,31 @@ class Repository(abc.ABC):
 
     @abc.abstractmethod
     def claim(
-        self, now: datetime, limit: int, token: str, default_lease: float
+        self,
+        now: datetime,
+        limit: int,
+        token: str,
+        default_lease: float,
+        queues: frozenset[str] | None = None,
     ) -> builtins.list[Lease]:
-        """Atomically take up to ``limit`` jobs due at ``now``.
+        """Atomically take up to ``limit`` jobs due at ``now`` from ``queues`` (None: all).
 
-        What the claim does to each is :func:`~pyramid_pyncette.policy.plan_claim`'s plan.
+        Jobs of a queue paused with :meth:`set_queue_paused` are not taken.
+        What the claim does to each is :func:`~pyramid_pyncette.policy.plan_claim`'s
+        plan; the lease of a paused job (``Lease.paused``) is returned, not run.
+        The cost grows with the number of due jobs of the claimed queues, not
+        with the number of stored jobs or of other queues' due jobs.
         """
 
     @abc.abstractmethod
-    def complete(self, outcomes: Sequence[Outcome]) -> None:
-        """Apply many outcomes at once (see :func:`~pyramid_pyncette.policy.plan_completion`)."""
+    def complete(self, outcomes: Sequence[Outcome], runs: Sequence[RunRecord] = ()) -> None:
+        """Apply many outcomes at once (see :func:`~pyramid_pyncette.policy.plan_completion`)
+        and append ``runs`` to the run history, in the same round trip where the store can.
+
+        Run records are appended whether or not an outcome still matched its
+        row (a run whose lease was lost is recorded too). Writing the same
+        ``runs`` twice (a retry after an outage) may record them twice.
+        """
 
     def complete_and_claim(
         self,
@@ -246,23 +281,72 @@ class Repository(abc.ABC):
         limit: int,
         token: str,
         default_lease: float,
+        queues: frozenset[str] | None = None,
+        runs: Sequence[RunRecord] = (),
     ) -> builtins.list[Lease]:
-        """:meth:`complete` ``outcomes``, then :meth:`claim`; the worker's loop calls this.
+        """:meth:`complete` ``outcomes`` and ``runs``, then :meth:`claim`; the worker's loop
+        calls this.
 
         If it raises, the caller writes the outcomes again later: writing an
         outcome twice must change nothing (every completion is guarded by its
         lease token). Stores do both in one round trip by overriding
         :meth:`_complete_then_claim`.
         """
-        return self._complete_then_claim(outcomes, Claim(now, limit, token, default_lease))
+        claim = Claim(now, limit, token, default_lease, queues)
+        return self._complete_then_claim(outcomes, claim, runs)
 
     def _complete_then_claim(
-        self, outcomes: Sequence[Outcome], claim: Claim
+        self, outcomes: Sequence[Outcome], claim: Claim, runs: Sequence[RunRecord] = ()
     ) -> builtins.list[Lease]:
         """What :meth:`complete_and_claim` does; the one method a store overrides for it."""
-        if outcomes:
-            self.complete(outcomes)
+        if outcomes or runs:
+            self.complete(outcomes, runs)
         return self.claim(*claim)
+
+    # -- queues ------------------------------------------------------------
+
+    @abc.abstractmethod
+    def set_queue_paused(self, name: str, paused: bool) -> bool:
+        """Pause (or resume) the queue ``name`` for every daemon; return whether that changed it.
+
+        Stored in the store: a claim that starts after this returns no job
+        of a paused queue. A queue may be paused before it holds any job.
+        """
+
+    @abc.abstractmethod
+    def paused_queues(self) -> set[str]:
+        """The names of the paused queues."""
+
+    @abc.abstractmethod
+    def queue_stats(self, now: datetime) -> builtins.list[QueueInfo]:
+        """Every queue that holds a job or is paused, by name, with its counts at ``now``.
+
+        ``due``: unlocked jobs due at ``now`` (staged rows of an open
+        transaction aside); ``running``: jobs leased by a daemon (not staged).
+        """
+
+    # -- run history -------------------------------------------------------
+
+    @abc.abstractmethod
+    def list_runs(
+        self,
+        job_id: str | None = None,
+        task: str | None = None,
+        queue: str | None = None,
+        outcomes: Collection[str] | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> RunPage:
+        """Run records, newest first (by record id), after ``cursor``, matching every filter
+        given (``outcomes``: any of these outcomes)."""
+
+    @abc.abstractmethod
+    def prune_runs(self, before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` run records that finished before ``before``; return how many.
+
+        Daemons call it repeatedly with a small ``limit``, so the history is
+        kept bounded without one huge delete.
+        """
 
     def release_thread_connection(self) -> None:  # noqa: B027 - optional hook
         """Give back what :meth:`complete_and_claim` kept for the calling thread.
@@ -284,10 +368,11 @@ class Repository(abc.ABC):
         """Give back claimed runs that never started: unlocked, due again, attempt undone."""
 
     @abc.abstractmethod
-    def next_due(self) -> datetime | None:
-        """The earliest ``due_at`` of any job (leased or not), or None when empty."""
+    def next_due(self, queues: frozenset[str] | None = None) -> datetime | None:
+        """The earliest ``due_at`` of any job (leased or not) of ``queues`` (None: every queue),
+        or None when there is none. Jobs of paused queues do not count."""
 
-    def next_due_delay(self, now: datetime) -> float | None:
+    def next_due_delay(self, now: datetime, queues: frozenset[str] | None = None) -> float | None:
         """Seconds from now until :meth:`next_due` (negative when overdue), None when empty.
 
         "Now" is the clock claims use: the store's own when
@@ -296,7 +381,7 @@ class Repository(abc.ABC):
         from one clock with another clock would make a daemon whose clock
         runs ahead of the store's poll without pause.
         """
-        due = self.next_due()
+        due = self.next_due(queues)
         return None if due is None else (due - now).total_seconds()
 
 

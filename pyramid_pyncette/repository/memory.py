@@ -1,24 +1,31 @@
 """An in-process store for unit tests and single-process development.
 
-Jobs live in a dict; a heap of ``(due_at, id)`` entries answers "what is due"
-in O(due · log n). Heap entries are invalidated lazily: an entry counts only
-while it matches the job's current ``due_at``.
+Jobs live in a dict; one heap of ``(due_at, id)`` entries per queue answers
+"what is due" in O(due · log n). Heap entries are invalidated lazily: an
+entry counts only while it matches the job's current ``due_at`` and queue.
+The run history is a bounded list, newest last.
 """
 
 from __future__ import annotations
 
 import builtins
+import collections
+import dataclasses
 import functools
 import heapq
+import itertools
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from ..jobs import Job, Lease, Outcome
+from ..jobs import Job, Lease, Outcome, QueueInfo, RunRecord
 from ..policy import plan_claim, plan_completion
-from .base import JobPage, Repository
+from .base import JobPage, Repository, RunPage
 from .rows import storable_values
+
+#: Most run records the memory store keeps (the oldest go first).
+MAX_MEMORY_RUNS = 100_000
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -38,19 +45,35 @@ def _locked(method: Callable[Concatenate[Any, _P], _R]) -> Callable[Concatenate[
 class MemoryRepository(Repository):
     """A thread-safe in-memory :class:`Repository` (``memory://``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_runs: int = MAX_MEMORY_RUNS) -> None:
         self._jobs: dict[str, Job] = {}
-        self._heap: list[tuple[datetime, str]] = []
+        self._heaps: dict[str, list[tuple[datetime, str]]] = {}
+        self._paused: set[str] = set()
+        self._runs: collections.deque[RunRecord] = collections.deque(maxlen=max_runs)
+        self._run_ids = itertools.count(1)
         self._lock = threading.RLock()
 
     def _store(self, job: Job) -> None:
         self._jobs[job.id] = job
         if job.due_at is not None:
-            heapq.heappush(self._heap, (job.due_at, job.id))
+            heapq.heappush(self._heaps.setdefault(job.queue, []), (job.due_at, job.id))
 
-    def _is_current(self, due_at: datetime, job_id: str) -> bool:
+    def _is_current(self, queue: str, due_at: datetime, job_id: str) -> bool:
         job = self._jobs.get(job_id)
-        return job is not None and job.due_at == due_at
+        return job is not None and job.due_at == due_at and job.queue == queue
+
+    def _heads(self, queues: frozenset[str] | None) -> dict[str, list[tuple[datetime, str]]]:
+        """The heaps of ``queues`` (None: all) that are not paused, each topped by a current
+        entry (stale entries on top are dropped; empty heaps are left out)."""
+        heads = {}
+        for queue, heap in self._heaps.items():
+            if queue in self._paused or (queues is not None and queue not in queues):
+                continue
+            while heap and not self._is_current(queue, *heap[0]):
+                heapq.heappop(heap)
+            if heap:
+                heads[queue] = heap
+        return heads
 
     def add(self, jobs: Sequence[Job], replace: bool = True) -> None:
         with self._lock:
@@ -86,13 +109,27 @@ class MemoryRepository(Repository):
         return JobPage(page, page[-1].id if more else None)
 
     def claim(
-        self, now: datetime, limit: int, token: str, default_lease: float
+        self,
+        now: datetime,
+        limit: int,
+        token: str,
+        default_lease: float,
+        queues: frozenset[str] | None = None,
     ) -> builtins.list[Lease]:
         leases: list[Lease] = []
         with self._lock:
-            while self._heap and len(leases) < limit and self._heap[0][0] <= now:
-                due_at, job_id = heapq.heappop(self._heap)
-                if not self._is_current(due_at, job_id):
+            heads = self._heads(queues)
+            while heads and len(leases) < limit:
+                queue = min(heads, key=lambda name: heads[name][0])
+                heap = heads[queue]
+                if heap[0][0] > now:
+                    break
+                due_at, job_id = heapq.heappop(heap)
+                while heap and not self._is_current(queue, *heap[0]):
+                    heapq.heappop(heap)
+                if not heap:
+                    del heads[queue]
+                if not self._is_current(queue, due_at, job_id):
                     continue
                 plan = plan_claim(self._jobs[job_id], now, token, default_lease)
                 if plan.action == "delete":
@@ -102,8 +139,10 @@ class MemoryRepository(Repository):
                 leases.append(plan.lease)
         return leases
 
-    def complete(self, outcomes: Sequence[Outcome]) -> None:
+    def complete(self, outcomes: Sequence[Outcome], runs: Sequence[RunRecord] = ()) -> None:
         with self._lock:
+            for run in runs:
+                self._runs.append(dataclasses.replace(run, id=f"{next(self._run_ids):016x}"))
             for outcome in outcomes:
                 plan = plan_completion(outcome)
                 job = self._jobs.get(plan.job_id)
@@ -142,8 +181,76 @@ class MemoryRepository(Repository):
                     )
                 )
 
-    def next_due(self) -> datetime | None:
+    def next_due(self, queues: frozenset[str] | None = None) -> datetime | None:
         with self._lock:
-            while self._heap and not self._is_current(*self._heap[0]):
-                heapq.heappop(self._heap)
-            return self._heap[0][0] if self._heap else None
+            heads = self._heads(queues)
+            return min((heap[0][0] for heap in heads.values()), default=None)
+
+    # -- queues ------------------------------------------------------------
+
+    def set_queue_paused(self, name: str, paused: bool) -> bool:
+        with self._lock:
+            changed = (name in self._paused) != paused
+            if paused:
+                self._paused.add(name)
+            else:
+                self._paused.discard(name)
+            return changed
+
+    def paused_queues(self) -> set[str]:
+        with self._lock:
+            return set(self._paused)
+
+    def queue_stats(self, now: datetime) -> builtins.list[QueueInfo]:
+        with self._lock:
+            due: collections.Counter[str] = collections.Counter()
+            running: collections.Counter[str] = collections.Counter()
+            names = set(self._paused)
+            for job in self._jobs.values():
+                names.add(job.queue)
+                if job.state == "running":
+                    running[job.queue] += 1
+                elif job.locked_by is None and job.due_at is not None and job.due_at <= now:
+                    due[job.queue] += 1
+            return [
+                QueueInfo(name, name in self._paused, due[name], running[name])
+                for name in sorted(names)
+            ]
+
+    # -- run history -------------------------------------------------------
+
+    def list_runs(
+        self,
+        job_id: str | None = None,
+        task: str | None = None,
+        queue: str | None = None,
+        outcomes: Collection[str] | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> RunPage:
+        found: list[RunRecord] = []
+        with self._lock:
+            for run in reversed(self._runs):
+                if cursor is not None and str(run.id) >= cursor:
+                    continue
+                if (
+                    (job_id is not None and run.job_id != job_id)
+                    or (task is not None and run.task != task)
+                    or (queue is not None and run.queue != queue)
+                    or (outcomes is not None and run.outcome not in outcomes)
+                ):
+                    continue
+                found.append(run)
+                if len(found) > limit:
+                    break
+        more = len(found) > limit
+        found = found[:limit]
+        return RunPage(found, found[-1].id if more else None)
+
+    def prune_runs(self, before: datetime, limit: int) -> int:
+        with self._lock:
+            pruned = 0
+            while self._runs and pruned < limit and self._runs[0].finished_at < before:
+                self._runs.popleft()
+                pruned += 1
+            return pruned

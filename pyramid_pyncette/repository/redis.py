@@ -45,7 +45,7 @@ import functools
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from typing import Any, overload
@@ -57,10 +57,10 @@ from redis import exceptions as redis_errors
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..jobs import Job, Lease, Outcome
+from ..jobs import Job, Lease, Outcome, QueueInfo, RunRecord
 from ..policy import plan_claim, plan_completion, split_finished
 from ..redaction import redact_text, redact_url
-from .base import Claim, JobPage, Repository, RepositoryError, staged_job
+from .base import Claim, JobPage, Repository, RepositoryError, RunPage, staged_job
 from .listener import Receive, start_listener_thread
 from .rows import (
     decode_job_fields,
@@ -604,15 +604,20 @@ class RedisRepository(Repository):
         return JobPage(jobs, ids[limit - 1] if more else None)
 
     def claim(
-        self, now: datetime, limit: int, token: str, default_lease: float
+        self,
+        now: datetime,
+        limit: int,
+        token: str,
+        default_lease: float,
+        queues: frozenset[str] | None = None,
     ) -> builtins.list[Lease]:
         return self._complete_then_claim((), Claim(now, limit, token, default_lease))
 
     def _complete_then_claim(
-        self, outcomes: Sequence[Outcome], claim: Claim
+        self, outcomes: Sequence[Outcome], claim: Claim, runs: Sequence[RunRecord] = ()
     ) -> builtins.list[Lease]:
         """One script call deletes finished one-off jobs and claims due ones."""
-        now, limit, token, default_lease = claim
+        now, limit, token, default_lease, _queues = claim
         deletes, others = split_finished(outcomes)
         finished: list[str] = []
         for done, _ in deletes:
@@ -680,7 +685,7 @@ class RedisRepository(Repository):
         lost = {plan.job.id for plan, flag in zip(once, flags, strict=True) if not flag}
         return [plan.lease for plan in plans if plan.action == "lease" or plan.job.id not in lost]
 
-    def complete(self, outcomes: Sequence[Outcome]) -> None:
+    def complete(self, outcomes: Sequence[Outcome], runs: Sequence[RunRecord] = ()) -> None:
         """Apply ``outcomes`` in one script call; one by one if a row fails the script.
 
         A row the script still cannot write is parked as failed with an
@@ -758,17 +763,42 @@ class RedisRepository(Repository):
         except ValueError:  # an unreadable time: the claim that reaches it parks the job
             return None, int(now)
 
-    def next_due(self) -> datetime | None:
+    def next_due(self, queues: frozenset[str] | None = None) -> datetime | None:
         due, _ = self._earliest_due()
         try:
             return None if due is None else _decode_time(due)
         except OverflowError:  # a time past year 9999: the claim that reaches it parks the job
             return None
 
-    def next_due_delay(self, now: datetime) -> float | None:
+    def next_due_delay(self, now: datetime, queues: frozenset[str] | None = None) -> float | None:
         due, server_now = self._earliest_due()
         if due is None:
             return None
         if not self.store_clock:
             server_now = _micros(now - _EPOCH)
         return (due - server_now) / 1e6
+
+    # -- queues and run history (not yet stored here) -----------------------
+
+    def set_queue_paused(self, name: str, paused: bool) -> bool:
+        raise NotImplementedError("queues are not stored here yet")
+
+    def paused_queues(self) -> builtins.set[str]:
+        return set()
+
+    def queue_stats(self, now: datetime) -> builtins.list[QueueInfo]:
+        raise NotImplementedError("queues are not stored here yet")
+
+    def list_runs(
+        self,
+        job_id: str | None = None,
+        task: str | None = None,
+        queue: str | None = None,
+        outcomes: Collection[str] | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> RunPage:
+        raise NotImplementedError("the run history is not stored here yet")
+
+    def prune_runs(self, before: datetime, limit: int) -> int:
+        return 0

@@ -23,7 +23,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, cast
 
@@ -34,10 +34,10 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 
-from ..jobs import MAX_JOB_ID_LENGTH, Job, Lease, Outcome
+from ..jobs import MAX_JOB_ID_LENGTH, Job, Lease, Outcome, QueueInfo, RunRecord
 from ..policy import ClaimPlan, CompletionPlan, plan_claim, plan_completion, split_finished
 from ..redaction import redact_text
-from .base import Claim, JobPage, Repository, RepositoryError, staged_job
+from .base import Claim, JobPage, Repository, RepositoryError, RunPage, staged_job
 from .listener import Receive, start_listener_thread
 from .rows import (
     ascii_text,
@@ -934,12 +934,17 @@ class SQLRepository(Repository):
         return value.astimezone(timezone.utc)
 
     def claim(
-        self, now: datetime, limit: int, token: str, default_lease: float
+        self,
+        now: datetime,
+        limit: int,
+        token: str,
+        default_lease: float,
+        queues: frozenset[str] | None = None,
     ) -> builtins.list[Lease]:
         return self._write_and_claim((), Claim(now, limit, token, default_lease), keep=False)
 
     def _complete_then_claim(
-        self, outcomes: Sequence[Outcome], claim: Claim
+        self, outcomes: Sequence[Outcome], claim: Claim, runs: Sequence[RunRecord] = ()
     ) -> builtins.list[Lease]:
         """Write ``outcomes`` and claim, on a connection the calling thread keeps.
 
@@ -974,13 +979,13 @@ class SQLRepository(Repository):
             for plan, _ in finished:
                 assert plan.token is not None  # split_finished keeps lease-guarded deletes only
                 done.append((plan.job_id, plan.token))
-            return self._claim_postgresql(*claim, done, keep)
+            return self._claim_postgresql(*claim[:4], done, keep)
         with self._connection(autocommit=False, keep=keep) as conn, conn.begin():
             if outcomes:
                 self.complete_on(conn, outcomes)
             if claim.limit <= 0:
                 return []
-            return self._claim_on(conn, *claim)
+            return self._claim_on(conn, *claim[:4])
 
     def _complete_and_claim_row_by_row(
         self, outcomes: Sequence[Outcome], claim: Claim
@@ -998,7 +1003,7 @@ class SQLRepository(Repository):
         with self._write() as conn:
             if self._dialect == "postgresql" and self.store_clock:
                 claim = claim._replace(now=self._now(conn, claim.now))
-            return self._claim_on(conn, *claim, row_by_row=True)
+            return self._claim_on(conn, *claim[:4], row_by_row=True)
 
     def _claim_on(
         self,
@@ -1310,7 +1315,7 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
                 "changed before it wrote them; nothing was claimed, the next poll tries again"
             )
 
-    def complete(self, outcomes: Sequence[Outcome]) -> None:
+    def complete(self, outcomes: Sequence[Outcome], runs: Sequence[RunRecord] = ()) -> None:
         """Apply ``outcomes`` in one transaction; row by row if the database refuses a row.
 
         A row it still refuses, even with its text in ASCII, is parked as
@@ -1453,13 +1458,13 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
                 params,
             )
 
-    def next_due(self) -> datetime | None:
+    def next_due(self, queues: frozenset[str] | None = None) -> datetime | None:
         with self._read() as conn:
             value = conn.execute(sa.select(sa.func.min(self.table.c.due_at))).scalar()
         # An unreadable time is no due time (the claim parks such a job if it is due).
         return value if isinstance(value, datetime) else None
 
-    def next_due_delay(self, now: datetime) -> float | None:
+    def next_due_delay(self, now: datetime, queues: frozenset[str] | None = None) -> float | None:
         if not self.store_clock:
             return super().next_due_delay(now)
         # The server's clock, read by the same statement as the earliest due time.
@@ -1473,6 +1478,31 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
         if not isinstance(due, datetime):
             return None  # none, or unreadable (see next_due)
         return (due - utc(server_now)).total_seconds()
+
+    # -- queues and run history (not yet stored here) -----------------------
+
+    def set_queue_paused(self, name: str, paused: bool) -> bool:
+        raise NotImplementedError("queues are not stored here yet")
+
+    def paused_queues(self) -> builtins.set[str]:
+        return set()
+
+    def queue_stats(self, now: datetime) -> builtins.list[QueueInfo]:
+        raise NotImplementedError("queues are not stored here yet")
+
+    def list_runs(
+        self,
+        job_id: str | None = None,
+        task: str | None = None,
+        queue: str | None = None,
+        outcomes: Collection[str] | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> RunPage:
+        raise NotImplementedError("the run history is not stored here yet")
+
+    def prune_runs(self, before: datetime, limit: int) -> int:
+        return 0
 
 
 def _sqlite_file_path(engine: Engine) -> str | None:
