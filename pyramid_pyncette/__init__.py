@@ -162,6 +162,16 @@ def includeme(config: Configurator) -> None:
     ``pyncette.retry_backoff_max``
         Longest pause between two retries, for jobs that do not set
         ``retry_backoff_max``. Default: ``1h``.
+    ``pyncette.queues``
+        The queues this process's daemon claims jobs from, separated by spaces
+        (``pscheduler --queue`` overrides it); any number of daemons may serve
+        one queue (see Queues). Default: every queue.
+    ``pyncette.history``
+        Which runs the run history keeps: ``all``, ``failures`` (failed runs and
+        lost leases) or ``none`` (see Run history). Default: ``all``.
+    ``pyncette.history_retention``
+        How long run records are kept; daemons delete older ones in small
+        batches. Default: ``7d``.
 
     The settings are read when the configuration is committed (by
     ``config.commit()`` or ``config.make_wsgi_app()``; at once with an

@@ -40,6 +40,7 @@ from .jobs import (
     DEFAULT_RETRY_BACKOFF,
     DEFAULT_RETRY_BACKOFF_MAX,
     RetryDefaults,
+    queue_name_problem,
 )
 from .redaction import redact_url
 
@@ -72,6 +73,9 @@ DEFAULT_URL = "sqlite:///pyncette.sqlite"
 
 #: Largest accepted ``pyncette.max_retries`` (the per-job option has the same limit).
 MAX_RETRIES_SETTING = 1000
+
+#: The values of ``pyncette.history``.
+HISTORY_CHOICES = ("all", "failures", "none")
 
 _TABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _REDIS_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -334,6 +338,34 @@ def _table_name(read: _Reader, name: str, value: Any) -> str:
     return read.pattern(name, value, _TABLE_NAME_RE, fix)
 
 
+def _queues(read: _Reader, name: str, value: Any) -> frozenset[str] | None:
+    """Space- or comma-separated queue names (a list or set of names from Python)."""
+    fix = "use queue names separated by spaces, e.g. 'default emails'"
+    if isinstance(value, str):
+        names = value.replace(",", " ").split()
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        names = list(value)
+    else:
+        raise read.error(name, value, "is not a list of queue names", fix)
+    if not names:
+        raise read.error(
+            name, value, "names no queue", fix + " (leave it out to serve every queue)"
+        )
+    for queue in names:
+        problem = queue_name_problem(queue)
+        if problem is not None:
+            raise read.error(name, value, f"is not allowed ({problem})", "fix that name")
+    return frozenset(names)
+
+
+def _history(read: _Reader, name: str, value: Any) -> str:
+    fix = "use all, failures or none"
+    text = read.string(name, value, fix).lower()
+    if text not in HISTORY_CHOICES:
+        raise read.error(name, value, "is not one of all, failures, none", fix)
+    return text
+
+
 def _redis_namespace(read: _Reader, name: str, value: Any) -> str:
     fix = "use 1 to 64 letters, digits or the characters _ . : - (e.g. 'myapp:pyncette')"
     return read.pattern(name, value, _REDIS_NAMESPACE_RE, fix)
@@ -436,6 +468,26 @@ class PyncetteSettings:
         DEFAULT_RETRY_BACKOFF_MAX,
         _duration,
         "longest pause between two retries, for jobs that do not set `retry_backoff_max`",
+    )
+
+    queues: frozenset[str] | None = _setting(
+        None,
+        _queues,
+        "the queues this process's daemon claims jobs from, separated by spaces (`pscheduler "
+        "--queue` overrides it); any number of daemons may serve one queue (see Queues)",
+        default_text="every queue",
+    )
+    history: str = _setting(
+        "all",
+        _history,
+        "which runs the run history keeps: `all`, `failures` (failed runs and lost leases) "
+        "or `none` (see Run history)",
+    )
+    history_retention: float = _setting(
+        7 * 86400.0,
+        _duration,
+        "how long run records are kept; daemons delete older ones in small batches",
+        default_text="`7d`",
     )
 
     @property

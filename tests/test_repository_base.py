@@ -57,13 +57,22 @@ def test_complete_and_claim_hands_the_claim_to_the_store_hook_as_one_value():
     heard = []
 
     class OneRoundTrip(MemoryRepository):
-        def _complete_then_claim(self, outcomes, claim):
-            heard.append((tuple(outcomes), claim))
+        def _complete_then_claim(self, outcomes, claim, runs=()):
+            heard.append((tuple(outcomes), claim, tuple(runs)))
             return []
 
     now = datetime(2030, 1, 1, tzinfo=timezone.utc)
-    assert OneRoundTrip().complete_and_claim((), now, 7, "tok", 30.0) == []
-    assert heard == [((), Claim(now=now, limit=7, token="tok", default_lease=30.0))]
+    store = OneRoundTrip()
+    assert store.complete_and_claim((), now, 7, "tok", 30.0) == []
+    assert store.complete_and_claim((), now, 2, "t2", 5.0, frozenset({"q"}), ["run"]) == []
+    assert heard == [
+        ((), Claim(now=now, limit=7, token="tok", default_lease=30.0), ()),
+        (
+            (),
+            Claim(now=now, limit=2, token="t2", default_lease=5.0, queues=frozenset({"q"})),
+            ("run",),
+        ),
+    ]
 
 
 def test_the_default_hook_completes_then_claims_with_the_claim_unpacked():
@@ -72,19 +81,22 @@ def test_the_default_hook_completes_then_claims_with_the_claim_unpacked():
     calls = []
 
     class Recording(MemoryRepository):
-        def complete(self, outcomes):
-            calls.append(("complete", tuple(outcomes)))
+        def complete(self, outcomes, runs=()):
+            calls.append(("complete", tuple(outcomes), tuple(runs)))
 
-        def claim(self, now, limit, token, default_lease):
-            calls.append(("claim", now, limit, token, default_lease))
+        def claim(self, now, limit, token, default_lease, queues=None):
+            calls.append(("claim", now, limit, token, default_lease, queues))
             return []
 
     now = datetime(2030, 1, 1, tzinfo=timezone.utc)
     store = Recording()
     store.complete_and_claim((), now, 3, "a", 60.0)
     store.complete_and_claim(["outcome"], now, 5, "b", 90.0)
+    store.complete_and_claim((), now, 1, "c", 60.0, frozenset({"q"}), runs=["run"])
     assert calls == [
-        ("claim", now, 3, "a", 60.0),
-        ("complete", ("outcome",)),
-        ("claim", now, 5, "b", 90.0),
+        ("claim", now, 3, "a", 60.0, None),
+        ("complete", ("outcome",), ()),
+        ("claim", now, 5, "b", 90.0, None),
+        ("complete", (), ("run",)),
+        ("claim", now, 1, "c", 60.0, frozenset({"q"})),
     ]

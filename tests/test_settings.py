@@ -96,6 +96,9 @@ def test_known_keys():
         "max_retries",
         "retry_backoff",
         "retry_backoff_max",
+        "queues",
+        "history",
+        "history_retention",
     }
     assert set(KNOWN_KEYS) == expected
 
@@ -690,6 +693,9 @@ def test_every_setting_is_parsed_by_its_own_parser():
         "max_retries": "2",
         "retry_backoff": "30s",
         "retry_backoff_max": "2h",
+        "queues": "emails",
+        "history": "failures",
+        "history_retention": "1d",
     }
     assert set(ini) == {s.name for s in SETTINGS}
     parsed = _parse(**ini)
@@ -714,3 +720,76 @@ def test_defaults_are_shown_as_the_ini_would_spell_them():
 
 if __name__ == "__main__":
     regenerate()
+
+
+# --------------------------------------------------------------------------- queues and history
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("emails", {"emails"}),
+        ("default emails", {"default", "emails"}),
+        ("a, b.c  d-e", {"a", "b.c", "d-e"}),
+        (["x", "y"], {"x", "y"}),
+    ],
+)
+def test_queues_setting_reads_names(raw, expected):
+    from pyramid_pyncette.settings import parse_settings
+
+    assert parse_settings({"pyncette.queues": raw}).queues == frozenset(expected)
+
+
+def test_queues_setting_defaults_to_every_queue():
+    from pyramid_pyncette.settings import parse_settings
+
+    assert parse_settings({}).queues is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ("", "names no queue"),
+        ("  ,", "names no queue"),
+        ("good b/d", "'b/d' is not a queue name"),
+        ("-dash", "'-dash' is not a queue name"),
+        ("x" * 65, "is not a queue name"),
+        (42, "is not a list of queue names"),
+    ],
+)
+def test_queues_setting_rejects_bad_names(raw, words):
+    from pyramid.exceptions import ConfigurationError
+
+    from pyramid_pyncette.settings import parse_settings
+
+    with pytest.raises(ConfigurationError) as info:
+        parse_settings({"pyncette.queues": raw})
+    assert str(info.value).startswith("pyncette.queues: ")
+    assert words in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("all", "all"), ("Failures", "failures"), ("none", "none")]
+)
+def test_history_setting(raw, expected):
+    from pyramid_pyncette.settings import parse_settings
+
+    assert parse_settings({"pyncette.history": raw}).history == expected
+
+
+def test_history_setting_rejects_other_words():
+    from pyramid.exceptions import ConfigurationError
+
+    from pyramid_pyncette.settings import parse_settings
+
+    with pytest.raises(
+        ConfigurationError, match=r"pyncette\.history: 'errors' is not one of all, failures, none"
+    ):
+        parse_settings({"pyncette.history": "errors"})
+
+
+def test_history_retention_defaults_to_a_week_and_reads_durations():
+    from pyramid_pyncette.settings import parse_settings
+
+    assert parse_settings({}).history_retention == 7 * 86400
+    assert parse_settings({"pyncette.history_retention": "90m"}).history_retention == 5400
