@@ -98,9 +98,17 @@ def make_registry(settings: dict[str, str]) -> Any:
 
 
 def due_jobs(
-    count: int, *, due: datetime | None = None, prefix: str = "job", start: int = 0
+    count: int,
+    *,
+    due: datetime | None = None,
+    prefix: str = "job",
+    start: int = 0,
+    queues: int = 0,
 ) -> list[Any]:
-    """``count`` one-off ``bench.noop`` jobs (``job-<start>``...) due at ``due`` (a second ago)."""
+    """``count`` one-off ``bench.noop`` jobs (``job-<start>``...) due at ``due`` (a second ago).
+
+    With ``queues``, job ``n`` is in queue ``q<n % queues>`` (else in the default queue).
+    """
     from benchmarks.app import NOOP_TASK
     from pyramid_pyncette.jobs import Job
     from pyramid_pyncette.schedules import DateSchedule
@@ -115,6 +123,7 @@ def due_jobs(
             due_at=due,
             next_run_at=due,
             created_at=due,
+            **({"queue": f"q{n % queues}"} if queues else {}),
         )
         for n in range(start, start + count)
     ]
@@ -127,14 +136,16 @@ def insert_due_jobs(
     due: datetime | None = None,
     start: int = 0,
     chunk: int = 10_000,
+    queues: int = 0,
 ) -> float:
-    """Bulk-insert jobs ``job-<start>`` to ``job-<count - 1>`` (built chunk by chunk).
+    """Bulk-insert jobs ``job-<start>`` to ``job-<count - 1>`` (built chunk by chunk),
+    spread over ``queues`` queues when given (see :func:`due_jobs`).
 
     Returns the seconds the inserts took.
     """
     spent = 0.0
     for first in range(start, count, chunk):
-        jobs = due_jobs(min(chunk, count - first), due=due, start=first)
+        jobs = due_jobs(min(chunk, count - first), due=due, start=first, queues=queues)
         began = time.perf_counter()
         repository.add(jobs)
         spent += time.perf_counter() - began

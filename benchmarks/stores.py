@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import os
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -199,6 +200,21 @@ class Stores:
     def close(self) -> None:
         for store in self._stores.values():
             store.close()
+
+
+def run_history(repository: Any) -> tuple[int, datetime | None, datetime | None]:
+    """How many run records a repository holds, and the oldest and newest finish times."""
+    count, oldest, newest = 0, None, None
+    cursor = None
+    while True:
+        page = repository.list_runs(cursor=cursor, limit=5000)
+        for run in page.runs:
+            count += 1
+            oldest = run.finished_at if oldest is None else min(oldest, run.finished_at)
+            newest = run.finished_at if newest is None else max(newest, run.finished_at)
+        cursor = page.next_cursor
+        if cursor is None:
+            return count, oldest, newest
 
 
 def count_jobs(repository: Any) -> int:

@@ -17,7 +17,12 @@ W4 enqueue
     request's add costs (and, on PostgreSQL, in shared-database mode); bulk
     ``repository.add`` jobs/s.
 W5 memory
-    a daemon's peak RSS draining N jobs beside draining N/10.
+    a daemon's peak RSS draining N jobs beside draining N/10; the big drain
+    keeps its run history for a minute (``pyncette.history_retention``), and
+    the history left afterwards is measured.
+W6 history
+    W1's drain by one daemon with ``pyncette.history = all`` beside the same
+    drain with ``none``, alternating which goes first.
 
 Every drain of ours is checked: a job run twice (duplicate) or never (lost)
 is recorded in :attr:`Context.failures`, which makes ``run.py`` exit non-zero.
@@ -54,9 +59,9 @@ from benchmarks.common import (
     write_ini,
 )
 from benchmarks.peers import PeerError, Peers
-from benchmarks.stores import Store, Target, count_jobs
+from benchmarks.stores import Store, Target, count_jobs, run_history
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6")
 
 
 @dataclass(frozen=True)
@@ -198,12 +203,23 @@ def _log_problems(folder: Path) -> list[str]:
 
 
 def drain_ours(
-    ctx: Context, store: Store, n: int, procs: int, *, counts: bool = False
+    ctx: Context,
+    store: Store,
+    n: int,
+    procs: int,
+    *,
+    counts: bool = False,
+    settings: dict[str, str] | None = None,
+    inspect: Callable[[Any], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """N due jobs drained by ``procs`` ``pscheduler --once`` processes."""
+    """N due jobs drained by ``procs`` ``pscheduler --once`` processes.
+
+    ``settings`` adds ``pyncette.*`` settings; ``inspect(repository)`` runs on
+    the store after the drain and its result is merged into the result.
+    """
     target = _fill(store, ctx.settings, n)
     folder = ctx.folder(f"{store.name}-drain{procs}")
-    extra = {"bench.record_dir": str(folder)}
+    extra = {"bench.record_dir": str(folder), **(settings or {})}
     if counts:
         extra.update({"bench.record_mode": "counts", "bench.expected": str(n)})
     ini = write_ini(folder, ctx.settings.app_settings(target.url, **extra))
@@ -223,6 +239,12 @@ def drain_ours(
         duplicates, lost = records.check(n if counts else job_ids(n))
         result.update(duplicates=duplicates, lost=lost, left=_left_in_store(ctx.settings, target))
         result["log_problems"] = _log_problems(folder)
+        if inspect is not None:
+            registry = make_registry(ctx.settings.app_settings(target.url))
+            try:
+                result.update(inspect(registry.scheduler.repository))
+            finally:
+                registry.scheduler.repository.close()
     finally:
         store.drop(target)
         shutil.rmtree(folder, ignore_errors=True)
@@ -380,10 +402,16 @@ def w1_drain(ctx: Context, store: Store) -> list[Row]:
 # --------------------------------------------------------------------------- W2 idle
 
 
-def _time_polls(repository: Any, times: int = 50) -> dict[str, float | None]:
-    """Median milliseconds of a claim that finds nothing, and of ``next_due``.
+#: W2 spreads its stored jobs over this many queues; one daemon serves the first.
+W2_QUEUES = 20
+W2_SERVED = frozenset({"q0"})
 
-    The claim is the call the worker's loop makes (``complete_and_claim``, on
+
+def _time_polls(repository: Any, times: int = 50) -> dict[str, float | None]:
+    """Median milliseconds of a claim that finds nothing, of one served queue's claim
+    (:data:`W2_SERVED` of :data:`W2_QUEUES`), and of ``next_due``.
+
+    The claims are the call the worker's loop makes (``complete_and_claim``, on
     the connection the loop keeps).
     """
     try:
@@ -396,19 +424,27 @@ def _time_polls_in_thread(repository: Any, times: int) -> dict[str, float | None
     now = datetime.now(timezone.utc)
     for _ in range(5):  # connections, prepared statements, script cache
         repository.complete_and_claim((), now, 100, "bench-poll", 60)
+        repository.complete_and_claim((), now, 100, "bench-poll", 60, W2_SERVED)
         repository.next_due()
-    claims, next_dues = [], []
+    claims, queue_claims, next_dues = [], [], []
     for _ in range(times):
         now = datetime.now(timezone.utc)
         began = time.perf_counter()
         leases = repository.complete_and_claim((), now, 100, "bench-poll", 60)
         claims.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        leases += repository.complete_and_claim((), now, 100, "bench-poll", 60, W2_SERVED)
+        queue_claims.append(time.perf_counter() - began)
         if leases:
             raise RuntimeError(f"the idle store had {len(leases)} due job(s)")
         began = time.perf_counter()
         repository.next_due()
         next_dues.append(time.perf_counter() - began)
-    return {"claim_ms": _ms(median(claims)), "next_due_ms": _ms(median(next_dues))}
+    return {
+        "claim_ms": _ms(median(claims)),
+        "queue_claim_ms": _ms(median(queue_claims)),
+        "next_due_ms": _ms(median(next_dues)),
+    }
 
 
 def _idle_cpu(ctx: Context, target: Target, seconds: float) -> float:
@@ -446,11 +482,13 @@ def w2_idle(ctx: Context, store: Store) -> list[Row]:
     in_an_hour = datetime.now(timezone.utc) + timedelta(hours=1)
     try:
         ctx.log(f"  W2 {store.name}: {small_m} jobs due in an hour")
-        insert_due_jobs(repository, small_m, due=in_an_hour)
+        insert_due_jobs(repository, small_m, due=in_an_hour, queues=W2_QUEUES)
         small_polls = _time_polls(repository)
         small_cpu = _idle_cpu(ctx, target, seconds)
         ctx.log(f"  W2 {store.name}: inserting up to {m} jobs due in an hour")
-        insert_seconds = insert_due_jobs(repository, m, due=in_an_hour, start=small_m)
+        insert_seconds = insert_due_jobs(
+            repository, m, due=in_an_hour, start=small_m, queues=W2_QUEUES
+        )
         full_polls = _time_polls(repository)
         ctx.log(f"  W2 {store.name}: idle daemon for {seconds:g}s")
         full_cpu = _idle_cpu(ctx, target, seconds)
@@ -473,6 +511,7 @@ def w2_idle(ctx: Context, store: Store) -> list[Row]:
     rows = []
     for key, label, unit in [
         ("claim_ms", "claim() finding nothing (median of 50)", "ms"),
+        ("queue_claim_ms", f"claim() of 1 of {W2_QUEUES} queues finding nothing", "ms"),
         ("next_due_ms", "next_due() (median of 50)", "ms"),
         ("cpu_percent", f"idle daemon CPU over {seconds:g}s", "%"),
     ]:
@@ -917,8 +956,16 @@ def w5_memory(ctx: Context, store: Store) -> list[Row]:
     small_n = max(1, n // 10)
     ctx.log(f"  W5 {store.name}: draining {small_n} jobs")
     small = drain_ours(ctx, store, small_n, 1, counts=True)
-    ctx.log(f"  W5 {store.name}: draining {n} jobs")
-    big = drain_ours(ctx, store, n, 1, counts=True)
+    ctx.log(f"  W5 {store.name}: draining {n} jobs, run history kept {W5_RETENTION:g}s")
+    big = drain_ours(
+        ctx,
+        store,
+        n,
+        1,
+        counts=True,
+        settings={"pyncette.history_retention": f"{W5_RETENTION:g}s"},
+        inspect=_history_left,
+    )
     ctx.detail(store.name, "W5", {"small": small, "big": big})
     small_mb = small["peak_rss_kb"][0] / 1024
     big_mb = big["peak_rss_kb"][0] / 1024
@@ -951,7 +998,101 @@ def w5_memory(ctx: Context, store: Store) -> list[Row]:
             "duplicates / lost",
             f"{big['duplicates'] + small['duplicates']} / {big['lost'] + small['lost']}",
         ),
+        Row(
+            store.name,
+            name,
+            "run records kept after the drain",
+            big["runs_kept"],
+            unit="",
+        ),
+        Row(
+            store.name,
+            name,
+            "age of the oldest kept run at the last run",
+            big["history_span"],
+            W5_RETENTION,
+            "pyncette.history_retention",
+            ratio(big["history_span"], W5_RETENTION),
+            "s",
+        ),
     ]
+
+
+#: W5's big drain keeps its run history this many seconds.
+W5_RETENTION = 60.0
+
+
+def _history_left(repository: Any) -> dict[str, Any]:
+    """How many run records are stored, and how old the oldest was when the newest finished."""
+    count, oldest, newest = run_history(repository)
+    span = (newest - oldest).total_seconds() if oldest and newest else None
+    return {"runs_kept": count, "history_span": span}
+
+
+# --------------------------------------------------------------------------- W6 history
+
+
+def w6_history(ctx: Context, store: Store) -> list[Row]:
+    """W6: a drain recording every run beside one recording none (side by side)."""
+    n = ctx.sizes.drain_n
+    results: dict[str, list[dict[str, Any]]] = {"all": [], "none": []}
+    for repeat in range(ctx.sizes.repeat):
+        order = ("none", "all") if repeat % 2 == 0 else ("all", "none")
+        for mode in order:
+            ctx.log(f"  W6 {store.name}: {n} jobs, history {mode}, repeat {repeat + 1}")
+            results[mode].append(
+                drain_ours(
+                    ctx,
+                    store,
+                    n,
+                    1,
+                    settings={"pyncette.history": mode},
+                    inspect=_history_left,
+                )
+            )
+    ctx.detail(store.name, "W6", results)
+    name = f"W6 history {n:,}"
+    rows = []
+    for key, label in [
+        ("exec_per_s_wall", "exec/s, spawn->last exit"),
+        ("exec_per_s_loop", "exec/s, loop start->last run"),
+    ]:
+        o = [r[key] for r in results["all"]]
+        x = [r[key] for r in results["none"]]
+        rows.append(
+            Row(
+                store.name,
+                name,
+                label,
+                median(o),
+                median(x),
+                "history none",
+                _paired_ratio(o, x),
+                "/s",
+            )
+        )
+    kept = [r["runs_kept"] for r in results["all"]]
+    unrecorded = [r["runs_kept"] for r in results["none"]]
+    dup = sum(r["duplicates"] for mode in results.values() for r in mode)
+    lost = sum(r["lost"] for mode in results.values() for r in mode)
+    note = (
+        ""
+        if all(k == n for k in kept) and not any(unrecorded)
+        else (f"history all kept {kept}, none kept {unrecorded} (expected {n} and 0)")
+    )
+    if note:
+        ctx.failures.append(f"{store.name} W6: {note}")
+    rows.append(
+        Row(
+            store.name,
+            name,
+            "run records kept (all / none)",
+            f"{median(kept)} / {median(unrecorded)}",
+            note=note,
+        )
+    )
+    rows.append(Row(store.name, name, "duplicates / lost (all repeats)", f"{dup} / {lost}"))
+    return rows
 
 
 RUNNERS: dict[str, Callable[[Context, Store], list[Row]]] = {
@@ -960,4 +1101,5 @@ RUNNERS: dict[str, Callable[[Context, Store], list[Row]]] = {
     "W3": w3_lateness,
     "W4": w4_enqueue,
     "W5": w5_memory,
+    "W6": w6_history,
 }
