@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..exceptions import short_repr
-from ..jobs import MAX_ERROR_LENGTH, STATUS_FAILED, Job, remember_options
+from ..jobs import DEFAULT_QUEUE, MAX_ERROR_LENGTH, STATUS_FAILED, Job, remember_options
 from ..options import NO_OPTIONS, JobOptions, options_from_json
 from ..schedules import schedule_json_problem
 
@@ -252,6 +252,7 @@ def _decode_job_fields(fields: Any, job_id: str | None, decode_time: TimeDecoder
     text = {name: _decode_text(values.get(name)) for name in _TEXT_FIELDS}
     attempts = _decode_attempts(values.get("attempts"), problems)
     partition = _decode_partition(values.get("partition"), problems)
+    queue = _decode_queue(values.get("queue", DEFAULT_QUEUE), problems)
     job = Job(
         id=ident,
         task=task,
@@ -261,6 +262,7 @@ def _decode_job_fields(fields: Any, job_id: str | None, decode_time: TimeDecoder
         options=options,
         attempts=attempts,
         partition=partition,
+        queue=queue,
         problem=problem_text(ident, problems),
         due_at=times["due_at"],
         next_run_at=times["next_run_at"],
@@ -395,6 +397,13 @@ def _decode_partition(value: Any, problems: list[str]) -> int:
     return value
 
 
+def _decode_queue(value: Any, problems: list[str]) -> str:
+    if not isinstance(value, str):
+        problems.append(f"queue is {_what(value)}, not a queue name")
+        return DEFAULT_QUEUE
+    return value
+
+
 def well_formed_job(
     job_id: Any,
     task: Any,
@@ -411,6 +420,7 @@ def well_formed_job(
     last_error: Any,
     created_at: Any,
     partition: Any,
+    queue: Any = DEFAULT_QUEUE,
 ) -> Job | None:
     """A :class:`Job` from stored values that are all well formed, else ``None``.
 
@@ -431,6 +441,7 @@ def well_formed_job(
         or type(attempts) is not int
         or attempts < 0
         or type(partition) is not int
+        or type(queue) is not str
     ):
         return None
     if kwargs and not all(type(key) is str for key in kwargs):
@@ -463,6 +474,7 @@ def well_formed_job(
         last_error=last_error,
         created_at=created_at,
         partition=partition,
+        queue=queue,
         problem=None,
     )
     remember_options(job, parsed)
