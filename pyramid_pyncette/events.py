@@ -78,6 +78,38 @@ class ILeaseLost(IJobEvent):
     scheduled_at = Attribute("When the run was due (UTC).")
 
 
+class IJobPaused(IJobEvent):
+    """A job was paused (:meth:`~pyramid_pyncette.scheduler.Scheduler.pause_job`).
+
+    Fired once the pause is written (after the transaction commits, for
+    ``request.scheduler``). ``job`` is the job as written.
+    """
+
+
+class IJobResumed(IJobEvent):
+    """A paused job was resumed (:meth:`~pyramid_pyncette.scheduler.Scheduler.resume_job`).
+
+    Fired once the change is written. ``job`` is the job as written, with
+    its next run time.
+    """
+
+
+class IQueueEvent(Interface):
+    """Something happened to a queue."""
+
+    name = Attribute("The queue's name.")
+    registry = Attribute("The application registry.")
+
+
+class IQueuePaused(IQueueEvent):
+    """A queue was paused (:meth:`~pyramid_pyncette.scheduler.Scheduler.pause_queue`):
+    no daemon claims its jobs until it is resumed."""
+
+
+class IQueueResumed(IQueueEvent):
+    """A paused queue was resumed (:meth:`~pyramid_pyncette.scheduler.Scheduler.resume_queue`)."""
+
+
 class IWorkerEvent(Interface):
     """The worker (the lease loop) changed state."""
 
@@ -173,6 +205,32 @@ class LeaseLost(_JobEvent):
     def __init__(self, job: Job, registry: Registry, scheduled_at: datetime) -> None:
         super().__init__(job, registry)
         self.scheduled_at = scheduled_at
+
+
+@implementer(IJobPaused)
+class JobPaused(_JobEvent):
+    """See :class:`IJobPaused`."""
+
+
+@implementer(IJobResumed)
+class JobResumed(_JobEvent):
+    """See :class:`IJobResumed`."""
+
+
+class _QueueEvent:
+    def __init__(self, name: str, registry: Registry) -> None:
+        self.name = name
+        self.registry = registry
+
+
+@implementer(IQueuePaused)
+class QueuePaused(_QueueEvent):
+    """See :class:`IQueuePaused`."""
+
+
+@implementer(IQueueResumed)
+class QueueResumed(_QueueEvent):
+    """See :class:`IQueueResumed`."""
 
 
 class _WorkerEvent:

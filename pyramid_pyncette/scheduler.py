@@ -19,13 +19,21 @@ from typing import TYPE_CHECKING, Any
 
 from pyramid.exceptions import ConfigurationError
 
-from .events import JobScheduled, notify_subscribers
+from .events import (
+    JobPaused,
+    JobResumed,
+    JobScheduled,
+    QueuePaused,
+    QueueResumed,
+    notify_subscribers,
+)
 from .exceptions import InvalidJobError
-from .jobs import Job
-from .options import PERIODIC_MARKER, declared_periodic
+from .jobs import RUN_OUTCOMES, STAGED_PREFIX, Job, QueueInfo
+from .options import MARKERS, PAUSED_MARKER, PERIODIC_MARKER, declared_periodic
 from .policy import parked_for_unknown_task, revive_parked
 from .redaction import redact_text
 from .repository import JobPage, Repository, UnsupportedStoreError, create_repository
+from .repository.base import RunPage
 from .repository.rows import job_problem
 from .schedules import (
     CRON_FIELD_NAMES,
@@ -38,6 +46,7 @@ from .schedules import (
     check_interval_floor,
     cron_from_fields,
     ensure_aware,
+    schedule_from_json,
 )
 from .settings import PyncetteSettings, parse_duration
 from .tasks import (
@@ -45,12 +54,21 @@ from .tasks import (
     TaskRegistry,
     check_job_id,
     check_option_combination,
+    check_queue,
     get_task_registry,
     interval_timezone_error,
     normalize_options,
     unstorable_text,
 )
-from .writers import ImmediateWriter, JobWriter, SessionWriter, StagedWriter, Store
+from .writers import (
+    ImmediateWriter,
+    JobWriter,
+    SessionWriter,
+    StagedWriter,
+    Store,
+    WriteKinds,
+    write_kind,
+)
 
 if TYPE_CHECKING:
     from pyramid.registry import Registry
@@ -330,15 +348,22 @@ class Scheduler:
         """The scheduler's clock, UTC-aware."""
         return self.clock()
 
-    def _announce(self, written: Sequence[Job], removed: Sequence[str]) -> None:
-        """Tell the listeners and the subscribers what was committed."""
+    def _announce(
+        self, written: Sequence[Job], removed: Sequence[str], kinds: WriteKinds | None = None
+    ) -> None:
+        """Tell the listeners and the subscribers what was committed.
+
+        ``kinds`` says which written jobs were paused or resumed (the others
+        were added or replaced): each job's subscribers get the matching event.
+        """
         for listener in list(self.commit_listeners):
             try:
                 listener(written, removed)
             except Exception:
                 log.exception("a scheduler commit listener raised; ignored")
         for job in written:
-            notify_subscribers(self.registry, JobScheduled(job, self.registry), log, "ignored")
+            event = _WRITE_EVENTS[write_kind(kinds or {}, job)]
+            notify_subscribers(self.registry, event(job, self.registry), log, "ignored")
         for wake in list(self.wake_listeners):
             try:
                 wake()
@@ -398,10 +423,17 @@ class Scheduler:
         kwargs: Mapping[str, Any] | None = None,
         job_id: str | None = None,
         where: str = "add_job",
+        *,
+        queue: str | None = None,
         **options: Any,
     ) -> Job:
-        """Validate everything and return the :class:`Job` to write (writes nothing)."""
+        """Validate everything and return the :class:`Job` to write (writes nothing).
+
+        ``queue`` is the job's queue; ``None`` takes the task's (see the
+        ``queue`` task option), ``'default'`` unless it names one.
+        """
         task = self.tasks.resolve(func)
+        queue = task.queue if queue is None else check_queue(queue, where=where)
         args, kwargs = check_arguments(args, kwargs)
         task.check_call(args, kwargs, where=where)
         job_id = uuid.uuid4().hex if job_id is None else check_job_id(job_id)
@@ -430,6 +462,7 @@ class Scheduler:
             due_at=first,
             next_run_at=first,
             created_at=now,
+            queue=queue,
         )
 
     def _add(
@@ -441,8 +474,11 @@ class Scheduler:
         job_id: str | None,
         where: str,
         options: dict[str, Any],
+        queue: str | None = None,
     ) -> Job:
-        job = self.build_job(func, schedule, args, kwargs, job_id, where=where, **options)
+        job = self.build_job(
+            func, schedule, args, kwargs, job_id, where=where, queue=queue, **options
+        )
         self.writer.write([job])
         return job
 
@@ -455,6 +491,8 @@ class Scheduler:
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         job_id: str | None = None,
+        *,
+        queue: str | None = None,
         **options: Any,
     ) -> Job:
         """Run ``func`` once at ``date`` (an aware datetime or epoch seconds).
@@ -465,7 +503,7 @@ class Scheduler:
             schedule = DateSchedule(ensure_aware(date, name="date"))
         except ScheduleError as exc:
             raise InvalidJobError(f"add_date_job: {exc}") from None
-        return self._add(func, schedule, args, kwargs, job_id, "add_date_job", options)
+        return self._add(func, schedule, args, kwargs, job_id, "add_date_job", options, queue)
 
     def add_interval_job(
         self,
@@ -481,6 +519,7 @@ class Scheduler:
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         job_id: str | None = None,
+        queue: str | None = None,
         **options: Any,
     ) -> Job:
         """Run ``func`` every ``interval`` (or the sum of the unit keywords).
@@ -531,7 +570,7 @@ class Scheduler:
             schedule = IntervalSchedule(every, start)
         except ScheduleError as exc:
             raise InvalidJobError(f"{where}: {exc}") from None
-        return self._add(func, schedule, args, kwargs, job_id, where, options)
+        return self._add(func, schedule, args, kwargs, job_id, where, options, queue)
 
     def add_cron_job(
         self,
@@ -551,6 +590,7 @@ class Scheduler:
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         job_id: str | None = None,
+        queue: str | None = None,
         **options: Any,
     ) -> Job:
         """Run ``func`` on a cron schedule, in ``timezone`` (default ``pyncette.timezone``).
@@ -587,7 +627,7 @@ class Scheduler:
                 )
         except ScheduleError as exc:
             raise InvalidJobError(f"{where}: {exc}") from None
-        return self._add(func, cron, args, kwargs, job_id, where, options)
+        return self._add(func, cron, args, kwargs, job_id, where, options, queue)
 
     def add_async_job(
         self,
@@ -595,11 +635,13 @@ class Scheduler:
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         job_id: str | None = None,
+        *,
+        queue: str | None = None,
         **options: Any,
     ) -> Job:
         """Run ``func`` once, as soon as a daemon can."""
         schedule = DateSchedule(self.now())
-        return self._add(func, schedule, args, kwargs, job_id, "add_async_job", options)
+        return self._add(func, schedule, args, kwargs, job_id, "add_async_job", options, queue)
 
     def cancel_job(self, job_id: str) -> bool:
         """Delete a job; True if it existed. A run in progress finishes but is not repeated.
@@ -608,8 +650,9 @@ class Scheduler:
         (``@periodic_task``, or ``config.add_pyncette_task`` with
         ``schedule=`` or ``interval=``) is refused with
         :class:`PeriodicJobError`, and nothing is written: the next daemon
-        start would add it again. Remove the declaration from the code
-        instead; a daemon running that code removes the job when it starts.
+        start would add it again. Pause it instead (:meth:`pause_job`: the
+        pause survives daemon restarts), or remove the declaration from the
+        code: a daemon running that code removes the job when it starts.
         A job that only shares its id with a periodic task (it runs another
         task) is cancelled as usual.
         """
@@ -622,8 +665,9 @@ class Scheduler:
                     f"cancel_job: job {job_id!r} is the job of the periodic task {task.name!r}, "
                     "declared in this application's code (@periodic_task, or "
                     "config.add_pyncette_task with schedule= or interval=), so every daemon "
-                    "start would add it again; to stop it, remove that declaration from the "
-                    "code: a daemon running the new code removes the job when it starts"
+                    "start would add it again; to stop it, pause it with pause_job("
+                    f"{job_id!r}) (the pause survives restarts), or remove that declaration "
+                    "from the code: a daemon running the new code removes the job when it starts"
                 )
         return self.writer.remove(job_id)
 
@@ -635,25 +679,167 @@ class Scheduler:
         """
         return self.writer.get(check_job_id(job_id))
 
-    def retry_job(self, job_id: str) -> Job:
-        """Queue the job to run now, as a fresh run; return the job as written.
-
-        Meant for a job parked as ``failed`` (retries exhausted, or its task
-        was missing), but works on any job: it becomes due now, unlocked, with
-        its attempts reset. A run in progress loses its lease (its result is
-        discarded). A recurring job goes back to its schedule after this run.
-        Raises :class:`UnknownJobError` when no job has this id.
-        """
-        job = self.get_job(check_job_id(job_id))
+    def _existing(self, job_id: str, where: str) -> Job:
+        """The job with this id as the writer sees it, or :class:`UnknownJobError`."""
+        job = self.get_job(job_id)
         if job is None:
             raise UnknownJobError(
-                f"retry_job: no job has the id {job_id!r}; it may have finished, been "
+                f"{where}: no job has the id {job_id!r}; it may have finished, been "
                 "cancelled, or never existed (see get_jobs())"
+            )
+        return job
+
+    def retry_job(self, job_id: str) -> Job:
+        """Run the job now, whatever its kind; return the job as written.
+
+        A failed job (parked: retries exhausted, or its task was missing)
+        is queued again; a scheduled one-off job runs now instead of at its
+        date; a recurring job gets one extra run now, and after it goes on
+        with its schedule (its next run is the first schedule time after
+        this run: no burst). The job becomes due now, unlocked, with its
+        attempts reset; a run in progress loses its lease (its result is
+        discarded). A paused job is refused (:class:`InvalidJobError`):
+        :meth:`resume_job` it first. Raises :class:`UnknownJobError` when no
+        job has this id.
+        """
+        job = self._existing(check_job_id(job_id), "retry_job")
+        if job.paused:
+            raise InvalidJobError(
+                f"retry_job: job {job_id!r} is paused, so it cannot run now; resume it "
+                f"first with resume_job({job_id!r}), then retry it if it should run at once"
             )
         now = self.now()
         job = job.replace(due_at=now, next_run_at=now, attempts=0, locked_by=None)
         self.writer.write([job])
         return job
+
+    def pause_job(self, job_id: str) -> Job:
+        """Pause a job: no daemon claims it until :meth:`resume_job`; return it as written.
+
+        It keeps its schedule, arguments, options and history. A run in
+        progress finishes (its daemon keeps its lease and completes it); the
+        job is not claimed again. Pausing a paused job changes nothing and
+        returns it as it is. Through ``request.scheduler`` the pause is
+        written when the transaction commits; :class:`~pyramid_pyncette.events.JobPaused`
+        is fired once it is written. Raises :class:`UnknownJobError` when no
+        job has this id.
+        """
+        job = self._existing(check_job_id(job_id), "pause_job")
+        if job.paused:
+            return job
+        paused = job.replace(
+            options={**job.options, PAUSED_MARKER: True},
+            due_at=None,
+            # A daemon's lease stays, so the run in progress completes; a
+            # transaction's staging lock does not (its commit would unpause the job).
+            locked_by=job.locked_by if _leased_by_daemon(job) else None,
+        )
+        self.writer.write([paused], "paused")
+        return paused
+
+    def resume_job(self, job_id: str) -> Job:
+        """Put a paused job back on its schedule; return it as written.
+
+        A recurring job's next run is its first schedule time after now
+        (the runs missed while paused are not made up), with its attempts
+        reset; a one-off job runs at its date, or now when that has passed.
+        A job whose run was still in progress when it was paused keeps that
+        run's lease (it is claimable again once the lease expires, if its
+        daemon never completes it). Resuming a job that is not paused
+        changes nothing and returns it as it is.
+        :class:`~pyramid_pyncette.events.JobResumed` is fired once written.
+        Raises :class:`UnknownJobError` when no job has this id.
+        """
+        job = self._existing(check_job_id(job_id), "resume_job")
+        if not job.paused:
+            return job
+        options = {k: v for k, v in job.options.items() if k != PAUSED_MARKER}
+        now = self.now()
+        if _leased_by_daemon(job):
+            # Its daemon completes the run and moves the row on; until then the
+            # row stays leased, due when the lease expires.
+            lease = job.lease_duration or self.settings.lease_duration
+            due_at = job.due_at or now + timedelta(seconds=lease)
+            resumed = job.replace(options=options, due_at=due_at)
+        else:
+            try:
+                at = _resume_time(job, now)
+            except ScheduleError as exc:
+                raise InvalidJobError(
+                    f"resume_job: the schedule of job {job_id!r} is unreadable ({exc}); "
+                    "add the job again with the same job_id to replace it, or cancel it"
+                ) from None
+            attempts = 0 if job.recurring else job.attempts
+            # No run left (a schedule that ended): it resumes parked, as failed.
+            resumed = job.replace(
+                options=options, due_at=at, next_run_at=at, attempts=attempts, locked_by=None
+            )
+        self.writer.write([resumed], "resumed")
+        return resumed
+
+    def pause_queue(self, name: str) -> bool:
+        """Pause the queue ``name``: no daemon claims its jobs until :meth:`resume_queue`.
+
+        Applied at once, in the store, for every daemon (within one poll),
+        even through ``request.scheduler``: a queue's pause is not part of
+        any transaction. Runs in progress finish. A queue may be paused
+        before it holds any job. Returns whether it was not paused yet;
+        :class:`~pyramid_pyncette.events.QueuePaused` is fired when it was.
+        """
+        name = check_queue(name, where="pause_queue")
+        changed = self.repository.set_queue_paused(name, True)
+        if changed:
+            notify_subscribers(self.registry, QueuePaused(name, self.registry), log, "ignored")
+        return changed
+
+    def resume_queue(self, name: str) -> bool:
+        """Let daemons claim the jobs of the queue ``name`` again (see :meth:`pause_queue`).
+
+        Applied at once, not transactional. Returns whether it was paused;
+        :class:`~pyramid_pyncette.events.QueueResumed` is fired when it was.
+        """
+        name = check_queue(name, where="resume_queue")
+        changed = self.repository.set_queue_paused(name, False)
+        if changed:
+            notify_subscribers(self.registry, QueueResumed(name, self.registry), log, "ignored")
+        return changed
+
+    def get_queues(self) -> list[QueueInfo]:
+        """Every queue that holds a job or is paused, by name: whether it is paused, how
+        many of its jobs are due now (the backlog) and how many are running."""
+        return self.repository.queue_stats(self.now())
+
+    def get_runs(
+        self,
+        job_id: str | None = None,
+        task: Callable[..., Any] | str | None = None,
+        queue: str | None = None,
+        outcome: str | Iterable[str] | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """A page of the run history, newest first (``.next_cursor`` fetches the next page).
+
+        Filters combine: ``job_id``, ``task`` (a name or the task's
+        function), ``queue``, ``outcome`` (one of ``'succeeded'``,
+        ``'failed'``, ``'skipped'``, ``'lease_lost'``, or a collection of them).
+        """
+        where = "get_runs"
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidJobError(f"{where}: limit must be a positive integer, got {limit!r}")
+        if job_id is not None:
+            job_id = check_job_id(job_id)
+        name = None if task is None else self.tasks.resolve(task).name
+        if queue is not None:
+            queue = check_queue(queue, where=where)
+        outcomes = None if outcome is None else _check_outcomes(outcome, where)
+        if cursor is not None and not isinstance(cursor, str):
+            raise InvalidJobError(
+                f"{where}: cursor must be the next_cursor of an earlier page, got {cursor!r}"
+            )
+        return self.repository.list_runs(
+            job_id=job_id, task=name, queue=queue, outcomes=outcomes, cursor=cursor, limit=limit
+        )
 
     def get_jobs(
         self,
@@ -693,8 +879,9 @@ class Scheduler:
         - every periodic task (``@periodic_task``) gets its job, with the task's
           name as id and marked as declared in code (see
           :data:`~pyramid_pyncette.options.PERIODIC_MARKER`). A stored job whose
-          schedule and options still match its task is kept, with its next run
-          time; a changed one is replaced.
+          schedule, options and queue still match its task is kept, with its
+          next run time; a changed one is replaced. A paused job stays paused
+          either way (:meth:`pause_job`).
         - a job marked as declared in code whose task this code does not
           declare periodic (unknown here, or now a plain task) is removed.
           Jobs written before the marker existed are not marked, so they are
@@ -716,12 +903,16 @@ class Scheduler:
                 continue
             job = self._periodic_job(task)
             current = self.repository.get(job.id)
+            paused = current is not None and current.problem is None and current.paused
             if current is not None and current.problem is None and _same_definition(current, job):
                 if declared_periodic(current.options) or current.locked_by is not None:
                     continue
                 # Written before the marker existed: mark it, keeping its next run
-                # (a running one is marked by a later sync).
-                job = current.replace(options=job.options)
+                # and its pause (a running one is marked by a later sync).
+                job = current.replace(options={**current.options, **job.options})
+            elif paused:
+                # A changed definition replaces the job; an operator's pause stays.
+                job = job.replace(options={**job.options, PAUSED_MARKER: True}, due_at=None)
             self.repository.add([job])
             written.append(job)
         written.extend(self._sweep_stored_jobs())
@@ -778,6 +969,52 @@ class Scheduler:
         return job.replace(options={**job.options, PERIODIC_MARKER: True})
 
 
+#: The event a committed write fires, by its kind (see
+#: :data:`~pyramid_pyncette.writers.WRITE_KINDS`).
+_WRITE_EVENTS = {"scheduled": JobScheduled, "paused": JobPaused, "resumed": JobResumed}
+
+
+def _leased_by_daemon(job: Job) -> bool:
+    """Whether a daemon holds the job's lease (a transaction's staging lock is not one)."""
+    locked_by = job.locked_by
+    return locked_by is not None and not (
+        isinstance(locked_by, str) and locked_by.startswith(STAGED_PREFIX)
+    )
+
+
+def _resume_time(job: Job, now: datetime) -> datetime | None:
+    """When a resumed job runs next: a recurring job at its first schedule time after
+    ``now`` (missed runs are not made up), a one-off job at its time, or ``now`` when
+    that has passed; None when its schedule has no run left."""
+    schedule = schedule_from_json(job.schedule)
+    if job.recurring:
+        return schedule.next_run(now, now)
+    at = job.next_run_at if isinstance(job.next_run_at, datetime) else schedule.first_run(now)
+    return None if at is None else max(at, now)
+
+
+def _check_outcomes(outcome: str | Iterable[str], where: str) -> frozenset[str]:
+    """The run outcomes asked for, or :class:`InvalidJobError` naming the known ones."""
+    values: list[Any]
+    if isinstance(outcome, str):
+        values = [outcome]
+    else:
+        try:
+            values = list(outcome)
+        except TypeError:
+            values = [outcome]
+    known = ", ".join(repr(name) for name in RUN_OUTCOMES)
+    if not values:
+        raise InvalidJobError(f"{where}: outcome is empty; pass one of {known}, or leave it out")
+    for value in values:
+        if value not in RUN_OUTCOMES:
+            raise InvalidJobError(
+                f"{where}: outcome {value!r} is not a run outcome; pass one of {known} "
+                "(or a list of them)"
+            )
+    return frozenset(values)
+
+
 def _is_periodic_job(job: Job, task: Task | None) -> bool:
     """Whether ``job`` is the job of ``task``, a periodic task."""
     return task is not None and task.periodic and job.id == task.name
@@ -788,13 +1025,13 @@ SYNC_PAGE_SIZE = 500
 
 
 def _same_definition(stored: Job, fresh: Job) -> bool:
-    """Whether ``stored`` has ``fresh``'s task, schedule, options and arguments (the
-    anchor of an interval and the periodic marker aside)."""
+    """Whether ``stored`` has ``fresh``'s task, schedule, options, arguments and queue
+    (the anchor of an interval and the markers aside: a paused job stays paused)."""
 
     def signature(job: Job) -> tuple[Any, ...]:
         schedule = {k: v for k, v in job.schedule.items() if k != "start"}
-        options = {k: v for k, v in job.options.items() if k != PERIODIC_MARKER}
-        return (job.task, schedule, options, job.args, job.kwargs)
+        options = {k: v for k, v in job.options.items() if k not in MARKERS}
+        return (job.task, schedule, options, job.args, job.kwargs, job.queue)
 
     return signature(stored) == signature(fresh)
 

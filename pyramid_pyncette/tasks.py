@@ -23,7 +23,7 @@ import venusian
 from pyramid.exceptions import ConfigurationError
 
 from .exceptions import InvalidJobError, UnknownTaskError
-from .jobs import MAX_JOB_ID_LENGTH
+from .jobs import DEFAULT_QUEUE, MAX_JOB_ID_LENGTH, queue_name_problem
 from .options import JOB_OPTIONS, ExecutionMode, options_from_arguments
 from .schedules import (
     CronSchedule,
@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 
 #: Options only a task has.
 TASK_ONLY_OPTIONS = ("timezone", "transactional")
+
+#: The option naming a task's (or a job's) queue. It is not one of the stored
+#: job options: a job keeps it in :attr:`~pyramid_pyncette.jobs.Job.queue`.
+QUEUE_OPTION = "queue"
 
 #: Options that only say what happens after a failed run, so mean nothing to an
 #: at-most-once job (its run is never repeated).
@@ -88,10 +92,10 @@ def normalize_options(options: Mapping[str, Any], *, where: str) -> dict[str, An
     Returns them as stored, in the order given: the job options parsed by
     :func:`~pyramid_pyncette.options.options_from_arguments` (durations as
     seconds, modes as their strings), plus a task's own ``timezone`` and
-    ``transactional``. ``where`` names the caller in error messages (e.g.
+    ``transactional`` and ``queue``. ``where`` names the caller in error messages (e.g.
     ``"add_date_job"``). Raises :class:`InvalidJobError`.
     """
-    extra = TASK_ONLY_OPTIONS if where.startswith("task") else ()
+    extra = (*TASK_ONLY_OPTIONS, QUEUE_OPTION) if where.startswith("task") else ()
     parsed = options_from_arguments(options, where=where, extra=extra).to_json()
     result: dict[str, Any] = {}
     for key, value in options.items():
@@ -103,7 +107,18 @@ def normalize_options(options: Mapping[str, Any], *, where: str) -> dict[str, An
     return result
 
 
+def check_queue(name: Any, *, where: str) -> str:
+    """``name`` if it is a queue name (see :data:`~pyramid_pyncette.jobs.QUEUE_NAME`),
+    else :class:`InvalidJobError` prefixed with ``where``, saying how to fix it."""
+    problem = queue_name_problem(name)
+    if problem is not None:
+        raise InvalidJobError(f"{where}: queue={name!r}: {problem}")
+    return name
+
+
 def _check_task_option(key: str, value: Any, where: str) -> None:
+    if key == QUEUE_OPTION:
+        check_queue(value, where=where)
     if key == "transactional" and not isinstance(value, bool):
         raise InvalidJobError(f"{where}: transactional must be True or False, got {value!r}")
     if key == "timezone":
@@ -166,6 +181,11 @@ class Task:
     def is_async(self) -> bool:
         """Whether calling the task returns a coroutine to run."""
         return inspect.iscoroutinefunction(self.func)
+
+    @property
+    def queue(self) -> str:
+        """The queue of this task's jobs that name none (``'default'`` unless it sets one)."""
+        return self.options.get(QUEUE_OPTION) or DEFAULT_QUEUE
 
     @property
     def job_options(self) -> dict[str, Any]:
@@ -409,7 +429,8 @@ def add_pyncette_task(
     Options: ``execution_mode``, ``failure_mode``, ``lease_duration``,
     ``max_retries``, ``retry_backoff``, ``retry_backoff_max``,
     ``retry_exhausted``, ``misfire_grace_time``, ``timezone``,
-    ``transactional``. Two tasks with the same name conflict.
+    ``transactional``, ``queue`` (the queue of its jobs, default
+    ``'default'``). Two tasks with the same name conflict.
     """
     resolved: Callable[..., Any] = config.maybe_dotted(func)
     task = make_task(resolved, name=name, schedule=schedule, interval=interval, **options)

@@ -12,13 +12,15 @@ A :class:`~pyramid_pyncette.scheduler.Scheduler` composes one writer:
   database transaction as the app's own rows.
 
 Every writer reports what it committed to one callback,
-``on_commit(written, removed)``; the scheduler announces from there.
+``announce(written, removed, kinds)``; the scheduler announces from there.
+``kinds`` says what each written job's write was (see :data:`WRITE_KINDS`),
+so a pause is announced as a pause, not as a new schedule.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
@@ -26,7 +28,6 @@ from .jobs import Job
 from .repository import Repository
 from .repository.base import SessionStore, session_store
 from .transaction import (
-    CommitCallback,
     StagingDataManager,
     active_transaction,
     current_transaction,
@@ -35,6 +36,24 @@ from .transaction import (
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
     from transaction import Transaction, TransactionManager
+
+
+#: What a write of a job was: added or replaced (``'scheduled'``, the default),
+#: paused or resumed. The scheduler fires the matching event once it is committed.
+WRITE_KINDS = ("scheduled", "paused", "resumed")
+
+#: A committed write's kinds: ``{id(job): (job, kind)}`` for the written jobs
+#: whose write was not ``'scheduled'`` (the job is kept so its ``id`` stays its own).
+WriteKinds = Mapping[int, tuple[Job, str]]
+
+#: ``announce(written, removed, kinds)``: called once writes are committed.
+AnnounceCallback = Callable[[Sequence[Job], Sequence[str], WriteKinds], None]
+
+
+def write_kind(kinds: WriteKinds, job: Job) -> str:
+    """What the committed write of ``job`` was (one of :data:`WRITE_KINDS`)."""
+    entry = kinds.get(id(job))
+    return entry[1] if entry is not None and entry[0] is job else "scheduled"
 
 
 class Store:
@@ -63,8 +82,8 @@ class Store:
 class JobWriter(Protocol):
     """How a scheduler writes: what :class:`~pyramid_pyncette.scheduler.Scheduler` composes."""
 
-    def write(self, jobs: Sequence[Job]) -> None:
-        """Add (or replace) ``jobs``."""
+    def write(self, jobs: Sequence[Job], kind: str = "scheduled") -> None:
+        """Add (or replace) ``jobs``; ``kind`` says what the write is (:data:`WRITE_KINDS`)."""
 
     def remove(self, job_id: str) -> bool:
         """Delete a job; whether it existed (as this writer sees it)."""
@@ -76,20 +95,20 @@ class JobWriter(Protocol):
 class ImmediateWriter:
     """Writes to the store at once; every write is announced as soon as it is done."""
 
-    def __init__(self, store: Store, on_commit: CommitCallback) -> None:
+    def __init__(self, store: Store, announce: AnnounceCallback) -> None:
         self.store = store
-        self.on_commit = on_commit
+        self.announce = announce
 
-    def write(self, jobs: Sequence[Job]) -> None:
+    def write(self, jobs: Sequence[Job], kind: str = "scheduled") -> None:
         """Write ``jobs`` to the store now."""
         self.store.ready().apply(jobs, [])
-        self.on_commit(jobs, [])
+        self.announce(jobs, [], _kinds_of(jobs, kind))
 
     def remove(self, job_id: str) -> bool:
         """Delete the job now; whether it existed."""
         removed = bool(self.store.ready().remove([job_id]))
         if removed:
-            self.on_commit([], [job_id])
+            self.announce([], [job_id], {})
         return removed
 
     def get(self, job_id: str) -> Job | None:
@@ -103,18 +122,20 @@ class _TransactionWriter:
     def __init__(
         self,
         store: Store,
-        on_commit: CommitCallback,
+        announce: AnnounceCallback,
         transaction_manager: TransactionManager | None,
         *,
         window: float,
         clock: Callable[[], datetime],
     ) -> None:
         self.store = store
-        self.on_commit = on_commit
+        self.announce = announce
         self.transaction_manager = transaction_manager
         self.window = window
         self.clock = clock
         self._joined: tuple[Transaction, StagingDataManager] | None = None
+        # The kinds of this transaction's writes, announced with them at commit.
+        self._kinds: dict[int, tuple[Job, str]] = {}
 
     def data_manager(self) -> StagingDataManager:
         """This transaction's data manager, joined now if it is not yet.
@@ -124,12 +145,22 @@ class _TransactionWriter:
         """
         txn = current_transaction(self.transaction_manager)
         if self._joined is None or self._joined[0] is not txn or not self._joined[1].joined:
+            kinds: dict[int, tuple[Job, str]] = {}
+
+            def on_commit(written: Sequence[Job], removed: Sequence[str]) -> None:
+                self.announce(written, removed, kinds)
+
             data_manager = StagingDataManager(
-                self.store.repository, self.on_commit, txn, window=self.window, clock=self.clock
+                self.store.repository, on_commit, txn, window=self.window, clock=self.clock
             )
             txn.join(data_manager)
             self._joined = (txn, data_manager)
+            self._kinds = kinds
         return self._joined[1]
+
+    def _note_kind(self, jobs: Sequence[Job], kind: str) -> None:
+        """Remember what the write of ``jobs`` is, for the announcement at commit."""
+        self._kinds.update(_kinds_of(jobs, kind))
 
     def _staged(self, job_id: str) -> Job | str | None:
         """This transaction's last change of ``job_id``: a Job, ``'removed'`` or None."""
@@ -144,9 +175,11 @@ class _TransactionWriter:
 class StagedWriter(_TransactionWriter):
     """Stages writes in the transaction: stored unclaimable at its vote, published at commit."""
 
-    def write(self, jobs: Sequence[Job]) -> None:
+    def write(self, jobs: Sequence[Job], kind: str = "scheduled") -> None:
         """Write ``jobs`` if the transaction commits."""
-        self.data_manager().add(jobs)
+        data_manager = self.data_manager()
+        self._note_kind(jobs, kind)
+        data_manager.add(jobs)
 
     def remove(self, job_id: str) -> bool:
         """Delete the job if the transaction commits; whether it exists, as the transaction sees."""
@@ -178,31 +211,34 @@ class SessionWriter(_TransactionWriter):
     def __init__(
         self,
         store: Store,
-        on_commit: CommitCallback,
+        announce: AnnounceCallback,
         transaction_manager: TransactionManager | None,
         session: Session,
         *,
         window: float,
         clock: Callable[[], datetime],
     ) -> None:
-        super().__init__(store, on_commit, transaction_manager, window=window, clock=clock)
+        super().__init__(store, announce, transaction_manager, window=window, clock=clock)
         self.session = session
 
     def _session_store(self) -> SessionStore:
         return session_store(self.store.ready())
 
-    def _write(self, adds: Sequence[Job], removes: Sequence[str]) -> set[str]:
+    def _write(
+        self, adds: Sequence[Job], removes: Sequence[str], kind: str = "scheduled"
+    ) -> set[str]:
         from zope.sqlalchemy import mark_changed
 
         data_manager = self.data_manager()
+        self._note_kind(adds, kind)
         removed = self._session_store().write_on(self.session, adds, removes)
         mark_changed(self.session, transaction_manager=self.transaction_manager)
         data_manager.written_elsewhere(adds, removed)
         return removed
 
-    def write(self, jobs: Sequence[Job]) -> None:
+    def write(self, jobs: Sequence[Job], kind: str = "scheduled") -> None:
         """Write ``jobs`` through the session."""
-        self._write(jobs, [])
+        self._write(jobs, [], kind)
 
     def remove(self, job_id: str) -> bool:
         """Delete the job through the session; whether it existed."""
@@ -211,3 +247,9 @@ class SessionWriter(_TransactionWriter):
     def get(self, job_id: str) -> Job | None:
         """The job as the session sees it (its uncommitted changes included)."""
         return self._session_store().get_on(self.session, job_id)
+
+
+def _kinds_of(jobs: Sequence[Job], kind: str) -> dict[int, tuple[Job, str]]:
+    if kind == "scheduled":
+        return {}
+    return {id(job): (job, kind) for job in jobs}
