@@ -263,6 +263,85 @@ def test_jobs_json_lists_jobs(demo):
     assert by_task["demo.flaky"]["next_run_at"] == START.isoformat()
 
 
+# --------------------------------------------------------------------------- pause and resume
+
+
+def _lever_form(page, job_id, lever):
+    [form] = [
+        form for form in page.forms.values() if form.action.endswith(f"/jobs/{job_id}/{lever}")
+    ]
+    return form
+
+
+def test_pause_button_pauses_the_job_and_the_page_offers_resume(demo):
+    app, registry, clock = demo
+    _submit(app, "hello-every", interval="10")
+    [job] = _jobs(registry)
+    res = _lever_form(app.get("/"), job.id, "pause").submit()
+    assert res.status_int == 303
+    [paused] = _jobs(registry)
+    assert paused.state == "paused"
+    page = app.get("/")
+    assert '<td class="state paused">paused</td>' in page.text
+    _lever_form(page, job.id, "resume")  # the paused job's button is Resume
+    assert not [form for form in page.forms.values() if form.action.endswith("/pause")]
+    clock.advance(30)
+    assert run_pending(registry, now=clock()) == 0  # never runs while paused
+
+
+def test_resume_button_puts_the_job_back_on_its_schedule(demo):
+    app, registry, clock = demo
+    _submit(app, "hello-every", interval="10")
+    [job] = _jobs(registry)
+    registry.scheduler.pause_job(job.id)
+    clock.advance(25)
+    res = _lever_form(app.get("/"), job.id, "resume").submit()
+    assert res.status_int == 303
+    [resumed] = _jobs(registry)
+    assert resumed.state == "scheduled"
+    assert resumed.next_run_at == START + timedelta(seconds=30)
+    assert '<td class="state scheduled">scheduled</td>' in app.get("/").text
+
+
+def test_page_and_json_show_each_jobs_state_and_queue(demo):
+    app, registry, clock = demo
+    scheduler = registry.scheduler
+    scheduler.add_async_job("demo.say_hello", job_id="fine", queue="emails")
+    scheduler.add_async_job("demo.flaky", job_id="flaky")
+    run_pending(registry, now=clock())  # flaky fails once: retrying
+    scheduler.add_interval_job("demo.say_hello", interval=60, job_id="held")
+    scheduler.pause_job("held")
+    page = app.get("/").text
+    assert '<td class="state retrying">retrying</td>' in page
+    assert '<td class="state paused">paused</td>' in page
+    data = {job["id"]: job for job in app.get("/jobs.json").json["jobs"]}
+    assert data["flaky"]["state"] == "retrying"
+    assert data["held"]["state"] == "paused"
+    assert data["held"]["queue"] == "default"
+    scheduler.add_date_job("demo.say_hello", START + timedelta(hours=1), job_id="later")
+    scheduler.add_async_job("demo.say_hello", job_id="mail", queue="emails")
+    data = {job["id"]: job for job in app.get("/jobs.json").json["jobs"]}
+    assert data["later"]["state"] == "scheduled"
+    assert data["mail"]["queue"] == "emails"
+    assert "<td>emails</td>" in app.get("/").text
+
+
+def test_pause_or_resume_of_an_unknown_job_is_a_404(demo):
+    app, _, _ = demo
+    token = app.get("/").forms["hello-now"]["csrf_token"].value
+    for lever in ("pause", "resume"):
+        res = app.post(f"/jobs/nope/{lever}", {"csrf_token": token}, status=404)
+        assert "No job &#x27;nope&#x27;" in res.text
+
+
+def test_pause_without_csrf_token_is_refused(demo):
+    app, registry, _ = demo
+    _submit(app, "hello-every")
+    [job] = _jobs(registry)
+    app.post(f"/jobs/{job.id}/pause", {}, status=400)
+    assert _jobs(registry)[0].state == "scheduled"
+
+
 # --------------------------------------------------------------------------- running jobs
 
 

@@ -5,7 +5,7 @@ Run the web application and the daemon side by side, from the project root::
     pserve development.ini
     pscheduler development.ini
 
-then open http://localhost:6543/ to schedule, watch and cancel jobs.
+then open http://localhost:6543/ to schedule, watch, pause, resume and cancel jobs.
 """
 
 from __future__ import annotations
@@ -44,5 +44,7 @@ def main(global_config: dict[str, Any], **settings: Any) -> Router:
         config.add_route("hello_cron", "/hello/cron")
         config.add_route("flaky", "/flaky")
         config.add_route("cancel_job", "/jobs/{id:.+}/cancel")
+        config.add_route("pause_job", "/jobs/{id:.+}/pause")
+        config.add_route("resume_job", "/jobs/{id:.+}/resume")
         config.scan("pyramid_pyncette.demo")
     return config.make_wsgi_app()

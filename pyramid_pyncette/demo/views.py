@@ -1,4 +1,4 @@
-"""The demo's pages: schedule, list and cancel jobs.
+"""The demo's pages: schedule, list, pause, resume and cancel jobs.
 
 The views gather data; ``templates/home.jinja2`` (pyramid_jinja2, with
 auto-escaping) shows it. Bad input is answered with the page, the error
@@ -22,7 +22,7 @@ from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.view import view_config
 
-from pyramid_pyncette import InvalidJobError, Job, ScheduleError, Scheduler
+from pyramid_pyncette import InvalidJobError, Job, ScheduleError, Scheduler, UnknownJobError
 from pyramid_pyncette.demo.tasks import flaky, recent_runs, say_hello
 from pyramid_pyncette.schedules import schedule_from_json
 from pyramid_pyncette.settings import parse_duration
@@ -139,6 +139,8 @@ def _job_row(job: Job, now: datetime) -> dict[str, Any]:
         "schedule": _describe(job.schedule),
         "next_run": _format_time(job.next_run_at, now),
         "state": job.state,
+        "paused": job.paused,
+        "queue": job.queue,
         "attempts": job.attempts,
         "last_run": _format_time(job.last_run_at, now),
         "status": job.last_status or "",
@@ -296,6 +298,34 @@ def cancel_job(request: Request) -> Response:
     return _done(request)
 
 
+def _steer(request: Request, lever: Callable[[Scheduler, str], Job]) -> Response:
+    """Pull ``lever`` (pause or resume) on the job the URL names, then show the page."""
+    job_id = request.matchdict["id"]
+    try:
+        lever(_scheduler(request), job_id)
+    except UnknownJobError:
+        return render_page(
+            request,
+            error=f"No job {job_id!r}: it has finished or was cancelled.",
+            status=404,
+        )
+    except ValueError as exc:
+        return _rejected(request, exc)
+    return _done(request)
+
+
+@view_config(route_name="pause_job", request_method="POST")
+def pause_job(request: Request) -> Response:
+    """Pause a job: no daemon runs it until it is resumed."""
+    return _steer(request, Scheduler.pause_job)
+
+
+@view_config(route_name="resume_job", request_method="POST")
+def resume_job(request: Request) -> Response:
+    """Resume a paused job: back on its schedule from now on."""
+    return _steer(request, Scheduler.resume_job)
+
+
 @view_config(route_name="jobs_json", request_method="GET", renderer="json")
 def jobs_json(request: Request) -> dict[str, Any]:
     """The stored jobs, and the runs made in this process, as JSON."""
@@ -307,6 +337,7 @@ def jobs_json(request: Request) -> dict[str, Any]:
                 "task": job.task,
                 "schedule": _describe(job.schedule),
                 "state": job.state,
+                "queue": job.queue,
                 "next_run_at": _iso(job.next_run_at),
                 "attempts": job.attempts,
                 "last_status": job.last_status,
