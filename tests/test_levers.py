@@ -672,3 +672,43 @@ def test_get_runs_resolves_a_task_by_its_function_or_refuses_an_unknown_one(app)
     assert [run.job_id for run in app.scheduler.get_runs(task=func)] == ["a"]
     with pytest.raises(UnknownTaskError):
         app.scheduler.get_runs(task="nope")
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["separate", "shared"])
+def test_a_pause_in_a_request_is_written_and_announced_when_it_commits(tmp_path, clock, shared):
+    import webtest
+    from pyramid.response import Response
+
+    from tests import txapp
+
+    events = []
+
+    def pause(request):
+        request.scheduler.pause_job("j")
+        assert events == []  # not before the commit
+        if request.params.get("fail"):
+            raise RuntimeError("the request fails")
+        return Response("ok")
+
+    config = txapp.configurator(tmp_path, shared=shared)
+    config.add_pyncette_task(txapp.noop, name="noop")
+    config.add_route("pause", "/pause")
+    config.add_view(pause, route_name="pause")
+    config.add_subscriber(events.append, IJobPaused)
+    wsgi = config.make_wsgi_app()
+    scheduler = wsgi.registry.scheduler
+    scheduler.clock = clock
+    try:
+        scheduler.add_interval_job("noop", seconds=10, job_id="j")
+        app = webtest.TestApp(wsgi)
+        with pytest.raises(RuntimeError):
+            app.get("/pause", {"fail": "1"})
+        assert scheduler.get_job("j").state == "scheduled"
+        assert events == []
+        app.get("/pause")
+        assert scheduler.get_job("j").state == "paused"
+        assert [(type(event), event.job.id, event.job.state) for event in events] == [
+            (JobPaused, "j", "paused")
+        ]
+    finally:
+        scheduler.repository.close()

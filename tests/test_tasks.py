@@ -318,6 +318,8 @@ BAD_TASK_OPTIONS = [
     pytest.param(
         {"schedule": "*/5 * * * *", "interval": "30s"}, "not both", id="schedule-and-interval"
     ),
+    pytest.param({"queue": "bad name"}, "queue='bad name'", id="bad-queue"),
+    pytest.param({"queue": 5}, "a queue name is a string", id="queue-not-text"),
     pytest.param({"name": "   "}, "non-empty string", id="blank-name"),
     pytest.param({"name": "x" * 201}, "at most 200", id="long-name"),
 ]
@@ -349,6 +351,7 @@ def test_directive_rejects_a_non_callable(config):
         ({"lease_duration": 0}, "greater than zero"),
         ({"failure_mod": "unlock"}, "did you mean 'failure_mode'?"),
         ({"timezone": "Mars/Base"}, "unknown timezone"),
+        ({"queue": "e mails"}, "'e mails' is not a queue name"),
     ],
 )
 def test_task_decorator_rejects_bad_options_when_scanned(config, options, fragment):
@@ -502,6 +505,39 @@ def test_task_timezone_option_is_not_a_job_option(config):
     scheduler = config.registry.scheduler
     job = scheduler.add_async_job(module_level_task)
     assert "timezone" not in job.options
+
+
+def test_task_queue_option_is_its_jobs_queue_not_a_job_option(config):
+    config.add_pyncette_task(module_level_task, queue="emails", max_retries=2)
+    config.commit()
+    scheduler = config.registry.scheduler
+    job = scheduler.add_async_job(module_level_task)
+    assert (job.queue, job.options) == ("emails", {"max_retries": 2})
+    assert scheduler.add_async_job(module_level_task, queue="bulk").queue == "bulk"
+
+
+def test_task_decorator_with_a_queue_registers_it(config):
+    from pyramid_pyncette import periodic_task, task
+
+    for decorator, name in (
+        (task(name="mailer", queue="emails"), "mailer"),
+        (periodic_task(interval="30s", name="sweeper", queue="ops"), "sweeper"),
+    ):
+        _, venusian = _decorate(decorator, module_level_task)
+        venusian.attachments[0][1](DummyVenusianContext(config), name, module_level_task)
+    config.commit()
+    assert _tasks(config).get("mailer").queue == "emails"
+    assert _tasks(config).get("sweeper").queue == "ops"
+    [job] = config.registry.scheduler.sync_periodic_jobs()
+    assert (job.id, job.queue) == ("sweeper", "ops")
+
+
+def test_a_task_without_a_queue_is_in_the_default_queue(config):
+    config.add_pyncette_task(module_level_task)
+    config.commit()
+    [task] = list(_tasks(config))
+    assert task.queue == "default"
+    assert config.registry.scheduler.add_async_job(module_level_task).queue == "default"
 
 
 # --------------------------------------------------------------------------- conflicts and limits
