@@ -269,6 +269,9 @@ class Scheduler:
     :attr:`writer`; everything else (validation, the store, the clock, the
     listeners) is shared by a scheduler and its bound copies.
 
+    Every ``add_*_job`` takes ``queue=``, the job's queue (default: its
+    task's ``queue`` option, else ``'default'``; see :meth:`pause_queue`).
+
     ``repository`` is the store, built but not connected (it is set up on
     first use); :meth:`from_settings` builds it from ``pyncette.url``.
     ``clock`` returns the current UTC time (tests pass a fake one).
