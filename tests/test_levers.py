@@ -346,6 +346,8 @@ def test_a_running_job_keeps_its_lease_while_paused_and_after_its_resume(app):
 def test_pause_and_resume_of_a_job_in_its_state_already_change_nothing(make_app):
     events, configure = recorder(IJobPaused, IJobResumed, IJobScheduled)
     app = make_app(configure=configure)
+    writes = []
+    app.scheduler.commit_listeners.append(lambda written, removed: writes.append(written))
     job = app.scheduler.add_interval_job("record", seconds=10, job_id="j")
     assert app.scheduler.resume_job("j") == job
     paused = app.scheduler.pause_job("j")
@@ -353,6 +355,7 @@ def test_pause_and_resume_of_a_job_in_its_state_already_change_nothing(make_app)
     assert app.scheduler.pause_job("j") == paused
     assert stored(app, "j") == paused
     assert [type(event).__name__ for event in events] == ["JobScheduled", "JobPaused"]
+    assert writes == [[job], [paused]]  # the no-op calls wrote nothing
 
 
 @pytest.mark.parametrize("lever", ["pause_job", "resume_job", "retry_job"])
