@@ -884,3 +884,39 @@ def test_a_claimed_jobs_lease_and_row_keep_its_queue(repo):
     assert stored.queue == "emails"
     assert stored.locked_by is None
     assert repo.queue_stats(NOW) == [QueueInfo("emails", False, 0, 0)]
+
+
+def test_a_staged_then_published_job_keeps_its_queue(repo):
+    job = date_job("mail", NOW - seconds(1), queue="emails")
+    token = f"{STAGED_PREFIX}tx-1"
+
+    repo.stage([job], [], token, 30, NOW)
+    assert repo.get("mail").queue == "emails"
+    repo.publish(token, [job])
+
+    assert repo.get("mail") == job
+    assert repo.claim(NOW, 10, "t1", LEASE, frozenset({"default"})) == []
+    assert claimed_ids(repo.claim(NOW, 10, "t2", LEASE, frozenset({"emails"}))) == ["mail"]
+
+
+def test_a_failed_run_is_retried_from_its_own_queue(repo):
+    lease = _claim_one(repo, date_job("mail", NOW - seconds(1), queue="emails"))
+
+    repo.complete([Outcome(lease, False, NOW, "ValueError: boom")])
+
+    retrying = repo.get("mail")
+    assert retrying.state == "retrying"
+    assert retrying.queue == "emails"
+    later = retrying.due_at
+    assert repo.claim(later, 10, "t2", LEASE, frozenset({"default"})) == []
+    assert claimed_ids(repo.claim(later, 10, "t3", LEASE, frozenset({"emails"}))) == ["mail"]
+
+
+def test_a_released_job_is_claimed_again_from_its_own_queue(repo):
+    lease = _claim_one(repo, date_job("mail", NOW - seconds(1), queue="emails"))
+
+    repo.release([lease])
+
+    assert repo.get("mail") == date_job("mail", NOW - seconds(1), queue="emails")
+    assert repo.claim(NOW, 10, "t2", LEASE, frozenset({"default"})) == []
+    assert claimed_ids(repo.claim(NOW, 10, "t3", LEASE, frozenset({"emails"}))) == ["mail"]
