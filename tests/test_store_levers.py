@@ -16,6 +16,8 @@ import pytest
 
 from pyramid_pyncette.jobs import (
     DEFAULT_QUEUE,
+    MAX_JOB_ID_LENGTH,
+    MAX_RUN_ERROR_LENGTH,
     RUN_FAILED,
     RUN_LEASE_LOST,
     RUN_SKIPPED,
@@ -543,6 +545,33 @@ def test_complete_writes_every_run_record_of_a_batch(repo):
     runs = repo.list_runs().runs
     assert sorted(map(written, runs), key=records.index) == records
     assert len({run.id for run in runs}) == 3
+
+
+def test_run_records_keep_empty_daemon_fields_and_long_non_ascii_values(repo):
+    records = [
+        run_record("anonymous", NOW, host="", pid=0, worker=""),
+        run_record(
+            "j\u00f6b-\u2713-" + "x" * (MAX_JOB_ID_LENGTH - 6),
+            NOW + seconds(1),
+            outcome=RUN_FAILED,
+            task="myapp.tasks.send_welcome_email",
+            queue="emails.high-priority_2",
+            attempt=12,
+            error="ValueError: caf\u00e9 \U0001f525\n" + "\u00e9" * (MAX_RUN_ERROR_LENGTH - 20),
+            host="h\u00f4te-" + "n" * 100,
+            pid=2**31 - 1,
+            worker="w\u00f6rker-0123456789ab",
+        ),
+    ]
+    assert len(records[1].job_id) == MAX_JOB_ID_LENGTH
+    assert len(records[1].error) <= MAX_RUN_ERROR_LENGTH
+
+    repo.complete([], records)
+
+    runs = {run.job_id: run for run in repo.list_runs()}
+    assert {job_id: written(run) for job_id, run in runs.items()} == {
+        record.job_id: record for record in records
+    }
 
 
 def test_complete_without_outcomes_writes_its_run_records(repo):
