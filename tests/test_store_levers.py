@@ -173,7 +173,7 @@ def test_a_claim_for_one_queue_never_returns_another_queues_job(repo):
     assert plain.attempts == 0
 
 
-def test_a_claim_for_a_queue_without_jobs_returns_none(repo):
+def test_a_claim_for_queues_without_jobs_claims_nothing(repo):
     repo.add([date_job("plain", NOW - seconds(5)), date_job("mail", NOW, queue="emails")])
 
     assert repo.claim(NOW, 10, "t1", LEASE, frozenset({"reports"})) == []
