@@ -398,6 +398,19 @@ def test_a_pause_through_a_transaction_is_written_only_when_it_commits(make_app)
     assert [type(event) for event in events] == [JobPaused, JobResumed]
 
 
+def test_a_running_job_paused_through_a_transaction_keeps_its_daemons_lease(app):
+    app.scheduler.add_async_job("record", job_id="j")
+    [lease] = app.repository.claim(app.clock(), 10, "daemon", 60)
+    manager = transaction.TransactionManager(explicit=True)
+    with manager:
+        app.scheduler.bind(manager).pause_job("j")
+    paused = stored(app, "j")
+    assert (paused.state, paused.locked_by, paused.due_at) == ("paused", "daemon", None)
+    # The run completes its row: a finished one-off job is gone, never run again.
+    app.repository.complete([Outcome(lease, succeeded=True, finished_at=app.clock())])
+    assert app.scheduler.get_job("j") is None
+
+
 def test_retry_of_a_paused_job_is_refused_naming_resume_job(app):
     app.scheduler.add_interval_job("record", seconds=10, job_id="j")
     paused = app.scheduler.pause_job("j")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
-from ..jobs import Job, Lease, Outcome, QueueInfo, RunRecord
+from ..jobs import STAGED_PREFIX, Job, Lease, Outcome, QueueInfo, RunRecord
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -51,6 +51,18 @@ def staged_job(job: Job, token: str, until: datetime) -> Job:
     """
     due_at = None if job.due_at is None else max(job.due_at, until)
     return job.replace(locked_by=token, due_at=due_at)
+
+
+def published_lock(job: Job) -> str | None:
+    """The lock a row staged for ``job`` keeps once its transaction commits.
+
+    None, unless ``job`` carries a daemon's lease (a job paused while it
+    runs): the daemon's run then still completes its row.
+    """
+    locked_by = job.locked_by
+    if isinstance(locked_by, str) and not locked_by.startswith(STAGED_PREFIX):
+        return locked_by
+    return None
 
 
 @dataclass
@@ -173,7 +185,8 @@ class Repository(abc.ABC):
         return previous
 
     def publish(self, token: str, jobs: Sequence[Job]) -> None:
-        """Make the rows staged with ``token`` claimable: unlocked, due at ``job.due_at``.
+        """Make the rows staged with ``token`` claimable: due at ``job.due_at``, unlocked
+        (or locked as ``job`` is: see :func:`published_lock`).
 
         Only rows still locked by ``token`` change (one a daemon claimed after
         the staging window, or that another writer replaced, is left alone).
@@ -181,7 +194,7 @@ class Repository(abc.ABC):
         """
         current = self.get_many([job.id for job in jobs])
         ready = [
-            job.replace(locked_by=None)
+            job.replace(locked_by=published_lock(job))
             for job in jobs
             if job.id in current and current[job.id].locked_by == token
         ]
