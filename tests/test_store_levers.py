@@ -32,6 +32,7 @@ from pyramid_pyncette.jobs import (
 from pyramid_pyncette.options import PAUSED_MARKER
 from pyramid_pyncette.repository import create_repository
 from pyramid_pyncette.repository.base import Repository
+from pyramid_pyncette.repository.rows import storable_text
 from pyramid_pyncette.schedules import DateSchedule, IntervalSchedule
 from pyramid_pyncette.settings import parse_settings
 
@@ -671,6 +672,55 @@ def test_complete_and_claim_writes_a_run_record_of_a_lost_lease(repo):
     assert leases == []
     assert [written(run) for run in repo.list_runs()] == [record]
     assert repo.get("contested").locked_by == "daemon-2"
+
+
+UNSTORABLE_ERRORS = {
+    "nul": "ValueError: a\x00b\nsecond line",
+    "lone surrogate": "UnicodeError: \ud800 alone\nsecond line",
+    "100 kB": "RuntimeError: huge\n" + "x" * 100_000,
+    "100 kB of lines": "".join(f"line {i} \x00 \udfff\n" for i in range(10_000)),
+}
+
+
+def _check_stored_error(stored: str | None) -> None:
+    assert isinstance(stored, str)
+    assert stored != ""
+    assert len(stored) <= MAX_RUN_ERROR_LENGTH
+    # Nothing a store cannot hold (NUL, lone surrogates) comes back.
+    assert storable_text(stored, None) == stored
+
+
+@pytest.mark.parametrize("error", list(UNSTORABLE_ERRORS.values()), ids=list(UNSTORABLE_ERRORS))
+def test_a_run_records_error_is_stored_bounded(repo, error):
+    repo.complete([], [run_record("bad", outcome=RUN_FAILED, error=error)])
+
+    runs = repo.list_runs().runs
+    assert len(runs) == 1
+    _check_stored_error(runs[0].error)
+    if len(error) <= MAX_RUN_ERROR_LENGTH:
+        # Short text keeps every character a store can hold.
+        assert runs[0].error == storable_text(error, None)
+    assert written(runs[0]) == run_record("bad", outcome=RUN_FAILED, error=runs[0].error)
+
+
+def test_unstorable_errors_never_fail_the_batch_they_are_written_in(repo):
+    lease = _claim_one(repo, date_job("once", NOW - seconds(2)))
+    good = run_record("once", NOW + seconds(1))
+    bad = [
+        run_record(f"bad-{name}", NOW, outcome=RUN_FAILED, error=error)
+        for name, error in UNSTORABLE_ERRORS.items()
+    ]
+
+    repo.complete_and_claim(
+        [Outcome(lease, True, NOW + seconds(1))], NOW, 10, "t2", LEASE, runs=[*bad, good]
+    )
+
+    runs = {run.job_id: run for run in repo.list_runs()}
+    assert sorted(runs) == sorted(["once", *(record.job_id for record in bad)])
+    assert written(runs["once"]) == good
+    for record in bad:
+        _check_stored_error(runs[record.job_id].error)
+    assert repo.get("once") is None
 
 
 # --------------------------------------------------------------------------- listing runs
