@@ -19,10 +19,10 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from ..jobs import Job, Lease, Outcome, QueueInfo, RunRecord
+from ..jobs import MAX_RUN_ERROR_LENGTH, Job, Lease, Outcome, QueueInfo, RunRecord
 from ..policy import plan_claim, plan_completion
 from .base import JobPage, Repository, RunPage
-from .rows import storable_values
+from .rows import storable_text, storable_values
 
 #: Most run records the memory store keeps (the oldest go first).
 MAX_MEMORY_RUNS = 100_000
@@ -142,7 +142,10 @@ class MemoryRepository(Repository):
     def complete(self, outcomes: Sequence[Outcome], runs: Sequence[RunRecord] = ()) -> None:
         with self._lock:
             for run in runs:
-                self._runs.append(dataclasses.replace(run, id=f"{next(self._run_ids):016x}"))
+                # The text every other store would keep: bounded, without NUL or lone surrogates.
+                error = storable_text(run.error, MAX_RUN_ERROR_LENGTH)
+                run_id = f"{next(self._run_ids):016x}"
+                self._runs.append(dataclasses.replace(run, id=run_id, error=error))
             for outcome in outcomes:
                 plan = plan_completion(outcome)
                 job = self._jobs.get(plan.job_id)
@@ -249,8 +252,11 @@ class MemoryRepository(Repository):
 
     def prune_runs(self, before: datetime, limit: int) -> int:
         with self._lock:
-            pruned = 0
-            while self._runs and pruned < limit and self._runs[0].finished_at < before:
-                self._runs.popleft()
-                pruned += 1
-            return pruned
+            old = [run for run in self._runs if run.finished_at < before][:limit]
+            if not old:
+                return 0
+            gone = {id(run) for run in old}
+            kept = [run for run in self._runs if id(run) not in gone]
+            self._runs.clear()
+            self._runs.extend(kept)
+            return len(old)
