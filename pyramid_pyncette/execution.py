@@ -29,7 +29,7 @@ from pyramid.request import Request
 from pyramid.threadlocal import manager as threadlocal_manager
 
 from .events import JobFailed, JobStarted, JobSucceeded, notify_subscribers
-from .jobs import DEFAULT_RETRIES, Lease, Outcome, RetryDefaults
+from .jobs import DEFAULT_RETRIES, MAX_RUN_ERROR_LENGTH, Lease, Outcome, RetryDefaults
 from .policy import describe_failure, plan_completion, unknown_task_error
 from .repository.base import session_store
 from .tasks import Task
@@ -117,6 +117,52 @@ def _one_line(text: str) -> str:
     return text
 
 
+_TRACEBACK_HEAD = "Traceback (most recent call last):"
+
+
+def run_error(text: str, limit: int = MAX_RUN_ERROR_LENGTH) -> str:
+    """The error a run record keeps: the first lines of ``text``, at most ``limit`` characters.
+
+    A Python traceback is turned around first: its last exception's lines
+    (``TaskError: boom``) come first, then the frames, so that the first
+    line of a record always says what went wrong, however deep the
+    traceback. Whole lines are kept while they fit; a first line longer
+    than ``limit`` is cut, and ``...`` marks the cut.
+    """
+    lines = _exception_first(text.splitlines())
+    kept: list[str] = []
+    size = 0
+    for line in lines:
+        extra = len(line) + (1 if kept else 0)
+        if size + extra > limit:
+            break
+        kept.append(line)
+        size += extra
+    if len(kept) == len(lines):
+        return "\n".join(kept)
+    while kept and size + 4 > limit:  # room for the marker line
+        size -= len(kept.pop()) + (1 if kept else 0)
+    if not kept:
+        return lines[0][: limit - 3] + "..."
+    return "\n".join([*kept, "..."])
+
+
+def _exception_first(lines: list[str]) -> list[str]:
+    """The lines of a traceback with its final exception's lines moved to the front."""
+    if not lines or lines[0] != _TRACEBACK_HEAD:
+        return lines
+    # The last frame: a '  File "..."' line, then its indented source and markers.
+    last = max((i for i, line in enumerate(lines) if line.startswith('  File "')), default=None)
+    if last is None:
+        return lines
+    end = last + 1
+    while end < len(lines) and lines[end].startswith(" "):
+        end += 1
+    if end == len(lines):
+        return lines
+    return lines[end:] + lines[:end]
+
+
 def _describe_exception(exc: BaseException) -> str:
     try:
         return repr(exc)
@@ -129,7 +175,8 @@ class JobInfo:
     """``request.job``: what is running.
 
     ``lease_lost`` turns true when a heartbeat finds that another daemon
-    took the job over; the run's completion is then discarded.
+    took the job over, or when a ``transactional`` run finds it so as it
+    commits (:class:`LeaseTakenOver`); the run's completion is then discarded.
     """
 
     id: str
@@ -318,7 +365,12 @@ def run_job(
                 error=traceback.format_exc(),
                 retry_defaults=retry_defaults,
             )
-            log_failure(outcome, _describe_exception(exc), exc)
+            if isinstance(exc, LeaseTakenOver):
+                # Not the job's failure: the daemon that holds the lease now runs it. The
+                # caller reports the lost lease and records the run as such.
+                info.lease_lost = True
+            else:
+                log_failure(outcome, _describe_exception(exc), exc)
             _notify(
                 registry,
                 JobFailed(job, request, lease.scheduled_at, lease.attempt, exc, duration),

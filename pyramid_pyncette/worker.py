@@ -12,6 +12,12 @@ may have run out meanwhile (the daemon was paused, the store unreachable) is
 checked with the store before its result is written: a lost lease is always
 reported, and its result discarded.
 
+A worker claims from the queues of ``pyncette.queues`` (every queue by
+default). Each finished run leaves a :class:`~pyramid_pyncette.jobs.RunRecord`
+(as ``pyncette.history`` says), written by the same store call as the run's
+outcome; records older than ``pyncette.history_retention`` are pruned a few
+small batches at a time.
+
 Shutdown (:meth:`Worker.stop`) stops claiming, lets running jobs finish and
 releases anything claimed but not started. A store that goes away is logged,
 backed off from and retried: it never ends the loop.
@@ -21,21 +27,33 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
+import socket
 import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .backoff import Backoff
 from .events import JobSkipped, LeaseLost, WorkerStarting, WorkerStopping, notify_subscribers
-from .execution import JobInfo, JobRequests, run_job
-from .jobs import Lease, Outcome
+from .execution import JobInfo, JobRequests, run_error, run_job
+from .jobs import (
+    RUN_FAILED,
+    RUN_LEASE_LOST,
+    RUN_SKIPPED,
+    RUN_SUCCEEDED,
+    Lease,
+    Outcome,
+    RunRecord,
+    queue_name_problem,
+)
 from .repository.base import Announcer, Repository
+from .settings import HISTORY_CHOICES
 
 if TYPE_CHECKING:
     from pyramid.registry import Registry
@@ -52,6 +70,21 @@ PREFETCH_LEASE_SHARE = 0.05
 #: the lease: a floor that keeps a tiny ``lease_duration`` from busy-looping.
 MIN_RENEWAL_INTERVAL = 0.05
 
+#: Most run records a worker keeps while the store cannot take them; beyond
+#: it the oldest are dropped (with one WARNING), so an outage never grows memory.
+MAX_PENDING_RUNS = 10_000
+
+#: Run records deleted by one prune call, and prune calls in one turn of the loop at most.
+PRUNE_BATCH = 1000
+PRUNE_BATCHES_PER_TURN = 3
+
+#: Longest time between two prunes of the run history (seconds); a retention
+#: shorter than ten times this is pruned every tenth of the retention.
+MAX_PRUNE_INTERVAL = 60.0
+
+#: Which outcomes ``pyncette.history = failures`` keeps.
+FAILED_OUTCOMES = frozenset({RUN_FAILED, RUN_LEASE_LOST})
+
 
 @dataclass
 class _Running:
@@ -66,6 +99,10 @@ class _Running:
     #: The lease's length, and the time between its renewals (0: renew at once).
     seconds: float = 0.0
     period: float = 0.0
+    #: When a job thread took the run (the worker's clock), None until then.
+    started_at: datetime | None = None
+    #: How the lease was lost (see :meth:`Worker._lose`), None while it is held.
+    lost_when: str | None = None
 
     @property
     def renew_at(self) -> float:
@@ -148,9 +185,11 @@ class Worker:
     """Claims, runs and completes jobs for one application.
 
     ``registry`` is the application registry (``pyramid_pyncette`` included).
-    Keyword arguments override the ``pyncette.*`` settings; ``clock`` returns
-    the current UTC time and ``monotonic`` the seconds elapsed since any fixed
-    point, to time lease renewals (tests pass fake ones).
+    Keyword arguments override the ``pyncette.*`` settings (``queues``: the
+    names of the queues to claim from, as ``pscheduler --queue`` gives them;
+    ``None`` keeps ``pyncette.queues``); ``clock`` returns the current UTC
+    time and ``monotonic`` the seconds elapsed since any fixed point, to time
+    lease renewals (tests pass fake ones).
     """
 
     def __init__(
@@ -161,6 +200,9 @@ class Worker:
         batch_size: int | None = None,
         poll_interval: float | None = None,
         lease_duration: float | None = None,
+        queues: Iterable[str] | None = None,
+        history: str | None = None,
+        history_retention: float | None = None,
         clock: Callable[[], datetime] | None = None,
         monotonic: Callable[[], float] | None = None,
     ) -> None:
@@ -171,6 +213,16 @@ class Worker:
         self.batch_size = batch_size or settings.batch_size
         self.poll_interval = poll_interval or settings.poll_interval
         self.lease_duration = lease_duration or settings.lease_duration
+        #: The queues this worker claims from; None: every queue.
+        self.queues: frozenset[str] | None = (
+            settings.queues if queues is None else _queue_names(queues)
+        )
+        #: Which runs are recorded: ``'all'``, ``'failures'`` or ``'none'``.
+        self.history = settings.history if history is None else _history_mode(history)
+        #: Seconds run records are kept before this worker prunes them.
+        self.history_retention = (
+            settings.history_retention if history_retention is None else history_retention
+        )
         self.heartbeat_interval = min(
             settings.effective_heartbeat_interval, self.lease_duration / 3
         )
@@ -180,6 +232,7 @@ class Worker:
         self.clock = clock or self.scheduler.clock
         self._monotonic = monotonic or time.monotonic
         self.id = uuid.uuid4().hex[:12]
+        self.host = socket.gethostname()
         self.stats: Counter[str] = Counter()
         self._claims = 0
         self._stopping = threading.Event()
@@ -192,6 +245,14 @@ class Worker:
         self._unconfirmed: list[tuple[_Running, Outcome]] = []
         #: Outcomes collected and not yet written.
         self._pending: list[Outcome] = []
+        #: Run records not yet written (they go with the next outcomes written).
+        self._pending_runs: list[RunRecord] = []
+        #: Most records kept in ``_pending_runs`` (see :data:`MAX_PENDING_RUNS`).
+        self.max_pending_runs = MAX_PENDING_RUNS
+        #: Whether records were dropped since the pending ones were last written.
+        self._dropped_runs = False
+        #: When the run history is next pruned (the worker's clock); None: at the next turn.
+        self._next_prune: datetime | None = None
         #: No held lease is due for renewal before this (monotonic; it may be early).
         self._renewal_due = math.inf
         self._backoff = Backoff(first=0.1, cap=MAX_BACKOFF, jitter=0.5)
@@ -265,6 +326,121 @@ class Worker:
     def _record(self, outcome: Outcome) -> None:
         self.stats["succeeded" if outcome.succeeded else "failed"] += 1
 
+    # -- run history -------------------------------------------------------
+
+    def _run_record(
+        self,
+        lease: Lease,
+        outcome: str,
+        started_at: datetime,
+        finished_at: datetime,
+        error: str | None = None,
+        attempt: int | None = None,
+    ) -> RunRecord | None:
+        """The record of one run of ``lease`` (of its ``attempt``, by default the lease's);
+        None when ``history`` keeps no such run."""
+        history = self.history
+        if history == "none" or (history == "failures" and outcome not in FAILED_OUTCOMES):
+            return None
+        job = lease.job
+        return RunRecord(
+            job_id=job.id,
+            task=job.task,
+            queue=job.queue,
+            scheduled_at=lease.scheduled_at,
+            started_at=started_at,
+            finished_at=finished_at,
+            attempt=lease.attempt if attempt is None else attempt,
+            outcome=outcome,
+            error=None if error is None else run_error(error),
+            host=self.host,
+            pid=os.getpid(),
+            worker=self.id,
+        )
+
+    def _finished_record(
+        self, lease: Lease, outcome: Outcome, started_at: datetime | None
+    ) -> RunRecord | None:
+        """The record of a run that ended with ``outcome`` (its result is written)."""
+        return self._run_record(
+            lease,
+            RUN_SUCCEEDED if outcome.succeeded else RUN_FAILED,
+            outcome.finished_at if started_at is None else started_at,
+            outcome.finished_at,
+            None if outcome.succeeded else outcome.error,
+        )
+
+    def _lost_record(
+        self, lease: Lease, outcome: Outcome, started_at: datetime | None, when: str | None
+    ) -> RunRecord | None:
+        """The record of a run that lost its lease ``when`` (its result is discarded)."""
+        return self._run_record(
+            lease,
+            RUN_LEASE_LOST,
+            outcome.finished_at if started_at is None else started_at,
+            outcome.finished_at,
+            f"lost its lease {when or 'while running'}; its result was discarded",
+        )
+
+    def _keep_runs(self, records: Iterable[RunRecord | None]) -> None:
+        """Hold ``records`` until the next store call that writes outcomes writes them.
+
+        Beyond :attr:`max_pending_runs` (the store has not taken any for a
+        while) the oldest are dropped, with one WARNING until records are
+        written again.
+        """
+        pending = self._pending_runs
+        pending.extend(record for record in records if record is not None)
+        excess = len(pending) - self.max_pending_runs
+        if excess > 0:
+            del pending[:excess]
+            self.stats["runs_dropped"] += excess
+            if not self._dropped_runs:
+                self._dropped_runs = True
+                log.warning(
+                    "the store has taken no run records for a while: the oldest are dropped, "
+                    "the newest %d kept until it does",
+                    self.max_pending_runs,
+                )
+
+    def _written(self) -> None:
+        """The pending outcomes and run records were written."""
+        self._pending = []
+        self._pending_runs = []
+        self._dropped_runs = False
+
+    def _prune_history(self) -> None:
+        """Delete run records older than ``history_retention``, every so often.
+
+        At most :data:`PRUNE_BATCHES_PER_TURN` calls of :data:`PRUNE_BATCH`
+        records each: a backlog is worked off over the next turns, never in
+        one huge delete. The pace follows the worker's clock. A failure is
+        logged and tried again at the next prune; it never stops the loop.
+        """
+        now = self.clock()
+        if self._next_prune is not None and now < self._next_prune:
+            return
+        interval = min(MAX_PRUNE_INTERVAL, self.history_retention / 10)
+        before = now - timedelta(seconds=self.history_retention)
+        try:
+            for _ in range(PRUNE_BATCHES_PER_TURN):
+                pruned = self.repository.prune_runs(before, PRUNE_BATCH)
+                self.stats["runs_pruned"] += pruned
+                if pruned < PRUNE_BATCH:
+                    break
+            else:
+                # More are older than the retention: go on at the next turn.
+                self._next_prune = now
+                return
+        except Exception as exc:
+            log.warning(
+                "could not prune the run history (%s); trying again in %.0fs",
+                _describe(exc),
+                interval,
+            )
+            log.debug("prune error details", exc_info=True)
+        self._next_prune = now + timedelta(seconds=interval)
+
     # -- synchronous draining (tests, run_pending) -------------------------
 
     def run_pending(self, now: datetime | None = None) -> int:
@@ -272,7 +448,7 @@ class Worker:
 
         Each job runs at most once per call: a run that is due again at the
         same instant (a failure with ``failure_mode='unlock'``) waits for the
-        next call.
+        next call. Run records are written with the outcomes of each batch.
         """
         now = now or self.clock()
         seen: set[str] = set()
@@ -283,20 +459,34 @@ class Worker:
         try:
             while True:
                 token = self._token()
-                leases = self.repository.claim(now, self.batch_size, token, self.lease_duration)
+                leases = self.repository.claim(
+                    now, self.batch_size, token, self.lease_duration, self.queues
+                )
                 if not leases:
                     return total
-                leases = self._skip_unrunnable(leases, now)
+                leases, outcomes, runs = self._skip_unrunnable(leases, now)
                 held.extend(lease for lease in leases if lease.job.id in seen)
-                outcomes = []
+                finished = []
                 for lease in leases:
-                    if lease.job.id not in seen:
-                        seen.add(lease.job.id)
-                        outcomes.append(self._execute(lease, clock=lambda: now))
-                self.repository.complete(_pending(outcomes))
-                for outcome in outcomes:
+                    if lease.job.id in seen:
+                        continue
+                    seen.add(lease.job.id)
+                    info = JobInfo.for_lease(lease)
+                    outcome = self._execute(lease, info, clock=lambda: now)
+                    total += 1
+                    if info.lease_lost:
+                        when = LOST_AT_COMMIT
+                        self._report_lost(lease, when)
+                        runs.append(self._lost_record(lease, outcome, now, when))
+                    else:
+                        finished.append(outcome)
+                        runs.append(self._finished_record(lease, outcome, now))
+                records = [record for record in runs if record is not None]
+                writes = _pending(outcomes + finished)
+                if writes or records:
+                    self.repository.complete(writes, records)
+                for outcome in finished:
                     self._record(outcome)
-                total += len(outcomes)
         finally:
             if held:
                 self.repository.release(held)
@@ -308,8 +498,9 @@ class Worker:
         if not self._prepare():
             return
         log.info(
-            "worker %s started (concurrency %d, batch %d, poll every %ss, store %s)",
+            "worker %s started (queues %s, concurrency %d, batch %d, poll every %ss, store %s)",
             self.id,
+            "all" if self.queues is None else " ".join(sorted(self.queues)),
             self.concurrency,
             self.batch_size,
             self.poll_interval,
@@ -361,18 +552,20 @@ class Worker:
             if not (want > 0 and (idle or want * 2 >= min(capacity, self.batch_size))):
                 want = 0
             if want > 0 and not self._stopping.is_set():
-                # Finished runs are written by the same call (one round trip).
-                claimed = self._claim_and_start(threads, want, _pending(self._pending))
-                self._pending = []
-            elif self._pending:
-                self.repository.complete(_pending(self._pending))
-                self._pending = []
+                # Finished runs and their records are written by the same call (one round trip).
+                claimed = self._claim_and_start(threads, want)
+            elif self._pending or self._pending_runs:
+                self.repository.complete(_pending(self._pending), list(self._pending_runs))
+                self._written()
             self._store_recovered()
         except Exception as exc:
             self._store_failed(exc)
             return 0.0
+        self._prune_history()
         if until_idle and not claimed and not self._running and self._finished.empty():
             return None
+        if self._pending:
+            return 0.0  # the claim parked unreadable jobs: write that now, within their lease
         if want > 0 and claimed == want:
             return 0.0  # a full batch: more may be due right now
         timeout = self._until_next_renewal()
@@ -428,7 +621,7 @@ class Worker:
         The store measures it against its own clock when claims use that
         clock: a local clock ahead of the store's must not make the loop spin.
         """
-        delay = self.repository.next_due_delay(self.clock())
+        delay = self.repository.next_due_delay(self.clock(), self.queues)
         if delay is None:
             return self.poll_interval
         return max(0.0, min(self.poll_interval, delay))
@@ -438,17 +631,28 @@ class Worker:
         due = self._renewal_due
         return None if due == math.inf else due - self._monotonic()
 
-    def _claim_and_start(self, threads: Any, want: int, outcomes: list[Outcome]) -> int:
-        """Write ``outcomes``, claim up to ``want`` runs and queue them; return how many."""
+    def _claim_and_start(self, threads: Any, want: int) -> int:
+        """Write the pending outcomes and run records, claim up to ``want`` runs from
+        :attr:`queues` and queue them; return how many were claimed."""
+        outcomes = _pending(self._pending)
         # Read before the claim: each lease lasts at least its length from here.
         claimed_at = self._monotonic()
         claimed = self.repository.complete_and_claim(
-            outcomes, self.clock(), want, self._token(), self.lease_duration
+            outcomes,
+            self.clock(),
+            want,
+            self._token(),
+            self.lease_duration,
+            self.queues,
+            list(self._pending_runs),
         )
+        self._written()
         if outcomes:
             log.debug("completed %d run(s)", len(outcomes))
         self._lose_reclaimed(claimed)
-        leases = self._skip_unrunnable(claimed, self.clock())
+        leases, unreadable, records = self._skip_unrunnable(claimed, self.clock())
+        self._pending.extend(unreadable)
+        self._keep_runs(records)
         started = []
         for lease in leases:
             key = (lease.job.id, lease.token)
@@ -490,16 +694,22 @@ class Worker:
         ids = {lease.job.id for lease in claimed if not lease.paused}
         for running in self._held():
             if running.lease.job.id in ids:
-                self._lose(running, "the job was claimed again")
+                self._lose(running, "when the job was claimed again")
 
-    def _skip_unrunnable(self, leases: list[Lease], now: datetime) -> list[Lease]:
-        """Report the claimed runs not to start; return the others.
+    def _skip_unrunnable(
+        self, leases: list[Lease], now: datetime
+    ) -> tuple[list[Lease], list[Outcome], list[RunRecord | None]]:
+        """Report the claimed runs not to start: ``(runnable leases, outcomes, records)``.
 
-        Misfires (the claim already deleted or advanced them) are logged and
-        fire :class:`JobSkipped`; jobs whose stored row cannot be run are
-        parked as failed with the problem as their error.
+        Misfires (the claim already deleted or advanced them) are logged,
+        fire :class:`JobSkipped` and are recorded as ``'skipped'``; jobs whose
+        stored row cannot be run are to be parked as failed with the problem
+        as their error (the outcomes returned, for the caller to write) and
+        are recorded as ``'failed'``. Paused jobs leave no record. The
+        records start and end at ``now``, the time of the claim.
         """
         unreadable = []
+        records = []
         for lease in leases:
             if lease.paused:
                 log.debug("job %r is paused: taken off the schedule", lease.job.id)
@@ -510,7 +720,12 @@ class Worker:
                 unreadable.append(
                     Outcome(lease, False, now, error=lease.job.problem, permanent=True)
                 )
+                records.append(self._run_record(lease, RUN_FAILED, now, now, lease.job.problem))
             elif lease.skipped:
+                # A misfire is a run's first try (the claim left the count untouched).
+                records.append(
+                    self._run_record(lease, RUN_SKIPPED, now, now, attempt=lease.attempt + 1)
+                )
                 self.stats["skipped"] += 1
                 log.warning(
                     "job %r (task %r) skipped: its run due %s was claimed %.3fs late, "
@@ -523,13 +738,12 @@ class Worker:
                 self._notify(
                     JobSkipped(lease.job, self.registry, lease.scheduled_at, lease.lateness)
                 )
-        if unreadable:
-            self.repository.complete(unreadable)
-            self.stats["failed"] += len(unreadable)
-        return [lease for lease in leases if lease.runnable]
+        self.stats["failed"] += len(unreadable)
+        return [lease for lease in leases if lease.runnable], unreadable, records
 
     def _run_one(self, running: _Running) -> None:
         """Run one job on a job thread and hand its outcome to the loop."""
+        running.started_at = self.clock()
         if running.info.lease_lost:
             # Lost while it waited for a thread: the claim that took it runs it.
             outcome = Outcome(
@@ -560,11 +774,14 @@ class Worker:
     def _collect(self) -> list[Outcome]:
         """Take the finished runs; return the outcomes to write.
 
-        A run that lost its lease is dropped (it was reported when lost). A
-        run whose lease may have run out is kept back for
+        A run that lost its lease is dropped (it was reported when lost, or is
+        now if its own transaction found it lost) and recorded as
+        ``'lease_lost'``. A run whose lease may have run out is kept back for
         :meth:`_confirm_leases`, so that no result is ever discarded unseen.
+        The others are recorded with their outcome.
         """
         outcomes = []
+        records = []
         now = self._monotonic()
         while True:
             try:
@@ -573,7 +790,11 @@ class Worker:
                 break
             running = self._running.pop(key, None)
             if running is not None and running.info.lease_lost:
+                self._lose(running, LOST_AT_COMMIT)
                 log.info("job %r finished after losing its lease; its result is discarded", key[0])
+                records.append(
+                    self._lost_record(running.lease, outcome, running.started_at, running.lost_when)
+                )
                 continue
             if (
                 running is not None
@@ -585,6 +806,9 @@ class Worker:
                 continue
             self._record(outcome)
             outcomes.append(outcome)
+            if running is not None:
+                records.append(self._finished_record(running.lease, outcome, running.started_at))
+        self._keep_runs(records)
         return outcomes
 
     def _confirm_leases(self) -> list[Outcome]:
@@ -600,10 +824,17 @@ class Worker:
         self._extend([running for running, _ in self._unconfirmed], "before its result was written")
         checked, self._unconfirmed = self._unconfirmed, []
         outcomes = []
+        records = []
         for running, outcome in checked:
-            if not running.info.lease_lost:
+            if running.info.lease_lost:
+                records.append(
+                    self._lost_record(running.lease, outcome, running.started_at, running.lost_when)
+                )
+            else:
                 self._record(outcome)
                 outcomes.append(outcome)
+                records.append(self._finished_record(running.lease, outcome, running.started_at))
+        self._keep_runs(records)
         return outcomes
 
     def _held(self) -> list[_Running]:
@@ -655,11 +886,15 @@ class Worker:
                 self._lose(running, when)
 
     def _lose(self, running: _Running, when: str) -> None:
-        """Mark ``running`` as having lost its lease: one WARNING and one :class:`LeaseLost`."""
-        if running.info.lease_lost:
+        """Mark ``running`` as having lost its lease ``when``: one WARNING and one
+        :class:`LeaseLost` (once, however often it is found lost)."""
+        if running.lost_when is not None:
             return
+        running.lost_when = when
         running.info.lease_lost = True
-        lease = running.lease
+        self._report_lost(running.lease, when)
+
+    def _report_lost(self, lease: Lease, when: str) -> None:
         self.stats["lease_lost"] += 1
         log.warning(
             "job %r lost its lease %s (another daemon may run it); its result is discarded",
@@ -694,9 +929,10 @@ class Worker:
         for attempt in range(5):
             try:
                 pending.extend(self._confirm_leases())
-                if pending:
-                    self.repository.complete(_pending(pending))
+                if pending or self._pending_runs:
+                    self.repository.complete(_pending(pending), list(self._pending_runs))
                     pending.clear()
+                    self._pending_runs = []
                 if unstarted:
                     self.repository.release(unstarted)
                     self.stats["released"] += len(unstarted)
@@ -706,10 +942,36 @@ class Worker:
                 log.warning("could not write final results (try %d): %s", attempt + 1, exc)
                 time.sleep(backoff.next_delay())
         log.error(
-            "gave up writing %d result(s) and %d release(s); those leases expire on their own",
+            "gave up writing %d result(s), %d run record(s) and %d release(s); "
+            "those leases expire on their own",
             len(pending) + len(self._unconfirmed),
+            len(self._pending_runs),
             len(unstarted),
         )
+
+
+#: How a run whose own transaction found its lease taken over lost it.
+LOST_AT_COMMIT = "before its transaction could commit"
+
+
+def _queue_names(queues: Iterable[str]) -> frozenset[str]:
+    """``queues`` as a set of checked queue names, or an error naming the fix."""
+    if isinstance(queues, str):
+        queues = queues.split()
+    names = frozenset(queues)
+    if not names:
+        raise ValueError("queues names no queue: give at least one name, or None for every queue")
+    for name in sorted(names, key=str):
+        problem = queue_name_problem(name)
+        if problem is not None:
+            raise ValueError(f"queues: {problem}")
+    return names
+
+
+def _history_mode(history: str) -> str:
+    if history not in HISTORY_CHOICES:
+        raise ValueError(f"history {history!r} is not one of {', '.join(HISTORY_CHOICES)}")
+    return history
 
 
 def _pending(outcomes: list[Outcome]) -> list[Outcome]:
