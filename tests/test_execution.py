@@ -575,3 +575,82 @@ def test_a_request_factory_that_is_a_plain_function_is_used(config):
     _run_now(config, seen.append)
     assert made and seen[0] is made[0]
     assert seen[0].path == "/" and seen[0].host_url == "https://example.com"
+
+
+# --------------------------------------------------------------------------- run records
+
+
+def _traceback_of(exc):
+    import traceback
+
+    try:
+        raise exc
+    except Exception:
+        return traceback.format_exc()
+
+
+def test_run_error_puts_a_tracebacks_exception_first():
+    from pyramid_pyncette.execution import run_error
+
+    text = _traceback_of(ValueError("bad value\nsecond line of it"))
+    lines = text.splitlines()
+
+    error = run_error(text)
+
+    assert error.splitlines()[:2] == ["ValueError: bad value", "second line of it"]
+    assert error.splitlines()[2:] == lines[:-2]
+
+
+def test_run_error_keeps_a_short_error_as_it_is():
+    from pyramid_pyncette.execution import run_error
+
+    assert run_error("the task 'x' is unknown\nregister it") == (
+        "the task 'x' is unknown\nregister it"
+    )
+
+
+def test_run_error_keeps_whole_first_lines_within_the_limit_and_marks_the_cut():
+    from pyramid_pyncette.execution import run_error
+
+    text = "\n".join(f"line {n:02d}" for n in range(10))  # 7 characters a line
+
+    assert run_error(text, limit=30) == "line 00\nline 01\nline 02\n..."
+    assert len(run_error(text, limit=30)) <= 30
+    assert run_error("x" * 50, limit=20) == "x" * 17 + "..."
+
+
+def test_run_error_is_bounded_by_max_run_error_length_by_default():
+    from pyramid_pyncette.execution import run_error
+    from pyramid_pyncette.jobs import MAX_RUN_ERROR_LENGTH
+
+    text = _traceback_of(RuntimeError("boom " * 2000))
+
+    error = run_error(text)
+
+    assert len(error) == MAX_RUN_ERROR_LENGTH
+    assert error.startswith("RuntimeError: boom boom")
+
+
+def test_a_lease_taken_over_at_commit_marks_the_run_lost_and_is_not_logged_as_a_failure(
+    config, caplog
+):
+    import logging
+
+    from pyramid_pyncette.execution import JobInfo, LeaseTakenOver, run_job
+
+    def taken(request):
+        raise LeaseTakenOver("lost before it could commit")
+
+    config.add_pyncette_task(taken, name="taken")
+    config.commit()
+    scheduler = config.registry.scheduler
+    scheduler.add_async_job("taken", job_id="taken")
+    (lease,) = scheduler.repository.claim(scheduler.now(), 1, "token", 60)
+    info = JobInfo.for_lease(lease)
+
+    with caplog.at_level(logging.DEBUG, logger="pyramid_pyncette.execution"):
+        outcome = run_job(config.registry, scheduler.tasks.get("taken"), lease, scheduler.now, info)
+
+    assert info.lease_lost
+    assert not outcome.succeeded
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []

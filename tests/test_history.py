@@ -575,11 +575,11 @@ def test_a_daemon_keeps_about_one_retention_of_records(make_app):
         worker._cycle(threads)
         app.clock.advance(1)
 
+    # One run a second for 200 s; pruned every 6 s, last at 198 s: what finished
+    # from 138 s on is kept, about one retention.
     records = runs(app)
-    assert len(records) <= 60 + 6 + 1
-    oldest = min(record.finished_at for record in records)
-    assert oldest >= app.clock() - seconds(60 + 6 + 1)
-    assert app.scheduler.get_job("job-199") is None
+    assert [record.job_id for record in records] == [f"job-{n:03d}" for n in range(199, 137, -1)]
+    assert worker.stats["runs_pruned"] == 138
 
 
 def test_run_records_of_a_job_in_a_queue_name_that_queue(make_app):
@@ -591,3 +591,9 @@ def test_run_records_of_a_job_in_a_queue_name_that_queue(make_app):
 
     (record,) = runs(app, queue="emails")
     assert (record.job_id, record.queue) == ("mail", "emails")
+
+
+def test_a_history_argument_overrides_the_setting_and_a_bad_one_is_refused(app):
+    assert Worker(app.registry, history="failures").history == "failures"
+    with pytest.raises(ValueError, match="history 'some' is not one of all, failures, none"):
+        Worker(app.registry, history="some")

@@ -131,3 +131,37 @@ def test_set_clock_lets_a_fake_time_decide_what_is_due_on_every_store(
         assert runs == ["later"]
     finally:
         registry.scheduler.repository.close()
+
+
+def test_run_pending_of_the_testing_include_records_each_run(make_config):
+    from pyramid_pyncette.testing import run_pending
+
+    registry, clock, runs = _ticking_app(make_config, "30s")
+    run_pending(registry)
+    clock.advance(30)
+    assert run_pending(registry) == 1
+    clock.advance(30)
+    assert run_pending(registry) == 1
+
+    records = list(registry.scheduler.repository.list_runs())
+    assert [(r.job_id, r.outcome, r.attempt, r.started_at) for r in records] == [
+        ("tick", "succeeded", 1, runs[1]),
+        ("tick", "succeeded", 1, runs[0]),
+    ]
+
+
+def test_run_pending_of_the_testing_include_claims_only_the_configured_queues(make_config):
+    from pyramid_pyncette.schedules import DateSchedule
+    from pyramid_pyncette.testing import run_pending
+
+    ran = []
+    config = make_config({"pyncette.queues": "emails"}, include=["pyramid_pyncette.testing"])
+    config.add_pyncette_task(lambda request: ran.append(request.job.id), name="note")
+    config.commit()
+    scheduler = config.registry.scheduler
+    for job_id, queue in (("plain", "default"), ("mail", "emails")):
+        job = scheduler.build_job("note", DateSchedule(scheduler.now()), job_id=job_id)
+        scheduler.repository.add([job.replace(queue=queue)])
+
+    assert run_pending(config.registry) == 1
+    assert ran == ["mail"]
