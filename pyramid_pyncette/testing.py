@@ -69,7 +69,8 @@ def run_pending(registry: Registry, now: datetime | None = None) -> int:
     with the same definition keep their next run), removes those the code no
     longer declares and revives jobs parked because their task was unknown,
     so periodic tasks are tested the same way as jobs added by views, with
-    no extra call.
+    no extra call. Like a daemon, it claims from the queues of
+    ``pyncette.queues`` and records each run in the run history.
     """
     from .worker import Worker
 
