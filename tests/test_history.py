@@ -22,6 +22,7 @@ from pyramid_pyncette.options import PAUSED_MARKER
 from pyramid_pyncette.schedules import DateSchedule
 from pyramid_pyncette.settings import parse_settings
 from pyramid_pyncette.worker import Worker
+from tests.garbage import store_kind, write_garbage
 from tests.test_worker_leases import HeldThreads, Loop, counting, recorder
 
 
@@ -203,19 +204,23 @@ def test_a_misfired_run_is_recorded_as_skipped_at_its_claim(make_app):
 
 def test_an_unreadable_job_parked_at_its_claim_is_recorded_as_failed_with_its_problem(make_app):
     app = make_app()
-    job = app.scheduler.add_async_job("record", job_id="broken")
-    # A row the daemon cannot run: its stored arguments are not a list.
-    app.repository.add([job.replace(args={"not": "a list"})])
+    # A row the daemon cannot run: its stored arguments are cut-off JSON.
+    if store_kind(app) == "redis":  # one JSON document per job: the whole definition is cut
+        write_garbage(app, "broken", definition='{"task": "record", "args": [1, ')
+    else:
+        write_garbage(app, "broken", args='{"args": [1, ')
 
     app.run_pending()
 
-    stored = app.scheduler.get_job(job.id)
+    stored = app.scheduler.get_job("broken")
     assert stored.state == "failed"
     (record,) = runs(app)
-    assert (record.job_id, record.outcome, record.attempt) == (job.id, "failed", 1)
+    assert (record.job_id, record.outcome, record.attempt) == ("broken", "failed", 1)
     assert record.started_at == record.finished_at == app.clock()
     assert record.error == stored.last_error
-    assert "args" in record.error
+    assert record.error.startswith("the stored job 'broken' cannot be run: ")
+    assert "not valid JSON" in record.error
+    assert app.calls == []
 
 
 def test_a_paused_job_taken_off_the_schedule_leaves_no_record(make_app):
