@@ -602,3 +602,45 @@ def test_a_history_argument_overrides_the_setting_and_a_bad_one_is_refused(app):
     assert Worker(app.registry, history="failures").history == "failures"
     with pytest.raises(ValueError, match="history 'some' is not one of all, failures, none"):
         Worker(app.registry, history="some")
+
+
+def test_a_run_that_completed_its_own_row_is_still_recorded(app, monkeypatch):
+    """A ``transactional=True`` run writes its completion itself: the worker writes only
+    its record (the outcome is left out), in the call that would have completed it."""
+    real = worker_module.run_job
+    complete = app.repository.complete
+
+    def completing(*args, **kwargs):
+        outcome = real(*args, **kwargs)
+        complete([outcome])  # what the run's own transaction does
+        return dataclasses.replace(outcome, completed=True)
+
+    monkeypatch.setattr(worker_module, "run_job", completing)
+    app.scheduler.add_async_job("record", job_id="tx")
+    store = StoreCalls(app.repository)
+
+    assert app.run_pending() == 1
+
+    assert store.calls == [("complete", [], ["tx"])]
+    assert summary(runs(app)) == [("tx", "succeeded", 1)]
+
+
+def test_a_transactional_run_in_the_apps_database_is_recorded(tmp_path, clock):
+    from tests import txapp
+
+    config = txapp.configurator(tmp_path, shared=True)
+    config.add_pyncette_task(txapp.write_note, name="write_note", transactional=True)
+    registry = config.make_wsgi_app().registry
+    registry.scheduler.clock = clock
+    try:
+        job = registry.scheduler.add_async_job("write_note", args=["from job"])
+
+        assert Worker(registry).run_pending() == 1
+
+        assert txapp.note_bodies(registry) == ["from job"]
+        assert registry.scheduler.get_job(job.id) is None
+        records = list(registry.scheduler.repository.list_runs())
+        assert [(r.job_id, r.outcome, r.attempt) for r in records] == [(job.id, "succeeded", 1)]
+    finally:
+        registry.scheduler.repository.close()
+        registry.txapp_engine.dispose()
