@@ -3,7 +3,8 @@
 ``[server:main] use = egg:pyramid_pyncette#main`` in an INI file makes
 ``pserve`` start a worker thread in the web process, then serve with
 waitress (every waitress option, such as ``listen``, is passed through).
-Jobs committed by this process's requests wake the worker at once. Only
+Jobs committed by this process's requests wake the worker at once; it
+claims from the queues of ``pyncette.queues`` (every queue by default). Only
 this server factory starts a loop: ``pshell``, ``prequest``, bootstrap
 scripts and ``pscheduler`` itself never do.
 
