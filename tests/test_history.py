@@ -18,8 +18,6 @@ from pyramid_pyncette import ILeaseLost
 from pyramid_pyncette import worker as worker_module
 from pyramid_pyncette.execution import LeaseTakenOver
 from pyramid_pyncette.jobs import MAX_RUN_ERROR_LENGTH, RunRecord
-from pyramid_pyncette.options import PAUSED_MARKER
-from pyramid_pyncette.schedules import DateSchedule
 from pyramid_pyncette.settings import parse_settings
 from pyramid_pyncette.worker import Worker
 from tests.garbage import store_kind, write_garbage
@@ -223,17 +221,23 @@ def test_an_unreadable_job_parked_at_its_claim_is_recorded_as_failed_with_its_pr
     assert app.calls == []
 
 
-def test_a_paused_job_taken_off_the_schedule_leaves_no_record(make_app):
+def test_a_job_paused_during_its_run_records_the_run_and_nothing_for_its_pause(make_app):
     app = make_app()
-    job = app.scheduler.add_async_job("record", job_id="held")
-    # Paused while a run was in progress: once that run completed it is due again.
-    app.repository.add([job.replace(options={**job.options, PAUSED_MARKER: True})])
+    app.scheduler.add_interval_job("record", seconds=10, job_id="tick")
+    app.clock.advance(10)
+    loop = Loop(app)
+    loop.turn()
+    (running,) = loop.threads.submitted
+    app.scheduler.pause_job("tick")
+    loop.worker._run_one(running)
+    loop.turn()  # writes the run: the job is due again at its next time...
+    app.clock.advance(10)
+    loop.turn()  # ...where the claim takes it off the schedule
 
-    assert app.run_pending() == 0
-
-    assert app.scheduler.get_job(job.id).due_at is None
-    assert runs(app) == []
-    assert app.calls == []
+    stored = app.scheduler.get_job("tick")
+    assert (stored.state, stored.due_at, stored.locked_by) == ("paused", None, None)
+    assert summary(runs(app)) == [("tick", "succeeded", 1)]
+    assert len(app.calls) == 1
 
 
 def test_a_run_whose_lease_was_taken_over_is_recorded_as_lease_lost(make_app):
@@ -589,8 +593,7 @@ def test_a_daemon_keeps_about_one_retention_of_records(make_app):
 
 def test_run_records_of_a_job_in_a_queue_name_that_queue(make_app):
     app = make_app()
-    job = app.scheduler.build_job("record", DateSchedule(app.clock()), job_id="mail")
-    app.repository.add([job.replace(queue="emails")])
+    app.scheduler.add_async_job("record", job_id="mail", queue="emails")
 
     app.run_pending()
 

@@ -151,7 +151,6 @@ def test_run_pending_of_the_testing_include_records_each_run(make_config):
 
 
 def test_run_pending_of_the_testing_include_claims_only_the_configured_queues(make_config):
-    from pyramid_pyncette.schedules import DateSchedule
     from pyramid_pyncette.testing import run_pending
 
     ran = []
@@ -159,9 +158,8 @@ def test_run_pending_of_the_testing_include_claims_only_the_configured_queues(ma
     config.add_pyncette_task(lambda request: ran.append(request.job.id), name="note")
     config.commit()
     scheduler = config.registry.scheduler
-    for job_id, queue in (("plain", "default"), ("mail", "emails")):
-        job = scheduler.build_job("note", DateSchedule(scheduler.now()), job_id=job_id)
-        scheduler.repository.add([job.replace(queue=queue)])
+    scheduler.add_async_job("note", job_id="plain")
+    scheduler.add_async_job("note", job_id="mail", queue="emails")
 
     assert run_pending(config.registry) == 1
     assert ran == ["mail"]

@@ -11,7 +11,6 @@ from datetime import timedelta
 
 import pytest
 
-from pyramid_pyncette.schedules import DateSchedule
 from pyramid_pyncette.settings import parse_settings
 from pyramid_pyncette.worker import Worker
 from tests.test_worker_leases import HeldThreads, Loop, counting
@@ -21,13 +20,10 @@ def seconds(n: float) -> timedelta:
     return timedelta(seconds=n)
 
 
-def add_job(app, job_id, queue="default", task="record", at=None):
-    """Store a one-off job of ``task`` in ``queue``, due at ``at`` (default: now)."""
+def add_job(app, job_id, queue="default", at=None):
+    """Add a one-off ``record`` job in ``queue``, due at ``at`` (default: now)."""
     when = app.clock() if at is None else at
-    job = app.scheduler.build_job(task, DateSchedule(when), job_id=job_id)
-    job = job.replace(queue=queue)
-    app.repository.add([job])
-    return job
+    return app.scheduler.add_date_job("record", when, job_id=job_id, queue=queue)
 
 
 def use_settings(app, **ini):
@@ -141,14 +137,14 @@ def test_a_paused_queue_is_not_claimed_until_it_is_resumed(make_app):
     app = make_app()
     add_job(app, "plain")
     add_job(app, "mail", queue="emails")
-    app.repository.set_queue_paused("emails", True)
+    app.scheduler.pause_queue("emails")
     loop = Loop(app, poll_interval=2)
 
     loop.run_for(10, finish={"plain": 0, "mail": 0})
     assert ran(app) == ["plain"]
     assert app.scheduler.get_job("mail").state == "scheduled"
 
-    app.repository.set_queue_paused("emails", False)
+    app.scheduler.resume_queue("emails")
     resumed = app.clock()
     loop.run_for(3, finish={"mail": 0})
 
@@ -161,11 +157,11 @@ def test_a_paused_queue_is_not_claimed_until_it_is_resumed(make_app):
 
 def test_a_paused_queue_is_not_claimed_by_run_pending(app):
     add_job(app, "mail", queue="emails")
-    app.repository.set_queue_paused("emails", True)
+    app.scheduler.pause_queue("emails")
 
     assert app.run_pending() == 0
 
-    app.repository.set_queue_paused("emails", False)
+    app.scheduler.resume_queue("emails")
     assert app.run_pending() == 1
     assert ran(app) == ["mail"]
 
@@ -174,7 +170,7 @@ def test_the_loop_sleeps_normally_when_only_a_paused_queue_has_due_jobs(make_app
     app = make_app()
     add_job(app, "mail", queue="emails", at=app.clock() - seconds(30))
     add_job(app, "plain", at=app.clock() + seconds(10))
-    app.repository.set_queue_paused("emails", True)
+    app.scheduler.pause_queue("emails")
     worker = Worker(app.registry, clock=app.clock, poll_interval=60)
 
     # The overdue job of the paused queue does not count: the next due one is in 10 s.
@@ -209,9 +205,8 @@ def test_combined_mode_serves_the_queues_of_the_setting(make_config, store_setti
     config.add_pyncette_task(mail, name="mail")
     config.commit()
     scheduler = config.registry.scheduler
-    for job_id, queue in (("plain", "default"), ("mail", "emails")):
-        job = scheduler.build_job("mail", DateSchedule(scheduler.now()), job_id=job_id)
-        scheduler.repository.add([job.replace(queue=queue)])
+    scheduler.add_async_job("mail", job_id="plain")
+    scheduler.add_async_job("mail", job_id="mail", queue="emails")
 
     worker, thread = start_worker(config.registry)
     try:
