@@ -647,10 +647,10 @@ def test_transactional_task_is_complete_once_its_transaction_commits(build, cloc
     repository = registry.scheduler.repository
     original = repository.complete
 
-    def die_before_completing(outcomes):
+    def die_before_completing(outcomes, runs=()):
         if outcomes:
             raise RuntimeError("the worker died before writing the outcome")
-        return original(outcomes)
+        return original(outcomes, runs)
 
     monkeypatch.setattr(repository, "complete", die_before_completing)
     Worker(registry).run_pending()
