@@ -220,8 +220,7 @@ def test_a_daemon_bound_to_a_queue_never_runs_another_queues_job(make_app, store
 
     store_settings["pyncette.queues"] = "emails"
     app = make_app()
-    if getattr(Worker(app.registry, clock=app.clock), "queues", None) is None:
-        pytest.skip("the worker does not take pyncette.queues yet")
+    assert Worker(app.registry, clock=app.clock).queues == frozenset({"emails"})
     app.scheduler.add_async_job("record", job_id="d")
     app.scheduler.add_async_job("record", job_id="e", queue="emails")
     assert app.run_pending() == 1
