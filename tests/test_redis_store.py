@@ -403,9 +403,9 @@ def test_an_at_most_once_job_replaced_between_the_two_calls_is_not_run(
     other_process = make_repo(namespace=repo.namespace)
     write = repo._write
 
-    def racing(ops, tasks):
+    def racing(ops, tasks, *args, **kwargs):
         other_process.add([date_job("taken", NOW + 3600 * SECOND, options=once)])
-        return write(ops, tasks)
+        return write(ops, tasks, *args, **kwargs)
 
     monkeypatch.setattr(repo, "_write", racing)
     leases = repo.claim(NOW, 10, "tok", 60)

@@ -6,8 +6,29 @@ also works on Redis Cluster (all keys live in one slot):
 ``{ns}:jobs``
     HASH, job id -> the job document (JSON, see below).
 ``{ns}:due``
-    ZSET of the ids of jobs that have a ``due_at``, scored by it (integer
-    microseconds since the epoch). "What is due" is one ``ZRANGEBYSCORE``.
+    ZSET of the ids of the jobs of the queue ``default`` that have a
+    ``due_at``, scored by it (integer microseconds since the epoch). "What is
+    due" is one ``ZRANGEBYSCORE`` per queue.
+``{ns}:due:<queue>``
+    The same for each other queue. The default queue keeps the key every job
+    used before there were queues, so data written then needs no migration.
+``{ns}:queue:<queue>``
+    ZSET (all scores 0) of the ids of every job of a queue other than the
+    default one (whether due or not): whether the queue holds a job.
+``{ns}:queues``
+    SET of the queues other than the default one that hold a job; a claim
+    over every queue reads it.
+``{ns}:paused``
+    SET of the names of the paused queues (:meth:`RedisRepository.set_queue_paused`).
+``{ns}:locked``
+    HASH, id -> queue of every locked job (``staged:<queue>`` for a row a
+    transaction staged), kept by the scripts so that
+    :meth:`RedisRepository.queue_stats` counts running jobs without reading
+    every document.
+``{ns}:runs``
+    STREAM, the run history (:meth:`RedisRepository.list_runs`): one entry per
+    run, appended by the script that completes it, capped at about
+    :data:`MAX_REDIS_RUNS` entries.
 ``{ns}:ids``
     ZSET of every id, all scored 0, for paging in id order (``ZRANGEBYLEX``).
 ``{ns}:task:<task name>``
@@ -16,25 +37,31 @@ also works on Redis Cluster (all keys live in one slot):
 A job document is one JSON object: the fields the scripts change (``due_at``,
 ``next_run_at``, ``locked_by``, ``attempts``, ``last_run_at``,
 ``last_status``, ``last_error``), ``task``, ``lease_us`` (the job's own lease
-in microseconds, copied from its options so a claim need not parse them) and
+in microseconds, copied from its options so a claim need not parse them),
 ``job``: the rest of the job (``id``, ``schedule``, ``args``, ``kwargs``,
-``options``, ``created_at``, ``partition``) as a JSON *string*. The scripts
-copy that string verbatim, so arguments written by Python are read back by
-Python byte for byte; Lua's JSON codec never re-encodes them (it would turn
-an empty list into an object and round floats to 14 digits). Datetimes are
-strings holding integer microseconds since the epoch (UTC), so no script ever
-turns one into a floating-point number either: the round trip is exact for
-every datetime Python can represent. Scores in ``{ns}:due`` are doubles and
-are exact until 2^53 microseconds (the year 2255); later due times may be
-ordered a few microseconds off, which :meth:`RedisRepository.next_due` does
-not see because it reads the document.
+``options``, ``created_at``, ``partition``) as a JSON *string*, and ``queue``
+(absent in documents written before there were queues: the default queue).
+The scripts copy that string verbatim, so arguments written by Python are
+read back by Python byte for byte; Lua's JSON codec never re-encodes them (it
+would turn an empty list into an object and round floats to 14 digits).
+Datetimes are strings holding integer microseconds since the epoch (UTC), so
+no script ever turns one into a floating-point number either: the round trip
+is exact for every datetime Python can represent. Scores in the due sets are
+doubles and are exact until 2^53 microseconds (the year 2255); later due
+times may be ordered a few microseconds off, which
+:meth:`RedisRepository.next_due` does not see because it reads the document.
+A document whose ``queue`` is not a queue name counts as the default queue's
+(its job is parked with that problem when claimed), so garbage never names a
+key.
 
 Every write is one Lua script (``lua/*.lua`` beside this module), so it is
-atomic, and every key a script touches is passed in ``KEYS``. The task index
-of a job that is deleted or moved to another task can only be known by
-reading the job, so writers pass the task keys they expect; a script that
-finds a job of another task writes nothing and names the missing tasks, and
-the call is repeated with their keys.
+atomic, and every key a script touches is passed in ``KEYS``. The task and
+queue of a job that is deleted or moved can only be known by reading the
+job, so writers pass the task and queue keys they expect; a script that
+finds a job of another task or queue writes nothing and names the missing
+tasks and queues, and the call is repeated with their keys. Claims over
+every queue and heartbeats pass the keys of the queues the store last saw
+in ``{ns}:queues`` in the same way.
 """
 
 from __future__ import annotations
@@ -57,7 +84,19 @@ from redis import exceptions as redis_errors
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..jobs import Job, Lease, Outcome, QueueInfo, RunRecord
+from ..exceptions import short_repr
+from ..jobs import (
+    DEFAULT_QUEUE,
+    MAX_RUN_ERROR_LENGTH,
+    QUEUE_NAME,
+    STAGED_PREFIX,
+    Job,
+    Lease,
+    Outcome,
+    QueueInfo,
+    RunRecord,
+    queue_name_problem,
+)
 from ..policy import plan_claim, plan_completion, split_finished
 from ..redaction import redact_text, redact_url
 from .base import Claim, JobPage, Repository, RepositoryError, RunPage, staged_job
@@ -66,6 +105,7 @@ from .rows import (
     decode_job_fields,
     load_json,
     loads_stored,
+    problem_text,
     storable_text,
     storable_values,
     unwritable_row_values,
@@ -79,8 +119,25 @@ __all__ = ["RedisRepository"]
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
 
-#: How often a write is repeated when jobs change task under it.
+#: How often a write is repeated when jobs change task or queue under it.
 _WRITE_TRIES = 5
+
+#: About how many run records ``{ns}:runs`` keeps: each append trims the
+#: oldest beyond this (``XADD MAXLEN ~``, so a few more may stay), whatever
+#: ``pyncette.history_retention`` says. At a few hundred bytes a record,
+#: about 1 GB at most.
+MAX_REDIS_RUNS = 1_000_000
+
+#: The most run records one :meth:`RedisRepository.list_runs` call reads: a
+#: filter that matches rarely returns a short page (with a cursor to go on)
+#: rather than reading the whole history at once.
+MAX_RUNS_SCANNED = 50_000
+
+#: Run records read per round trip while a filtered listing looks for matches.
+_RUNS_CHUNK = 1000
+
+#: The largest sequence number of a stream entry id.
+_MAX_SEQUENCE = 2**64 - 1
 
 #: Errors after which the same call may succeed once the server is back.
 _TRANSIENT_ERRORS = (
@@ -171,8 +228,16 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+def _check_queue(name: Any) -> str:
+    problem = queue_name_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return name
+
+
 def _encode_job(job: Job) -> str:
     lease = job.lease_duration
+    queue = _check_queue(job.queue)
     definition = {
         "id": job.id,
         "schedule": job.schedule,
@@ -193,6 +258,7 @@ def _encode_job(job: Job) -> str:
             **storable_values({"last_status": job.last_status, "last_error": job.last_error}),
             "lease_us": _lease_micros(lease) if lease else None,
             "job": _dumps(definition),
+            "queue": queue,
         }
     )
 
@@ -207,8 +273,9 @@ def _decode_job(job_id: str, raw: str | bytes) -> Job:
     except ValueError:
         doc = None
     if type(doc) is dict and type(doc.get("job")) is str and _DOCUMENT_KEYS.issuperset(doc):
+        queue = doc.get("queue", DEFAULT_QUEUE)
         definition = loads_stored(doc["job"])
-        if type(definition) is dict:
+        if type(definition) is dict and type(queue) is str and QUEUE_NAME.fullmatch(queue):
             try:
                 times = [_decode_time(doc.get(name)) for name in _DOCUMENT_TIMES]
                 created_at = _decode_time(definition.get("created_at"))
@@ -233,8 +300,25 @@ def _decode_job(job_id: str, raw: str | bytes) -> Job:
                     definition.get("partition"),
                 )
                 if job is not None:
-                    return job
-    return decode_job_fields(load_json(raw), job_id=job_id, decode_time=_decode_time)
+                    return job if queue == DEFAULT_QUEUE else job.replace(queue=queue)
+    fields = load_json(raw)
+    job = decode_job_fields(fields, job_id=job_id, decode_time=_decode_time)
+    queue = fields.get("queue") if isinstance(fields, dict) else None
+    return _with_stored_queue(job, DEFAULT_QUEUE if queue is None else queue)
+
+
+def _with_stored_queue(job: Job, queue: Any) -> Job:
+    """``job`` in the stored ``queue``; one that is not a queue name is the job's problem.
+
+    Such a job stays in the default queue (the scripts count it there, see
+    common.lua), so no key is ever named after garbage.
+    """
+    if type(queue) is str and QUEUE_NAME.fullmatch(queue):
+        return job if job.queue == queue else job.replace(queue=queue)
+    problem = job.problem or problem_text(
+        job.id, [f"queue is {short_repr(queue)} ({type(queue).__name__}), not a queue name"]
+    )
+    return job.replace(queue=DEFAULT_QUEUE, problem=problem)
 
 
 _DOCUMENT_TIMES = ("due_at", "next_run_at", "last_run_at")
@@ -248,6 +332,7 @@ _DOCUMENT_KEYS = frozenset(
         "last_error",
         "lease_us",
         "job",
+        "queue",
         *_DOCUMENT_TIMES,
     )
 )
@@ -264,6 +349,91 @@ def _plan_values(values: dict[str, Any]) -> dict[str, Any]:
             value = _clean(value)
         encoded[name] = value
     return encoded
+
+
+def _encode_run(run: RunRecord) -> builtins.list[str]:
+    """The stream entry of ``run``: field, value, field, value...
+
+    Every value is text any script accepts (no NUL, no lone surrogate; see
+    :func:`storable_text`), the error bounded to ``MAX_RUN_ERROR_LENGTH``; times
+    are integer microseconds since the epoch, so they round-trip exactly.
+    """
+    fields = [
+        "job_id",
+        _clean(run.job_id),
+        "task",
+        _clean(run.task),
+        "queue",
+        _clean(run.queue),
+        "scheduled_at",
+        _encode_time(run.scheduled_at),
+        "started_at",
+        _encode_time(run.started_at),
+        "finished_at",
+        _encode_time(run.finished_at),
+        "attempt",
+        str(int(run.attempt)),
+        "outcome",
+        _clean(run.outcome),
+        "host",
+        _clean(run.host),
+        "pid",
+        str(int(run.pid)),
+        "worker",
+        _clean(run.worker),
+    ]
+    if run.error is not None:
+        fields += ["error", storable_text(run.error, MAX_RUN_ERROR_LENGTH)]
+    return [value or "" for value in fields]
+
+
+def _run_id(entry_id: Any) -> str:
+    """The :attr:`RunRecord.id` of a stream entry: its id, zero-padded so that ids
+    sort as text in the order they were written (``0001764451200123-0000000000``)."""
+    ms, _, seq = _text(entry_id).partition("-")
+    return f"{int(ms):016d}-{int(seq or 0):010d}"
+
+
+def _entry_before(run_id: str) -> str | None:
+    """The largest stream entry id below the record id ``run_id``, None when there is none."""
+    ms_text, dash, seq_text = run_id.partition("-")
+    try:
+        ms, seq = int(ms_text), int(seq_text)
+    except ValueError:
+        ms = seq = -1
+    if not dash or ms < 0 or not 0 <= seq <= _MAX_SEQUENCE:
+        raise ValueError(
+            f"invalid run cursor {run_id!r}: pass the next_cursor of a page of runs "
+            "(a run record id like '0001764451200123-0000000000')"
+        )
+    if seq > 0:
+        return f"{ms}-{seq - 1}"
+    if ms > 0:
+        return f"{ms - 1}-{_MAX_SEQUENCE}"
+    return None
+
+
+def _decode_run(entry_id: Any, fields: Mapping[Any, Any]) -> RunRecord | None:
+    """The run record of a stream entry, or None when the entry is not one."""
+    values = {_text(name): _text(value) for name, value in fields.items()}
+    try:
+        return RunRecord(
+            job_id=values["job_id"],
+            task=values["task"],
+            queue=values["queue"],
+            scheduled_at=_time_of_text(values["scheduled_at"]),
+            started_at=_time_of_text(values["started_at"]),
+            finished_at=_time_of_text(values["finished_at"]),
+            attempt=int(values["attempt"]),
+            outcome=values["outcome"],
+            error=values.get("error"),
+            host=values.get("host", ""),
+            pid=int(values.get("pid") or 0),
+            worker=values.get("worker", ""),
+            id=_run_id(entry_id),
+        )
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
 
 
 def _url_problem(url: str, exc: Exception) -> str:
@@ -328,6 +498,13 @@ class RedisRepository(Repository):
         self._due_key = f"{tag}:due"
         self._ids_key = f"{tag}:ids"
         self._task_prefix = f"{tag}:task:"
+        self._queues_key = f"{tag}:queues"
+        self._paused_key = f"{tag}:paused"
+        self._locked_key = f"{tag}:locked"
+        self._runs_key = f"{tag}:runs"
+        #: The queues other than the default one last seen in ``{ns}:queues``:
+        #: claims over every queue and heartbeats pass their keys.
+        self._known_queues: frozenset[str] = frozenset()
         #: Pub/sub channel announcing new jobs (see :meth:`start_listener`).
         self.channel = f"{tag}:new"
         self._claim = client.register_script(_CLAIM)
@@ -377,6 +554,32 @@ class RedisRepository(Repository):
     def task_key(self, task: str) -> str:
         """The key of the id index of ``task``'s jobs."""
         return self._task_prefix + task
+
+    def due_key(self, queue: str) -> str:
+        """The key of the due set of ``queue`` (``{ns}:due`` for the default queue)."""
+        if queue == DEFAULT_QUEUE:
+            return self._due_key
+        return f"{self._due_key}:{queue}"
+
+    def queue_key(self, queue: str) -> str:
+        """The key of the id index of a queue other than the default one."""
+        return f"{self._jobs_key[:-4]}queue:{queue}"
+
+    def _queue_keys(self, queues: Iterable[str]) -> builtins.list[str]:
+        """The due sets and id indexes of ``queues``, in a stable order."""
+        keys = []
+        for queue in sorted(set(queues)):
+            keys.append(self.due_key(queue))
+            if queue != DEFAULT_QUEUE:
+                keys.append(self.queue_key(queue))
+        return keys
+
+    def _learn_queues(self, names: Iterable[Any]) -> None:
+        """Remember queues a script named (or ``{ns}:queues`` held) for the next calls."""
+        valid = {name for name in map(_text, names) if queue_name_problem(name) is None}
+        valid.discard(DEFAULT_QUEUE)
+        if not valid <= self._known_queues:
+            self._known_queues = self._known_queues | valid
 
     # -- plumbing ---------------------------------------------------------
 
@@ -439,33 +642,65 @@ class RedisRepository(Repository):
         return f"{problem} ({type(exc).__name__}: {detail})"
 
     def _write(
-        self, ops: list[dict[str, Any]], tasks: Iterable[str], announce: bool = False
+        self,
+        ops: list[dict[str, Any]],
+        tasks: Iterable[str],
+        announce: bool = False,
+        queues: Iterable[str] = (),
+        runs: Sequence[RunRecord] = (),
     ) -> builtins.list[int]:
-        """Run ops in one atomic script call, adding task keys the script asks for.
+        """Run ops in one atomic script call, adding task and queue keys the script asks for.
 
-        ``announce`` publishes one message on :attr:`channel` if a job was written.
+        ``tasks`` and ``queues`` name the keys the ops are expected to touch.
+        ``announce`` publishes one message on :attr:`channel` if a job was
+        written; ``runs`` are appended to the run history by the same call.
         """
-        return [int(flag) for flag in self._write_raw(ops, tasks, announce)]
+        return [int(flag) for flag in self._write_raw(ops, tasks, announce, queues, runs)]
 
     def _write_raw(
-        self, ops: list[dict[str, Any]], tasks: Iterable[str], announce: bool = False
+        self,
+        ops: list[dict[str, Any]],
+        tasks: Iterable[str],
+        announce: bool = False,
+        queues: Iterable[str] = (),
+        runs: Sequence[RunRecord] = (),
     ) -> builtins.list[Any]:
         """:meth:`_write`, answering with what the script returned for each op."""
         tasks = set(tasks)
-        payload = _dumps(ops)
+        queues = {DEFAULT_QUEUE, *queues}
+        args = [self._task_prefix, _dumps(ops), self.channel if announce else ""]
+        args.extend(self._run_args(runs))
         for _ in range(_WRITE_TRIES):
             keys = [self._jobs_key, self._due_key, self._ids_key]
+            keys += [self._queues_key, self._locked_key, self._runs_key]
             keys.extend(self.task_key(task) for task in sorted(tasks))
-            channel = self.channel if announce else ""
-            result = self._write_ops(keys=keys, args=[self._task_prefix, payload, channel])
+            keys.extend(self._queue_keys(queues))
+            result = self._write_ops(keys=keys, args=args)
             if result and _text(result[0]) == "missing":
-                tasks.update(_text(task) for task in result[1:])
+                for name in result[1:]:
+                    if isinstance(name, list):
+                        queues.update(map(_text, name))
+                        self._learn_queues(name)
+                    else:
+                        tasks.add(_text(name))
                 continue
             return list(result)
         raise RepositoryError(
-            f"jobs kept moving between tasks while being written ({len(ops)} changes); "
+            f"jobs kept moving between tasks or queues while being written ({len(ops)} changes); "
             "nothing was written, try again"
         )
+
+    @staticmethod
+    def _run_args(runs: Sequence[RunRecord]) -> builtins.list[str]:
+        """The script arguments that append ``runs`` (see append_runs in common.lua)."""
+        if not runs:
+            return []
+        args = [str(MAX_REDIS_RUNS)]
+        for run in runs:
+            fields = _encode_run(run)
+            args.append(str(len(fields) // 2))
+            args.extend(fields)
+        return args
 
     @staticmethod
     def _put(job: Job, replace: bool) -> dict[str, Any]:
@@ -473,6 +708,8 @@ class RedisRepository(Repository):
             "o": "put",
             "id": job.id,
             "task": job.task,
+            "queue": _check_queue(job.queue),
+            "lock": _clean(job.locked_by),
             "due": _encode_time(job.due_at),
             "doc": _encode_job(job),
             "replace": replace,
@@ -497,13 +734,14 @@ class RedisRepository(Repository):
         if not jobs:
             return
         ops = [self._put(job, replace) for job in jobs]
-        self._write(ops, {job.task for job in jobs}, announce=True)
+        self._write(ops, {job.task for job in jobs}, True, {job.queue for job in jobs})
 
     def remove(self, ids: Iterable[str]) -> set[str]:
         ids = list(ids)
         if not ids:
             return set()
-        flags = self._write([{"o": "del", "id": job_id} for job_id in ids], ())
+        ops = [{"o": "del", "id": job_id} for job_id in ids]
+        flags = self._write(ops, (), queues=self._known_queues)
         return {job_id for job_id, flag in zip(ids, flags, strict=True) if flag}
 
     def apply(self, adds: Sequence[Job], removes: Sequence[str]) -> None:
@@ -511,7 +749,8 @@ class RedisRepository(Repository):
             return
         ops = [{"o": "del", "id": job_id} for job_id in removes]
         ops.extend(self._put(job, True) for job in adds)
-        self._write(ops, {job.task for job in adds}, announce=bool(adds))
+        queues = self._known_queues | {job.queue for job in adds}
+        self._write(ops, {job.task for job in adds}, bool(adds), queues)
 
     def stage(
         self, jobs: Sequence[Job], removes: Sequence[str], token: str, window: float, now: datetime
@@ -525,7 +764,8 @@ class RedisRepository(Repository):
         ops: list[dict[str, Any]] = [{"o": "del", "id": job_id, "old": True} for job_id in removes]
         for job in jobs:
             ops.append({**self._put(staged_job(job, token, until), True), "old": True})
-        found = self._write_raw(ops, {job.task for job in jobs})
+        queues = self._known_queues | {job.queue for job in jobs}
+        found = self._write_raw(ops, {job.task for job in jobs}, queues=queues)
         previous = {}
         for op, raw in zip(ops, found, strict=True):
             if raw != 0:
@@ -539,7 +779,7 @@ class RedisRepository(Repository):
             {"o": "publish", "id": job.id, "token": token, "due": _encode_time(job.due_at)}
             for job in jobs
         ]
-        self._write(ops, (), announce=True)
+        self._write(ops, (), True, {job.queue for job in jobs})
 
     def withdraw(self, token: str, ids: Sequence[str], previous: Mapping[str, Job]) -> None:
         staged = list(dict.fromkeys(ids))
@@ -548,14 +788,15 @@ class RedisRepository(Repository):
             op: dict[str, Any] = {"o": "unstage", "id": job_id, "token": token}
             if job_id in previous:
                 put = self._put(previous[job_id], True)
-                op.update(task=put["task"], due=put["due"], doc=put["doc"])
+                op.update({name: put[name] for name in ("task", "queue", "lock", "due", "doc")})
             ops.append(op)
         # Deleted at vote: put back unless the id was written again since.
         ops.extend(
             self._put(job, False) for job_id, job in previous.items() if job_id not in staged
         )
         if ops:
-            self._write(ops, {job.task for job in previous.values()}, announce=True)
+            queues = self._known_queues | {job.queue for job in previous.values()}
+            self._write(ops, {job.task for job in previous.values()}, True, queues)
 
     def start_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` whenever a job is added (from any process); return a stopper."""
@@ -611,35 +852,57 @@ class RedisRepository(Repository):
         default_lease: float,
         queues: frozenset[str] | None = None,
     ) -> builtins.list[Lease]:
-        return self._complete_then_claim((), Claim(now, limit, token, default_lease))
+        return self._complete_then_claim((), Claim(now, limit, token, default_lease, queues))
 
     def _complete_then_claim(
         self, outcomes: Sequence[Outcome], claim: Claim, runs: Sequence[RunRecord] = ()
     ) -> builtins.list[Lease]:
-        """One script call deletes finished one-off jobs and claims due ones."""
-        now, limit, token, default_lease, _queues = claim
+        """One script call deletes finished one-off jobs, appends ``runs`` and claims due ones.
+
+        The claim reads the paused queues in the same call, so a pause is
+        obeyed by the next claim of every daemon.
+        """
+        now, limit, token, default_lease, queues = claim
+        listed = [] if queues is None else sorted(_check_queue(name) for name in queues)
         deletes, others = split_finished(outcomes)
         finished: list[str] = []
         for done, _ in deletes:
             assert done.token is not None  # split_finished keeps lease-guarded deletes only
             finished += (done.job_id, done.token)
         tasks = {outcome.lease.job.task for _, outcome in deletes}
+        finished_queues = {outcome.lease.job.queue for _, outcome in deletes}
         by_id = {plan.job_id: outcome for plan, outcome in deletes}
         if others:
             self.complete(others)
-        if limit <= 0 and not finished:
+        if limit <= 0 and not finished and not runs:
             return []
-        keys = [self._jobs_key, self._due_key, self._ids_key]
-        keys.extend(self.task_key(task) for task in sorted(tasks))
         args: list[str | int] = [
             self._now_arg(now),
             max(limit, 0),
             token,
             _lease_micros(default_lease),
+            self._task_prefix,
+            "*" if queues is None else "",
+            len(listed),
+            *listed,
+            len(finished) // 2,
+            *finished,
+            *self._run_args(runs),
         ]
-        args.append(self._task_prefix)
-        args.extend(finished)
-        found = self._claim(keys=keys, args=args)
+        for _ in range(_WRITE_TRIES):
+            claimed = set(listed) if queues is not None else {DEFAULT_QUEUE, *self._known_queues}
+            keys = [self._jobs_key, self._ids_key, self._queues_key, self._paused_key]
+            keys += [self._locked_key, self._runs_key]
+            keys.extend(self._queue_keys(claimed | finished_queues))
+            keys.extend(self.task_key(task) for task in sorted(tasks))
+            found = self._claim(keys=keys, args=args)
+            if _text(found[0]) != "missing":
+                break
+            self._learn_queues(found[1])
+        else:
+            raise RepositoryError(
+                "queues kept appearing while claiming; nothing was claimed, try again"
+            )
         clock = _decode_time(_text(found[0]))
         assert clock is not None  # the script's first value is always its clock
         now = clock
@@ -680,19 +943,22 @@ class RedisRepository(Repository):
                     "attempts": plan.job.attempts,
                 }
                 ops.append(self._plan_op("settle", plan.job.id, token, values))
-        flags = self._write(ops, {plan.job.task for plan in once})
+        tasks = {plan.job.task for plan in once}
+        flags = self._write(ops, tasks, queues={plan.job.queue for plan in once})
         # A row taken from us in between (replaced, removed) is not run.
         lost = {plan.job.id for plan, flag in zip(once, flags, strict=True) if not flag}
         return [plan.lease for plan in plans if plan.action == "lease" or plan.job.id not in lost]
 
     def complete(self, outcomes: Sequence[Outcome], runs: Sequence[RunRecord] = ()) -> None:
-        """Apply ``outcomes`` in one script call; one by one if a row fails the script.
+        """Apply ``outcomes`` and append ``runs`` in one script call; one by one if a row
+        fails the script.
 
         A row the script still cannot write is parked as failed with an
         error saying why (or, if even that fails, left to the claim, which
-        takes unreadable documents out of the due index).
+        takes unreadable documents out of the due index). The run records of
+        a batch that had to be written one by one follow in a call of their own.
         """
-        if not outcomes:
+        if not outcomes and not runs:
             return
         ops = []
         tasks = set()
@@ -701,16 +967,18 @@ class RedisRepository(Repository):
             ops.append(self._plan_op(plan.action, plan.job_id, plan.token, plan.values))
             if plan.action == "delete":
                 tasks.add(outcome.lease.job.task)
+        queues = {outcome.lease.job.queue for outcome in outcomes}
         try:
-            self._write(ops, tasks)
+            self._write(ops, tasks, queues=queues, runs=runs)
             return
         except Exception as exc:
             if not self.is_row_error(exc):
                 raise
             log.warning("a result of a batch could not be written (%s); writing one by one", exc)
         for op, outcome in zip(ops, outcomes, strict=True):
+            queue = (outcome.lease.job.queue,)
             try:
-                self._write([op], {outcome.lease.job.task})
+                self._write([op], {outcome.lease.job.task}, queues=queue)
                 continue
             except Exception as exc:
                 if not self.is_row_error(exc) or op["token"] is None:
@@ -719,11 +987,15 @@ class RedisRepository(Repository):
             values = unwritable_row_values(outcome.finished_at, refused)
             log.error("job %r is parked as failed: %s", op["id"], values["last_error"])
             try:
-                self._write([self._plan_op("settle", op["id"], op["token"], values)], ())
+                self._write(
+                    [self._plan_op("settle", op["id"], op["token"], values)], (), False, queue
+                )
             except Exception as exc:
                 if not self.is_row_error(exc):
                     raise
                 log.error("job %r could not be parked either (%s)", op["id"], exc)
+        if runs:
+            self._write([], (), runs=runs)
 
     def is_row_error(self, exc: BaseException) -> bool:
         """Whether a script failed on the contents of a row (a document it cannot decode)."""
@@ -736,10 +1008,16 @@ class RedisRepository(Repository):
         if not leases:
             return set()
         items = [[job_id, token, _lease_micros(seconds)] for job_id, token, seconds in leases]
-        held = self._extend(
-            keys=[self._jobs_key, self._due_key], args=[self._now_arg(now), _dumps(items)]
-        )
-        return {_text(job_id) for job_id in held}
+        args = [self._now_arg(now), _dumps(items)]
+        queues = {DEFAULT_QUEUE, *self._known_queues}
+        for _ in range(_WRITE_TRIES):
+            keys = [self._jobs_key, *(self.due_key(queue) for queue in sorted(queues))]
+            held = self._extend(keys=keys, args=args)
+            if not held or _text(held[0]) != "missing":
+                return {_text(job_id) for job_id in held}
+            queues.update(map(_text, held[1]))
+            self._learn_queues(held[1])
+        raise RepositoryError("queues kept appearing while renewing leases; try again")
 
     def release(self, leases: Sequence[Lease]) -> None:
         ops = [
@@ -753,41 +1031,118 @@ class RedisRepository(Repository):
             if lease.token is not None
         ]
         if ops:
-            self._write(ops, ())
+            self._write(ops, (), queues={lease.job.queue for lease in leases})
 
-    def _earliest_due(self) -> tuple[int | None, int]:
-        """The earliest due time and the server's clock, in microseconds since the epoch."""
-        due, now = (_text(value) for value in self._next_due(keys=[self._due_key, self._jobs_key]))
+    def _earliest_due(self, queues: frozenset[str] | None) -> tuple[int | None, int]:
+        """The earliest due time of ``queues`` (None: all) but paused ones, and the
+        server's clock, in microseconds since the epoch."""
+        listed = [] if queues is None else sorted(_check_queue(name) for name in queues)
+        for _ in range(_WRITE_TRIES):
+            claimed = set(listed) if queues is not None else {DEFAULT_QUEUE, *self._known_queues}
+            keys = [self._jobs_key, self._queues_key, self._paused_key]
+            keys.extend(self.due_key(queue) for queue in sorted(claimed))
+            found = self._next_due(keys=keys, args=["*" if queues is None else "", *listed])
+            if _text(found[0]) != "missing":
+                break
+            self._learn_queues(found[1])
+        else:
+            raise RepositoryError("queues kept appearing while reading the next due time")
+        due, now = (_text(value) for value in found)
         try:
             return (int(due) if due else None), int(now)
         except ValueError:  # an unreadable time: the claim that reaches it parks the job
             return None, int(now)
 
     def next_due(self, queues: frozenset[str] | None = None) -> datetime | None:
-        due, _ = self._earliest_due()
+        due, _ = self._earliest_due(queues)
         try:
             return None if due is None else _decode_time(due)
         except OverflowError:  # a time past year 9999: the claim that reaches it parks the job
             return None
 
     def next_due_delay(self, now: datetime, queues: frozenset[str] | None = None) -> float | None:
-        due, server_now = self._earliest_due()
+        due, server_now = self._earliest_due(queues)
         if due is None:
             return None
         if not self.store_clock:
             server_now = _micros(now - _EPOCH)
         return (due - server_now) / 1e6
 
-    # -- queues and run history (not yet stored here) -----------------------
+    # -- queues -------------------------------------------------------------
 
     def set_queue_paused(self, name: str, paused: bool) -> bool:
-        raise NotImplementedError("queues are not stored here yet")
+        _check_queue(name)
+        if paused:
+            return bool(self._client.sadd(self._paused_key, name))
+        return bool(self._client.srem(self._paused_key, name))
 
     def paused_queues(self) -> builtins.set[str]:
-        return set()
+        return {_text(name) for name in self._client.smembers(self._paused_key)}
 
     def queue_stats(self, now: datetime) -> builtins.list[QueueInfo]:
-        raise NotImplementedError("queues are not stored here yet")
+        """Every queue that holds a job or is paused, with its counts at ``now``.
+
+        Two reads, each atomic (``MULTI``): the queue names, paused queues and
+        locked jobs, then per queue its due count and size and per locked job
+        its due time. The cost grows with the number of queues and of locked
+        (running or staged) jobs, not with the number of stored jobs. A job
+        written between the two reads may be counted as it was before.
+        """
+        pipe = self._client.pipeline(transaction=True)
+        pipe.smembers(self._queues_key)
+        pipe.smembers(self._paused_key)
+        pipe.hgetall(self._locked_key)
+        pipe.hlen(self._jobs_key)
+        stored, paused_raw, locked_raw, total = pipe.execute()
+        known = {_text(name) for name in stored}
+        known = {name for name in known if queue_name_problem(name) is None} - {DEFAULT_QUEUE}
+        self._known_queues = frozenset(known)
+        paused = {_text(name) for name in paused_raw}
+        names = sorted(known | {DEFAULT_QUEUE})
+        locked = []
+        for job_id, value in locked_raw.items():
+            value = _text(value)
+            staged = value.startswith(STAGED_PREFIX)
+            queue = value[len(STAGED_PREFIX) :] if staged else value
+            if queue_name_problem(queue) is None:
+                locked.append((_text(job_id), queue, staged))
+        until = _encode_time(now)
+        pipe = self._client.pipeline(transaction=True)
+        for name in names:
+            pipe.zcount(self.due_key(name), "-inf", until)
+            if name != DEFAULT_QUEUE:
+                pipe.zcard(self.queue_key(name))
+        for job_id, queue, _ in locked:
+            pipe.zscore(self.due_key(queue), job_id)
+        counts = iter(pipe.execute())
+        due: dict[str, int] = {}
+        sizes: dict[str, int] = {}
+        for name in names:
+            due[name] = int(next(counts))
+            if name != DEFAULT_QUEUE:
+                sizes[name] = int(next(counts))
+        sizes[DEFAULT_QUEUE] = int(total) - sum(sizes.values())
+        running = dict.fromkeys(names, 0)
+        for _job_id, queue, staged in locked:
+            score = next(counts)
+            if score is None or queue not in due:
+                continue  # not a job of that queue (any more)
+            if not staged:
+                running[queue] += 1
+            if int(score) <= int(until):
+                due[queue] -= 1  # due, but locked: not part of the backlog
+        listed = {name for name in names if sizes[name] > 0} | paused
+        return [
+            QueueInfo(
+                name,
+                name in paused,
+                max(due.get(name, 0), 0),
+                running.get(name, 0),
+            )
+            for name in sorted(listed)
+        ]
+
+    # -- run history ----------------------------------------------------------
 
     def list_runs(
         self,
@@ -798,7 +1153,67 @@ class RedisRepository(Repository):
         cursor: str | None = None,
         limit: int = 100,
     ) -> RunPage:
-        raise NotImplementedError("the run history is not stored here yet")
+        """Run records, newest first, read from ``{ns}:runs`` backwards (``XREVRANGE``).
+
+        Filters are applied here, so a filter that matches rarely (one job's
+        runs) reads the history back to its matches, at most
+        :data:`MAX_RUNS_SCANNED` records per call: a call that reaches that
+        bound returns the matches found so far and a cursor to go on from.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit!r}")
+        wanted = None if outcomes is None else set(outcomes)
+        filtered = job_id is not None or task is not None or queue is not None or wanted is not None
+        chunk = _RUNS_CHUNK if filtered else limit + 1
+        end = "+" if cursor is None else _entry_before(cursor)
+        found: list[RunRecord] = []
+        scanned = 0
+        last = ""
+        while end is not None and len(found) <= limit:
+            if scanned >= MAX_RUNS_SCANNED:
+                # Bounded: the matches so far, and the last record read as the cursor.
+                return RunPage(found, last)
+            count = min(chunk, MAX_RUNS_SCANNED - scanned)
+            entries = self._client.xrevrange(self._runs_key, max=end, min="-", count=count) or []
+            scanned += len(entries)
+            for entry_id, fields in entries:
+                run = _decode_run(entry_id, fields or {})
+                if run is None or (
+                    (job_id is not None and run.job_id != job_id)
+                    or (task is not None and run.task != task)
+                    or (queue is not None and run.queue != queue)
+                    or (wanted is not None and run.outcome not in wanted)
+                ):
+                    continue
+                found.append(run)
+                if len(found) > limit:
+                    break
+            if len(entries) < count:
+                break
+            last = _run_id(entries[-1][0])
+            end = _entry_before(last)
+        more = len(found) > limit
+        found = found[:limit]
+        return RunPage(found, found[-1].id if more else None)
 
     def prune_runs(self, before: datetime, limit: int) -> int:
-        return 0
+        """Delete up to ``limit`` of the oldest run records that finished before ``before``.
+
+        Reads the ``limit`` oldest records and deletes them up to the first
+        that finished at or after ``before`` (``XRANGE`` then ``XDEL``): the
+        cost grows with ``limit`` only. Records that cannot be read go too.
+        """
+        if limit <= 0:
+            return 0
+        until = _micros(before - _EPOCH)
+        entries = self._client.xrange(self._runs_key, min="-", max="+", count=limit) or []
+        old = []
+        for entry_id, fields in entries:
+            run = _decode_run(entry_id, fields or {})
+            if run is not None and _micros(run.finished_at - _EPOCH) >= until:
+                break
+            old.append(_text(entry_id))
+        if not old:
+            return 0
+        # XDEL counts what it deleted: two daemons pruning at once count each record once.
+        return int(self._client.xdel(self._runs_key, *old))

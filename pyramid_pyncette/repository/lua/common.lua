@@ -6,13 +6,45 @@
 -- recognise and edit the usual document as text. Times are strings of integer
 -- microseconds since the epoch; num() prints 17 significant digits, so such
 -- a time computed as a number prints exactly and without an exponent.
+--
+-- Every script is called with the jobs key first ('{ns}:jobs'); the other
+-- keys of the namespace are named after its '{ns}:' prefix. A script only
+-- touches those of them the caller declared in KEYS.
 
 local NULL = cjson.null
 local FIELDS = {'task', 'due_at', 'next_run_at', 'locked_by', 'attempts',
-                'last_run_at', 'last_status', 'last_error', 'lease_us', 'job'}
+                'last_run_at', 'last_status', 'last_error', 'lease_us', 'job', 'queue'}
+
+local TAG = string.sub(KEYS[1], 1, -5)
+local QUEUES, LOCKED = TAG .. 'queues', TAG .. 'locked'
+local DEFAULT_QUEUE = 'default'
+local STAGED_PREFIX = 'staged:'
 
 local function num(x)
   return string.format('%.17g', x)
+end
+
+-- A queue name (see jobs.QUEUE_NAME): anything else counts as the default
+-- queue, so a document holding garbage there never names a key.
+local function is_queue_name(q)
+  return type(q) == 'string' and #q <= 64 and string.match(q, '^[%w][%w_.%-]*$') ~= nil
+end
+
+local function queue_of(doc)
+  if is_queue_name(doc.queue) then return doc.queue end
+  return DEFAULT_QUEUE
+end
+
+-- The due set of a queue: '{ns}:due' for the default queue (the key every
+-- job used before there were queues), '{ns}:due:<queue>' for the others.
+local function due_key(q)
+  if q == DEFAULT_QUEUE then return TAG .. 'due' end
+  return TAG .. 'due:' .. q
+end
+
+-- The id index of a queue other than the default one.
+local function queue_key(q)
+  return TAG .. 'queue:' .. q
 end
 
 local function decode(raw)
@@ -21,6 +53,18 @@ local function decode(raw)
     if v == NULL then doc[k] = nil end
   end
   return doc
+end
+
+-- The queue of a stored document, read from its text when it ends the usual
+-- way (no decoding), else decoded; an unreadable document counts as the
+-- default queue's.
+local function queue_of_raw(raw)
+  local q = string.match(raw, ',"queue":"([%w_.%-]+)"}$')
+  if q and is_queue_name(q) then return q end
+  if not string.find(raw, ',"queue":', 1, true) then return DEFAULT_QUEUE end
+  local ok, doc = pcall(decode, raw)
+  if ok and type(doc) == 'table' then return queue_of(doc) end
+  return DEFAULT_QUEUE
 end
 
 local function fetch(jobs, id)
@@ -46,12 +90,59 @@ local function encode(doc)
   return '{' .. table.concat(parts, ',') .. '}'
 end
 
-local function save(jobs, due, id, doc)
+-- Keep '{ns}:locked' (id -> queue, or 'staged:' .. queue for a row an open
+-- transaction staged) in step with a job's lock: queue_stats counts from it.
+local function track(id, locked_by, q)
+  if locked_by == nil or locked_by == NULL then
+    redis.call('HDEL', LOCKED, id)
+  elseif string.sub(tostring(locked_by), 1, #STAGED_PREFIX) == STAGED_PREFIX then
+    redis.call('HSET', LOCKED, id, STAGED_PREFIX .. q)
+  else
+    redis.call('HSET', LOCKED, id, q)
+  end
+end
+
+local function save(jobs, id, doc)
+  local q = queue_of(doc)
   redis.call('HSET', jobs, id, encode(doc))
   if doc.due_at then
-    redis.call('ZADD', due, doc.due_at, id)
+    redis.call('ZADD', due_key(q), doc.due_at, id)
   else
-    redis.call('ZREM', due, id)
+    redis.call('ZREM', due_key(q), id)
+  end
+  track(id, doc.locked_by, q)
+end
+
+-- A job leaves its queue: out of its due set and id index; a queue other
+-- than the default one that holds no job any more leaves '{ns}:queues'.
+local function leave_queue(id, q)
+  redis.call('ZREM', due_key(q), id)
+  if q ~= DEFAULT_QUEUE then
+    redis.call('ZREM', queue_key(q), id)
+    if redis.call('ZCARD', queue_key(q)) == 0 then redis.call('SREM', QUEUES, q) end
+  end
+end
+
+local function join_queue(id, q)
+  if q ~= DEFAULT_QUEUE then
+    redis.call('ZADD', queue_key(q), 0, id)
+    redis.call('SADD', QUEUES, q)
+  end
+end
+
+-- Append run records to the run history stream: ARGV from `first` on holds
+-- the stream's approximate length cap, then per record its number of fields
+-- and field, value pairs.
+local function append_runs(runs_key, first)
+  if not ARGV[first] then return end
+  local cap = ARGV[first]
+  local i = first + 1
+  while i <= #ARGV do
+    local n = tonumber(ARGV[i])
+    local entry = {'XADD', runs_key, 'MAXLEN', '~', cap, '*'}
+    for k = i + 1, i + 2 * n do entry[#entry + 1] = ARGV[k] end
+    redis.call(unpack(entry))
+    i = i + 2 * n + 1
   end
 end
 

@@ -1,18 +1,38 @@
 -- Heartbeat: renew the leases still held.
--- KEYS: jobs, due. ARGV: now ('' = the server's clock), JSON [[id, token, µs], ...].
--- Returns the ids whose lease is still held (and was renewed).
+-- KEYS: jobs, then the due sets of the queues the leased jobs may be in.
+-- ARGV: now ('' = the server's clock), JSON [[id, token, µs], ...].
+-- Returns the ids whose lease is still held (and was renewed), or {'missing',
+-- {queue, ...}} without writing anything when a held job's queue's due set
+-- was not passed.
 
-local jobs, due = KEYS[1], KEYS[2]
+local jobs = KEYS[1]
 local now = clock(ARGV[1])
-local held = {}
-for _, item in ipairs(cjson.decode(ARGV[2])) do
-  local id, token = item[1], item[2]
+local declared, missing, noted = {}, {}, {}
+for i = 2, #KEYS do declared[KEYS[i]] = true end
+local items, docs = cjson.decode(ARGV[2]), {}
+for k, item in ipairs(items) do
+  local token = item[2]
   if token == NULL then token = nil end
-  local doc = fetch(jobs, id)
+  local doc = fetch(jobs, item[1])
   if doc and doc.locked_by == token then
+    docs[k] = doc
+    local q = queue_of(doc)
+    if not declared[due_key(q)] and not noted[q] then
+      noted[q] = true
+      missing[#missing + 1] = q
+    end
+  end
+end
+if #missing > 0 then return {'missing', missing} end
+local held = {}
+for k, item in ipairs(items) do
+  local doc = docs[k]
+  if doc then
+    -- The lock is unchanged, so '{ns}:locked' is too.
     doc.due_at = num(now + item[3])
-    save(jobs, due, id, doc)
-    held[#held + 1] = id
+    redis.call('HSET', jobs, item[1], encode(doc))
+    redis.call('ZADD', due_key(queue_of(doc)), doc.due_at, item[1])
+    held[#held + 1] = item[1]
   end
 end
 return held

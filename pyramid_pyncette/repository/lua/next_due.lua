@@ -1,14 +1,48 @@
--- The earliest due time and the server's clock.
--- KEYS: due, jobs. Returns {the due_at of the earliest due job ('' when there
--- is none or its document is unreadable), the server's clock}, both strings of
--- microseconds since the epoch: the clock is read by the same script, so a
--- caller can measure the wait by the server's clock alone.
+-- The earliest due time of the claimed queues and the server's clock.
+-- KEYS: jobs, '{ns}:queues', '{ns}:paused', the due sets of the claimed queues.
+-- ARGV: '*' for every known queue (the default one and those in
+-- '{ns}:queues') or '' for the listed ones, then the queue names listed.
+-- Paused queues do not count. Returns {the due_at of the earliest due job (''
+-- when there is none or its document is unreadable), the server's clock}, both
+-- strings of microseconds since the epoch: the clock is read by the same
+-- script, so a caller can measure the wait by the server's clock alone. Returns
+-- {'missing', {queue, ...}} when a claimed queue's due set was not passed.
 
+local tag = string.sub(KEYS[1], 1, -5)
+local declared = {}
+for i = 2, #KEYS do declared[KEYS[i]] = true end
 local t = redis.call('TIME')
 local now = t[1] .. string.sub('00000' .. t[2], -6)
-local first = redis.call('ZRANGE', KEYS[1], 0, 0)
-if #first == 0 then return {'', now} end
-local raw = redis.call('HGET', KEYS[2], first[1])
+
+-- The same rules as claim.lua (see common.lua for the key names).
+local paused = {}
+for _, q in ipairs(redis.call('SMEMBERS', KEYS[3])) do paused[q] = true end
+local names = {}
+for i = 2, #ARGV do names[#names + 1] = ARGV[i] end
+if ARGV[1] == '*' then
+  names[#names + 1] = 'default'
+  for _, q in ipairs(redis.call('SMEMBERS', KEYS[2])) do names[#names + 1] = q end
+end
+local first, score, missing, seen = nil, nil, {}, {}
+for _, q in ipairs(names) do
+  local valid = type(q) == 'string' and #q <= 64 and string.match(q, '^[%w][%w_.%-]*$')
+  if valid and not paused[q] and not seen[q] then
+    seen[q] = true
+    local key = tag .. 'due'
+    if q ~= 'default' then key = key .. ':' .. q end
+    if declared[key] then
+      local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      if #head > 0 and (not score or tonumber(head[2]) < score) then
+        first, score = head[1], tonumber(head[2])
+      end
+    else
+      missing[#missing + 1] = q
+    end
+  end
+end
+if #missing > 0 then return {'missing', missing} end
+if not first then return {'', now} end
+local raw = redis.call('HGET', KEYS[1], first)
 if not raw then return {'', now} end
 local ok, doc = pcall(cjson.decode, raw)
 if not ok or type(doc) ~= 'table' or type(doc.due_at) ~= 'string' then return {'', now} end
