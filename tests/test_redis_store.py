@@ -7,6 +7,7 @@ same operations through :class:`MemoryRepository` (the reference) and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import threading
@@ -19,7 +20,7 @@ redis = pytest.importorskip("redis", reason="the Redis store tests need redis-py
 
 from redis.crc import key_slot  # noqa: E402
 
-from pyramid_pyncette.jobs import Job, Lease, Outcome  # noqa: E402
+from pyramid_pyncette.jobs import Job, Lease, Outcome, RunRecord  # noqa: E402
 from pyramid_pyncette.options import FailureMode  # noqa: E402
 from pyramid_pyncette.policy import plan_claim  # noqa: E402
 from pyramid_pyncette.repository.base import RepositoryError  # noqa: E402
@@ -524,9 +525,18 @@ OPERATIONS = (
     *("complete_and_claim", "complete_and_claim"),
     *("extend", "release", "tick", "tick"),
 )
+#: Queues of the random jobs of a run that uses queues, and the claims' choices.
+QUEUES = ("default", "emails", "reports")
+QUEUE_CHOICES = (
+    None,
+    frozenset({"default"}),
+    frozenset({"emails"}),
+    frozenset({"emails", "reports"}),
+    frozenset({"unknown"}),
+)
 
 
-def random_job(rng: random.Random, now: datetime) -> Job:
+def random_job(rng: random.Random, now: datetime, queues: bool = False) -> Job:
     due = now + timedelta(seconds=rng.randint(-20, 40), microseconds=rng.randint(0, 999_999))
     kind = rng.choice(("date", "interval", "cron"))
     if kind == "date":
@@ -544,7 +554,9 @@ def random_job(rng: random.Random, now: datetime) -> Job:
     if rng.random() < 0.3:
         options["lease_duration"] = rng.choice((0.5, 10, 12.3456789))
     parked = rng.random() < 0.1
-    return Job(
+    if queues and rng.random() < 0.15:
+        options["paused"] = True
+    job = Job(
         id=rng.choice(IDS),
         task=rng.choice(TASKS),
         schedule=schedule,
@@ -555,9 +567,39 @@ def random_job(rng: random.Random, now: datetime) -> Job:
         next_run_at=None if parked else due,
         created_at=now,
     )
+    return job.replace(queue=rng.choice(QUEUES)) if queues else job
 
 
-def snapshot(store) -> dict:
+def run_of(lease: Lease, outcome: str, now: datetime, error: str | None = None) -> RunRecord:
+    """The run record of ``lease``'s run, finished at ``now``."""
+    return RunRecord(
+        job_id=lease.job.id,
+        task=lease.job.task,
+        queue=lease.job.queue,
+        scheduled_at=lease.scheduled_at,
+        started_at=now - SECOND,
+        finished_at=now,
+        attempt=lease.attempt,
+        outcome=outcome,
+        error=error,
+        host="host-1",
+        pid=1234,
+        worker="w-1",
+    )
+
+
+def all_runs(store, **filters) -> list[RunRecord]:
+    """Every run record matching ``filters``, newest first, paged 3 at a time, ids left out."""
+    runs, cursor = [], None
+    while True:
+        page = store.list_runs(cursor=cursor, limit=3, **filters)
+        runs.extend(dataclasses.replace(run, id=None) for run in page)
+        cursor = page.next_cursor
+        if cursor is None:
+            return runs
+
+
+def snapshot(store, now: datetime = NOW, queues: bool = False) -> dict:
     pages = []
     cursor = None
     while True:
@@ -567,17 +609,30 @@ def snapshot(store) -> dict:
         if cursor is None:
             break
     by_task = {task: store.list(task=task, limit=4) for task in TASKS}
-    return {
+    state = {
         "pages": pages,
         "tasks": {t: (list(p), p.next_cursor) for t, p in by_task.items()},
         "next_due": store.next_due(),
         "jobs": store.get_many(IDS),
     }
+    if queues:
+        state["next_due_of"] = [store.next_due(choice) for choice in QUEUE_CHOICES]
+        state["paused"] = store.paused_queues()
+        state["stats"] = store.queue_stats(now)
+        state["runs"] = all_runs(store)
+        state["failed_runs"] = all_runs(store, outcomes={"failed"}, queue="emails")
+    return state
 
 
-def drive(seed: int, stores: tuple, steps: int = 150) -> None:
-    """Run one random sequence of operations on both ``stores``, requiring equal results."""
+def drive(seed: int, stores: tuple, steps: int = 150, queues: bool = False) -> None:
+    """Run one random sequence of operations on both ``stores``, requiring equal results.
+
+    With ``queues``, jobs are spread over :data:`QUEUES` (some paused), claims
+    choose their queues, queues are paused and resumed, and completions write
+    run records.
+    """
     rng = random.Random(seed)
+    operations = (*OPERATIONS, "pause", "prune") if queues else OPERATIONS
     now = NOW
     outstanding: list[tuple[Lease, Lease]] = []  # the same runs, as each store leased them
 
@@ -587,17 +642,19 @@ def drive(seed: int, stores: tuple, steps: int = 150) -> None:
         return results
 
     for step in range(steps):
-        op = rng.choice(OPERATIONS)
+        op = rng.choice(operations)
         if op == "add":
-            jobs = [random_job(rng, now) for _ in range(rng.randint(1, 4))]
+            jobs = [random_job(rng, now, queues) for _ in range(rng.randint(1, 4))]
             both("add", jobs, rng.random() < 0.7)
         elif op == "remove":
             both("remove", rng.sample(IDS, rng.randint(1, 3)))
         elif op == "apply":
-            adds = [random_job(rng, now) for _ in range(rng.randint(0, 2))]
+            adds = [random_job(rng, now, queues) for _ in range(rng.randint(0, 2))]
             both("apply", adds, rng.sample(IDS, rng.randint(0, 2)))
         elif op == "claim":
             args = (now, rng.randint(1, 4), f"tok-{step}", rng.choice((30, 60)))
+            if queues:
+                args += (rng.choice(QUEUE_CHOICES),)
             first, second = both("claim", *args)
             outstanding.extend(zip(first, second, strict=True))
         elif op == "complete_and_claim":
@@ -605,12 +662,20 @@ def drive(seed: int, stores: tuple, steps: int = 150) -> None:
             chosen = rng.sample(outstanding, rng.randint(0, len(outstanding)))
             kinds = [rng.choice(("ok", "ok", "ok", "fail")) for _ in chosen]
             args = (now, rng.randint(0, 4), f"tok-{step}", rng.choice((30, 60)))
+            if queues:
+                args += (rng.choice(QUEUE_CHOICES),)
             results = []
             for index, store in enumerate(stores):
                 outcomes = [
                     Outcome(pair[index], kind == "ok", now, error=None if kind == "ok" else "x")
                     for pair, kind in zip(chosen, kinds, strict=True)
                 ]
+                runs = [
+                    run_of(pair[index], "succeeded" if kind == "ok" else "failed", now)
+                    for pair, kind in zip(chosen, kinds, strict=True)
+                ]
+                if queues:
+                    args = (*args[:5], runs)
                 results.append(store.complete_and_claim(outcomes, *args))
             assert results[0] == results[1], (seed, step, op)
             outstanding = [pair for pair in outstanding if pair not in chosen]
@@ -623,6 +688,10 @@ def drive(seed: int, stores: tuple, steps: int = 150) -> None:
                 if op == "release":
                     store.release(leases)
                     continue
+                runs = [
+                    run_of(lease, "succeeded" if kind == "ok" else "failed", now, f"error {step}")
+                    for lease, kind in zip(leases, kinds, strict=True)
+                ]
                 store.complete(
                     [
                         Outcome(
@@ -633,7 +702,8 @@ def drive(seed: int, stores: tuple, steps: int = 150) -> None:
                             permanent=kind == "permanent",
                         )
                         for lease, kind in zip(leases, kinds, strict=True)
-                    ]
+                    ],
+                    runs if queues else (),
                 )
             outstanding = [pair for pair in outstanding if pair not in chosen]
         elif op == "extend" and outstanding:
@@ -651,14 +721,24 @@ def drive(seed: int, stores: tuple, steps: int = 150) -> None:
                 for i, store in enumerate(stores)
             ]
             assert held[0] == held[1], (seed, step)
+        elif op == "pause":
+            both("set_queue_paused", rng.choice((*QUEUES, "idle")), rng.random() < 0.5)
+        elif op == "prune":
+            both("prune_runs", now - timedelta(seconds=rng.randint(0, 60)), rng.randint(1, 5))
         else:
             now += timedelta(seconds=rng.randint(0, 40), microseconds=rng.randint(0, 999_999))
-        assert snapshot(stores[0]) == snapshot(stores[1]), (seed, step, op)
+        states = [snapshot(store, now, queues) for store in stores]
+        assert states[0] == states[1], (seed, step, op)
 
 
 @pytest.mark.parametrize("seed", range(8))
 def test_random_operations_match_the_memory_store(make_repo, seed):
     drive(seed, (MemoryRepository(), make_repo()))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_operations_over_queues_pauses_and_runs_match_the_memory_store(make_repo, seed):
+    drive(seed, (MemoryRepository(), make_repo()), queues=True)
 
 
 # --------------------------------------------------------------------------- layout

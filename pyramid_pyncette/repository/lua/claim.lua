@@ -128,9 +128,18 @@ if limit > 0 then
     end
   end
   if #served > 1 then
+    -- Ties by id in byte order (as a due set orders them), whatever the
+    -- server's locale makes of Lua's string comparison.
+    local function before(x, y)
+      for i = 1, math.min(#x, #y) do
+        local p, q = string.byte(x, i), string.byte(y, i)
+        if p ~= q then return p < q end
+      end
+      return #x < #y
+    end
     table.sort(candidates, function(a, b)
       if a[2] ~= b[2] then return a[2] < b[2] end
-      return a[1] < b[1]
+      return before(a[1], b[1])
     end)
   end
   for _, candidate in ipairs(candidates) do
