@@ -20,7 +20,7 @@ redis = pytest.importorskip("redis", reason="the Redis store tests need redis-py
 
 from redis.crc import key_slot  # noqa: E402
 
-from pyramid_pyncette.jobs import Job, Lease, Outcome, RunRecord  # noqa: E402
+from pyramid_pyncette.jobs import Job, Lease, Outcome, QueueInfo, RunRecord  # noqa: E402
 from pyramid_pyncette.options import FailureMode  # noqa: E402
 from pyramid_pyncette.policy import plan_claim  # noqa: E402
 from pyramid_pyncette.repository.base import RepositoryError  # noqa: E402
@@ -511,6 +511,88 @@ def test_release_gives_back_unstarted_runs(repo):
     assert repo.get("b") == leases[1].job
     assert repo.next_due() == NOW - SECOND
     repo.release([])
+
+
+# --------------------------------------------------------------------------- garbage queues
+
+
+def edit_document(raw, repo, job_id: str, **changes) -> None:
+    """Overwrite fields of the stored document of ``job_id``, bypassing the store."""
+    key = "{" + repo.namespace + "}:jobs"
+    doc = json.loads(raw.hget(key, job_id))
+    doc.update(changes)
+    raw.hset(key, job_id, json.dumps(doc))
+
+
+@pytest.mark.parametrize(
+    ("queue", "words"),
+    [
+        pytest.param(5, "queue is 5 (int)", id="number"),
+        pytest.param(["emails"], "queue is ['emails'] (list)", id="list"),
+        pytest.param("a}b{c", "queue is 'a}b{c' (str)", id="brace"),
+        pytest.param("two words", "queue is 'two words' (str)", id="space"),
+        pytest.param("", "queue is '' (str)", id="empty"),
+        pytest.param("q" * 65, "not a queue name", id="too-long"),
+    ],
+)
+def test_a_document_whose_queue_is_garbage_is_parked_and_the_others_run(repo, raw, queue, words):
+    ns = "{" + repo.namespace + "}"
+    repo.add([date_job("garbage", NOW - SECOND), date_job("good"), date_job("mail", queue="q")])
+    edit_document(raw, repo, "garbage", queue=queue)
+
+    listed = repo.get("garbage")
+    assert listed.queue == "default" and words in listed.problem
+    leases = {lease.job.id: lease for lease in repo.claim(NOW, 10, "t", 60)}
+    assert sorted(leases) == ["garbage", "good", "mail"]
+    assert words in leases["garbage"].job.problem and not leases["garbage"].runnable
+    assert leases["good"].job.problem is None and leases["mail"].job.problem is None
+    assert repo.queue_stats(NOW) == [QueueInfo("default", False, 0, 2), QueueInfo("q", False, 0, 1)]
+
+    # The worker parks it: counted in the default queue, whose keys it used all along.
+    garbage = leases["garbage"]
+    repo.complete([Outcome(garbage, False, NOW, error=garbage.job.problem, permanent=True)])
+    assert repo.get("garbage").due_at is None
+    assert raw.zscore(f"{ns}:due", "garbage") is None
+    assert raw.hexists(f"{ns}:locked", "garbage") == 0
+    assert repo.remove(["garbage", "good", "mail"]) == {"garbage", "good", "mail"}
+    assert namespace_keys(raw, repo.namespace) == set()
+
+
+def test_a_job_whose_document_left_its_queue_is_not_claimed_from_it(repo, raw):
+    ns = "{" + repo.namespace + "}"
+    repo.add([date_job("moved", NOW - SECOND, queue="emails"), date_job("mail", queue="emails")])
+    edit_document(raw, repo, "moved", queue=7)
+
+    assert [lease.job.id for lease in repo.claim(NOW, 10, "t", 60, frozenset({"emails"}))] == [
+        "mail"
+    ]
+    # The stale entries are gone: the job counts in the default queue now.
+    assert raw.zscore(f"{ns}:due:emails", "moved") is None
+    assert raw.zrange(f"{ns}:queue:emails", 0, -1) == [b"mail"]
+    assert "queue is 7" in repo.get("moved").problem
+    assert repo.queue_stats(NOW) == [
+        QueueInfo("default", False, 0, 0),
+        QueueInfo("emails", False, 0, 1),
+    ]
+    assert repo.remove(["moved", "mail"]) == {"moved", "mail"}
+    assert namespace_keys(raw, repo.namespace) == set()
+
+
+def test_a_queue_missing_from_the_known_queues_costs_only_its_jobs(repo, raw, make_repo):
+    ns = "{" + repo.namespace + "}"
+    repo.add([date_job("lost", queue="emails"), date_job("d")])
+    raw.srem(f"{ns}:queues", "emails")  # as a hand edit or a bad restore leaves it
+    daemon = make_repo(namespace=repo.namespace)
+
+    assert [lease.job.id for lease in daemon.claim(NOW, 10, "t1", 60)] == ["d"]
+    assert [lease.job.id for lease in daemon.claim(NOW, 10, "t2", 60, frozenset({"emails"}))] == [
+        "lost"
+    ]
+    assert daemon.remove(["lost"]) == {"lost"}
+    assert raw.exists(f"{ns}:due:emails", f"{ns}:queue:emails", f"{ns}:locked") == 1  # d's lock
+
+    repo.add([date_job("back", queue="emails")])  # a write to the queue makes it known again
+    assert [lease.job.id for lease in daemon.claim(NOW, 10, "t3", 60)] == ["back"]
 
 
 # --------------------------------------------------------------------------- comparison

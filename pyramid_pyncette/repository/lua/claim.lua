@@ -192,8 +192,8 @@ for k, raw in ipairs(fetch_all(found)) do
   elseif raw then
     local ok, doc = pcall(decode, raw)
     if ok and type(doc) == 'table' and queue_of(doc) ~= q then
-      -- The job is in another queue now: this entry is stale.
-      redis.call('ZREM', due_key(q), id)
+      -- The document says the job is not of this queue: the entry is stale.
+      leave_queue(id, q)
     else
       if ok and type(doc) == 'table' then
         ok = pcall(function()
