@@ -59,7 +59,8 @@ end
 -- way (no decoding), else decoded; an unreadable document counts as the
 -- default queue's.
 local function queue_of_raw(raw)
-  local q = string.match(raw, ',"queue":"([%w_.%-]+)"}$')
+  -- Only the end is searched: a queue name has at most 64 characters.
+  local q = string.match(string.sub(raw, -80), ',"queue":"([%w_.%-]+)"}$')
   if q and is_queue_name(q) then return q end
   if not string.find(raw, ',"queue":', 1, true) then return DEFAULT_QUEUE end
   local ok, doc = pcall(decode, raw)
@@ -131,18 +132,12 @@ local function join_queue(id, q)
 end
 
 -- Append run records to the run history stream: ARGV from `first` on holds
--- the stream's approximate length cap, then per record its number of fields
--- and field, value pairs.
+-- the stream's approximate length cap, then one JSON text per record.
 local function append_runs(runs_key, first)
   if not ARGV[first] then return end
   local cap = ARGV[first]
-  local i = first + 1
-  while i <= #ARGV do
-    local n = tonumber(ARGV[i])
-    local entry = {'XADD', runs_key, 'MAXLEN', '~', cap, '*'}
-    for k = i + 1, i + 2 * n do entry[#entry + 1] = ARGV[k] end
-    redis.call(unpack(entry))
-    i = i + 2 * n + 1
+  for i = first + 1, #ARGV do
+    redis.call('XADD', runs_key, 'MAXLEN', '~', cap, '*', 'run', ARGV[i])
   end
 end
 
