@@ -856,7 +856,8 @@ def test_every_key_shares_the_namespace_hash_tag_and_nothing_else_is_touched(mak
         raw.delete(*outsiders)
 
 
-def test_scripts_touch_only_the_keys_they_declare(make_repo, server):
+@pytest.mark.parametrize("queues", [False, True], ids=["one-queue", "queues-and-runs"])
+def test_scripts_touch_only_the_keys_they_declare(make_repo, server, queues):
     """What Redis Cluster requires: every key a script uses is one of its KEYS."""
     repo = make_repo()
     tag = "{" + repo.namespace + "}:"
@@ -876,7 +877,7 @@ def test_scripts_touch_only_the_keys_they_declare(make_repo, server):
     watcher.start()
     assert ready.wait(10)
     try:
-        drive(101, (MemoryRepository(), repo), steps=120)
+        drive(101, (MemoryRepository(), repo), steps=120, queues=queues)
         repo.get_many(IDS)
         repo.get("Z")
     finally:
