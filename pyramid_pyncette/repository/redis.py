@@ -298,25 +298,20 @@ def _decode_job(job_id: str, raw: str | bytes) -> Job:
                     doc.get("last_error"),
                     created_at,
                     definition.get("partition"),
+                    queue,
                 )
                 if job is not None:
-                    return job if queue == DEFAULT_QUEUE else job.replace(queue=queue)
+                    return job
     fields = load_json(raw)
+    if isinstance(fields, dict) and fields.get("queue") is None:
+        fields["queue"] = DEFAULT_QUEUE  # written before there were queues
     job = decode_job_fields(fields, job_id=job_id, decode_time=_decode_time)
-    queue = fields.get("queue") if isinstance(fields, dict) else None
-    return _with_stored_queue(job, DEFAULT_QUEUE if queue is None else queue)
-
-
-def _with_stored_queue(job: Job, queue: Any) -> Job:
-    """``job`` in the stored ``queue``; one that is not a queue name is the job's problem.
-
-    Such a job stays in the default queue (the scripts count it there, see
-    common.lua), so no key is ever named after garbage.
-    """
-    if type(queue) is str and QUEUE_NAME.fullmatch(queue):
-        return job if job.queue == queue else job.replace(queue=queue)
+    if QUEUE_NAME.fullmatch(job.queue):
+        return job
+    # Text, but no queue name: such a job counts in the default queue (so do
+    # the scripts, see common.lua), so no key is ever named after garbage.
     problem = job.problem or problem_text(
-        job.id, [f"queue is {short_repr(queue)} ({type(queue).__name__}), not a queue name"]
+        job.id, [f"queue is {short_repr(job.queue)} (str), not a queue name"]
     )
     return job.replace(queue=DEFAULT_QUEUE, problem=problem)
 
