@@ -492,6 +492,7 @@ class RedisRepository(Repository):
         self._due_key = f"{tag}:due"
         self._ids_key = f"{tag}:ids"
         self._task_prefix = f"{tag}:task:"
+        self._queue_prefix = f"{tag}:queue:"
         self._queues_key = f"{tag}:queues"
         self._paused_key = f"{tag}:paused"
         self._locked_key = f"{tag}:locked"
@@ -557,7 +558,7 @@ class RedisRepository(Repository):
 
     def queue_key(self, queue: str) -> str:
         """The key of the id index of a queue other than the default one."""
-        return f"{self._jobs_key[:-4]}queue:{queue}"
+        return self._queue_prefix + queue
 
     def _queue_keys(self, queues: Iterable[str]) -> builtins.list[str]:
         """The due sets and id indexes of ``queues``, in a stable order."""
@@ -661,7 +662,7 @@ class RedisRepository(Repository):
     ) -> builtins.list[Any]:
         """:meth:`_write`, answering with what the script returned for each op."""
         tasks = set(tasks)
-        queues = {DEFAULT_QUEUE, *queues}
+        queues = set(queues) - {DEFAULT_QUEUE}  # its due set is always passed
         args = [self._task_prefix, _dumps(ops), self.channel if announce else ""]
         args.extend(self._run_args(runs))
         for _ in range(_WRITE_TRIES):
