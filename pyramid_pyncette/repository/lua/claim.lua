@@ -117,8 +117,12 @@ end
 append_runs(TAG .. 'runs', 9 + listed + 2 * count)
 
 -- Due jobs, the earliest first across the claimed queues (ties by id).
-local found, queue_of_id = {}, {}
-if limit > 0 then
+local found, found_in = {}, {}
+if limit > 0 and #served == 1 then
+  -- The usual daemon serves one queue (or only the default one exists).
+  found = redis.call('ZRANGEBYSCORE', due_key(served[1]), '-inf', num(now), 'LIMIT', 0, limit)
+  for k = 1, #found do found_in[k] = served[1] end
+elseif limit > 0 then
   local candidates = {}
   for _, q in ipairs(served) do
     local due = redis.call('ZRANGEBYSCORE', due_key(q), '-inf', num(now), 'WITHSCORES',
@@ -127,27 +131,27 @@ if limit > 0 then
       candidates[#candidates + 1] = {due[i], tonumber(due[i + 1]), q}
     end
   end
-  if #served > 1 then
-    -- Ties by id in byte order (as a due set orders them), whatever the
-    -- server's locale makes of Lua's string comparison.
-    local function before(x, y)
-      for i = 1, math.min(#x, #y) do
-        local p, q = string.byte(x, i), string.byte(y, i)
-        if p ~= q then return p < q end
-      end
-      return #x < #y
+  -- Ties by id in byte order (as a due set orders them), whatever the
+  -- server's locale makes of Lua's string comparison.
+  local function before(x, y)
+    for i = 1, math.min(#x, #y) do
+      local p, q = string.byte(x, i), string.byte(y, i)
+      if p ~= q then return p < q end
     end
-    table.sort(candidates, function(a, b)
-      if a[2] ~= b[2] then return a[2] < b[2] end
-      return before(a[1], b[1])
-    end)
+    return #x < #y
   end
+  table.sort(candidates, function(a, b)
+    if a[2] ~= b[2] then return a[2] < b[2] end
+    return before(a[1], b[1])
+  end)
+  local taken = {}
   for _, candidate in ipairs(candidates) do
     if #found >= limit then break end
     -- An id in two due sets (one of them stale) is taken once.
-    if not queue_of_id[candidate[1]] then
+    if not taken[candidate[1]] then
+      taken[candidate[1]] = true
       found[#found + 1] = candidate[1]
-      queue_of_id[candidate[1]] = candidate[3]
+      found_in[#found] = candidate[3]
     end
   end
 end
@@ -158,12 +162,11 @@ for _, id in ipairs(left) do out[#out + 1] = id end
 local lease_by = ',"locked_by":' .. cjson.encode(token) .. ',"attempts":'
 local writes, scores, locks = {}, {}, {}
 for k, raw in ipairs(fetch_all(found)) do
-  local id = found[k]
-  local q = queue_of_id[id]
+  local id, q = found[k], found_in[k]
   -- The usual document of this queue is leased by editing its text (see above
   -- on why that is safe); anything else is decoded and encoded again.
   local head, due_at, next_run_at, attempts, tail, lease
-  if raw and queue_of_raw(raw) == q then
+  if raw and in_queue(raw, q) then
     head, due_at, next_run_at, attempts, tail = string.match(raw,
       '^({"task":.-),"due_at":("%d+"),"next_run_at":([^,]*),"locked_by":.-,"attempts":(%d+),' ..
       '("last_run_at":.*)$')

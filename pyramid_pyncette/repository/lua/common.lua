@@ -37,14 +37,24 @@ end
 
 -- The due set of a queue: '{ns}:due' for the default queue (the key every
 -- job used before there were queues), '{ns}:due:<queue>' for the others.
+local due_keys, queue_keys, queue_tails = {}, {}, {}
 local function due_key(q)
-  if q == DEFAULT_QUEUE then return TAG .. 'due' end
-  return TAG .. 'due:' .. q
+  local key = due_keys[q]
+  if not key then
+    if q == DEFAULT_QUEUE then key = TAG .. 'due' else key = TAG .. 'due:' .. q end
+    due_keys[q] = key
+  end
+  return key
 end
 
 -- The id index of a queue other than the default one.
 local function queue_key(q)
-  return TAG .. 'queue:' .. q
+  local key = queue_keys[q]
+  if not key then
+    key = TAG .. 'queue:' .. q
+    queue_keys[q] = key
+  end
+  return key
 end
 
 local function decode(raw)
@@ -60,12 +70,24 @@ end
 -- default queue's.
 local function queue_of_raw(raw)
   -- Only the end is searched: a queue name has at most 64 characters.
-  local q = string.match(string.sub(raw, -80), ',"queue":"([%w_.%-]+)"}$')
+  local q = string.match(raw, ',"queue":"([%w_.%-]+)"}$', math.max(#raw - 80, 1))
   if q and is_queue_name(q) then return q end
   if not string.find(raw, ',"queue":', 1, true) then return DEFAULT_QUEUE end
   local ok, doc = pcall(decode, raw)
   if ok and type(doc) == 'table' then return queue_of(doc) end
   return DEFAULT_QUEUE
+end
+
+-- Whether a stored document is one of queue q's: the usual document ends
+-- with its queue, which is checked in place.
+local function in_queue(raw, q)
+  local tail = queue_tails[q]
+  if not tail then
+    tail = ',"queue":"' .. q .. '"}'
+    queue_tails[q] = tail
+  end
+  if string.find(raw, tail, #raw - #tail + 1, true) then return true end
+  return queue_of_raw(raw) == q
 end
 
 local function fetch(jobs, id)
