@@ -99,7 +99,15 @@ from ..jobs import (
 )
 from ..policy import plan_claim, plan_completion, split_finished
 from ..redaction import redact_text, redact_url
-from .base import Claim, JobPage, Repository, RepositoryError, RunPage, staged_job
+from .base import (
+    Claim,
+    JobPage,
+    Repository,
+    RepositoryError,
+    RunPage,
+    published_lock,
+    staged_job,
+)
 from .listener import Receive, start_listener_thread
 from .rows import (
     decode_job_fields,
@@ -766,7 +774,13 @@ class RedisRepository(Repository):
         if not jobs:
             return
         ops = [
-            {"o": "publish", "id": job.id, "token": token, "due": _encode_time(job.due_at)}
+            {
+                "o": "publish",
+                "id": job.id,
+                "token": token,
+                "lock": _clean(published_lock(job)),
+                "due": _encode_time(job.due_at),
+            }
             for job in jobs
         ]
         self._write(ops, (), True, {job.queue for job in jobs})

@@ -6,7 +6,8 @@
 --   {"o": "del", "id"}
 --   {"o": "plan", "id", "token", "action": "delete"|"settle"|"note", "values"}
 --   {"o": "release", "id", "token", "due"}
---   {"o": "publish", "id", "token", "due"}: unlock a staged row, due at "due"
+--   {"o": "publish", "id", "token", "lock", "due"}: unlock a staged row (or lock it
+--     as "lock" says: a daemon's lease the written job keeps), due at "due"
 --   {"o": "unstage", "id", "token"[, "task", "queue", "lock", "due", "doc"]}: delete a
 --     staged row, or put back the document it replaced
 -- then optionally a channel to announce new jobs on, then optionally run
@@ -108,7 +109,7 @@ for i, op in ipairs(ops) do
   elseif op.o == 'publish' then
     local doc = fetch(jobs, id)
     if doc and doc.locked_by == op.token then
-      doc.locked_by = nil
+      if op.lock == NULL then doc.locked_by = nil else doc.locked_by = op.lock end
       if op.due == NULL then doc.due_at = nil else doc.due_at = op.due end
       save(jobs, id, doc)
       done = 1
