@@ -436,7 +436,7 @@ def test_prune_runs_deletes_the_oldest_finished_before_in_bounded_batches(repo, 
     monkeypatch.setattr(repo.client, "xrange", lambda *a, **kw: read.append(kw) or xrange(*a, **kw))
 
     assert repo.prune_runs(NOW + 5 * SECOND, 3) == 3
-    assert read[-1]["count"] == 3
+    assert read[-1]["count"] == 3 + redis_store.PRUNE_LOOKAHEAD
     assert repo.prune_runs(NOW + 5 * SECOND, 3) == 2
     assert repo.prune_runs(NOW + 5 * SECOND, 3) == 0
     assert repo.prune_runs(NOW + 60 * SECOND, 0) == 0
@@ -444,6 +444,25 @@ def test_prune_runs_deletes_the_oldest_finished_before_in_bounded_batches(repo, 
     assert left == [NOW + n * SECOND for n in range(9, 4, -1)]
     assert repo.prune_runs(NOW + 60 * SECOND, 100) == 5
     assert repo.list_runs().runs == []
+
+
+def test_prune_runs_finds_old_records_written_after_newer_ones_within_its_lookahead(
+    repo, monkeypatch
+):
+    monkeypatch.setattr(redis_store, "PRUNE_LOOKAHEAD", 3)
+    repo.add([date_job("a")])
+    lease = _lease(repo, "a")
+    late = [NOW + 100 * SECOND, NOW, NOW + 100 * SECOND, NOW + 1 * SECOND, NOW + 2 * SECOND]
+    late += [NOW + 100 * SECOND] * 3 + [NOW + 3 * SECOND]  # the last one past the lookahead
+    repo.complete([], [run_of(lease, "succeeded", finished) for finished in late])
+
+    assert repo.prune_runs(NOW + 50 * SECOND, 2) == 2  # the 2 oldest written of 5 read
+    assert repo.prune_runs(NOW + 50 * SECOND, 2) == 1  # 5 read: 4 new, 1 old
+    assert sorted(run.finished_at for run in repo.list_runs()) == [
+        NOW + 3 * SECOND,
+        *[NOW + 100 * SECOND] * 5,
+    ]
+    assert repo.prune_runs(NOW + 50 * SECOND, 5) == 1  # 8 read: the last one at last
 
 
 def test_the_run_history_is_capped(repo, raw, monkeypatch):
@@ -464,6 +483,7 @@ def test_stream_entries_that_are_not_run_records_are_skipped_and_pruned(repo, ra
     raw.xadd(keys_of(repo)["runs"], {"finished_at": "soon", "job_id": "x"})
 
     assert [run.job_id for run in repo.list_runs()] == ["a"]
-    assert repo.prune_runs(NOW, 10) == 1  # the garbage; the record finished at NOW stays
-    assert repo.prune_runs(NOW + SECOND, 10) == 2
+    assert repo.prune_runs(NOW, 10) == 2  # the garbage; the record finished at NOW stays
+    assert [run.job_id for run in repo.list_runs()] == ["a"]
+    assert repo.prune_runs(NOW + SECOND, 10) == 1
     assert raw.xlen(keys_of(repo)["runs"]) == 0

@@ -141,6 +141,10 @@ MAX_REDIS_RUNS = 1_000_000
 #: rather than reading the whole history at once.
 MAX_RUNS_SCANNED = 50_000
 
+#: How many records past the ``limit`` oldest :meth:`RedisRepository.prune_runs`
+#: reads, to find old records written after newer ones.
+PRUNE_LOOKAHEAD = 100
+
 #: Run records read per round trip while a filtered listing looks for matches.
 _RUNS_CHUNK = 1000
 
@@ -1201,22 +1205,27 @@ class RedisRepository(Repository):
         return RunPage(found, found[-1].id if more else None)
 
     def prune_runs(self, before: datetime, limit: int) -> int:
-        """Delete up to ``limit`` of the oldest run records that finished before ``before``.
+        """Delete up to ``limit`` of the oldest written run records that finished before
+        ``before``.
 
-        Reads the ``limit`` oldest records and deletes them up to the first
-        that finished at or after ``before`` (``XRANGE`` then ``XDEL``): the
-        cost grows with ``limit`` only. Records that cannot be read go too.
+        Reads the ``limit`` oldest records and :data:`PRUNE_LOOKAHEAD` more
+        (``XRANGE``), so records written a little out of order (daemons whose
+        clocks differ) are found too, and deletes the old ones among them
+        (``XDEL``): the cost grows with ``limit`` only. Records that cannot
+        be read go too.
         """
         if limit <= 0:
             return 0
         until = _micros(before - _EPOCH)
-        entries = self._client.xrange(self._runs_key, min="-", max="+", count=limit) or []
+        count = limit + PRUNE_LOOKAHEAD
+        entries = self._client.xrange(self._runs_key, min="-", max="+", count=count) or []
         old = []
         for entry_id, fields in entries:
             run = _decode_run(entry_id, fields or {})
-            if run is not None and _micros(run.finished_at - _EPOCH) >= until:
-                break
-            old.append(_text(entry_id))
+            if run is None or _micros(run.finished_at - _EPOCH) < until:
+                old.append(_text(entry_id))
+                if len(old) == limit:
+                    break
         if not old:
             return 0
         # XDEL counts what it deleted: two daemons pruning at once count each record once.
