@@ -27,8 +27,10 @@ also works on Redis Cluster (all keys live in one slot):
     every document.
 ``{ns}:runs``
     STREAM, the run history (:meth:`RedisRepository.list_runs`): one entry per
-    run, appended by the script that completes it, capped at about
-    :data:`MAX_REDIS_RUNS` entries.
+    run (a field ``run`` holding the record as JSON), appended by the script
+    that completes it, capped at about :data:`MAX_REDIS_RUNS` entries. A
+    record's id is its entry id, zero-padded so that ids sort as text in the
+    order they were written.
 ``{ns}:ids``
     ZSET of every id, all scored 0, for paging in id order (``ZRANGEBYLEX``).
 ``{ns}:task:<task name>``
