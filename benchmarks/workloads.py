@@ -1086,8 +1086,8 @@ def w6_history(ctx: Context, store: Store) -> list[Row]:
         Row(
             store.name,
             name,
-            "run records kept (all / none)",
-            f"{median(kept)} / {median(unrecorded)}",
+            "run records kept (all: min-max / none: max)",
+            f"{min(kept)}-{max(kept)} / {max(unrecorded)}",
             note=note,
         )
     )
