@@ -1251,7 +1251,13 @@ class SQLRepository(Repository):
     def _claimable(self, queues: frozenset[str] | None) -> ColumnElement[bool]:
         """Jobs of ``queues`` (None: every queue) that are not in a paused queue."""
         queue = self.table.c.queue
-        paused = sa.select(self.queues.c.name).where(self.queues.c.paused)
+        name: ColumnElement[str] = self.queues.c.name
+        if self._dialect in ("mysql", "mariadb"):
+            # The queue column of a table made before the queues table may have
+            # another binary collation (utf8mb4_bin, utf8mb4_nopad_bin): MySQL
+            # refuses to compare two columns whose collations differ.
+            name = name.collate("utf8mb4_bin")
+        paused = sa.select(name).where(self.queues.c.paused)
         condition: ColumnElement[bool] = queue.not_in(paused)
         if queues is not None:
             condition = sa.and_(queue.in_(sorted(queues)), condition)
@@ -1839,7 +1845,8 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
             paused = set(
                 conn.execute(sa.select(self.queues.c.name).where(self.queues.c.paused)).scalars()
             )
-        names = sorted(set(counts) | paused, key=str)
+        counts.pop(None, None)  # no queue (a hand-written NULL): a job parked when claimed
+        names = sorted(set(counts) | paused)
         return [QueueInfo(str(name), name in paused, *counts.get(name, (0, 0))) for name in names]
 
     # -- run history -------------------------------------------------------
