@@ -578,3 +578,30 @@ def test_garbage_in_the_queue_column_costs_only_its_job(app):
     assert {"empty", "huge"} & set(garbage) <= set(ran)
     assert app.repository.next_due() is None
     assert app.repository.queue_stats(app.clock()) == []
+
+
+@on_every_sql_store
+def test_an_older_table_with_skip_table_create_is_a_setup_error_naming_the_statements(app):
+    name = _unique_table("old")
+    _old_table(app, name)
+    repository = SQLRepository(engine=app.repository.engine, table_name=name, create_table=False)
+    with pytest.raises(Exception) as raised:
+        repository.next_due()
+    problem = repository.describe_setup_error(raised.value)
+    assert problem is not None and not repository.is_transient(raised.value)
+    assert f"the {name!r} table was made by an older version of pyramid_pyncette" in problem
+    assert f"(run: ALTER TABLE {name} ADD COLUMN queue VARCHAR(64)" in problem
+    assert "pyncette.skip_table_create = false" in problem
+    alter, index, *_ = repository.schema_upgrade_statements()
+    with app.repository.engine.begin() as conn:
+        conn.exec_driver_sql(alter)
+        conn.exec_driver_sql(index)
+    # The tables beside it are still missing: the same problem, the statements left.
+    for call in (repository.next_due, lambda: repository.complete([], [_record("x", 1)])):
+        with pytest.raises(Exception) as raised:
+            call()
+        problem = repository.describe_setup_error(raised.value)
+        assert problem.startswith(f"the {name!r} table was made by an older version")
+        assert f"(run: CREATE TABLE {name}_runs (" in problem
+        assert f"; CREATE TABLE {name}_queues (" in problem
+        assert "ALTER TABLE" not in problem

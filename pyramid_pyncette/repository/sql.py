@@ -641,7 +641,16 @@ class SQLRepository(Repository):
                 str(sa.schema.CreateIndex(index).compile(dialect=dialect))
                 for index in sorted(table.indexes, key=lambda index: str(index.name))
             )
-        return statements
+        # One line each (a log line, an error line), the same statements.
+        return [" ".join(statement.split()) for statement in statements]
+
+    def _upgrade_hint(self) -> str:
+        """`` (run: ...)`` naming :meth:`schema_upgrade_statements`, or ``''`` if none."""
+        try:
+            statements = self.schema_upgrade_statements()
+        except Exception:
+            return ""
+        return f" (run: {'; '.join(statements)})" if statements else ""
 
     def _upgrade_schema(self) -> None:
         """Bring a jobs table made by an older version up to date (see
@@ -1038,6 +1047,7 @@ class SQLRepository(Repository):
         "3D000": "database",
         "42P01": "table",
         "42501": "permission",
+        "42703": "schema",
     }
     _MYSQL_PROBLEMS = {
         1045: "credentials",
@@ -1046,12 +1056,14 @@ class SQLRepository(Repository):
         1142: "permission",
         1049: "database",
         1146: "table",
+        1054: "schema",
     }
     _MESSAGE_PROBLEMS = (
         (re.compile("password authentication failed|no password supplied"), "credentials"),
         (re.compile('no pg_hba.conf entry|role "[^"]*" does not exist'), "credentials"),
         (re.compile('database "[^"]*" does not exist'), "database"),
         (re.compile("no such table"), "table"),  # SQLite
+        (re.compile("no such column"), "schema"),  # SQLite
     )
 
     def describe_setup_error(self, exc: BaseException) -> str | None:
@@ -1077,6 +1089,10 @@ class SQLRepository(Repository):
             detail = f"{args[0]} {args[1]}"
         detail = " ".join(redact_text(detail.strip().split("\n")[0]).split())
         table = self.table.name
+        if problem == "table" and any(t.name in detail for t in (self.runs, self.queues)):
+            # The tables beside the jobs table are missing: it is an older version's.
+            problem = "schema"
+        upgrade = self._upgrade_hint() if problem in ("table", "schema") else ""
         fix = {
             "credentials": "the store refused the login; fix the user and password in pyncette.url",
             "database": "the database does not exist; create it or fix its name in pyncette.url",
@@ -1084,10 +1100,14 @@ class SQLRepository(Repository):
             "grant it the rights or use another user in pyncette.url",
             "table": f"the {table!r} table does not exist"
             + (
-                "; create it with your migrations or set pyncette.skip_table_create = false"
+                f"; create it with your migrations{upgrade} or set "
+                "pyncette.skip_table_create = false"
                 if not self.create_table
                 else "; check pyncette.table_name"
             ),
+            "schema": f"the {self.table.name!r} table was made by an older version of "
+            f"pyramid_pyncette; bring it up to date with your migrations{upgrade} or set "
+            "pyncette.skip_table_create = false",
         }[problem]
         return f"{fix} ({detail})"
 
