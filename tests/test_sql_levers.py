@@ -390,7 +390,7 @@ def test_a_postgresql_claim_of_given_queues_reads_the_queue_index(app):
 @pytest.mark.parametrize("store_settings", ["mariadb"], indirect=True)
 def test_a_mariadb_claim_forces_the_index_of_what_it_reads(app):
     repository = app.repository
-    repository.add([_job(app, "d1"), _job(app, "e1", "emails")])
+    repository.add([_job(app, "d1"), _job(app, "e1", "emails"), _job(app, "r1", "reports")])
     statements = []
 
     def remember(conn, cursor, statement, parameters, context, executemany):
@@ -400,13 +400,17 @@ def test_a_mariadb_claim_forces_the_index_of_what_it_reads(app):
     sa.event.listen(repository.engine, "before_cursor_execute", remember)
     try:
         assert _claimed(app, frozenset({"emails"})) == ["e1"]
+        assert _claimed(app, frozenset({"reports", "other"})) == ["r1"]
         assert _claimed(app) == ["d1"]
     finally:
         sa.event.remove(repository.engine, "before_cursor_execute", remember)
     hints = [s for s in statements if "FORCE INDEX" in s]
-    assert len(hints) == 2
+    assert len(hints) == 3
+    # One queue: its own rows, in order. Several: the due_at index, locking
+    # only the rows it takes (a sort would lock every due row of those queues).
     assert f"FORCE INDEX (ix_{name}_queue_due_at)" in hints[0]
     assert f"FORCE INDEX (ix_{name}_due_at)" in hints[1]
+    assert f"FORCE INDEX (ix_{name}_due_at)" in hints[2]
 
 
 @pytest.mark.parametrize("store_settings", ["mariadb"], indirect=True)
@@ -605,3 +609,43 @@ def test_an_older_table_with_skip_table_create_is_a_setup_error_naming_the_state
         assert f"(run: CREATE TABLE {name}_runs (" in problem
         assert f"; CREATE TABLE {name}_queues (" in problem
         assert "ALTER TABLE" not in problem
+
+
+@pytest.mark.parametrize("store_settings", ["postgresql", "mariadb"], indirect=True)
+def test_next_due_reads_one_index_entry_per_served_queue(app):
+    repository = app.repository
+    later = [_job(app, f"later-{i:05d}", after=3600) for i in range(2000)]
+    repository.add([*later, _job(app, "e1", "emails", after=5), _job(app, "r1", "reports")])
+    repository.set_queue_paused("reports", True)
+    statements = []
+
+    def remember(conn, cursor, statement, parameters, context, executemany):
+        if "_queues" not in statement:  # not the read of the paused queues
+            statements.append((statement, parameters))
+
+    sa.event.listen(repository.engine, "before_cursor_execute", remember)
+    try:
+        assert repository.next_due(frozenset({"emails", "reports"})) == app.clock() + timedelta(
+            seconds=5
+        )
+        assert repository.next_due() == app.clock() + timedelta(seconds=5)
+    finally:
+        sa.event.remove(repository.engine, "before_cursor_execute", remember)
+    assert len(statements) == 2
+    with repository.engine.connect() as conn:
+        plans = []
+        for statement, parameters in statements:
+            if repository.engine.dialect.name == "postgresql":
+                conn.exec_driver_sql("ANALYZE")
+            rows = conn.exec_driver_sql("EXPLAIN " + statement, parameters).all()
+            plans.append("\n".join(" ".join(str(value) for value in row) for row in rows))
+    for plan in plans:
+        assert "Seq Scan" not in plan and "ALL" not in plan.split(), plan
+    if repository._dialect in ("mysql", "mariadb"):
+        # Each queue's MIN is read from the index: nothing to scan; with a queue
+        # paused, the due_at index is walked from its start.
+        assert "Select tables optimized away" in plans[0], plans[0]
+        assert f"ix_{repository.table.name}_due_at" in plans[1], plans[1]
+    else:
+        assert f"ix_{repository.table.name}_queue_due_at" in plans[0], plans[0]
+        assert f"Index Scan using ix_{repository.table.name}_due_at" in plans[1], plans[1]

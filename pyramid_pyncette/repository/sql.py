@@ -1307,9 +1307,13 @@ class SQLRepository(Repository):
         if mysql:
             # Without the index InnoDB may scan and sort the whole table,
             # locking every due row until commit: other daemons would
-            # then skip them all and find nothing to claim. Daemons serving
-            # given queues read only theirs, by the index that leads with the queue.
-            index = self._due_index if queues is None else self._queue_index
+            # then skip them all and find nothing to claim. A daemon serving
+            # one queue reads only its rows, in order, by the index that leads
+            # with the queue; for several, that index would need a sort of all
+            # their due rows (each locked until commit), so they walk due_at.
+            index = (
+                self._queue_index if queues is not None and len(queues) == 1 else self._due_index
+            )
             hint = f"FORCE INDEX ({index})"
             query = query.with_hint(table, hint, "mysql").with_hint(table, hint, "mariadb")
         rows: Sequence[Sequence[Any]] = conn.execute(query).all()
@@ -1800,9 +1804,8 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
             )
 
     def next_due(self, queues: frozenset[str] | None = None) -> datetime | None:
-        query = sa.select(sa.func.min(self.table.c.due_at)).where(self._claimable(queues))
         with self._read() as conn:
-            value = conn.execute(query).scalar()
+            value, _ = self._earliest_due(conn, queues, None)
         # An unreadable time is no due time (the claim parks such a job if it is due).
         return value if isinstance(value, datetime) else None
 
@@ -1814,12 +1817,56 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
             clock = sa.func.clock_timestamp()
         else:
             clock = sa.func.utc_timestamp(6)
-        query = sa.select(sa.func.min(self.table.c.due_at), clock).where(self._claimable(queues))
         with self._read() as conn:
-            due, server_now = conn.execute(query).one()
+            due, server_now = self._earliest_due(conn, queues, clock)
         if not isinstance(due, datetime):
             return None  # none, or unreadable (see next_due)
         return (due - utc(server_now)).total_seconds()
+
+    def _earliest_due(
+        self, conn: Connection, queues: frozenset[str] | None, clock: Any
+    ) -> tuple[Any, Any]:
+        """``(earliest due_at, clock)`` of the jobs of ``queues`` (None: all) not paused.
+
+        The paused queues are read first, so that each served queue's
+        earliest time is one index lookup (``MIN`` over ``(queue, due_at)``),
+        and every queue's is the ``due_at`` index's first entry (the first
+        not paused, when some queue is). ``clock`` (a SQL expression, or None)
+        is read by the same statement as the time.
+        """
+        table = self.table
+        paused_names = sa.select(self.queues.c.name).where(self.queues.c.paused)
+        paused = set(conn.execute(paused_names).scalars())
+        earliest = sa.func.min(table.c.due_at)
+        selects: builtins.list[sa.Select[Any]] = []
+        if queues is None and not paused:
+            selects.append(sa.select(earliest.label("due_at")))
+        elif queues is None:
+            # MIN with a filter on another column would read a whole index on
+            # MySQL: walk the due_at index instead, skipping the paused queues' rows.
+            query = (
+                sa.select(table.c.due_at)
+                .where(table.c.due_at.is_not(None), table.c.queue.not_in(sorted(paused)))
+                .order_by(table.c.due_at)
+                .limit(1)
+            )
+            if self._dialect in ("mysql", "mariadb"):
+                hint = f"FORCE INDEX ({self._due_index})"
+                query = query.with_hint(table, hint, "mysql").with_hint(table, hint, "mariadb")
+            selects.append(query)
+        else:
+            selects.extend(
+                sa.select(earliest.label("due_at")).where(table.c.queue == name)
+                for name in sorted(queues - paused)
+            )
+        if not selects:
+            return None, None
+        if len(selects) == 1 and clock is None:
+            return conn.execute(selects[0]).scalar(), None
+        each = selects[0].subquery() if len(selects) == 1 else sa.union_all(*selects).subquery()
+        columns = [sa.func.min(each.c.due_at)] + ([clock] if clock is not None else [])
+        row = conn.execute(sa.select(*columns)).one()
+        return row[0], (row[1] if clock is not None else None)
 
     # -- queues ------------------------------------------------------------
 
