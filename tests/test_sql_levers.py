@@ -23,6 +23,7 @@ from pyramid_pyncette.jobs import (
     RUN_LEASE_LOST,
     RUN_SUCCEEDED,
     Outcome,
+    QueueInfo,
     RunRecord,
 )
 from pyramid_pyncette.repository.base import Claim
@@ -649,3 +650,15 @@ def test_next_due_reads_one_index_entry_per_served_queue(app):
     else:
         assert f"ix_{repository.table.name}_queue_due_at" in plans[0], plans[0]
         assert f"Index Scan using ix_{repository.table.name}_due_at" in plans[1], plans[1]
+
+
+@on_every_sql_store
+def test_queue_stats_count_a_job_paused_while_it_runs_as_paused_not_running(app):
+    repository = app.repository
+    now = app.clock()
+    repository.add([_job(app, "a"), _job(app, "b"), _job(app, "c")])
+    repository.claim(now, 3, "tok", 60.0)
+    held = repository.get("b")
+    repository.add([held.replace(options={**held.options, "paused": True})])
+    assert repository.get("b").state == "paused"
+    assert repository.queue_stats(now) == [QueueInfo(DEFAULT_QUEUE, False, 0, 2)]

@@ -1,7 +1,11 @@
 """The SQL store (SQLAlchemy Core): SQLite, PostgreSQL and MySQL/MariaDB.
 
 One table, one row per job, an index on ``due_at``: "what can I claim now"
-is an index range scan, so polling costs O(due), never O(stored).
+is an index range scan, so polling costs O(due), never O(stored). A daemon
+serving one queue reads the ``(queue, due_at)`` index instead, so other
+queues' backlogs cost it nothing. Beside the jobs table, ``<table>_runs``
+holds the run history (appended by the statements that complete runs) and
+``<table>_queues`` the paused queues, which every claim reads.
 
 PostgreSQL and MySQL/MariaDB claim with ``SELECT ... FOR UPDATE SKIP
 LOCKED`` (PostgreSQL in one ``UPDATE ... RETURNING``) and decide what is due
@@ -45,6 +49,7 @@ from ..jobs import (
     QueueInfo,
     RunRecord,
 )
+from ..options import PAUSED_MARKER
 from ..policy import ClaimPlan, CompletionPlan, plan_claim, plan_completion, split_finished
 from ..redaction import redact_text
 from .base import Claim, JobPage, Repository, RepositoryError, RunPage, staged_job
@@ -1892,12 +1897,21 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
             return set(conn.execute(sa.select(queues.c.name).where(queues.c.paused)).scalars())
 
     def queue_stats(self, now: datetime) -> builtins.list[QueueInfo]:
-        """Counts by ``GROUP BY queue`` over the jobs table (reads every job)."""
+        """Counts by ``GROUP BY queue`` over the jobs table (reads every job).
+
+        ``running`` counts the jobs in the state ``'running'`` (a job paused
+        while it runs is ``'paused'``).
+        """
         table = self.table
         locked_by = table.c.locked_by
         due = sa.and_(locked_by.is_(None), table.c.due_at <= now)
+        # A job paused while it runs is 'paused', not 'running' (Job.state): its
+        # options, stored as compact JSON with sorted keys, carry the marker.
+        marker = json.dumps({PAUSED_MARKER: True}, separators=(",", ":"))[1:-1]
         running = sa.and_(
-            locked_by.is_not(None), sa.not_(locked_by.startswith(STAGED_PREFIX, autoescape=True))
+            locked_by.is_not(None),
+            sa.not_(locked_by.startswith(STAGED_PREFIX, autoescape=True)),
+            sa.not_(sa.type_coerce(table.c.options, sa.Text).contains(marker, autoescape=True)),
         )
         query = sa.select(
             table.c.queue,
