@@ -1094,10 +1094,10 @@ class SQLRepository(Repository):
             detail = f"{args[0]} {args[1]}"
         detail = " ".join(redact_text(detail.strip().split("\n")[0]).split())
         table = self.table.name
-        if problem == "table" and any(t.name in detail for t in (self.runs, self.queues)):
-            # The tables beside the jobs table are missing: it is an older version's.
-            problem = "schema"
         upgrade = self._upgrade_hint() if problem in ("table", "schema") else ""
+        if problem == "table" and upgrade:
+            # The jobs table is there, the tables beside it are not: an older version's.
+            problem = "schema"
         fix = {
             "credentials": "the store refused the login; fix the user and password in pyncette.url",
             "database": "the database does not exist; create it or fix its name in pyncette.url",
