@@ -575,7 +575,7 @@ class SQLRepository(Repository):
         self._skip_locked = self._dialect in ("postgresql", "mysql", "mariadb")
         self._due_index = f"ix_{table_name}_due_at"
         self._queue_index = f"ix_{table_name}_queue_due_at"
-        self._claim_sqls: dict[tuple[bool, bool], str] = {}
+        self._claim_sqls: dict[tuple[int | None, bool], str] = {}
         #: PostgreSQL notification channel announcing new jobs.
         self.channel = table_name
         # Connections this thread keeps are reopened when this number changes.
@@ -1367,31 +1367,36 @@ class SQLRepository(Repository):
     def _claim_sql(self) -> str:
         """PostgreSQL's claim of every queue that writes no run record (see
         :meth:`_claim_sql_for`)."""
-        return self._claim_sql_for(False, False)
+        return self._claim_sql_for(None, False)
 
-    def _claim_sql_for(self, served: bool, record: bool) -> str:
+    def _claim_sql_for(self, served: int | None, record: bool) -> str:
         """PostgreSQL's claim: one statement, run outside any explicit transaction.
 
         It reads the clock once (the server's, unless the caller's ``now`` is
         given), deletes the rows of finished one-off runs still locked by
         their claim, appends the run records (when ``record``), and leases up
         to ``limit`` due rows picked with ``FOR UPDATE SKIP LOCKED``, of the
-        queues given (when ``served``; else of every queue) that are not
-        paused, doing to each what :func:`plan_claim` does to an at-least-once
-        job. It returns that clock and the leased rows as they are now;
+        ``served`` queues given (their number; None: every queue) that are
+        not paused, doing to each what :func:`plan_claim` does to an
+        at-least-once job. It returns that clock and the leased rows as they are now;
         driver values, no type processing.
         """
+        served = None if served is None else min(served, 2)  # none, one, several
         key = (served, record)
         if key not in self._claim_sqls:
             self._claim_sqls[key] = self._build_claim_sql(served, record)
         return self._claim_sqls[key]
 
-    def _build_claim_sql(self, served: bool, record: bool) -> str:
+    def _build_claim_sql(self, served: int | None, record: bool) -> str:
         preparer = self.engine.dialect.identifier_preparer
         table = preparer.format_table(self.table)
         queues = preparer.format_table(self.queues)
         columns = ", ".join(f"j.{preparer.quote(name)}" for name in COLUMNS)
-        served_only = "AND j.queue = ANY(%(queues)s::text[])" if served else ""
+        served_only = "" if served is None else "AND j.queue = ANY(%(queues)s::text[])"
+        # One queue: ordered by (queue, due_at), the order of the index that leads with the
+        # queue (the same order, the queue being one), so that the planner reads that
+        # index from the first due row of the queue, whatever other queues hold.
+        order = "j.queue, j.due_at" if served == 1 else "j.due_at"
         recorded = ""
         if record:
             runs = preparer.format_table(self.runs)
@@ -1417,7 +1422,7 @@ WITH clock AS MATERIALIZED (
     WHERE j.due_at <= (SELECT now FROM clock) AND j.id <> ALL(%(done_ids)s::text[])
         {served_only}
         AND j.queue NOT IN (SELECT q.name FROM {queues} AS q WHERE q.paused)
-    ORDER BY j.due_at
+    ORDER BY {order}
     LIMIT %(limit)s
     FOR UPDATE OF j SKIP LOCKED
 )
@@ -1464,7 +1469,7 @@ RETURNING clock.now, {columns}
         if runs:
             records = [_run_row(run) for run in runs]
             params.update({f"r_{name}": [row[name] for row in records] for name in _RUN_COLUMNS})
-        sql = self._claim_sql_for(queues is not None, bool(runs))
+        sql = self._claim_sql_for(None if queues is None else len(queues), bool(runs))
         with self._connection(autocommit=True, keep=keep) as conn:
             result = conn.exec_driver_sql(sql, params)
             rows: Sequence[Sequence[Any]]
