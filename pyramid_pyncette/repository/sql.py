@@ -52,7 +52,15 @@ from ..jobs import (
 from ..options import PAUSED_MARKER
 from ..policy import ClaimPlan, CompletionPlan, plan_claim, plan_completion, split_finished
 from ..redaction import redact_text
-from .base import Claim, JobPage, Repository, RepositoryError, RunPage, staged_job
+from .base import (
+    Claim,
+    JobPage,
+    Repository,
+    RepositoryError,
+    RunPage,
+    published_lock,
+    staged_job,
+)
 from .listener import Receive, start_listener_thread
 from .rows import (
     ascii_text,
@@ -921,12 +929,21 @@ class SQLRepository(Repository):
             return
         table = self.table
         # A job is usually due at its first run, which the staged row keeps in
-        # next_run_at: those are published by set-based statements.
-        plain = [job.id for job in jobs if job.due_at == job.next_run_at]
+        # next_run_at, and unlocked once published: those are published by
+        # set-based statements.
+        plain = [
+            job.id for job in jobs if job.due_at == job.next_run_at and published_lock(job) is None
+        ]
+        published = set(plain)
         params = [
-            {"b_id": job.id, "b_token": token, "locked_by": None, "due_at": job.due_at}
+            {
+                "b_id": job.id,
+                "b_token": token,
+                "locked_by": published_lock(job),
+                "due_at": job.due_at,
+            }
             for job in jobs
-            if job.due_at != job.next_run_at
+            if job.id not in published
         ]
         with self._write() as conn:
             for chunk in _chunks(plain):
