@@ -315,3 +315,32 @@ def test_pscheduler_without_the_driver_stops_and_names_the_extra(tmp_path, modul
     env["PYTHONPATH"] = f"{site}:{env['PYTHONPATH']}"
     ini, _ = write_ini(tmp_path, url)
     _assert_stops_with_one_line(ini, f'pip install "pyramid_pyncette[{extra}]"', env=env)
+
+
+@pytest.mark.slow
+def test_sqlite_table_of_an_older_version_with_skip_table_create_stops_every_mode(tmp_path):
+    import sqlalchemy as sa
+
+    from pyramid_pyncette.repository.sql import make_table
+
+    url = f"sqlite:///{tmp_path}/jobs.sqlite"
+    current = make_table("pyncette_jobs", sa.MetaData())
+    old = sa.Table(
+        "pyncette_jobs",
+        sa.MetaData(),
+        *(
+            sa.Column(c.name, c.type, primary_key=c.primary_key)
+            for c in current.c
+            if c.name != "queue"
+        ),
+    )
+    engine = sa.create_engine(url)
+    old.create(engine)
+    engine.dispose()
+    ini, _ = write_ini(tmp_path, url, extra="pyncette.skip_table_create = true")
+    _assert_stops_with_one_line(
+        ini,
+        "'pyncette_jobs' table was made by an older version",
+        "ALTER TABLE pyncette_jobs ADD COLUMN queue VARCHAR(64) NOT NULL DEFAULT 'default'",
+        "pyncette.skip_table_create = false",
+    )

@@ -1,7 +1,11 @@
 """The SQL store (SQLAlchemy Core): SQLite, PostgreSQL and MySQL/MariaDB.
 
 One table, one row per job, an index on ``due_at``: "what can I claim now"
-is an index range scan, so polling costs O(due), never O(stored).
+is an index range scan, so polling costs O(due), never O(stored). A daemon
+serving one queue reads the ``(queue, due_at)`` index instead, so other
+queues' backlogs cost it nothing. Beside the jobs table, ``<table>_runs``
+holds the run history (appended by the statements that complete runs) and
+``<table>_queues`` the paused queues, which every claim reads.
 
 PostgreSQL and MySQL/MariaDB claim with ``SELECT ... FOR UPDATE SKIP
 LOCKED`` (PostgreSQL in one ``UPDATE ... RETURNING``) and decide what is due
@@ -34,10 +38,29 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 
-from ..jobs import MAX_JOB_ID_LENGTH, Job, Lease, Outcome, QueueInfo, RunRecord
+from ..jobs import (
+    DEFAULT_QUEUE,
+    MAX_JOB_ID_LENGTH,
+    MAX_RUN_ERROR_LENGTH,
+    STAGED_PREFIX,
+    Job,
+    Lease,
+    Outcome,
+    QueueInfo,
+    RunRecord,
+)
+from ..options import PAUSED_MARKER
 from ..policy import ClaimPlan, CompletionPlan, plan_claim, plan_completion, split_finished
 from ..redaction import redact_text
-from .base import Claim, JobPage, Repository, RepositoryError, RunPage, staged_job
+from .base import (
+    Claim,
+    JobPage,
+    Repository,
+    RepositoryError,
+    RunPage,
+    published_lock,
+    staged_job,
+)
 from .listener import Receive, start_listener_thread
 from .rows import (
     ascii_text,
@@ -55,7 +78,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: MetaData holding the default table, for apps that manage it with Alembic.
+#: MetaData holding the default tables (jobs, runs, queues), for apps that manage them
+#: with Alembic.
 metadata = sa.MetaData()
 
 DEFAULT_TABLE_NAME = "pyncette_jobs"
@@ -231,13 +255,20 @@ MYSQL_TABLE_OPTIONS: dict[str, Any] = {
 def make_table(name: str = DEFAULT_TABLE_NAME, meta: sa.MetaData | None = None) -> sa.Table:
     """Define the jobs table called ``name`` in ``meta`` (default: :data:`metadata`).
 
-    On MySQL and MariaDB the table is ``utf8mb4`` with the binary collation
+    The store's two other tables are defined in ``meta`` too, so a migration
+    tool (Alembic's ``target_metadata``) sees all three: ``<name>_runs``, the
+    run history (see :func:`runs_table_of`), and ``<name>_queues``, the
+    paused queues (see :func:`queues_table_of`). Jobs are claimed by the
+    ``due_at`` index, or by the ``(queue, due_at)`` index when a daemon serves
+    given queues.
+
+    On MySQL and MariaDB the tables are ``utf8mb4`` with the binary collation
     ``utf8mb4_bin`` (see :data:`MYSQL_TABLE_OPTIONS`).
     """
     meta = metadata if meta is None else meta
     if name in meta.tables:
         return meta.tables[name]
-    return sa.Table(
+    table = sa.Table(
         name,
         meta,
         sa.Column("id", sa.String(MAX_JOB_ID_LENGTH), primary_key=True),
@@ -254,14 +285,96 @@ def make_table(name: str = DEFAULT_TABLE_NAME, meta: sa.MetaData | None = None) 
         sa.Column("last_error", _long_text(), nullable=True),
         sa.Column("created_at", UTCDateTime, nullable=True),
         sa.Column("partition", sa.Integer, nullable=False, default=0),
+        sa.Column(
+            "queue",
+            sa.String(MAX_QUEUE_LENGTH),
+            nullable=False,
+            default=DEFAULT_QUEUE,
+            server_default=DEFAULT_QUEUE,
+        ),
         sa.Index(f"ix_{name}_due_at", "due_at"),
         sa.Index(f"ix_{name}_task", "task"),
+        sa.Index(f"ix_{name}_queue_due_at", "queue", "due_at"),
+        **MYSQL_TABLE_OPTIONS,
+    )
+    _make_runs_table(f"{name}_runs", meta)
+    _make_queues_table(f"{name}_queues", meta)
+    return table
+
+
+#: Longest queue name a column holds (see :data:`~pyramid_pyncette.jobs.QUEUE_NAME`).
+MAX_QUEUE_LENGTH = 64
+
+# Widths of the run history's text columns; longer values are cut on write.
+_RUN_TEXT_LENGTHS = {
+    "job_id": MAX_JOB_ID_LENGTH,
+    "task": 200,
+    "queue": MAX_QUEUE_LENGTH,
+    "outcome": 16,
+    "host": 255,
+    "worker": 200,
+}
+
+
+def _make_runs_table(name: str, meta: sa.MetaData) -> sa.Table:
+    """The run history: one row per run, ids in write order (newest first is ``id DESC``)."""
+    return sa.Table(
+        name,
+        meta,
+        # BIGINT, but SQLite's autoincrement needs its INTEGER PRIMARY KEY; AUTOINCREMENT
+        # there so that an id is never reused once the newest records were pruned.
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+        sa.Column("job_id", sa.String(_RUN_TEXT_LENGTHS["job_id"]), nullable=False),
+        sa.Column("task", sa.String(_RUN_TEXT_LENGTHS["task"]), nullable=False),
+        sa.Column("queue", sa.String(_RUN_TEXT_LENGTHS["queue"]), nullable=False),
+        sa.Column("scheduled_at", UTCDateTime, nullable=True),
+        sa.Column("started_at", UTCDateTime, nullable=True),
+        sa.Column("finished_at", UTCDateTime, nullable=False),
+        sa.Column("attempt", sa.Integer, nullable=False),
+        sa.Column("outcome", sa.String(_RUN_TEXT_LENGTHS["outcome"]), nullable=False),
+        sa.Column("error", sa.Text, nullable=True),
+        sa.Column("host", sa.String(_RUN_TEXT_LENGTHS["host"]), nullable=False),
+        sa.Column("pid", sa.BigInteger, nullable=False),
+        sa.Column("worker", sa.String(_RUN_TEXT_LENGTHS["worker"]), nullable=False),
+        # The history of a job, of a task, newest first; and what retention prunes.
+        sa.Index(f"ix_{name}_job_id", "job_id", "id"),
+        sa.Index(f"ix_{name}_task", "task", "id"),
+        sa.Index(f"ix_{name}_finished_at", "finished_at"),
+        sqlite_autoincrement=True,
         **MYSQL_TABLE_OPTIONS,
     )
 
 
-#: The default table, importable for Alembic: ``target_metadata = [..., metadata]``.
+def _make_queues_table(name: str, meta: sa.MetaData) -> sa.Table:
+    """The queues paused for every daemon: a row whose ``paused`` is true."""
+    return sa.Table(
+        name,
+        meta,
+        sa.Column("name", sa.String(MAX_QUEUE_LENGTH), primary_key=True),
+        sa.Column("paused", sa.Boolean, nullable=False, default=True),
+        **MYSQL_TABLE_OPTIONS,
+    )
+
+
+def runs_table_of(jobs: sa.Table) -> sa.Table:
+    """The run history table :func:`make_table` defined beside ``jobs``."""
+    return jobs.metadata.tables[f"{jobs.name}_runs"]
+
+
+def queues_table_of(jobs: sa.Table) -> sa.Table:
+    """The paused queues table :func:`make_table` defined beside ``jobs``."""
+    return jobs.metadata.tables[f"{jobs.name}_queues"]
+
+
+#: The default table, importable for Alembic: ``target_metadata = [..., metadata]``
+#: (which holds :data:`runs_table` and :data:`queues_table` too).
 jobs_table = make_table()
+
+#: The default run history table.
+runs_table = runs_table_of(jobs_table)
+
+#: The default paused queues table.
+queues_table = queues_table_of(jobs_table)
 
 
 def _chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
@@ -351,7 +464,71 @@ def _job_columns(job: Job) -> dict[str, Any]:
         "last_error": job.last_error,
         "created_at": job.created_at,
         "partition": job.partition,
+        "queue": job.queue,
     }
+
+
+#: The columns of a run record the store writes (the id is the database's).
+_RUN_COLUMNS = tuple(column.name for column in runs_table.c if column.name != "id")
+
+# PostgreSQL array types of the run columns that are not text (see _claim_sql).
+_RUN_ARRAY_TYPES = {
+    "scheduled_at": "timestamptz",
+    "started_at": "timestamptz",
+    "finished_at": "timestamptz",
+    "attempt": "integer",
+    "pid": "bigint",
+}
+
+# Whole numbers a run record's integer columns hold (a bigger one is clamped).
+_INT_MAX = 2**31 - 1
+_BIGINT_MAX = 2**63 - 1
+
+
+def _run_row(run: RunRecord) -> dict[str, Any]:
+    """The values of ``run`` as every database accepts them. Never raises.
+
+    Text is made storable and cut to its column's width (an error to
+    :data:`~pyramid_pyncette.jobs.MAX_RUN_ERROR_LENGTH`): a record's text
+    never fails the batch that writes it.
+    """
+    row: dict[str, Any] = {
+        name: (storable_text(getattr(run, name), None) or "")[:width]
+        for name, width in _RUN_TEXT_LENGTHS.items()
+    }
+    row["error"] = storable_text(run.error, MAX_RUN_ERROR_LENGTH)
+    row["scheduled_at"] = run.scheduled_at
+    row["started_at"] = run.started_at
+    row["finished_at"] = run.finished_at
+    row["attempt"] = _clamp(run.attempt, _INT_MAX)
+    row["pid"] = _clamp(run.pid, _BIGINT_MAX)
+    return row
+
+
+def _clamp(value: Any, largest: int) -> int:
+    """``value`` as a whole number in ``[0, largest]`` (0 when it is none)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 0
+    return min(max(value, 0), largest)
+
+
+def _run_from_row(row: Any) -> RunRecord:
+    """A :class:`RunRecord` from a row of the run history; its id is the row's, as text."""
+    return RunRecord(
+        id=str(row.id),
+        job_id=row.job_id,
+        task=row.task,
+        queue=row.queue,
+        scheduled_at=row.scheduled_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        attempt=row.attempt,
+        outcome=row.outcome,
+        error=row.error,
+        host=row.host,
+        pid=row.pid,
+        worker=row.worker,
+    )
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -391,6 +568,9 @@ class SQLRepository(Repository):
             engine = create_engine(url)
         self.engine = engine
         self.table = make_table(table_name, sa.MetaData())
+        #: The run history and the paused queues, beside the jobs table.
+        self.runs = runs_table_of(self.table)
+        self.queues = queues_table_of(self.table)
         self.create_table = create_table
         self._setup_lock = threading.Lock()
         self._ready = False
@@ -402,6 +582,8 @@ class SQLRepository(Repository):
         # Skip rows another daemon has locked instead of waiting for them.
         self._skip_locked = self._dialect in ("postgresql", "mysql", "mariadb")
         self._due_index = f"ix_{table_name}_due_at"
+        self._queue_index = f"ix_{table_name}_queue_due_at"
+        self._claim_sqls: dict[tuple[int | None, bool], str] = {}
         #: PostgreSQL notification channel announcing new jobs.
         self.channel = table_name
         # Connections this thread keeps are reopened when this number changes.
@@ -431,9 +613,87 @@ class SQLRepository(Repository):
                     text = str(exc).lower()
                     if "already exists" not in text and "duplicate" not in text:
                         raise
+            self._upgrade_schema()
             if mysql:
                 self._check_mysql_collation()
             self._ready = True
+
+    def schema_upgrade_statements(self) -> builtins.list[str]:
+        """The statements that bring tables made by an older version up to date.
+
+        Empty when they are. A jobs table without the ``queue`` column gets
+        it (every existing job in the queue ``'default'``) and its index; a
+        missing run history or queues table is created. Nothing is listed
+        while the jobs table itself does not exist.
+        """
+        with self.engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            if not inspector.has_table(self.table.name):
+                return []
+            columns = {column["name"] for column in inspector.get_columns(self.table.name)}
+            indexes = {index["name"] for index in inspector.get_indexes(self.table.name)}
+            missing_tables = [
+                t for t in (self.runs, self.queues) if not inspector.has_table(t.name)
+            ]
+        dialect = self.engine.dialect
+        preparer = dialect.identifier_preparer
+        statements = []
+        if "queue" not in columns:
+            column = self.table.c.queue
+            statements.append(
+                f"ALTER TABLE {preparer.format_table(self.table)} "
+                f"ADD COLUMN {preparer.format_column(column)} "
+                f"{column.type.compile(dialect=dialect)} NOT NULL DEFAULT '{DEFAULT_QUEUE}'"
+            )
+        for index in self.table.indexes:
+            if index.name == self._queue_index and index.name not in indexes:
+                statements.append(str(sa.schema.CreateIndex(index).compile(dialect=dialect)))
+        for table in missing_tables:
+            statements.append(str(sa.schema.CreateTable(table).compile(dialect=dialect)).strip())
+            statements.extend(
+                str(sa.schema.CreateIndex(index).compile(dialect=dialect))
+                for index in sorted(table.indexes, key=lambda index: str(index.name))
+            )
+        # One line each (a log line, an error line), the same statements.
+        return [" ".join(statement.split()) for statement in statements]
+
+    def _upgrade_hint(self) -> str:
+        """`` (run: ...)`` naming :meth:`schema_upgrade_statements`, or ``''`` if none."""
+        try:
+            statements = self.schema_upgrade_statements()
+        except Exception:
+            return ""
+        return f" (run: {'; '.join(statements)})" if statements else ""
+
+    def _upgrade_schema(self) -> None:
+        """Bring a jobs table made by an older version up to date (see
+        :meth:`schema_upgrade_statements`); with ``pyncette.skip_table_create``,
+        only warn, naming the statements to run."""
+        try:
+            statements = self.schema_upgrade_statements()
+        except sa.exc.DBAPIError:
+            return  # the table cannot be read: the first real statement says why
+        if not statements:
+            return
+        if not self.create_table:
+            log.warning(
+                "table %s was made by an older version of pyramid_pyncette; with "
+                "pyncette.skip_table_create it is left as it is, and the store fails until "
+                "your migrations run: %s",
+                self.table.name,
+                "; ".join(statements),
+            )
+            return
+        log.info("upgrading table %s: %s", self.table.name, "; ".join(statements))
+        for statement in statements:
+            try:
+                with self.engine.begin() as conn:
+                    conn.exec_driver_sql(statement)
+            except sa.exc.DBAPIError as exc:
+                # Another process upgrading at the same time got there first.
+                text = str(exc).lower()
+                if "already exists" not in text and "duplicate" not in text:
+                    raise
 
     def _choose_mysql_collation(self) -> None:
         """Create the table with the server's binary collation that also keeps trailing spaces.
@@ -454,8 +714,9 @@ class SQLRepository(Repository):
             collation = "utf8mb4_0900_bin"
         else:
             return
-        for prefix in ("mysql", "mariadb"):
-            self.table.dialect_kwargs[f"{prefix}_collate"] = collation
+        for table in (self.table, self.runs, self.queues):
+            for prefix in ("mysql", "mariadb"):
+                table.dialect_kwargs[f"{prefix}_collate"] = collation
 
     def _check_mysql_collation(self) -> None:
         """Warn when an existing table compares job ids loosely (made before ids were binary)."""
@@ -668,12 +929,21 @@ class SQLRepository(Repository):
             return
         table = self.table
         # A job is usually due at its first run, which the staged row keeps in
-        # next_run_at: those are published by set-based statements.
-        plain = [job.id for job in jobs if job.due_at == job.next_run_at]
+        # next_run_at, and unlocked once published: those are published by
+        # set-based statements.
+        plain = [
+            job.id for job in jobs if job.due_at == job.next_run_at and published_lock(job) is None
+        ]
+        published = set(plain)
         params = [
-            {"b_id": job.id, "b_token": token, "locked_by": None, "due_at": job.due_at}
+            {
+                "b_id": job.id,
+                "b_token": token,
+                "locked_by": published_lock(job),
+                "due_at": job.due_at,
+            }
             for job in jobs
-            if job.due_at != job.next_run_at
+            if job.id not in published
         ]
         with self._write() as conn:
             for chunk in _chunks(plain):
@@ -799,6 +1069,7 @@ class SQLRepository(Repository):
         "3D000": "database",
         "42P01": "table",
         "42501": "permission",
+        "42703": "schema",
     }
     _MYSQL_PROBLEMS = {
         1045: "credentials",
@@ -807,12 +1078,14 @@ class SQLRepository(Repository):
         1142: "permission",
         1049: "database",
         1146: "table",
+        1054: "schema",
     }
     _MESSAGE_PROBLEMS = (
         (re.compile("password authentication failed|no password supplied"), "credentials"),
         (re.compile('no pg_hba.conf entry|role "[^"]*" does not exist'), "credentials"),
         (re.compile('database "[^"]*" does not exist'), "database"),
         (re.compile("no such table"), "table"),  # SQLite
+        (re.compile("no such column"), "schema"),  # SQLite
     )
 
     def describe_setup_error(self, exc: BaseException) -> str | None:
@@ -838,6 +1111,10 @@ class SQLRepository(Repository):
             detail = f"{args[0]} {args[1]}"
         detail = " ".join(redact_text(detail.strip().split("\n")[0]).split())
         table = self.table.name
+        upgrade = self._upgrade_hint() if problem in ("table", "schema") else ""
+        if problem == "table" and upgrade:
+            # The jobs table is there, the tables beside it are not: an older version's.
+            problem = "schema"
         fix = {
             "credentials": "the store refused the login; fix the user and password in pyncette.url",
             "database": "the database does not exist; create it or fix its name in pyncette.url",
@@ -845,10 +1122,14 @@ class SQLRepository(Repository):
             "grant it the rights or use another user in pyncette.url",
             "table": f"the {table!r} table does not exist"
             + (
-                "; create it with your migrations or set pyncette.skip_table_create = false"
+                f"; create it with your migrations{upgrade} or set "
+                "pyncette.skip_table_create = false"
                 if not self.create_table
                 else "; check pyncette.table_name"
             ),
+            "schema": f"the {self.table.name!r} table was made by an older version of "
+            f"pyramid_pyncette; bring it up to date with your migrations{upgrade} or set "
+            "pyncette.skip_table_create = false",
         }[problem]
         return f"{fix} ({detail})"
 
@@ -941,35 +1222,37 @@ class SQLRepository(Repository):
         default_lease: float,
         queues: frozenset[str] | None = None,
     ) -> builtins.list[Lease]:
-        return self._write_and_claim((), Claim(now, limit, token, default_lease), keep=False)
+        claim = Claim(now, limit, token, default_lease, queues)
+        return self._write_and_claim((), claim, (), keep=False)
 
     def _complete_then_claim(
         self, outcomes: Sequence[Outcome], claim: Claim, runs: Sequence[RunRecord] = ()
     ) -> builtins.list[Lease]:
         """Write ``outcomes`` and claim, on a connection the calling thread keeps.
 
-        PostgreSQL deletes finished one-off runs inside its claim statement;
-        the other databases write the outcomes and claim in one transaction.
+        PostgreSQL deletes finished one-off runs and appends ``runs`` inside
+        its claim statement; the other databases write the outcomes and the
+        runs and claim in one transaction.
         A worker's loop calls this many times a second: keeping its
         connection spares a pool checkout (and its liveness ping) per call.
         :meth:`release_thread_connection` gives it back.
         """
-        return self._write_and_claim(outcomes, claim, keep=True)
+        return self._write_and_claim(outcomes, claim, runs, keep=True)
 
     def _write_and_claim(
-        self, outcomes: Sequence[Outcome], claim: Claim, keep: bool
+        self, outcomes: Sequence[Outcome], claim: Claim, runs: Sequence[RunRecord], keep: bool
     ) -> builtins.list[Lease]:
         try:
-            return self._complete_and_claim_batch(outcomes, claim, keep)
+            return self._complete_and_claim_batch(outcomes, claim, runs, keep)
         except Exception as exc:
             if not self.is_row_error(exc):
                 raise
             # One row's values, not the store: nothing of the batch was written.
             log.warning("the store refused a row of a batch (%s); writing row by row", exc)
-        return self._complete_and_claim_row_by_row(outcomes, claim)
+        return self._complete_and_claim_row_by_row(outcomes, claim, runs)
 
     def _complete_and_claim_batch(
-        self, outcomes: Sequence[Outcome], claim: Claim, keep: bool
+        self, outcomes: Sequence[Outcome], claim: Claim, runs: Sequence[RunRecord], keep: bool
     ) -> builtins.list[Lease]:
         if self._dialect == "postgresql":
             finished, others = split_finished(outcomes)
@@ -979,16 +1262,18 @@ class SQLRepository(Repository):
             for plan, _ in finished:
                 assert plan.token is not None  # split_finished keeps lease-guarded deletes only
                 done.append((plan.job_id, plan.token))
-            return self._claim_postgresql(*claim[:4], done, keep)
+            return self._claim_postgresql(claim, done, runs, keep)
         with self._connection(autocommit=False, keep=keep) as conn, conn.begin():
             if outcomes:
                 self.complete_on(conn, outcomes)
+            if runs:
+                self._insert_runs(conn, runs)
             if claim.limit <= 0:
                 return []
-            return self._claim_on(conn, *claim[:4])
+            return self._claim_on(conn, claim)
 
     def _complete_and_claim_row_by_row(
-        self, outcomes: Sequence[Outcome], claim: Claim
+        self, outcomes: Sequence[Outcome], claim: Claim, runs: Sequence[RunRecord]
     ) -> builtins.list[Lease]:
         """:meth:`complete_and_claim` after the database refused a row of the batch.
 
@@ -996,23 +1281,32 @@ class SQLRepository(Repository):
         claim writes each row in a savepoint of its own: a row the database
         still refuses is parked, the others are claimed as usual.
         """
-        if outcomes:
-            self.complete(outcomes)
+        if outcomes or runs:
+            self.complete(outcomes, runs)
         if claim.limit <= 0:
             return []
         with self._write() as conn:
             if self._dialect == "postgresql" and self.store_clock:
                 claim = claim._replace(now=self._now(conn, claim.now))
-            return self._claim_on(conn, *claim[:4], row_by_row=True)
+            return self._claim_on(conn, claim, row_by_row=True)
+
+    def _claimable(self, queues: frozenset[str] | None) -> ColumnElement[bool]:
+        """Jobs of ``queues`` (None: every queue) that are not in a paused queue."""
+        queue = self.table.c.queue
+        name: ColumnElement[str] = self.queues.c.name
+        if self._dialect in ("mysql", "mariadb"):
+            # The queue column of a table made before the queues table may have
+            # another binary collation (utf8mb4_bin, utf8mb4_nopad_bin): MySQL
+            # refuses to compare two columns whose collations differ.
+            name = name.collate("utf8mb4_bin")
+        paused = sa.select(name).where(self.queues.c.paused)
+        condition: ColumnElement[bool] = queue.not_in(paused)
+        if queues is not None:
+            condition = sa.and_(queue.in_(sorted(queues)), condition)
+        return condition
 
     def _claim_on(
-        self,
-        conn: Connection,
-        now: datetime,
-        limit: int,
-        token: str,
-        default_lease: float,
-        row_by_row: bool = False,
+        self, conn: Connection, claim: Claim, row_by_row: bool = False
     ) -> builtins.list[Lease]:
         """SQLite and MySQL: select due rows (``SKIP LOCKED`` on MySQL), then write their plans.
 
@@ -1020,6 +1314,7 @@ class SQLRepository(Repository):
         row the database refuses (any dialect: PostgreSQL's claim falls back
         to this too).
         """
+        now, limit, token, default_lease, queues = claim
         table = self.table
         mysql = self._dialect in ("mysql", "mariadb")
         clock = sa.func.utc_timestamp(6) if mysql and self.store_clock else None
@@ -1028,14 +1323,20 @@ class SQLRepository(Repository):
             query = sa.select(table, clock.label("pyncette_clock")).where(table.c.due_at <= clock)
         else:
             query = sa.select(table).where(table.c.due_at <= now)
-        query = query.order_by(table.c.due_at).limit(limit)
+        query = query.where(self._claimable(queues)).order_by(table.c.due_at).limit(limit)
         if self._skip_locked:
             query = query.with_for_update(skip_locked=True)
         if mysql:
             # Without the index InnoDB may scan and sort the whole table,
             # locking every due row until commit: other daemons would
-            # then skip them all and find nothing to claim.
-            hint = f"FORCE INDEX ({self._due_index})"
+            # then skip them all and find nothing to claim. A daemon serving
+            # one queue reads only its rows, in order, by the index that leads
+            # with the queue; for several, that index would need a sort of all
+            # their due rows (each locked until commit), so they walk due_at.
+            index = (
+                self._queue_index if queues is not None and len(queues) == 1 else self._due_index
+            )
+            hint = f"FORCE INDEX ({index})"
             query = query.with_hint(table, hint, "mysql").with_hint(table, hint, "mariadb")
         rows: Sequence[Sequence[Any]] = conn.execute(query).all()
         if not rows:
@@ -1079,32 +1380,66 @@ class SQLRepository(Repository):
         with conn.begin_nested():
             conn.execute(sa.update(table).where(where).values(locked_by=None, **values))
 
-    @functools.cached_property
+    @property
     def _claim_sql(self) -> str:
+        """PostgreSQL's claim of every queue that writes no run record (see
+        :meth:`_claim_sql_for`)."""
+        return self._claim_sql_for(None, False)
+
+    def _claim_sql_for(self, served: int | None, record: bool) -> str:
         """PostgreSQL's claim: one statement, run outside any explicit transaction.
 
         It reads the clock once (the server's, unless the caller's ``now`` is
         given), deletes the rows of finished one-off runs still locked by
-        their claim, and leases up to ``limit`` due rows picked with ``FOR
-        UPDATE SKIP LOCKED``, doing to each what :func:`plan_claim` does to an
-        at-least-once job. It returns that clock and the leased rows as they
-        are now; driver values, no type processing.
+        their claim, appends the run records (when ``record``), and leases up
+        to ``limit`` due rows picked with ``FOR UPDATE SKIP LOCKED``, of the
+        ``served`` queues given (their number; None: every queue) that are
+        not paused, doing to each what :func:`plan_claim` does to an
+        at-least-once job. It returns that clock and the leased rows as they are now;
+        driver values, no type processing.
         """
+        served = None if served is None else min(served, 2)  # none, one, several
+        key = (served, record)
+        if key not in self._claim_sqls:
+            self._claim_sqls[key] = self._build_claim_sql(served, record)
+        return self._claim_sqls[key]
+
+    def _build_claim_sql(self, served: int | None, record: bool) -> str:
         preparer = self.engine.dialect.identifier_preparer
         table = preparer.format_table(self.table)
+        queues = preparer.format_table(self.queues)
         columns = ", ".join(f"j.{preparer.quote(name)}" for name in COLUMNS)
+        served_only = "" if served is None else "AND j.queue = ANY(%(queues)s::text[])"
+        # One queue: ordered by (queue, due_at), the order of the index that leads with the
+        # queue (the same order, the queue being one), so that the planner reads that
+        # index from the first due row of the queue, whatever other queues hold.
+        order = "j.queue, j.due_at" if served == 1 else "j.due_at"
+        recorded = ""
+        if record:
+            runs = preparer.format_table(self.runs)
+            names = ", ".join(preparer.quote(name) for name in _RUN_COLUMNS)
+            arrays = ", ".join(
+                f"%(r_{name})s::{_RUN_ARRAY_TYPES.get(name, 'text')}[]" for name in _RUN_COLUMNS
+            )
+            recorded = f"""
+), recorded AS (
+    INSERT INTO {runs} ({names})
+    SELECT * FROM unnest({arrays})"""
         return f"""
 WITH clock AS MATERIALIZED (
     SELECT COALESCE(%(now)s::timestamptz, clock_timestamp()) AS now
 ), finished AS (
     DELETE FROM {table} AS f
     USING unnest(%(done_ids)s::text[], %(done_tokens)s::text[]) AS d(id, token)
-    WHERE f.id = d.id AND f.locked_by = d.token
+    WHERE f.id = d.id AND f.locked_by = d.token{recorded}
 ), due AS (
-    -- A scalar subquery, so that the time bounds an index range scan.
+    -- A scalar subquery, so that the time bounds an index range scan (on
+    -- (queue, due_at) when the queues are given).
     SELECT j.id FROM {table} AS j
     WHERE j.due_at <= (SELECT now FROM clock) AND j.id <> ALL(%(done_ids)s::text[])
-    ORDER BY j.due_at
+        {served_only}
+        AND j.queue NOT IN (SELECT q.name FROM {queues} AS q WHERE q.paused)
+    ORDER BY {order}
     LIMIT %(limit)s
     FOR UPDATE OF j SKIP LOCKED
 )
@@ -1120,14 +1455,12 @@ RETURNING clock.now, {columns}
 
     def _claim_postgresql(
         self,
-        now: datetime,
-        limit: int,
-        token: str,
-        default_lease: float,
+        claim: Claim,
         finished: Sequence[tuple[str, str]],
+        runs: Sequence[RunRecord],
         keep: bool,
     ) -> builtins.list[Lease]:
-        """Claim (and delete ``finished`` ``(id, token)`` rows) in one round trip.
+        """Claim (delete ``finished`` ``(id, token)`` rows, append ``runs``) in one round trip.
 
         Rows whose plan is not a plain lease (at-most-once, misfires,
         unreadable rows, a lease of their own length) are then rewritten from
@@ -1138,8 +1471,9 @@ RETURNING clock.now, {columns}
         process paused longer than the lease) is left alone, and its run is
         dropped from the result, never run.
         """
+        now, limit, token, default_lease, queues = claim
         lease_us = _micros(default_lease)
-        params = {
+        params: dict[str, Any] = {
             "now": None if self.store_clock else now,
             "done_ids": [job_id for job_id, _ in finished],
             "done_tokens": [done_token for _, done_token in finished],
@@ -1147,8 +1481,14 @@ RETURNING clock.now, {columns}
             "token": token,
             "lease_us": lease_us,
         }
+        if queues is not None:
+            params["queues"] = sorted(queues)
+        if runs:
+            records = [_run_row(run) for run in runs]
+            params.update({f"r_{name}": [row[name] for row in records] for name in _RUN_COLUMNS})
+        sql = self._claim_sql_for(None if queues is None else len(queues), bool(runs))
         with self._connection(autocommit=True, keep=keep) as conn:
-            result = conn.exec_driver_sql(self._claim_sql, params)
+            result = conn.exec_driver_sql(sql, params)
             rows: Sequence[Sequence[Any]]
             try:
                 rows = result.all()
@@ -1316,17 +1656,22 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
             )
 
     def complete(self, outcomes: Sequence[Outcome], runs: Sequence[RunRecord] = ()) -> None:
-        """Apply ``outcomes`` in one transaction; row by row if the database refuses a row.
+        """Apply ``outcomes`` and append ``runs`` in one transaction; row by row if the
+        database refuses a row.
 
         A row it still refuses, even with its text in ASCII, is parked as
         failed with an error saying why: one job's values never stop the
-        others' results from being written.
+        others' results from being written. Run records are written with
+        the batch (one insert), or on their own after a refused row.
         """
-        if not outcomes:
+        if not outcomes and not runs:
             return
         try:
             with self._write() as conn:
-                self.complete_on(conn, outcomes)
+                if outcomes:
+                    self.complete_on(conn, outcomes)
+                if runs:
+                    self._insert_runs(conn, runs)
             return
         except Exception as exc:
             if not self.is_row_error(exc):
@@ -1334,6 +1679,31 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
             log.warning("the store refused a result of a batch (%s); writing one by one", exc)
         for outcome in outcomes:
             self._complete_one(plan_completion(outcome), outcome.finished_at)
+        if runs:
+            self._insert_runs_alone(runs)
+
+    def _insert_runs(self, conn: Connection, runs: Sequence[RunRecord]) -> None:
+        """Append ``runs`` to the run history through ``conn``: one executemany insert."""
+        conn.execute(sa.insert(self.runs), [_run_row(run) for run in runs])
+
+    def _insert_runs_alone(self, runs: Sequence[RunRecord]) -> None:
+        """Append ``runs`` in a transaction of their own; a record the database still
+        refuses is logged and dropped (the history is a record, never a reason to stop)."""
+        try:
+            with self._write() as conn:
+                self._insert_runs(conn, runs)
+            return
+        except Exception as exc:
+            if not self.is_row_error(exc):
+                raise
+        for run in runs:
+            try:
+                with self._write() as conn:
+                    self._insert_runs(conn, [run])
+            except Exception as exc:
+                if not self.is_row_error(exc):
+                    raise
+                log.error("a run of job %r could not be recorded: %s", run.job_id, exc)
 
     def _complete_one(self, plan: CompletionPlan, now: datetime) -> None:
         """Write one completion plan alone; a row the database refuses is parked."""
@@ -1359,6 +1729,8 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
         """Apply outcomes through ``conn`` (a Connection or the app's Session).
 
         Returns how many lease-guarded rows matched: 0 for a lost lease.
+        Run records are not written here: the worker appends them with its
+        next batch (:meth:`complete_and_claim`).
         """
         return self._write_completions(conn, [plan_completion(o) for o in outcomes])
 
@@ -1460,35 +1832,127 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
 
     def next_due(self, queues: frozenset[str] | None = None) -> datetime | None:
         with self._read() as conn:
-            value = conn.execute(sa.select(sa.func.min(self.table.c.due_at))).scalar()
+            value, _ = self._earliest_due(conn, queues, None)
         # An unreadable time is no due time (the claim parks such a job if it is due).
         return value if isinstance(value, datetime) else None
 
     def next_due_delay(self, now: datetime, queues: frozenset[str] | None = None) -> float | None:
         if not self.store_clock:
-            return super().next_due_delay(now)
+            return super().next_due_delay(now, queues)
         # The server's clock, read by the same statement as the earliest due time.
         if self._dialect == "postgresql":
             clock = sa.func.clock_timestamp()
         else:
             clock = sa.func.utc_timestamp(6)
-        query = sa.select(sa.func.min(self.table.c.due_at), clock)
         with self._read() as conn:
-            due, server_now = conn.execute(query).one()
+            due, server_now = self._earliest_due(conn, queues, clock)
         if not isinstance(due, datetime):
             return None  # none, or unreadable (see next_due)
         return (due - utc(server_now)).total_seconds()
 
-    # -- queues and run history (not yet stored here) -----------------------
+    def _earliest_due(
+        self, conn: Connection, queues: frozenset[str] | None, clock: Any
+    ) -> tuple[Any, Any]:
+        """``(earliest due_at, clock)`` of the jobs of ``queues`` (None: all) not paused.
+
+        The paused queues are read first, so that each served queue's
+        earliest time is one index lookup (``MIN`` over ``(queue, due_at)``),
+        and every queue's is the ``due_at`` index's first entry (the first
+        not paused, when some queue is). ``clock`` (a SQL expression, or None)
+        is read by the same statement as the time.
+        """
+        table = self.table
+        paused_names = sa.select(self.queues.c.name).where(self.queues.c.paused)
+        paused = set(conn.execute(paused_names).scalars())
+        earliest = sa.func.min(table.c.due_at)
+        selects: builtins.list[sa.Select[Any]] = []
+        if queues is None and not paused:
+            selects.append(sa.select(earliest.label("due_at")))
+        elif queues is None:
+            # MIN with a filter on another column would read a whole index on
+            # MySQL: walk the due_at index instead, skipping the paused queues' rows.
+            query = (
+                sa.select(table.c.due_at)
+                .where(table.c.due_at.is_not(None), table.c.queue.not_in(sorted(paused)))
+                .order_by(table.c.due_at)
+                .limit(1)
+            )
+            if self._dialect in ("mysql", "mariadb"):
+                hint = f"FORCE INDEX ({self._due_index})"
+                query = query.with_hint(table, hint, "mysql").with_hint(table, hint, "mariadb")
+            selects.append(query)
+        else:
+            selects.extend(
+                sa.select(earliest.label("due_at")).where(table.c.queue == name)
+                for name in sorted(queues - paused)
+            )
+        if not selects:
+            return None, None
+        if len(selects) == 1 and clock is None:
+            return conn.execute(selects[0]).scalar(), None
+        each = selects[0].subquery() if len(selects) == 1 else sa.union_all(*selects).subquery()
+        columns = [sa.func.min(each.c.due_at)] + ([clock] if clock is not None else [])
+        row = conn.execute(sa.select(*columns)).one()
+        return row[0], (row[1] if clock is not None else None)
+
+    # -- queues ------------------------------------------------------------
 
     def set_queue_paused(self, name: str, paused: bool) -> bool:
-        raise NotImplementedError("queues are not stored here yet")
+        queues = self.queues
+        with self._write() as conn:
+            was = conn.execute(
+                sa.select(queues.c.paused).where(queues.c.name == name)
+            ).scalar_one_or_none()
+            if bool(was) == paused:
+                return False
+            if not paused:
+                conn.execute(sa.delete(queues).where(queues.c.name == name))
+            elif was is None:
+                conn.execute(sa.insert(queues).values(name=name, paused=True))
+            else:
+                conn.execute(sa.update(queues).where(queues.c.name == name).values(paused=True))
+            return True
 
     def paused_queues(self) -> builtins.set[str]:
-        return set()
+        queues = self.queues
+        with self._read() as conn:
+            return set(conn.execute(sa.select(queues.c.name).where(queues.c.paused)).scalars())
 
     def queue_stats(self, now: datetime) -> builtins.list[QueueInfo]:
-        raise NotImplementedError("queues are not stored here yet")
+        """Counts by ``GROUP BY queue`` over the jobs table (reads every job).
+
+        ``running`` counts the jobs in the state ``'running'`` (a job paused
+        while it runs is ``'paused'``).
+        """
+        table = self.table
+        locked_by = table.c.locked_by
+        due = sa.and_(locked_by.is_(None), table.c.due_at <= now)
+        # A job paused while it runs is 'paused', not 'running' (Job.state): its
+        # options, stored as compact JSON with sorted keys, carry the marker.
+        marker = json.dumps({PAUSED_MARKER: True}, separators=(",", ":"))[1:-1]
+        running = sa.and_(
+            locked_by.is_not(None),
+            sa.not_(locked_by.startswith(STAGED_PREFIX, autoescape=True)),
+            sa.not_(sa.type_coerce(table.c.options, sa.Text).contains(marker, autoescape=True)),
+        )
+        query = sa.select(
+            table.c.queue,
+            sa.func.sum(sa.case((due, 1), else_=0)),
+            sa.func.sum(sa.case((running, 1), else_=0)),
+        ).group_by(table.c.queue)
+        with self._read() as conn:
+            counts = {
+                queue: (int(due or 0), int(running or 0))
+                for queue, due, running in conn.execute(query)
+            }
+            paused = set(
+                conn.execute(sa.select(self.queues.c.name).where(self.queues.c.paused)).scalars()
+            )
+        counts.pop(None, None)  # no queue (a hand-written NULL): a job parked when claimed
+        names = sorted(set(counts) | paused)
+        return [QueueInfo(str(name), name in paused, *counts.get(name, (0, 0))) for name in names]
+
+    # -- run history -------------------------------------------------------
 
     def list_runs(
         self,
@@ -1499,10 +1963,57 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
         cursor: str | None = None,
         limit: int = 100,
     ) -> RunPage:
-        raise NotImplementedError("the run history is not stored here yet")
+        runs = self.runs
+        query = sa.select(runs).order_by(runs.c.id.desc()).limit(limit + 1)
+        if cursor is not None:
+            query = query.where(runs.c.id < _run_cursor(cursor))
+        if job_id is not None:
+            query = query.where(runs.c.job_id == job_id)
+        if task is not None:
+            query = query.where(runs.c.task == task)
+        if queue is not None:
+            query = query.where(runs.c.queue == queue)
+        if outcomes is not None:
+            query = query.where(runs.c.outcome.in_(sorted(outcomes)))
+        with self._read() as conn:
+            found = [_run_from_row(row) for row in conn.execute(query)]
+        more = len(found) > limit
+        found = found[:limit]
+        return RunPage(found, found[-1].id if more else None)
 
     def prune_runs(self, before: datetime, limit: int) -> int:
-        return 0
+        """Delete the oldest records (by id) that finished before ``before``, at most ``limit``."""
+        if limit <= 0:
+            return 0
+        runs = self.runs
+        statement: sa.Executable
+        if self._dialect in ("mysql", "mariadb"):
+            # MySQL refuses LIMIT in an IN subquery, but limits a DELETE itself.
+            preparer = self.engine.dialect.identifier_preparer
+            statement = sa.text(
+                f"DELETE FROM {preparer.format_table(runs)} WHERE finished_at < :before "
+                "ORDER BY id LIMIT :limit"
+            ).bindparams(sa.bindparam("before", before, type_=UTCDateTime()), limit=limit)
+        else:
+            oldest = (
+                sa.select(runs.c.id)
+                .where(runs.c.finished_at < before)
+                .order_by(runs.c.id)
+                .limit(limit)
+            )
+            statement = sa.delete(runs).where(runs.c.id.in_(oldest.scalar_subquery()))
+        with self._write() as conn:
+            return _rowcount(conn, statement)
+
+
+def _run_cursor(cursor: str) -> int:
+    """The record id a :meth:`SQLRepository.list_runs` cursor names, or an error saying so."""
+    try:
+        return int(cursor)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{cursor!r} is not a run cursor of this store: pass the next_cursor of a page"
+        ) from None
 
 
 def _sqlite_file_path(engine: Engine) -> str | None:
