@@ -77,7 +77,9 @@ MAX_RETRIES_SETTING = 1000
 #: The values of ``pyncette.history``.
 HISTORY_CHOICES = ("all", "failures", "none")
 
-_TABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+# 40 characters at most: the names derived from it (``ix_<name>_runs_finished_at``,
+# ``ix_<name>_queue_due_at``) must fit PostgreSQL's 63 and MySQL's 64.
+_TABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 _REDIS_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
@@ -332,7 +334,7 @@ def _retry_count(read: _Reader, name: str, value: Any) -> int:
 
 def _table_name(read: _Reader, name: str, value: Any) -> str:
     fix = (
-        "use a letter or underscore followed by up to 62 letters, digits or "
+        "use a letter or underscore followed by up to 39 letters, digits or "
         "underscores (e.g. 'pyncette_jobs')"
     )
     return read.pattern(name, value, _TABLE_NAME_RE, fix)

@@ -257,8 +257,24 @@ def test_boolean_values(raw, expected):
 
 
 def test_table_name_max_length():
-    name = "t" * 63
+    name = "t" * 40
     assert _parse(table_name=name).table_name == name
+
+
+def test_table_name_leaves_room_for_the_names_derived_from_it():
+    import sqlalchemy as sa
+    from pyramid.exceptions import ConfigurationError
+
+    from pyramid_pyncette.repository.sql import make_table
+
+    name = "t" * 40
+    table = make_table(name, sa.MetaData())
+    derived = [table.name, *(index.name for index in table.indexes)]
+    for other in table.metadata.tables.values():
+        derived += [other.name, *(index.name for index in other.indexes)]
+    assert max(len(n) for n in derived) <= 63
+    with pytest.raises(ConfigurationError, match="up to 39 letters"):
+        _parse(table_name="t" * 41)
 
 
 def test_redis_namespace_max_length():
@@ -316,6 +332,7 @@ def test_effective_heartbeat_interval_defaults_to_third_of_lease():
         ("table_name", "my-jobs", "letter or underscore"),
         ("table_name", "jobs; drop table x", "letter or underscore"),
         ("table_name", "t" * 64, "letter or underscore"),
+        ("table_name", "t" * 41, "letter or underscore"),
         ("table_name", "", "letter or underscore"),
         ("timezone", "Mars/Olympus_Mons", "IANA time zone"),
         ("timezone", "../../etc/passwd", "IANA time zone"),
