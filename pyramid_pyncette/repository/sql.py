@@ -336,10 +336,9 @@ def _make_runs_table(name: str, meta: sa.MetaData) -> sa.Table:
         sa.Column("host", sa.String(_RUN_TEXT_LENGTHS["host"]), nullable=False),
         sa.Column("pid", sa.BigInteger, nullable=False),
         sa.Column("worker", sa.String(_RUN_TEXT_LENGTHS["worker"]), nullable=False),
-        # The history of a job, of a task, newest first; and what retention prunes.
+        # The history of a job, of a task, newest first (retention reads the oldest ids).
         sa.Index(f"ix_{name}_job_id", "job_id", "id"),
         sa.Index(f"ix_{name}_task", "task", "id"),
-        sa.Index(f"ix_{name}_finished_at", "finished_at"),
         sqlite_autoincrement=True,
         **MYSQL_TABLE_OPTIONS,
     )
@@ -493,8 +492,7 @@ def _run_row(run: RunRecord) -> dict[str, Any]:
     never fails the batch that writes it.
     """
     row: dict[str, Any] = {
-        name: (storable_text(getattr(run, name), None) or "")[:width]
-        for name, width in _RUN_TEXT_LENGTHS.items()
+        name: _column_text(getattr(run, name), width) for name, width in _RUN_TEXT_LENGTHS.items()
     }
     row["error"] = storable_text(run.error, MAX_RUN_ERROR_LENGTH)
     row["scheduled_at"] = run.scheduled_at
@@ -503,6 +501,50 @@ def _run_row(run: RunRecord) -> dict[str, Any]:
     row["attempt"] = _clamp(run.attempt, _INT_MAX)
     row["pid"] = _clamp(run.pid, _BIGINT_MAX)
     return row
+
+
+def _unchanged(value: Any) -> Any:
+    """A value bound as it is."""
+    return value
+
+
+def _sqlite_utc_text(value: Any) -> Any:
+    """An aware datetime as the naive UTC text SQLite's columns hold (None stays None)."""
+    if value is None:
+        return None
+    value = value.astimezone(timezone.utc)
+    return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (  # noqa: UP031 - the fastest here
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond,
+    )
+
+
+#: Times :func:`_binds_like` compares binders on.
+_SAMPLE_TIMES = (
+    datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc),
+    datetime(1999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=2))),
+    None,
+)
+
+
+def _binds_like(process: Callable[[Any], Any], candidate: Callable[[Any], Any]) -> bool:
+    """Whether ``candidate`` binds a time exactly as the column's own ``process`` does."""
+    try:
+        return all(process(value) == candidate(value) for value in _SAMPLE_TIMES)
+    except Exception:
+        return False
+
+
+def _column_text(value: Any, width: int) -> str:
+    """``value`` as text a column of ``width`` characters holds (see :func:`storable_text`)."""
+    if type(value) is str and len(value) <= width and value.isascii() and "\x00" not in value:
+        return value  # the common case, without the general cleaning
+    return (storable_text(value, None) or "")[:width]
 
 
 def _clamp(value: Any, largest: int) -> int:
@@ -1684,7 +1726,37 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
 
     def _insert_runs(self, conn: Connection, runs: Sequence[RunRecord]) -> None:
         """Append ``runs`` to the run history through ``conn``: one executemany insert."""
-        conn.execute(sa.insert(self.runs), [_run_row(run) for run in runs])
+        rows = [_run_row(run) for run in runs]
+        fast = self._runs_insert
+        if fast is None:
+            conn.execute(sa.insert(self.runs), rows)
+            return
+        # The statement compiled once and each value bound by its column's own
+        # processor: the worker's loop writes a record per run, and the generic
+        # executemany path costs several times the insert itself.
+        sql, binders = fast
+        conn.exec_driver_sql(
+            sql,
+            [tuple(bind(row[name]) for name, bind in binders) for row in rows],
+        )
+
+    @functools.cached_property
+    def _runs_insert(self) -> tuple[str, Sequence[tuple[str, Callable[[Any], Any]]]] | None:
+        """The run history's INSERT for the driver, and each parameter's column and binder;
+        None where the driver's parameters are not positional (the generic insert is used)."""
+        dialect = self.engine.dialect
+        names = [column.name for column in self.runs.c if column.name != "id"]
+        compiled = sa.insert(self.runs).compile(dialect=dialect, column_keys=names)
+        order = compiled.positiontup
+        if not compiled.positional or order is None or sorted(order) != sorted(names):
+            return None
+        binders = []
+        for name in order:
+            process = self.runs.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None and _binds_like(process, _sqlite_utc_text):
+                process = _sqlite_utc_text
+            binders.append((name, process or _unchanged))
+        return str(compiled), binders
 
     def _insert_runs_alone(self, runs: Sequence[RunRecord]) -> None:
         """Append ``runs`` in a transaction of their own; a record the database still
@@ -1982,26 +2054,26 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
         return RunPage(found, found[-1].id if more else None)
 
     def prune_runs(self, before: datetime, limit: int) -> int:
-        """Delete the oldest records (by id) that finished before ``before``, at most ``limit``."""
+        """Delete the records that finished before ``before`` among the ``limit`` oldest
+        written (by id).
+
+        Records are written about in the order their runs finish, so the
+        oldest ids are the old records; reading only the ``limit`` oldest
+        keeps each call small whatever the history holds, and spares the
+        table an index on ``finished_at`` that every recorded run would
+        pay for. A record written after newer ones goes once those before
+        it went.
+        """
         if limit <= 0:
             return 0
         runs = self.runs
-        statement: sa.Executable
+        window = sa.select(runs.c.id, runs.c.finished_at).order_by(runs.c.id).limit(limit)
+        oldest = window.subquery("oldest")
+        old = sa.select(oldest.c.id).where(oldest.c.finished_at < before)
         if self._dialect in ("mysql", "mariadb"):
-            # MySQL refuses LIMIT in an IN subquery, but limits a DELETE itself.
-            preparer = self.engine.dialect.identifier_preparer
-            statement = sa.text(
-                f"DELETE FROM {preparer.format_table(runs)} WHERE finished_at < :before "
-                "ORDER BY id LIMIT :limit"
-            ).bindparams(sa.bindparam("before", before, type_=UTCDateTime()), limit=limit)
-        else:
-            oldest = (
-                sa.select(runs.c.id)
-                .where(runs.c.finished_at < before)
-                .order_by(runs.c.id)
-                .limit(limit)
-            )
-            statement = sa.delete(runs).where(runs.c.id.in_(oldest.scalar_subquery()))
+            # MySQL refuses LIMIT in an IN subquery, but not in a derived table inside it.
+            old = sa.select(old.subquery("old").c.id)
+        statement = sa.delete(runs).where(runs.c.id.in_(old.scalar_subquery()))
         with self._write() as conn:
             return _rowcount(conn, statement)
 
