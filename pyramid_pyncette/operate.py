@@ -1,7 +1,9 @@
-"""Showing jobs to operators: lines for the terminal, documents for JSON.
+"""Showing jobs, runs and queues to operators: lines for the terminal, documents for JSON.
 
-Pure functions from :class:`~pyramid_pyncette.jobs.Job` to text or to plain
-data; ``pscheduler`` prints what they return (they never touch a store).
+Pure functions from :class:`~pyramid_pyncette.jobs.Job`,
+:class:`~pyramid_pyncette.jobs.RunRecord` and
+:class:`~pyramid_pyncette.jobs.QueueInfo` to text or to plain data;
+``pscheduler`` prints what they return (they never touch a store).
 Everything in a job came from the store and may hold anything: control
 characters and escape sequences are shown as backslash escapes so they can
 neither break a table nor drive the terminal, credentials in URLs inside
@@ -10,14 +12,17 @@ and a job whose row could not be read (``Job.problem``) is shown as well as
 its values allow, never raising.
 
 The JSON form of a job (:func:`job_document`) has these keys, always all of
-them: ``id``, ``task``, ``state``, ``schedule`` (the stored schedule object),
+them: ``id``, ``task``, ``queue``, ``state``, ``paused``, ``schedule`` (the stored schedule object),
 ``schedule_description``, ``next_attempt_at`` (when it is next tried: the
 retry time while retrying), ``next_run_at`` (the scheduled time of its run),
 ``args``, ``kwargs``, ``options``, ``attempts``, ``last_run_at``,
 ``last_status``, ``last_error`` (in full), ``created_at``, ``lease_holder``
 (the daemon's lease token while running, else ``null``) and ``problem``
-(``null`` unless the row is unreadable). Times are ISO 8601 in UTC, or
-``null``.
+(``null`` unless the row is unreadable). A run (:func:`run_document`) has
+``id``, ``job_id``, ``task``, ``queue``, ``scheduled_at``, ``started_at``,
+``finished_at``, ``duration`` (seconds), ``attempt``, ``outcome``, ``error``,
+``host``, ``pid`` and ``worker``; a queue (:func:`queue_document`) ``name``,
+``paused``, ``due`` and ``running``. Times are ISO 8601 in UTC, or ``null``.
 """
 
 from __future__ import annotations
@@ -28,30 +33,56 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from .jobs import Job
+from .jobs import JOB_STATES, Job, QueueInfo, RunRecord
 from .redaction import redact_text
 from .schedules import ScheduleError, schedule_from_json
 
 __all__ = [
     "JOB_STATES",
     "LIST_COLUMNS",
+    "QUEUE_COLUMNS",
+    "RUN_COLUMNS",
     "describe_schedule",
     "dump_json",
     "error_headline",
+    "format_duration",
     "format_time",
     "iso_time",
+    "job_change",
     "job_details",
     "job_document",
     "job_row",
+    "jobs_document",
     "jobs_table",
+    "queue_document",
+    "queue_row",
+    "queues_document",
+    "queues_table",
+    "run_document",
+    "run_row",
+    "runs_document",
+    "runs_table",
     "terminal_text",
 ]
 
-#: The states ``pscheduler --list --state`` accepts (see :attr:`Job.state`).
-JOB_STATES = ("scheduled", "running", "retrying", "failed")
-
 #: The header of ``pscheduler --list``.
-LIST_COLUMNS = ("ID", "TASK", "SCHEDULE", "NEXT RUN", "STATE", "LAST", "LAST ERROR")
+LIST_COLUMNS = ("ID", "TASK", "QUEUE", "SCHEDULE", "NEXT RUN", "STATE", "LAST", "LAST ERROR")
+
+#: The header of ``pscheduler --runs`` (and of the runs ``--show`` prints).
+RUN_COLUMNS = (
+    "WHEN",
+    "JOB",
+    "TASK",
+    "QUEUE",
+    "ATTEMPT",
+    "OUTCOME",
+    "DURATION",
+    "DAEMON",
+    "ERROR",
+)
+
+#: The header of ``pscheduler --queues``.
+QUEUE_COLUMNS = ("NAME", "PAUSED", "DUE", "RUNNING")
 
 #: How many characters of an error's headline the ``LAST ERROR`` column shows.
 ERROR_COLUMN_WIDTH = 60
@@ -168,6 +199,7 @@ def job_row(job: Job) -> tuple[str, ...]:
     return (
         terminal_text(job.id),
         terminal_text(job.task),
+        terminal_text(job.queue),
         describe_schedule(job.schedule),
         # A retrying job's next run is its retry, not its scheduled time.
         format_time(_next_attempt(job)),
@@ -177,16 +209,21 @@ def job_row(job: Job) -> tuple[str, ...]:
     )
 
 
-def jobs_table(jobs: Iterable[Job]) -> list[str]:
-    """The lines of ``pscheduler --list``: a header and a line per job, or ``no jobs``."""
-    rows = [LIST_COLUMNS, *(job_row(job) for job in jobs)]
-    if len(rows) == 1:
-        return ["no jobs"]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(LIST_COLUMNS))]
+def _table(header: tuple[str, ...], rows: Iterable[tuple[str, ...]], empty: str) -> list[str]:
+    """``header`` and ``rows`` as aligned lines (two spaces apart), or ``[empty]``."""
+    lines = [header, *rows]
+    if len(lines) == 1:
+        return [empty]
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     return [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
+        for row in lines
     ]
+
+
+def jobs_table(jobs: Iterable[Job]) -> list[str]:
+    """The lines of ``pscheduler --list``: a header and a line per job, or ``no jobs``."""
+    return _table(LIST_COLUMNS, (job_row(job) for job in jobs), "no jobs")
 
 
 def _json_text(value: Any) -> str:
@@ -208,15 +245,32 @@ def _lease_holder(job: Job) -> str | None:
     return job.locked_by if _state(job) == "running" else None
 
 
-def job_details(job: Job) -> list[str]:
+def _paused(job: Job) -> bool | None:
+    try:
+        return job.paused
+    except Exception:
+        return None
+
+
+def _yes_no(value: bool | None) -> str:
+    return "-" if value is None else ("yes" if value else "no")
+
+
+def job_details(
+    job: Job, runs: Sequence[RunRecord] | None = None, queue_paused: bool = False
+) -> list[str]:
     """The lines of ``pscheduler --show``: every field of ``job``, its last error in full.
 
-    Run history is not part of a job; it is shown beside these lines.
+    ``queue_paused`` says the job's queue is paused (its queue line says so).
+    ``runs`` (newest first), when given, follow as a table under ``runs:``.
     """
+    queue = terminal_text(job.queue)
     fields: list[tuple[str, str]] = [
         ("id", terminal_text(job.id)),
         ("task", terminal_text(job.task)),
+        ("queue", f"{queue} (paused)" if queue_paused else queue),
         ("state", _state(job)),
+        ("paused", _yes_no(_paused(job))),
         ("schedule", describe_schedule(job.schedule)),
         ("next run", format_time(_next_attempt(job))),
         ("args", terminal_text(_json_text(job.args))),
@@ -240,6 +294,12 @@ def job_details(job: Job) -> list[str]:
         lines.extend(f"    {line}" for line in error.splitlines())
     else:
         lines.append(f"{'last error:':<{width}}-")
+    if runs is not None:
+        if runs:
+            lines.append(f"runs (last {len(runs)}, newest first):")
+            lines.extend(f"    {line}" for line in runs_table(runs))
+        else:
+            lines.append(f"{'runs:':<{width}}-")
     return lines
 
 
@@ -258,7 +318,9 @@ def job_document(job: Job) -> dict[str, Any]:
     return {
         "id": _plain(job.id),
         "task": _plain(job.task),
+        "queue": _plain(job.queue),
         "state": _state(job),
+        "paused": _paused(job),
         "schedule": _plain(job.schedule),
         "schedule_description": describe_schedule(job.schedule),
         "next_attempt_at": iso_time(_next_attempt(job)),
@@ -285,3 +347,121 @@ def dump_json(document: Any) -> str:
 def jobs_document(jobs: Sequence[Job]) -> dict[str, Any]:
     """The JSON document of ``pscheduler --list --json``: ``{"jobs": [...]}``."""
     return {"jobs": [job_document(job) for job in jobs]}
+
+
+def job_change(job: Job, done: str) -> str:
+    """The line ``pscheduler`` prints after changing ``job``: what was ``done``, the
+    job's new state and its next run (``job 'x' paused: state paused, next run -``)."""
+    return (
+        f"job {terminal_text(repr(job.id))} {done}: state {_state(job)}, "
+        f"next run {format_time(_next_attempt(job))}"
+    )
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def format_duration(seconds: Any) -> str:
+    """A run's duration for the terminal: ``0.042s``, ``12.3s``, ``4m05s``, ``2h03m``."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.3f}s"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def _duration(run: RunRecord) -> float | None:
+    try:
+        return run.duration
+    except Exception:
+        return None
+
+
+def _daemon(run: RunRecord) -> str:
+    if not run.host and not run.pid:
+        return "-"
+    return terminal_text(f"{run.host}:{run.pid}")
+
+
+def run_row(run: RunRecord) -> tuple[str, ...]:
+    """The cells of ``run``'s line in ``pscheduler --runs`` (see :data:`RUN_COLUMNS`)."""
+    return (
+        format_time(run.started_at),
+        terminal_text(run.job_id),
+        terminal_text(run.task),
+        terminal_text(run.queue),
+        terminal_text(run.attempt),
+        terminal_text(run.outcome),
+        format_duration(_duration(run)),
+        _daemon(run),
+        error_headline(run.error),
+    )
+
+
+def runs_table(runs: Iterable[RunRecord]) -> list[str]:
+    """The lines of ``pscheduler --runs``: a header and a line per run, or ``no runs``."""
+    return _table(RUN_COLUMNS, (run_row(run) for run in runs), "no runs")
+
+
+def run_document(run: RunRecord) -> dict[str, Any]:
+    """``run`` as a JSON object with stable keys (see the module documentation)."""
+    return {
+        "id": _plain(run.id),
+        "job_id": _plain(run.job_id),
+        "task": _plain(run.task),
+        "queue": _plain(run.queue),
+        "scheduled_at": iso_time(run.scheduled_at),
+        "started_at": iso_time(run.started_at),
+        "finished_at": iso_time(run.finished_at),
+        "duration": _duration(run),
+        "attempt": run.attempt if isinstance(run.attempt, int) else None,
+        "outcome": _plain(run.outcome),
+        "error": None if run.error is None else redact_text(run.error),
+        "host": _plain(run.host),
+        "pid": run.pid if isinstance(run.pid, int) else None,
+        "worker": _plain(run.worker),
+    }
+
+
+def runs_document(runs: Sequence[RunRecord]) -> dict[str, Any]:
+    """The JSON document of ``pscheduler --runs --json``: ``{"runs": [...]}``, newest first."""
+    return {"runs": [run_document(run) for run in runs]}
+
+
+# --------------------------------------------------------------------------- queues
+
+
+def queue_row(queue: QueueInfo) -> tuple[str, ...]:
+    """The cells of ``queue``'s line in ``pscheduler --queues`` (see :data:`QUEUE_COLUMNS`)."""
+    return (
+        terminal_text(queue.name),
+        _yes_no(queue.paused),
+        terminal_text(queue.due),
+        terminal_text(queue.running),
+    )
+
+
+def queues_table(queues: Iterable[QueueInfo]) -> list[str]:
+    """The lines of ``pscheduler --queues``: a header and a line per queue, or ``no queues``."""
+    return _table(QUEUE_COLUMNS, (queue_row(queue) for queue in queues), "no queues")
+
+
+def queue_document(queue: QueueInfo) -> dict[str, Any]:
+    """``queue`` as a JSON object: ``name``, ``paused``, ``due``, ``running``."""
+    return {
+        "name": _plain(queue.name),
+        "paused": bool(queue.paused),
+        "due": queue.due,
+        "running": queue.running,
+    }
+
+
+def queues_document(queues: Sequence[QueueInfo]) -> dict[str, Any]:
+    """The JSON document of ``pscheduler --queues --json``: ``{"queues": [...]}``."""
+    return {"queues": [queue_document(queue) for queue in queues]}

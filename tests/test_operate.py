@@ -100,13 +100,13 @@ def test_error_headline_of_no_error_is_a_dash(error):
 
 def test_jobs_table_has_a_header_and_one_aligned_line_per_job():
     operate = _operate()
-    jobs = [_job(), _job(id="a-much-longer-id", task="t")]
+    jobs = [_job(), _job(id="a-much-longer-id", task="t", queue="emails")]
     lines = operate.jobs_table(jobs)
     assert len(lines) == 3
-    assert lines[0].startswith("ID                TASK    SCHEDULE")
+    assert lines[0].startswith("ID                TASK    QUEUE    SCHEDULE")
     assert lines[0].endswith("LAST ERROR")
-    assert lines[1].startswith("nightly           report  every 30s")
-    assert lines[2].startswith("a-much-longer-id  t       every 30s")
+    assert lines[1].startswith("nightly           report  default  every 30s")
+    assert lines[2].startswith("a-much-longer-id  t       emails   every 30s")
     assert lines[1].index("scheduled") == lines[0].index("STATE")
 
 
@@ -117,7 +117,7 @@ def test_jobs_table_without_jobs_says_so():
 def test_jobs_table_shows_the_headline_of_the_last_error():
     job = _job(due_at=None, attempts=3, last_status="failed", last_error=TRACEBACK)
     row = _operate().job_row(job)
-    assert row[4:] == ("failed", "failed (attempt 3)", "RuntimeError: smtp refused")
+    assert row[5:] == ("failed", "failed (attempt 3)", "RuntimeError: smtp refused")
 
 
 def test_jobs_table_keeps_a_stored_newline_or_escape_on_its_line():
@@ -125,7 +125,7 @@ def test_jobs_table_keeps_a_stored_newline_or_escape_on_its_line():
     lines = _operate().jobs_table([job])
     assert len(lines) == 2
     assert "\x1b" not in lines[1] and "\r" not in lines[1]
-    assert lines[1].startswith("evil\\x0a\\x1b[31mred  t\\x0d")
+    assert lines[1].startswith("evil\\x0a\\x1b[31mred  t\\x0d  default")
     assert lines[1].endswith("bad\\x1b[2J")
 
 
@@ -133,8 +133,8 @@ def test_a_retrying_job_shows_its_retry_time_as_next_run():
     retry_at = T0 + timedelta(seconds=40)
     job = _job(attempts=2, due_at=retry_at, last_status="failed")
     row = _operate().job_row(job)
-    assert row[3] == "2026-03-04 05:06:47 UTC"
-    assert row[4] == "retrying"
+    assert row[4] == "2026-03-04 05:06:47 UTC"
+    assert row[5] == "retrying"
 
 
 # --------------------------------------------------------------------------- --show
@@ -163,7 +163,9 @@ def test_job_details_show_every_field():
     assert fields == {
         "id": "nightly",
         "task": "report",
+        "queue": "default",
         "state": "retrying",
+        "paused": "no",
         "schedule": f"every 30s from {T0.isoformat()}",
         "next run": "2026-03-04 05:06:17 UTC",
         "args": '[1, "two"]',
@@ -221,7 +223,9 @@ def test_job_details_name_the_problem_of_an_unreadable_row():
 JSON_KEYS = {
     "id",
     "task",
+    "queue",
     "state",
+    "paused",
     "schedule",
     "schedule_description",
     "next_attempt_at",
@@ -283,3 +287,239 @@ def test_dump_json_is_ascii_so_stored_escapes_cannot_reach_the_terminal():
     assert text.isascii()
     assert "\x1b" not in text
     assert json.loads(text)["jobs"][0]["id"] == "caf\u00e9\x1b[31m"
+
+
+# --------------------------------------------------------------------------- queues and pauses
+
+
+def _paused_job(**fields):
+    return _job(options={"paused": True}, due_at=None, **fields)
+
+
+def test_list_states_include_paused():
+    assert _operate().JOB_STATES == ("scheduled", "running", "retrying", "failed", "paused")
+
+
+def test_jobs_table_names_each_jobs_queue():
+    operate = _operate()
+    lines = operate.jobs_table([_job(queue="emails")])
+    assert lines[0].split()[:4] == ["ID", "TASK", "QUEUE", "SCHEDULE"]
+    assert lines[1].split()[:3] == ["nightly", "report", "emails"]
+    assert lines[1][lines[0].index("QUEUE") :].startswith("emails ")
+
+
+def test_jobs_table_shows_a_paused_job_as_paused_with_no_next_run():
+    row = _operate().job_row(_paused_job())
+    assert row[4:6] == ("-", "paused")
+
+
+def test_job_details_show_the_queue_and_the_paused_state():
+    _, paused = _details(_paused_job(queue="emails"))
+    _, running = _details(_job(locked_by="host-1:42:abc"))
+    assert (paused["queue"], paused["state"], paused["paused"]) == ("emails", "paused", "yes")
+    assert (running["queue"], running["state"], running["paused"]) == ("default", "running", "no")
+
+
+def test_job_details_say_when_the_jobs_queue_is_paused():
+    lines = _operate().job_details(_job(queue="emails"), queue_paused=True)
+    assert "queue:       emails (paused)" in lines
+    assert "queue:       emails" in _operate().job_details(_job(queue="emails"))
+
+
+def test_job_change_names_the_new_state_and_next_run():
+    operate = _operate()
+    assert operate.job_change(_paused_job(), "paused") == (
+        "job 'nightly' paused: state paused, next run -"
+    )
+    assert operate.job_change(_job(), "resumed") == (
+        "job 'nightly' resumed: state scheduled, next run 2026-03-04 05:06:07 UTC"
+    )
+
+
+def test_job_change_escapes_a_stored_escape_in_the_id():
+    line = _operate().job_change(_job(id="x\x1b[2J"), "resumed")
+    assert line.startswith("job 'x\\x1b[2J' resumed")
+    assert "\x1b" not in line
+
+
+def test_job_document_has_the_queue_and_the_paused_flag():
+    operate = _operate()
+    paused = operate.job_document(_paused_job(queue="emails"))
+    scheduled = operate.job_document(_job())
+    assert (paused["queue"], paused["state"], paused["paused"]) == ("emails", "paused", True)
+    assert (scheduled["queue"], scheduled["paused"]) == ("default", False)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def _run(**fields):
+    from pyramid_pyncette.jobs import RunRecord
+
+    values = {
+        "job_id": "nightly",
+        "task": "report",
+        "queue": "default",
+        "scheduled_at": T0,
+        "started_at": T0 + timedelta(seconds=1),
+        "finished_at": T0 + timedelta(seconds=1, milliseconds=250),
+        "attempt": 1,
+        "outcome": "succeeded",
+        "host": "web-1",
+        "pid": 4242,
+        "worker": "a1b2c3d4e5f6",
+        "id": "0000000000000002",
+    }
+    values.update(fields)
+    return RunRecord(**values)
+
+
+RUN_KEYS = {
+    "id",
+    "job_id",
+    "task",
+    "queue",
+    "scheduled_at",
+    "started_at",
+    "finished_at",
+    "duration",
+    "attempt",
+    "outcome",
+    "error",
+    "host",
+    "pid",
+    "worker",
+}
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.25, "0.250s"),
+        (9.9994, "9.999s"),
+        (12.34, "12.3s"),
+        (245, "4m05s"),
+        (7380, "2h03m"),
+        (None, "-"),
+        (-1, "-"),
+    ],
+)
+def test_format_duration_is_short_and_readable(seconds, text):
+    assert _operate().format_duration(seconds) == text
+
+
+def test_runs_table_has_every_column_of_a_run():
+    operate = _operate()
+    failed = _run(
+        id="0000000000000003",
+        attempt=2,
+        outcome="failed",
+        finished_at=T0 + timedelta(seconds=13),
+        error=TRACEBACK,
+    )
+    lines = operate.runs_table([failed, _run()])
+    assert lines[0].split() == [
+        "WHEN",
+        "JOB",
+        "TASK",
+        "QUEUE",
+        "ATTEMPT",
+        "OUTCOME",
+        "DURATION",
+        "DAEMON",
+        "ERROR",
+    ]
+    assert operate.run_row(failed) == (
+        "2026-03-04 05:06:08 UTC",
+        "nightly",
+        "report",
+        "default",
+        "2",
+        "failed",
+        "12.0s",
+        "web-1:4242",
+        "RuntimeError: smtp refused",
+    )
+    assert lines[1].endswith("web-1:4242  RuntimeError: smtp refused")
+    assert lines[2].endswith("web-1:4242  -")
+    assert lines[2].index("succeeded") == lines[0].index("OUTCOME")
+
+
+def test_runs_table_without_runs_says_so():
+    assert _operate().runs_table([]) == ["no runs"]
+
+
+def test_runs_table_keeps_stored_escapes_on_their_line():
+    run = _run(job_id="evil\n\x1b[31m", error="bad\x1b]0;x\x07\nmore", host="h\r")
+    lines = _operate().runs_table([run])
+    assert len(lines) == 2
+    assert "\x1b" not in lines[1] and "\r" not in lines[1]
+    assert "evil\\x0a\\x1b[31m" in lines[1]
+    assert lines[1].endswith("h\\x0d:4242  bad\\x1b]0;x\\x07")
+
+
+def test_run_document_has_the_documented_keys_and_iso_times():
+    run = _run(outcome="lease_lost", error="lost to redis://:hunter2@cache/0")
+    document = _operate().run_document(run)
+    assert set(document) == RUN_KEYS
+    assert document["started_at"] == "2026-03-04T05:06:08+00:00"
+    assert document["finished_at"] == "2026-03-04T05:06:08.250000+00:00"
+    assert document["duration"] == 0.25
+    assert document["error"] == "lost to redis://:***@cache/0"
+    assert (document["host"], document["pid"], document["worker"]) == (
+        "web-1",
+        4242,
+        "a1b2c3d4e5f6",
+    )
+
+
+def test_runs_document_is_ascii_json_newest_first():
+    operate = _operate()
+    runs = [_run(id="2", job_id="caf\u00e9\x1b"), _run(id="1")]
+    text = operate.dump_json(operate.runs_document(runs))
+    assert text.isascii()
+    assert [run["id"] for run in json.loads(text)["runs"]] == ["2", "1"]
+    assert json.loads(text)["runs"][0]["job_id"] == "caf\u00e9\x1b"
+
+
+def test_job_details_list_the_given_runs_as_a_table():
+    operate = _operate()
+    runs = [_run(outcome="failed", error="boom"), _run()]
+    lines = operate.job_details(_job(), runs=runs)
+    start = lines.index("runs (last 2, newest first):")
+    assert lines[start + 1 :] == [f"    {line}" for line in operate.runs_table(runs)]
+
+
+def test_job_details_without_runs_say_so():
+    lines = _operate().job_details(_job(), runs=[])
+    assert lines[-1] == "runs:        -"
+
+
+# --------------------------------------------------------------------------- queues
+
+
+def _queue(name, paused=False, due=0, running=0):
+    from pyramid_pyncette.jobs import QueueInfo
+
+    return QueueInfo(name=name, paused=paused, due=due, running=running)
+
+
+def test_queues_table_has_a_line_per_queue():
+    lines = _operate().queues_table([_queue("default", due=12, running=3), _queue("emails", True)])
+    assert lines == [
+        "NAME     PAUSED  DUE  RUNNING",
+        "default  no      12   3",
+        "emails   yes     0    0",
+    ]
+
+
+def test_queues_table_without_queues_says_so():
+    assert _operate().queues_table([]) == ["no queues"]
+
+
+def test_queues_document_gives_every_count():
+    operate = _operate()
+    document = json.loads(
+        operate.dump_json(operate.queues_document([_queue("emails", True, 4, 1)]))
+    )
+    assert document == {"queues": [{"name": "emails", "paused": True, "due": 4, "running": 1}]}

@@ -53,6 +53,7 @@ def test_list_prints_a_table_of_jobs(tmp_path, capsys):
     assert out[0].split() == [
         "ID",
         "TASK",
+        "QUEUE",
         "SCHEDULE",
         "NEXT",
         "RUN",
@@ -61,7 +62,7 @@ def test_list_prints_a_table_of_jobs(tmp_path, capsys):
         "LAST",
         "ERROR",
     ]
-    assert out[1].startswith("every-five  record")
+    assert out[1].startswith("every-five  record  default")
     assert "cron */5 * * * *" in out[1]
     assert "scheduled" in out[1]
     assert out[2].startswith("thirty")

@@ -120,7 +120,9 @@ def test_show_prints_every_field_and_the_last_error_in_full(sqlite_ini, capsys):
     assert fields == [
         "id",
         "task",
+        "queue",
         "state",
+        "paused",
         "schedule",
         "next run",
         "args",
