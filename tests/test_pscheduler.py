@@ -293,3 +293,75 @@ def test_pscheduler_error_line_hides_only_the_mariadb_password(tmp_path, mariadb
     shown = _server_url(mariadb_server.url, "root", "***")
     assert len(errors) == 1 and errors[0].startswith(f"pscheduler: store {shown}: "), output
     assert "root:p@" not in output
+
+
+# --------------------------------------------------------------------------- queues served
+
+
+class _RecordingWorker:
+    """Stands in for the worker: records the queues it would serve, runs nothing."""
+
+    served: list[frozenset[str] | None] = []
+
+    def __init__(self, registry):
+        _RecordingWorker.served.append(registry.scheduler.settings.queues)
+
+    def run(self, until_idle=False):
+        pass
+
+    def stop(self):
+        pass
+
+
+@pytest.fixture
+def recording_worker(monkeypatch):
+    from pyramid_pyncette import worker
+
+    monkeypatch.setattr(worker, "Worker", _RecordingWorker)
+    _RecordingWorker.served = []
+    return _RecordingWorker.served
+
+
+def test_queue_flags_become_the_daemons_queues(tmp_path, recording_worker):
+    ini, _ = write_ini(tmp_path, "memory://", extra="pyncette.queues = reports")
+    assert run_pscheduler("--once", "--queue", "emails", "--queue", "default", ini) == 0
+    assert recording_worker == [frozenset({"emails", "default"})]
+
+
+def test_without_queue_flags_the_daemon_serves_the_queues_setting(tmp_path, recording_worker):
+    ini, _ = write_ini(tmp_path, "memory://", extra="pyncette.queues = reports emails")
+    assert run_pscheduler("--once", ini) == 0
+    ini, _ = write_ini(tmp_path, "memory://")  # no pyncette.queues: every queue
+    assert run_pscheduler("--once", ini) == 0
+    assert recording_worker == [frozenset({"reports", "emails"}), None]
+
+
+def test_a_bad_queue_name_stops_the_daemon_before_it_starts(tmp_path, capsys, recording_worker):
+    ini, _ = write_ini(tmp_path, "memory://")
+    with pytest.raises(SystemExit) as exited:
+        run_pscheduler("--queue", "emails", "--queue", "bad/name", ini)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("pscheduler: argument --queue: 'bad/name' is not a queue name")
+    assert recording_worker == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("extra", "args", "line"),
+    [
+        (
+            "",
+            ["--queue", "emails", "--queue", "default"],
+            "serving the queues default, emails (--queue)",
+        ),
+        ("pyncette.queues = reports", [], "serving the queues reports (pyncette.queues)"),
+        ("", [], "serving every queue"),
+    ],
+)
+def test_the_daemon_logs_which_queues_it_serves(tmp_path, extra, args, line):
+    ini, _ = write_ini(tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite", extra=extra)
+    status, output = pscheduler_output(ini, "--once", *args)
+    assert status == 0, output
+    assert line in output, output

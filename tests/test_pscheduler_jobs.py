@@ -323,15 +323,32 @@ def test_processes_retry_and_cancel_on_every_store(store_ini):
     [
         (
             ["--list", "--state", "stuck"],
-            "choose from 'scheduled', 'running', 'retrying', 'failed'",
+            "choose from 'scheduled', 'running', 'retrying', 'failed', 'paused'",
         ),
         (["--list", "--show", "a"], "argument --show: not allowed with argument --list"),
         (["--retry", "a", "--cancel", "a"], "argument --cancel: not allowed with argument --retry"),
         (["--once", "--list"], "argument --list: not allowed with argument --once"),
         (["--show", "a", "--state", "failed"], "--state only filters --list"),
-        (["--task", "record"], "--task only filters --list"),
-        (["--cancel", "a", "--json"], "--json only applies to --list and --show"),
-        (["--json"], "--json only applies to --list and --show"),
+        (["--task", "record"], "--task only filters --list and --runs"),
+        (["--cancel", "a", "--json"], "--json only applies to --list, --show, --runs and --queues"),
+        (["--json"], "--json only applies to --list, --show, --runs and --queues"),
+        (["--pause", "a", "--json"], "--json only applies to --list, --show, --runs and --queues"),
+        (["--pause", "a", "--resume", "a"], "argument --resume: not allowed with argument --pause"),
+        (["--runs", "--queues"], "argument --queues: not allowed with argument --runs"),
+        (["--list", "--failed"], "--failed only filters --runs"),
+        (["--failed"], "--failed only filters --runs"),
+        (["--show", "a", "--limit", "5"], "--limit only applies to --list and --runs"),
+        (["--runs", "--limit", "0"], "argument --limit: '0' is not a positive whole number"),
+        (["--list", "--limit", "many"], "argument --limit: 'many' is not a positive whole number"),
+        (["--runs", "--state", "failed"], "--state only filters --list"),
+        (["--pause", "a", "--queue", "emails"], "--queue only filters --list and --runs"),
+        (["--queues", "--queue", "emails"], "--queue only filters --list and --runs"),
+        (["--list", "--queue", "a", "--queue", "b"], "filter by one --queue; give it once"),
+        (["--list", "--queue", "bad name"], "argument --queue: 'bad name' is not a queue name"),
+        (["--queue", "-x"], "argument --queue: expected one argument"),
+        (["--once", "--queue", "ok", "--queue", "no/pe"], "'no/pe' is not a queue name"),
+        (["--pause-queue", "a b"], "argument --pause-queue: 'a b' is not a queue name"),
+        (["--resume-queue", ".x"], "argument --resume-queue: '.x' is not a queue name"),
     ],
 )
 def test_processes_refuse_bad_flags_in_one_line_with_status_2(tmp_path, args, needle):
@@ -359,12 +376,33 @@ def test_help_explains_every_action_and_option():
     )
     assert done.returncode == 0, done.stderr
     text = " ".join(done.stdout.split())
-    for flag in ("--once", "--list", "--show ID", "--retry ID", "--cancel ID", "--task NAME"):
+    for flag in (
+        "--once",
+        "--list",
+        "--show ID",
+        "--runs [ID]",
+        "--queues",
+        "--pause ID",
+        "--resume ID",
+        "--retry ID",
+        "--cancel ID",
+        "--pause-queue NAME",
+        "--resume-queue NAME",
+        "--task NAME",
+        "--queue NAME",
+        "--failed",
+        "--limit N",
+    ):
         assert f"{flag} " in text, flag
-    states = "scheduled, running, retrying, failed"
+    states = "scheduled, running, retrying, failed, paused"
     assert f"--state STATE With --list: only the jobs in STATE ({states})" in text
-    assert "--task NAME With --list: only the jobs of the task NAME" in text
-    assert "--json Print --list or --show as one JSON document" in text
+    assert "--task NAME With --list or --runs: only the jobs (runs) of the task NAME" in text
+    assert "--queue NAME With --list or --runs: only the jobs (runs) of the queue NAME" in text
+    assert "serve the queue NAME, repeatable, instead of the queues of pyncette.queues" in text
+    assert "--failed With --runs: only the runs that failed or lost their lease" in text
+    assert "--limit N With --list or --runs: print at most N" in text
+    assert "--json Print --list, --show, --runs or --queues as one JSON document" in text
+    assert "its last 10 runs" in text
     assert "At most one; without any, pscheduler runs the daemon" in text
     assert "3 the store cannot be reached" in text
 
@@ -456,3 +494,38 @@ def test_readme_documents_every_json_key():
     documented = section[section.index("Each job has these keys") : section.index("Times\nare")]
     keys = set(re.findall(r"`([a-z_]+)`", documented)) - {"null"}
     assert keys == set(operate.job_document(_readme_jobs()[0]))
+
+
+# --------------------------------------------------------------------------- --runs [ID]
+
+
+def _command(*argv):
+    from pyramid_pyncette.scripts.pscheduler import PSchedulerCommand
+
+    return PSchedulerCommand(["pscheduler", *argv]).args
+
+
+@pytest.mark.parametrize(
+    ("argv", "runs", "config_uri", "config_vars"),
+    [
+        (["--runs", "app.ini"], True, "app.ini", []),
+        (["--runs", "app.ini", "a=b", "c=d"], True, "app.ini", ["a=b", "c=d"]),
+        (["--runs", "job-1", "app.ini"], "job-1", "app.ini", []),
+        (["--runs", "job-1", "app.ini", "a=b"], "job-1", "app.ini", ["a=b"]),
+        (["app.ini", "--runs", "job-1"], "job-1", "app.ini", []),
+        (["--runs", "--failed", "app.ini"], True, "app.ini", []),
+    ],
+)
+def test_runs_takes_an_optional_job_id_before_the_config_file(argv, runs, config_uri, config_vars):
+    args = _command(*argv)
+    assert (args.runs, args.config_uri, list(args.config_vars)) == (runs, config_uri, config_vars)
+
+
+def test_runs_without_a_config_file_is_a_one_line_usage_error(capsys):
+    with pytest.raises(SystemExit) as exited:
+        _command("--runs")
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "pscheduler: the following arguments are required: config_uri (see pscheduler --help)"
+    ]

@@ -2,14 +2,19 @@
 
 Shaped like ``pserve``::
 
-    pscheduler [-n NAME] [-v | -q] [--once | --list | --show ID | --retry ID | --cancel ID]
-               [--state STATE] [--task NAME] [--json] config_uri [name=value ...]
+    pscheduler [-n NAME] [-v | -q] [ACTION] [OPTIONS] config_uri [name=value ...]
 
-With no action it runs the daemon. ``--list`` (filtered by ``--state`` and
-``--task``) and ``--show`` print jobs, as JSON with ``--json``; ``--retry``
-and ``--cancel`` act on one job. They are faces of the scheduler API
-(``get_jobs``, ``get_job``, ``retry_job``, ``cancel_job``); the formatting
-lives in :mod:`pyramid_pyncette.operate`.
+With no action it runs the daemon (``--queue NAME``, repeatable, names the
+queues it serves instead of ``pyncette.queues``). ``--list`` (filtered by
+``--state``, ``--task`` and ``--queue``) and ``--show`` print jobs,
+``--runs`` the run history (filtered by ``--task``, ``--queue`` and
+``--failed``) and ``--queues`` the queues, as JSON with ``--json``;
+``--pause``, ``--resume``, ``--retry`` and ``--cancel`` act on one job,
+``--pause-queue`` and ``--resume-queue`` on one queue. They are faces of the
+scheduler API (``get_jobs``, ``get_job``, ``get_runs``, ``get_queues``,
+``pause_job``, ``resume_job``, ``retry_job``, ``cancel_job``,
+``pause_queue``, ``resume_queue``); the formatting lives in
+:mod:`pyramid_pyncette.operate`.
 
 The first SIGINT or SIGTERM stops claiming, lets running jobs finish and
 exits 0; a second one exits at once with status 1 (leases of jobs still
@@ -22,19 +27,21 @@ cannot be reached (refused, timed out, unknown host) fails ``--once`` and
 every action that shows or changes jobs with status 3; the daemon waits it
 out, and once running it treats every store error as an outage. Passwords in URLs and connection
 strings are hidden (``***``) in everything it prints and logs. Bad usage
-(conflicting flags, an unknown job id or state) exits 2 with one line.
+(conflicting flags, an unknown job id or state, a bad queue name) exits 2
+with one line, before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
 import sys
 import textwrap
 from types import FrameType
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pyramid.exceptions import ConfigurationExecutionError
 from pyramid.paster import bootstrap, setup_logging
@@ -42,6 +49,7 @@ from pyramid.scripts.common import parse_vars
 
 from .. import operate
 from ..exceptions import InvalidJobError, UnknownTaskError
+from ..jobs import RUN_FAILED, RUN_LEASE_LOST, queue_name_problem
 from ..redaction import install_log_redaction, redact_text
 
 if TYPE_CHECKING:
@@ -59,7 +67,38 @@ EXIT_USAGE = 2
 EXIT_STORE = 3
 
 #: The flags that show or change jobs instead of running the daemon.
-JOB_ACTIONS = ("list", "show", "retry", "cancel")
+JOB_ACTIONS = (
+    "list",
+    "show",
+    "runs",
+    "queues",
+    "pause",
+    "resume",
+    "retry",
+    "cancel",
+    "pause_queue",
+    "resume_queue",
+)
+
+#: The outcomes ``--runs --failed`` keeps.
+FAILED_OUTCOMES = (RUN_FAILED, RUN_LEASE_LOST)
+
+#: How many runs ``--runs`` prints without ``--limit``, and ``--show`` always.
+DEFAULT_RUNS_LIMIT = 100
+SHOW_RUNS = 10
+
+#: Runs fetched per call of ``get_runs`` while ``--runs`` collects ``--limit`` of them.
+_RUNS_PAGE = 500
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number (e.g. 20)")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -107,6 +146,8 @@ class PSchedulerCommand:
     def _make_parser(self) -> argparse.ArgumentParser:
         parser = _Parser(
             prog="pscheduler",
+            usage="pscheduler [-h] [-n NAME] [-v | -q] [ACTION] [OPTIONS] config_uri "
+            "[name=value ...]",
             description=textwrap.dedent(self.description),
             epilog=textwrap.dedent(self.epilog),
             formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -130,13 +171,40 @@ class PSchedulerCommand:
         action.add_argument(
             "--list",
             action="store_true",
-            help="Print the stored jobs as a table (id, task, schedule, next run, state, "
-            "last status, the line naming the last error) and exit",
+            help="Print the stored jobs as a table (id, task, queue, schedule, next run, "
+            "state, last status, the line naming the last error) and exit",
         )
         action.add_argument(
             "--show",
             metavar="ID",
-            help="Print everything about the job ID, its last error in full, and exit",
+            help="Print everything about the job ID (its queue, whether it is paused, its "
+            f"last error in full, its last {SHOW_RUNS} runs) and exit",
+        )
+        action.add_argument(
+            "--runs",
+            nargs="?",
+            const=True,
+            metavar="ID",
+            help="Print the recent runs, newest first (when, job, task, queue, attempt, "
+            "outcome, duration, daemon, the line naming the error), of every job or of the "
+            "job ID, and exit",
+        )
+        action.add_argument(
+            "--queues",
+            action="store_true",
+            help="Print the queues (name, paused, due jobs, running jobs) and exit",
+        )
+        action.add_argument(
+            "--pause",
+            metavar="ID",
+            help="Pause the job ID: no daemon claims it until --resume (a run in progress "
+            "finishes); it keeps its schedule and arguments",
+        )
+        action.add_argument(
+            "--resume",
+            metavar="ID",
+            help="Resume the paused job ID: a recurring job runs next at its first scheduled "
+            "time from now, a one-off job whose time has passed runs now",
         )
         action.add_argument(
             "--retry",
@@ -149,7 +217,18 @@ class PSchedulerCommand:
             metavar="ID",
             help="Delete the job ID (a run in progress finishes but is not repeated)",
         )
-        listing = parser.add_argument_group("options of --list and --show")
+        action.add_argument(
+            "--pause-queue",
+            metavar="NAME",
+            help="Pause the queue NAME: every daemon stops claiming its jobs within one poll "
+            "(runs in progress finish)",
+        )
+        action.add_argument(
+            "--resume-queue",
+            metavar="NAME",
+            help="Resume the paused queue NAME: daemons serving it claim its jobs again",
+        )
+        listing = parser.add_argument_group("options of the actions and the daemon")
         listing.add_argument(
             "--state",
             choices=operate.JOB_STATES,
@@ -157,12 +236,35 @@ class PSchedulerCommand:
             help=f"With --list: only the jobs in STATE ({', '.join(operate.JOB_STATES)})",
         )
         listing.add_argument(
-            "--task", metavar="NAME", help="With --list: only the jobs of the task NAME"
+            "--task",
+            metavar="NAME",
+            help="With --list or --runs: only the jobs (runs) of the task NAME",
+        )
+        listing.add_argument(
+            "--queue",
+            action="append",
+            metavar="NAME",
+            help="With --list or --runs: only the jobs (runs) of the queue NAME. Running the "
+            "daemon (or --once): serve the queue NAME, repeatable, instead of the queues of "
+            "pyncette.queues (default: every queue)",
+        )
+        listing.add_argument(
+            "--failed",
+            action="store_true",
+            help="With --runs: only the runs that failed or lost their lease",
+        )
+        listing.add_argument(
+            "--limit",
+            type=_positive_int,
+            metavar="N",
+            help=f"With --list or --runs: print at most N jobs (runs); --runs prints "
+            f"{DEFAULT_RUNS_LIMIT} without it",
         )
         listing.add_argument(
             "--json",
             action="store_true",
-            help="Print --list or --show as one JSON document (times in ISO 8601 UTC)",
+            help="Print --list, --show, --runs or --queues as one JSON document (times in "
+            "ISO 8601 UTC)",
         )
         parser.add_argument(
             "-v", "--verbose", default=1, action="count", help="Print more (repeatable)"
@@ -170,7 +272,9 @@ class PSchedulerCommand:
         parser.add_argument(
             "-q", "--quiet", action="store_const", const=0, dest="verbose", help="Print less"
         )
-        parser.add_argument("config_uri", help="The URI of the configuration file")
+        # Optional for argparse only: "--runs production.ini" would otherwise
+        # take the file for a job id (see _take_back_config_uri).
+        parser.add_argument("config_uri", nargs="?", help="The URI of the configuration file")
         parser.add_argument(
             "config_vars",
             nargs="*",
@@ -179,14 +283,57 @@ class PSchedulerCommand:
         )
         return parser
 
-    def _check_combinations(self) -> None:
-        """Refuse options that the chosen action ignores (argparse groups cannot say it)."""
+    def _take_back_config_uri(self) -> None:
+        """``--runs`` takes an optional ID, so argparse gives it the config file of
+        ``pscheduler --runs production.ini``: take it back.
+
+        The value of ``--runs`` is the config URI when no other positional
+        argument is left, or when the one left looks like a ``name=value``
+        variable.
+        """
         args = self.args
-        for flag, value in (("--state", args.state), ("--task", args.task)):
-            if value is not None and not args.list:
-                self.parser.error(f"{flag} only filters --list")
-        if args.json and not (args.list or args.show is not None):
-            self.parser.error("--json only applies to --list and --show")
+        if not isinstance(args.runs, str):
+            return
+        if args.config_uri is None:
+            args.config_uri, args.runs = args.runs, True
+        elif "=" in args.config_uri:
+            args.config_vars = [args.config_uri, *args.config_vars]
+            args.config_uri, args.runs = args.runs, True
+
+    def _check_combinations(self) -> None:
+        """Refuse options that the chosen action ignores (argparse groups cannot say it),
+        and bad queue names, before anything touches the store."""
+        args = self.args
+        self._take_back_config_uri()
+        if args.config_uri is None:
+            self.parser.error("the following arguments are required: config_uri")
+        listing = args.list or args.runs is not None
+        if args.state is not None and not args.list:
+            self.parser.error("--state only filters --list")
+        if args.task is not None and not listing:
+            self.parser.error("--task only filters --list and --runs")
+        if args.failed and args.runs is None:
+            self.parser.error("--failed only filters --runs")
+        if args.limit is not None and not listing:
+            self.parser.error("--limit only applies to --list and --runs")
+        if args.json and not (listing or args.queues or args.show is not None):
+            self.parser.error("--json only applies to --list, --show, --runs and --queues")
+        queues = args.queue or []
+        if queues and self.action is not None and not listing:
+            self.parser.error(
+                "--queue only filters --list and --runs, or names the queues the daemon serves"
+            )
+        if listing and len(queues) > 1:
+            self.parser.error("--list and --runs filter by one --queue; give it once")
+        for flag, names in (
+            ("--queue", queues),
+            ("--pause-queue", [args.pause_queue]),
+            ("--resume-queue", [args.resume_queue]),
+        ):
+            for name in names:
+                problem = None if name is None else queue_name_problem(name)
+                if problem is not None:
+                    self.parser.error(f"argument {flag}: {problem}")
 
     @property
     def action(self) -> str | None:
@@ -273,14 +420,27 @@ class PSchedulerCommand:
             status = self.check_store(registry)
             if status is not None:
                 return status
-            if self.args.list:
+            args = self.args
+            if args.list:
                 return self.list_jobs(registry)
-            if self.args.show is not None:
-                return self.show_job(registry, self.args.show)
-            if self.args.retry is not None:
-                return self.retry_job(registry, self.args.retry)
-            if self.args.cancel is not None:
-                return self.cancel_job(registry, self.args.cancel)
+            if args.show is not None:
+                return self.show_job(registry, args.show)
+            if args.runs is not None:
+                return self.list_runs(registry)
+            if args.queues:
+                return self.list_queues(registry)
+            if args.pause is not None:
+                return self.pause_job(registry, args.pause, pause=True)
+            if args.resume is not None:
+                return self.pause_job(registry, args.resume, pause=False)
+            if args.retry is not None:
+                return self.retry_job(registry, args.retry)
+            if args.cancel is not None:
+                return self.cancel_job(registry, args.cancel)
+            if args.pause_queue is not None:
+                return self.pause_queue(registry, args.pause_queue, pause=True)
+            if args.resume_queue is not None:
+                return self.pause_queue(registry, args.resume_queue, pause=False)
             return self.serve(registry)
         finally:
             env["closer"]()
@@ -325,6 +485,10 @@ class PSchedulerCommand:
             return self._job_error(registry, "cannot list the jobs of the store", exc)
         if state is not None:
             jobs = [job for job in jobs if job.state == state]
+        if self.args.queue:
+            jobs = [job for job in jobs if job.queue == self.args.queue[0]]
+        if self.args.limit is not None:
+            jobs = jobs[: self.args.limit]
         if self.args.json:
             self.out(operate.dump_json(operate.jobs_document(jobs)))
         else:
@@ -348,6 +512,88 @@ class PSchedulerCommand:
         else:
             for line in operate.job_details(job):
                 self.out(line)
+        return EXIT_OK
+
+    def _fetch_runs(self, registry: Registry, limit: int, **filters: Any) -> list[Any]:
+        """Up to ``limit`` runs matching ``filters``, newest first, page by page."""
+        runs: list[Any] = []
+        cursor = None
+        while len(runs) < limit:
+            page = registry.scheduler.get_runs(
+                limit=min(limit - len(runs), _RUNS_PAGE), cursor=cursor, **filters
+            )
+            runs.extend(page.runs)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        return runs[:limit]
+
+    def list_runs(self, registry: Registry) -> int:
+        """``--runs [ID]``: the recent runs, newest first, filtered by ``--task``,
+        ``--queue`` and ``--failed``."""
+        args = self.args
+        filters: dict[str, Any] = {
+            "job_id": args.runs if isinstance(args.runs, str) else None,
+            "task": args.task,
+            "queue": args.queue[0] if args.queue else None,
+            "outcome": FAILED_OUTCOMES if args.failed else None,
+        }
+        limit = DEFAULT_RUNS_LIMIT if args.limit is None else args.limit
+        try:
+            runs = self._fetch_runs(registry, limit, **filters)
+        except Exception as exc:
+            return self._job_error(registry, "cannot read the run history of the store", exc)
+        if args.json:
+            self.out(operate.dump_json(operate.runs_document(runs)))
+        else:
+            for line in operate.runs_table(runs):
+                self.out(line)
+        return EXIT_OK
+
+    def list_queues(self, registry: Registry) -> int:
+        """``--queues``: every queue with its paused flag, backlog and running jobs."""
+        try:
+            queues = registry.scheduler.get_queues()
+        except Exception as exc:
+            return self._job_error(registry, "cannot list the queues of the store", exc)
+        if self.args.json:
+            self.out(operate.dump_json(operate.queues_document(queues)))
+        else:
+            for line in operate.queues_table(queues):
+                self.out(line)
+        return EXIT_OK
+
+    def pause_job(self, registry: Registry, job_id: str, pause: bool) -> int:
+        """``--pause ID`` / ``--resume ID``: print the job's new state and next run."""
+        verb = "pause" if pause else "resume"
+        scheduler = registry.scheduler
+        try:
+            job = scheduler.pause_job(job_id) if pause else scheduler.resume_job(job_id)
+        except Exception as exc:
+            if isinstance(exc, LookupError):
+                return self._unknown_job(job_id)
+            return self._job_error(registry, f"cannot {verb} the job", exc)
+        self.out(operate.job_change(job, f"{verb}d"))
+        return EXIT_OK
+
+    def pause_queue(self, registry: Registry, name: str, pause: bool) -> int:
+        """``--pause-queue NAME`` / ``--resume-queue NAME``."""
+        scheduler = registry.scheduler
+        try:
+            changed = scheduler.pause_queue(name) if pause else scheduler.resume_queue(name)
+        except Exception as exc:
+            verb = "pause" if pause else "resume"
+            return self._job_error(registry, f"cannot {verb} the queue", exc)
+        shown = operate.terminal_text(repr(name))
+        if changed is False:  # the scheduler says nothing changed
+            self.out(f"queue {shown} was already {'paused' if pause else 'running'}")
+        elif pause:
+            self.out(
+                f"queue {shown} paused: no daemon claims its jobs until "
+                f"pscheduler --resume-queue {operate.terminal_text(name)}"
+            )
+        else:
+            self.out(f"queue {shown} resumed: the daemons serving it claim its jobs again")
         return EXIT_OK
 
     def retry_job(self, registry: Registry, job_id: str) -> int:
@@ -385,9 +631,29 @@ class PSchedulerCommand:
         logging.shutdown()
         os._exit(EXIT_FORCED)
 
+    def serve_queues(self, registry: Registry) -> None:
+        """Make ``--queue`` (when given) the daemon's queues, and log which it serves.
+
+        The settings are replaced before the worker is built: it reads
+        ``settings.queues`` from the scheduler.
+        """
+        scheduler = registry.scheduler
+        source = "pyncette.queues"
+        if self.args.queue:
+            settings = dataclasses.replace(scheduler.settings, queues=frozenset(self.args.queue))
+            scheduler.settings = settings
+            registry.pyncette_settings = settings
+            source = "--queue"
+        queues = scheduler.settings.queues
+        if queues is None:
+            log.info("serving every queue (set pyncette.queues or --queue to choose)")
+        else:
+            log.info("serving the queues %s (%s)", ", ".join(sorted(queues)), source)
+
     def serve(self, registry: Registry) -> int:
         from ..worker import Worker
 
+        self.serve_queues(registry)
         worker = self.worker = Worker(registry)
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
