@@ -297,7 +297,7 @@ def job_details(
     if runs is not None:
         if runs:
             lines.append(f"runs (last {len(runs)}, newest first):")
-            lines.extend(f"    {line}" for line in runs_table(runs))
+            lines.extend(f"    {line}" for line in runs_table(runs, one_job=True))
         else:
             lines.append(f"{'runs:':<{width}}-")
     return lines
@@ -404,9 +404,23 @@ def run_row(run: RunRecord) -> tuple[str, ...]:
     )
 
 
-def runs_table(runs: Iterable[RunRecord]) -> list[str]:
-    """The lines of ``pscheduler --runs``: a header and a line per run, or ``no runs``."""
-    return _table(RUN_COLUMNS, (run_row(run) for run in runs), "no runs")
+# The columns of the runs ``pscheduler --show`` prints: its job, task and
+# queue are the job's own, already shown above them.
+_ONE_JOB_RUN_COLUMNS = (0, 4, 5, 6, 7, 8)
+
+
+def runs_table(runs: Iterable[RunRecord], one_job: bool = False) -> list[str]:
+    """The lines of ``pscheduler --runs``: a header and a line per run, or ``no runs``.
+
+    ``one_job`` leaves out the JOB, TASK and QUEUE columns (the runs of one
+    job, as ``pscheduler --show`` prints them).
+    """
+    rows: Iterable[tuple[str, ...]] = (run_row(run) for run in runs)
+    header = RUN_COLUMNS
+    if one_job:
+        header = tuple(header[i] for i in _ONE_JOB_RUN_COLUMNS)
+        rows = (tuple(row[i] for i in _ONE_JOB_RUN_COLUMNS) for row in rows)
+    return _table(header, rows, "no runs")
 
 
 def run_document(run: RunRecord) -> dict[str, Any]:

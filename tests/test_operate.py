@@ -487,7 +487,11 @@ def test_job_details_list_the_given_runs_as_a_table():
     runs = [_run(outcome="failed", error="boom"), _run()]
     lines = operate.job_details(_job(), runs=runs)
     start = lines.index("runs (last 2, newest first):")
-    assert lines[start + 1 :] == [f"    {line}" for line in operate.runs_table(runs)]
+    assert lines[start + 1 :] == [
+        "    WHEN                     ATTEMPT  OUTCOME    DURATION  DAEMON      ERROR",
+        "    2026-03-04 05:06:08 UTC  1        failed     0.250s    web-1:4242  boom",
+        "    2026-03-04 05:06:08 UTC  1        succeeded  0.250s    web-1:4242  -",
+    ]
 
 
 def test_job_details_without_runs_say_so():

@@ -419,13 +419,15 @@ def _readme_section(title):
     return text[start : text.index("\n## ", start + 1)]
 
 
+def _utc(*parts):
+    return datetime(*parts, tzinfo=timezone.utc)
+
+
 def _readme_jobs():
     """The jobs of the README's "Operating the scheduler" examples."""
     from pyramid_pyncette.jobs import Job
 
-    def utc(*parts):
-        return datetime(*parts, tzinfo=timezone.utc)
-
+    utc = _utc
     error = (
         "Traceback (most recent call last):\n"
         '  File "/srv/myapp/myapp/jobs.py", line 16, in send_welcome\n'
@@ -444,6 +446,7 @@ def _readme_jobs():
                 "start": "2026-05-03T09:12:44+00:00",
             },
             args=[42],
+            queue="emails",
             due_at=utc(2026, 5, 5, 9, 12, 44),
             next_run_at=utc(2026, 5, 5, 9, 12, 44),
             last_run_at=utc(2026, 5, 4, 9, 12, 44),
@@ -465,8 +468,9 @@ def _readme_jobs():
             task="myapp.jobs:send_welcome",
             schedule={"kind": "date", "run_at": "2026-05-04T08:57:10+00:00"},
             args=[43],
+            queue="emails",
             attempts=6,
-            last_run_at=utc(2026, 5, 4, 9, 30),
+            last_run_at=utc(2026, 5, 4, 9, 1, 52),
             last_status="failed",
             last_error=error,
             created_at=utc(2026, 5, 4, 8, 57, 10),
@@ -474,17 +478,75 @@ def _readme_jobs():
     ]
 
 
+def _readme_runs():
+    """The run history of the README's examples, newest first."""
+    from datetime import timedelta
+
+    from pyramid_pyncette.jobs import RunRecord
+
+    jobs = {job.id: job for job in _readme_jobs()}
+    error = jobs["welcome-43"].last_error
+    # (job id, attempt, start, seconds taken, outcome), oldest first
+    runs = [
+        ("daily-42", 1, _utc(2026, 5, 3, 9, 12, 44), 0.312, "succeeded"),
+        ("myapp.jobs:nightly_cleanup", 1, _utc(2026, 5, 4, 1, 0, 0), 42.71, "succeeded"),
+        ("welcome-43", 1, _utc(2026, 5, 4, 8, 57, 10), 0.021, "failed"),
+        ("welcome-43", 2, _utc(2026, 5, 4, 8, 57, 19), 0.018, "failed"),
+        ("welcome-43", 3, _utc(2026, 5, 4, 8, 57, 36), 0.019, "failed"),
+        ("welcome-43", 4, _utc(2026, 5, 4, 8, 58, 11), 0.02, "failed"),
+        ("welcome-43", 5, _utc(2026, 5, 4, 8, 59, 24), 0.017, "failed"),
+        ("welcome-43", 6, _utc(2026, 5, 4, 9, 1, 52), 0.019, "failed"),
+        ("daily-42", 1, _utc(2026, 5, 4, 9, 12, 44), 0.287, "succeeded"),
+    ]
+    records = [
+        RunRecord(
+            job_id=job_id,
+            task=jobs[job_id].task,
+            queue=jobs[job_id].queue,
+            scheduled_at=jobs["welcome-43"].created_at if job_id == "welcome-43" else start,
+            started_at=start,
+            finished_at=start + timedelta(seconds=seconds),
+            attempt=attempt,
+            outcome=outcome,
+            error=error if outcome == "failed" else None,
+            host="jobs-1",
+            pid=2817,
+            worker="5f0c2a9e41b7",
+            id=f"{number:016x}",
+        )
+        for number, (job_id, attempt, start, seconds, outcome) in enumerate(runs, 1)
+    ]
+    return records[::-1]
+
+
+def _readme_queues():
+    from pyramid_pyncette.jobs import QueueInfo
+
+    return [QueueInfo("default", False, 0, 1), QueueInfo("emails", True, 12, 0)]
+
+
 def test_readme_operating_examples_are_what_pscheduler_prints():
     from pyramid_pyncette import operate
 
     section = _readme_section("Operating the scheduler")
     jobs = _readme_jobs()
+    runs = _readme_runs()
+    welcome_runs = [run for run in runs if run.job_id == "welcome-43"]
+    daily = jobs[0]
+    paused = daily.replace(options={"paused": True}, due_at=None)
     for block in (
         operate.jobs_table(jobs),
         operate.jobs_table(jobs[2:]),
-        operate.job_details(jobs[2]),
+        operate.job_details(jobs[2], runs=welcome_runs),
+        operate.runs_table(runs[:3]),
+        operate.runs_table([run for run in runs if run.failed][:2]),
+        operate.queues_table(_readme_queues()),
+        [operate.job_change(paused, "paused")],
+        [operate.job_change(daily, "resumed")],
     ):
-        assert "\n" + "\n".join(block) + "\n```" in section, block
+        # The whole output: the console block or the next command follows it.
+        text = "\n" + "\n".join(block) + "\n"
+        assert text + "```" in section or text + "$ " in section, block
 
 
 def test_readme_documents_every_json_key():
@@ -494,6 +556,21 @@ def test_readme_documents_every_json_key():
     documented = section[section.index("Each job has these keys") : section.index("Times\nare")]
     keys = set(re.findall(r"`([a-z_]+)`", documented)) - {"null"}
     assert keys == set(operate.job_document(_readme_jobs()[0]))
+
+
+def _documented_keys(section, start):
+    paragraph = section[section.index(start) :]
+    return set(re.findall(r"`([a-z_]+)`", paragraph[: paragraph.index("\n\n")])) - {"null"}
+
+
+def test_readme_documents_every_json_key_of_runs_and_queues():
+    from pyramid_pyncette import operate
+
+    section = _readme_section("Operating the scheduler")
+    run = operate.run_document(_readme_runs()[0])
+    queue = operate.queue_document(_readme_queues()[0])
+    assert _documented_keys(section, "Each run has these keys") == set(run)
+    assert _documented_keys(section, "Each queue has these keys") == set(queue)
 
 
 # --------------------------------------------------------------------------- --runs [ID]
