@@ -416,7 +416,7 @@ def runs_table(runs: Iterable[RunRecord], one_job: bool = False) -> list[str]:
     job, as ``pscheduler --show`` prints them).
     """
     rows: Iterable[tuple[str, ...]] = (run_row(run) for run in runs)
-    header = RUN_COLUMNS
+    header: tuple[str, ...] = RUN_COLUMNS
     if one_job:
         header = tuple(header[i] for i in _ONE_JOB_RUN_COLUMNS)
         rows = (tuple(row[i] for i in _ONE_JOB_RUN_COLUMNS) for row in rows)
