@@ -126,9 +126,10 @@ def _shorten(text: str, width: int) -> str:
 def error_headline(error: Any, width: int = ERROR_COLUMN_WIDTH) -> str:
     """The line that names an error, shortened to ``width`` and safe to print; ``-`` if none.
 
-    For a Python traceback (whole, or cut from the front as stores keep long
-    ones) that is its exception line, its last unindented line; for any
-    other text, its first non-empty line.
+    For a text that starts with a Python traceback (whole, or cut from the
+    front as stores keep long ones) that is its exception line, its last
+    unindented line; for any other text (a run record's error starts with
+    its exception line), its first non-empty line.
     """
     if not error:
         return "-"
@@ -137,7 +138,9 @@ def error_headline(error: Any, width: int = ERROR_COLUMN_WIDTH) -> str:
     if not lines:
         return "-"
     headline = lines[0]
-    if _TRACEBACK_START in text or text.startswith("..."):  # cut from the front
+    # A traceback names its exception last; a run record's error puts that
+    # line first (then the traceback), like any other text.
+    if lines[0].lstrip().startswith(_TRACEBACK_START) or text.startswith("..."):
         unindented = [line for line in lines if not line[:1].isspace()]
         headline = unindented[-1] if unindented else lines[-1]
     return _shorten(terminal_text(headline.strip()), width)
@@ -262,7 +265,8 @@ def job_details(
     """The lines of ``pscheduler --show``: every field of ``job``, its last error in full.
 
     ``queue_paused`` says the job's queue is paused (its queue line says so).
-    ``runs`` (newest first), when given, follow as a table under ``runs:``.
+    ``runs`` (newest first), when given, come as a table under ``runs:``,
+    before the last error.
     """
     queue = terminal_text(job.queue)
     fields: list[tuple[str, str]] = [
@@ -288,18 +292,18 @@ def job_details(
         fields.append(("problem", terminal_text(redact_text(job.problem))))
     width = max(len(name) for name, _ in fields) + 2
     lines = [f"{name + ':':<{width}}{value}" for name, value in fields]
-    if job.last_error:
-        lines.append("last error:")
-        error = terminal_text(redact_text(job.last_error), multiline=True)
-        lines.extend(f"    {line}" for line in error.splitlines())
-    else:
-        lines.append(f"{'last error:':<{width}}-")
     if runs is not None:
         if runs:
             lines.append(f"runs (last {len(runs)}, newest first):")
             lines.extend(f"    {line}" for line in runs_table(runs, one_job=True))
         else:
             lines.append(f"{'runs:':<{width}}-")
+    if job.last_error:
+        lines.append("last error:")
+        error = terminal_text(redact_text(job.last_error), multiline=True)
+        lines.extend(f"    {line}" for line in error.splitlines())
+    else:
+        lines.append(f"{'last error:':<{width}}-")
     return lines
 
 

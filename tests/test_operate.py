@@ -482,21 +482,28 @@ def test_runs_document_is_ascii_json_newest_first():
     assert json.loads(text)["runs"][0]["job_id"] == "caf\u00e9\x1b"
 
 
-def test_job_details_list_the_given_runs_as_a_table():
+def test_job_details_list_the_given_runs_as_a_table_before_the_last_error():
     operate = _operate()
     runs = [_run(outcome="failed", error="boom"), _run()]
-    lines = operate.job_details(_job(), runs=runs)
+    lines = operate.job_details(_job(last_error="boom"), runs=runs)
     start = lines.index("runs (last 2, newest first):")
     assert lines[start + 1 :] == [
         "    WHEN                     ATTEMPT  OUTCOME    DURATION  DAEMON      ERROR",
         "    2026-03-04 05:06:08 UTC  1        failed     0.250s    web-1:4242  boom",
         "    2026-03-04 05:06:08 UTC  1        succeeded  0.250s    web-1:4242  -",
+        "last error:",
+        "    boom",
     ]
 
 
 def test_job_details_without_runs_say_so():
     lines = _operate().job_details(_job(), runs=[])
-    assert lines[-1] == "runs:        -"
+    assert lines[-2:] == ["runs:        -", "last error:  -"]
+
+
+def test_error_headline_of_a_run_error_is_its_exception_line_before_the_traceback():
+    error = "RuntimeError: smtp refused\n" + TRACEBACK
+    assert _operate().error_headline(error) == "RuntimeError: smtp refused"
 
 
 # --------------------------------------------------------------------------- queues
