@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import subprocess
@@ -29,13 +30,17 @@ UNKNOWN = "pscheduler: no job has the id 'nope'"
 
 
 def _failing_store(tmp_path, url, extra=""):
-    """An INI on ``url`` whose store holds ``broken`` (failed, parked) and ``hourly``."""
+    """An INI on ``url`` whose store holds ``broken`` (failed, parked; queue ``default``) and
+    ``hourly`` (queue ``reports``), and the runs of ``broken`` and ``done`` (a one-off job
+    of the queue ``emails``, finished and gone)."""
     ini, _ = write_ini(tmp_path, url, extra=extra)
     registry = bootstrap_registry(ini)
     registry.scheduler.add_async_job("fail", job_id="broken", max_retries=0)
-    registry.scheduler.add_interval_job("record", "1h", job_id="hourly")
+    registry.scheduler.add_interval_job("record", "1h", job_id="hourly", queue="reports")
+    registry.scheduler.add_async_job("record", job_id="done", queue="emails")
     assert run_pscheduler("--once", ini) == 0
     assert registry.scheduler.get_job("broken").state == "failed"
+    assert registry.scheduler.get_job("done") is None
     return ini, registry
 
 
@@ -132,6 +137,7 @@ def test_show_prints_every_field_and_the_last_error_in_full(sqlite_ini, capsys):
         "last run",
         "last status",
         "created at",
+        "runs (last 1, newest first)",
         "last error",
     ]
     assert "state:       failed" in lines
@@ -244,7 +250,20 @@ def test_an_unreadable_row_is_listed_and_shown_with_its_problem(tmp_path, sqlite
 
 @pytest.mark.parametrize(
     "args",
-    [["--list"], ["--list", "--json"], ["--show", "x"], ["--retry", "x"], ["--cancel", "x"]],
+    [
+        ["--list"],
+        ["--list", "--json"],
+        ["--show", "x"],
+        ["--retry", "x"],
+        ["--cancel", "x"],
+        ["--runs"],
+        ["--runs", "x", "--json"],
+        ["--queues"],
+        ["--pause", "x"],
+        ["--resume", "x"],
+        ["--pause-queue", "q"],
+        ["--resume-queue", "q"],
+    ],
 )
 def test_an_unreachable_store_exits_3(tmp_path, capsys, args):
     # A missing directory may be a volume not mounted yet: an outage, not a misconfiguration.
@@ -253,6 +272,347 @@ def test_an_unreachable_store_exits_3(tmp_path, capsys, args):
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1
     assert err[0].startswith("pscheduler: cannot")
+
+
+# --------------------------------------------------------------------------- runs, pauses, queues
+
+
+def _job_lines(output):
+    """The first words of a table's lines after its header."""
+    return [line.split()[0] for line in _lines(output)[1:]]
+
+
+def _run_jobs(output):
+    """The JOB column of a ``--runs`` table."""
+    return [line.split()[3] for line in _lines(output)[1:]]
+
+
+@pytest.mark.slow
+def test_processes_show_the_queue_pause_state_and_last_runs(sqlite_ini):
+    ini, _ = sqlite_ini
+    status, output = _run(ini, "--show", "broken")
+    assert status == 0, output
+    lines = output.splitlines()
+    assert "queue:       default" in lines
+    assert "paused:      no" in lines
+    start = lines.index("runs (last 1, newest first):")
+    header, run = lines[start + 1 : lines.index("last error:")]
+    assert header.split() == ["WHEN", "ATTEMPT", "OUTCOME", "DURATION", "DAEMON", "ERROR"]
+    assert run.split()[3:5] == ["1", "failed"]
+    assert run.endswith("RuntimeError: failing on purpose")
+
+
+def test_show_keeps_the_last_10_runs_newest_first(sqlite_ini, capsys):
+    ini, registry = sqlite_ini
+    for _ in range(11):
+        registry.scheduler.retry_job("broken")
+        assert run_pscheduler("--once", ini) == 0
+    capsys.readouterr()
+    assert run_pscheduler("--show", "broken", "--json", ini) == 0
+    document = json.loads(capsys.readouterr().out)
+    runs = document["runs"]
+    stored = registry.scheduler.get_runs(job_id="broken").runs
+    assert len(stored) == 12
+    assert [run["id"] for run in runs] == [run.id for run in stored[:10]]
+    assert {(run["job_id"], run["outcome"], run["attempt"]) for run in runs} == {
+        ("broken", "failed", 1)
+    }
+    assert run_pscheduler("--show", "broken", ini) == 0
+    assert "runs (last 10, newest first):" in capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.slow
+def test_processes_show_json_has_the_job_its_queue_and_its_runs(sqlite_ini):
+    from pyramid_pyncette import operate
+
+    ini, _ = sqlite_ini
+    status, output = _run(ini, "--show", "broken", "--json")
+    assert status == 0, output
+    document = json.loads(output)
+    assert set(document) == {"job", "queue_paused", "runs"}
+    assert (document["job"]["queue"], document["job"]["paused"]) == ("default", False)
+    assert document["queue_paused"] is False
+    [run] = document["runs"]
+    assert (run["job_id"], run["outcome"], run["queue"], run["task"]) == (
+        "broken",
+        "failed",
+        "default",
+        "fail",
+    )
+    assert operate.error_headline(run["error"]) == "RuntimeError: failing on purpose"
+    assert run["started_at"].endswith("+00:00") and run["duration"] >= 0
+
+
+@pytest.mark.slow
+def test_processes_show_says_when_the_jobs_queue_is_paused(sqlite_ini):
+    ini, registry = sqlite_ini
+    registry.scheduler.pause_queue("reports")
+    status, output = _run(ini, "--show", "hourly")
+    assert status == 0, output
+    assert "queue:       reports (paused)" in output.splitlines()
+    status, output = _run(ini, "--show", "hourly", "--json")
+    assert json.loads(output)["queue_paused"] is True
+
+
+@pytest.mark.slow
+def test_processes_runs_lists_every_run_newest_first(sqlite_ini):
+    ini, registry = sqlite_ini
+    status, output = _run(ini, "--runs")
+    assert status == 0, output
+    table = _lines(output)
+    assert table[0].split() == [
+        "WHEN",
+        "JOB",
+        "TASK",
+        "QUEUE",
+        "ATTEMPT",
+        "OUTCOME",
+        "DURATION",
+        "DAEMON",
+        "ERROR",
+    ]
+    expected = [run.job_id for run in registry.scheduler.get_runs().runs]
+    assert sorted(expected) == ["broken", "done"]
+    assert _run_jobs(output) == expected
+    broken = next(line for line in table if " broken " in line)
+    assert broken.endswith("RuntimeError: failing on purpose")
+    assert broken.split()[9].endswith(f":{os.getpid()}")  # the daemon (in this process)
+
+
+@pytest.mark.slow
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["broken"], ["broken"]),
+        (["done"], ["done"]),  # finished and gone: its history stays
+        (["--failed"], ["broken"]),
+        (["--task", "record"], ["done"]),
+        (["--queue", "emails"], ["done"]),
+        (["--queue", "reports"], []),
+        (["--failed", "--queue", "emails"], []),
+        (["nope"], []),
+    ],
+)
+def test_processes_runs_filters(sqlite_ini, args, expected):
+    ini, _ = sqlite_ini
+    status, output = _run(ini, "--runs", *args)
+    assert status == 0, output
+    if expected:
+        assert _run_jobs(output) == expected
+    else:
+        assert _lines(output) == ["no runs"]
+
+
+@pytest.mark.slow
+def test_processes_runs_limit_keeps_the_newest(sqlite_ini):
+    ini, registry = sqlite_ini
+    newest = registry.scheduler.get_runs().runs[0]
+    status, output = _run(ini, "--runs", "--limit", "1")
+    assert status == 0, output
+    assert _run_jobs(output) == [newest.job_id]
+
+
+def test_runs_pages_through_the_history_up_to_the_limit(sqlite_ini, capsys):
+    from pyramid_pyncette.scripts import pscheduler
+
+    ini, registry = sqlite_ini
+    for _ in range(4):
+        registry.scheduler.retry_job("broken")
+        assert run_pscheduler("--once", ini) == 0
+    capsys.readouterr()
+    old_page = pscheduler._RUNS_PAGE
+    pscheduler._RUNS_PAGE = 2
+    try:
+        assert run_pscheduler("--runs", "--failed", "--limit", "3", "--json", ini) == 0
+        three = json.loads(capsys.readouterr().out)["runs"]
+        assert run_pscheduler("--runs", "--json", ini) == 0
+        every = json.loads(capsys.readouterr().out)["runs"]
+    finally:
+        pscheduler._RUNS_PAGE = old_page
+    stored = registry.scheduler.get_runs(outcome=("failed", "lease_lost")).runs
+    assert [run["id"] for run in three] == [run.id for run in stored[:3]]
+    assert len(every) == 6
+
+
+def test_runs_of_a_task_no_longer_registered_are_found(sqlite_ini, capsys):
+    ini, registry = sqlite_ini
+    assert run_pscheduler("--runs", "--task", "gone", ini) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "no task is registered as 'gone'" in err[0]
+    # the job of a task the code dropped ran before: its history names it
+    hourly = registry.scheduler.get_job("hourly")
+    registry.scheduler.repository.add([hourly.replace(id="orphan", task="gone", due_at=None)])
+    registry.scheduler.retry_job("orphan")
+    assert run_pscheduler("--once", ini) == 0
+    capsys.readouterr()
+    assert run_pscheduler("--runs", "--task", "gone", ini) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split()[3:5] for line in table[1:]] == [["orphan", "gone"]]
+
+
+def test_pausing_a_queue_twice_says_it_was_already_paused(sqlite_ini, capsys):
+    ini, _ = sqlite_ini
+    assert run_pscheduler("--pause-queue", "emails", ini) == 0
+    assert run_pscheduler("--pause-queue", "emails", ini) == 0
+    assert run_pscheduler("--resume-queue", "emails", ini) == 0
+    assert run_pscheduler("--resume-queue", "emails", ini) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "queue 'emails' paused: no daemon claims its jobs until pscheduler --resume-queue emails",
+        "queue 'emails' was already paused",
+        "queue 'emails' resumed: the daemons serving it claim its jobs again",
+        "queue 'emails' was not paused",
+    ]
+
+
+def test_retrying_a_paused_job_is_refused_in_one_line(sqlite_ini, capsys):
+    ini, registry = sqlite_ini
+    registry.scheduler.pause_job("hourly")
+    assert run_pscheduler("--retry", "hourly", ini) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "resume_job" in err[0]
+    assert registry.scheduler.get_job("hourly").state == "paused"
+
+
+@pytest.mark.slow
+def test_processes_runs_json_is_one_document(sqlite_ini):
+    from tests.test_operate import RUN_KEYS
+
+    ini, _ = sqlite_ini
+    status, output = _run(ini, "--runs", "--failed", "--json")
+    assert status == 0, output
+    document = json.loads(output)
+    assert list(document) == ["runs"]
+    [run] = document["runs"]
+    assert set(run) == RUN_KEYS
+    assert (run["job_id"], run["outcome"], run["attempt"]) == ("broken", "failed", 1)
+    assert run["host"] and isinstance(run["pid"], int) and run["worker"]
+
+
+@pytest.mark.slow
+def test_processes_pause_and_resume_a_job(sqlite_ini):
+    ini, registry = sqlite_ini
+    status, output = _run(ini, "--pause", "hourly")
+    assert (status, _lines(output)) == (0, ["job 'hourly' paused: state paused, next run -"])
+    assert registry.scheduler.get_job("hourly").state == "paused"
+
+    status, output = _run(ini, "--list", "--state", "paused")
+    assert status == 0, output
+    assert _job_lines(output) == ["hourly"]
+
+    status, output = _run(ini, "--resume", "hourly")
+    assert status == 0, output
+    job = registry.scheduler.get_job("hourly")
+    assert job.state == "scheduled"
+    next_run = job.next_run_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+    assert _lines(output) == [f"job 'hourly' resumed: state scheduled, next run {next_run}"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("action", ["--pause", "--resume"])
+def test_processes_pausing_an_unknown_job_is_one_line_and_writes_nothing(sqlite_ini, action):
+    ini, registry = sqlite_ini
+    before = list(registry.scheduler.iter_jobs())
+    status, output = _run(ini, action, "nope")
+    assert status == 2, output
+    assert len(_lines(output)) == 1 and output.startswith(UNKNOWN), output
+    assert list(registry.scheduler.iter_jobs()) == before
+
+
+@pytest.mark.slow
+def test_processes_queues_pause_and_resume(sqlite_ini):
+    ini, registry = sqlite_ini
+    status, output = _run(ini, "--queues")
+    assert status == 0, output
+    assert _lines(output) == [
+        "NAME     PAUSED  DUE  RUNNING",
+        "default  no      0    0",
+        "reports  no      0    0",
+    ]
+
+    status, output = _run(ini, "--pause-queue", "emails")
+    assert (status, _lines(output)) == (
+        0,
+        ["queue 'emails' paused: no daemon claims its jobs until pscheduler --resume-queue emails"],
+    )
+    status, output = _run(ini, "--queues", "--json")
+    assert status == 0, output
+    assert json.loads(output) == {
+        "queues": [
+            {"name": "default", "paused": False, "due": 0, "running": 0},
+            {"name": "emails", "paused": True, "due": 0, "running": 0},
+            {"name": "reports", "paused": False, "due": 0, "running": 0},
+        ]
+    }
+
+    status, output = _run(ini, "--resume-queue", "emails")
+    assert (status, _lines(output)) == (
+        0,
+        ["queue 'emails' resumed: the daemons serving it claim its jobs again"],
+    )
+    assert [queue.name for queue in registry.scheduler.get_queues() if queue.paused] == []
+
+
+@pytest.mark.slow
+def test_processes_list_shows_and_filters_queues(sqlite_ini):
+    ini, _ = sqlite_ini
+    status, output = _run(ini, "--list")
+    assert status == 0, output
+    table = _lines(output)
+    assert table[0].split()[:3] == ["ID", "TASK", "QUEUE"]
+    assert [line.split()[:3] for line in table[1:]] == [
+        ["broken", "fail", "default"],
+        ["hourly", "record", "reports"],
+    ]
+    status, output = _run(ini, "--list", "--queue", "reports", "--json")
+    assert status == 0, output
+    assert [job["id"] for job in json.loads(output)["jobs"]] == ["hourly"]
+    status, output = _run(ini, "--list", "--limit", "1")
+    assert status == 0, output
+    assert _job_lines(output) == ["broken"]
+
+
+@pytest.mark.slow
+def test_processes_daemon_serves_only_its_queues(tmp_path):
+    from tests.procapp import read_runs
+
+    ini, records = write_ini(tmp_path, f"sqlite:///{tmp_path}/jobs.sqlite")
+    registry = bootstrap_registry(ini)
+    registry.scheduler.add_async_job("record", job_id="mail", queue="emails")
+    registry.scheduler.add_async_job("record", job_id="report", queue="reports")
+    registry.scheduler.add_async_job("record", job_id="other")
+    status, output = _run(ini, "--once", "--queue", "emails", "--queue", "reports")
+    assert status == 0, output
+    assert "serving the queues emails, reports (--queue)" in output
+    assert sorted(job_id for job_id, _, _ in read_runs(records)) == ["mail", "report"]
+    assert [job.id for job in registry.scheduler.iter_jobs()] == ["other"]
+
+
+@pytest.mark.slow
+def test_processes_runs_pause_and_queues_on_every_store(store_ini):
+    ini, registry = store_ini
+    status, output = _run(ini, "--runs", "--failed")
+    assert status == 0, output
+    assert _run_jobs(output) == ["broken"]
+    assert _lines(output)[1].endswith("RuntimeError: failing on purpose")
+
+    status, output = _run(ini, "--show", "broken", "--json")
+    assert status == 0, output
+    assert [run["outcome"] for run in json.loads(output)["runs"]] == ["failed"]
+
+    status, output = _run(ini, "--pause", "hourly")
+    assert status == 0, output
+    assert registry.scheduler.get_job("hourly").state == "paused"
+    status, output = _run(ini, "--resume", "hourly")
+    assert status == 0, output
+    assert registry.scheduler.get_job("hourly").state == "scheduled"
+
+    status, output = _run(ini, "--pause-queue", "reports")
+    assert status == 0, output
+    status, output = _run(ini, "--queues", "--json")
+    assert status == 0, output
+    paused = [queue["name"] for queue in json.loads(output)["queues"] if queue["paused"]]
+    assert paused == ["reports"]
 
 
 # --------------------------------------------------------------------------- processes
@@ -363,7 +723,18 @@ def test_processes_refuse_bad_flags_in_one_line_with_status_2(tmp_path, args, ne
 @pytest.mark.slow
 def test_processes_exit_3_when_the_server_store_is_unreachable(tmp_path):
     ini, _ = write_ini(tmp_path, f"redis://127.0.0.1:{free_port()}/0")
-    for args in (["--list"], ["--show", "x"], ["--retry", "x"], ["--cancel", "x"]):
+    for args in (
+        ["--list"],
+        ["--show", "x"],
+        ["--retry", "x"],
+        ["--cancel", "x"],
+        ["--runs", "--failed"],
+        ["--queues", "--json"],
+        ["--pause", "x"],
+        ["--resume", "x"],
+        ["--pause-queue", "q"],
+        ["--resume-queue", "q"],
+    ):
         status, output = _run(ini, *args)
         assert status == 3, (args, output)
         assert len(_errors(output)) == 1, output
@@ -485,7 +856,10 @@ def _readme_runs():
     from pyramid_pyncette.jobs import RunRecord
 
     jobs = {job.id: job for job in _readme_jobs()}
-    error = jobs["welcome-43"].last_error
+    # A run's error starts with its exception line, then the traceback.
+    error = (
+        "ConnectionRefusedError: [Errno 111] Connection refused\n" + jobs["welcome-43"].last_error
+    )
     # (job id, attempt, start, seconds taken, outcome), oldest first
     runs = [
         ("daily-42", 1, _utc(2026, 5, 3, 9, 12, 44), 0.312, "succeeded"),

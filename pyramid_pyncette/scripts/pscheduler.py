@@ -125,7 +125,8 @@ class PSchedulerCommand:
 
     epilog = """\
     exit status: 0 done; 1 stopped by a second signal; 2 bad usage or
-    configuration, an unknown job id, or a change the scheduler refused;
+    configuration, an unknown job id, a bad queue name, or a change the
+    scheduler refused (nothing is written);
     3 the store cannot be reached (--once and the actions only: the daemon
     waits for it).
     """
@@ -187,7 +188,7 @@ class PSchedulerCommand:
             metavar="ID",
             help="Print the recent runs, newest first (when, job, task, queue, attempt, "
             "outcome, duration, daemon, the line naming the error), of every job or of the "
-            "job ID, and exit",
+            "job ID (given before config_uri), and exit",
         )
         action.add_argument(
             "--queues",
@@ -209,8 +210,9 @@ class PSchedulerCommand:
         action.add_argument(
             "--retry",
             metavar="ID",
-            help="Queue the job ID to run now, as a fresh run (a failed job runs again; "
-            "a recurring one then keeps its schedule)",
+            help="Run the job ID now, as a fresh run (a failed job runs again; a recurring "
+            "one gets one extra run and keeps its schedule; a paused one must be resumed "
+            "first)",
         )
         action.add_argument(
             "--cancel",
@@ -504,25 +506,46 @@ class PSchedulerCommand:
             return self._job_error(registry, "cannot read the job from the store", exc)
         if job is None:
             return self._unknown_job(job_id)
-        # Run history is not recorded yet: once it is, the job's last 10 runs
-        # (scheduler.get_runs(job_id=..., limit=10)) follow its lines here,
-        # and go beside "job" in the JSON document as "runs".
+        try:
+            runs = registry.scheduler.get_runs(job_id=job_id, limit=SHOW_RUNS).runs
+            # The store's paused set, not get_queues(): that counts every
+            # queue's jobs, a scan of the whole table in SQL.
+            queue_paused = job.queue in registry.scheduler.repository.paused_queues()
+        except Exception as exc:
+            return self._job_error(registry, "cannot read the job's runs from the store", exc)
         if self.args.json:
-            self.out(operate.dump_json({"job": operate.job_document(job)}))
+            document = {
+                "job": operate.job_document(job),
+                "queue_paused": queue_paused,
+                "runs": operate.runs_document(runs)["runs"],
+            }
+            self.out(operate.dump_json(document))
         else:
-            for line in operate.job_details(job):
+            for line in operate.job_details(job, runs=runs, queue_paused=queue_paused):
                 self.out(line)
         return EXIT_OK
 
     def _fetch_runs(self, registry: Registry, limit: int, **filters: Any) -> list[Any]:
         """Up to ``limit`` runs matching ``filters``, newest first, page by page."""
+        try:
+            return self._collect_runs(registry, limit, filters)
+        except UnknownTaskError:
+            # The history of a task this app no longer registers is still
+            # stored: read it without the task filter and keep that task's runs.
+            runs = self._collect_runs(registry, limit, {**filters, "task": None}, filters["task"])
+            if not runs:
+                raise
+            return runs
+
+    def _collect_runs(
+        self, registry: Registry, limit: int, filters: dict[str, Any], task: str | None = None
+    ) -> list[Any]:
         runs: list[Any] = []
         cursor = None
         while len(runs) < limit:
-            page = registry.scheduler.get_runs(
-                limit=min(limit - len(runs), _RUNS_PAGE), cursor=cursor, **filters
-            )
-            runs.extend(page.runs)
+            size = _RUNS_PAGE if task is not None else min(limit - len(runs), _RUNS_PAGE)
+            page = registry.scheduler.get_runs(limit=size, cursor=cursor, **filters)
+            runs.extend(run for run in page.runs if task is None or run.task == task)
             cursor = page.next_cursor
             if cursor is None:
                 break
@@ -585,8 +608,8 @@ class PSchedulerCommand:
             verb = "pause" if pause else "resume"
             return self._job_error(registry, f"cannot {verb} the queue", exc)
         shown = operate.terminal_text(repr(name))
-        if changed is False:  # the scheduler says nothing changed
-            self.out(f"queue {shown} was already {'paused' if pause else 'running'}")
+        if not changed:
+            self.out(f"queue {shown} {'was already paused' if pause else 'was not paused'}")
         elif pause:
             self.out(
                 f"queue {shown} paused: no daemon claims its jobs until "
