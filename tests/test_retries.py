@@ -591,6 +591,7 @@ def test_list_shows_a_retrying_job_at_its_retry_time_and_a_running_one_at_its_ru
     assert header.split() == [
         "ID",
         "TASK",
+        "QUEUE",
         "SCHEDULE",
         "NEXT",
         "RUN",
