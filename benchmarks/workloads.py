@@ -1018,8 +1018,9 @@ def w5_memory(ctx: Context, store: Store) -> list[Row]:
     ]
 
 
-#: W5's big drain keeps its run history this many seconds.
-W5_RETENTION = 60.0
+#: W5's big drain keeps its run history this many seconds (short enough that its
+#: drain, tens of seconds, is pruned as it goes).
+W5_RETENTION = 10.0
 
 
 def _history_left(repository: Any) -> dict[str, Any]:
