@@ -436,6 +436,28 @@ def test_a_mariadb_claim_in_progress_hides_no_pause_from_another(app):
     assert [lease.job.id for lease in second] == ["d1"]
 
 
+@pytest.mark.parametrize("store_settings", ["postgresql", "mariadb"], indirect=True)
+def test_a_queue_paused_by_another_process_at_the_same_moment_is_no_error(app):
+    """Two daemons pause a queue no one paused before: one pauses it, the other finds it done."""
+    repository = app.repository
+    other = SQLRepository(engine=repository.engine, table_name=repository.table.name)
+    queues = repository.queues
+    raced = []
+
+    @sa.event.listens_for(repository.engine, "before_execute")
+    def pause_first(conn, clause, *args):
+        # Between this call's read (not paused) and its insert, the other process pauses it.
+        if isinstance(clause, sa.Insert) and clause.table is queues and not raced:
+            raced.append(other.set_queue_paused("emails", True))
+
+    try:
+        assert repository.set_queue_paused("emails", True) is False
+    finally:
+        sa.event.remove(repository.engine, "before_execute", pause_first)
+    assert raced == [True]
+    assert repository.paused_queues() == {"emails"}
+
+
 # --------------------------------------------------------------------------- older tables
 
 

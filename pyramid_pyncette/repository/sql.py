@@ -1983,7 +1983,12 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
             if not paused:
                 conn.execute(sa.delete(queues).where(queues.c.name == name))
             elif was is None:
-                conn.execute(sa.insert(queues).values(name=name, paused=True))
+                try:
+                    with conn.begin_nested():
+                        conn.execute(sa.insert(queues).values(name=name, paused=True))
+                except sa.exc.IntegrityError:
+                    # Another process paused it at the same moment: paused, by that call.
+                    return False
             else:
                 conn.execute(sa.update(queues).where(queues.c.name == name).values(paused=True))
             return True
