@@ -393,6 +393,7 @@ GOOD_VALUES = {
     "last_error": None,
     "created_at": NOW,
     "partition": 0,
+    "queue": "emails",
 }
 
 
