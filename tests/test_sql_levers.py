@@ -532,6 +532,37 @@ def test_an_older_table_gains_the_queue_column_and_its_jobs_stay_in_the_default_
 
 
 @on_every_sql_store
+def test_indexes_left_out_by_processes_racing_to_create_the_tables_are_made_at_setup(app):
+    # Racing processes each stop at the first index another one made: whatever
+    # index is still missing, the next setup makes it (a claim forces the due index).
+    name = _unique_table("race")
+    first = SQLRepository(engine=app.repository.engine, table_name=name)
+    first.setup()
+    with app.repository.engine.begin() as conn:
+        for index, table in [
+            (f"ix_{name}_due_at", name),
+            (f"ix_{name}_runs_job_id", f"{name}_runs"),
+        ]:
+            conn.execute(sa.text(_drop_index(conn, index, table)))
+    assert len(first.schema_upgrade_statements()) == 2
+    second = SQLRepository(engine=app.repository.engine, table_name=name)
+    second.store_clock = False
+    second.setup()
+    _, indexes, _ = _schema(app, name)
+    assert f"ix_{name}_due_at" in indexes
+    assert second.schema_upgrade_statements() == []
+    second.add([_job(app, "j")])
+    assert [lease.job.id for lease in second.claim(app.clock(), 10, "t", 60.0)] == ["j"]
+
+
+def _drop_index(conn, index, table):
+    """The statement that drops ``index`` of ``table`` in ``conn``'s dialect."""
+    if conn.dialect.name in ("mysql", "mariadb"):
+        return f"DROP INDEX {index} ON {table}"
+    return f"DROP INDEX {index}"
+
+
+@on_every_sql_store
 def test_with_skip_table_create_an_older_table_is_left_alone_with_a_warning_naming_the_fix(
     app, caplog
 ):

@@ -665,19 +665,33 @@ class SQLRepository(Repository):
         """The statements that bring tables made by an older version up to date.
 
         Empty when they are. A jobs table without the ``queue`` column gets
-        it (every existing job in the queue ``'default'``) and its index; a
-        missing run history or queues table is created. Nothing is listed
-        while the jobs table itself does not exist.
+        it (every existing job in the queue ``'default'``); a missing index of
+        an existing table (the queue's, or one that processes racing to
+        create the tables left out) and a missing run history or queues
+        table are created. Nothing is listed while the jobs table itself
+        does not exist.
         """
         with self.engine.connect() as conn:
             inspector = sa.inspect(conn)
             if not inspector.has_table(self.table.name):
                 return []
             columns = {column["name"] for column in inspector.get_columns(self.table.name)}
-            indexes = {index["name"] for index in inspector.get_indexes(self.table.name)}
             missing_tables = [
                 t for t in (self.runs, self.queues) if not inspector.has_table(t.name)
             ]
+            # Every index of the tables that exist: an older table lacks the queue's,
+            # and processes racing to create the tables may each stop at the first
+            # index the other made, leaving the rest to this.
+            missing_indexes = []
+            for table in (self.table, self.runs, self.queues):
+                if table in missing_tables:
+                    continue
+                present = {index["name"] for index in inspector.get_indexes(table.name)}
+                missing_indexes += [
+                    index
+                    for index in sorted(table.indexes, key=lambda index: str(index.name))
+                    if index.name not in present
+                ]
         dialect = self.engine.dialect
         preparer = dialect.identifier_preparer
         statements = []
@@ -688,9 +702,8 @@ class SQLRepository(Repository):
                 f"ADD COLUMN {preparer.format_column(column)} "
                 f"{column.type.compile(dialect=dialect)} NOT NULL DEFAULT '{DEFAULT_QUEUE}'"
             )
-        for index in self.table.indexes:
-            if index.name == self._queue_index and index.name not in indexes:
-                statements.append(str(sa.schema.CreateIndex(index).compile(dialect=dialect)))
+        for index in missing_indexes:
+            statements.append(str(sa.schema.CreateIndex(index).compile(dialect=dialect)))
         for table in missing_tables:
             statements.append(str(sa.schema.CreateTable(table).compile(dialect=dialect)).strip())
             statements.extend(
