@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -388,6 +389,21 @@ class RunRecord:
     def duration(self) -> float:
         """Seconds from start to end."""
         return (self.finished_at - self.started_at).total_seconds()
+
+    def matches(
+        self,
+        job_id: str | None = None,
+        task: str | None = None,
+        queue: str | None = None,
+        outcomes: Collection[str] | None = None,
+    ) -> bool:
+        """Whether the record passes every filter given (``outcomes``: any of these)."""
+        return (
+            (job_id is None or self.job_id == job_id)
+            and (task is None or self.task == task)
+            and (queue is None or self.queue == queue)
+            and (outcomes is None or self.outcome in outcomes)
+        )
 
     @property
     def failed(self) -> bool:

@@ -236,12 +236,7 @@ class MemoryRepository(Repository):
             for run in reversed(self._runs):
                 if cursor is not None and str(run.id) >= cursor:
                     continue
-                if (
-                    (job_id is not None and run.job_id != job_id)
-                    or (task is not None and run.task != task)
-                    or (queue is not None and run.queue != queue)
-                    or (outcomes is not None and run.outcome not in outcomes)
-                ):
+                if not run.matches(job_id, task, queue, outcomes):
                     continue
                 found.append(run)
                 if len(found) > limit:

@@ -1188,12 +1188,7 @@ class RedisRepository(Repository):
             scanned += len(entries)
             for entry_id, fields in entries:
                 run = _decode_run(entry_id, fields or {})
-                if run is None or (
-                    (job_id is not None and run.job_id != job_id)
-                    or (task is not None and run.task != task)
-                    or (queue is not None and run.queue != queue)
-                    or (wanted is not None and run.outcome not in wanted)
-                ):
+                if run is None or not run.matches(job_id, task, queue, wanted):
                     continue
                 found.append(run)
                 if len(found) > limit:
