@@ -188,6 +188,22 @@ def includeme(config: Configurator) -> None:
     ``pyncette.history_retention``
         How long run records are kept; daemons delete older ones in small
         batches. Default: ``7d``.
+    ``pyncette.metrics_port``
+        The port where ``pscheduler`` serves ``/metrics`` (Prometheus) and
+        ``/healthz``; ``0`` picks a free port and logs it (see Metrics and
+        health). Default: off.
+    ``pyncette.metrics_host``
+        The address the metrics port listens on. Default: ``127.0.0.1``.
+    ``pyncette.dashboard.path``
+        Where ``pyramid_pyncette.dashboard`` mounts its pages (see Dashboard).
+        Default: ``/pyncette``.
+    ``pyncette.dashboard.permission``
+        The permission every dashboard page and action requires;
+        ``NO_PERMISSION_REQUIRED`` opens them to everyone. Default:
+        ``pyncette.admin``.
+    ``pyncette.dashboard.metrics_public``
+        Serve the dashboard's ``/metrics`` without the permission (for a
+        Prometheus that cannot log in). Default: ``false``.
 
     The settings are read when the configuration is committed (by
     ``config.commit()`` or ``config.make_wsgi_app()``; at once with an

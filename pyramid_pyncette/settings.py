@@ -81,6 +81,7 @@ HISTORY_CHOICES = ("all", "failures", "none")
 # ``ix_<name>_queue_due_at``) must fit PostgreSQL's 63 and MySQL's 64.
 _TABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 _REDIS_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_URL_PATH_RE = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 
 
 # --------------------------------------------------------------------------- durations
@@ -373,6 +374,45 @@ def _redis_namespace(read: _Reader, name: str, value: Any) -> str:
     return read.pattern(name, value, _REDIS_NAMESPACE_RE, fix)
 
 
+def _port(read: _Reader, name: str, value: Any) -> int:
+    port = read.integer(name, value, minimum=0)
+    if port > 65535:
+        raise read.error(
+            name, value, "is not a TCP port", "use a port from 1 to 65535 (0: any free port)"
+        )
+    return port
+
+
+def _host(read: _Reader, name: str, value: Any) -> str:
+    fix = "use a host name or address to listen on, e.g. '127.0.0.1' or '0.0.0.0'"
+    text = read.string(name, value, fix)
+    if any(ch.isspace() for ch in text):
+        raise read.error(name, value, "contains whitespace", fix)
+    return text
+
+
+def _url_path(read: _Reader, name: str, value: Any) -> str:
+    fix = (
+        "use a path of letters, digits and - _ . ~ below the root, "
+        "e.g. '/pyncette' or '/admin/jobs'"
+    )
+    text = read.string(name, value, fix).rstrip("/")
+    if not _URL_PATH_RE.fullmatch(text):
+        raise read.error(name, value, "is not a URL path below the root", fix)
+    return text
+
+
+def _permission(read: _Reader, name: str, value: Any) -> str:
+    fix = (
+        "use a permission name such as 'pyncette.admin', or NO_PERMISSION_REQUIRED "
+        "to open the pages to everyone"
+    )
+    text = read.string(name, value, fix)
+    if any(ch.isspace() for ch in text):
+        raise read.error(name, value, "contains whitespace", fix)
+    return text
+
+
 @dataclass(frozen=True)
 class SettingSpec:
     """How one ``pyncette.*`` setting is read and documented (a settings field's metadata)."""
@@ -383,15 +423,25 @@ class SettingSpec:
     """One line for the settings table (Markdown: `code` in single backticks)."""
     default_text: str | None = None
     """How the default reads in prose, where the value itself says little (``None``)."""
+    name: str | None = None
+    """The key after ``pyncette.`` where it differs from the field's name
+    (``dashboard.path`` for the field ``dashboard_path``)."""
 
 
 _SPEC = "pyncette"  # the key of a SettingSpec in a field's metadata
 
 
-def _setting(default: Any, parse: Parser, doc: str, default_text: str | None = None) -> Any:
+def _setting(
+    default: Any,
+    parse: Parser,
+    doc: str,
+    default_text: str | None = None,
+    *,
+    name: str | None = None,
+) -> Any:
     """A :class:`PyncetteSettings` field: its default, parser and doc in one place."""
     return dataclasses.field(
-        default=default, metadata={_SPEC: SettingSpec(parse, doc, default_text)}
+        default=default, metadata={_SPEC: SettingSpec(parse, doc, default_text, name)}
     )
 
 
@@ -491,6 +541,34 @@ class PyncetteSettings:
         "how long run records are kept; daemons delete older ones in small batches",
         default_text="`7d`",
     )
+    metrics_port: int | None = _setting(
+        None,
+        _port,
+        "the port where `pscheduler` serves `/metrics` (Prometheus) and `/healthz`; "
+        "`0` picks a free port and logs it (see Metrics and health)",
+        default_text="off",
+    )
+    metrics_host: str = _setting("127.0.0.1", _host, "the address the metrics port listens on")
+    dashboard_path: str = _setting(
+        "/pyncette",
+        _url_path,
+        "where `pyramid_pyncette.dashboard` mounts its pages (see Dashboard)",
+        name="dashboard.path",
+    )
+    dashboard_permission: str = _setting(
+        "pyncette.admin",
+        _permission,
+        "the permission every dashboard page and action requires; "
+        "`NO_PERMISSION_REQUIRED` opens them to everyone",
+        name="dashboard.permission",
+    )
+    dashboard_metrics_public: bool = _setting(
+        False,
+        _Reader.boolean,
+        "serve the dashboard's `/metrics` without the permission (for a Prometheus "
+        "that cannot log in)",
+        name="dashboard.metrics_public",
+    )
 
     @property
     def effective_heartbeat_interval(self) -> float:
@@ -518,11 +596,13 @@ class Setting:
     """One row of the settings table: a field of :class:`PyncetteSettings` and its spec."""
 
     name: str
-    """The key without the ``pyncette.`` prefix (the field's name)."""
+    """The key without the ``pyncette.`` prefix (``dashboard.path``)."""
     default: Any
     parse: Parser
     doc: str
     default_text: str
+    field: str = ""
+    """The :class:`PyncetteSettings` field holding the value (``dashboard_path``)."""
 
     @property
     def key(self) -> str:
@@ -545,7 +625,8 @@ def _table() -> tuple[Setting, ...]:
         default_text = spec.default_text
         if default_text is None:
             default_text = f"`{_format_default(field.default, spec.parse)}`"
-        rows.append(Setting(field.name, field.default, spec.parse, spec.doc, default_text))
+        name = spec.name or field.name
+        rows.append(Setting(name, field.default, spec.parse, spec.doc, default_text, field.name))
     return tuple(rows)
 
 
@@ -631,8 +712,8 @@ def parse_settings(
             continue
         if raw is None:
             continue
-        raw_values[name] = raw
-        values[name] = setting.parse(read, name, raw)
+        raw_values[setting.field] = raw
+        values[setting.field] = setting.parse(read, name, raw)
 
     result = PyncetteSettings(**values)
     if result.heartbeat_interval is not None and (

@@ -20,7 +20,7 @@ def _parse_error(key, value):
     from pyramid.exceptions import ConfigurationError
 
     with pytest.raises(ConfigurationError) as excinfo:
-        _parse(**{key: value})
+        _parse({f"pyncette.{key}": value})
     return str(excinfo.value)
 
 
@@ -99,6 +99,11 @@ def test_known_keys():
         "queues",
         "history",
         "history_retention",
+        "metrics_port",
+        "metrics_host",
+        "dashboard.path",
+        "dashboard.permission",
+        "dashboard.metrics_public",
     }
     assert set(KNOWN_KEYS) == expected
 
@@ -686,7 +691,8 @@ def test_every_setting_has_a_parser_a_default_and_a_one_line_doc():
     defaults = PyncetteSettings()
     for setting in SETTINGS:
         assert callable(setting.parse), setting.name
-        assert getattr(defaults, setting.name) == setting.default
+        assert getattr(defaults, setting.field) == setting.default
+        assert setting.field == setting.name.replace(".", "_")
         assert setting.doc and "\n" not in setting.doc, setting.name
         assert setting.key == f"pyncette.{setting.name}"
 
@@ -713,11 +719,16 @@ def test_every_setting_is_parsed_by_its_own_parser():
         "queues": "emails",
         "history": "failures",
         "history_retention": "1d",
+        "metrics_port": "9091",
+        "metrics_host": "0.0.0.0",
+        "dashboard.path": "/admin/jobs",
+        "dashboard.permission": "jobs.edit",
+        "dashboard.metrics_public": "on",
     }
     assert set(ini) == {s.name for s in SETTINGS}
-    parsed = _parse(**ini)
+    parsed = _parse({f"pyncette.{name}": value for name, value in ini.items()})
     for setting in SETTINGS:
-        assert getattr(parsed, setting.name) != setting.default, setting.name
+        assert getattr(parsed, setting.field) != setting.default, setting.name
 
 
 def test_defaults_are_shown_as_the_ini_would_spell_them():
@@ -732,7 +743,8 @@ def test_defaults_are_shown_as_the_ini_would_spell_them():
     for setting in SETTINGS:
         if setting.default_text.startswith("`"):
             raw = setting.default_text.strip("`")
-            assert getattr(_parse(**{setting.name: raw}), setting.name) == setting.default
+            parsed = _parse({setting.key: raw})
+            assert getattr(parsed, setting.field) == setting.default
 
 
 if __name__ == "__main__":
@@ -810,3 +822,63 @@ def test_history_retention_defaults_to_a_week_and_reads_durations():
 
     assert parse_settings({}).history_retention == 7 * 86400
     assert parse_settings({"pyncette.history_retention": "90m"}).history_retention == 5400
+
+
+# --------------------------------------------------------------------------- metrics and dashboard
+
+
+def test_metrics_and_dashboard_defaults_are_off_local_and_guarded():
+    result = _parse({})
+    assert result.metrics_port is None
+    assert result.metrics_host == "127.0.0.1"
+    assert result.dashboard_path == "/pyncette"
+    assert result.dashboard_permission == "pyncette.admin"
+    assert result.dashboard_metrics_public is False
+
+
+def test_dotted_dashboard_keys_fill_their_fields():
+    result = _parse(
+        {
+            "pyncette.dashboard.path": " /admin/jobs/ ",
+            "pyncette.dashboard.permission": "NO_PERMISSION_REQUIRED",
+            "pyncette.dashboard.metrics_public": "true",
+            "pyncette.metrics_port": "9091",
+            "pyncette.metrics_host": "0.0.0.0",
+        }
+    )
+    assert result.dashboard_path == "/admin/jobs"
+    assert result.dashboard_permission == "NO_PERMISSION_REQUIRED"
+    assert result.dashboard_metrics_public is True
+    assert result.metrics_port == 9091
+    assert result.metrics_host == "0.0.0.0"
+
+
+def test_metrics_port_zero_means_any_free_port():
+    assert _parse({"pyncette.metrics_port": 0}).metrics_port == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("metrics_port", "65536", "is not a TCP port"),
+        ("metrics_port", "-1", "not a whole number"),
+        ("metrics_port", "http", "not a whole number"),
+        ("metrics_host", "local host", "contains whitespace"),
+        ("dashboard.path", "pyncette", "is not a URL path below the root"),
+        ("dashboard.path", "/", "is not a URL path below the root"),
+        ("dashboard.path", "/a b", "is not a URL path below the root"),
+        ("dashboard.path", "/a//b", "is not a URL path below the root"),
+        ("dashboard.permission", "admin view", "contains whitespace"),
+        ("dashboard.metrics_public", "maybe", "is not a boolean"),
+    ],
+)
+def test_bad_metrics_and_dashboard_values_name_the_key_and_the_fix(key, value, words):
+    message = _parse_error(key, value)
+    assert message.startswith(f"pyncette.{key}: {value!r}")
+    assert words in message
+    assert "; use " in message
+
+
+def test_a_misspelt_dashboard_key_suggests_the_dotted_name():
+    with pytest.warns(UserWarning, match="did you mean 'pyncette.dashboard.path'"):
+        _parse({"pyncette.dashboard.paht": "/x"})
