@@ -8,12 +8,37 @@ the repository's checks, so tests can show the worker and the listings cope.
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
 
 from pyramid_pyncette.repository.rows import UnreadableJSON, decode_job_fields, load_json
 from pyramid_pyncette.schedules import DateSchedule
+
+#: The time of :data:`GOOD_VALUES` (its run is due then).
+GOOD_VALUES_TIME = datetime(2030, 1, 1, tzinfo=timezone.utc)
+
+#: The columns of one well-formed job row, in the jobs table's order: tests
+#: change one or two values to anything and read the row back.
+GOOD_VALUES = {
+    "id": "j",
+    "task": "record",
+    "schedule": {"kind": "date", "run_at": GOOD_VALUES_TIME.isoformat()},
+    "args": [1],
+    "kwargs": {"a": 1},
+    "options": {"max_retries": 2},
+    "due_at": GOOD_VALUES_TIME,
+    "next_run_at": None,
+    "locked_by": None,
+    "attempts": 0,
+    "last_run_at": None,
+    "last_status": None,
+    "last_error": None,
+    "created_at": GOOD_VALUES_TIME,
+    "partition": 0,
+    "queue": "emails",
+}
 
 
 def _redis_document(repository: Any, job_id: str) -> dict[str, Any]:

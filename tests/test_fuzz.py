@@ -34,9 +34,15 @@ from pyramid_pyncette.schedules import DateSchedule
 from pyramid_pyncette.settings import KNOWN_KEYS, parse_settings
 from pyramid_pyncette.worker import Worker
 from tests.conftest import STORES
-from tests.garbage import store_kind, write_column_garbage, write_garbage
+from tests.garbage import (
+    GOOD_VALUES,
+    GOOD_VALUES_TIME,
+    store_kind,
+    write_column_garbage,
+    write_garbage,
+)
 
-NOW = datetime(2030, 1, 1, tzinfo=timezone.utc)
+NOW = GOOD_VALUES_TIME  # the due time of GOOD_VALUES
 
 
 # --------------------------------------------------------------------------- garbage cases
@@ -375,26 +381,6 @@ def test_decode_job_fields_never_raises(fields):
         assert value is None or (isinstance(value, datetime) and value.tzinfo is not None)
     lease = plan_claim(job, NOW, "tok", 60).lease
     assert lease.runnable == (job.problem is None)
-
-
-GOOD_VALUES = {
-    "id": "j",
-    "task": "record",
-    "schedule": {"kind": "date", "run_at": NOW.isoformat()},
-    "args": [1],
-    "kwargs": {"a": 1},
-    "options": {"max_retries": 2},
-    "due_at": NOW,
-    "next_run_at": None,
-    "locked_by": None,
-    "attempts": 0,
-    "last_run_at": None,
-    "last_status": None,
-    "last_error": None,
-    "created_at": NOW,
-    "partition": 0,
-    "queue": "emails",
-}
 
 
 @settings(max_examples=400, deadline=None)

@@ -31,8 +31,7 @@ from pyramid_pyncette.repository.rows import decode_job_fields, well_formed_job
 from pyramid_pyncette.repository.sql import MYSQL_TABLE_OPTIONS, SQLRepository, _job_to_row
 from pyramid_pyncette.schedules import DateSchedule
 
-from .garbage import write_column_garbage
-from .test_fuzz import GOOD_VALUES
+from .garbage import GOOD_VALUES, write_column_garbage
 
 # --------------------------------------------------------------------------- decoding
 
