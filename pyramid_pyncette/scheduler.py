@@ -249,6 +249,11 @@ def check_arguments(args: Any, kwargs: Any) -> tuple[list[Any], dict[str, Any]]:
 #: Called after jobs are committed, with the jobs written and the job ids deleted.
 CommitListener = Callable[[Sequence[Job], Sequence[str]], None]
 
+#: Told of each add, replace, cancel, pause, resume and retry a scheduler was asked
+#: for, once the call has succeeded: ``recorder(scheduler, action, job_id, job)``
+#: (see :attr:`Scheduler.write_recorder`).
+WriteRecorder = Callable[["Scheduler", str, str, "Job | None"], None]
+
 
 class _Shared:
     """What a scheduler and its bound copies share: the store, the clock, the listeners."""
@@ -258,6 +263,7 @@ class _Shared:
         self.clock = clock
         self.wake_listeners: list[Callable[[], None]] = []
         self.commit_listeners: list[CommitListener] = []
+        self.write_recorder: WriteRecorder | None = None
 
 
 class Scheduler:
@@ -341,6 +347,47 @@ class Scheduler:
         logged and ignored.
         """
         return self._shared.commit_listeners
+
+    @property
+    def write_recorder(self) -> WriteRecorder | None:
+        """Told of every job write this scheduler and its bound copies are asked for.
+
+        ``recorder(scheduler, action, job_id, job)`` is called once an
+        ``add_*_job``, ``cancel_job``, ``pause_job``, ``resume_job`` or
+        ``retry_job`` call has succeeded (through a bound copy: staged, not
+        yet committed), with the scheduler that was called. ``action`` is
+        one of :data:`RECORDED_ACTIONS`; ``job`` is the job as written (for
+        a cancel: as it was before, or None when unknown). The debug
+        toolbar's "Jobs" panel (``pyramid_pyncette.toolbar``) sets it. None
+        (the default) records nothing and costs nothing. With a recorder, an
+        add with a given ``job_id`` and a cancel first read the job (to tell
+        an add from a replace, and to show what was cancelled). A recorder
+        that raises is logged and ignored.
+        """
+        return self._shared.write_recorder
+
+    @write_recorder.setter
+    def write_recorder(self, value: WriteRecorder | None) -> None:
+        self._shared.write_recorder = value
+
+    def _recorded_lookup(self, job_id: str) -> tuple[bool, Job | None]:
+        """Whether the job could be read before a recorded write, and the job as the
+        writer sees it (None: there is none)."""
+        try:
+            return True, self.writer.get(job_id)
+        except Exception:
+            # Recording never changes what a call does: the write reports the outage.
+            log.debug("could not read job %r before recording its write", job_id, exc_info=True)
+            return False, None
+
+    def _tell_recorder(self, action: str, job_id: str, job: Job | None) -> None:
+        recorder = self._shared.write_recorder
+        if recorder is None:
+            return
+        try:
+            recorder(self, action, job_id, job)
+        except Exception:
+            log.exception("a scheduler write recorder raised; ignored")
 
     @property
     def tasks(self) -> TaskRegistry:
@@ -482,7 +529,14 @@ class Scheduler:
         job = self.build_job(
             func, schedule, args, kwargs, job_id, where=where, queue=queue, **options
         )
+        if self._shared.write_recorder is None:
+            self.writer.write([job])
+            return job
+        # A generated id is new; a given one may replace a job.
+        known, previous = (True, None) if job_id is None else self._recorded_lookup(job.id)
         self.writer.write([job])
+        action = "added" if previous is None else "replaced"
+        self._tell_recorder(action if known else "added or replaced", job.id, job)
         return job
 
     # -- the public API ---------------------------------------------------
@@ -672,7 +726,13 @@ class Scheduler:
                     f"{job_id!r}) (the pause survives restarts), or remove that declaration "
                     "from the code: a daemon running the new code removes the job when it starts"
                 )
-        return self.writer.remove(job_id)
+        if self._shared.write_recorder is None:
+            return self.writer.remove(job_id)
+        _, previous = self._recorded_lookup(job_id)
+        existed = self.writer.remove(job_id)
+        action = "cancelled" if existed else "cancelled (no such job)"
+        self._tell_recorder(action, job_id, previous)
+        return existed
 
     def get_job(self, job_id: str) -> Job | None:
         """The job with this id, or None.
@@ -714,6 +774,7 @@ class Scheduler:
         now = self.now()
         job = job.replace(due_at=now, next_run_at=now, attempts=0, locked_by=None)
         self.writer.write([job])
+        self._tell_recorder("retried", job.id, job)
         return job
 
     def pause_job(self, job_id: str) -> Job:
@@ -738,6 +799,7 @@ class Scheduler:
             locked_by=job.locked_by if _leased_by_daemon(job) else None,
         )
         self.writer.write([paused], "paused")
+        self._tell_recorder("paused", paused.id, paused)
         return paused
 
     def resume_job(self, job_id: str) -> Job:
@@ -778,6 +840,7 @@ class Scheduler:
                 options=options, due_at=at, next_run_at=at, attempts=attempts, locked_by=None
             )
         self.writer.write([resumed], "resumed")
+        self._tell_recorder("resumed", resumed.id, resumed)
         return resumed
 
     def pause_queue(self, name: str) -> bool:
@@ -971,6 +1034,18 @@ class Scheduler:
         job = self.build_job(task.name, schedule, job_id=task.name, where=f"task {task.name!r}")
         return job.replace(options={**job.options, PERIODIC_MARKER: True})
 
+
+#: What a :data:`WriteRecorder` is told a write was.
+RECORDED_ACTIONS = (
+    "added",
+    "replaced",
+    "added or replaced",
+    "cancelled",
+    "cancelled (no such job)",
+    "paused",
+    "resumed",
+    "retried",
+)
 
 #: The event a committed write fires, by its kind (see
 #: :data:`~pyramid_pyncette.writers.WRITE_KINDS`).
