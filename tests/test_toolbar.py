@@ -408,3 +408,62 @@ def test_generated_ids_are_recorded_as_added_without_reading_the_store(config):
     job = scheduler.add_async_job("greet")
     assert told == ["added"]
     assert job.id
+
+
+# --------------------------------------------------------------------------- documented set-ups
+
+
+def _readme_toolbar_settings() -> dict[str, str]:
+    """The settings of the README's "Debug toolbar" INI block."""
+    import configparser
+    from pathlib import Path
+
+    from tests.daemon import ROOT
+
+    readme = (Path(ROOT) / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Debug toolbar\n") :]
+    section = section[: section.index("\n## ", 1)]
+    block = re.search(r"^```ini\n(.*?)^```$", section, re.M | re.S)
+    assert block, "the README's Debug toolbar section has no INI block"
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(block.group(1))
+    return dict(parser["app:main"])
+
+
+def test_readme_settings_turn_the_panel_on(make_config):
+    settings = _readme_toolbar_settings()
+    assert settings["debugtoolbar.includes"] == "pyramid_pyncette.toolbar"
+
+    def add(request):
+        request.scheduler.add_async_job("greet", job_id="documented")
+
+    # pyramid.includes is what the INI loader includes: here, by hand.
+    include = settings.pop("pyramid.includes")
+    config = make_config({**settings, "pyncette.url": "memory://"}, include=["pyramid_tm"])
+    for name in include.split():
+        config.include(name)
+    config.include("pyramid_pyncette")
+    config.add_pyncette_task(greet, name="greet")
+    config.add_route("add", "/add")
+    config.add_view(lambda request: add(request) or _page(), route_name="add")
+    app = TestApp(config.make_wsgi_app(), extra_environ=LOCAL)
+    res = app.get("/add")
+    assert [(r["Job"], r["Transaction"]) for r in _rows(_panel(app, res))] == [
+        ("documented", "committed")
+    ]
+    remote = app.get("/add", extra_environ={"REMOTE_ADDR": "192.0.2.7"})
+    assert "/_debug_toolbar/" not in remote.text
+
+
+def test_development_ini_turns_the_panel_on():
+    import os
+
+    from pyramid.paster import get_app
+
+    from tests.daemon import ROOT
+
+    wsgi = get_app(os.path.join(ROOT, "development.ini"))
+    settings = wsgi.registry.settings
+    assert settings["debugtoolbar.includes"] == ["pyramid_pyncette.toolbar"]
+    assert settings["debugtoolbar.hosts"] == ["127.0.0.1", "::1"]
+    assert wsgi.registry.scheduler.write_recorder is not None
