@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import configparser
+import re
 import signal
 import struct
 import subprocess
 import sys
 import textwrap
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +26,7 @@ from tests.browser import (
     demo_ini,
     require_browser,
 )
-from tests.daemon import process_env
+from tests.daemon import ROOT, process_env
 
 #: A page that renders at the device's width (as the demo's pages do).
 VIEWPORT_PAGE = (
@@ -181,6 +183,15 @@ def test_a_complete_browser_is_neither_skipped_nor_failed():
     parts = BrowserParts(chromium="/c", chromedriver="/d", selenium="4.20")
     assert parts.missing == []
     require_browser(parts, required=True)
+
+
+def test_ci_installs_chromium_and_its_driver_when_missing():
+    script = (Path(ROOT) / ".ci" / "run").read_text()
+    wanted = {
+        name for names in re.findall(r"missing\+=\(([^)]*)\)", script) for name in names.split()
+    }
+    assert {"chromium", "chromium-driver"} <= wanted
+    assert 'apt-get install -y -qq --no-install-recommends "${missing[@]}"' in script
 
 
 def test_chromium_runs_without_sandbox_only_as_root():
