@@ -77,6 +77,7 @@ import pytest
 from tests.daemon import PSCHEDULER, process_env
 from tests.inifiles import logging_sections
 from tests.servers import HOST, backends_required, free_port, handle_unavailable
+from tests.servers import _die_with_parent as die_with_parent
 
 __all__ = [
     "COMBINED",
@@ -91,6 +92,7 @@ __all__ = [
     "LiveServers",
     "chromium_arguments",
     "demo_ini",
+    "http_answers",
     "locate_browser",
     "require_browser",
     "start_browser",
@@ -152,6 +154,8 @@ class LiveProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                # Should the test run itself be killed, the kernel stops the process.
+                preexec_fn=die_with_parent(signal.SIGTERM),
             )
 
     @property
@@ -210,7 +214,7 @@ class LiveProcess:
         return self.process.returncode
 
 
-def _answers(url: str) -> bool:
+def http_answers(url: str) -> bool:
     """Whether an HTTP server answers ``url`` (with any status)."""
     try:
         with urllib.request.urlopen(url, timeout=5):
@@ -339,7 +343,7 @@ class LiveServers:
         process = self.start(
             f"pserve-{stem}", [sys.executable, "-m", "pyramid.scripts.pserve", str(ini)]
         )
-        process.wait_until(lambda: _answers(url + "/"), f"{url} to answer", START_TIMEOUT)
+        process.wait_until(lambda: http_answers(url + "/"), f"{url} to answer", START_TIMEOUT)
         return LiveApp(self, ini, url, process)
 
     def close(self) -> None:
@@ -582,9 +586,9 @@ def browser(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Browser]
     parts = locate_browser()
     required = backends_required(request.config.getoption("require_backends", default=False))
     require_browser(parts, required=required)
-    driver = start_browser(parts, tmp_path)
-    yield driver
-    driver.close(failed=request.node.stash.get(_FAILED, False))
+    started = start_browser(parts, tmp_path)
+    yield started
+    started.close(failed=request.node.stash.get(_FAILED, False))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

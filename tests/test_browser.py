@@ -15,15 +15,16 @@ from pathlib import Path
 import pytest
 
 from tests.browser import (
+    COMBINED,
     DEMO_APP,
     DESKTOP,
     PHONE,
     WAITRESS,
     BrowserParts,
     LiveServers,
-    _answers,
     chromium_arguments,
     demo_ini,
+    http_answers,
     require_browser,
 )
 from tests.daemon import ROOT, process_env
@@ -91,7 +92,7 @@ def test_live_pserve_answers_until_its_servers_close(tmp_path):
         assert (tmp_path / "jobs.sqlite").exists()  # the page opened the store in tmp_path
         assert app.server.returncode is None
     assert app.server.returncode is not None
-    assert not _answers(app.url + "/")
+    assert not http_answers(app.url + "/")
 
 
 @pytest.mark.slow
@@ -119,6 +120,19 @@ def test_pscheduler_runs_the_served_apps_jobs(tmp_path):
         assert run.pid == daemon.pid
         assert "Hello, harness!" in daemon.log()
     assert daemon.returncode == 0  # SIGTERM is pscheduler's clean stop
+
+
+@pytest.mark.slow
+def test_combined_server_runs_the_jobs_itself(tmp_path):
+    with LiveServers(tmp_path) as servers:
+        app = servers.pserve(server=COMBINED)
+        registry = app.registry()
+        job = registry.scheduler.add_async_job("demo.say_hello", kwargs={"name": "combined"})
+        app.server.wait_for_log("Hello, combined!", timeout=30)
+        [run] = registry.scheduler.get_runs(job_id=job.id)
+        assert (run.outcome, run.pid) == ("succeeded", app.server.pid)
+        with urllib.request.urlopen(app.url + "/") as response:
+            assert b"combined mode" in response.read()
 
 
 def _python(code):
