@@ -28,7 +28,7 @@ from pyramid_pyncette.settings import PyncetteSettings
 from pyramid_pyncette.testing import FakeClock
 from pyramid_pyncette.worker import Worker
 
-pytest_plugins = ["tests.servers"]
+pytest_plugins = ["tests.servers", "tests.browser"]
 
 StoreSettings = dict[str, str]
 StoreFactory = Callable[[pytest.FixtureRequest, Path], StoreSettings]
