@@ -101,6 +101,19 @@ def _add_work(registry, count, seconds=0.0, due=None, options=None, prefix="job"
     return [job.id for job in jobs]
 
 
+def _has_started_a_run(records: str, pid: int) -> bool:
+    """Whether process ``pid`` has recorded a whole ``started`` line.
+
+    Its file appears when its first run opens it, a moment before the line is
+    written: a kill in between would hit a daemon that had run nothing.
+    """
+    try:
+        with open(f"{records}/started-{pid}.log") as lines:
+            return "\n" in lines.read(4096)
+    except FileNotFoundError:
+        return False
+
+
 def _wait_for(condition, timeout, message, interval=0.05):
     """Poll ``condition()`` until it is truthy (and return it) or fail after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -283,7 +296,7 @@ def test_chaos_daemons_killed_at_random_lose_and_duplicate_only_what_the_modes_a
         """
         deadline = time.monotonic() + 15
         while True:
-            working = [p for p in live if os.path.exists(f"{records}/started-{p.pid}.log")]
+            working = [p for p in live if _has_started_a_run(records, p.pid)]
             if working and (len(working) == len(live) or time.monotonic() >= deadline):
                 return working
             if time.monotonic() >= deadline + 45:
