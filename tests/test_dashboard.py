@@ -305,7 +305,7 @@ def test_long_ids_are_shortened_with_the_full_id_in_the_title(dash):
     res = dash.page()
     link = res.html.select_one(f'tr[data-job-id="{long_id}"] td.id a')
     assert link.attrs["title"] == long_id
-    assert link.get_text() == long_id[:12] + "\u2026"
+    assert link.get_text() == long_id[:14] + "\u2026"
 
 
 # --------------------------------------------------------------------------- the job page
@@ -746,3 +746,116 @@ def test_every_page_renders_on_every_store(make_dashboard, store_settings):
     assert dash.page("/pyncette/queues").html.select_one('tr[data-queue="mail"]') is not None
     dash.post_job("a", "pause")
     assert _state_of(dash.page(), "a") == "paused"
+
+
+# --------------------------------------------------------------------------- mounting
+
+
+def test_an_application_below_a_script_name_keeps_it_in_links_and_redirects(make_dashboard):
+    dash = make_dashboard()
+    dash.web.extra_environ = {"SCRIPT_NAME": "/app"}
+    _add(dash, "j")
+    res = dash.page()
+    assert res.html.select_one('tr[data-job-id="j"] td.id a').attrs["href"] == (
+        "http://localhost/app/pyncette/job?id=j"
+    )
+    form = res.html.select_one('tr[data-job-id="j"] form')
+    assert form.select_one('input[name="next"]').attrs["value"] == "/app/pyncette/"
+    res = dash.post_job("j", "pause", next="/app/pyncette/")
+    assert res.location == "http://localhost/app/pyncette/?done=paused&job=j"
+
+
+def test_the_include_honours_a_route_prefix(dashboard_store):
+    config = Configurator(
+        settings={**dashboard_store, "pyncette.dashboard.permission": "NO_PERMISSION_REQUIRED"}
+    )
+    config.include("pyramid_tm")
+    config.set_csrf_storage_policy(CookieCSRFStoragePolicy())
+    config.include("pyramid_pyncette.dashboard", route_prefix="/admin")
+    app = TestApp(config.make_wsgi_app())
+    try:
+        page = app.get("/admin/pyncette/")
+        href = page.html.select_one('link[rel="stylesheet"]').attrs["href"]
+        assert href == "http://localhost/admin/pyncette/static/dashboard.css"
+        app.get(href, status=200)
+        app.get("/pyncette/", status=404)
+    finally:
+        app.app.registry.scheduler.repository.close()
+
+
+def test_legacy_authentication_and_authorization_policies_count_as_a_security_policy():
+    from pyramid.authentication import RemoteUserAuthenticationPolicy
+    from pyramid.authorization import ACLAuthorizationPolicy
+
+    config = pyramid_testing.setUp(settings={"pyncette.url": "memory://"}, autocommit=False)
+    try:
+        config.include("pyramid_pyncette.dashboard")
+        config.set_csrf_storage_policy(CookieCSRFStoragePolicy())
+        config.set_authentication_policy(RemoteUserAuthenticationPolicy())
+        config.set_authorization_policy(ACLAuthorizationPolicy())
+        config.commit()
+    finally:
+        pyramid_testing.tearDown()
+
+
+# --------------------------------------------------------------------------- store-wide counts
+
+
+def test_queues_page_shows_counts_by_state_and_the_oldest_due_job_when_reported(dash, monkeypatch):
+    from types import SimpleNamespace
+
+    queue = SimpleNamespace(
+        name="mail",
+        paused=False,
+        due=3,
+        running=1,
+        jobs={"scheduled": 5, "running": 1, "failed": 2},
+        oldest_due_at=START - timedelta(minutes=4),
+    )
+    monkeypatch.setattr(dash.scheduler, "get_queues", lambda: [queue])
+    row = dash.page("/pyncette/queues").html.select_one('tr[data-queue="mail"]')
+    counts = {
+        state: row.select_one(f"td.count-{state}").get_text(strip=True)
+        for state in ("scheduled", "running", "retrying", "failed", "paused")
+    }
+    assert counts == {
+        "scheduled": "5",
+        "running": "1",
+        "retrying": "0",
+        "failed": "2",
+        "paused": "0",
+    }
+    assert row.select_one("td.oldest time").get_text() == "4m ago"
+
+
+def test_queues_page_leaves_out_counts_the_store_does_not_report(dash):
+    _add(dash, "a", queue="mail")
+    page = dash.page("/pyncette/queues").html
+    assert page.select_one("td.count-scheduled") is None
+    assert page.select_one("td.oldest") is None
+
+
+# --------------------------------------------------------------------------- presentation
+
+
+def test_short_id_keeps_short_ids_and_cuts_long_ones():
+    from pyramid_pyncette.dashboard.present import short_id
+
+    assert short_id("demo.heartbeat") == "demo.heartbeat"
+    assert short_id("a" * 15) == "a" * 15
+    assert short_id("0123456789abcdef") == "0123456789abcd\u2026"
+    assert short_id("0123456789abcdef", keep=4) == "0123\u2026"
+    assert short_id("bell\x07") == "bell\\x07"
+
+
+def test_when_says_how_far_a_time_is_from_now():
+    from pyramid_pyncette.dashboard.present import when
+
+    assert when(None, START) is None
+    assert when(START + timedelta(seconds=30), START) == {
+        "text": "in 30s",
+        "utc": "2030-01-01 12:00:30 UTC",
+    }
+    assert when(START - timedelta(hours=3), START)["text"] == "3h ago"
+    assert when(START, START)["text"] == "now"
+    assert when(START + timedelta(days=3), START)["text"] == "in 3d"

@@ -85,6 +85,12 @@ def finalize(value: Any) -> Any:
     return "" if value is None else value
 
 
+def _settings(config: Configurator) -> PyncetteSettings:
+    """The settings ``pyramid_pyncette`` read at commit (its action runs before ours)."""
+    settings = getattr(config.registry, "pyncette_settings", None)
+    return settings if settings is not None else parse_settings(config.get_settings())
+
+
 def includeme(config: Configurator) -> None:
     """Mount the dashboard at ``pyncette.dashboard.path``.
 
@@ -113,18 +119,11 @@ def includeme(config: Configurator) -> None:
     def register() -> None:
         from .views import add_views
 
-        registry = config.registry
-        settings = getattr(registry, "pyncette_settings", None)
-        if settings is None:
-            settings = parse_settings(config.get_settings())
-        add_views(config, settings.dashboard_path, view_permission(settings))
+        add_views(config, _settings(config))
 
     def check() -> None:
         registry = config.registry
-        settings = getattr(registry, "pyncette_settings", None) or parse_settings(
-            config.get_settings()
-        )
-        permission = view_permission(settings)
+        permission = view_permission(_settings(config))
         if permission != NO_PERMISSION_REQUIRED and registry.queryUtility(ISecurityPolicy) is None:
             raise ConfigurationError(_SECURITY_HELP.format(permission=permission))
         storage = registry.queryUtility(ICSRFStoragePolicy)

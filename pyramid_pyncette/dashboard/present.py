@@ -25,7 +25,7 @@ from ..operate import (
 from ..redaction import redact_text
 
 #: How many characters of an id a table shows (the full id is in its title).
-SHORT_ID = 12
+SHORT_ID = 14
 
 #: How many characters of an error's headline a table shows.
 HEADLINE_WIDTH = 100

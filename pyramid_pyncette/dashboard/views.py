@@ -27,7 +27,8 @@ from ..exceptions import InvalidJobError, UnknownTaskError
 from ..jobs import JOB_STATES, Job
 from ..redaction import redact_text
 from ..scheduler import PeriodicJobError, Scheduler, UnknownJobError
-from . import RENDERER, ROUTE_PREFIX
+from ..settings import PyncetteSettings
+from . import RENDERER, ROUTE_PREFIX, view_permission
 from .present import (
     FAILED_OUTCOMES,
     distinct,
@@ -169,7 +170,9 @@ def _redirect(request: Request, target: str, **notice: str) -> HTTPSeeOther:
     parts = urlsplit(target)
     query = [(k, v) for k, v in parse_qsl(parts.query) if k not in NOTICE_PARAMS]
     query.extend(notice.items())
-    location = request.application_url.rstrip("/") + parts.path
+    # The path already holds the application's script name (it came from
+    # route_path or path_qs), so only the scheme and host go before it.
+    location = request.host_url + parts.path
     if query:
         location += "?" + urlencode(query)
     return HTTPSeeOther(location=location)
@@ -512,11 +515,15 @@ def queue_action(request: Request) -> HTTPSeeOther:
 # --------------------------------------------------------------------------- wiring
 
 
-def add_views(config: Configurator, path: str, permission: str) -> None:
-    """Add the dashboard's routes (below ``path``), static files and views.
+def add_views(config: Configurator, settings: PyncetteSettings) -> None:
+    """Add the dashboard's routes (below ``pyncette.dashboard.path``), static files and views.
 
-    Every view requires ``permission``; every POST view checks the CSRF token.
+    Every view requires ``pyncette.dashboard.permission`` (see
+    :func:`~pyramid_pyncette.dashboard.view_permission`); every POST view
+    checks the CSRF token.
     """
+    path = settings.dashboard_path
+    permission = view_permission(settings)
     config.add_route(route("root"), path)
     config.add_route(route("jobs"), path + "/")
     config.add_route(route("job"), path + "/job")
