@@ -859,3 +859,10 @@ def test_when_says_how_far_a_time_is_from_now():
     assert when(START - timedelta(hours=3), START)["text"] == "3h ago"
     assert when(START, START)["text"] == "now"
     assert when(START + timedelta(days=3), START)["text"] == "in 3d"
+
+
+def test_job_page_says_when_the_jobs_queue_is_paused(dash):
+    _add(dash, "j", queue="mail")
+    dash.scheduler.pause_queue("mail")
+    res = dash.page("/pyncette/job", params={"id": "j"})
+    assert res.html.select_one("dd.queue").get_text(" ", strip=True) == "mail (queue paused)"
