@@ -691,12 +691,29 @@ def test_the_dashboard_path_setting_moves_the_pages(make_dashboard):
     assert res.location == "http://localhost/ops/jobs/job?id=j&done=paused&job=j"
 
 
-def test_the_pages_escape_whatever_the_applications_jinja2_settings(make_dashboard):
-    dash = make_dashboard(settings={"jinja2.autoescape": "false", "jinja2.undefined": "debug"})
-    dash.scheduler.add_async_job("record", job_id="j", kwargs={"html": HOSTILE})
-    res = dash.page()
-    assert "<script>" not in res.text
-    assert "&lt;script&gt;" in res.text
+def test_the_pages_escape_whatever_the_applications_jinja2_settings(dashboard_store):
+    config = Configurator(
+        settings={
+            **dashboard_store,
+            "pyncette.dashboard.permission": "NO_PERMISSION_REQUIRED",
+            "jinja2.autoescape": "false",
+            "jinja2.undefined": "debug",
+        }
+    )
+    config.include("pyramid_jinja2")
+    config.set_csrf_storage_policy(CookieCSRFStoragePolicy())
+    config.include("pyramid_pyncette.dashboard")
+    config.add_pyncette_task(record, name="record")
+    app = TestApp(config.make_wsgi_app())
+    scheduler = app.app.registry.scheduler
+    try:
+        assert not config.get_jinja2_environment().autoescape  # the application's own
+        scheduler.add_async_job("record", job_id="j", kwargs={"html": HOSTILE})
+        res = app.get("/pyncette/")
+        assert "<script>" not in res.text
+        assert "&lt;script&gt;" in res.text
+    finally:
+        scheduler.repository.close()
 
 
 def test_settings_added_after_the_include_count(dashboard_store):
@@ -866,3 +883,19 @@ def test_job_page_says_when_the_jobs_queue_is_paused(dash):
     dash.scheduler.pause_queue("mail")
     res = dash.page("/pyncette/job", params={"id": "j"})
     assert res.html.select_one("dd.queue").get_text(" ", strip=True) == "mail (queue paused)"
+
+
+def test_the_include_adds_no_jinja2_renderer_to_the_application(dashboard_store):
+    from pyramid.interfaces import IRendererFactory
+
+    config = Configurator(
+        settings={**dashboard_store, "pyncette.dashboard.permission": "NO_PERMISSION_REQUIRED"}
+    )
+    config.set_csrf_storage_policy(CookieCSRFStoragePolicy())
+    config.include("pyramid_pyncette.dashboard")
+    config.commit()
+    try:
+        assert config.registry.queryUtility(IRendererFactory, name=".jinja2") is None
+        assert config.registry.queryUtility(IRendererFactory, name=".pyncette-jinja2")
+    finally:
+        config.registry.scheduler.repository.close()

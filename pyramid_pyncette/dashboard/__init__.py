@@ -27,6 +27,7 @@ from pyramid.interfaces import (
     ISessionFactory,
 )
 from pyramid.security import NO_PERMISSION_REQUIRED
+from pyramid_jinja2 import add_jinja2_renderer, get_jinja2_environment
 
 from ..settings import PyncetteSettings, parse_settings
 
@@ -94,11 +95,13 @@ def _settings(config: Configurator) -> PyncetteSettings:
 def includeme(config: Configurator) -> None:
     """Mount the dashboard at ``pyncette.dashboard.path``.
 
-    Includes ``pyramid_pyncette`` and ``pyramid_jinja2`` when the application
-    has not. Reads these settings (see Settings): ``pyncette.dashboard.path``
-    (default ``/pyncette``), ``pyncette.dashboard.permission`` (default
-    ``pyncette.admin``; ``NO_PERMISSION_REQUIRED`` opens the pages to everyone)
-    and ``pyncette.dashboard.metrics_public``.
+    Includes ``pyramid_pyncette`` when the application has not; the pages'
+    pyramid_jinja2 renderer is the dashboard's own (the application's
+    ``.jinja2`` renderer, if any, is left alone). Reads these settings (see
+    Settings): ``pyncette.dashboard.path`` (default ``/pyncette``),
+    ``pyncette.dashboard.permission`` (default ``pyncette.admin``;
+    ``NO_PERMISSION_REQUIRED`` opens the pages to everyone) and
+    ``pyncette.dashboard.metrics_public``.
 
     Like ``pyramid_pyncette`` itself, it reads them when the configuration is
     committed. The commit then raises :class:`~pyramid.exceptions.ConfigurationError`
@@ -107,11 +110,12 @@ def includeme(config: Configurator) -> None:
     (Pyramid's default keeps it in the session, and no session factory is set).
     """
     config.include("pyramid_pyncette")
-    config.include("pyramid_jinja2")
-    config.add_jinja2_renderer(RENDERER, settings_prefix="pyramid_pyncette.dashboard.jinja2.")
+    # pyramid_jinja2's directives called as functions: the application's own
+    # ``.jinja2`` renderer (if any) is neither added nor changed.
+    add_jinja2_renderer(config, RENDERER, settings_prefix="pyramid_pyncette.dashboard.jinja2.")
 
     def set_up_environment() -> None:
-        environment = config.get_jinja2_environment(RENDERER)
+        environment = get_jinja2_environment(config, RENDERER)
         environment.autoescape = True
         environment.finalize = finalize
         environment.undefined = jinja2.StrictUndefined
