@@ -393,7 +393,13 @@ def test_an_action_returns_to_the_filtered_page_it_came_from(dash):
 
 def test_an_action_never_redirects_outside_the_dashboard(dash):
     _add(dash, "j")
-    for target in ("http://evil.example/", "//evil.example/pyncette/", "/elsewhere"):
+    for target in (
+        "http://evil.example/",
+        "//evil.example/pyncette/",
+        "/elsewhere",
+        "/pyncette/../elsewhere",
+        "/pyncette/\\evil.example",
+    ):
         res = dash.post_job("j", "pause", next=target)
         assert res.location == "http://localhost/pyncette/job?id=j&done=paused&job=j"
 

@@ -160,7 +160,7 @@ def _return_to(request: Request) -> str | None:
     if not value.startswith(root) or "\\" in value or value.startswith("//"):
         return None
     parts = urlsplit(value)
-    if parts.scheme or parts.netloc:
+    if parts.scheme or parts.netloc or ".." in parts.path.split("/"):
         return None
     return value
 
