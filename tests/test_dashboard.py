@@ -905,3 +905,16 @@ def test_the_include_adds_no_jinja2_renderer_to_the_application(dashboard_store)
         assert config.registry.queryUtility(IRendererFactory, name=".pyncette-jinja2")
     finally:
         config.registry.scheduler.repository.close()
+
+
+def test_a_running_job_shows_its_lease_holder_and_counts_as_running(dash):
+    dash.scheduler.add_async_job("record", job_id="busy", queue="mail")
+    # A daemon's claim, as the worker makes it, without running the job.
+    [lease] = dash.scheduler.repository.claim(dash.clock(), 10, "daemon-token-1", 60.0)
+    assert lease.job.id == "busy"
+    assert _state_of(dash.page(), "busy") == "running"
+    job_page = dash.page("/pyncette/job", params={"id": "busy"}).html
+    assert job_page.select_one("dd.state").get_text(strip=True) == "running"
+    assert job_page.select_one("dd.lease").get_text(strip=True) == "daemon-token-1"
+    queues = dash.page("/pyncette/queues").html
+    assert queues.select_one('tr[data-queue="mail"] td.running').get_text(strip=True) == "1"
