@@ -809,6 +809,7 @@ def test_the_include_honours_a_route_prefix(dashboard_store):
 def test_legacy_authentication_and_authorization_policies_count_as_a_security_policy():
     from pyramid.authentication import RemoteUserAuthenticationPolicy
     from pyramid.authorization import ACLAuthorizationPolicy
+    from pyramid.interfaces import IRoutesMapper
 
     config = pyramid_testing.setUp(settings={"pyncette.url": "memory://"}, autocommit=False)
     try:
@@ -816,7 +817,9 @@ def test_legacy_authentication_and_authorization_policies_count_as_a_security_po
         config.set_csrf_storage_policy(CookieCSRFStoragePolicy())
         config.set_authentication_policy(RemoteUserAuthenticationPolicy())
         config.set_authorization_policy(ACLAuthorizationPolicy())
-        config.commit()
+        config.commit()  # no ConfigurationError: the legacy pair is a security policy
+        mapper = config.registry.getUtility(IRoutesMapper)
+        assert mapper.get_route("pyncette_dashboard.jobs").pattern == "/pyncette/"
     finally:
         pyramid_testing.tearDown()
 
