@@ -5,7 +5,9 @@ Run the web application and the daemon side by side, from the project root::
     pserve development.ini
     pscheduler development.ini
 
-then open http://localhost:6543/ to schedule, watch, pause, resume and cancel jobs.
+then open http://localhost:6543/ to schedule, watch, pause, resume and cancel jobs,
+and http://localhost:6543/pyncette/ for the operator dashboard
+(``pyramid_pyncette.dashboard``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pyramid.config import Configurator
 from pyramid.csrf import CookieCSRFStoragePolicy
 from pyramid.router import Router
 
+from pyramid_pyncette.demo.security import EveryoneOperatesTheDemo
 from pyramid_pyncette.demo.tasks import RECENT_RUNS
 
 #: The demo's pyramid_jinja2 settings (they take precedence over the INI file's).
@@ -36,6 +39,11 @@ def main(global_config: dict[str, Any], **settings: Any) -> Router:
         config.registry.demo_runs = deque(maxlen=RECENT_RUNS)
         config.set_csrf_storage_policy(CookieCSRFStoragePolicy(samesite="Strict"))
         config.set_default_csrf_options(require_csrf=True)
+        # The operator dashboard. Its pages require pyncette.dashboard.permission,
+        # which this demo's policy grants to EVERY visitor (fine for a demo on
+        # localhost; a real application grants it to its operators only).
+        config.set_security_policy(EveryoneOperatesTheDemo())
+        config.include("pyramid_pyncette.dashboard")
         config.add_route("home", "/")
         config.add_route("jobs_json", "/jobs.json")
         config.add_route("hello_now", "/hello/now")

@@ -172,6 +172,7 @@ def page_data(
         "jobs": [_job_row(job, now) for job in page],
         "more": page.next_cursor is not None,
         "runs": [_run_row(run, now) for run in reversed(recent_runs(request.registry))],
+        "dashboard_url": request.route_url("pyncette_dashboard.jobs"),
     }
 
 
