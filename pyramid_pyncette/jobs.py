@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -418,9 +418,26 @@ class QueueInfo:
     ``due`` counts the jobs due now and not running (the backlog),
     ``running`` the jobs a daemon holds a lease on. A queue is listed while
     it holds jobs or is paused.
+
+    ``jobs`` counts every stored job of the queue by its :attr:`Job.state`,
+    with a key for each of :data:`JOB_STATES` (a row a transaction staged
+    counts in the state it will have once published). ``oldest_due_at`` is
+    the earliest due time of the jobs waiting for a daemon (scheduled or
+    retrying, neither locked nor paused), None when no job waits: how late
+    the queue runs is ``now - oldest_due_at`` once that is positive.
     """
 
     name: str
     paused: bool
     due: int
     running: int
+    jobs: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(JOB_STATES, 0))
+    oldest_due_at: datetime | None = None
+
+
+def job_state_counts(states: Iterable[str] = ()) -> dict[str, int]:
+    """How many of ``states`` are each of :data:`JOB_STATES` (every state keyed, 0 when absent)."""
+    counts = dict.fromkeys(JOB_STATES, 0)
+    for state in states:
+        counts[state] += 1
+    return counts

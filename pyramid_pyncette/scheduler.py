@@ -872,7 +872,12 @@ class Scheduler:
 
     def get_queues(self) -> list[QueueInfo]:
         """Every queue that holds a job or is paused, by name: whether it is paused, how
-        many of its jobs are due now (the backlog) and how many are running."""
+        many of its jobs are due now (the backlog) and how many are running, its jobs
+        counted by state and the earliest due time of those waiting for a daemon
+        (see :class:`~pyramid_pyncette.jobs.QueueInfo`).
+
+        One query, which reads every job of the store (on Redis, a chunk at a
+        time): callers that ask often, such as metrics scrapes, cache it."""
         return self.repository.queue_stats(self.now())
 
     def get_runs(

@@ -19,7 +19,15 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from ..jobs import MAX_RUN_ERROR_LENGTH, Job, Lease, Outcome, QueueInfo, RunRecord
+from ..jobs import (
+    MAX_RUN_ERROR_LENGTH,
+    Job,
+    Lease,
+    Outcome,
+    QueueInfo,
+    RunRecord,
+    job_state_counts,
+)
 from ..policy import plan_claim, plan_completion
 from .base import JobPage, Repository, RunPage
 from .rows import storable_text, storable_values
@@ -208,15 +216,33 @@ class MemoryRepository(Repository):
         with self._lock:
             due: collections.Counter[str] = collections.Counter()
             running: collections.Counter[str] = collections.Counter()
+            states: dict[str, dict[str, int]] = {}
+            oldest: dict[str, datetime] = {}
             names = set(self._paused)
             for job in self._jobs.values():
-                names.add(job.queue)
-                if job.state == "running":
-                    running[job.queue] += 1
-                elif job.locked_by is None and job.due_at is not None and job.due_at <= now:
-                    due[job.queue] += 1
+                queue = job.queue
+                names.add(queue)
+                state = job.state
+                counts = states.get(queue)
+                if counts is None:
+                    counts = states[queue] = job_state_counts()
+                counts[state] += 1
+                if state == "running":
+                    running[queue] += 1
+                elif job.locked_by is None and job.due_at is not None:
+                    if job.due_at <= now:
+                        due[queue] += 1
+                    if state != "paused" and (queue not in oldest or job.due_at < oldest[queue]):
+                        oldest[queue] = job.due_at
             return [
-                QueueInfo(name, name in self._paused, due[name], running[name])
+                QueueInfo(
+                    name,
+                    name in self._paused,
+                    due[name],
+                    running[name],
+                    states.get(name) or job_state_counts(),
+                    oldest.get(name),
+                )
                 for name in sorted(names)
             ]
 

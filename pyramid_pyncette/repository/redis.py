@@ -97,8 +97,10 @@ from ..jobs import (
     Outcome,
     QueueInfo,
     RunRecord,
+    job_state_counts,
     queue_name_problem,
 )
+from ..options import is_paused
 from ..policy import plan_claim, plan_completion, split_finished
 from ..redaction import redact_text, redact_url
 from .base import (
@@ -1142,15 +1144,65 @@ class RedisRepository(Repository):
             if int(score) <= int(until):
                 due[queue] -= 1  # due, but locked: not part of the backlog
         listed = {name for name in names if sizes[name] > 0} | paused
+        states, oldest = self._job_states()
         return [
             QueueInfo(
                 name,
                 name in paused,
                 max(due.get(name, 0), 0),
                 running.get(name, 0),
+                states.get(name) or job_state_counts(),
+                _decode_time(oldest.get(name)),
             )
             for name in sorted(listed)
         ]
+
+    def _job_states(self) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+        """Per queue, how many jobs are in each state and the earliest due time (microseconds)
+        of the jobs waiting for a daemon.
+
+        Reads every document, a chunk at a time (``HSCAN``), so the server
+        is never held up by one long command; callers that ask often cache
+        the answer. A job written during the scan may be counted as it was
+        before, or (rarely, while the hash grows) twice.
+        """
+        states: dict[str, dict[str, int]] = {}
+        oldest: dict[str, int] = {}
+        for _job_id, raw in self._client.hscan_iter(self._jobs_key, count=1000):
+            try:
+                doc = orjson.loads(raw)
+                definition = orjson.loads(doc["job"])
+                options = definition.get("options")
+            except (ValueError, TypeError, KeyError, AttributeError):
+                continue  # unreadable: parked when claimed, counted then
+            queue = doc.get("queue", DEFAULT_QUEUE)
+            if type(queue) is not str or queue_name_problem(queue) is not None:
+                queue = DEFAULT_QUEUE
+            locked_by = doc.get("locked_by")
+            due_at = doc.get("due_at")
+            staged = isinstance(locked_by, str) and locked_by.startswith(STAGED_PREFIX)
+            if is_paused(options):
+                state = "paused"
+            elif locked_by is not None and not staged:
+                state = "running"
+            elif due_at is None:
+                state = "failed"
+            elif isinstance(doc.get("attempts"), int) and doc["attempts"] > 0:
+                state = "retrying"
+            else:
+                state = "scheduled"
+            counts = states.get(queue)
+            if counts is None:
+                counts = states[queue] = job_state_counts()
+            counts[state] += 1
+            if locked_by is None and state in ("scheduled", "retrying"):
+                try:
+                    micros = int(due_at)
+                except (TypeError, ValueError):
+                    continue
+                if queue not in oldest or micros < oldest[queue]:
+                    oldest[queue] = micros
+        return states, oldest
 
     # -- run history ----------------------------------------------------------
 

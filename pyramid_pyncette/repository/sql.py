@@ -49,6 +49,7 @@ from ..jobs import (
     Outcome,
     QueueInfo,
     RunRecord,
+    job_state_counts,
 )
 from ..options import PAUSED_MARKER
 from ..policy import ClaimPlan, CompletionPlan, plan_claim, plan_completion, split_finished
@@ -2039,38 +2040,67 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
             return set(conn.execute(sa.select(queues.c.name).where(queues.c.paused)).scalars())
 
     def queue_stats(self, now: datetime) -> builtins.list[QueueInfo]:
-        """Counts by ``GROUP BY queue`` over the jobs table (reads every job).
+        """Counts by one ``GROUP BY queue`` over the jobs table (reads every job).
 
         ``running`` counts the jobs in the state ``'running'`` (a job paused
-        while it runs is ``'paused'``).
+        while it runs is ``'paused'``); the states follow :attr:`Job.state`,
+        decided in the same order.
         """
         table = self.table
         locked_by = table.c.locked_by
-        due = sa.and_(locked_by.is_(None), table.c.due_at <= now)
-        # A job paused while it runs is 'paused', not 'running' (Job.state): its
-        # options, stored as compact JSON with sorted keys, carry the marker.
+        due_at = table.c.due_at
+        # A paused job's options, stored as compact JSON with sorted keys, carry the marker.
         marker = json.dumps({PAUSED_MARKER: True}, separators=(",", ":"))[1:-1]
-        running = sa.and_(
+        paused_job = sa.type_coerce(table.c.options, sa.Text).contains(marker, autoescape=True)
+        leased = sa.and_(
             locked_by.is_not(None),
             sa.not_(locked_by.startswith(STAGED_PREFIX, autoescape=True)),
-            sa.not_(sa.type_coerce(table.c.options, sa.Text).contains(marker, autoescape=True)),
         )
+        due = sa.and_(locked_by.is_(None), due_at <= now)
+        running = sa.and_(leased, sa.not_(paused_job))
+        # Job.state: paused, running, failed (no due time), retrying (attempts), scheduled.
+        state = sa.case(
+            (paused_job, 0),
+            (leased, 1),
+            (due_at.is_(None), 2),
+            (table.c.attempts > 0, 3),
+            else_=4,
+        )
+        waiting = sa.and_(locked_by.is_(None), due_at.is_not(None), sa.not_(paused_job))
+        names_of_states = ("paused", "running", "failed", "retrying", "scheduled")
         query = sa.select(
             table.c.queue,
             sa.func.sum(sa.case((due, 1), else_=0)),
             sa.func.sum(sa.case((running, 1), else_=0)),
+            *(sa.func.sum(sa.case((state == i, 1), else_=0)) for i in range(5)),
+            sa.func.min(sa.case((waiting, due_at), else_=None), type_=due_at.type),
         ).group_by(table.c.queue)
         with self._read() as conn:
-            counts = {
-                queue: (int(due or 0), int(running or 0))
-                for queue, due, running in conn.execute(query)
-            }
+            rows = {row[0]: row[1:] for row in conn.execute(query)}
             paused = set(
                 conn.execute(sa.select(self.queues.c.name).where(self.queues.c.paused)).scalars()
             )
-        counts.pop(None, None)  # no queue (a hand-written NULL): a job parked when claimed
-        names = sorted(set(counts) | paused)
-        return [QueueInfo(str(name), name in paused, *counts.get(name, (0, 0))) for name in names]
+        rows.pop(None, None)  # no queue (a hand-written NULL): a job parked when claimed
+        infos = []
+        for name in sorted(set(rows) | paused):
+            row = rows.get(name)
+            if row is None:
+                infos.append(QueueInfo(str(name), name in paused, 0, 0))
+                continue
+            jobs = job_state_counts()
+            for state_name, count in zip(names_of_states, row[2:7], strict=True):
+                jobs[state_name] = int(count or 0)
+            infos.append(
+                QueueInfo(
+                    str(name),
+                    name in paused,
+                    int(row[0] or 0),
+                    int(row[1] or 0),
+                    jobs,
+                    row[7] if isinstance(row[7], datetime) else None,
+                )
+            )
+        return infos
 
     # -- run history -------------------------------------------------------
 
