@@ -58,6 +58,8 @@ from .settings import HISTORY_CHOICES
 if TYPE_CHECKING:
     from pyramid.registry import Registry
 
+    from .metrics import WorkerMetrics
+
 log = logging.getLogger(__name__)
 
 #: Longest pause between retries while the store is unreachable (seconds).
@@ -258,6 +260,11 @@ class Worker:
         self._backoff = Backoff(first=0.1, cap=MAX_BACKOFF, jitter=0.5)
         #: Mean run time of recent jobs (seconds), None until jobs have run.
         self._mean_duration: float | None = None
+        #: The daemon's metrics (:class:`~pyramid_pyncette.metrics.WorkerMetrics`), fed a
+        #: batch at a time; None (the default): none are kept.
+        self.metrics: WorkerMetrics | None = None
+        #: When the loop last began a turn (:attr:`monotonic`), None before the first.
+        self.last_tick: float | None = None
 
     # -- helpers ----------------------------------------------------------
 
@@ -265,6 +272,21 @@ class Worker:
     def repository(self) -> Repository:
         """The store this worker drains."""
         return self.scheduler.repository
+
+    @property
+    def monotonic(self) -> Callable[[], float]:
+        """The clock that times leases and the loop's turns (seconds)."""
+        return self._monotonic
+
+    @property
+    def store_failures(self) -> int:
+        """How many store calls in a row have failed (0: the last one succeeded)."""
+        return self._backoff.failures
+
+    @property
+    def jobs_in_hand(self) -> int:
+        """How many claimed runs this worker holds: running, or waiting for a thread."""
+        return len(self._running)
 
     @property
     def stopping(self) -> bool:
@@ -519,7 +541,8 @@ class Worker:
                 if timeout is None:
                     break
                 if timeout > 0:
-                    self._wake.wait(timeout)
+                    # A turn at least every poll interval: the health check counts on it.
+                    self._wake.wait(min(timeout, self.poll_interval))
         finally:
             if stop_listener is not None:
                 stop_listener()
@@ -540,6 +563,7 @@ class Worker:
         earlier, or None when ``until_idle`` and nothing is left to do.
         """
         self._wake.clear()
+        self.last_tick = self._monotonic()
         want = claimed = 0
         try:
             self._pending.extend(self._collect())
@@ -593,6 +617,8 @@ class Worker:
         return False
 
     def _store_failed(self, exc: Exception) -> None:
+        if self.metrics is not None:
+            self.metrics.store_error()
         delay = self._backoff.next_delay()
         transient = self.scheduler.is_transient(exc)
         if self._backoff.failures == 1:
@@ -649,6 +675,8 @@ class Worker:
         self._written()
         if outcomes:
             log.debug("completed %d run(s)", len(outcomes))
+        if self.metrics is not None:
+            self.metrics.claimed(len(claimed))
         self._lose_reclaimed(claimed)
         leases, unreadable, records = self._skip_unrunnable(claimed, self.clock())
         self._pending.extend(unreadable)
@@ -739,6 +767,14 @@ class Worker:
                     JobSkipped(lease.job, self.registry, lease.scheduled_at, lease.lateness)
                 )
         self.stats["failed"] += len(unreadable)
+        if self.metrics is not None:
+            not_run = [
+                (lease, RUN_SKIPPED if lease.skipped else RUN_FAILED, None, now)
+                for lease in leases
+                if not lease.paused and not lease.runnable
+            ]
+            if not_run:
+                self.metrics.finished(not_run)
         return [lease for lease in leases if lease.runnable], unreadable, records
 
     def _run_one(self, running: _Running) -> None:
@@ -782,6 +818,7 @@ class Worker:
         """
         outcomes = []
         records = []
+        ran: list[tuple[_Running, Outcome, bool]] | None = None if self.metrics is None else []
         now = self._monotonic()
         while True:
             try:
@@ -795,6 +832,8 @@ class Worker:
                 records.append(
                     self._lost_record(running.lease, outcome, running.started_at, running.lost_when)
                 )
+                if ran is not None:
+                    ran.append((running, outcome, True))
                 continue
             if (
                 running is not None
@@ -808,7 +847,11 @@ class Worker:
             outcomes.append(outcome)
             if running is not None:
                 records.append(self._finished_record(running.lease, outcome, running.started_at))
+                if ran is not None:
+                    ran.append((running, outcome, False))
         self._keep_runs(records)
+        if ran:
+            self._observe(ran)
         return outcomes
 
     def _confirm_leases(self) -> list[Outcome]:
@@ -835,7 +878,24 @@ class Worker:
                 outcomes.append(outcome)
                 records.append(self._finished_record(running.lease, outcome, running.started_at))
         self._keep_runs(records)
+        if self.metrics is not None:
+            self._observe(
+                [(running, outcome, running.info.lease_lost) for running, outcome in checked]
+            )
         return outcomes
+
+    def _observe(self, ran: list[tuple[_Running, Outcome, bool]]) -> None:
+        """Count and time finished runs in :attr:`metrics` (``(run, outcome, lost)`` each)."""
+        assert self.metrics is not None
+        self.metrics.finished(
+            (
+                running.lease,
+                RUN_LEASE_LOST if lost else RUN_SUCCEEDED if outcome.succeeded else RUN_FAILED,
+                running.started_at,
+                outcome.finished_at,
+            )
+            for running, outcome, lost in ran
+        )
 
     def _held(self) -> list[_Running]:
         """The running (or queued) runs that hold a lease not known to be lost."""
@@ -896,6 +956,8 @@ class Worker:
 
     def _report_lost(self, lease: Lease, when: str) -> None:
         self.stats["lease_lost"] += 1
+        if self.metrics is not None:
+            self.metrics.lease_lost()
         log.warning(
             "job %r lost its lease %s (another daemon may run it); its result is discarded",
             lease.job.id,

@@ -43,7 +43,7 @@ import textwrap
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from pyramid.exceptions import ConfigurationExecutionError
+from pyramid.exceptions import ConfigurationError, ConfigurationExecutionError
 from pyramid.paster import bootstrap, setup_logging
 from pyramid.scripts.common import parse_vars
 
@@ -68,6 +68,7 @@ EXIT_STORE = 3
 
 #: The flags that show or change jobs instead of running the daemon.
 JOB_ACTIONS = (
+    "check",
     "list",
     "show",
     "runs",
@@ -168,6 +169,13 @@ class PSchedulerCommand:
             "--once",
             action="store_true",
             help="Run the daemon until no job is due, then exit (for tests and system cron)",
+        )
+        action.add_argument(
+            "--check",
+            action="store_true",
+            help="Load the app, reach the store and read its job table, print one line and "
+            "exit: 0 ready, 2 bad configuration, 3 store unreachable (for deploy scripts and "
+            "container probes)",
         )
         action.add_argument(
             "--list",
@@ -423,6 +431,8 @@ class PSchedulerCommand:
             if status is not None:
                 return status
             args = self.args
+            if args.check:
+                return self.check(registry)
             if args.list:
                 return self.list_jobs(registry)
             if args.show is not None:
@@ -469,6 +479,21 @@ class PSchedulerCommand:
             "existed (see pscheduler --list)"
         )
         return EXIT_USAGE
+
+    def check(self, registry: Registry) -> int:
+        """``--check``: the app loaded and the store answered (see :meth:`check_store`);
+        with ``pyncette.metrics_port`` set, ``prometheus_client`` must be installed too."""
+        settings = registry.scheduler.settings
+        if settings.metrics_port is not None:
+            from ..metrics import MetricsUnavailable, require_prometheus
+
+            try:
+                require_prometheus()
+            except MetricsUnavailable as exc:
+                self.err(str(exc))
+                return EXIT_USAGE
+        self.out(f"ok: store {settings.redacted_url()} reachable, its job table readable")
+        return EXIT_OK
 
     def list_jobs(self, registry: Registry) -> int:
         """``--list``: the stored jobs, filtered by ``--state`` and ``--task``."""
@@ -678,6 +703,17 @@ class PSchedulerCommand:
 
         self.serve_queues(registry)
         worker = self.worker = Worker(registry)
+        server = None
+        settings = registry.scheduler.settings
+        if settings.metrics_port is not None:
+            # Only now: without a metrics port, prometheus_client is never imported.
+            from ..metrics import start_daemon_metrics
+
+            try:
+                server = start_daemon_metrics(worker, settings.metrics_host, settings.metrics_port)
+            except ConfigurationError as exc:
+                self.err(str(exc))
+                return EXIT_USAGE
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
         }
@@ -686,6 +722,8 @@ class PSchedulerCommand:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if server is not None:
+                server.stop()
         return EXIT_OK
 
 

@@ -1,0 +1,464 @@
+"""Prometheus metrics and the health check of the scheduler (extra ``metrics``).
+
+Two kinds of metrics, both built with ``prometheus_client``:
+
+- **Per daemon** (:class:`WorkerMetrics`): what one ``pscheduler`` process
+  did since it started (runs by task, queue and outcome, run durations,
+  lateness, claims, store errors, lost leases, jobs in hand). Each daemon
+  keeps them in a ``CollectorRegistry`` of its own, never the global
+  default one, so several workers (or tests) in one process never clash.
+  The worker feeds them from its loop thread, a batch at a time.
+- **Store-wide** (:class:`StoreCollector`, :func:`store_metrics`): jobs per
+  queue and state, and how late the oldest due job of each queue is. The
+  same whichever process is scraped; computed from one
+  :meth:`~pyramid_pyncette.scheduler.Scheduler.get_queues` call, cached for
+  :data:`STORE_CACHE_SECONDS`, so frequent scrapes never rescan the store.
+
+:class:`MetricsServer` serves ``/metrics`` and ``/healthz`` on
+``pyncette.metrics_host:pyncette.metrics_port`` for ``pscheduler``. Nothing
+here is imported unless metrics are on: with ``pyncette.metrics_port``
+unset the worker pays one ``is None`` test per batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from pyramid.exceptions import ConfigurationError
+
+from .jobs import JOB_STATES, Lease, QueueInfo
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
+
+    from .scheduler import Scheduler
+    from .worker import Worker
+
+log = logging.getLogger(__name__)
+
+#: How long one store-wide count serves scrapes (seconds).
+STORE_CACHE_SECONDS = 5.0
+
+#: How a missing ``prometheus_client`` is fixed.
+INSTALL_HINT = "pip install pyramid_pyncette[metrics]"
+
+#: Bucket bounds (seconds) of ``pyncette_run_duration_seconds``.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+
+#: Bucket bounds (seconds) of ``pyncette_run_lateness_seconds``.
+LATENESS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)
+
+
+class MetricsUnavailable(ConfigurationError):
+    """Metrics were asked for, but ``prometheus_client`` is not installed."""
+
+
+def require_prometheus() -> None:
+    """Import ``prometheus_client``, or raise :class:`MetricsUnavailable` naming the fix."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError as exc:
+        raise MetricsUnavailable(
+            "pyncette.metrics_port is set but prometheus_client is not installed: "
+            f"{INSTALL_HINT} (or unset pyncette.metrics_port)"
+        ) from exc
+
+
+def package_version() -> str:
+    """The installed version of pyramid_pyncette ('unknown' when not installed)."""
+    try:
+        return metadata.version("pyramid_pyncette")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# --------------------------------------------------------------------------- store-wide
+
+
+@dataclass(frozen=True)
+class StoreCounts:
+    """One :meth:`Scheduler.get_queues` answer and the time it was asked at."""
+
+    queues: list[QueueInfo]
+    now: datetime
+
+    def oldest_due_seconds(self, queue: QueueInfo) -> float:
+        """How late the oldest job of ``queue`` waiting for a daemon is (0: none is late)."""
+        if queue.oldest_due_at is None:
+            return 0.0
+        return max(0.0, (self.now - queue.oldest_due_at).total_seconds())
+
+
+class _QueueCache:
+    """The last :class:`StoreCounts` of one store, kept for ``ttl`` seconds.
+
+    A failed count is remembered as long: a store that is down is not asked
+    again by every scrape.
+    """
+
+    def __init__(self, ttl: float, monotonic: Callable[[], float]) -> None:
+        self.ttl = ttl
+        self.monotonic = monotonic
+        self._lock = threading.Lock()
+        self._fetched: float | None = None
+        self._counts: StoreCounts | None = None
+
+    def get(self, scheduler: Scheduler) -> StoreCounts | None:
+        """The cached counts, asked of ``scheduler`` again once older than ``ttl``;
+        None while the store cannot be counted."""
+        with self._lock:
+            now = self.monotonic()
+            if self._fetched is None or now - self._fetched >= self.ttl:
+                self._fetched = now
+                try:
+                    self._counts = StoreCounts(scheduler.get_queues(), scheduler.now())
+                except Exception as exc:
+                    self._counts = None
+                    log.warning("cannot count the jobs of the store for metrics: %s", exc)
+            return self._counts
+
+
+def store_families(counts: StoreCounts | None) -> list[Metric]:
+    """The store-wide gauges of ``counts`` (none when the store could not be counted)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    jobs = GaugeMetricFamily(
+        "pyncette_jobs", "Jobs stored, by queue and state", labels=["queue", "state"]
+    )
+    oldest = GaugeMetricFamily(
+        "pyncette_oldest_due_seconds",
+        "How late the oldest job of a queue waiting for a daemon is (seconds; 0: none is late)",
+        labels=["queue"],
+    )
+    if counts is None:
+        return []
+    for queue in counts.queues:
+        for state in JOB_STATES:
+            jobs.add_metric([queue.name, state], queue.jobs.get(state, 0))
+        oldest.add_metric([queue.name], counts.oldest_due_seconds(queue))
+    return [jobs, oldest]
+
+
+class StoreCollector:
+    """A ``prometheus_client`` collector of the store-wide gauges ``pyncette_jobs{queue,state}``
+    and ``pyncette_oldest_due_seconds{queue}``, from ``scheduler.get_queues()`` cached
+    for ``ttl`` seconds (``monotonic`` times the cache; tests pass a fake one)."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        ttl: float = STORE_CACHE_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.scheduler = scheduler
+        self._cache = _QueueCache(ttl, monotonic)
+
+    def collect(self) -> Iterator[Metric]:
+        """The gauges (the collector protocol of ``prometheus_client``)."""
+        yield from store_families(self._cache.get(self.scheduler))
+
+    def describe(self) -> list[Metric]:
+        """Nothing: registering must not count the store."""
+        return []
+
+
+#: One cache per store for :func:`store_metrics` (a request's scheduler is a copy
+#: bound to its transaction; the store object is shared by every copy).
+_STORE_CACHES: weakref.WeakKeyDictionary[Any, _QueueCache] = weakref.WeakKeyDictionary()
+_STORE_CACHES_LOCK = threading.Lock()
+
+
+class _Families:
+    """A collection of metric families, as ``generate_latest`` reads a registry."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+def store_metrics(scheduler: Scheduler) -> tuple[bytes, str]:
+    """The store-wide gauges as a Prometheus exposition: ``(body, content type)``.
+
+    For web processes (the dashboard's ``<path>/metrics``): counted with
+    ``scheduler.get_queues()`` at most every :data:`STORE_CACHE_SECONDS`
+    per store, whichever scheduler (or request's copy of it) asks.
+    """
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    repository = scheduler.repository
+    with _STORE_CACHES_LOCK:
+        cache = _STORE_CACHES.get(repository)
+        if cache is None:
+            cache = _STORE_CACHES[repository] = _QueueCache(STORE_CACHE_SECONDS, time.monotonic)
+    families = store_families(cache.get(scheduler))
+    return generate_latest(_Families(families)), CONTENT_TYPE_LATEST
+
+
+# --------------------------------------------------------------------------- per daemon
+
+
+class WorkerMetrics:
+    """The metrics of one daemon, in a ``CollectorRegistry`` of their own (:attr:`registry`).
+
+    The worker calls :meth:`claimed`, :meth:`finished`, :meth:`store_error`
+    and :meth:`lease_lost`; :meth:`attach` ties the gauges read at scrape
+    time (jobs in hand, worker info, the store-wide gauges) to a worker.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = registry if registry is not None else CollectorRegistry()
+        reg = self.registry
+        self.runs = Counter(
+            "pyncette_runs_total",
+            "Runs finished by this daemon, by task, queue and outcome "
+            "(succeeded, failed, skipped, lease_lost)",
+            ["task", "queue", "outcome"],
+            registry=reg,
+        )
+        self.duration = Histogram(
+            "pyncette_run_duration_seconds",
+            "How long the runs of this daemon took, by task and queue",
+            ["task", "queue"],
+            buckets=DURATION_BUCKETS,
+            registry=reg,
+        )
+        self.lateness = Histogram(
+            "pyncette_run_lateness_seconds",
+            "How late the runs of this daemon started (start minus due time), by queue",
+            ["queue"],
+            buckets=LATENESS_BUCKETS,
+            registry=reg,
+        )
+        self.claims = Counter(
+            "pyncette_claims_total", "Claims this daemon made of the store", registry=reg
+        )
+        self.claimed_jobs = Counter(
+            "pyncette_claimed_jobs_total", "Jobs this daemon claimed", registry=reg
+        )
+        self.running = Gauge(
+            "pyncette_running_jobs",
+            "Jobs this daemon holds: running, or claimed and waiting for a thread",
+            registry=reg,
+        )
+        self.store_errors = Counter(
+            "pyncette_store_errors_total",
+            "Store calls of this daemon's loop that failed",
+            registry=reg,
+        )
+        self.leases_lost = Counter(
+            "pyncette_lease_lost_total",
+            "Runs of this daemon that lost their lease (another daemon may run them)",
+            registry=reg,
+        )
+        self.info = Gauge(
+            "pyncette_worker_info",
+            "This daemon: its worker id, host and pyramid_pyncette version (always 1)",
+            ["worker_id", "host", "version"],
+            registry=reg,
+        )
+
+    def attach(self, worker: Worker, store_gauges: bool = True) -> None:
+        """Read ``worker``'s jobs in hand at scrape time, name it in ``pyncette_worker_info``
+        and (with ``store_gauges``) serve the store-wide gauges of its scheduler too."""
+        self.running.set_function(lambda: worker.jobs_in_hand)
+        self.info.labels(worker.id, worker.host, package_version()).set(1)
+        if store_gauges:
+            self.registry.register(StoreCollector(worker.scheduler))
+
+    def claimed(self, jobs: int) -> None:
+        """One claim, that took ``jobs`` jobs."""
+        self.claims.inc()
+        if jobs:
+            self.claimed_jobs.inc(jobs)
+
+    def finished(self, runs: Iterable[tuple[Lease, str, datetime | None, datetime]]) -> None:
+        """A batch of finished runs, each ``(lease, outcome, started_at, finished_at)``.
+
+        ``outcome`` is one of :data:`~pyramid_pyncette.jobs.RUN_OUTCOMES`; a
+        run that never started (skipped, or unrunnable as stored) has no
+        ``started_at``: it is counted, not timed. Runs are counted by label
+        first, so that each counter is touched once per batch.
+        """
+        counts: Counter[tuple[str, str, str]] = Counter()
+        duration, lateness = self.duration, self.lateness
+        for lease, outcome, started_at, finished_at in runs:
+            job = lease.job
+            counts[job.task, job.queue, outcome] += 1
+            if started_at is not None:
+                duration.labels(job.task, job.queue).observe(
+                    max(0.0, (finished_at - started_at).total_seconds())
+                )
+                lateness.labels(job.queue).observe(
+                    max(0.0, (started_at - lease.scheduled_at).total_seconds())
+                )
+        for (task, queue, outcome), count in counts.items():
+            self.runs.labels(task, queue, outcome).inc(count)
+
+    def store_error(self) -> None:
+        """A store call of the loop failed."""
+        self.store_errors.inc()
+
+    def lease_lost(self) -> None:
+        """A run lost its lease."""
+        self.leases_lost.inc()
+
+
+# --------------------------------------------------------------------------- health
+
+
+class HealthCheck:
+    """Whether a worker is healthy: its loop turned within twice the poll interval and
+    its last store call succeeded. ``monotonic`` must be the worker's own clock."""
+
+    def __init__(self, worker: Worker, monotonic: Callable[[], float] | None = None) -> None:
+        self.worker = worker
+        self.monotonic = monotonic or worker.monotonic
+
+    def status(self) -> tuple[bool, dict[str, Any]]:
+        """``(healthy, document)``: the document says why (for ``/healthz``)."""
+        worker = self.worker
+        last = worker.last_tick
+        ago = None if last is None else max(0.0, self.monotonic() - last)
+        limit = 2 * worker.poll_interval
+        reachable = worker.store_failures == 0 and last is not None
+        healthy = ago is not None and ago <= limit and reachable
+        return healthy, {
+            "status": "ok" if healthy else "unhealthy",
+            "loop_last_tick_seconds_ago": None if ago is None else round(ago, 3),
+            "loop_tick_limit_seconds": limit,
+            "store_reachable": reachable,
+            "running_jobs": worker.jobs_in_hand,
+        }
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+class _ThreadingServer(WSGIServer):
+    """A WSGI server answering each request on its own thread (a slow scrape never
+    holds up a health probe)."""
+
+    daemon_threads = True
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        thread = threading.Thread(
+            target=self._handle, args=(request, client_address), name="pyncette-metrics-request"
+        )
+        thread.daemon = True
+        thread.start()
+
+    def _handle(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log line per scrape."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class MetricsServer:
+    """Serves ``/metrics`` (``registry``) and ``/healthz`` (``health``) over HTTP on
+    ``host:port`` (port 0: any free port, see :attr:`port`) from a daemon thread.
+
+    Raises :class:`~pyramid.exceptions.ConfigurationError` naming the fix
+    when the address cannot be bound (the port is taken).
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry, health: HealthCheck, host: str, port: int
+    ) -> None:
+        from prometheus_client import make_wsgi_app
+
+        self._metrics_app = make_wsgi_app(registry)
+        self.health = health
+        try:
+            self._server = make_server(
+                host, port, self._app, server_class=_ThreadingServer, handler_class=_QuietHandler
+            )
+        except (OSError, socket.gaierror) as exc:
+            raise ConfigurationError(
+                f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}): "
+                "set pyncette.metrics_port to a free port (0 picks one) or stop what uses it"
+            ) from exc
+        self.host = host
+        self.port: int = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="pyncette-metrics", daemon=True
+        )
+
+    def start(self) -> None:
+        """Start answering."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop answering and free the port."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/healthz":
+            healthy, document = self.health.status()
+            body = json.dumps(document).encode()
+            status = "200 OK" if healthy else "503 Service Unavailable"
+            start_response(
+                status,
+                [
+                    ("Content-Type", "application/json"),
+                    ("Content-Length", str(len(body))),
+                    ("Cache-Control", "no-store"),
+                ],
+            )
+            return [body]
+        if path == "/metrics":
+            return self._metrics_app(environ, start_response)
+        body = b"not found: try /metrics or /healthz\n"
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [body]
+
+
+def start_daemon_metrics(worker: Worker, host: str, port: int) -> MetricsServer:
+    """Give ``worker`` its metrics and serve them with its health check on ``host:port``.
+
+    Raises :class:`MetricsUnavailable` without ``prometheus_client`` and
+    :class:`~pyramid.exceptions.ConfigurationError` when the port is taken.
+    """
+    require_prometheus()
+    metrics = WorkerMetrics()
+    metrics.attach(worker)
+    server = MetricsServer(metrics.registry, HealthCheck(worker), host, port)
+    worker.metrics = metrics
+    server.start()
+    log.info(
+        "metrics on http://%s:%d/metrics, health on http://%s:%d/healthz",
+        host,
+        server.port,
+        host,
+        server.port,
+    )
+    return server
