@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--workloads",
         default=",".join(WORKLOADS),
         type=lambda text: _names(text, WORKLOADS, "workload"),
-        help="comma-separated subset of W1,W2,W3,W4,W5,W6 (default: all)",
+        help="comma-separated subset of W1,W2,W3,W4,W5,W6,W7 (default: all)",
     )
     parser.add_argument(
         "--stores",

@@ -1,4 +1,4 @@
-"""The five workloads. Each takes a :class:`Context` and a store and returns table rows.
+"""The workloads. Each takes a :class:`Context` and a store and returns table rows.
 
 W1 drain
     N due no-op jobs drained by 1 and by 2 ``pscheduler --once`` processes,
@@ -23,6 +23,10 @@ W5 memory
 W6 history
     W1's drain by one daemon with ``pyncette.history = all`` beside the same
     drain with ``none``, alternating which goes first.
+W7 metrics
+    W1's drain by one daemon serving Prometheus metrics
+    (``pyncette.metrics_port = 0``) beside the same drain without, alternating
+    which goes first.
 
 Every drain of ours is checked: a job run twice (duplicate) or never (lost)
 is recorded in :attr:`Context.failures`, which makes ``run.py`` exit non-zero.
@@ -61,7 +65,7 @@ from benchmarks.common import (
 from benchmarks.peers import PeerError, Peers
 from benchmarks.stores import Store, Target, count_jobs, run_history
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7")
 
 
 @dataclass(frozen=True)
@@ -1096,6 +1100,46 @@ def w6_history(ctx: Context, store: Store) -> list[Row]:
     return rows
 
 
+# --------------------------------------------------------------------------- W7 metrics
+
+
+def w7_metrics(ctx: Context, store: Store) -> list[Row]:
+    """W7: a drain by a daemon serving its metrics beside one serving none (side by side)."""
+    n = ctx.sizes.drain_n
+    modes = {"on": {"pyncette.metrics_port": "0"}, "off": {}}
+    results: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+    for repeat in range(ctx.sizes.repeat):
+        order = ("off", "on") if repeat % 2 == 0 else ("on", "off")
+        for mode in order:
+            ctx.log(f"  W7 {store.name}: {n} jobs, metrics {mode}, repeat {repeat + 1}")
+            results[mode].append(drain_ours(ctx, store, n, 1, settings=modes[mode]))
+    ctx.detail(store.name, "W7", results)
+    name = f"W7 metrics {n:,}"
+    rows = []
+    for key, label in [
+        ("exec_per_s_wall", "exec/s, spawn->last exit"),
+        ("exec_per_s_loop", "exec/s, loop start->last run"),
+    ]:
+        o = [r[key] for r in results["on"]]
+        x = [r[key] for r in results["off"]]
+        rows.append(
+            Row(
+                store.name,
+                name,
+                label,
+                median(o),
+                median(x),
+                "metrics off",
+                _paired_ratio(o, x),
+                "/s",
+            )
+        )
+    dup = sum(r["duplicates"] for mode in results.values() for r in mode)
+    lost = sum(r["lost"] for mode in results.values() for r in mode)
+    rows.append(Row(store.name, name, "duplicates / lost (all repeats)", f"{dup} / {lost}"))
+    return rows
+
+
 RUNNERS: dict[str, Callable[[Context, Store], list[Row]]] = {
     "W1": w1_drain,
     "W2": w2_idle,
@@ -1103,4 +1147,5 @@ RUNNERS: dict[str, Callable[[Context, Store], list[Row]]] = {
     "W4": w4_enqueue,
     "W5": w5_memory,
     "W6": w6_history,
+    "W7": w7_metrics,
 }
