@@ -14,7 +14,14 @@ queues it serves instead of ``pyncette.queues``). ``--list`` (filtered by
 scheduler API (``get_jobs``, ``get_job``, ``get_runs``, ``get_queues``,
 ``pause_job``, ``resume_job``, ``retry_job``, ``cancel_job``,
 ``pause_queue``, ``resume_queue``); the formatting lives in
-:mod:`pyramid_pyncette.operate`.
+:mod:`pyramid_pyncette.operate`. ``--check`` loads the app, reaches the
+store and prints one line: exit 0, 2 or 3 as below, for deploy scripts and
+container probes.
+
+With ``pyncette.metrics_port`` set, the daemon (and ``--once``) serves
+``/metrics`` and ``/healthz`` there (:mod:`pyramid_pyncette.metrics`); a
+missing ``prometheus_client`` or a port in use stops it at start with
+status 2.
 
 The first SIGINT or SIGTERM stops claiming, lets running jobs finish and
 exits 0; a second one exits at once with status 1 (leases of jobs still
@@ -128,8 +135,8 @@ class PSchedulerCommand:
     exit status: 0 done; 1 stopped by a second signal; 2 bad usage or
     configuration, an unknown job id, a bad queue name, or a change the
     scheduler refused (nothing is written);
-    3 the store cannot be reached (--once and the actions only: the daemon
-    waits for it).
+    3 the store cannot be reached (--once, --check and the actions only: the
+    daemon waits for it).
     """
 
     bootstrap = staticmethod(bootstrap)  # for testing
