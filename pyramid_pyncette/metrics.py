@@ -454,6 +454,12 @@ class _ThreadingServer(WSGIServer):
             self.shutdown_request(request)
 
 
+class _ThreadingServer6(_ThreadingServer):
+    """The same on an IPv6 address (``pyncette.metrics_host = ::``)."""
+
+    address_family = socket.AF_INET6
+
+
 class _QuietHandler(WSGIRequestHandler):
     """No access log line per scrape."""
 
@@ -478,7 +484,11 @@ class MetricsServer:
         self.health = health
         try:
             self._server = make_server(
-                host, port, self._app, server_class=_ThreadingServer, handler_class=_QuietHandler
+                host,
+                port,
+                self._app,
+                server_class=_ThreadingServer6 if ":" in host else _ThreadingServer,
+                handler_class=_QuietHandler,
             )
         except (OSError, socket.gaierror) as exc:
             raise ConfigurationError(

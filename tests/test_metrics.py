@@ -604,3 +604,23 @@ def test_check_exits_2_when_metrics_are_on_without_prometheus_client(tmp_path, m
 
     assert run_pscheduler("--check", ini) == 2
     assert "pip install pyramid_pyncette[metrics]" in capsys.readouterr().err
+
+
+def test_the_server_listens_on_an_ipv6_address(app):
+    from pyramid_pyncette.metrics import HealthCheck, MetricsServer
+
+    if not socket.has_ipv6:
+        pytest.skip("this machine has no IPv6")
+    loop, metrics = measured_loop(app)
+    try:
+        server = MetricsServer(metrics.registry, HealthCheck(loop.worker), "::1", 0)
+    except ConfigurationError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    server.start()
+    try:
+        with urllib.request.urlopen(f"http://[::1]:{server.port}/healthz", timeout=10) as answer:
+            pytest.fail(f"healthy before the loop turned: {answer.status}")
+    except urllib.error.HTTPError as error:
+        assert error.code == 503
+    finally:
+        server.stop()
