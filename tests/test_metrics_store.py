@@ -112,3 +112,35 @@ def test_queue_stats_follow_a_job_from_due_to_running_to_done(repo):
 
     repo.complete([Outcome(leases[0], True, NOW)])
     assert repo.queue_stats(NOW) == []
+
+
+def test_the_store_gauges_are_exact_on_every_store(app):
+    from pyramid_pyncette.metrics import StoreCollector
+
+    scheduler = app.scheduler
+    scheduler.add_date_job("record", app.clock() - seconds(90), job_id="late")
+    scheduler.add_date_job("record", app.clock() - seconds(30), job_id="late-mail", queue="emails")
+    scheduler.add_date_job("record", app.clock() + seconds(60), job_id="later")
+    scheduler.add_date_job("record", app.clock() - seconds(600), job_id="held")
+    scheduler.pause_job("held")
+    assert claimed_ids(app.repository.claim(app.clock(), 10, "daemon-1", LEASE, {"emails"})) == [
+        "late-mail"
+    ]
+
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in StoreCollector(scheduler).collect()
+        for sample in family.samples
+    }
+
+    def jobs(queue: str) -> dict[str, float]:
+        return {
+            state: samples[("pyncette_jobs", (("queue", queue), ("state", state)))]
+            for state in JOB_STATES
+        }
+
+    assert jobs("default") == states(scheduled=2, paused=1)
+    assert jobs("emails") == states(running=1)
+    assert samples[("pyncette_oldest_due_seconds", (("queue", "default"),))] == 90
+    assert samples[("pyncette_oldest_due_seconds", (("queue", "emails"),))] == 0
+    assert len(samples) == 2 * len(JOB_STATES) + 2
