@@ -27,7 +27,14 @@ def _lua_files():
 def _scripts():
     from pyramid_pyncette.repository import redis as store
 
-    return [store._CLAIM, store._EXTEND, store._WRITE, store._LIST, store._NEXT_DUE]
+    return [
+        store._CLAIM,
+        store._EXTEND,
+        store._WRITE,
+        store._LIST,
+        store._NEXT_DUE,
+        store._QUEUE_COUNTS,
+    ]
 
 
 def test_every_lua_file_is_part_of_a_script():

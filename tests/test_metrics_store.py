@@ -9,6 +9,7 @@ count is exact.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -144,3 +145,42 @@ def test_the_store_gauges_are_exact_on_every_store(app):
     assert samples[("pyncette_oldest_due_seconds", (("queue", "default"),))] == 90
     assert samples[("pyncette_oldest_due_seconds", (("queue", "emails"),))] == 0
     assert len(samples) == 2 * len(JOB_STATES) + 2
+
+
+def test_redis_counts_a_store_of_many_chunks_as_the_memory_store_does(request):
+    pytest.importorskip("redis")
+    server = request.getfixturevalue("redis_server")
+    server.start()
+    redis_store = _open_repository(
+        {"pyncette.url": server.url, "pyncette.redis_namespace": f"m{uuid.uuid4().hex[:8]}"}
+    )
+    memory = _open_repository({"pyncette.url": "memory://"})
+    jobs = []
+    for n in range(2500):  # several HSCAN chunks of queue_counts.lua
+        job = date_job(f"j{n:05d}", NOW - seconds(n % 97), queue=("a", "b", "c")[n % 3])
+        if n % 7 == 0:
+            job = job.replace(options={PAUSED_MARKER: True})
+        elif n % 5 == 0:
+            job = job.replace(attempts=1)
+        elif n % 11 == 0:
+            job = job.replace(due_at=None)
+        if n % 13 == 0:
+            # The pause marker's text in the arguments pauses nothing.
+            job = job.replace(kwargs={"paused": True, "note": '"paused":true'})
+        jobs.append(job)
+    try:
+        held = []
+        for store in (memory, redis_store):
+            store.add(jobs)
+            leases = store.claim(NOW, 40, "daemon-1", LEASE, frozenset({"b"}))
+            held.append(len([lease for lease in leases if not lease.paused]))
+
+        counted = redis_store.queue_stats(NOW)
+        assert counted == memory.queue_stats(NOW)
+        assert sum(sum(queue.jobs.values()) for queue in counted) == 2500
+        # The claim took paused jobs off the schedule, and leased the others.
+        assert held[0] == held[1] > 0
+        assert by_name(counted)["b"].jobs["running"] == held[1]
+    finally:
+        redis_store.close()
+        memory.close()

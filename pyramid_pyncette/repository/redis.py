@@ -100,7 +100,6 @@ from ..jobs import (
     job_state_counts,
     queue_name_problem,
 )
-from ..options import is_paused
 from ..policy import plan_claim, plan_completion, split_finished
 from ..redaction import redact_text, redact_url
 from .base import (
@@ -187,6 +186,13 @@ _EXTEND = _lua("replicate", "common", "extend")
 _WRITE = _lua("common", "write")
 _LIST = _lua("list")
 _NEXT_DUE = _lua("next_due")
+_QUEUE_COUNTS = _lua("queue_counts")
+
+#: Job documents one call of ``queue_counts.lua`` reads (HSCAN's COUNT).
+_COUNT_CHUNK = 1000
+
+#: The states in the order ``queue_counts.lua`` counts them.
+_COUNTED_STATES = ("scheduled", "running", "retrying", "failed", "paused")
 
 # --------------------------------------------------------------------------- encoding
 
@@ -523,7 +529,15 @@ class RedisRepository(Repository):
         self._write_ops = client.register_script(_WRITE)
         self._list = client.register_script(_LIST)
         self._next_due = client.register_script(_NEXT_DUE)
-        self._scripts = (self._claim, self._extend, self._write_ops, self._list, self._next_due)
+        self._queue_counts = client.register_script(_QUEUE_COUNTS)
+        self._scripts = (
+            self._claim,
+            self._extend,
+            self._write_ops,
+            self._list,
+            self._next_due,
+            self._queue_counts,
+        )
         self._setup_lock = threading.Lock()
         self._ready = False
 
@@ -1161,48 +1175,31 @@ class RedisRepository(Repository):
         """Per queue, how many jobs are in each state and the earliest due time (microseconds)
         of the jobs waiting for a daemon.
 
-        Reads every document, a chunk at a time (``HSCAN``), so the server
-        is never held up by one long command; callers that ask often cache
-        the answer. A job written during the scan may be counted as it was
-        before, or (rarely, while the hash grows) twice.
+        ``queue_counts.lua`` counts the documents in the server a chunk at a
+        time (``HSCAN``), so neither is the server held up by one long
+        command nor are the documents sent here; callers that ask often
+        cache the answer. A job written during the scan may be counted as it
+        was before, or (rarely, while the hash grows) twice.
         """
         states: dict[str, dict[str, int]] = {}
         oldest: dict[str, int] = {}
-        for _job_id, raw in self._client.hscan_iter(self._jobs_key, count=1000):
-            try:
-                doc = orjson.loads(raw)
-                definition = orjson.loads(doc["job"])
-                options = definition.get("options")
-            except (ValueError, TypeError, KeyError, AttributeError):
-                continue  # unreadable: parked when claimed, counted then
-            queue = doc.get("queue", DEFAULT_QUEUE)
-            if type(queue) is not str or queue_name_problem(queue) is not None:
-                queue = DEFAULT_QUEUE
-            locked_by = doc.get("locked_by")
-            due_at = doc.get("due_at")
-            staged = isinstance(locked_by, str) and locked_by.startswith(STAGED_PREFIX)
-            if is_paused(options):
-                state = "paused"
-            elif locked_by is not None and not staged:
-                state = "running"
-            elif due_at is None:
-                state = "failed"
-            elif isinstance(doc.get("attempts"), int) and doc["attempts"] > 0:
-                state = "retrying"
-            else:
-                state = "scheduled"
-            counts = states.get(queue)
-            if counts is None:
-                counts = states[queue] = job_state_counts()
-            counts[state] += 1
-            if locked_by is None and state in ("scheduled", "retrying"):
-                try:
-                    micros = int(due_at)
-                except (TypeError, ValueError):
-                    continue
-                if queue not in oldest or micros < oldest[queue]:
-                    oldest[queue] = micros
-        return states, oldest
+        cursor: Any = 0
+        while True:
+            cursor, chunk = self._queue_counts(keys=[self._jobs_key], args=[cursor, _COUNT_CHUNK])
+            for i in range(0, len(chunk), 7):
+                queue = _text(chunk[i])
+                counts = states.get(queue)
+                if counts is None:
+                    counts = states[queue] = job_state_counts()
+                for state, count in zip(_COUNTED_STATES, chunk[i + 1 : i + 6], strict=True):
+                    counts[state] += int(count)
+                due = _text(chunk[i + 6])
+                if due:
+                    micros = int(due)
+                    if queue not in oldest or micros < oldest[queue]:
+                        oldest[queue] = micros
+            if int(cursor) == 0:
+                return states, oldest
 
     # -- run history ----------------------------------------------------------
 
