@@ -22,6 +22,7 @@ unset the worker pays one ``is None`` test per batch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -467,6 +468,10 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
+#: Where a server listening on every address can be reached from this machine.
+_LOCAL_ADDRESSES = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
 class MetricsServer:
     """Serves ``/metrics`` (``registry``) and ``/healthz`` (``health``) over HTTP on
     ``host:port`` (port 0: any free port, see :attr:`port`) from a daemon thread.
@@ -506,10 +511,24 @@ class MetricsServer:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop answering and free the port."""
-        self._server.shutdown()
+        """Stop answering and free the port, at once.
+
+        The server notices a shutdown only when its wait for a connection
+        ends (every half second): a connection of our own ends it now, so a
+        daemon stopping (``--once`` finishing) is not held up.
+        """
+        stopper = threading.Thread(target=self._server.shutdown, name="pyncette-metrics-stop")
+        stopper.start()
+        while stopper.is_alive():
+            self._wake_server()
+            stopper.join(0.01)
         self._server.server_close()
         self._thread.join()
+
+    def _wake_server(self) -> None:
+        host = _LOCAL_ADDRESSES.get(self.host, self.host)
+        with contextlib.suppress(OSError), socket.create_connection((host, self.port), 1):
+            pass
 
     def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")

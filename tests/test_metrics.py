@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
+import time
 import urllib.error
 import urllib.request
 from datetime import timedelta
@@ -624,3 +625,18 @@ def test_the_server_listens_on_an_ipv6_address(app):
         assert error.code == 503
     finally:
         server.stop()
+
+
+def test_stopping_the_server_frees_its_port_without_waiting_for_its_poll(app):
+    from pyramid_pyncette.metrics import HealthCheck, MetricsServer
+
+    loop, metrics = measured_loop(app)
+    server = MetricsServer(metrics.registry, HealthCheck(loop.worker), "127.0.0.1", 0)
+    server.start()
+    started = time.perf_counter()
+    server.stop()
+    took = time.perf_counter() - started
+
+    assert took < 0.4  # the server's own poll would take up to 0.5 s
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", server.port))
