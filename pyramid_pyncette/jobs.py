@@ -421,7 +421,8 @@ class QueueInfo:
 
     ``jobs`` counts every stored job of the queue by its :attr:`Job.state`,
     with a key for each of :data:`JOB_STATES` (a row a transaction staged
-    counts in the state it will have once published). ``oldest_due_at`` is
+    counts in the state it will have once published); every store fills it,
+    and it is empty only in a ``QueueInfo`` built without counts. ``oldest_due_at`` is
     the earliest due time of the jobs waiting for a daemon (scheduled or
     retrying, neither locked nor paused), None when no job waits: how late
     the queue runs is ``now - oldest_due_at`` once that is positive.
@@ -431,7 +432,7 @@ class QueueInfo:
     paused: bool
     due: int
     running: int
-    jobs: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(JOB_STATES, 0))
+    jobs: Mapping[str, int] = field(default_factory=dict)
     oldest_due_at: datetime | None = None
 
 

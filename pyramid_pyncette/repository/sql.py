@@ -2085,7 +2085,7 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
         for name in sorted(set(rows) | paused):
             row = rows.get(name)
             if row is None:
-                infos.append(QueueInfo(str(name), name in paused, 0, 0))
+                infos.append(QueueInfo(str(name), name in paused, 0, 0, job_state_counts()))
                 continue
             jobs = job_state_counts()
             for state_name, count in zip(names_of_states, row[2:7], strict=True):
