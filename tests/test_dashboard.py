@@ -925,3 +925,72 @@ def test_a_running_job_shows_its_lease_holder_and_counts_as_running(dash):
     assert job_page.select_one("dd.lease").get_text(strip=True) == "daemon-token-1"
     queues = dash.page("/pyncette/queues").html
     assert queues.select_one('tr[data-queue="mail"] td.running').get_text(strip=True) == "1"
+
+
+# --------------------------------------------------------------------------- <path>/metrics
+
+
+def _gauges(text: str) -> dict[str, float]:
+    """The samples of a Prometheus exposition, by ``name{labels}`` as written."""
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def test_metrics_serves_the_store_wide_gauges_to_the_permission(make_dashboard):
+    dash = make_dashboard()
+    _add(dash, "a", queue="mail")
+    _add(dash, "b", queue="mail")
+    dash.scheduler.pause_job("b")
+    dash.scheduler.add_date_job("record", START - timedelta(seconds=30), job_id="late")
+    res = dash.web.get("/pyncette/metrics", status=200)
+    assert res.headers["Content-Type"].startswith("text/plain; version=")
+    samples = _gauges(res.text)
+    assert samples['pyncette_jobs{queue="mail",state="scheduled"}'] == 1
+    assert samples['pyncette_jobs{queue="mail",state="paused"}'] == 1
+    assert samples['pyncette_jobs{queue="default",state="scheduled"}'] == 1
+    assert samples['pyncette_jobs{queue="default",state="failed"}'] == 0
+    assert samples['pyncette_oldest_due_seconds{queue="default"}'] == 30
+
+
+def test_metrics_requires_the_permission_unless_made_public(make_dashboard):
+    refused = make_dashboard(policy=Grants("something.else"))
+    refused.web.get("/pyncette/metrics", status=403)
+    public = make_dashboard(
+        settings={"pyncette.dashboard.metrics_public": "true"}, policy=Grants("something.else")
+    )
+    _add(public, "a")
+    res = public.web.get("/pyncette/metrics", status=200)
+    assert _gauges(res.text)['pyncette_jobs{queue="default",state="scheduled"}'] == 1
+    # Only the gauges are public: the pages still need the permission.
+    public.web.get("/pyncette/", status=403)
+
+
+def test_metrics_without_prometheus_client_answer_501_naming_the_extra(make_dashboard, monkeypatch):
+    import pyramid_pyncette.dashboard.views as views
+
+    dash = make_dashboard()
+    monkeypatch.setattr(views, "metrics_available", lambda: False)
+    res = dash.web.get("/pyncette/metrics", status=501)
+    assert "pip install 'pyramid_pyncette[metrics]'" in res.text
+
+
+def test_public_metrics_without_prometheus_client_are_refused_at_commit(monkeypatch):
+    import pyramid_pyncette.dashboard as dashboard
+
+    monkeypatch.setattr(dashboard, "metrics_available", lambda: False)
+    settings = {
+        "pyncette.url": "memory://",
+        "pyncette.dashboard.permission": "NO_PERMISSION_REQUIRED",
+        "pyncette.dashboard.metrics_public": "true",
+    }
+    with pytest.raises(ConfigurationError) as excinfo:
+        _commit_dashboard(settings)
+    message = str(excinfo.value)
+    assert "pyncette.dashboard.metrics_public" in message
+    assert "pip install 'pyramid_pyncette[metrics]'" in message
+    monkeypatch.setattr(dashboard, "metrics_available", lambda: True)
+    _commit_dashboard(settings)

@@ -15,6 +15,7 @@ so the application's own ``jinja2.*`` settings never change them.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 import jinja2
@@ -71,6 +72,26 @@ _CSRF_HELP = (
 )
 
 
+_METRICS_HELP = (
+    "pyncette.dashboard.metrics_public = true serves the store's gauges at "
+    "<pyncette.dashboard.path>/metrics, which needs prometheus_client: "
+    "pip install 'pyramid_pyncette[metrics]' (or leave the setting out)"
+)
+
+
+def metrics_available() -> bool:
+    """Whether prometheus_client can be imported (the ``metrics`` extra)."""
+    return importlib.util.find_spec("prometheus_client") is not None
+
+
+def metrics_permission(settings: PyncetteSettings) -> str:
+    """The permission ``<path>/metrics`` requires: the pages' own, or none when
+    ``pyncette.dashboard.metrics_public`` is true."""
+    if settings.dashboard_metrics_public:
+        return NO_PERMISSION_REQUIRED
+    return view_permission(settings)
+
+
 def view_permission(settings: PyncetteSettings) -> str:
     """The permission the dashboard's views require, from ``pyncette.dashboard.permission``.
 
@@ -101,13 +122,16 @@ def includeme(config: Configurator) -> None:
     Settings): ``pyncette.dashboard.path`` (default ``/pyncette``),
     ``pyncette.dashboard.permission`` (default ``pyncette.admin``;
     ``NO_PERMISSION_REQUIRED`` opens the pages to everyone) and
-    ``pyncette.dashboard.metrics_public``.
+    ``pyncette.dashboard.metrics_public`` (``<path>/metrics``, the store's
+    Prometheus gauges, without the permission; needs the ``metrics`` extra).
 
     Like ``pyramid_pyncette`` itself, it reads them when the configuration is
     committed. The commit then raises :class:`~pyramid.exceptions.ConfigurationError`
     when no security policy is set (unless the permission is
     ``NO_PERMISSION_REQUIRED``), or when the CSRF token has nowhere to live
-    (Pyramid's default keeps it in the session, and no session factory is set).
+    (Pyramid's default keeps it in the session, and no session factory is set),
+    or when ``pyncette.dashboard.metrics_public`` is true and prometheus_client
+    is not installed.
     """
     config.include("pyramid_pyncette")
     # pyramid_jinja2's directives called as functions: the application's own
@@ -136,6 +160,8 @@ def includeme(config: Configurator) -> None:
             and registry.queryUtility(ISessionFactory) is None
         ):
             raise ConfigurationError(_CSRF_HELP)
+        if _settings(config).dashboard_metrics_public and not metrics_available():
+            raise ConfigurationError(_METRICS_HELP)
 
     config.action(None, set_up_environment, order=_ENVIRONMENT_ORDER)
     # Deferred (after pyramid_pyncette has read its settings, in the same

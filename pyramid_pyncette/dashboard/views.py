@@ -28,7 +28,7 @@ from ..jobs import JOB_STATES, Job
 from ..redaction import redact_text
 from ..scheduler import PeriodicJobError, Scheduler, UnknownJobError
 from ..settings import PyncetteSettings
-from . import RENDERER, ROUTE_PREFIX, view_permission
+from . import RENDERER, ROUTE_PREFIX, metrics_available, metrics_permission, view_permission
 from .present import (
     FAILED_OUTCOMES,
     distinct,
@@ -491,6 +491,26 @@ def queues(request: Request) -> dict[str, Any]:
     )
 
 
+def metrics(request: Request) -> Response:
+    """The store-wide gauges (``pyncette_jobs``, ``pyncette_oldest_due_seconds``) for
+    Prometheus, counted at most every few seconds whoever scrapes (see
+    :func:`pyramid_pyncette.metrics.store_metrics`). Without prometheus_client:
+    501, naming the extra to install."""
+    if not metrics_available():
+        return Response(
+            "prometheus_client is not installed: pip install 'pyramid_pyncette[metrics]'\n",
+            status=501,
+            content_type="text/plain",
+        )
+    from ..metrics import store_metrics
+
+    body, content_type = store_metrics(_scheduler(request))
+    response = Response(body=body, status=200)
+    # Prometheus' content type carries its own parameters (version, charset).
+    response.headers["Content-Type"] = content_type
+    return response
+
+
 @refusing
 def queue_action(request: Request) -> HTTPSeeOther:
     """Pause or resume a queue (applied at once, for every daemon)."""
@@ -529,6 +549,7 @@ def add_views(config: Configurator, settings: PyncetteSettings) -> None:
     config.add_route(route("job"), path + "/job")
     config.add_route(route("runs"), path + "/runs")
     config.add_route(route("queues"), path + "/queues")
+    config.add_route(route("metrics"), path + "/metrics")
     config.add_static_view(
         path + "/static", "pyramid_pyncette.dashboard:static", permission=permission
     )
@@ -559,3 +580,10 @@ def add_views(config: Configurator, settings: PyncetteSettings) -> None:
     page(runs, "runs", template("runs"))
     page(queues, "queues", template("queues"))
     action(queue_action, "queues")
+    config.add_view(
+        metrics,
+        route_name=route("metrics"),
+        request_method="GET",
+        permission=metrics_permission(settings),
+        http_cache=0,
+    )
