@@ -81,8 +81,23 @@ RUN_COLUMNS = (
     "ERROR",
 )
 
-#: The header of ``pscheduler --queues``.
-QUEUE_COLUMNS = ("NAME", "PAUSED", "DUE", "RUNNING")
+#: The header of ``pscheduler --queues``: the queue's pause, its backlog (DUE),
+#: then its jobs counted by state, and the earliest due time of its waiting jobs
+#: (in the past: how late the queue runs).
+QUEUE_COLUMNS = (
+    "NAME",
+    "PAUSED",
+    "DUE",
+    "RUNNING",
+    "SCHEDULED",
+    "RETRYING",
+    "FAILED",
+    "PAUSED JOBS",
+    "FIRST DUE",
+)
+
+#: The state counted in each count column of :data:`QUEUE_COLUMNS`.
+_COUNTED_STATES = ("scheduled", "retrying", "failed", "paused")
 
 #: How many characters of an error's headline the ``LAST ERROR`` column shows.
 ERROR_COLUMN_WIDTH = 60
@@ -462,6 +477,12 @@ def queue_row(queue: QueueInfo) -> tuple[str, ...]:
         _yes_no(queue.paused),
         terminal_text(queue.due),
         terminal_text(queue.running),
+        # "-": a QueueInfo built without counts (every store counts them).
+        *(
+            terminal_text(queue.jobs.get(state, 0)) if queue.jobs else "-"
+            for state in _COUNTED_STATES
+        ),
+        format_time(queue.oldest_due_at),
     )
 
 
@@ -471,12 +492,15 @@ def queues_table(queues: Iterable[QueueInfo]) -> list[str]:
 
 
 def queue_document(queue: QueueInfo) -> dict[str, Any]:
-    """``queue`` as a JSON object: ``name``, ``paused``, ``due``, ``running``."""
+    """``queue`` as a JSON object: ``name``, ``paused``, ``due``, ``running``,
+    ``jobs`` (a count per state) and ``oldest_due_at``."""
     return {
         "name": _plain(queue.name),
         "paused": bool(queue.paused),
         "due": queue.due,
         "running": queue.running,
+        "jobs": dict(queue.jobs),
+        "oldest_due_at": iso_time(queue.oldest_due_at),
     }
 
 

@@ -509,19 +509,45 @@ def test_error_headline_of_a_run_error_is_its_exception_line_before_the_tracebac
 # --------------------------------------------------------------------------- queues
 
 
-def _queue(name, paused=False, due=0, running=0):
+def _queue(name, paused=False, due=0, running=0, jobs=None, oldest_due_at=None):
     from pyramid_pyncette.jobs import QueueInfo
 
-    return QueueInfo(name=name, paused=paused, due=due, running=running)
+    return QueueInfo(
+        name=name,
+        paused=paused,
+        due=due,
+        running=running,
+        jobs=jobs or {},
+        oldest_due_at=oldest_due_at,
+    )
 
 
-def test_queues_table_has_a_line_per_queue():
-    lines = _operate().queues_table([_queue("default", due=12, running=3), _queue("emails", True)])
+def _counts(scheduled=0, running=0, retrying=0, failed=0, paused=0):
+    return {
+        "scheduled": scheduled,
+        "running": running,
+        "retrying": retrying,
+        "failed": failed,
+        "paused": paused,
+    }
+
+
+def test_queues_table_has_a_line_per_queue_with_its_jobs_by_state():
+    late = datetime(2026, 5, 4, 9, 30, tzinfo=timezone.utc)
+    default = _queue("default", due=12, running=3, jobs=_counts(40, 3, 2, 1), oldest_due_at=late)
+    emails = _queue("emails", True, jobs=_counts(paused=5))
+    lines = _operate().queues_table([default, emails])
     assert lines == [
-        "NAME     PAUSED  DUE  RUNNING",
-        "default  no      12   3",
-        "emails   yes     0    0",
+        "NAME     PAUSED  DUE  RUNNING  SCHEDULED  RETRYING  FAILED  PAUSED JOBS  FIRST DUE",
+        "default  no      12   3        40         2         1       0            "
+        "2026-05-04 09:30:00 UTC",
+        "emails   yes     0    0        0          0         0       5            -",
     ]
+
+
+def test_queues_table_shows_counts_it_was_not_given_as_a_dash():
+    lines = _operate().queues_table([_queue("default", due=1)])
+    assert lines[1].split() == ["default", "no", "1", "0", "-", "-", "-", "-", "-"]
 
 
 def test_queues_table_without_queues_says_so():
@@ -530,7 +556,18 @@ def test_queues_table_without_queues_says_so():
 
 def test_queues_document_gives_every_count():
     operate = _operate()
-    document = json.loads(
-        operate.dump_json(operate.queues_document([_queue("emails", True, 4, 1)]))
-    )
-    assert document == {"queues": [{"name": "emails", "paused": True, "due": 4, "running": 1}]}
+    late = datetime(2026, 5, 4, 9, 30, tzinfo=timezone.utc)
+    queue = _queue("emails", True, 4, 1, jobs=_counts(4, 1, failed=2), oldest_due_at=late)
+    document = json.loads(operate.dump_json(operate.queues_document([queue])))
+    assert document == {
+        "queues": [
+            {
+                "name": "emails",
+                "paused": True,
+                "due": 4,
+                "running": 1,
+                "jobs": {"scheduled": 4, "running": 1, "retrying": 0, "failed": 2, "paused": 0},
+                "oldest_due_at": "2026-05-04T09:30:00+00:00",
+            }
+        ]
+    }

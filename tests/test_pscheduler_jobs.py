@@ -521,13 +521,16 @@ def test_processes_pausing_an_unknown_job_is_one_line_and_writes_nothing(sqlite_
 
 @pytest.mark.slow
 def test_processes_queues_pause_and_resume(sqlite_ini):
+    from pyramid_pyncette import operate
+
     ini, registry = sqlite_ini
+    hourly_due = operate.format_time(registry.scheduler.get_job("hourly").due_at)
     status, output = _run(ini, "--queues")
     assert status == 0, output
     assert _lines(output) == [
-        "NAME     PAUSED  DUE  RUNNING",
-        "default  no      0    0",
-        "reports  no      0    0",
+        "NAME     PAUSED  DUE  RUNNING  SCHEDULED  RETRYING  FAILED  PAUSED JOBS  FIRST DUE",
+        "default  no      0    0        0          0         1       0            -",
+        f"reports  no      0    0        1          0         0       0            {hourly_due}",
     ]
 
     status, output = _run(ini, "--pause-queue", "emails")
@@ -537,11 +540,34 @@ def test_processes_queues_pause_and_resume(sqlite_ini):
     )
     status, output = _run(ini, "--queues", "--json")
     assert status == 0, output
+    states = dict.fromkeys(("scheduled", "running", "retrying", "failed", "paused"), 0)
+    hourly_due_at = operate.iso_time(registry.scheduler.get_job("hourly").due_at)
     assert json.loads(output) == {
         "queues": [
-            {"name": "default", "paused": False, "due": 0, "running": 0},
-            {"name": "emails", "paused": True, "due": 0, "running": 0},
-            {"name": "reports", "paused": False, "due": 0, "running": 0},
+            {
+                "name": "default",
+                "paused": False,
+                "due": 0,
+                "running": 0,
+                "jobs": {**states, "failed": 1},
+                "oldest_due_at": None,
+            },
+            {
+                "name": "emails",
+                "paused": True,
+                "due": 0,
+                "running": 0,
+                "jobs": states,
+                "oldest_due_at": None,
+            },
+            {
+                "name": "reports",
+                "paused": False,
+                "due": 0,
+                "running": 0,
+                "jobs": {**states, "scheduled": 1},
+                "oldest_due_at": hourly_due_at,
+            },
         ]
     }
 
@@ -896,7 +922,23 @@ def _readme_runs():
 def _readme_queues():
     from pyramid_pyncette.jobs import QueueInfo
 
-    return [QueueInfo("default", False, 0, 1), QueueInfo("emails", True, 12, 0)]
+    def counts(scheduled, running=0, failed=0):
+        states = dict.fromkeys(("scheduled", "running", "retrying", "failed", "paused"), 0)
+        return {**states, "scheduled": scheduled, "running": running, "failed": failed}
+
+    return [
+        QueueInfo(
+            "default",
+            False,
+            0,
+            1,
+            counts(25, 1, 1),
+            datetime(2026, 5, 4, 10, 0, tzinfo=timezone.utc),
+        ),
+        QueueInfo(
+            "emails", True, 12, 0, counts(12), datetime(2026, 5, 4, 9, 25, tzinfo=timezone.utc)
+        ),
+    ]
 
 
 def test_readme_operating_examples_are_what_pscheduler_prints():
