@@ -50,6 +50,7 @@ from .jobs import (
     Lease,
     Outcome,
     RunRecord,
+    new_run_record,
     queue_name_problem,
 )
 from .repository.base import Announcer, Repository
@@ -362,22 +363,23 @@ class Worker:
         """The record of one run of ``lease`` (of its ``attempt``, by default the lease's);
         None when ``history`` keeps no such run."""
         history = self.history
-        if history == "none" or (history == "failures" and outcome not in FAILED_OUTCOMES):
+        if history != "all" and (history == "none" or outcome not in FAILED_OUTCOMES):
             return None
         job = lease.job
-        return RunRecord(
-            job_id=job.id,
-            task=job.task,
-            queue=job.queue,
-            scheduled_at=lease.scheduled_at,
-            started_at=started_at,
-            finished_at=finished_at,
-            attempt=lease.attempt if attempt is None else attempt,
-            outcome=outcome,
-            error=None if error is None else run_error(error),
-            host=self.host,
-            pid=os.getpid(),
-            worker=self.id,
+        # One record per run: built without the frozen dataclass's __init__.
+        return new_run_record(
+            job.id,
+            job.task,
+            job.queue,
+            lease.scheduled_at,
+            started_at,
+            finished_at,
+            job.attempts if attempt is None else attempt,
+            outcome,
+            None if error is None else run_error(error),
+            self.host,
+            os.getpid(),
+            self.id,
         )
 
     def _finished_record(

@@ -10,14 +10,14 @@ import dataclasses
 import logging
 import os
 import socket
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from pyramid_pyncette import ILeaseLost
 from pyramid_pyncette import worker as worker_module
 from pyramid_pyncette.execution import LeaseTakenOver
-from pyramid_pyncette.jobs import MAX_RUN_ERROR_LENGTH, RunRecord
+from pyramid_pyncette.jobs import MAX_RUN_ERROR_LENGTH, RunRecord, new_run_record
 from pyramid_pyncette.settings import parse_settings
 from pyramid_pyncette.worker import Worker
 from tests.garbage import store_kind, write_garbage
@@ -101,6 +101,27 @@ def old_record(app, job_id, age):
         attempt=1,
         outcome="succeeded",
     )
+
+
+# --------------------------------------------------------------------------- the record
+
+
+def test_a_run_record_built_cheaply_is_the_one_the_class_builds():
+    times = [datetime(2030, 1, 1, tzinfo=timezone.utc) + seconds(n) for n in range(3)]
+    values = ["job", "task", "emails", *times, 2, "failed", "ValueError: no", "box", 42, "w-1"]
+    fields = [field.name for field in dataclasses.fields(RunRecord) if field.name != "id"]
+
+    cheap = new_run_record(*values)
+    built = RunRecord(**dict(zip(fields, values, strict=True)))
+
+    assert cheap == built
+    assert hash(cheap) == hash(built)
+    assert repr(cheap) == repr(built)
+    assert vars(cheap) == vars(built)
+    assert cheap.id is None
+    assert cheap.duration == 1  # started 1 s in, finished 2 s in
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cheap.outcome = "succeeded"  # type: ignore[misc]
 
 
 # --------------------------------------------------------------------------- what is recorded

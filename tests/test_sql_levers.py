@@ -28,7 +28,19 @@ from pyramid_pyncette.jobs import (
 )
 from pyramid_pyncette.repository.base import Claim
 from pyramid_pyncette.repository.rows import decode_job_fields, well_formed_job
-from pyramid_pyncette.repository.sql import MYSQL_TABLE_OPTIONS, SQLRepository, _job_to_row
+from pyramid_pyncette.repository.sql import (
+    _RUN_COLUMNS,
+    _RUN_TIMES,
+    MYSQL_TABLE_OPTIONS,
+    SQLRepository,
+    _epoch_micros,
+    _job_to_row,
+    _pg_run_params,
+    _run_row,
+    _run_values,
+    _sqlite_utc_text,
+    runs_table,
+)
 from pyramid_pyncette.schedules import DateSchedule
 from tests.queue_counts import backlog
 
@@ -56,6 +68,71 @@ def test_a_stored_queue_that_is_no_text_is_the_jobs_problem():
         assert job.queue == DEFAULT_QUEUE
         assert job.problem is not None and "queue is" in job.problem, garbage
         assert well_formed_job(*values.values()) is None
+
+
+# --------------------------------------------------------------------------- run values
+
+#: Records the worker writes (plain) and records only the general cleaning
+#: makes storable: every shortcut of :func:`_run_values` must agree with it.
+ODD_RECORDS = {
+    "plain": {},
+    "failed": {"outcome": RUN_FAILED, "error": "Traceback...\nValueError: \x00 \ud800"},
+    "non-ascii": {"job_id": "j\u00f6b", "host": "h\u00f4te", "error": "caf\u00e9"},
+    "nul": {"task": "t\x00", "worker": "w\x00"},
+    "lone surrogate": {"queue": "q\udfff"},
+    "too long": {"job_id": "j" * 500, "host": "h" * 300, "worker": "w" * 300, "outcome": "o" * 20},
+    "not text": {"task": 7, "host": None, "worker": b"bytes"},
+    "big numbers": {"attempt": 2**40, "pid": 2**70},
+    "negative numbers": {"attempt": -1, "pid": -5},
+    "not numbers": {"attempt": True, "pid": "12"},
+    "naive and other zone times": {
+        "scheduled_at": datetime(2030, 1, 1, 12),
+        "started_at": datetime(2030, 1, 1, 13, tzinfo=timezone(timedelta(hours=5))),
+    },
+}
+
+
+@pytest.mark.parametrize("bind_time", [_sqlite_utc_text, _epoch_micros, lambda value: value])
+@pytest.mark.parametrize("changes", list(ODD_RECORDS.values()), ids=list(ODD_RECORDS))
+def test_a_run_records_values_are_those_of_the_general_cleaning(changes, bind_time):
+    record = dataclasses.replace(_record("a", 1), **changes)
+    row = _run_row(record)
+    expected = tuple(
+        bind_time(row[name]) if name in _RUN_TIMES else row[name] for name in _RUN_COLUMNS
+    )
+
+    assert _run_values(record, bind_time) == expected
+
+
+def test_the_sqlite_time_text_is_the_one_its_columns_bind():
+    engine = sa.create_engine("sqlite://")
+    column = runs_table.c.finished_at
+    process = column.type.dialect_impl(engine.dialect).bind_processor(engine.dialect)
+    times = [
+        datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc),
+        datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+        datetime(1, 1, 1, tzinfo=timezone.utc),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc),
+        datetime(2030, 6, 1, 1, 30, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2030, 6, 1, 1, 30, tzinfo=timezone(timedelta(hours=-9, minutes=-30))),
+        None,
+    ]
+
+    assert [_sqlite_utc_text(value) for value in times] == [process(value) for value in times]
+
+
+def test_postgresql_binds_the_daemon_of_a_batch_once_when_every_record_shares_it():
+    same = [_record("a", 1), _record("b", 2)]
+    params, shared = _pg_run_params(same)
+    assert shared is True
+    assert (params["run_host"], params["run_pid"], params["run_worker"]) == ("box-1", 4242, "w-1")
+    assert params["run_job_id"] == '{"a","b"}'
+
+    mixed = [_record("a", 1), _record("b", 2, pid=7)]
+    params, shared = _pg_run_params(mixed)
+    assert shared is False
+    assert params["run_pid"] == "{4242,7}"
+    assert params["run_host"] == '{"box-1","box-1"}'
 
 
 # --------------------------------------------------------------------------- helpers

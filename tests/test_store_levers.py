@@ -675,6 +675,70 @@ def test_complete_and_claim_writes_a_run_record_of_a_lost_lease(repo):
     assert repo.get("contested").locked_by == "daemon-2"
 
 
+#: Texts that are syntax in the encodings stores write records in (quotes,
+#: backslashes, braces, commas, separators, the word NULL, JSON and array syntax).
+SYNTAX_TEXTS = [
+    'a"b',
+    "back\\slash\\",
+    "{braces},commas",
+    "NULL",
+    "null",
+    '["json", {"x": 1}]',
+    "two words\nand a line\ttab",
+    "",
+]
+
+
+def _syntax_records(start: datetime) -> list[RunRecord]:
+    """A record per :data:`SYNTAX_TEXTS` text, in every text field, plus one with no error."""
+    records = [
+        run_record(
+            f"id {text}",
+            start + seconds(i),
+            outcome=RUN_FAILED,
+            task=f"task {text}",
+            queue=f"q{i}",
+            error=text,
+            host=f"host {text}",
+            worker=f"worker {text}",
+        )
+        for i, text in enumerate(SYNTAX_TEXTS)
+    ]
+    return [*records, run_record("no error", start + seconds(len(records)), error=None)]
+
+
+def test_run_records_whose_text_is_syntax_of_any_encoding_are_written_exactly(repo):
+    by_complete = _syntax_records(NOW - seconds(100))
+    by_claim = _syntax_records(NOW - seconds(50))
+
+    repo.complete([], by_complete)
+    repo.complete_and_claim([], NOW, 10, "t1", LEASE, runs=by_claim)
+
+    runs = repo.list_runs(limit=100).runs
+    assert sorted(map(written, runs), key=repr) == sorted(by_complete + by_claim, key=repr)
+    errors = [run.error for run in runs if run.job_id == "id NULL"]
+    assert errors == ["NULL", "NULL"]  # the text, not a missing error
+    assert [run.error for run in runs if run.job_id == "no error"] == [None, None]
+
+
+def test_a_batch_of_run_records_from_several_daemons_keeps_each_ones_daemon(repo):
+    daemons = [("box-1", 11, "w-1"), ("box-1", 12, "w-2"), ("box-2", 11, "w-1"), ("", 0, "")]
+    by_complete = [
+        run_record(f"c{i}", NOW + seconds(i), host=host, pid=pid, worker=worker)
+        for i, (host, pid, worker) in enumerate(daemons)
+    ]
+    by_claim = [
+        run_record(f"k{i}", NOW + seconds(i), host=host, pid=pid, worker=worker)
+        for i, (host, pid, worker) in enumerate(daemons)
+    ]
+
+    repo.complete([], by_complete)
+    repo.complete_and_claim([], NOW, 10, "t1", LEASE, runs=by_claim)
+
+    stored = {run.job_id: written(run) for run in repo.list_runs()}
+    assert stored == {record.job_id: record for record in by_complete + by_claim}
+
+
 UNSTORABLE_ERRORS = {
     "nul": "ValueError: a\x00b\nsecond line",
     "lone surrogate": "UnicodeError: \ud800 alone\nsecond line",

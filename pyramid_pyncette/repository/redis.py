@@ -381,18 +381,21 @@ def _encode_run(run: RunRecord) -> str:
     text, holds no lone surrogate (see :func:`storable_text`), so a run record
     never fails the script that appends it.
     """
+    # Built in one expression, with no call for what is already in its stored form
+    # (a whole number, no error): the worker's loop encodes one record per run.
+    attempt, pid, error = run.attempt, run.pid, run.error
     record: dict[str, Any] = {
         "job_id": run.job_id,
         "task": run.task,
         "queue": run.queue,
-        "scheduled_at": _micros(run.scheduled_at - _EPOCH),
-        "started_at": _micros(run.started_at - _EPOCH),
-        "finished_at": _micros(run.finished_at - _EPOCH),
-        "attempt": int(run.attempt),
+        "scheduled_at": (run.scheduled_at - _EPOCH) // _MICROSECOND,
+        "started_at": (run.started_at - _EPOCH) // _MICROSECOND,
+        "finished_at": (run.finished_at - _EPOCH) // _MICROSECOND,
+        "attempt": attempt if type(attempt) is int else int(attempt),
         "outcome": run.outcome,
-        "error": storable_text(run.error, MAX_RUN_ERROR_LENGTH),
+        "error": None if error is None else storable_text(error, MAX_RUN_ERROR_LENGTH),
         "host": run.host,
-        "pid": int(run.pid),
+        "pid": pid if type(pid) is int else int(pid),
         "worker": run.worker,
     }
     try:

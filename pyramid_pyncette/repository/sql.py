@@ -31,7 +31,6 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, cast
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine
@@ -338,9 +337,10 @@ def _make_runs_table(name: str, meta: sa.MetaData) -> sa.Table:
         sa.Column("host", sa.String(_RUN_TEXT_LENGTHS["host"]), nullable=False),
         sa.Column("pid", sa.BigInteger, nullable=False),
         sa.Column("worker", sa.String(_RUN_TEXT_LENGTHS["worker"]), nullable=False),
-        # The history of a job, of a task, newest first (retention reads the oldest ids).
+        # The history of a job, newest first. One index only: each costs every
+        # recorded run its upkeep; the other filters read the newest ids back to
+        # their matches, and retention reads the oldest ids.
         sa.Index(f"ix_{name}_job_id", "job_id", "id"),
-        sa.Index(f"ix_{name}_task", "task", "id"),
         sqlite_autoincrement=True,
         **MYSQL_TABLE_OPTIONS,
     )
@@ -472,25 +472,31 @@ def _job_columns(job: Job) -> dict[str, Any]:
 #: The columns of a run record the store writes (the id is the database's).
 _RUN_COLUMNS = tuple(column.name for column in runs_table.c if column.name != "id")
 
-# PostgreSQL types of the run columns that are not text (see _build_claim_sql).
-_RUN_ARRAY_TYPES = {
-    "scheduled_at": "timestamptz",
-    "started_at": "timestamptz",
-    "finished_at": "timestamptz",
-    "attempt": "integer",
-    "pid": "bigint",
-}
-
-# The run columns that are times, and how PostgreSQL's claim reads the JSON of a
-# record (times as microseconds since the epoch; see _build_claim_sql).
+# The run columns that are times.
 _RUN_TIMES = ("scheduled_at", "started_at", "finished_at")
-_RUN_JSON_TYPES = {**_RUN_ARRAY_TYPES, **dict.fromkeys(_RUN_TIMES, "bigint")}
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
+
+# The run columns that name the daemon that ran it: the same for every record a
+# worker writes, so PostgreSQL binds them once per statement when they are.
+_RUN_DAEMON = ("host", "pid", "worker")
+_RUN_DAEMON_AT = len(_RUN_COLUMNS) - len(_RUN_DAEMON)
+assert _RUN_COLUMNS[_RUN_DAEMON_AT:] == _RUN_DAEMON  # the last columns of the table
+
+# PostgreSQL element types of the run columns that are not text, as the insert
+# receives them (times as microseconds since the epoch; see _pg_runs_insert_sql).
+_RUN_PG_TYPES = {**dict.fromkeys(_RUN_TIMES, "bigint"), "attempt": "integer", "pid": "bigint"}
 
 # Whole numbers a run record's integer columns hold (a bigger one is clamped).
 _INT_MAX = 2**31 - 1
 _BIGINT_MAX = 2**63 - 1
+
+_JOB_ID_WIDTH = _RUN_TEXT_LENGTHS["job_id"]
+_TASK_WIDTH = _RUN_TEXT_LENGTHS["task"]
+_QUEUE_WIDTH = _RUN_TEXT_LENGTHS["queue"]
+_OUTCOME_WIDTH = _RUN_TEXT_LENGTHS["outcome"]
+_HOST_WIDTH = _RUN_TEXT_LENGTHS["host"]
+_WORKER_WIDTH = _RUN_TEXT_LENGTHS["worker"]
 
 
 def _run_row(run: RunRecord) -> dict[str, Any]:
@@ -512,6 +518,54 @@ def _run_row(run: RunRecord) -> dict[str, Any]:
     return row
 
 
+def _run_values(run: RunRecord, bind_time: Callable[[Any], Any]) -> tuple[Any, ...]:
+    """:func:`_run_row`'s values of ``run`` in :data:`_RUN_COLUMNS` order, each time
+    bound by ``bind_time``. Never raises.
+
+    The worker writes a record per run: one whose texts are plain (ASCII, no
+    NUL, each within its column) and whose numbers fit skips the general
+    cleaning, which costs several times the rest.
+    """
+    job_id, task, queue, outcome = run.job_id, run.task, run.queue, run.outcome
+    host, worker, attempt, pid = run.host, run.worker, run.attempt, run.pid
+    try:
+        texts = job_id + task + queue + outcome + host + worker
+    except TypeError:  # not all text
+        texts = None
+    if (
+        type(texts) is str
+        and texts.isascii()
+        and "\x00" not in texts
+        and len(job_id) <= _JOB_ID_WIDTH
+        and len(task) <= _TASK_WIDTH
+        and len(queue) <= _QUEUE_WIDTH
+        and len(outcome) <= _OUTCOME_WIDTH
+        and len(host) <= _HOST_WIDTH
+        and len(worker) <= _WORKER_WIDTH
+        and type(attempt) is int
+        and 0 <= attempt <= _INT_MAX
+        and type(pid) is int
+        and 0 <= pid <= _BIGINT_MAX
+    ):
+        error = run.error
+        return (
+            job_id,
+            task,
+            queue,
+            bind_time(run.scheduled_at),
+            bind_time(run.started_at),
+            bind_time(run.finished_at),
+            attempt,
+            outcome,
+            None if error is None else storable_text(error, MAX_RUN_ERROR_LENGTH),
+            host,
+            pid,
+            worker,
+        )
+    row = _run_row(run)
+    return tuple(bind_time(row[name]) if name in _RUN_TIMES else row[name] for name in _RUN_COLUMNS)
+
+
 def _unchanged(value: Any) -> Any:
     """A value bound as it is."""
     return value
@@ -521,7 +575,8 @@ def _sqlite_utc_text(value: Any) -> Any:
     """An aware datetime as the naive UTC text SQLite's columns hold (None stays None)."""
     if value is None:
         return None
-    value = value.astimezone(timezone.utc)
+    if value.tzinfo is not timezone.utc:
+        value = value.astimezone(timezone.utc)
     return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (  # noqa: UP031 - the fastest here
         value.year,
         value.month,
@@ -533,10 +588,21 @@ def _sqlite_utc_text(value: Any) -> Any:
     )
 
 
+def _epoch_micros(value: Any) -> Any:
+    """A datetime as whole microseconds since the epoch, a naive one read as UTC, as
+    the other stores read it (None and anything else stay as they are)."""
+    if not isinstance(value, datetime):
+        return value
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return (value - _EPOCH) // _MICROSECOND
+
+
 #: Times :func:`_binds_like` compares binders on.
 _SAMPLE_TIMES = (
     datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc),
     datetime(1999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=2))),
+    datetime(2001, 2, 3, 4, 5, 6, tzinfo=timezone.utc),
     None,
 )
 
@@ -556,16 +622,70 @@ def _column_text(value: Any, width: int) -> str:
     return (storable_text(value, None) or "")[:width]
 
 
-def _run_json(run: RunRecord) -> dict[str, Any]:
-    """:func:`_run_row` with its times as whole microseconds since the epoch (None stays)."""
-    row = _run_row(run)
-    for name in _RUN_TIMES:
-        value = row[name]
-        if isinstance(value, datetime):
-            if value.tzinfo is None:  # naive: UTC, as the other stores read it
-                value = value.replace(tzinfo=timezone.utc)
-            row[name] = (value - _EPOCH) // _MICROSECOND
-    return row
+def _pg_text_array(values: Sequence[str | None]) -> str:
+    """A PostgreSQL array literal of ``values`` (text, None for NULL), every element quoted."""
+    if None not in values:
+        strings = cast("Sequence[str]", values)
+        if '"' not in (joined := "".join(strings)) and "\\" not in joined:
+            return '{"' + '","'.join(strings) + '"}'
+    return (
+        "{"
+        + ",".join(
+            "NULL" if value is None else '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            for value in values
+        )
+        + "}"
+    )
+
+
+def _pg_number_array(values: Sequence[Any]) -> str:
+    """A PostgreSQL array literal of whole numbers (None for NULL)."""
+    if None in values:
+        return "{" + ",".join("NULL" if value is None else str(value) for value in values) + "}"
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def _pg_run_params(runs: Sequence[RunRecord]) -> tuple[dict[str, Any], bool]:
+    """The parameters of :func:`_pg_runs_insert_sql` that append ``runs``, and whether
+    their daemon columns are shared (one value each) rather than one per record.
+
+    Each column travels as one array literal: the server reads it several
+    times faster than a JSON array of records, and the driver sends it as
+    the text it is (a list of values it adapts one by one).
+    """
+    rows = [_run_values(run, _epoch_micros) for run in runs]
+    daemon = rows[0][_RUN_DAEMON_AT:]
+    shared = all(row[_RUN_DAEMON_AT:] == daemon for row in rows)
+    params: dict[str, Any] = {}
+    for name, values in zip(_RUN_COLUMNS, zip(*rows, strict=True), strict=True):
+        key = f"run_{name}"
+        if shared and name in _RUN_DAEMON:
+            params[key] = values[0]
+        elif name in _RUN_PG_TYPES:
+            params[key] = _pg_number_array(values)
+        else:
+            params[key] = _pg_text_array(values)
+    return params, shared
+
+
+def _pg_runs_insert_sql(runs: str, shared: bool) -> str:
+    """PostgreSQL's insert of run records into the table ``runs`` (quoted) from the
+    parameters of :func:`_pg_run_params`."""
+    arrays = [name for name in _RUN_COLUMNS if not (shared and name in _RUN_DAEMON)]
+    unnest = ", ".join(f"%(run_{name})s::{_RUN_PG_TYPES.get(name, 'text')}[]" for name in arrays)
+    values = []
+    for name in _RUN_COLUMNS:
+        if name not in arrays:
+            values.append(f"%(run_{name})s::{_RUN_PG_TYPES.get(name, 'text')}")
+        elif name in _RUN_TIMES:
+            values.append(f"timestamptz 'epoch' + r.{name} * interval '1 microsecond'")
+        else:
+            values.append(f"r.{name}")
+    return (
+        f"INSERT INTO {runs} ({', '.join(_RUN_COLUMNS)})\n"
+        f"    SELECT {', '.join(values)}\n"
+        f"    FROM unnest({unnest}) AS r({', '.join(arrays)})"
+    )
 
 
 def _clamp(value: Any, largest: int) -> int:
@@ -646,7 +766,7 @@ class SQLRepository(Repository):
         self._skip_locked = self._dialect in ("postgresql", "mysql", "mariadb")
         self._due_index = f"ix_{table_name}_due_at"
         self._queue_index = f"ix_{table_name}_queue_due_at"
-        self._claim_sqls: dict[tuple[int | None, bool], str] = {}
+        self._claim_sqls: dict[tuple[int | None, str | None], str] = {}
         #: PostgreSQL notification channel announcing new jobs.
         self.channel = table_name
         # Connections this thread keeps are reopened when this number changes.
@@ -1460,14 +1580,16 @@ class SQLRepository(Repository):
     def _claim_sql(self) -> str:
         """PostgreSQL's claim of every queue that writes no run record (see
         :meth:`_claim_sql_for`)."""
-        return self._claim_sql_for(None, False)
+        return self._claim_sql_for(None, None)
 
-    def _claim_sql_for(self, served: int | None, record: bool) -> str:
+    def _claim_sql_for(self, served: int | None, record: str | None) -> str:
         """PostgreSQL's claim: one statement, run outside any explicit transaction.
 
         It reads the clock once (the server's, unless the caller's ``now`` is
         given), deletes the rows of finished one-off runs still locked by
-        their claim, appends the run records (when ``record``), and leases up
+        their claim, appends the run records (``record``: None for none, ``'shared'``
+        when their daemon columns are bound once, ``'each'`` when each record has
+        its own; see :func:`_pg_run_params`), and leases up
         to ``limit`` due rows picked with ``FOR UPDATE SKIP LOCKED``, of the
         ``served`` queues given (their number; None: every queue) that are
         not paused, doing to each what :func:`plan_claim` does to an
@@ -1480,7 +1602,7 @@ class SQLRepository(Repository):
             self._claim_sqls[key] = self._build_claim_sql(served, record)
         return self._claim_sqls[key]
 
-    def _build_claim_sql(self, served: int | None, record: bool) -> str:
+    def _build_claim_sql(self, served: int | None, record: str | None) -> str:
         preparer = self.engine.dialect.identifier_preparer
         table = preparer.format_table(self.table)
         queues = preparer.format_table(self.queues)
@@ -1491,27 +1613,11 @@ class SQLRepository(Repository):
         # index from the first due row of the queue, whatever other queues hold.
         order = "j.queue, j.due_at" if served == 1 else "j.due_at"
         recorded = ""
-        if record:
-            runs = preparer.format_table(self.runs)
-            names = ", ".join(preparer.quote(name) for name in _RUN_COLUMNS)
-            fields = ", ".join(
-                f"{preparer.quote(name)} {_RUN_JSON_TYPES.get(name, 'text')}"
-                for name in _RUN_COLUMNS
-            )
-            values = ", ".join(
-                f"timestamptz 'epoch' + r.{preparer.quote(name)} * interval '1 microsecond'"
-                if name in _RUN_TIMES
-                else f"r.{preparer.quote(name)}"
-                for name in _RUN_COLUMNS
-            )
-            # The records travel as one JSON array (the driver adapts a list of
-            # values per column several times slower than the JSON is made), their
-            # times as microseconds since the epoch (the server parses a number
-            # faster than a timestamp's text).
+        if record is not None:
+            runs = _pg_runs_insert_sql(preparer.format_table(self.runs), record == "shared")
             recorded = f"""
 ), recorded AS (
-    INSERT INTO {runs} ({names})
-    SELECT {values} FROM json_to_recordset(%(runs)s::json) AS r({fields})"""
+    {runs}"""
         return f"""
 WITH clock AS MATERIALIZED (
     SELECT COALESCE(%(now)s::timestamptz, clock_timestamp()) AS now
@@ -1570,9 +1676,12 @@ RETURNING clock.now, {columns}
         }
         if queues is not None:
             params["queues"] = sorted(queues)
+        record = None
         if runs:
-            params["runs"] = orjson.dumps([_run_json(run) for run in runs]).decode()
-        sql = self._claim_sql_for(None if queues is None else len(queues), bool(runs))
+            run_params, shared = _pg_run_params(runs)
+            params.update(run_params)
+            record = "shared" if shared else "each"
+        sql = self._claim_sql_for(None if queues is None else len(queues), record)
         with self._connection(autocommit=True, keep=keep) as conn:
             result = conn.exec_driver_sql(sql, params)
             rows: Sequence[Sequence[Any]]
@@ -1769,38 +1878,46 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
             self._insert_runs_alone(runs)
 
     def _insert_runs(self, conn: Connection, runs: Sequence[RunRecord]) -> None:
-        """Append ``runs`` to the run history through ``conn``: one executemany insert."""
-        rows = [_run_row(run) for run in runs]
+        """Append ``runs`` to the run history through ``conn``: one insert statement."""
+        if self._dialect == "postgresql":
+            params, shared = _pg_run_params(runs)
+            conn.exec_driver_sql(self._pg_runs_insert(shared), params)
+            return
         fast = self._runs_insert
         if fast is None:
-            conn.execute(sa.insert(self.runs), rows)
+            conn.execute(sa.insert(self.runs), [_run_row(run) for run in runs])
             return
-        # The statement compiled once and each value bound by its column's own
+        # The statement compiled once and each time bound by the columns' own
         # processor: the worker's loop writes a record per run, and the generic
         # executemany path costs several times the insert itself.
-        sql, binders = fast
-        conn.exec_driver_sql(
-            sql,
-            [tuple(bind(row[name]) for name, bind in binders) for row in rows],
-        )
+        sql, bind_time = fast
+        conn.exec_driver_sql(sql, [_run_values(run, bind_time) for run in runs])
+
+    def _pg_runs_insert(self, shared: bool) -> str:
+        """PostgreSQL's insert of run records (see :func:`_pg_runs_insert_sql`)."""
+        preparer = self.engine.dialect.identifier_preparer
+        return _pg_runs_insert_sql(preparer.format_table(self.runs), shared)
 
     @functools.cached_property
-    def _runs_insert(self) -> tuple[str, Sequence[tuple[str, Callable[[Any], Any]]]] | None:
-        """The run history's INSERT for the driver, and each parameter's column and binder;
-        None where the driver's parameters are not positional (the generic insert is used)."""
+    def _runs_insert(self) -> tuple[str, Callable[[Any], Any]] | None:
+        """The run history's INSERT for the driver (parameters in :data:`_RUN_COLUMNS`
+        order) and the binder of its times; None where the driver's parameters are
+        not positional, or a column other than the times has a binder of its own
+        (the generic insert is used)."""
         dialect = self.engine.dialect
-        names = [column.name for column in self.runs.c if column.name != "id"]
-        compiled = sa.insert(self.runs).compile(dialect=dialect, column_keys=names)
-        order = compiled.positiontup
-        if not compiled.positional or order is None or sorted(order) != sorted(names):
+        compiled = sa.insert(self.runs).compile(dialect=dialect, column_keys=list(_RUN_COLUMNS))
+        if not compiled.positional or tuple(compiled.positiontup or ()) != _RUN_COLUMNS:
             return None
-        binders = []
-        for name in order:
-            process = self.runs.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-            if process is not None and _binds_like(process, _sqlite_utc_text):
-                process = _sqlite_utc_text
-            binders.append((name, process or _unchanged))
-        return str(compiled), binders
+        binders = {
+            name: self.runs.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+            for name in _RUN_COLUMNS
+        }
+        if any(binders[name] is not None for name in _RUN_COLUMNS if name not in _RUN_TIMES):
+            return None
+        process = binders["finished_at"] or _unchanged
+        if _binds_like(process, _sqlite_utc_text):
+            process = _sqlite_utc_text
+        return str(compiled), process
 
     def _insert_runs_alone(self, runs: Sequence[RunRecord]) -> None:
         """Append ``runs`` in a transaction of their own; a record the database still
