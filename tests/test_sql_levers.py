@@ -464,7 +464,7 @@ def test_a_postgresql_claim_of_one_queue_reads_its_index_whatever_other_queues_h
     }
     with repository.engine.connect() as conn:
         conn.exec_driver_sql("ANALYZE")
-        statement = "EXPLAIN ANALYZE " + repository._claim_sql_for(1, False)
+        statement = "EXPLAIN ANALYZE " + repository._claim_sql_for(1, None)
         plan = "\n".join(row[0] for row in conn.exec_driver_sql(statement, params))
         conn.rollback()
     assert f"ix_{repository.table.name}_queue_due_at" in plan, plan

@@ -1890,8 +1890,12 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
         # The statement compiled once and each time bound by the columns' own
         # processor: the worker's loop writes a record per run, and the generic
         # executemany path costs several times the insert itself.
-        sql, bind_time = fast
-        conn.exec_driver_sql(sql, [_run_values(run, bind_time) for run in runs])
+        sql, bind_time, named = fast
+        values = [_run_values(run, bind_time) for run in runs]
+        if named:
+            conn.exec_driver_sql(sql, [dict(zip(_RUN_COLUMNS, row, strict=True)) for row in values])
+        else:
+            conn.exec_driver_sql(sql, values)
 
     def _pg_runs_insert(self, shared: bool) -> str:
         """PostgreSQL's insert of run records (see :func:`_pg_runs_insert_sql`)."""
@@ -1899,14 +1903,17 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
         return _pg_runs_insert_sql(preparer.format_table(self.runs), shared)
 
     @functools.cached_property
-    def _runs_insert(self) -> tuple[str, Callable[[Any], Any]] | None:
-        """The run history's INSERT for the driver (parameters in :data:`_RUN_COLUMNS`
-        order) and the binder of its times; None where the driver's parameters are
-        not positional, or a column other than the times has a binder of its own
-        (the generic insert is used)."""
+    def _runs_insert(self) -> tuple[str, Callable[[Any], Any], bool] | None:
+        """The run history's INSERT for the driver, the binder of its times, and whether
+        its parameters are named (else positional, in :data:`_RUN_COLUMNS` order); None
+        where a column other than the times has a binder of its own, or the parameters
+        are neither (the generic insert is used)."""
         dialect = self.engine.dialect
         compiled = sa.insert(self.runs).compile(dialect=dialect, column_keys=list(_RUN_COLUMNS))
-        if not compiled.positional or tuple(compiled.positiontup or ()) != _RUN_COLUMNS:
+        if compiled.positional:
+            if tuple(compiled.positiontup or ()) != _RUN_COLUMNS:
+                return None
+        elif set(compiled.params) != set(_RUN_COLUMNS):
             return None
         binders = {
             name: self.runs.c[name].type.dialect_impl(dialect).bind_processor(dialect)
@@ -1917,7 +1924,7 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
         process = binders["finished_at"] or _unchanged
         if _binds_like(process, _sqlite_utc_text):
             process = _sqlite_utc_text
-        return str(compiled), process
+        return str(compiled), process, not compiled.positional
 
     def _insert_runs_alone(self, runs: Sequence[RunRecord]) -> None:
         """Append ``runs`` in a transaction of their own; a record the database still
