@@ -47,6 +47,7 @@ import os
 import signal
 import sys
 import textwrap
+from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -261,8 +262,8 @@ class PSchedulerCommand:
             "--queue",
             action="append",
             metavar="NAME",
-            help="With --list or --runs: only the jobs (runs) of the queue NAME. Running the "
-            "daemon (or --once): serve the queue NAME, repeatable, instead of the queues of "
+            help="Repeatable. With --list or --runs: only the jobs (runs) of these queues. "
+            "Running the daemon (or --once): serve these queues instead of those of "
             "pyncette.queues (default: every queue)",
         )
         listing.add_argument(
@@ -340,8 +341,6 @@ class PSchedulerCommand:
             self.parser.error(
                 "--queue only filters --list and --runs, or names the queues the daemon serves"
             )
-        if listing and len(queues) > 1:
-            self.parser.error("--list and --runs filter by one --queue; give it once")
         for flag, names in (
             ("--queue", queues),
             ("--pause-queue", [args.pause_queue]),
@@ -520,7 +519,8 @@ class PSchedulerCommand:
         if state is not None:
             jobs = [job for job in jobs if job.state == state]
         if self.args.queue:
-            jobs = [job for job in jobs if job.queue == self.args.queue[0]]
+            queues = set(self.args.queue)
+            jobs = [job for job in jobs if job.queue in queues]
         if self.args.limit is not None:
             jobs = jobs[: self.args.limit]
         if self.args.json:
@@ -557,27 +557,45 @@ class PSchedulerCommand:
                 self.out(line)
         return EXIT_OK
 
-    def _fetch_runs(self, registry: Registry, limit: int, **filters: Any) -> list[Any]:
-        """Up to ``limit`` runs matching ``filters``, newest first, page by page."""
+    def _fetch_runs(
+        self, registry: Registry, limit: int, queues: Sequence[str], **filters: Any
+    ) -> list[Any]:
+        """Up to ``limit`` runs matching ``filters`` and of one of ``queues`` (any queue
+        when empty), newest first, page by page."""
+        if len(queues) == 1:
+            filters["queue"] = queues[0]  # the store filters one queue itself
+        wanted = set(queues) if len(queues) > 1 else None
         try:
-            return self._collect_runs(registry, limit, filters)
+            return self._collect_runs(registry, limit, filters, queues=wanted)
         except UnknownTaskError:
             # The history of a task this app no longer registers is still
             # stored: read it without the task filter and keep that task's runs.
-            runs = self._collect_runs(registry, limit, {**filters, "task": None}, filters["task"])
+            runs = self._collect_runs(
+                registry, limit, {**filters, "task": None}, filters["task"], wanted
+            )
             if not runs:
                 raise
             return runs
 
     def _collect_runs(
-        self, registry: Registry, limit: int, filters: dict[str, Any], task: str | None = None
+        self,
+        registry: Registry,
+        limit: int,
+        filters: dict[str, Any],
+        task: str | None = None,
+        queues: set[str] | None = None,
     ) -> list[Any]:
         runs: list[Any] = []
         cursor = None
+        sifted = task is not None or queues is not None  # pages may hold runs we drop
         while len(runs) < limit:
-            size = _RUNS_PAGE if task is not None else min(limit - len(runs), _RUNS_PAGE)
+            size = _RUNS_PAGE if sifted else min(limit - len(runs), _RUNS_PAGE)
             page = registry.scheduler.get_runs(limit=size, cursor=cursor, **filters)
-            runs.extend(run for run in page.runs if task is None or run.task == task)
+            runs.extend(
+                run
+                for run in page.runs
+                if (task is None or run.task == task) and (queues is None or run.queue in queues)
+            )
             cursor = page.next_cursor
             if cursor is None:
                 break
@@ -590,12 +608,11 @@ class PSchedulerCommand:
         filters: dict[str, Any] = {
             "job_id": args.runs if isinstance(args.runs, str) else None,
             "task": args.task,
-            "queue": args.queue[0] if args.queue else None,
             "outcome": FAILED_OUTCOMES if args.failed else None,
         }
         limit = DEFAULT_RUNS_LIMIT if args.limit is None else args.limit
         try:
-            runs = self._fetch_runs(registry, limit, **filters)
+            runs = self._fetch_runs(registry, limit, args.queue or [], **filters)
         except Exception as exc:
             return self._job_error(registry, "cannot read the run history of the store", exc)
         if args.json:
