@@ -1037,6 +1037,37 @@ def _history_left(repository: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- W6 history
 
 
+def _side_by_side_rates(
+    store: Store,
+    name: str,
+    measured: list[dict[str, Any]],
+    baseline: list[dict[str, Any]],
+    baseline_label: str,
+) -> list[Row]:
+    """The drain rates of ``measured`` beside ``baseline`` (repeats run alternately):
+    medians and the paired ratio, spawn to exit and loop start to last run."""
+    rows = []
+    for key, label in [
+        ("exec_per_s_wall", "exec/s, spawn->last exit"),
+        ("exec_per_s_loop", "exec/s, loop start->last run"),
+    ]:
+        o = [r[key] for r in measured]
+        x = [r[key] for r in baseline]
+        rows.append(
+            Row(
+                store.name,
+                name,
+                label,
+                median(o),
+                median(x),
+                baseline_label,
+                _paired_ratio(o, x),
+                "/s",
+            )
+        )
+    return rows
+
+
 def w6_history(ctx: Context, store: Store) -> list[Row]:
     """W6: a drain recording every run beside one recording none (side by side)."""
     n = ctx.sizes.drain_n
@@ -1057,25 +1088,7 @@ def w6_history(ctx: Context, store: Store) -> list[Row]:
             )
     ctx.detail(store.name, "W6", results)
     name = f"W6 history {n:,}"
-    rows = []
-    for key, label in [
-        ("exec_per_s_wall", "exec/s, spawn->last exit"),
-        ("exec_per_s_loop", "exec/s, loop start->last run"),
-    ]:
-        o = [r[key] for r in results["all"]]
-        x = [r[key] for r in results["none"]]
-        rows.append(
-            Row(
-                store.name,
-                name,
-                label,
-                median(o),
-                median(x),
-                "history none",
-                _paired_ratio(o, x),
-                "/s",
-            )
-        )
+    rows = _side_by_side_rates(store, name, results["all"], results["none"], "history none")
     kept = [r["runs_kept"] for r in results["all"]]
     unrecorded = [r["runs_kept"] for r in results["none"]]
     dup = sum(r["duplicates"] for mode in results.values() for r in mode)
@@ -1115,25 +1128,7 @@ def w7_metrics(ctx: Context, store: Store) -> list[Row]:
             results[mode].append(drain_ours(ctx, store, n, 1, settings=modes[mode]))
     ctx.detail(store.name, "W7", results)
     name = f"W7 metrics {n:,}"
-    rows = []
-    for key, label in [
-        ("exec_per_s_wall", "exec/s, spawn->last exit"),
-        ("exec_per_s_loop", "exec/s, loop start->last run"),
-    ]:
-        o = [r[key] for r in results["on"]]
-        x = [r[key] for r in results["off"]]
-        rows.append(
-            Row(
-                store.name,
-                name,
-                label,
-                median(o),
-                median(x),
-                "metrics off",
-                _paired_ratio(o, x),
-                "/s",
-            )
-        )
+    rows = _side_by_side_rates(store, name, results["on"], results["off"], "metrics off")
     dup = sum(r["duplicates"] for mode in results.values() for r in mode)
     lost = sum(r["lost"] for mode in results.values() for r in mode)
     rows.append(Row(store.name, name, "duplicates / lost (all repeats)", f"{dup} / {lost}"))

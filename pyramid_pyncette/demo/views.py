@@ -23,6 +23,7 @@ from pyramid.response import Response
 from pyramid.view import view_config
 
 from pyramid_pyncette import InvalidJobError, Job, ScheduleError, Scheduler, UnknownJobError
+from pyramid_pyncette.dashboard.present import format_span
 from pyramid_pyncette.demo.tasks import flaky, recent_runs, say_hello
 from pyramid_pyncette.schedules import schedule_from_json
 from pyramid_pyncette.settings import parse_duration
@@ -71,22 +72,12 @@ def _format_time(value: datetime | None, now: datetime) -> str:
         return "-"
     seconds = round((value - now).total_seconds())
     if seconds > 0:
-        relative = f"in {_format_span(seconds)}"
+        relative = f"in {format_span(seconds)}"
     elif seconds < 0:
-        relative = f"{_format_span(-seconds)} ago"
+        relative = f"{format_span(-seconds)} ago"
     else:
         relative = "now"
     return f"{value:%Y-%m-%d %H:%M:%S} UTC ({relative})"
-
-
-def _format_span(seconds: int) -> str:
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    if seconds < 172800:
-        return f"{seconds // 3600}h"
-    return f"{seconds // 86400}d"
 
 
 def _error_preview(error: str | None) -> str:
