@@ -327,6 +327,16 @@ class Lease:
     #: The claim found the job paused and took it off the schedule: nothing
     #: runs, nothing is recorded (``token`` is ``None``).
     paused: bool = False
+    #: When this attempt became due: ``scheduled_at`` for a run's first try,
+    #: the retry time for a retry (or when a lost lease expired). None when the
+    #: claim did not say (then ``scheduled_at`` stands for it). For measuring
+    #: only: two leases of one claim are equal whether or not they carry it.
+    due_at: datetime | None = field(default=None, compare=False)
+
+    @property
+    def attempt_due_at(self) -> datetime:
+        """When this attempt became due (how late it started is measured from here)."""
+        return self.due_at if isinstance(self.due_at, datetime) else self.scheduled_at
 
     @property
     def attempt(self) -> int:

@@ -23,6 +23,7 @@ unset the worker pays one ``is None`` test per batch.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -41,6 +42,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from pyramid.exceptions import ConfigurationError
 
 from .jobs import JOB_STATES, Lease, QueueInfo
+from .redaction import redact_text
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -117,6 +119,8 @@ class _QueueCache:
         self._lock = threading.Lock()
         self._fetched: float | None = None
         self._counts: StoreCounts | None = None
+        #: Why the last count failed (credentials hidden), None after a good one.
+        self.error: str | None = None
 
     def get(self, scheduler: Scheduler) -> StoreCounts | None:
         """The cached counts, asked of ``scheduler`` again once older than ``ttl``;
@@ -127,9 +131,11 @@ class _QueueCache:
                 self._fetched = now
                 try:
                     self._counts = StoreCounts(scheduler.get_queues(), scheduler.now())
+                    self.error = None
                 except Exception as exc:
                     self._counts = None
-                    log.warning("cannot count the jobs of the store for metrics: %s", exc)
+                    self.error = redact_text(f"{type(exc).__name__}: {exc}")
+                    log.warning("cannot count the jobs of the store for metrics: %s", self.error)
             return self._counts
 
 
@@ -193,22 +199,44 @@ class _Families:
         return self._families
 
 
+#: Errors of binding to an address this machine does not have (not of a taken port).
+_ADDRESS_ERRNOS = frozenset({errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT})
+
+
+def _host_port(host: str, port: int) -> str:
+    """``host:port`` as a URL writes it (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class StoreCountError(Exception):
+    """The store's jobs could not be counted (it is unreachable or its tables are not as
+    expected): :func:`store_metrics` has no gauges to give."""
+
+
 def store_metrics(scheduler: Scheduler) -> tuple[bytes, str]:
     """The store-wide gauges as a Prometheus exposition: ``(body, content type)``.
 
     For web processes (the dashboard's ``<path>/metrics``): counted with
     ``scheduler.get_queues()`` at most every :data:`STORE_CACHE_SECONDS`
     per store, whichever scheduler (or request's copy of it) asks.
+
+    :raises StoreCountError: when the store could not be counted (within the
+        cache's time): answer with an error status, so that the scrape fails
+        rather than the gauges silently going away.
     """
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    repository = scheduler.repository
+    # The Store the scheduler and its copies share (not its repository, which
+    # would set the store up here, outside the count's error handling).
+    key = scheduler.store
     with _STORE_CACHES_LOCK:
-        cache = _STORE_CACHES.get(repository)
+        cache = _STORE_CACHES.get(key)
         if cache is None:
-            cache = _STORE_CACHES[repository] = _QueueCache(STORE_CACHE_SECONDS, time.monotonic)
-    families = store_families(cache.get(scheduler))
-    return generate_latest(_Families(families)), CONTENT_TYPE_LATEST
+            cache = _STORE_CACHES[key] = _QueueCache(STORE_CACHE_SECONDS, time.monotonic)
+    counts = cache.get(scheduler)
+    if counts is None:
+        raise StoreCountError(cache.error or "the store could not be counted")
+    return generate_latest(_Families(store_families(counts))), CONTENT_TYPE_LATEST
 
 
 # --------------------------------------------------------------------------- per daemon
@@ -252,7 +280,8 @@ class RunStats:
         ``outcome`` is one of :data:`~pyramid_pyncette.jobs.RUN_OUTCOMES`; a
         run that never started (skipped, or unrunnable as stored) has no
         ``started_at``: it is counted, not timed. Lateness is the start
-        minus the time the run was due (``lease.scheduled_at``).
+        minus the time the attempt was due (``lease.attempt_due_at``: a
+        retry's from its retry time, so a backoff is not lateness).
         """
         counts, durations, lateness = self._runs, self._durations, self._lateness
         duration_bounds, lateness_bounds = self.duration_buckets, self.lateness_buckets
@@ -270,7 +299,7 @@ class RunStats:
                     series = durations[task, queue] = _Buckets(len(duration_bounds) + 1)
                 series.counts[bisect_left(duration_bounds, took)] += 1
                 series.total += took
-                late = max(0.0, (started_at - lease.scheduled_at).total_seconds())
+                late = max(0.0, (started_at - lease.attempt_due_at).total_seconds())
                 series = lateness.get(queue)
                 if series is None:
                     series = lateness[queue] = _Buckets(len(lateness_bounds) + 1)
@@ -496,9 +525,15 @@ class MetricsServer:
                 handler_class=_QuietHandler,
             )
         except (OSError, socket.gaierror) as exc:
+            if isinstance(exc, socket.gaierror) or exc.errno in _ADDRESS_ERRNOS:
+                fix = (
+                    "set pyncette.metrics_host to an address of this machine "
+                    "(e.g. 127.0.0.1, 0.0.0.0 or ::1, without brackets)"
+                )
+            else:
+                fix = "set pyncette.metrics_port to a free port (0 picks one) or stop what uses it"
             raise ConfigurationError(
-                f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}): "
-                "set pyncette.metrics_port to a free port (0 picks one) or stop what uses it"
+                f"cannot serve metrics on {_host_port(host, port)} ({exc.strerror or exc}): {fix}"
             ) from exc
         self.host = host
         self.port: int = self._server.server_address[1]
@@ -564,11 +599,6 @@ def start_daemon_metrics(worker: Worker, host: str, port: int) -> MetricsServer:
     server = MetricsServer(metrics.registry, HealthCheck(worker), host, port)
     worker.metrics = metrics
     server.start()
-    log.info(
-        "metrics on http://%s:%d/metrics, health on http://%s:%d/healthz",
-        host,
-        server.port,
-        host,
-        server.port,
-    )
+    address = _host_port(host, server.port)
+    log.info("metrics on http://%s/metrics, health on http://%s/healthz", address, address)
     return server

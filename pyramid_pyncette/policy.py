@@ -120,7 +120,7 @@ def _plan_claim(job: Job, now: datetime, token: str, default_lease: float) -> Cl
     attempts = job.attempts + 1
     if mode is ExecutionMode.AT_MOST_ONCE:
         claimed = job.replace(attempts=attempts, locked_by=None)
-        lease = Lease(job=claimed, scheduled_at=scheduled_at, token=None)
+        lease = Lease(job=claimed, scheduled_at=scheduled_at, token=None, due_at=job.due_at)
         return _move_past(job, claimed, lease, now, token, default_lease)
     leased = job.replace(
         locked_by=token,
@@ -128,7 +128,8 @@ def _plan_claim(job: Job, now: datetime, token: str, default_lease: float) -> Cl
         next_run_at=scheduled_at,
         attempts=attempts,
     )
-    return ClaimPlan("lease", leased, Lease(job=leased, scheduled_at=scheduled_at, token=token))
+    lease = Lease(job=leased, scheduled_at=scheduled_at, token=token, due_at=job.due_at)
+    return ClaimPlan("lease", leased, lease)
 
 
 def _hold_paused(job: Job, now: datetime) -> ClaimPlan:

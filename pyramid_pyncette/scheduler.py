@@ -324,6 +324,12 @@ class Scheduler:
         return self._shared.store.ready()
 
     @property
+    def store(self) -> Store:
+        """The store object this scheduler and its bound copies share; reading it does
+        not set the store up (:attr:`repository` does)."""
+        return self._shared.store
+
+    @property
     def clock(self) -> Clock:
         """The current UTC time; setting it also sets it for the bound copies."""
         return self._shared.clock
@@ -879,6 +885,11 @@ class Scheduler:
         One query, which reads every job of the store (on Redis, a chunk at a
         time): callers that ask often, such as metrics scrapes, cache it."""
         return self.repository.queue_stats(self.now())
+
+    def get_paused_queues(self) -> frozenset[str]:
+        """The names of the paused queues (one cheap read; :meth:`get_queues` counts
+        every job)."""
+        return frozenset(self.repository.paused_queues())
 
     def get_runs(
         self,

@@ -358,11 +358,11 @@ def test_run_now_makes_the_job_due_now_and_redirects_with_a_notice(dash):
     _add(dash, "j", interval=3600)
     res = dash.post_job("j", "run", next="/pyncette/job?id=j")
     assert res.status_int == 303
-    assert res.location == "http://localhost/pyncette/job?id=j&done=run&job=j"
+    assert res.location == "http://localhost/pyncette/job?id=j&done=run&done_job=j"
     job = dash.scheduler.get_job("j")
     assert job.due_at == START
     page = res.follow()
-    assert page.html.select_one("p.notice").get_text() == "Job j will run now."
+    assert page.html.select_one("p.notice").get_text() == "Job 'j' will run now."
     assert dash.run_pending() == 1
     assert (
         len(
@@ -375,10 +375,10 @@ def test_run_now_makes_the_job_due_now_and_redirects_with_a_notice(dash):
 def test_pause_and_resume_change_the_state_shown(dash):
     _add(dash, "j")
     res = dash.post_job("j", "pause", next="/pyncette/")
-    assert res.location == "http://localhost/pyncette/?done=paused&job=j"
+    assert res.location == "http://localhost/pyncette/?done=paused&done_job=j"
     page = res.follow()
     assert _state_of(page, "j") == "paused"
-    assert page.html.select_one("p.notice").get_text() == "Job j is paused."
+    assert page.html.select_one("p.notice").get_text() == "Job 'j' is paused."
     assert dash.scheduler.get_job("j").paused
     page = dash.post_job("j", "resume", next="/pyncette/").follow()
     assert _state_of(page, "j") == "scheduled"
@@ -387,8 +387,8 @@ def test_pause_and_resume_change_the_state_shown(dash):
 
 def test_an_action_returns_to_the_filtered_page_it_came_from(dash):
     _add(dash, "j", queue="mail")
-    res = dash.post_job("j", "pause", next="/pyncette/?queue=mail&done=run&job=old")
-    assert res.location == "http://localhost/pyncette/?queue=mail&done=paused&job=j"
+    res = dash.post_job("j", "pause", next="/pyncette/?queue=mail&done=run&done_job=old")
+    assert res.location == "http://localhost/pyncette/?queue=mail&done=paused&done_job=j"
 
 
 def test_an_action_never_redirects_outside_the_dashboard(dash):
@@ -401,7 +401,7 @@ def test_an_action_never_redirects_outside_the_dashboard(dash):
         "/pyncette/\\evil.example",
     ):
         res = dash.post_job("j", "pause", next=target)
-        assert res.location == "http://localhost/pyncette/job?id=j&done=paused&job=j"
+        assert res.location == "http://localhost/pyncette/job?id=j&done=paused&done_job=j"
 
 
 def test_cancel_asks_for_a_confirmation_first(dash):
@@ -414,15 +414,15 @@ def test_cancel_asks_for_a_confirmation_first(dash):
     assert form["id"].value == "j"
     done = form.submit("action", value="cancel")
     assert done.status_int == 303
-    assert done.location == "http://localhost/pyncette/?done=cancelled&job=j"
+    assert done.location == "http://localhost/pyncette/?done=cancelled&done_job=j"
     assert dash.scheduler.get_job("j") is None
-    assert done.follow().html.select_one("p.notice").get_text() == "Job j is cancelled."
+    assert done.follow().html.select_one("p.notice").get_text() == "Job 'j' is cancelled."
 
 
 def test_cancel_from_the_job_page_returns_to_the_jobs_list(dash):
     _add(dash, "j")
     res = dash.post_job("j", "cancel", next="/pyncette/job?id=j", confirm="yes")
-    assert res.location == "http://localhost/pyncette/?done=cancelled&job=j"
+    assert res.location == "http://localhost/pyncette/?done=cancelled&done_job=j"
 
 
 def test_cancel_of_a_periodic_job_is_refused_with_a_clear_message(make_dashboard):
@@ -543,6 +543,56 @@ def test_runs_filter_by_an_unknown_task_is_400(dash):
     assert res.html.select_one('p[role="alert"]').get_text()
 
 
+def _stored_run(dash: Dashboard, job_id: str, task: str) -> None:
+    """A run record written straight to the store (of any task, registered or not)."""
+    from pyramid_pyncette.jobs import RunRecord
+
+    now = dash.clock()
+    record = RunRecord(job_id, task, "default", now, now, now, 1, "failed", "gone away")
+    dash.scheduler.repository.complete([], runs=[record])
+
+
+def test_runs_filter_by_a_task_no_longer_registered_shows_its_stored_runs(dash):
+    _stored_run(dash, "old-1", "myapp.removed:task")
+    dash.scheduler.add_async_job("record", job_id="ok")
+    dash.run_pending()
+    res = dash.page("/pyncette/runs", params={"task": "myapp.removed:task"})
+    rows = res.html.select("table.runs tr[data-run-id]")
+    assert [row.attrs["data-job-id"] for row in rows] == ["old-1"]
+
+
+def test_runs_page_with_a_cursor_of_no_store_is_400(dash):
+    res = dash.page("/pyncette/runs", params={"cursor": "garbage"}, status=400)
+    assert "cursor" in res.html.select_one('p[role="alert"]').get_text()
+
+
+def test_runs_filter_by_job_takes_the_id_as_given(dash):
+    for job_id in ("r1", " r1", "  "):
+        dash.scheduler.add_async_job("record", job_id=job_id)
+    dash.run_pending()
+    for job_id in ("r1", " r1", "  "):
+        res = dash.page("/pyncette/runs", params={"job": job_id})
+        rows = res.html.select("table.runs tr[data-run-id]")
+        assert [row.attrs["data-job-id"] for row in rows] == [job_id]
+
+
+def test_auto_refresh_drops_only_the_notice_of_an_action_never_a_filter():
+    from pyramid_pyncette.dashboard import views
+
+    script = (Path(views.__file__).parent / "static" / "dashboard.js").read_text()
+    listed = re.search(r"var NOTICE_PARAMS = \[([^\]]*)\];", script)
+    assert listed is not None
+    assert re.findall(r'"([a-z_]+)"', listed.group(1)) == list(views.NOTICE_PARAMS)
+    filters = {"job", "queue", "task", "state", "failures", "cursor", "limit", "id", "sort"}
+    assert not filters & set(views.NOTICE_PARAMS)
+
+
+def test_a_notice_quotes_and_shortens_the_id_a_link_names(dash):
+    spoof = "every job in production. Restore from backup: https://evil.example"
+    res = dash.page("/pyncette/", params={"done": "cancelled", "done_job": spoof})
+    assert res.html.select_one("p.notice").get_text() == "Job 'every job in p\u2026' is cancelled."
+
+
 # --------------------------------------------------------------------------- queues
 
 
@@ -564,10 +614,10 @@ def test_queue_pause_and_resume_buttons(dash):
     _add(dash, "a", queue="mail")
     res = dash.post_queue("mail", "pause")
     assert res.status_int == 303
-    assert res.location == "http://localhost/pyncette/queues?done=queue_paused&queue_name=mail"
+    assert res.location == "http://localhost/pyncette/queues?done=queue_paused&done_queue=mail"
     assert [q.paused for q in dash.scheduler.get_queues() if q.name == "mail"] == [True]
     page = res.follow()
-    assert page.html.select_one("p.notice").get_text() == "Queue mail is paused."
+    assert page.html.select_one("p.notice").get_text() == "Queue 'mail' is paused."
     assert page.html.select_one('tr[data-queue="mail"] td.paused').get_text(strip=True) == "paused"
     dash.post_queue("mail", "resume")
     assert [q.paused for q in dash.scheduler.get_queues() if q.name == "mail"] == [False]
@@ -638,6 +688,26 @@ def test_the_include_refuses_to_start_without_a_security_policy():
     assert "pyncette.dashboard.permission = NO_PERMISSION_REQUIRED" in message
 
 
+def test_the_include_refuses_a_session_kept_csrf_token_without_a_session_factory():
+    from pyramid.csrf import SessionCSRFStoragePolicy
+
+    config = pyramid_testing.setUp(
+        settings={
+            "pyncette.url": "memory://",
+            "pyncette.dashboard.permission": "NO_PERMISSION_REQUIRED",
+        },
+        autocommit=False,
+    )
+    try:
+        config.include("pyramid_pyncette.dashboard")
+        config.set_csrf_storage_policy(SessionCSRFStoragePolicy())
+        with pytest.raises(ConfigurationError) as excinfo:
+            config.commit()
+    finally:
+        pyramid_testing.tearDown()
+    assert "no session factory is configured" in str(excinfo.value)
+
+
 def test_the_include_refuses_when_the_csrf_token_has_nowhere_to_live():
     settings = {
         "pyncette.url": "memory://",
@@ -694,7 +764,7 @@ def test_the_dashboard_path_setting_moves_the_pages(make_dashboard):
     dash.web.get("/pyncette/", status=404)
     token = _token(res)
     res = dash.web.post("/ops/jobs/job", {"csrf_token": token, "id": "j", "action": "pause"})
-    assert res.location == "http://localhost/ops/jobs/job?id=j&done=paused&job=j"
+    assert res.location == "http://localhost/ops/jobs/job?id=j&done=paused&done_job=j"
 
 
 def test_the_pages_escape_whatever_the_applications_jinja2_settings(dashboard_store):
@@ -785,7 +855,7 @@ def test_an_application_below_a_script_name_keeps_it_in_links_and_redirects(make
     form = res.html.select_one('tr[data-job-id="j"] form')
     assert form.select_one('input[name="next"]').attrs["value"] == "/app/pyncette/"
     res = dash.post_job("j", "pause", next="/app/pyncette/")
-    assert res.location == "http://localhost/app/pyncette/?done=paused&job=j"
+    assert res.location == "http://localhost/app/pyncette/?done=paused&done_job=j"
 
 
 def test_the_include_honours_a_route_prefix(dashboard_store):
@@ -967,6 +1037,38 @@ def test_metrics_requires_the_permission_unless_made_public(make_dashboard):
     assert _gauges(res.text)['pyncette_jobs{queue="default",state="scheduled"}'] == 1
     # Only the gauges are public: the pages still need the permission.
     public.web.get("/pyncette/", status=403)
+
+
+def test_metrics_of_a_store_that_cannot_be_set_up_fail_the_scrape_with_503(
+    make_dashboard, monkeypatch
+):
+    dash = make_dashboard()
+
+    def cannot_open(self):
+        raise RuntimeError("unable to open postgresql://app:s3cret@db/app")
+
+    # As a store the web process has not reached yet, and cannot.
+    monkeypatch.setattr(type(dash.scheduler.store), "ready", cannot_open)
+    res = dash.web.get("/pyncette/metrics", status=503)
+    assert res.text.startswith("the job store could not be counted: RuntimeError: unable to open")
+    assert "s3cret" not in res.text
+    assert "pyncette_jobs" not in res.text
+
+
+def test_metrics_fail_the_scrape_while_the_store_cannot_be_counted(make_dashboard, monkeypatch):
+    dash = make_dashboard()
+    _add(dash, "a")
+    monkeypatch.setattr("pyramid_pyncette.metrics.STORE_CACHE_SECONDS", 0)
+    assert "pyncette_jobs{" in dash.web.get("/pyncette/metrics", status=200).text
+
+    def count_refused(self):
+        raise RuntimeError("count refused")
+
+    monkeypatch.setattr(type(dash.scheduler), "get_queues", count_refused)
+    res = dash.web.get("/pyncette/metrics", status=503)
+    assert "RuntimeError: count refused" in res.text
+    monkeypatch.undo()
+    assert "pyncette_jobs{" in dash.web.get("/pyncette/metrics", status=200).text
 
 
 def test_metrics_without_prometheus_client_answer_501_naming_the_extra(make_dashboard, monkeypatch):

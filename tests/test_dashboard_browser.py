@@ -47,7 +47,7 @@ def test_dashboard_in_a_browser_pauses_a_job_and_runs_one_now(live_pserve, brows
     row = driver.find_element(By.CSS_SELECTOR, 'tr[data-job-id="pausable"]')
     row.find_element(By.CSS_SELECTOR, 'button[name="action"][value="pause"]').click()
     browser.wait_for(lambda d: _state(d, "pausable") == "paused", "the job to show as paused")
-    assert driver.find_element(By.CSS_SELECTOR, "p.notice").text == "Job pausable is paused."
+    assert driver.find_element(By.CSS_SELECTOR, "p.notice").text == "Job 'pausable' is paused."
     row = driver.find_element(By.CSS_SELECTOR, 'tr[data-job-id="pausable"]')
     row.find_element(By.CSS_SELECTOR, 'button[name="action"][value="resume"]')
     assert scheduler.get_job("pausable").paused
@@ -65,7 +65,9 @@ def test_dashboard_in_a_browser_pauses_a_job_and_runs_one_now(live_pserve, brows
     assert _run_outcomes(driver) == []
     driver.find_element(By.CSS_SELECTOR, 'button[name="action"][value="run"]').click()
     browser.wait_for(
-        lambda d: d.find_element(By.CSS_SELECTOR, "p.notice").text == "Job runnable will run now.",
+        lambda d: (
+            d.find_element(By.CSS_SELECTOR, "p.notice").text == "Job 'runnable' will run now."
+        ),
         "the run-now notice",
     )
     Select(driver.find_element(By.ID, "auto-refresh")).select_by_value("5")

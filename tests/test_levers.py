@@ -201,6 +201,14 @@ def test_a_queue_pause_is_applied_at_once_even_when_the_transaction_aborts(app):
     assert app.repository.paused_queues() == {"emails"}
 
 
+def test_get_paused_queues_names_the_paused_queues_without_counting_jobs(app):
+    assert app.scheduler.get_paused_queues() == frozenset()
+    app.scheduler.pause_queue("emails")
+    app.scheduler.pause_queue("reports")
+    app.scheduler.resume_queue("reports")
+    assert app.scheduler.get_paused_queues() == frozenset({"emails"})
+
+
 def test_get_queues_reports_each_queue_paused_due_and_running(app):
     scheduler = app.scheduler
     scheduler.add_async_job("record", job_id="d1")

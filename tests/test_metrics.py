@@ -123,6 +123,27 @@ def test_run_durations_and_lateness_are_histograms_of_every_run(app):
     assert value(metrics, "pyncette_run_lateness_seconds_bucket", queue="default", le="10.0") == 4
 
 
+def test_a_retry_is_late_from_its_retry_time_not_from_the_first_try(app):
+    app.scheduler.add_async_job("fail", job_id="bad", max_retries=1, retry_backoff=60)
+    loop, metrics = measured_loop(app)
+    loop.turn()  # the first try starts on time and fails
+    finish_all(loop)
+    loop.turn()  # its failure is written: the retry is due within 60 s (with jitter)
+    retry_at = app.scheduler.get_job("bad").due_at
+    assert retry_at > app.clock()
+    app.clock.advance((retry_at - app.clock()).total_seconds() + 3)  # 3 s late
+    loop.turn()
+    finish_all(loop)
+    loop.turn()
+
+    assert (
+        value(metrics, "pyncette_runs_total", task="fail", queue="default", outcome=RUN_FAILED) == 2
+    )
+    assert value(metrics, "pyncette_run_lateness_seconds_count", queue="default") == 2
+    # 0 s for the first try, 3 s for the retry (its backoff is no lateness).
+    assert value(metrics, "pyncette_run_lateness_seconds_sum", queue="default") == pytest.approx(3)
+
+
 def test_claims_and_claimed_jobs_are_counted(app):
     for n in range(5):
         app.scheduler.add_async_job("record", job_id=f"r{n}")
@@ -513,6 +534,16 @@ def test_a_taken_port_is_a_configuration_error_naming_the_setting(app):
         with pytest.raises(ConfigurationError, match=r"pyncette\.metrics_port") as raised:
             MetricsServer(metrics.registry, HealthCheck(loop.worker), "127.0.0.1", port)
     assert f"127.0.0.1:{port}" in str(raised.value)
+
+
+@pytest.mark.parametrize("host", ["256.1.1.1", "[::1]", "192.0.2.1"])
+def test_a_host_that_is_not_this_machines_is_a_configuration_error_naming_the_host(app, host):
+    from pyramid_pyncette.metrics import HealthCheck, MetricsServer
+
+    loop, metrics = measured_loop(app)
+    with pytest.raises(ConfigurationError, match=r"pyncette\.metrics_host") as raised:
+        MetricsServer(metrics.registry, HealthCheck(loop.worker), host, 0)
+    assert "metrics_port" not in str(raised.value)
 
 
 def test_missing_prometheus_client_names_the_extra_to_install(monkeypatch):

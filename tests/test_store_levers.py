@@ -899,6 +899,13 @@ def test_list_runs_returns_at_most_limit_records_and_a_cursor_when_there_are_mor
     assert whole.next_cursor is None
 
 
+@pytest.mark.parametrize("cursor", ["garbage", "", "1.5", "-", "0x10", "\u0661"])
+def test_list_runs_refuses_a_cursor_no_page_of_the_store_gave(repo, cursor):
+    repo.complete([], [run_record("job-1", NOW)])
+    with pytest.raises(ValueError, match="next_cursor of a page"):
+        repo.list_runs(cursor=cursor)
+
+
 def test_list_runs_pages_cover_every_record_exactly_once(repo):
     records = [run_record(f"job-{i:02d}", NOW + seconds(i)) for i in range(25)]
     for start in range(0, 25, 5):

@@ -19,7 +19,7 @@ import importlib.util
 from typing import TYPE_CHECKING, Any
 
 import jinja2
-from pyramid.csrf import LegacySessionCSRFStoragePolicy
+from pyramid.csrf import LegacySessionCSRFStoragePolicy, SessionCSRFStoragePolicy
 from pyramid.exceptions import ConfigurationError
 from pyramid.interfaces import (
     PHASE1_CONFIG,
@@ -156,7 +156,7 @@ def includeme(config: Configurator) -> None:
             raise ConfigurationError(_SECURITY_HELP.format(permission=permission))
         storage = registry.queryUtility(ICSRFStoragePolicy)
         if (
-            isinstance(storage, LegacySessionCSRFStoragePolicy)
+            isinstance(storage, (LegacySessionCSRFStoragePolicy, SessionCSRFStoragePolicy))
             and registry.queryUtility(ISessionFactory) is None
         ):
             raise ConfigurationError(_CSRF_HELP)

@@ -24,8 +24,9 @@ from pyramid.request import Request
 from pyramid.response import Response
 
 from ..exceptions import InvalidJobError, UnknownTaskError
-from ..jobs import JOB_STATES, Job
+from ..jobs import JOB_STATES, Job, RunRecord
 from ..redaction import redact_text
+from ..repository.base import RunPage
 from ..scheduler import PeriodicJobError, Scheduler, UnknownJobError
 from ..settings import PyncetteSettings
 from . import RENDERER, ROUTE_PREFIX, metrics_available, metrics_permission, view_permission
@@ -63,7 +64,7 @@ JOB_RUNS = 25
 TEMPLATES = "pyramid_pyncette.dashboard:templates/"
 
 #: Query parameters of a page that only say what an action did (never carried over).
-NOTICE_PARAMS = ("done", "job", "queue_name")
+NOTICE_PARAMS = ("done", "done_job", "done_queue")
 
 #: The messages a page shows after an action, by the ``done`` parameter.
 NOTICES = {
@@ -113,7 +114,11 @@ def _notice(request: Request) -> str | None:
     text = NOTICES.get(request.GET.get("done", ""))
     if text is None:
         return None
-    return text.format(job=request.GET.get("job", ""), queue=request.GET.get("queue_name", ""))
+    # Quoted and shortened: a link can name any id, so the notice never reads as more
+    # than a name (the action's own page is where the full id shows).
+    job = short_id(request.GET.get("done_job", ""))
+    queue = short_id(request.GET.get("done_queue", ""))
+    return text.format(job=f"'{job}'", queue=f"'{queue}'")
 
 
 def _page(request: Request, title: str, active: str = "", **data: Any) -> dict[str, Any]:
@@ -339,7 +344,7 @@ def job(request: Request) -> dict[str, Any]:
     if found is None:
         raise _unknown(job_id)
     runs = scheduler.get_runs(job_id=job_id, limit=JOB_RUNS).runs
-    paused_queues = {queue.name for queue in scheduler.get_queues() if queue.paused}
+    paused_queues = scheduler.get_paused_queues()
     now = scheduler.now()
     return _page(
         request,
@@ -392,7 +397,7 @@ def job_action(request: Request) -> Any:
             target = request.route_path(route("jobs"))
     else:
         target = _return_to(request) or request.route_path(route("job"), _query={"id": job_id})
-    return _redirect(request, target, done=done, job=job_id)
+    return _redirect(request, target, done=done, done_job=job_id)
 
 
 def _confirm_cancel(request: Request, job_id: str) -> Response:
@@ -419,23 +424,30 @@ def runs(request: Request) -> dict[str, Any]:
     """The Runs page: the recent runs, newest first; failures only on demand; errors shown."""
     params = request.GET
     failures = params.get("failures") == "1"
-    job_id = params.get("job", "").strip() or None
+    job_id = params.get("job", "") or None  # ids may hold spaces: taken as given
     queue = params.get("queue", "").strip() or None
     task = params.get("task", "").strip() or None
     limit = _limit(request)
     cursor = params.get("cursor") or None
     scheduler = _scheduler(request)
+    filters: dict[str, Any] = {
+        "job_id": job_id,
+        "queue": queue,
+        "outcome": FAILED_OUTCOMES if failures else None,
+    }
     try:
-        page = scheduler.get_runs(
-            job_id=job_id,
-            task=task,
-            queue=queue,
-            outcome=FAILED_OUTCOMES if failures else None,
-            limit=limit,
-            cursor=cursor,
-        )
+        try:
+            page = scheduler.get_runs(task=task, limit=limit, cursor=cursor, **filters)
+        except UnknownTaskError:
+            if task is None:
+                raise
+            # The history of a task this application no longer registers is
+            # still stored: read it unfiltered, keeping that task's runs.
+            page = _runs_of_unregistered_task(scheduler, task, limit, cursor, filters)
     except (InvalidJobError, UnknownTaskError) as exc:
         raise _bad_filter(exc) from None
+    except ValueError as exc:  # a cursor that is not one of this store's
+        raise Refusal(400, "Bad page", str(exc)) from None
     now = scheduler.now()
     rows = [run_row(run, now) for run in page.runs]
     for row in rows:
@@ -466,6 +478,26 @@ def runs(request: Request) -> dict[str, Any]:
         ),
         refresh=True,
     )
+
+
+def _runs_of_unregistered_task(
+    scheduler: Scheduler, task: str, limit: int, cursor: str | None, filters: dict[str, Any]
+) -> RunPage:
+    """A page of the runs of ``task`` read from at most :data:`MAX_SCAN_PAGES` pages of
+    the history (the store filters only by registered tasks); its cursor goes on from
+    the last page read. Raises UnknownTaskError when those pages hold no run of it and
+    the history ends there (the filter names no task, stored or registered)."""
+    found: list[RunRecord] = []
+    next_cursor = cursor
+    for _ in range(MAX_SCAN_PAGES):
+        page = scheduler.get_runs(limit=limit, cursor=next_cursor, **filters)
+        found.extend(run for run in page.runs if run.task == task)
+        next_cursor = page.next_cursor
+        if next_cursor is None or len(found) >= limit:
+            break
+    if not found and next_cursor is None and cursor is None:
+        scheduler.tasks.resolve(task)  # raises, naming the close task names
+    return RunPage(found, next_cursor)
 
 
 # --------------------------------------------------------------------------- queues
@@ -502,9 +534,17 @@ def metrics(request: Request) -> Response:
             status=501,
             content_type="text/plain",
         )
-    from ..metrics import store_metrics
+    from ..metrics import StoreCountError, store_metrics
 
-    body, content_type = store_metrics(_scheduler(request))
+    try:
+        body, content_type = store_metrics(_scheduler(request))
+    except StoreCountError as exc:
+        # A failed scrape (Prometheus' `up` is 0), never gauges that silently vanish.
+        return Response(
+            f"the job store could not be counted: {exc}\n",
+            status=503,
+            content_type="text/plain",
+        )
     response = Response(body=body, status=200)
     # Prometheus' content type carries its own parameters (version, charset).
     response.headers["Content-Type"] = content_type
@@ -529,7 +569,7 @@ def queue_action(request: Request) -> HTTPSeeOther:
     except InvalidJobError as exc:
         raise Refusal(400, "Bad queue name", str(exc)) from None
     target = _return_to(request) or request.route_path(route("queues"))
-    return _redirect(request, target, done=QUEUE_ACTIONS[action], queue_name=name)
+    return _redirect(request, target, done=QUEUE_ACTIONS[action], done_queue=name)
 
 
 # --------------------------------------------------------------------------- wiring

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import heapq
 import itertools
+import re
 import threading
 from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime, timedelta
@@ -34,6 +35,9 @@ from .rows import storable_text, storable_values
 
 #: Most run records the memory store keeps (the oldest go first).
 MAX_MEMORY_RUNS = 100_000
+
+#: A run record id as :meth:`MemoryRepository.complete` writes it (a cursor is one).
+_RUN_CURSOR = re.compile(r"[0-9a-f]{16}")
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -257,6 +261,10 @@ class MemoryRepository(Repository):
         cursor: str | None = None,
         limit: int = 100,
     ) -> RunPage:
+        if cursor is not None and not _RUN_CURSOR.fullmatch(cursor):
+            raise ValueError(
+                f"{cursor!r} is not a run cursor of this store: pass the next_cursor of a page"
+            )
         found: list[RunRecord] = []
         with self._lock:
             for run in reversed(self._runs):

@@ -2282,12 +2282,12 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
 
 def _run_cursor(cursor: str) -> int:
     """The record id a :meth:`SQLRepository.list_runs` cursor names, or an error saying so."""
-    try:
-        return int(cursor)
-    except (TypeError, ValueError):
+    # Record ids are written as plain ASCII digits (int() would take other digits too).
+    if not (isinstance(cursor, str) and cursor.isascii() and cursor.isdigit()):
         raise ValueError(
             f"{cursor!r} is not a run cursor of this store: pass the next_cursor of a page"
-        ) from None
+        )
+    return int(cursor)
 
 
 def _sqlite_file_path(engine: Engine) -> str | None:

@@ -540,9 +540,9 @@ class PSchedulerCommand:
             return self._unknown_job(job_id)
         try:
             runs = registry.scheduler.get_runs(job_id=job_id, limit=SHOW_RUNS).runs
-            # The store's paused set, not get_queues(): that counts every
-            # queue's jobs, a scan of the whole table in SQL.
-            queue_paused = job.queue in registry.scheduler.repository.paused_queues()
+            # The paused set, not get_queues(): that counts every queue's
+            # jobs, a scan of the whole table in SQL.
+            queue_paused = job.queue in registry.scheduler.get_paused_queues()
         except Exception as exc:
             return self._job_error(registry, "cannot read the job's runs from the store", exc)
         if self.args.json:

@@ -6,7 +6,7 @@
 (function () {
   "use strict";
   var KEY = "pyncette.dashboard.refresh";
-  var NOTICE_PARAMS = ["done", "job", "queue_name"];
+  var NOTICE_PARAMS = ["done", "done_job", "done_queue"];
   var select = document.getElementById("auto-refresh");
   if (!select || !document.body.hasAttribute("data-refresh")) {
     return;
