@@ -748,6 +748,18 @@ def test_a_store_outage_is_a_503_page_without_the_password(make_dashboard):
     assert "operator:***@127.0.0.1:1" in res.html.select_one("footer code").get_text()
 
 
+def test_a_store_without_its_tables_is_a_503_page_naming_the_fix(make_dashboard, tmp_path):
+    dash = make_dashboard(
+        store={"pyncette.url": f"sqlite:///{tmp_path}/empty.sqlite"},
+        settings={"pyncette.skip_table_create": "true"},
+        reachable=False,
+    )
+    res = dash.page("/pyncette/queues", status=503)
+    assert "The job store is not set up for this application" in res.text
+    assert "cannot be reached" not in res.text
+    assert "pyncette_jobs" in res.html.select_one('p[role="alert"]').get_text()
+
+
 # --------------------------------------------------------------------------- configuration
 
 

@@ -198,7 +198,14 @@ def refusing(view: Callable[[Request], Any]) -> Callable[[Request], Any]:
             return _answer(request, refusal)
         except Exception as exc:
             scheduler = _scheduler(request)
-            if not (scheduler.is_transient(exc) or scheduler.describe_setup_error(exc)):
+            setup_error = scheduler.describe_setup_error(exc)
+            if setup_error is not None:
+                # Reached, but not as this application needs it (a table missing
+                # or out of date, wrong credentials): say what to fix.
+                log.warning("dashboard: the job store is misconfigured: %s", setup_error)
+                title = "The job store is not set up for this application"
+                return _answer(request, Refusal(503, title, redact_text(setup_error)))
+            if not scheduler.is_transient(exc):
                 raise
             log.warning("dashboard: the job store failed: %s", redact_text(str(exc)))
             text = redact_text(f"{type(exc).__name__}: {exc}")
