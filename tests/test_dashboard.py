@@ -760,6 +760,15 @@ def test_a_store_without_its_tables_is_a_503_page_naming_the_fix(make_dashboard,
     assert "pyncette_jobs" in res.html.select_one('p[role="alert"]').get_text()
 
 
+def test_the_jobs_table_cuts_long_arguments_and_the_job_page_shows_them_all(dash):
+    long_text = "x" * 5000
+    _add(dash, "big", kwargs={"text": long_text})
+    cell = dash.page().html.select_one('tr[data-job-id="big"] td.args').get_text(strip=True)
+    assert len(cell) == 201 and cell.endswith("\u2026")
+    page = dash.page("/pyncette/job", params={"id": "big"}).html
+    assert long_text in page.select_one("pre.kwargs").get_text()
+
+
 # --------------------------------------------------------------------------- configuration
 
 

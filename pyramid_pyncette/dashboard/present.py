@@ -40,6 +40,15 @@ def short_id(value: Any, keep: int = SHORT_ID) -> str:
     return text if len(text) <= keep + 1 else text[:keep] + "\u2026"
 
 
+#: The most characters of a job's arguments the Jobs table shows (its page shows them all).
+ARGUMENTS_CELL = 200
+
+
+def _cut(text: str, keep: int) -> str:
+    """``text`` (already made safe to show) cut to ``keep`` characters and an ellipsis."""
+    return text if len(text) <= keep + 1 else text[:keep] + "\u2026"
+
+
 def format_span(seconds: float) -> str:
     """A span for humans: ``45s``, ``12m``, ``5h``, ``3d``."""
     seconds = round(abs(seconds))
@@ -101,7 +110,7 @@ def job_row(job: Job, now: datetime) -> dict[str, Any]:
         "short_id": short_id(job.id),
         "task": terminal_text(job.task),
         "queue": terminal_text(job.queue),
-        "arguments": arguments(job),
+        "arguments": _cut(arguments(job), ARGUMENTS_CELL),
         "schedule": document["schedule_description"],
         "next": when(_next_attempt(job), now),
         "state": document["state"],
