@@ -1,5 +1,8 @@
 """The thread that hears a store announce new jobs (PostgreSQL LISTEN, Redis pub/sub).
 
+A store without a channel (SQLite) gives it a probe instead: a cheap read of a
+marker that changes when another connection commits (see :func:`probe_receive`).
+
 A store with a notification channel gives :func:`start_listener_thread` a
 ``subscribe`` function; this module owns the rest: the daemon thread, the stop
 event, reconnecting with :class:`~pyramid_pyncette.backoff.Backoff` while the
@@ -12,12 +15,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 from ..backoff import Backoff
 
-__all__ = ["Receive", "Subscribe", "start_listener_thread"]
+__all__ = ["Receive", "Subscribe", "probe_receive", "start_listener_thread", "watched_receive"]
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +29,9 @@ log = logging.getLogger(__name__)
 Receive = Callable[[float], bool]
 #: Opens a subscription to the store's channel; closing it unsubscribes.
 Subscribe = Callable[[], AbstractContextManager[Receive]]
+
+#: Reads a store's change marker: any value, compared with the previous read.
+ReadMarker = Callable[[], object]
 
 #: Seconds between checks of the stop event while no announcement comes.
 RECEIVE_TIMEOUT = 1.0
@@ -76,3 +83,67 @@ def start_listener_thread(
         thread.join(STOP_TIMEOUT)
 
     return stop
+
+
+def probe_receive(
+    read: ReadMarker,
+    interval: float,
+    sleep: Callable[[float], object] = time.sleep,
+) -> Receive:
+    """A :data:`Receive` for a store without a channel: ``read()`` every ``interval`` seconds.
+
+    The marker is read once now; each call then waits ``interval`` (at most
+    its ``timeout``), reads it again and answers whether it changed. A call
+    returns after one wait, so the listener's stop event is checked between
+    probes. Errors from ``read`` propagate: the listener reconnects.
+    """
+    last = read()
+
+    def receive(timeout: float) -> bool:
+        nonlocal last
+        sleep(min(interval, timeout))
+        value = read()
+        if value == last:
+            return False
+        last = value
+        return True
+
+    return receive
+
+
+def watched_receive(
+    read: ReadMarker,
+    wait: Callable[[float], bool],
+    interval: float,
+    settle: float = 0.001,
+    settle_reads: int = 50,
+    sleep: Callable[[float], object] = time.sleep,
+) -> Receive:
+    """A :data:`Receive` woken by ``wait`` (True: the store's file was written to).
+
+    Like :func:`probe_receive`, but each call waits for a write (at most
+    ``interval``) instead of a fixed time. A write can come before the commit
+    it belongs to is visible (the marker then reads unchanged): after one,
+    the marker is read again every ``settle`` seconds, up to ``settle_reads``
+    times, before waiting for the next write.
+    """
+    last = read()
+    rereads = 0
+
+    def receive(timeout: float) -> bool:
+        nonlocal last, rereads
+        if rereads:
+            rereads -= 1
+            sleep(min(settle, timeout))
+            written = False
+        else:
+            written = wait(min(interval, timeout))
+        value = read()
+        if value != last:
+            last, rereads = value, 0
+            return True
+        if written:
+            rereads = settle_reads
+        return False
+
+    return receive

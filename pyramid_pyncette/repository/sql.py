@@ -62,7 +62,8 @@ from .base import (
     published_lock,
     staged_job,
 )
-from .listener import Receive, start_listener_thread
+from .filewatch import watch_file
+from .listener import Receive, probe_receive, start_listener_thread, watched_receive
 from .rows import (
     ascii_text,
     decode_job_fields,
@@ -251,6 +252,15 @@ MYSQL_TABLE_OPTIONS: dict[str, Any] = {
     for dialect in ("mysql", "mariadb")
     for option, value in (("charset", "utf8mb4"), ("collate", "utf8mb4_bin"))
 }
+
+
+#: Seconds between two reads of a change marker by a daemon's probe where it
+#: cannot be woken by the write itself: a job committed by another process
+#: starts about half of it later, on average.
+WAKEUP_PROBE_INTERVAL = 0.005
+
+#: Seconds between two reads of SQLite's marker when writes to its log wake the probe.
+WATCHED_PROBE_INTERVAL = 0.25
 
 
 def make_table(name: str = DEFAULT_TABLE_NAME, meta: sa.MetaData | None = None) -> sa.Table:
@@ -769,6 +779,8 @@ class SQLRepository(Repository):
         self._claim_sqls: dict[tuple[int | None, str | None], str] = {}
         #: PostgreSQL notification channel announcing new jobs.
         self.channel = table_name
+        #: Seconds between two reads of a store's change marker (SQLite's data_version).
+        self.wakeup_probe_interval = WAKEUP_PROBE_INTERVAL
         # Connections this thread keeps are reopened when this number changes.
         self._generation = 0
         #: Seconds between checks that the SQLite file was not deleted or replaced.
@@ -1220,14 +1232,70 @@ class SQLRepository(Repository):
         return found
 
     def start_listener(self, callback: Callable[[], None]) -> Callable[[], None] | None:
-        """PostgreSQL: call ``callback`` when any process adds a job (LISTEN/NOTIFY).
+        """Call ``callback`` when another connection may have added a job.
 
-        Returns a function that stops listening; None where the database has
-        no notifications (SQLite, MySQL: daemons poll).
+        PostgreSQL: LISTEN/NOTIFY. A SQLite file: a probe reads ``PRAGMA
+        data_version`` every :attr:`wakeup_probe_interval` seconds on a
+        connection it keeps, which changes whenever another connection
+        commits to the file (see :meth:`_probe_sqlite`). Returns a function
+        that stops listening; None where there is nothing to hear (an
+        in-memory SQLite database, MySQL: daemons poll).
         """
-        if self._dialect != "postgresql":
-            return None
-        return start_listener_thread(self._subscribe, callback)
+        if self._dialect == "postgresql":
+            return start_listener_thread(self._subscribe, callback)
+        if self._dialect == "sqlite" and _sqlite_file_path(self.engine) is not None:
+            return start_listener_thread(self._probe_sqlite, callback, name="pyncette-sqlite-probe")
+        return None
+
+    @contextlib.contextmanager
+    def _probe_sqlite(self) -> Iterator[Receive]:
+        """A kept connection whose ``PRAGMA data_version`` tells of others' commits.
+
+        The number is local to the connection: it changes when any other
+        connection (this daemon's own included) commits a change to the
+        file, and costs a few microseconds to read. It is read when the
+        write-ahead log is written to (inotify, see
+        :mod:`~pyramid_pyncette.repository.filewatch`: nothing runs while
+        nothing is written), or, where the log cannot be watched, every
+        :attr:`wakeup_probe_interval` seconds. Closed on exit.
+        """
+        if not self._ready:
+            self.setup()
+        path = _sqlite_file_path(self.engine)
+        assert path is not None  # probed only for a file (see start_listener)
+        with self.engine.connect() as conn, contextlib.ExitStack() as stack:
+            try:
+                raw: Any = conn.connection.dbapi_connection
+                cursor = raw.cursor()
+                generation = self._generation
+
+                def read() -> object:
+                    if self._generation != generation:
+                        # The file was deleted or replaced: probe the one now at the path.
+                        raise ConnectionResetError("the SQLite file changed; reopening the probe")
+                    return cursor.execute("PRAGMA data_version").fetchone()
+
+                read()  # the first read opens the write-ahead log, which is then watched
+                try:
+                    watch = watch_file(path + "-wal")
+                except OSError as exc:
+                    log.debug(
+                        "cannot watch %s-wal (%s); probing every %ss",
+                        path,
+                        exc,
+                        self.wakeup_probe_interval,
+                    )
+                    watch = None
+                if watch is None:
+                    yield probe_receive(read, self.wakeup_probe_interval)
+                else:
+                    stack.callback(watch.close)
+                    # Woken by writes; the longer interval bounds a lost event and how
+                    # long stopping the daemon waits for this thread.
+                    yield watched_receive(read, watch.wait, WATCHED_PROBE_INTERVAL)
+            finally:
+                # Its cursor stays with it: never hand it back to the pool.
+                conn.invalidate()
 
     @contextlib.contextmanager
     def _subscribe(self) -> Iterator[Receive]:

@@ -1,0 +1,286 @@
+"""Daemons on stores without a notification channel wake on a cheap change probe."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import pytest
+
+from pyramid_pyncette.repository import filewatch
+from pyramid_pyncette.repository import sql as sql_module
+from pyramid_pyncette.repository.filewatch import watch_file
+from pyramid_pyncette.repository.listener import probe_receive, watched_receive
+from pyramid_pyncette.repository.sql import SQLRepository
+from pyramid_pyncette.schedules import DateSchedule
+
+#: Bound on every wait for a listener thread (never reached when all is well).
+WAIT = 10.0
+
+
+class Marker:
+    """A change marker whose reads are counted; ``fail`` makes the next read raise."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self.reads = 0
+        self.fail = False
+
+    def read(self) -> object:
+        self.reads += 1
+        if self.fail:
+            self.fail = False
+            raise ConnectionError("store away")
+        return self.value
+
+
+def test_probe_receive_waits_its_interval_then_answers_whether_the_marker_changed():
+    marker = Marker()
+    waits: list[float] = []
+    receive = probe_receive(marker.read, 0.005, sleep=waits.append)
+    assert receive(1.0) is False
+    marker.value = 1
+    assert receive(1.0) is True
+    assert receive(1.0) is False  # one change, one wake
+    assert waits == [0.005, 0.005, 0.005]
+    assert marker.reads == 4  # the first read, at subscription, sets the baseline
+
+
+def test_probe_receive_never_waits_longer_than_the_listeners_timeout():
+    waits: list[float] = []
+    receive = probe_receive(Marker().read, 5.0, sleep=waits.append)
+    receive(0.25)
+    assert waits == [0.25]
+
+
+def test_probe_receive_lets_a_failed_read_reach_the_listener():
+    marker = Marker()
+    receive = probe_receive(marker.read, 0.0, sleep=lambda _: None)
+    marker.fail = True
+    with pytest.raises(ConnectionError):
+        receive(1.0)
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+
+
+@linux_only
+def test_a_watched_file_reports_each_write_once(tmp_path):
+    path = tmp_path / "watched"
+    path.write_bytes(b"")
+    watch = watch_file(str(path))
+    assert watch is not None
+    try:
+        assert watch.wait(0.0) is False
+        with path.open("ab") as file:
+            file.write(b"x")
+        assert watch.wait(0.0) is True
+        assert watch.wait(0.0) is False
+    finally:
+        watch.close()
+
+
+@linux_only
+def test_a_watch_ends_with_an_error_when_its_file_is_deleted(tmp_path):
+    path = tmp_path / "watched"
+    path.write_bytes(b"")
+    watch = watch_file(str(path))
+    assert watch is not None
+    try:
+        path.unlink()
+        with pytest.raises(FileNotFoundError):
+            watch.wait(0.0)
+    finally:
+        watch.close()
+
+
+def test_watch_file_is_none_where_inotify_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(filewatch, "_load_libc", lambda: None)
+    assert watch_file(str(tmp_path)) is None
+
+
+@linux_only
+def test_watching_a_missing_file_names_it(tmp_path):
+    missing = str(tmp_path / "missing")
+    with pytest.raises(OSError, match="missing"):
+        watch_file(missing)
+
+
+class Writes:
+    """A fake file watch: ``wait`` answers whether a write was queued, and records its waits."""
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float) -> bool:
+        self.waits.append(timeout)
+        written, self.pending = self.pending > 0, 0
+        return written
+
+
+def test_watched_receive_waits_for_a_write_and_wakes_when_the_marker_changed():
+    marker, writes = Marker(), Writes()
+    receive = watched_receive(marker.read, writes.wait, 0.25, sleep=lambda _: None)
+    assert receive(1.0) is False
+    writes.pending, marker.value = 1, 1
+    assert receive(1.0) is True
+    assert receive(0.1) is False
+    assert writes.waits == [0.25, 0.25, 0.1]
+
+
+def test_watched_receive_rereads_shortly_after_a_write_whose_commit_was_not_visible_yet():
+    marker, writes, pauses = Marker(), Writes(), []
+    receive = watched_receive(
+        marker.read, writes.wait, 0.25, settle=0.001, settle_reads=3, sleep=pauses.append
+    )
+    writes.pending = 1  # the write lands, its commit is not visible yet
+    assert receive(1.0) is False
+    marker.value = 1  # now it is
+    assert receive(1.0) is True
+    assert pauses == [0.001]
+    assert writes.waits == [0.25]
+
+
+def test_watched_receive_goes_back_to_waiting_for_writes_after_its_rereads():
+    marker, writes, pauses = Marker(), Writes(), []
+    receive = watched_receive(
+        marker.read, writes.wait, 0.25, settle=0.001, settle_reads=3, sleep=pauses.append
+    )
+    writes.pending = 1  # a write that commits nothing (a rollback, a checkpoint)
+    results = [receive(1.0) for _ in range(5)]
+    assert results == [False] * 5
+    assert pauses == [0.001] * 3
+    assert writes.waits == [0.25, 0.25]
+
+
+def _add_from_another_process(app, job_id: str) -> None:
+    """Write a due job the way another process would: its own connections to the path."""
+    other = SQLRepository(app.repository.engine.url, table_name=app.repository.table.name)
+    try:
+        other.add([app.scheduler.build_job("record", DateSchedule(app.clock()), job_id=job_id)])
+    finally:
+        other.close()
+
+
+class Wakes:
+    """A listener callback that counts its calls and lets a test wait for the next."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.semaphore = threading.Semaphore(0)
+
+    def __call__(self) -> None:
+        self.count += 1
+        self.semaphore.release()
+
+    def wait(self) -> None:
+        assert self.semaphore.acquire(timeout=WAIT)
+
+
+@pytest.mark.parametrize("store_settings", ["sqlite"], indirect=True)
+class TestSQLiteProbe:
+    def test_a_commit_from_another_connection_changes_the_sqlite_probe(self, app):
+        repository = app.repository
+        repository.wakeup_probe_interval = 0.0
+        with repository._probe_sqlite() as receive:
+            assert receive(0.0) is False
+            _add_from_another_process(app, "other")
+            assert receive(0.0) is True
+            assert receive(0.0) is False
+
+    def test_a_job_committed_by_another_process_wakes_the_sqlite_daemon(self, app):
+        wakes = Wakes()
+        stop = app.repository.start_listener(wakes)
+        assert stop is not None
+        try:
+            wakes.wait()  # the call after subscribing
+            _add_from_another_process(app, "other")
+            wakes.wait()
+        finally:
+            stop()
+        assert wakes.count >= 2
+
+    def test_the_daemons_own_writes_wake_it_once_and_its_idle_claim_not_again(self, app):
+        repository = app.repository
+        repository.wakeup_probe_interval = 0.0
+        app.scheduler.add_async_job("record", job_id="mine")
+        with repository._probe_sqlite() as receive:
+            assert app.run_pending() == 1
+            assert receive(0.0) is True  # the daemon's completion was a commit
+            # The wake leads to a claim that finds nothing: it changes nothing,
+            # so the probe stays quiet (no loop of wakes).
+            assert app.run_pending() == 0
+            assert receive(0.0) is False
+            assert app.run_pending() == 0
+            assert receive(0.0) is False
+
+    def test_the_sqlite_probe_reads_data_version_at_its_interval_where_the_log_cannot_be_watched(
+        self, app, monkeypatch
+    ):
+        repository = app.repository
+        repository.wakeup_probe_interval = 0.0
+        monkeypatch.setattr(sql_module, "watch_file", lambda path: None)
+        waits: list[float] = []
+
+        def recorded(read, interval, **kwargs):
+            assert not kwargs  # no watch: the plain interval
+            return probe_receive(read, interval, sleep=waits.append)
+
+        monkeypatch.setattr(sql_module, "probe_receive", recorded)
+        with repository._probe_sqlite() as receive:
+            assert receive(1.0) is False
+            _add_from_another_process(app, "other")
+            assert receive(1.0) is True
+        assert waits == [0.0, 0.0]
+
+    def test_the_sqlite_probe_reopens_when_the_store_moves_to_a_replacing_file(self, app):
+        repository = app.repository
+        repository.wakeup_probe_interval = 0.0
+        with repository._probe_sqlite() as receive:
+            assert receive(0.0) is False
+            repository._generation += 1  # what noticing a replaced file does
+            with pytest.raises(ConnectionResetError):
+                receive(0.0)
+
+    def test_a_failing_sqlite_probe_reconnects_and_wakes_the_daemon_again(self, app, monkeypatch):
+        real = sql_module.watched_receive
+        subscriptions = 0
+
+        def flaky(read, *args, **kwargs):
+            nonlocal subscriptions
+            subscriptions += 1
+            reads = 0
+
+            def read_or_fail() -> object:
+                nonlocal reads
+                reads += 1
+                # The first subscription loses its connection at its first probe.
+                if subscriptions == 1 and reads == 2:
+                    raise sql_module.sa.exc.OperationalError("PRAGMA", {}, Exception("gone"))
+                return read()
+
+            return real(read_or_fail, *args, **kwargs)
+
+        monkeypatch.setattr(sql_module, "watched_receive", flaky)
+        wakes = Wakes()
+        stop = app.repository.start_listener(wakes)
+        assert stop is not None
+        try:
+            wakes.wait()  # the first subscription's call, then its read fails
+            wakes.wait()  # reconnected after the backoff: called back again
+            assert subscriptions >= 2
+            _add_from_another_process(app, "after")
+            wakes.wait()
+        finally:
+            stop()
+        # Meanwhile, and after, the poll still finds the job.
+        assert app.run_pending() == 1
+
+
+def test_an_in_memory_sqlite_store_has_no_probe():
+    repository = SQLRepository("sqlite://")
+    try:
+        assert repository.start_listener(lambda: None) is None
+    finally:
+        repository.close()
