@@ -572,7 +572,11 @@ def _schema(app, name):
         inspector = sa.inspect(conn)
         columns = {column["name"] for column in inspector.get_columns(name)}
         indexes = {index["name"] for index in inspector.get_indexes(name)}
-        tables = {t for t in (f"{name}_runs", f"{name}_queues") if inspector.has_table(t)}
+        tables = {
+            t
+            for t in (f"{name}_runs", f"{name}_queues", f"{name}_changes")
+            if inspector.has_table(t)
+        }
     return columns, indexes, tables
 
 
@@ -593,7 +597,7 @@ def test_an_older_table_gains_the_queue_column_and_its_jobs_stay_in_the_default_
     columns, indexes, tables = _schema(app, name)
     assert "queue" in columns
     assert f"ix_{name}_queue_due_at" in indexes
-    assert tables == {f"{name}_runs", f"{name}_queues"}
+    assert tables == {f"{name}_runs", f"{name}_queues", f"{name}_changes"}
     assert repository.schema_upgrade_statements() == []
     assert repository.get("old-2").queue == DEFAULT_QUEUE
     leases = repository.claim(app.clock(), 10, "t", 60.0, frozenset({DEFAULT_QUEUE}))
@@ -658,6 +662,7 @@ def test_with_skip_table_create_an_older_table_is_left_alone_with_a_warning_nami
     assert f"CREATE INDEX ix_{name}_queue_due_at ON {name} (queue, due_at)" in warning
     assert f"CREATE TABLE {name}_runs (" in warning
     assert f"CREATE TABLE {name}_queues (" in warning
+    assert f"CREATE TABLE {name}_changes (" in warning
     assert f"CREATE INDEX ix_{name}_runs_job_id ON {name}_runs (job_id, id)" in warning
     assert partition not in warning or quote == "`"
     columns, _, tables = _schema(app, name)

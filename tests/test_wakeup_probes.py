@@ -6,6 +6,7 @@ import sys
 import threading
 
 import pytest
+import sqlalchemy as sa
 
 from pyramid_pyncette.repository import filewatch
 from pyramid_pyncette.repository import sql as sql_module
@@ -284,3 +285,129 @@ def test_an_in_memory_sqlite_store_has_no_probe():
         assert repository.start_listener(lambda: None) is None
     finally:
         repository.close()
+
+
+def test_probe_receive_stretches_its_interval_once_idle_and_shrinks_it_at_a_change():
+    marker, waits, now = Marker(), [], [0.0]
+    receive = probe_receive(
+        marker.read,
+        0.005,
+        sleep=waits.append,
+        idle_interval=0.02,
+        idle_after=2.0,
+        monotonic=lambda: now[0],
+    )
+    assert receive(1.0) is False
+    now[0] = 2.5  # quiet for longer than idle_after
+    assert receive(1.0) is False
+    marker.value = 1
+    assert receive(1.0) is True  # seen at the idle interval
+    assert receive(1.0) is False  # and back to the short one
+    assert waits == [0.005, 0.02, 0.02, 0.005]
+
+
+def _add_through_another_engine(app, job_id: str) -> None:
+    """Add a due job through connections of its own, as a web process would."""
+    other = SQLRepository(app.repository.engine.url, table_name=app.repository.table.name)
+    other.store_clock = False
+    try:
+        other.add([app.scheduler.build_job("record", DateSchedule(app.clock()), job_id=job_id)])
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("store_settings", ["mariadb"], indirect=True)
+class TestMySQLProbe:
+    def _probe(self, app):
+        app.repository.wakeup_probe_interval = 0.0
+        app.repository.idle_probe_interval = 0.0
+        return app.repository._probe_mysql()
+
+    def test_an_add_from_another_connection_changes_the_counters_the_probe_reads(self, app):
+        with self._probe(app) as receive:
+            assert receive(1.0) is False
+            _add_through_another_engine(app, "other")
+            assert receive(1.0) is True
+            assert receive(1.0) is False
+
+    def test_a_job_added_by_another_process_wakes_the_mysql_daemon(self, app):
+        app.repository.wakeup_probe_interval = 0.001
+        wakes = Wakes()
+        stop = app.repository.start_listener(wakes)
+        assert stop is not None
+        try:
+            wakes.wait()  # the call after subscribing
+            _add_through_another_engine(app, "other")
+            wakes.wait()
+        finally:
+            stop()
+
+    def test_the_daemons_claims_and_completions_leave_the_counters_alone(self, app):
+        app.scheduler.add_async_job("record", job_id="mine")
+        with self._probe(app) as receive:
+            assert app.run_pending() == 1
+            assert app.run_pending() == 0
+            assert receive(1.0) is False
+
+    def test_retry_job_and_resume_queue_change_the_counters(self, app):
+        app.scheduler.add_async_job("record", job_id="mine")
+        app.scheduler.pause_queue("mail")
+        with self._probe(app) as receive:
+            app.scheduler.retry_job("mine")
+            assert receive(1.0) is True
+            app.scheduler.resume_queue("mail")
+            assert receive(1.0) is True
+
+    def test_garbage_in_the_counters_neither_fails_an_add_nor_stops_the_probe(self, app):
+        changes = app.repository.changes
+        app.scheduler.add_async_job("record", job_id="first")  # the table is there
+        with app.repository.engine.begin() as conn:
+            conn.execute(sa.delete(changes))
+            conn.execute(
+                sa.insert(changes),
+                [
+                    {"slot": slot, "version": 9_223_372_036_854_775_807}
+                    for slot in range(sql_module.CHANGE_SLOTS)
+                ]
+                + [{"slot": -3, "version": -7}, {"slot": 4_000, "version": 1}],
+            )
+        with self._probe(app) as receive:
+            _add_through_another_engine(app, "other")
+            assert receive(1.0) is True
+        with app.repository.engine.connect() as conn:
+            versions = conn.execute(sa.select(changes.c.version)).scalars().all()
+        assert 0 in versions  # the bumped slot started again
+        assert app.run_pending(app.clock()) == 2
+
+    def test_a_failing_mysql_probe_reconnects_and_wakes_the_daemon_again(self, app, monkeypatch):
+        app.repository.wakeup_probe_interval = 0.001
+        real = sql_module.probe_receive
+        subscriptions = 0
+
+        def flaky(read, *args, **kwargs):
+            nonlocal subscriptions
+            subscriptions += 1
+            reads = 0
+
+            def read_or_fail() -> object:
+                nonlocal reads
+                reads += 1
+                if subscriptions == 1 and reads == 2:
+                    raise sql_module.sa.exc.OperationalError("SELECT", {}, Exception("gone"))
+                return read()
+
+            return real(read_or_fail, *args, **kwargs)
+
+        monkeypatch.setattr(sql_module, "probe_receive", flaky)
+        wakes = Wakes()
+        stop = app.repository.start_listener(wakes)
+        assert stop is not None
+        try:
+            wakes.wait()
+            wakes.wait()  # reconnected after the backoff: called back again
+            assert subscriptions >= 2
+            _add_through_another_engine(app, "after")
+            wakes.wait()
+        finally:
+            stop()
+        assert app.run_pending() == 1

@@ -89,23 +89,34 @@ def probe_receive(
     read: ReadMarker,
     interval: float,
     sleep: Callable[[float], object] = time.sleep,
+    *,
+    idle_interval: float | None = None,
+    idle_after: float = 0.0,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> Receive:
     """A :data:`Receive` for a store without a channel: ``read()`` every ``interval`` seconds.
 
     The marker is read once now; each call then waits ``interval`` (at most
     its ``timeout``), reads it again and answers whether it changed. A call
     returns after one wait, so the listener's stop event is checked between
-    probes. Errors from ``read`` propagate: the listener reconnects.
+    probes. Errors from ``read`` propagate: the listener reconnects. With
+    ``idle_interval``, the wait stretches to it once ``idle_after`` seconds
+    passed without a change (reads cost an idle daemon less; the first change
+    after a quiet spell is seen later), and shrinks back at the next change.
     """
     last = read()
+    changed_at = monotonic()
 
     def receive(timeout: float) -> bool:
-        nonlocal last
-        sleep(min(interval, timeout))
+        nonlocal last, changed_at
+        wait = interval
+        if idle_interval is not None and monotonic() - changed_at >= idle_after:
+            wait = idle_interval
+        sleep(min(wait, timeout))
         value = read()
         if value == last:
             return False
-        last = value
+        last, changed_at = value, monotonic()
         return True
 
     return receive

@@ -259,6 +259,14 @@ MYSQL_TABLE_OPTIONS: dict[str, Any] = {
 #: starts about half of it later, on average.
 WAKEUP_PROBE_INTERVAL = 0.005
 
+#: Seconds between two reads of MySQL/MariaDB's counters once no change came for
+#: :data:`PROBE_IDLE_AFTER` seconds: the first job after a quiet spell starts
+#: about half of it later, on average.
+IDLE_PROBE_INTERVAL = 0.02
+
+#: Seconds without a change after which a probe reads at the idle interval.
+PROBE_IDLE_AFTER = 2.0
+
 #: Seconds between two reads of SQLite's marker when writes to its log wake the probe.
 WATCHED_PROBE_INTERVAL = 0.25
 
@@ -266,10 +274,11 @@ WATCHED_PROBE_INTERVAL = 0.25
 def make_table(name: str = DEFAULT_TABLE_NAME, meta: sa.MetaData | None = None) -> sa.Table:
     """Define the jobs table called ``name`` in ``meta`` (default: :data:`metadata`).
 
-    The store's two other tables are defined in ``meta`` too, so a migration
-    tool (Alembic's ``target_metadata``) sees all three: ``<name>_runs``, the
-    run history (see :func:`runs_table_of`), and ``<name>_queues``, the
-    paused queues (see :func:`queues_table_of`). Jobs are claimed by the
+    The store's other tables are defined in ``meta`` too, so a migration
+    tool (Alembic's ``target_metadata``) sees all four: ``<name>_runs``, the
+    run history (see :func:`runs_table_of`), ``<name>_queues``, the paused
+    queues (see :func:`queues_table_of`), and ``<name>_changes``, the
+    counters that wake MySQL/MariaDB daemons (see :func:`changes_table_of`). Jobs are claimed by the
     ``due_at`` index, or by the ``(queue, due_at)`` index when a daemon serves
     given queues.
 
@@ -310,6 +319,7 @@ def make_table(name: str = DEFAULT_TABLE_NAME, meta: sa.MetaData | None = None) 
     )
     _make_runs_table(f"{name}_runs", meta)
     _make_queues_table(f"{name}_queues", meta)
+    _make_changes_table(f"{name}_changes", meta)
     return table
 
 
@@ -365,6 +375,35 @@ def _make_queues_table(name: str, meta: sa.MetaData) -> sa.Table:
         sa.Column("paused", sa.Boolean, nullable=False, default=True),
         **MYSQL_TABLE_OPTIONS,
     )
+
+
+#: How many counter rows MySQL/MariaDB writers spread their bumps over: a single
+#: row would make concurrent adds wait for each other's commits.
+CHANGE_SLOTS = 16
+
+#: A counter's value after its largest (then it starts again at 0).
+_CHANGE_WRAP = 999_999_999
+
+
+def _make_changes_table(name: str, meta: sa.MetaData) -> sa.Table:
+    """Counters bumped by every MySQL/MariaDB write that makes a job due sooner.
+
+    Daemons read them (one primary-key range of :data:`CHANGE_SLOTS` rows) at
+    a short interval and claim when they changed. Other databases leave the
+    table empty (they have their own wakeups).
+    """
+    return sa.Table(
+        name,
+        meta,
+        sa.Column("slot", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("version", sa.BigInteger, nullable=False, default=0),
+        **MYSQL_TABLE_OPTIONS,
+    )
+
+
+def changes_table_of(jobs: sa.Table) -> sa.Table:
+    """The change counters table :func:`make_table` defined beside ``jobs``."""
+    return jobs.metadata.tables[f"{jobs.name}_changes"]
 
 
 def runs_table_of(jobs: sa.Table) -> sa.Table:
@@ -764,6 +803,8 @@ class SQLRepository(Repository):
         #: The run history and the paused queues, beside the jobs table.
         self.runs = runs_table_of(self.table)
         self.queues = queues_table_of(self.table)
+        #: Counters bumped with each add on MySQL/MariaDB (see :meth:`start_listener`).
+        self.changes = changes_table_of(self.table)
         self.create_table = create_table
         self._setup_lock = threading.Lock()
         self._ready = False
@@ -781,6 +822,10 @@ class SQLRepository(Repository):
         self.channel = table_name
         #: Seconds between two reads of a store's change marker (SQLite's data_version).
         self.wakeup_probe_interval = WAKEUP_PROBE_INTERVAL
+        #: Seconds between two reads of MySQL/MariaDB's counters once idle.
+        self.idle_probe_interval = IDLE_PROBE_INTERVAL
+        #: Seconds without a change after which the probe reads at the idle interval.
+        self.probe_idle_after = PROBE_IDLE_AFTER
         # Connections this thread keeps are reopened when this number changes.
         self._generation = 0
         #: Seconds between checks that the SQLite file was not deleted or replaced.
@@ -829,13 +874,13 @@ class SQLRepository(Repository):
                 return []
             columns = {column["name"] for column in inspector.get_columns(self.table.name)}
             missing_tables = [
-                t for t in (self.runs, self.queues) if not inspector.has_table(t.name)
+                t for t in (self.runs, self.queues, self.changes) if not inspector.has_table(t.name)
             ]
             # Every index of the tables that exist: an older table lacks the queue's,
             # and processes racing to create the tables may each stop at the first
             # index the other made, leaving the rest to this.
             missing_indexes = []
-            for table in (self.table, self.runs, self.queues):
+            for table in (self.table, self.runs, self.queues, self.changes):
                 if table in missing_tables:
                     continue
                 present = {index["name"] for index in inspector.get_indexes(table.name)}
@@ -922,7 +967,7 @@ class SQLRepository(Repository):
             collation = "utf8mb4_0900_bin"
         else:
             return
-        for table in (self.table, self.runs, self.queues):
+        for table in (self.table, self.runs, self.queues, self.changes):
             for prefix in ("mysql", "mariadb"):
                 table.dialect_kwargs[f"{prefix}_collate"] = collation
 
@@ -1109,6 +1154,22 @@ class SQLRepository(Repository):
         if self._dialect == "postgresql":
             # Delivered at commit, to the daemons LISTENing (see start_listener).
             conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": self.channel})
+        elif self._dialect in ("mysql", "mariadb"):
+            # Seen at commit by the daemons' probes (see start_listener). The row
+            # stays locked until then: one slot per thread, so a transaction bumps
+            # one row however often it adds, and concurrent ones rarely share it.
+            slot = hash((os.getpid(), threading.get_ident())) % CHANGE_SLOTS
+            conn.execute(self._bump_change, {"slot": slot})
+
+    @functools.cached_property
+    def _bump_change(self) -> sa.TextClause:
+        """Add 1 to a change counter, creating its row; garbage in it starts again at 0."""
+        preparer = self.engine.dialect.identifier_preparer
+        return sa.text(
+            f"INSERT INTO {preparer.format_table(self.changes)} (slot, version) "
+            "VALUES (:slot, 1) ON DUPLICATE KEY UPDATE "
+            f"version = IF(version >= 0 AND version < {_CHANGE_WRAP}, version + 1, 0)"
+        )
 
     def stage(
         self, jobs: Sequence[Job], removes: Sequence[str], token: str, window: float, now: datetime
@@ -1243,6 +1304,8 @@ class SQLRepository(Repository):
         """
         if self._dialect == "postgresql":
             return start_listener_thread(self._subscribe, callback)
+        if self._dialect in ("mysql", "mariadb"):
+            return start_listener_thread(self._probe_mysql, callback, name="pyncette-mysql-probe")
         if self._dialect == "sqlite" and _sqlite_file_path(self.engine) is not None:
             return start_listener_thread(self._probe_sqlite, callback, name="pyncette-sqlite-probe")
         return None
@@ -1293,6 +1356,44 @@ class SQLRepository(Repository):
                     # Woken by writes; the longer interval bounds a lost event and how
                     # long stopping the daemon waits for this thread.
                     yield watched_receive(read, watch.wait, WATCHED_PROBE_INTERVAL)
+            finally:
+                # Its cursor stays with it: never hand it back to the pool.
+                conn.invalidate()
+
+    @contextlib.contextmanager
+    def _probe_mysql(self) -> Iterator[Receive]:
+        """A kept autocommit connection reading the change counters (MySQL/MariaDB).
+
+        Each read is one primary-key range of :data:`CHANGE_SLOTS` rows, a
+        fresh snapshot in autocommit, every :attr:`wakeup_probe_interval`
+        seconds while changes come, stretching to :attr:`idle_probe_interval`
+        after :attr:`probe_idle_after` seconds without one. Closed on exit.
+        """
+        if not self._ready:
+            self.setup()
+        changes = self.changes
+        query = str(
+            sa.select(changes.c.slot, changes.c.version)
+            .where(changes.c.slot >= 0, changes.c.slot < CHANGE_SLOTS)
+            .order_by(changes.c.slot)
+            .compile(self.engine, compile_kwargs={"literal_binds": True})
+        )
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                raw: Any = conn.connection.dbapi_connection
+                cursor = raw.cursor()
+
+                def read() -> object:
+                    cursor.execute(query)
+                    return tuple(cursor.fetchall())
+
+                yield probe_receive(
+                    read,
+                    self.wakeup_probe_interval,
+                    idle_interval=self.idle_probe_interval,
+                    idle_after=self.probe_idle_after,
+                )
             finally:
                 # Its cursor stays with it: never hand it back to the pool.
                 conn.invalidate()
@@ -2215,6 +2316,7 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
                 return False
             if not paused:
                 conn.execute(sa.delete(queues).where(queues.c.name == name))
+                self._announce(conn)  # its jobs may be due now
             elif was is None:
                 try:
                     with conn.begin_nested():
