@@ -221,12 +221,13 @@ class TestSQLiteProbe:
     ):
         repository = app.repository
         repository.wakeup_probe_interval = 0.0
+        repository.probe_idle_after = 3600.0  # never idle within the test
         monkeypatch.setattr(sql_module, "watch_file", lambda path: None)
         waits: list[float] = []
 
         def recorded(read, interval, **kwargs):
-            assert not kwargs  # no watch: the plain interval
-            return probe_receive(read, interval, sleep=waits.append)
+            assert "sleep" not in kwargs  # no watch: waits of its own
+            return probe_receive(read, interval, sleep=waits.append, **kwargs)
 
         monkeypatch.setattr(sql_module, "probe_receive", recorded)
         with repository._probe_sqlite() as receive:

@@ -255,11 +255,11 @@ MYSQL_TABLE_OPTIONS: dict[str, Any] = {
 
 
 #: Seconds between two reads of a change marker by a daemon's probe where it
-#: cannot be woken by the write itself: a job committed by another process
-#: starts about half of it later, on average.
-WAKEUP_PROBE_INTERVAL = 0.005
+#: cannot be woken by the write itself, while changes come: a job committed by
+#: another process starts about half of it later, on average.
+WAKEUP_PROBE_INTERVAL = 0.002
 
-#: Seconds between two reads of MySQL/MariaDB's counters once no change came for
+#: Seconds between two reads of a change marker once no change came for
 #: :data:`PROBE_IDLE_AFTER` seconds: the first job after a quiet spell starts
 #: about half of it later, on average.
 IDLE_PROBE_INTERVAL = 0.02
@@ -822,7 +822,7 @@ class SQLRepository(Repository):
         self.channel = table_name
         #: Seconds between two reads of a store's change marker (SQLite's data_version).
         self.wakeup_probe_interval = WAKEUP_PROBE_INTERVAL
-        #: Seconds between two reads of MySQL/MariaDB's counters once idle.
+        #: Seconds between two reads of a change marker once idle.
         self.idle_probe_interval = IDLE_PROBE_INTERVAL
         #: Seconds without a change after which the probe reads at the idle interval.
         self.probe_idle_after = PROBE_IDLE_AFTER
@@ -1320,7 +1320,8 @@ class SQLRepository(Repository):
         write-ahead log is written to (inotify, see
         :mod:`~pyramid_pyncette.repository.filewatch`: nothing runs while
         nothing is written), or, where the log cannot be watched, every
-        :attr:`wakeup_probe_interval` seconds. Closed on exit.
+        :attr:`wakeup_probe_interval` seconds while changes come and every
+        :attr:`idle_probe_interval` once idle (as MySQL's counters). Closed on exit.
         """
         if not self._ready:
             self.setup()
@@ -1350,7 +1351,12 @@ class SQLRepository(Repository):
                     )
                     watch = None
                 if watch is None:
-                    yield probe_receive(read, self.wakeup_probe_interval)
+                    yield probe_receive(
+                        read,
+                        self.wakeup_probe_interval,
+                        idle_interval=self.idle_probe_interval,
+                        idle_after=self.probe_idle_after,
+                    )
                 else:
                     stack.callback(watch.close)
                     # Woken by writes; the longer interval bounds a lost event and how
