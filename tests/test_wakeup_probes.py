@@ -331,6 +331,40 @@ class TestMySQLProbe:
             assert receive(1.0) is True
             assert receive(1.0) is False
 
+    def test_the_mariadb_probe_statement_returns_once_another_connection_commits(self, app):
+        app.repository.wakeup_probe_interval = 0.002
+        with app.repository._probe_mysql() as receive:
+            results: list[bool] = []
+
+            def wait_for_change() -> None:
+                for _ in range(20):  # bounded: 20 statements of at most 0.5 s
+                    if receive(0.5):
+                        results.append(True)
+                        return
+                results.append(False)
+
+            waiting = threading.Thread(target=wait_for_change)
+            waiting.start()
+            _add_through_another_engine(app, "other")
+            waiting.join(WAIT + 5)
+        assert results == [True]
+
+    def test_on_mysql_the_daemon_reads_the_counters_at_its_interval(self, app, monkeypatch):
+        monkeypatch.setattr(app.repository.engine.dialect, "is_mariadb", False)
+        waits: list[float] = []
+
+        def recorded(read, interval, **kwargs):
+            return probe_receive(read, interval, sleep=waits.append, **kwargs)
+
+        monkeypatch.setattr(sql_module, "probe_receive", recorded)
+        app.repository.wakeup_probe_interval = 0.002
+        app.repository.probe_idle_after = 3600.0  # never idle within the test
+        with app.repository._probe_mysql() as receive:
+            assert receive(1.0) is False
+            _add_through_another_engine(app, "other")
+            assert receive(1.0) is True
+        assert waits == [0.002, 0.002]
+
     def test_a_job_added_by_another_process_wakes_the_mysql_daemon(self, app):
         app.repository.wakeup_probe_interval = 0.001
         wakes = Wakes()
@@ -380,33 +414,32 @@ class TestMySQLProbe:
         assert 0 in versions  # the bumped slot started again
         assert app.run_pending(app.clock()) == 2
 
-    def test_a_failing_mysql_probe_reconnects_and_wakes_the_daemon_again(self, app, monkeypatch):
-        app.repository.wakeup_probe_interval = 0.001
-        real = sql_module.probe_receive
-        subscriptions = 0
+    def test_a_killed_mariadb_probe_reconnects_and_wakes_the_daemon_again(self, app):
+        app.repository.wakeup_probe_interval = 0.002
+        engine = app.repository.engine
 
-        def flaky(read, *args, **kwargs):
-            nonlocal subscriptions
-            subscriptions += 1
-            reads = 0
+        def kill_probe() -> bool:
+            with engine.connect() as conn:
+                ids = conn.execute(
+                    sa.text(
+                        "SELECT id FROM information_schema.PROCESSLIST "
+                        "WHERE info LIKE 'BEGIN NOT ATOMIC%'"
+                    )
+                ).scalars()
+                killed = False
+                for probe_id in ids:
+                    conn.execute(sa.text(f"KILL CONNECTION {int(probe_id)}"))
+                    killed = True
+                return killed
 
-            def read_or_fail() -> object:
-                nonlocal reads
-                reads += 1
-                if subscriptions == 1 and reads == 2:
-                    raise sql_module.sa.exc.OperationalError("SELECT", {}, Exception("gone"))
-                return read()
-
-            return real(read_or_fail, *args, **kwargs)
-
-        monkeypatch.setattr(sql_module, "probe_receive", flaky)
         wakes = Wakes()
         stop = app.repository.start_listener(wakes)
         assert stop is not None
         try:
-            wakes.wait()
+            wakes.wait()  # the call after subscribing
+            # Its statement runs most of the time: kill it as soon as it shows.
+            assert any(kill_probe() for _ in range(2000))
             wakes.wait()  # reconnected after the backoff: called back again
-            assert subscriptions >= 2
             _add_through_another_engine(app, "after")
             wakes.wait()
         finally:

@@ -406,6 +406,31 @@ def changes_table_of(jobs: sa.Table) -> sa.Table:
     return jobs.metadata.tables[f"{jobs.name}_changes"]
 
 
+#: Longest wait of MariaDB's probe statement for a change (and how long
+#: stopping the daemon may wait for its thread).
+SERVER_WAIT = 0.5
+
+
+def _mariadb_wait_statement(table: str, where: str) -> str:
+    """One MariaDB statement: read the counters' sum until it differs from ``last``.
+
+    Reads every ``pause`` seconds, at most ``rounds`` times, and returns the
+    sum it saw last (PyMySQL parameters ``rounds``, ``pause``, ``last``).
+    """
+    read = f"SELECT SUM(version) INTO marker FROM {table} {where};"
+    return (
+        "BEGIN NOT ATOMIC "
+        "DECLARE marker DECIMAL(40) DEFAULT NULL; "
+        "DECLARE rounds INT DEFAULT 0; "
+        f"{read} "
+        "WHILE rounds < %(rounds)s AND marker <=> %(last)s DO "
+        f"DO SLEEP(%(pause)s); {read} SET rounds = rounds + 1; "
+        "END WHILE; "
+        "SELECT marker; "
+        "END"
+    )
+
+
 def runs_table_of(jobs: sa.Table) -> sa.Table:
     """The run history table :func:`make_table` defined beside ``jobs``."""
     return jobs.metadata.tables[f"{jobs.name}_runs"]
@@ -1370,39 +1395,66 @@ class SQLRepository(Repository):
     def _probe_mysql(self) -> Iterator[Receive]:
         """A kept autocommit connection reading the change counters (MySQL/MariaDB).
 
-        Each read is one primary-key range of :data:`CHANGE_SLOTS` rows, a
-        fresh snapshot in autocommit, every :attr:`wakeup_probe_interval`
+        Each read sums one primary-key range of :data:`CHANGE_SLOTS` rows
+        (READ COMMITTED: every read sees the latest commits). MariaDB runs
+        the reads in the server (see :func:`_mariadb_wait_statement`): one
+        statement reads at the interval and returns at the first change, or
+        after :data:`SERVER_WAIT` seconds, so the daemon's thread wakes only
+        then. MySQL, without compound statements outside stored routines,
+        reads from the daemon. Both read every :attr:`wakeup_probe_interval`
         seconds while changes come, stretching to :attr:`idle_probe_interval`
         after :attr:`probe_idle_after` seconds without one. Closed on exit.
         """
         if not self._ready:
             self.setup()
         changes = self.changes
-        query = str(
-            sa.select(changes.c.slot, changes.c.version)
-            .where(changes.c.slot >= 0, changes.c.slot < CHANGE_SLOTS)
-            .order_by(changes.c.slot)
-            .compile(self.engine, compile_kwargs={"literal_binds": True})
-        )
+        table = self.engine.dialect.identifier_preparer.format_table(changes)
+        where = f"WHERE slot >= 0 AND slot < {CHANGE_SLOTS}"
+        query = f"SELECT SUM(version) FROM {table} {where}"
         with self.engine.connect() as conn:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             try:
                 raw: Any = conn.connection.dbapi_connection
                 cursor = raw.cursor()
+                cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
 
                 def read() -> object:
                     cursor.execute(query)
-                    return tuple(cursor.fetchall())
+                    return cursor.fetchone()[0]
 
-                yield probe_receive(
-                    read,
-                    self.wakeup_probe_interval,
-                    idle_interval=self.idle_probe_interval,
-                    idle_after=self.probe_idle_after,
-                )
+                if getattr(self.engine.dialect, "is_mariadb", False):
+                    yield self._mariadb_receive(cursor, read(), table, where)
+                else:
+                    yield probe_receive(
+                        read,
+                        self.wakeup_probe_interval,
+                        idle_interval=self.idle_probe_interval,
+                        idle_after=self.probe_idle_after,
+                    )
             finally:
                 # Its cursor stays with it: never hand it back to the pool.
                 conn.invalidate()
+
+    def _mariadb_receive(self, cursor: Any, last: object, table: str, where: str) -> Receive:
+        """A :data:`Receive` whose wait runs in the MariaDB server (see :meth:`_probe_mysql`)."""
+        statement = _mariadb_wait_statement(table, where)
+        changed_at = time.monotonic()
+
+        def receive(timeout: float) -> bool:
+            nonlocal last, changed_at
+            pause = self.wakeup_probe_interval
+            if time.monotonic() - changed_at >= self.probe_idle_after:
+                pause = self.idle_probe_interval  # each read costs the server too
+            wait = min(timeout, SERVER_WAIT)
+            rounds = max(1, int(wait / pause)) if pause > 0 else 1
+            cursor.execute(statement, {"rounds": rounds, "pause": pause, "last": last})
+            value = cursor.fetchone()[0]
+            if value == last:
+                return False
+            last, changed_at = value, time.monotonic()
+            return True
+
+        return receive
 
     @contextlib.contextmanager
     def _subscribe(self) -> Iterator[Receive]:
