@@ -532,7 +532,8 @@ class Worker:
         )
         self._notify(WorkerStarting(self, self.registry))
         threads = _JobThreads(self.concurrency, self._run_one)
-        # Stores that announce new jobs (PostgreSQL, Redis) wake the loop at once.
+        # Stores that announce new jobs (PostgreSQL, Redis, the probes of SQLite and
+        # MySQL/MariaDB) wake the loop at once.
         repository = self.repository
         stop_listener = (
             repository.start_listener(self.wake) if isinstance(repository, Announcer) else None

@@ -425,7 +425,8 @@ class SessionStore(Protocol):
 
 @runtime_checkable
 class Announcer(Protocol):
-    """A store that tells listening daemons when a job is added (PostgreSQL, Redis)."""
+    """A store that tells listening daemons when a job is added (PostgreSQL, Redis;
+    SQLite and MySQL/MariaDB through change probes)."""
 
     def start_listener(self, callback: Callable[[], None]) -> Callable[[], None] | None:
         """Call ``callback`` whenever any process adds a job; return a function that

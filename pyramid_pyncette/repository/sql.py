@@ -278,9 +278,9 @@ def make_table(name: str = DEFAULT_TABLE_NAME, meta: sa.MetaData | None = None) 
     tool (Alembic's ``target_metadata``) sees all four: ``<name>_runs``, the
     run history (see :func:`runs_table_of`), ``<name>_queues``, the paused
     queues (see :func:`queues_table_of`), and ``<name>_changes``, the
-    counters that wake MySQL/MariaDB daemons (see :func:`changes_table_of`). Jobs are claimed by the
-    ``due_at`` index, or by the ``(queue, due_at)`` index when a daemon serves
-    given queues.
+    counters that wake MySQL/MariaDB daemons (see :func:`changes_table_of`).
+    Jobs are claimed by the ``due_at`` index, or by the ``(queue, due_at)``
+    index when a daemon serves given queues.
 
     On MySQL and MariaDB the tables are ``utf8mb4`` with the binary collation
     ``utf8mb4_bin`` (see :data:`MYSQL_TABLE_OPTIONS`).
@@ -845,7 +845,7 @@ class SQLRepository(Repository):
         self._claim_sqls: dict[tuple[int | None, str | None], str] = {}
         #: PostgreSQL notification channel announcing new jobs.
         self.channel = table_name
-        #: Seconds between two reads of a store's change marker (SQLite's data_version).
+        #: Seconds between two reads of a change marker while changes come.
         self.wakeup_probe_interval = WAKEUP_PROBE_INTERVAL
         #: Seconds between two reads of a change marker once idle.
         self.idle_probe_interval = IDLE_PROBE_INTERVAL
@@ -1321,11 +1321,11 @@ class SQLRepository(Repository):
         """Call ``callback`` when another connection may have added a job.
 
         PostgreSQL: LISTEN/NOTIFY. A SQLite file: a probe reads ``PRAGMA
-        data_version`` every :attr:`wakeup_probe_interval` seconds on a
-        connection it keeps, which changes whenever another connection
-        commits to the file (see :meth:`_probe_sqlite`). Returns a function
-        that stops listening; None where there is nothing to hear (an
-        in-memory SQLite database, MySQL: daemons poll).
+        data_version`` on a connection it keeps when the file's log is
+        written to (see :meth:`_probe_sqlite`). MySQL/MariaDB: a probe reads
+        the change counters every add bumps (see :meth:`_probe_mysql`).
+        Returns a function that stops listening; None where there is nothing
+        to hear (an in-memory SQLite database: its daemon is in this process).
         """
         if self._dialect == "postgresql":
             return start_listener_thread(self._subscribe, callback)
