@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -445,3 +446,18 @@ class TestMySQLProbe:
         finally:
             stop()
         assert app.run_pending() == 1
+
+
+@pytest.mark.parametrize("store_settings", ["mariadb"], indirect=True)
+def test_without_the_changes_table_mysql_adds_work_and_daemons_poll(app):
+    name = f"nochanges_{uuid.uuid4().hex[:8]}"
+    SQLRepository(engine=app.repository.engine, table_name=name).setup()
+    with app.repository.engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP TABLE {name}_changes")
+    repository = SQLRepository(engine=app.repository.engine, table_name=name, create_table=False)
+    repository.store_clock = False
+    repository.setup()
+    repository.add([app.scheduler.build_job("record", DateSchedule(app.clock()), job_id="j")])
+    assert repository.start_listener(lambda: None) is None
+    leases = repository.claim(app.clock(), 10, "t", 60.0)
+    assert [lease.job.id for lease in leases] == ["j"]

@@ -851,6 +851,8 @@ class SQLRepository(Repository):
         self.idle_probe_interval = IDLE_PROBE_INTERVAL
         #: Seconds without a change after which the probe reads at the idle interval.
         self.probe_idle_after = PROBE_IDLE_AFTER
+        # False while the change counters table is missing (MySQL/MariaDB, see setup).
+        self._counting_changes = True
         # Connections this thread keeps are reopened when this number changes.
         self._generation = 0
         #: Seconds between checks that the SQLite file was not deleted or replaced.
@@ -881,7 +883,19 @@ class SQLRepository(Repository):
             self._upgrade_schema()
             if mysql:
                 self._check_mysql_collation()
+                if not self.create_table:
+                    # A table left for migrations to make: adds skip the bump (and
+                    # daemons poll) until it exists, rather than fail.
+                    self._counting_changes = self._has_table(self.changes)
             self._ready = True
+
+    def _has_table(self, table: sa.Table) -> bool:
+        """Whether ``table`` exists (True when that cannot be told: its users say why)."""
+        try:
+            with self.engine.connect() as conn:
+                return sa.inspect(conn).has_table(table.name)
+        except sa.exc.DBAPIError:
+            return True
 
     def schema_upgrade_statements(self) -> builtins.list[str]:
         """The statements that bring tables made by an older version up to date.
@@ -1179,7 +1193,7 @@ class SQLRepository(Repository):
         if self._dialect == "postgresql":
             # Delivered at commit, to the daemons LISTENing (see start_listener).
             conn.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": self.channel})
-        elif self._dialect in ("mysql", "mariadb"):
+        elif self._dialect in ("mysql", "mariadb") and self._counting_changes:
             # Seen at commit by the daemons' probes (see start_listener). The row
             # stays locked until then: one slot per thread, so a transaction bumps
             # one row however often it adds, and concurrent ones rarely share it.
@@ -1330,6 +1344,8 @@ class SQLRepository(Repository):
         if self._dialect == "postgresql":
             return start_listener_thread(self._subscribe, callback)
         if self._dialect in ("mysql", "mariadb"):
+            if self._ready and not self._counting_changes:
+                return None  # no counters to read (see setup): daemons poll
             return start_listener_thread(self._probe_mysql, callback, name="pyncette-mysql-probe")
         if self._dialect == "sqlite" and _sqlite_file_path(self.engine) is not None:
             return start_listener_thread(self._probe_sqlite, callback, name="pyncette-sqlite-probe")
@@ -1407,6 +1423,8 @@ class SQLRepository(Repository):
         """
         if not self._ready:
             self.setup()
+        if not self._counting_changes:
+            raise RuntimeError(f"no table {self.changes.name} to read changes from")
         changes = self.changes
         table = self.engine.dialect.identifier_preparer.format_table(changes)
         where = f"WHERE slot >= 0 AND slot < {CHANGE_SLOTS}"
