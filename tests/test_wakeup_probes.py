@@ -97,7 +97,12 @@ def test_a_watch_ends_with_an_error_when_its_file_is_deleted(tmp_path):
 
 
 def test_watch_file_is_none_where_inotify_is_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr(filewatch, "_load_libc", lambda: None)
+    monkeypatch.setattr(filewatch, "_inotify", lambda: None)
+    assert watch_file(str(tmp_path)) is None
+
+
+def test_watch_file_is_none_without_inotify_simple(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "inotify_simple", None)  # any import of it fails
     assert watch_file(str(tmp_path)) is None
 
 
