@@ -820,8 +820,8 @@ def test_help_explains_every_action_and_option():
     states = "scheduled, running, retrying, failed, paused"
     assert f"--state STATE With --list: only the jobs in STATE ({states})" in text
     assert "--task NAME With --list or --runs: only the jobs (runs) of the task NAME" in text
-    assert "--queue NAME With --list or --runs: only the jobs (runs) of the queue NAME" in text
-    assert "serve the queue NAME, repeatable, instead of the queues of pyncette.queues" in text
+    assert "--queue NAME Repeatable. With --list or --runs: only the jobs (runs) of these" in text
+    assert "serve these queues instead of those of pyncette.queues" in text
     assert "--failed With --runs: only the runs that failed or lost their lease" in text
     assert "--limit N With --list or --runs: print at most N" in text
     assert "--json Print --list, --show, --runs or --queues as one JSON document" in text
