@@ -340,24 +340,7 @@ def w1_drain(ctx: Context, store: Store) -> list[Row]:
     rows = []
     for procs in (1, 2):
         name = f"W1 drain {n:,} x{procs}"
-        for key, label in [
-            ("exec_per_s_wall", "exec/s, spawn->last exit"),
-            ("exec_per_s_loop", "exec/s, loop start->last run"),
-        ]:
-            o = [r[key] for r in ours[procs]]
-            x = [r[key] for r in raw[procs]]
-            rows.append(
-                Row(
-                    store.name,
-                    name,
-                    label,
-                    median(o),
-                    median(x),
-                    "raw loop",
-                    _paired_ratio(o, x),
-                    "/s",
-                )
-            )
+        rows += _side_by_side_rates(store, name, ours[procs], raw[procs], "raw loop")
         if procs == 1:
             for system, results in peers.items():
                 o = [r["exec_per_s_loop"] for r in ours[1]]

@@ -297,12 +297,16 @@ class _Reader:
             raise self.error(name, value, "is not an absolute http(s) URL", fix)
         return text
 
-    def dotted_name(self, name: str, value: Any) -> str:
-        fix = "use a dotted path such as 'myapp.jobs:make_session' or 'myapp.jobs.make_session'"
+    def word(self, name: str, value: Any, fix: str) -> str:
+        """A non-empty string without whitespace inside."""
         text = self.string(name, value, fix)
         if any(ch.isspace() for ch in text):
             raise self.error(name, value, "contains whitespace", fix)
         return text
+
+    def dotted_name(self, name: str, value: Any) -> str:
+        fix = "use a dotted path such as 'myapp.jobs:make_session' or 'myapp.jobs.make_session'"
+        return self.word(name, value, fix)
 
 
 # --------------------------------------------------------------------------- the table
@@ -385,10 +389,7 @@ def _port(read: _Reader, name: str, value: Any) -> int:
 
 def _host(read: _Reader, name: str, value: Any) -> str:
     fix = "use a host name or address to listen on, e.g. '127.0.0.1' or '0.0.0.0'"
-    text = read.string(name, value, fix)
-    if any(ch.isspace() for ch in text):
-        raise read.error(name, value, "contains whitespace", fix)
-    return text
+    return read.word(name, value, fix)
 
 
 def _url_path(read: _Reader, name: str, value: Any) -> str:
@@ -407,10 +408,7 @@ def _permission(read: _Reader, name: str, value: Any) -> str:
         "use a permission name such as 'pyncette.admin', or NO_PERMISSION_REQUIRED "
         "to open the pages to everyone"
     )
-    text = read.string(name, value, fix)
-    if any(ch.isspace() for ch in text):
-        raise read.error(name, value, "contains whitespace", fix)
-    return text
+    return read.word(name, value, fix)
 
 
 @dataclass(frozen=True)
