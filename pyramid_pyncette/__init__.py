@@ -164,6 +164,14 @@ def includeme(config: Configurator) -> None:
     ``pyncette.redis_namespace``
         Prefix (and cluster hash tag) of the Redis store's keys. Default:
         ``pyncette``.
+    ``pyncette.partitions``
+        How many parts each queue's due index is split into, by a stable hash of
+        the job id; daemons claim across them from a rotating start. On Redis
+        each part has its own hash tag, spreading a namespace over a cluster's
+        shards. Fixed when a Redis or DynamoDB store is first used (another
+        number is then refused at start); SQL stores keep one index and take
+        only ``1`` (see Partitions). Default: per store: ``16`` on Redis and
+        DynamoDB, ``1`` elsewhere.
     ``pyncette.max_retries``
         Retries of a failed run, for jobs that set neither ``max_retries`` nor
         ``failure_mode`` (``0``: never); then a one-off job is parked as

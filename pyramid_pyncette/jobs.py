@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import zlib
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -66,6 +67,22 @@ RUN_OUTCOMES = (RUN_SUCCEEDED, RUN_FAILED, RUN_SKIPPED, RUN_LEASE_LOST)
 
 #: Longest error text a run record keeps (its first lines).
 MAX_RUN_ERROR_LENGTH = 2000
+
+
+#: Most partitions a store may be split into (``pyncette.partitions``).
+MAX_PARTITIONS = 1024
+
+
+def partition_of(job_id: str, partitions: int) -> int:
+    """The partition (``0`` to ``partitions - 1``) of the job ``job_id``.
+
+    A stable hash of the id (CRC-32 of its UTF-8 bytes): every process, on any
+    machine and Python version, puts a job in the same partition, so a store
+    can find a job's keys from its id alone.
+    """
+    if partitions <= 1:
+        return 0
+    return zlib.crc32(job_id.encode("utf-8", "surrogatepass")) % partitions
 
 
 def queue_name_problem(name: object) -> str | None:

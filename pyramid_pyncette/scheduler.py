@@ -28,7 +28,7 @@ from .events import (
     notify_subscribers,
 )
 from .exceptions import InvalidJobError
-from .jobs import RUN_OUTCOMES, STAGED_PREFIX, Job, QueueInfo
+from .jobs import RUN_OUTCOMES, STAGED_PREFIX, Job, QueueInfo, partition_of
 from .options import MARKERS, PAUSED_MARKER, PERIODIC_MARKER, declared_periodic
 from .policy import parked_for_unknown_task, revive_parked
 from .redaction import redact_text
@@ -518,6 +518,7 @@ class Scheduler:
             due_at=first,
             next_run_at=first,
             created_at=now,
+            partition=partition_of(job_id, self.repository.partitions),
             queue=queue,
         )
 

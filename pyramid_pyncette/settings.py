@@ -39,6 +39,7 @@ from .jobs import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_RETRY_BACKOFF,
     DEFAULT_RETRY_BACKOFF_MAX,
+    MAX_PARTITIONS,
     RetryDefaults,
     queue_name_problem,
 )
@@ -378,6 +379,18 @@ def _redis_namespace(read: _Reader, name: str, value: Any) -> str:
     return read.pattern(name, value, _REDIS_NAMESPACE_RE, fix)
 
 
+def _partitions(read: _Reader, name: str, value: Any) -> int:
+    count = read.integer(name, value, minimum=1)
+    if count > MAX_PARTITIONS:
+        raise read.error(
+            name,
+            value,
+            f"is too large (at most {MAX_PARTITIONS})",
+            "use a small power of two such as 16; a partition per shard or two is plenty",
+        )
+    return count
+
+
 def _port(read: _Reader, name: str, value: Any) -> int:
     port = read.integer(name, value, minimum=0)
     if port > 65535:
@@ -498,6 +511,16 @@ class PyncetteSettings:
     )
     redis_namespace: str = _setting(
         "pyncette", _redis_namespace, "prefix (and cluster hash tag) of the Redis store's keys"
+    )
+    partitions: int | None = _setting(
+        None,
+        _partitions,
+        "how many parts each queue's due index is split into, by a stable hash of the job id; "
+        "daemons claim across them from a rotating start. On Redis each part has its own hash "
+        "tag, spreading a namespace over a cluster's shards. Fixed when a Redis or DynamoDB "
+        "store is first used (another number is then refused at start); SQL stores keep one "
+        "index and take only `1` (see Partitions)",
+        default_text="per store: `16` on Redis and DynamoDB, `1` elsewhere",
     )
     max_retries: int = _setting(
         DEFAULT_MAX_RETRIES,

@@ -20,6 +20,7 @@ __all__ = [
     "create_repository",
     "is_sql_url",
     "missing_driver_message",
+    "store_partitions",
     "store_scheme",
 ]
 
@@ -27,7 +28,7 @@ __all__ = [
 class StoreScheme(NamedTuple):
     """What one ``pyncette.url`` scheme names: its store and how to install its driver."""
 
-    #: The store module: ``"memory"``, ``"sql"`` or ``"redis"``.
+    #: The store module: ``"memory"``, ``"sql"``, ``"redis"`` or ``"dynamodb"``.
     store: str
     #: The extra (``pip install "pyramid_pyncette[<extra>]"``) installing its driver.
     extra: str | None = None
@@ -46,7 +47,11 @@ STORE_SCHEMES: dict[str, StoreScheme] = {
     "redis": StoreScheme("redis", "redis", "redis"),
     "rediss": StoreScheme("redis", "redis", "redis"),
     "unix": StoreScheme("redis", "redis", "redis"),
+    "dynamodb": StoreScheme("dynamodb", "dynamodb", "boto3"),
 }
+
+#: How many partitions a store has when ``pyncette.partitions`` is not set.
+DEFAULT_PARTITIONS = {"memory": 1, "sql": 1, "redis": 16, "dynamodb": 16}
 SQL_SCHEMES = tuple(name for name, kind in STORE_SCHEMES.items() if kind.store == "sql")
 REDIS_SCHEMES = tuple(name for name, kind in STORE_SCHEMES.items() if kind.store == "redis")
 
@@ -92,16 +97,40 @@ def missing_driver_message(scheme: str, exc: ImportError) -> str:
     )
 
 
+def store_partitions(settings: PyncetteSettings) -> int:
+    """How many partitions the store ``settings.url`` names is split into.
+
+    ``pyncette.partitions`` when set, else the store's default (see
+    :data:`DEFAULT_PARTITIONS`). Raises :class:`UnsupportedStoreError` for a
+    count the store cannot take (SQL stores keep one due index).
+    """
+    backend = store_scheme(settings.url)
+    store = STORE_SCHEMES[backend].store if backend in STORE_SCHEMES else "memory"
+    if settings.partitions is None:
+        return DEFAULT_PARTITIONS[store]
+    if store == "sql" and settings.partitions != 1:
+        raise UnsupportedStoreError(
+            f"pyncette.partitions = {settings.partitions}: SQL stores keep one due index and "
+            "their claims skip the rows other daemons hold, so they are not split into "
+            "partitions; remove the setting (or set 1) for sqlite://, postgresql:// and "
+            "mysql:// stores (partitions spread Redis and DynamoDB stores)"
+        )
+    return settings.partitions
+
+
 def create_repository(settings: PyncetteSettings) -> Repository:
     """Build (but do not connect) the store that ``settings.url`` names."""
     url = settings.url
     scheme = url.split("://", 1)[0].lower()
     backend = store_scheme(url)
     store = STORE_SCHEMES[backend].store if backend in STORE_SCHEMES else None
+    partitions = store_partitions(settings)
     if store == "memory":
         from .memory import MemoryRepository
 
-        return MemoryRepository()
+        repository = MemoryRepository()
+        repository.partitions = partitions
+        return repository
     if store == "sql":
         import sqlalchemy as sa
 

@@ -124,6 +124,11 @@ class Repository(abc.ABC):
     #: that drive time with a fake clock switch it off.
     store_clock = False
 
+    #: How many partitions the store's due index is split into (see
+    #: ``pyncette.partitions``); a job's partition is
+    #: :func:`~pyramid_pyncette.jobs.partition_of` its id and this count.
+    partitions = 1
+
     def setup(self) -> None:  # noqa: B027 - optional hook
         """Create tables or scripts. Called once before first use."""
 
