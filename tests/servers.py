@@ -1,12 +1,13 @@
-"""Real PostgreSQL, MariaDB and Redis servers for tests and benchmarks.
+"""Real PostgreSQL, MariaDB, Redis and Redis Cluster servers for tests and benchmarks.
 
 As a pytest plugin (``pytest_plugins = ["tests.servers"]`` in ``tests/conftest.py``)
-this module provides three session-scoped fixtures, each started lazily the
+this module provides four session-scoped fixtures, each started lazily the
 first time a test asks for it and stopped when the session ends:
 
 * ``postgresql_server`` -> :class:`PostgreSQLServer`
 * ``mariadb_server`` -> :class:`MariaDBServer`
 * ``redis_server`` -> :class:`RedisServer`
+* ``redis_cluster_server`` -> :class:`RedisClusterServer` (three masters)
 
 Every server listens on 127.0.0.1 only, on a free port, with its data in a
 fresh temporary directory that is removed when it is closed. Settings favour
@@ -65,15 +66,19 @@ __all__ = [
     "BackendUnavailable",
     "MariaDBServer",
     "PostgreSQLServer",
+    "RedisClusterNode",
+    "RedisClusterServer",
     "RedisServer",
     "Server",
     "ServerError",
     "backends_required",
+    "free_cluster_port",
     "free_port",
     "handle_unavailable",
     "start_mariadb",
     "start_postgresql",
     "start_redis",
+    "start_redis_cluster",
 ]
 
 HOST = "127.0.0.1"
@@ -330,7 +335,7 @@ class Server:
     def __init__(self, parent: str | os.PathLike[str] | None = None, port: int | None = None):
         self.host = HOST
         self._auto_port = port is None
-        self.port = free_port() if port is None else port
+        self.port = self._pick_port() if port is None else port
         self.account = _service_account(self.accounts)
         parent_dir = Path(parent if parent is not None else tempfile.gettempdir()).resolve()
         if not _reachable_by(parent_dir, self.account):
@@ -355,6 +360,10 @@ class Server:
             _LIVE.add(self)
 
     # -- to implement ------------------------------------------------------
+
+    def _pick_port(self) -> int:
+        """A free port to listen on (the first one, or after a start lost a race for it)."""
+        return free_port()
 
     def _initialize(self) -> None:
         """Create the data directory (runs once, before the first start)."""
@@ -404,7 +413,7 @@ class Server:
             except ServerError:
                 new_log = self._log_since(offset)
                 if attempt < attempts and "in use" in new_log.lower():
-                    self.port = free_port()
+                    self.port = self._pick_port()
                     continue
                 raise
         if self.startup_seconds is None:
@@ -922,6 +931,291 @@ class RedisServer(Server):
         self._check_data_dir(value.decode() if isinstance(value, bytes) else value)
 
 
+#: A cluster node talks to its peers on its port plus this offset (the cluster bus).
+CLUSTER_BUS_OFFSET = 10000
+#: Every key of a Redis Cluster hashes to one of this many slots.
+CLUSTER_SLOTS = 16384
+#: Milliseconds without an answer after which cluster nodes take a peer to be down.
+CLUSTER_NODE_TIMEOUT_MS = 3000
+
+
+def free_cluster_port(host: str = HOST) -> int:
+    """A free port on ``host`` whose cluster bus port (``+ 10000``) is free too."""
+    for _ in range(200):
+        port = free_port(host)
+        bus = port + CLUSTER_BUS_OFFSET
+        if bus > 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, bus))
+            except OSError:
+                continue
+        return port
+    raise ServerError(f"found no free port on {host} whose cluster bus port is free too")
+
+
+def _find_redis_cli() -> str | None:
+    return _find_binary(["redis-cli"], ["/usr/bin", "/usr/local/bin"])
+
+
+def _cluster_info(client: Any) -> dict[str, str]:
+    """``CLUSTER INFO`` of the node ``client`` talks to, as a dict of strings."""
+    text = client.execute_command("CLUSTER", "INFO")
+    if isinstance(text, bytes):
+        text = text.decode()
+    if isinstance(text, dict):  # some redis-py versions parse it already
+        return {str(key): str(value) for key, value in text.items()}
+    pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+class RedisClusterNode(RedisServer):
+    """One master of a :class:`RedisClusterServer` (cluster mode, ``nodes.conf`` in its folder).
+
+    Like :class:`RedisServer`, ``stop()`` saves its keys first, so a node
+    stopped and started again comes back with its keys, its node id and its
+    slots, and rejoins its cluster.
+    """
+
+    kind = "redis-cluster"
+
+    def _pick_port(self) -> int:
+        return free_cluster_port(self.host)
+
+    @property
+    def address(self) -> str:
+        """``host:port``, as cluster tools and URLs name a node."""
+        return f"{self.host}:{self.port}"
+
+    def cluster_info(self) -> dict[str, str]:
+        """This node's ``CLUSTER INFO`` (``cluster_state``, ``cluster_slots_ok``...)."""
+        with self.client(socket_connect_timeout=1, socket_timeout=5) as client:
+            return _cluster_info(client)
+
+    def _command(self) -> list[str]:
+        return [
+            *super()._command(),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            str(CLUSTER_NODE_TIMEOUT_MS),
+            # The masters have no replicas: without this, one master down would
+            # stop the whole cluster instead of only its own slots.
+            "--cluster-require-full-coverage",
+            "no",
+        ]
+
+
+class RedisClusterServer:
+    """A throwaway Redis Cluster: three masters, no replicas, 127.0.0.1 only.
+
+    Each master is a :class:`RedisClusterNode` with its own folder and port;
+    at first start they are joined with ``redis-cli --cluster create`` and
+    share the 16384 slots. ``url`` is ``redis+cluster://127.0.0.1:<port of
+    the first node>``. :meth:`stop_node` and :meth:`start_node` take one
+    master down and bring it back (keys, node id and slots kept); the others
+    keep serving their own slots meanwhile (``cluster-require-full-coverage
+    no``). ``start()`` returns once every running node reports
+    ``cluster_state:ok`` with every slot served.
+    """
+
+    kind = "redis-cluster"
+
+    def __init__(self, parent: str | os.PathLike[str] | None = None, masters: int = 3) -> None:
+        if masters < 3:
+            raise ValueError(f"a Redis Cluster needs at least 3 masters, not {masters}")
+        self.redis_server = _find_redis_server()
+        if self.redis_server is None:
+            raise BackendUnavailable("Redis Cluster", "redis-server", "redis-server")
+        self.redis_cli = _find_redis_cli()
+        if self.redis_cli is None:
+            raise BackendUnavailable("Redis Cluster", "redis-cli", "redis-tools")
+        self.host = HOST
+        self.parent = parent
+        self.nodes: list[RedisClusterNode] = []
+        try:
+            for _ in range(masters):
+                self.nodes.append(RedisClusterNode(parent))
+        except BaseException:
+            self.close()
+            raise
+        self.created = False
+        self.closed = False
+        self.startup_seconds: float | None = None
+
+    # -- public -------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The port of the first node (the one :attr:`url` names)."""
+        return self.nodes[0].port
+
+    @property
+    def url(self) -> str:
+        """The ``pyncette.url`` of this cluster: ``redis+cluster://`` and its first node."""
+        return f"redis+cluster://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        """Whether every node runs."""
+        return all(node.running for node in self.nodes)
+
+    def start(self, timeout: float = START_TIMEOUT) -> RedisClusterServer:
+        """Start the nodes that are down (creating the cluster the first time) and wait
+        until every node serves the cluster."""
+        if self.closed:
+            raise ServerError(f"the Redis Cluster of {self.nodes[0].base_dir} was closed")
+        began = time.monotonic()
+        for node in self.nodes:
+            node.start(timeout)
+        if not self.created:
+            self._create(timeout)
+            self.created = True
+        self.wait_ok(timeout)
+        if self.startup_seconds is None:
+            self.startup_seconds = time.monotonic() - began
+        return self
+
+    def stop_node(self, index: int, *, save: bool = True) -> None:
+        """Stop master ``index`` by pid (saving its keys first unless ``save=False``)."""
+        self.nodes[index].stop(save=save)
+
+    def start_node(self, index: int, timeout: float = START_TIMEOUT) -> None:
+        """Start master ``index`` again and wait until the whole cluster is healthy."""
+        self.nodes[index].start(timeout)
+        self.wait_ok(timeout)
+
+    def wait_ok(self, timeout: float = START_TIMEOUT) -> None:
+        """Wait until every running node says ``cluster_state:ok`` and sees every slot
+        assigned to, and served by, a node that is up."""
+        deadline = time.monotonic() + timeout
+        problem = "no node answered"
+        while True:
+            problem = self._problem()
+            if problem is None:
+                return
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    f"Redis Cluster not healthy after {timeout:g}s: {problem}; "
+                    f"log {self.nodes[0].log_path}:\n{self.nodes[0].log_tail()}"
+                )
+            time.sleep(0.1)
+
+    def client(self, **kwargs: Any) -> Any:
+        """A redis-py ``RedisCluster`` client of this cluster (the caller closes it)."""
+        from redis.cluster import RedisCluster
+
+        kwargs.setdefault("socket_connect_timeout", 5)
+        kwargs.setdefault("socket_timeout", 10)
+        return RedisCluster(host=self.host, port=self.port, **kwargs)
+
+    def node_of_slot(self, slot: int) -> int:
+        """The index (in :attr:`nodes`) of the master serving ``slot``."""
+        for index, ranges in self.slot_ranges().items():
+            if any(first <= slot <= last for first, last in ranges):
+                return index
+        raise ServerError(f"no node of the cluster serves slot {slot}")
+
+    def slot_ranges(self) -> dict[int, list[tuple[int, int]]]:
+        """The slot ranges each master serves, by node index (from ``CLUSTER SLOTS``)."""
+        by_port = {node.port: index for index, node in enumerate(self.nodes)}
+        for node in self.nodes:
+            if not node.running:
+                continue
+            with node.client(socket_connect_timeout=1, socket_timeout=5) as client:
+                found = client.execute_command("CLUSTER", "SLOTS")
+            ranges: dict[int, list[tuple[int, int]]] = {index: [] for index in by_port.values()}
+            for entry in _slot_entries(found):
+                first, last, port = entry
+                ranges[by_port[port]].append((first, last))
+            return ranges
+        raise ServerError("no node of the cluster runs")
+
+    def flushall(self) -> None:
+        """Delete every key on every running master."""
+        for node in self.nodes:
+            if node.running:
+                node.flushall()
+
+    def close(self) -> None:
+        """Stop every node and remove their folders (idempotent)."""
+        self.closed = True
+        for node in self.nodes:
+            with contextlib.suppress(Exception):
+                node.close()
+
+    def __enter__(self) -> RedisClusterServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        nodes = ", ".join(
+            f"{node.port}{'' if node.running else ' (stopped)'}" for node in self.nodes
+        )
+        return f"<RedisClusterServer {self.host} ports {nodes}>"
+
+    # -- plumbing -----------------------------------------------------------
+
+    def _create(self, timeout: float) -> None:
+        self.nodes[0]._run_setup(
+            [
+                self.redis_cli,
+                "--cluster",
+                "create",
+                *(node.address for node in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            "cluster-create.log",
+            timeout=timeout,
+        )
+
+    def _problem(self) -> str | None:
+        """Why the cluster is not healthy yet, or None."""
+        running = [node for node in self.nodes if node.running]
+        if not running:
+            return "no node runs"
+        for node in running:
+            try:
+                info = node.cluster_info()
+            except Exception as exc:
+                return f"{node.address} does not answer CLUSTER INFO ({exc!r})"
+            expected = {
+                "cluster_state": "ok",
+                "cluster_slots_assigned": str(CLUSTER_SLOTS),
+                "cluster_known_nodes": str(len(self.nodes)),
+            }
+            if len(running) == len(self.nodes):
+                # Every slot is served by a node its peers see as up (no PFAIL/FAIL).
+                expected["cluster_slots_ok"] = str(CLUSTER_SLOTS)
+            wrong = {
+                key: info.get(key) for key, value in expected.items() if info.get(key) != value
+            }
+            if wrong:
+                return f"{node.address} reports {wrong}"
+        return None
+
+
+def _slot_entries(found: Any) -> list[tuple[int, int, int]]:
+    """``(first slot, last slot, master port)`` from a ``CLUSTER SLOTS`` reply."""
+    entries = []
+    if isinstance(found, dict):  # redis-py may parse it into {(first, last): {...}}
+        for (first, last), value in found.items():
+            primary = value.get("primary") or value.get("master")
+            entries.append((int(first), int(last), int(primary[1])))
+        return entries
+    for entry in found:
+        first, last, primary = entry[0], entry[1], entry[2]
+        entries.append((int(first), int(last), int(primary[1])))
+    return entries
+
+
 # --------------------------------------------------------------------------- function API
 
 
@@ -961,9 +1255,26 @@ def start_redis(
     return _start(RedisServer, parent, port)
 
 
+def start_redis_cluster(parent: str | os.PathLike[str] | None = None) -> RedisClusterServer:
+    """Start a Redis Cluster of three masters, each in a new directory under ``parent``.
+
+    Close it (or use it as a context manager) when done.
+    :raises BackendUnavailable: ``redis-server`` or ``redis-cli`` is not installed.
+    :raises ServerError: it did not start or did not become healthy.
+    """
+    cluster = RedisClusterServer(parent)
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
+
+
 # --------------------------------------------------------------------------- pytest plugin
 
-_STARTED: list[Server] = []
+#: The servers (and clusters) this session started, for the terminal summary.
+_STARTED: list[Server | RedisClusterServer] = []
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -973,8 +1284,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         default=False,
         help=(
-            "fail, instead of skip, tests whose server (PostgreSQL, MariaDB, Redis) is not "
-            f"installed; the same as {REQUIRE_BACKENDS_ENV}=1"
+            "fail, instead of skip, tests whose server (PostgreSQL, MariaDB, Redis, Redis "
+            f"Cluster) is not installed; the same as {REQUIRE_BACKENDS_ENV}=1"
         ),
     )
 
@@ -984,6 +1295,7 @@ def pytest_report_header(config: pytest.Config) -> str:
         "postgresql": _find_postgres(),
         "mariadb": _find_mariadbd(),
         "redis": _find_redis_server(),
+        "redis-cli": _find_redis_cli(),
     }
     listed = ", ".join(f"{name}={path or 'MISSING'}" for name, path in found.items())
     mode = "fail" if _required(config) else "skip"
@@ -1005,7 +1317,9 @@ def _required(config: pytest.Config) -> bool:
     return backends_required(config.getoption("require_backends", default=False))
 
 
-def _session_server(request: pytest.FixtureRequest, cls: type[Server]) -> Iterator[Any]:
+def _session_server(
+    request: pytest.FixtureRequest, cls: type[Server] | type[RedisClusterServer]
+) -> Iterator[Any]:
     try:
         server = cls()
     except BackendUnavailable as exc:
@@ -1034,6 +1348,12 @@ def mariadb_server(request: pytest.FixtureRequest) -> Iterator[MariaDBServer]:
 def redis_server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
     """A Redis server shared by the whole session (started on first use)."""
     yield from _session_server(request, RedisServer)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_server(request: pytest.FixtureRequest) -> Iterator[RedisClusterServer]:
+    """A Redis Cluster of three masters shared by the whole session (started on first use)."""
+    yield from _session_server(request, RedisClusterServer)
 
 
 #: The password :func:`redis_requiring_a_password` expects.

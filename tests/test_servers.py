@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -165,6 +166,124 @@ def test_redis_restart_keeps_port_and_data(redis_server):
     finally:
         server.start()
         server.flushall()
+
+
+# --------------------------------------------------------------------------- Redis Cluster
+
+
+def _key_on(cluster, index):
+    """A key whose slot node ``index`` of ``cluster`` serves."""
+    from redis.crc import key_slot
+
+    for n in range(10_000):
+        key = f"probe-{n}"
+        if cluster.node_of_slot(key_slot(key.encode())) == index:
+            return key
+    raise AssertionError(f"no key found for node {index}")
+
+
+def _node_id(node):
+    with node.client() as client:
+        return client.execute_command("CLUSTER", "MYID")
+
+
+def test_free_cluster_port_leaves_room_for_the_cluster_bus():
+    port = servers.free_cluster_port()
+    assert port + servers.CLUSTER_BUS_OFFSET <= 65535
+    for candidate in (port, port + servers.CLUSTER_BUS_OFFSET):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", candidate))  # both are free
+
+
+def test_redis_cluster_has_three_masters_sharing_every_slot(redis_cluster_server):
+    cluster = redis_cluster_server
+    assert len(cluster.nodes) == 3
+    assert cluster.url == f"redis+cluster://127.0.0.1:{cluster.nodes[0].port}"
+    assert len({node.port for node in cluster.nodes}) == 3
+    for node in cluster.nodes:
+        assert node.running and node.host == "127.0.0.1"
+        with node.client() as client:
+            assert client.execute_command("ROLE")[0] in (b"master", "master")
+        info = node.cluster_info()
+        assert info["cluster_state"] == "ok"
+        assert info["cluster_known_nodes"] == "3"
+        assert info["cluster_size"] == "3"  # masters serving slots
+        assert info["cluster_slots_assigned"] == "16384"
+
+    ranges = cluster.slot_ranges()
+    assert sorted(ranges) == [0, 1, 2]
+    assert all(ranges[index] for index in ranges), f"a master serves no slot: {ranges}"
+    covered = sorted(
+        slot for spans in ranges.values() for a, b in spans for slot in range(a, b + 1)
+    )
+    assert covered == list(range(servers.CLUSTER_SLOTS))  # each slot once, none missing
+
+    with cluster.client() as client:
+        keys = [_key_on(cluster, index) for index in range(3)]
+        for key in keys:
+            client.set(key, key)
+        assert [client.get(key) for key in keys] == [key.encode() for key in keys]
+        client.delete(*keys)
+
+
+def test_redis_cluster_node_restart_rejoins_with_its_slots_and_keys(redis_cluster_server):
+    cluster = redis_cluster_server
+    ranges, node_id = cluster.slot_ranges(), _node_id(cluster.nodes[1])
+    kept, elsewhere = _key_on(cluster, 1), _key_on(cluster, 0)
+    with cluster.client() as client:
+        client.set(kept, "still here")
+    port, pid = cluster.nodes[1].port, cluster.nodes[1].pid
+    try:
+        cluster.stop_node(1)
+        assert not cluster.nodes[1].running
+        # The other masters keep serving their own slots.
+        with cluster.client() as client:
+            client.set(elsewhere, "served")
+            assert client.get(elsewhere) == b"served"
+            client.delete(elsewhere)
+        cluster.start_node(1)
+        assert (cluster.nodes[1].port, cluster.nodes[1].running) == (port, True)
+        assert cluster.nodes[1].pid != pid
+        assert _node_id(cluster.nodes[1]) == node_id
+        assert cluster.slot_ranges() == ranges
+        for node in cluster.nodes:
+            info = node.cluster_info()
+            assert (info["cluster_state"], info["cluster_slots_ok"]) == ("ok", "16384")
+        with cluster.client() as client:
+            assert client.get(kept) == b"still here"
+            client.delete(kept)
+    finally:
+        cluster.start()
+
+
+@pytest.fixture
+def missing_redis_cli_project(tmp_path: Path) -> Path:
+    """A test project whose ``redis_cluster_server`` fixture finds no ``redis-cli``."""
+    (tmp_path / "conftest.py").write_text(
+        textwrap.dedent(
+            """
+            import tests.servers
+
+            tests.servers._find_redis_cli = lambda: None
+            pytest_plugins = ["tests.servers"]
+            """
+        )
+    )
+    (tmp_path / "test_needs_cluster.py").write_text(
+        "def test_it(redis_cluster_server):\n    pass\n"
+    )
+    return tmp_path
+
+
+@pytest.mark.parametrize(("args", "returncode"), [([], 0), (["--require-backends"], 1)])
+def test_missing_redis_cli_skips_the_cluster_unless_required(
+    missing_redis_cli_project, args, returncode
+):
+    result = _run_pytest(missing_redis_cli_project, *args)
+    assert result.returncode == returncode, result.stdout + result.stderr
+    assert ("1 skipped" in result.stdout) is (returncode == 0)
+    assert "'redis-cli'" in result.stdout
+    assert "apt-get install redis-tools" in result.stdout
 
 
 # --------------------------------------------------------------------------- skip or fail
