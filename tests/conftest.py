@@ -7,8 +7,10 @@ it (it may call ``pytest.skip`` when the store is not available).
 
 The PostgreSQL and MariaDB stores use real servers from :mod:`tests.servers`,
 started once per session on first use; each test gets its own table
-(``pyncette.table_name``) in one shared database. Without the server
-binaries those tests are skipped, or fail under ``--require-backends``.
+(``pyncette.table_name``) in one shared database. The Redis stores (one
+server, and a Redis Cluster of three masters) give each test a namespace of
+its own. Without the server binaries those tests are skipped, or fail under
+``--require-backends``.
 """
 
 from __future__ import annotations
@@ -23,10 +25,9 @@ from typing import Any
 import pytest
 from pyramid import testing as pyramid_testing
 
-from pyramid_pyncette.repository import UnsupportedStoreError, create_repository
-from pyramid_pyncette.settings import PyncetteSettings
 from pyramid_pyncette.testing import FakeClock
 from pyramid_pyncette.worker import Worker
+from tests.daemon import REDIS_CLUSTER, REDIS_CLUSTER_SUPPORTED, store_supported
 
 pytest_plugins = ["tests.servers", "tests.browser"]
 
@@ -55,6 +56,13 @@ def _redis_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSetting
     return {"pyncette.url": server.url, "pyncette.redis_namespace": _unique("t")}
 
 
+def _redis_cluster_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSettings:
+    """A namespace of its own on the session's three-master Redis Cluster."""
+    cluster = request.getfixturevalue("redis_cluster_server")
+    cluster.start()  # brings back a node an earlier test stopped and failed to restart
+    return {"pyncette.url": cluster.url, "pyncette.redis_namespace": _unique("t")}
+
+
 #: Every store the conformance suite runs against, by test id.
 STORES: dict[str, StoreFactory] = {
     "memory": lambda request, tmp_path: {"pyncette.url": "memory://"},
@@ -64,20 +72,11 @@ STORES: dict[str, StoreFactory] = {
 }
 
 
-def _store_supported(url: str) -> bool:
-    """Whether ``create_repository`` knows ``url``'s scheme (it builds without connecting)."""
-    try:
-        create_repository(PyncetteSettings(url=url))
-    except (UnsupportedStoreError, ImportError):
-        return False
-    except Exception:
-        return True  # supported but broken: let the tests show why
-    return True
-
-
-# The Redis store joins the suite as soon as the package supports it.
-if _store_supported("redis://127.0.0.1:6379/0"):
+# The Redis stores join the suite as soon as the package supports their URLs.
+if store_supported("redis://127.0.0.1:6379/0"):
     STORES["redis"] = _redis_store
+if REDIS_CLUSTER_SUPPORTED:
+    STORES[REDIS_CLUSTER] = _redis_cluster_store
 
 
 @pytest.fixture(params=list(STORES), ids=list(STORES))

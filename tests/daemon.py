@@ -7,6 +7,7 @@ daemon on one of them, :func:`run_pscheduler` runs the command in process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.inifiles import logging_sections
+from tests.servers import HOST, free_port
 
 #: The repository root (the folder holding ``pyproject.toml``).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,8 +33,44 @@ _script = shutil.which("pscheduler")
 #: The command line that starts ``pscheduler``.
 PSCHEDULER = [_script] if _script else [sys.executable, "-m", "pyramid_pyncette.scripts.pscheduler"]
 
-#: The stores a separate process can share, by fixture prefix (``<kind>_server``).
-PERSISTENT_STORES = ["sqlite", "postgresql", "mariadb", "redis"]
+
+def store_supported(url: str) -> bool:
+    """Whether ``create_repository`` knows ``url``'s store (it builds without connecting)."""
+    from pyramid_pyncette.repository import UnsupportedStoreError, create_repository
+    from pyramid_pyncette.settings import PyncetteSettings
+
+    try:
+        repository = create_repository(PyncetteSettings(url=url))
+    except (UnsupportedStoreError, ImportError):
+        return False
+    except ValueError as exc:
+        # The client library refuses the URL's scheme: the store does not know this form.
+        return "scheme" not in str(exc).lower()
+    except Exception:
+        return True  # supported but broken or unreachable: let the tests show why
+    with contextlib.suppress(Exception):
+        repository.close()
+    return True
+
+
+#: The test id of the Redis Cluster store (``redis+cluster://`` URLs).
+REDIS_CLUSTER = "redis-cluster"
+#: Whether the package takes ``redis+cluster://`` URLs (the cluster's tests run only then).
+REDIS_CLUSTER_SUPPORTED = store_supported(f"redis+cluster://{HOST}:{free_port()}")
+
+#: The stores a separate process can share (see :func:`persistent_store`).
+PERSISTENT_STORES = [
+    "sqlite",
+    "postgresql",
+    "mariadb",
+    "redis",
+    *([REDIS_CLUSTER] if REDIS_CLUSTER_SUPPORTED else []),
+]
+
+
+def server_fixture(kind: str) -> str:
+    """The session fixture giving the server of the store ``kind`` (``<kind>_server``)."""
+    return "redis_cluster_server" if kind == REDIS_CLUSTER else f"{kind}_server"
 
 
 def write_ini(tmp_path: Path, url: str, include: bool = True, extra: str = "") -> tuple[str, str]:
@@ -165,8 +203,8 @@ def persistent_store(request: pytest.FixtureRequest, tmp_path: Path, kind: str) 
     """``(url, extra INI lines)`` of a fresh store of ``kind`` (see :data:`PERSISTENT_STORES`)."""
     if kind == "sqlite":
         return f"sqlite:///{tmp_path}/jobs.sqlite", ""
-    server = request.getfixturevalue(f"{kind}_server")
+    server = request.getfixturevalue(server_fixture(kind))
     server.start()
-    if kind == "redis":
+    if kind in ("redis", REDIS_CLUSTER):
         return server.url, f"pyncette.redis_namespace = p{uuid.uuid4().hex[:8]}"
     return server.create_database(), ""
