@@ -1,4 +1,4 @@
-"""Benchmark pyramid_pyncette on SQLite, PostgreSQL, MariaDB and Redis.
+"""Benchmark pyramid_pyncette on SQLite, PostgreSQL, MariaDB, Redis and Redis Cluster.
 
 Run from the repository root::
 
@@ -33,7 +33,7 @@ if __package__ in (None, ""):
 from benchmarks.common import BENCH_DIR, Settings, machine_info
 from benchmarks.peers import Peers
 from benchmarks.stores import STORE_NAMES, Stores
-from benchmarks.workloads import FULL, QUICK, RUNNERS, WORKLOADS, Context, Row
+from benchmarks.workloads import FULL, QUICK, RUNNERS, STORE_RUNNERS, WORKLOADS, Context, Row
 
 
 def _names(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--stores",
         default=",".join(STORE_NAMES),
         type=lambda text: _names(text, STORE_NAMES, "store"),
-        help="comma-separated subset of sqlite,postgresql,mariadb,redis (default: all)",
+        help="comma-separated subset of " + ",".join(STORE_NAMES) + " (default: all)",
     )
     peers = parser.add_mutually_exclusive_group()
     peers.add_argument(
@@ -205,10 +205,23 @@ def main(argv: list[str] | None = None) -> int:
                 ctx.rows.append(Row(name, "-", "store not available", "skipped", note=reason[:100]))
                 continue
             versions.update(stores.versions())
-            for workload in args.workloads:
+            runners = STORE_RUNNERS.get(name, RUNNERS)
+            skipped = [workload for workload in args.workloads if workload not in runners]
+            if skipped:
+                log(f"{name}: {', '.join(skipped)} not run on this store")
+                ctx.rows.append(
+                    Row(
+                        name,
+                        ",".join(skipped),
+                        "not run",
+                        "-",
+                        note=f"{name} runs {','.join(runners)} only",
+                    )
+                )
+            for workload in [workload for workload in args.workloads if workload in runners]:
                 log(f"{name}: {workload}")
                 try:
-                    ctx.rows.extend(RUNNERS[workload](ctx, store))
+                    ctx.rows.extend(runners[workload](ctx, store))
                 except Exception as exc:
                     text = traceback.format_exc()
                     log(f"{name}: {workload} FAILED: {type(exc).__name__}: {exc}")

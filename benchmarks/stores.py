@@ -1,8 +1,9 @@
-"""The four stores, on servers this harness starts itself (see ``tests/servers.py``).
+"""The stores, on servers this harness starts itself (see ``tests/servers.py``).
 
 Every measurement runs against a fresh, empty store: a new SQLite file, a
-new PostgreSQL or MariaDB database (dropped afterwards), or a flushed Redis
-server. Servers are started on first use and closed by :meth:`Stores.close`.
+new PostgreSQL or MariaDB database (dropped afterwards), a flushed Redis
+server or a flushed Redis Cluster (three masters). Servers are started on
+first use and closed by :meth:`Stores.close`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import contextlib
 import itertools
 import os
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,14 +23,20 @@ ensure_importable()
 
 from tests.servers import (  # noqa: E402 - needs the repository root on sys.path
     BackendUnavailable,
+    RedisClusterServer,
     Server,
     backends_required,
     start_mariadb,
     start_postgresql,
     start_redis,
+    start_redis_cluster,
 )
 
-STORE_NAMES = ("sqlite", "postgresql", "mariadb", "redis")
+STORE_NAMES = ("sqlite", "postgresql", "mariadb", "redis", "redis-cluster")
+
+
+class StoreNotSupported(RuntimeError):
+    """This version of the package cannot use a store (its URL scheme is unknown)."""
 
 
 @dataclass
@@ -54,7 +61,7 @@ class Store:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self._counter = itertools.count(1)
-        self.server: Server | None = None
+        self.server: Server | RedisClusterServer | None = None
 
     def start(self) -> None:
         """Start the server (no-op for SQLite); raises BackendUnavailable."""
@@ -162,7 +169,54 @@ class RedisStore(Store):
             return client.info("server")["redis_version"]
 
 
-_KINDS = {cls.name: cls for cls in (SQLiteStore, PostgreSQLStore, MariaDBStore, RedisStore)}
+class RedisClusterStore(Store):
+    """A Redis Cluster of three masters (``redis+cluster://``), flushed for every target."""
+
+    name = "redis-cluster"
+    server: RedisClusterServer | None
+
+    def start(self) -> None:
+        if self.server is None:
+            from tests.daemon import REDIS_CLUSTER_SUPPORTED
+
+            if not REDIS_CLUSTER_SUPPORTED:
+                raise StoreNotSupported(
+                    "this version of pyramid_pyncette does not take redis+cluster:// URLs"
+                )
+            self.server = start_redis_cluster()
+
+    def fresh(self) -> Target:
+        assert self.server is not None
+        self.server.flushall()
+        return Target(self.name, self.server.url, host=self.server.host, port=self.server.port)
+
+    def drop(self, target: Target) -> None:
+        assert self.server is not None
+        self.server.flushall()
+
+    def shard_keys(self) -> list[dict[str, int]]:
+        """Per master (in node order): its port, its key count (``DBSIZE``) and how many
+        partition hash tags (``{ns:p}``) its keys carry."""
+        assert self.server is not None
+        shards = []
+        for node in self.server.nodes:
+            with node.client(decode_responses=True) as client:
+                keys = int(client.dbsize())
+                found = (key[1 : key.find("}")] for key in client.scan_iter(match="{*}*"))
+                tags = {tag for tag in found if ":" in tag}
+            shards.append({"port": node.port, "keys": keys, "partitions": len(tags)})
+        return shards
+
+    def version(self) -> str:
+        assert self.server is not None
+        with self.server.nodes[0].client() as client:
+            return f"{client.info('server')['redis_version']} (3 masters)"
+
+
+_KINDS = {
+    cls.name: cls
+    for cls in (SQLiteStore, PostgreSQLStore, MariaDBStore, RedisStore, RedisClusterStore)
+}
 
 
 class Stores:
@@ -184,6 +238,9 @@ class Stores:
             self.unavailable[name] = str(exc)
             if backends_required():
                 raise
+            return None
+        except StoreNotSupported as exc:
+            self.unavailable[name] = str(exc)
             return None
         return store
 
@@ -218,11 +275,12 @@ def run_history(repository: Any) -> tuple[int, datetime | None, datetime | None]
 
 
 def count_jobs(repository: Any) -> int:
-    """How many jobs a repository holds (SQL table rows or the Redis jobs hash)."""
+    """How many jobs a repository holds (SQL table rows, else every queue's counts)."""
     if hasattr(repository, "engine"):
         import sqlalchemy as sa
 
         with repository.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.count()).select_from(repository.table)).scalar()
-    client = repository.client
-    return int(client.hlen(repository.keys()[0]))
+    # The per-state counts of every queue: right whatever keys the store lays jobs out in.
+    stats = repository.queue_stats(datetime.now(timezone.utc))
+    return sum(sum(queue.jobs.values()) for queue in stats)

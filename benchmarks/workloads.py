@@ -27,6 +27,10 @@ W7 metrics
     W1's drain by one daemon serving Prometheus metrics
     (``pyncette.metrics_port = 0``) beside the same drain without, alternating
     which goes first.
+W1 on the Redis Cluster
+    N due no-op jobs drained by 4 ``pscheduler --once`` processes on a
+    three-master cluster beside 1 process, with the keys each master holds
+    before the drain (the only workload run on the cluster).
 
 Every drain of ours is checked: a job run twice (duplicate) or never (lost)
 is recorded in :attr:`Context.failures`, which makes ``run.py`` exit non-zero.
@@ -63,7 +67,7 @@ from benchmarks.common import (
     write_ini,
 )
 from benchmarks.peers import PeerError, Peers
-from benchmarks.stores import Store, Target, count_jobs, run_history
+from benchmarks.stores import RedisClusterStore, Store, Target, count_jobs, run_history
 
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7")
 
@@ -215,13 +219,17 @@ def drain_ours(
     counts: bool = False,
     settings: dict[str, str] | None = None,
     inspect: Callable[[Any], dict[str, Any]] | None = None,
+    filled: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """N due jobs drained by ``procs`` ``pscheduler --once`` processes.
 
     ``settings`` adds ``pyncette.*`` settings; ``inspect(repository)`` runs on
-    the store after the drain and its result is merged into the result.
+    the store after the drain and its result is merged into the result;
+    ``filled()`` runs once the jobs are stored, before the daemons start, and
+    its result is merged too.
     """
     target = _fill(store, ctx.settings, n)
+    before = filled() if filled is not None else {}
     folder = ctx.folder(f"{store.name}-drain{procs}")
     extra = {"bench.record_dir": str(folder), **(settings or {})}
     if counts:
@@ -240,6 +248,7 @@ def drain_ours(
         exited = time.time()
         records = read_records(str(folder))
         result = _drain_result(n, spawned, exited, records)
+        result.update(before)
         duplicates, lost = records.check(n if counts else job_ids(n))
         result.update(duplicates=duplicates, lost=lost, left=_left_in_store(ctx.settings, target))
         result["log_problems"] = _log_problems(folder)
@@ -1116,6 +1125,74 @@ def w7_metrics(ctx: Context, store: Store) -> list[Row]:
     lost = sum(r["lost"] for mode in results.values() for r in mode)
     rows.append(Row(store.name, name, "duplicates / lost (all repeats)", f"{dup} / {lost}"))
     return rows
+
+
+# --------------------------------------------------------------------------- the cluster
+
+#: Daemons draining the Redis Cluster in its W1 (beside one).
+CLUSTER_DAEMONS = 4
+
+
+def w1_cluster(ctx: Context, store: Store) -> list[Row]:
+    """W1 on the Redis Cluster: 4 daemons beside 1, the keys on each master, no
+    duplicate and no lost job."""
+    assert isinstance(store, RedisClusterStore)
+    n = ctx.sizes.drain_n
+    runs: dict[int, list[dict[str, Any]]] = {1: [], CLUSTER_DAEMONS: []}
+
+    def shards() -> dict[str, Any]:
+        return {"shards": store.shard_keys()}
+
+    for repeat in range(ctx.sizes.repeat):
+        # Alternate which goes first: the machine's load drifts over a run.
+        order = (1, CLUSTER_DAEMONS) if repeat % 2 == 0 else (CLUSTER_DAEMONS, 1)
+        for procs in order:
+            ctx.log(f"  W1 {store.name}: {n} jobs, {procs} process(es), repeat {repeat + 1}")
+            runs[procs].append(drain_ours(ctx, store, n, procs, filled=shards))
+    ctx.detail(store.name, "W1", runs)
+
+    masters = len(runs[1][0]["shards"])
+    name = f"W1 drain {n:,} x{CLUSTER_DAEMONS}, {masters} masters"
+    rows = _side_by_side_rates(store, name, runs[CLUSTER_DAEMONS], runs[1], "1 daemon")
+    shards_seen = runs[CLUSTER_DAEMONS][0]["shards"]
+    empty = [shard["port"] for shard in shards_seen if not shard["keys"]]
+    if empty:
+        ctx.failures.append(f"{store.name} W1: masters on ports {empty} held no key")
+    rows.append(
+        Row(
+            store.name,
+            name,
+            "keys per master before the drain",
+            " / ".join(f"{shard['keys']:,}" for shard in shards_seen),
+            note="partitions per master "
+            + " / ".join(str(shard["partitions"]) for shard in shards_seen)
+            + (f"; EMPTY masters {empty}" if empty else ""),
+        )
+    )
+    for procs in (CLUSTER_DAEMONS, 1):
+        dup = sum(r["duplicates"] for r in runs[procs])
+        lost = sum(r["lost"] for r in runs[procs])
+        left = sum(r["left"] for r in runs[procs])
+        problems = [line for r in runs[procs] for line in r["log_problems"]]
+        notes = [f"{left} job(s) left in store"] if left else []
+        if problems:
+            notes.append(f"{len(problems)} warning/error log line(s): {problems[0][24:110]}")
+        rows.append(
+            Row(
+                store.name,
+                f"W1 drain {n:,} x{procs}, {masters} masters",
+                "duplicates / lost (all repeats)",
+                f"{dup} / {lost}",
+                note="; ".join(notes),
+            )
+        )
+    return rows
+
+
+#: The workloads run on a store when it does not run them all.
+STORE_RUNNERS: dict[str, dict[str, Callable[[Context, Store], list[Row]]]] = {
+    "redis-cluster": {"W1": w1_cluster},
+}
 
 
 RUNNERS: dict[str, Callable[[Context, Store], list[Row]]] = {
