@@ -1,8 +1,9 @@
 """The Redis store on a real Redis Cluster of three masters (``redis+cluster://``).
 
-Jobs spread over the cluster's shards by partition (hash tag ``{ns:p}``), and
-one master going down and coming back delays only the jobs of its own slots:
-the others keep running, and afterwards every job has run exactly once.
+Jobs spread over the cluster's shards by partition (hash tag ``{ns:p}``). One
+master going down and coming back while two daemons run delays only the jobs
+of its own slots: the others keep running meanwhile, and afterwards every job
+has run exactly once while the daemons logged the outage and carried on.
 
 The conformance suite (``conftest.STORES``) and the multi-daemon suites
 (``tests.daemon.PERSISTENT_STORES``: ``test_stores_processes``,
@@ -20,6 +21,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -189,40 +191,56 @@ RESTART_RUN_SECONDS = 0.01
 #: How long the master stays down: past the cluster's node timeout, so its
 #: peers mark it failed and clients meet a node that is really gone.
 RESTART_DOWNTIME = 5.0
-#: The master taken down (not the one the URL names: the clients find it alone).
+#: The master taken down (not the first one, whose address the URL names).
 DOWN_NODE = 2
 
 
-@pytest.mark.slow
-@needs_cluster_urls
-def test_a_shard_restart_delays_only_its_own_jobs_and_every_job_runs_once(request, tmp_path: Path):
-    """Two daemons on a steady stream of jobs; one master down for a while mid-stream.
+@dataclass(repr=False)  # an assertion about one field need not print every job
+class ShardRestart:
+    """What two daemons did while one master of the cluster went down and came back."""
 
-    Meanwhile the jobs of the other masters keep running; once it is back
-    every job has run, none twice; the daemons log the outage, back off and
-    carry on (they never exit).
-    """
+    #: Due time (epoch seconds) of every job.
+    due_of: dict[str, float]
+    #: The jobs whose partition lives on the master that went down.
+    on_down: set[str]
+    #: When the master was stopped, and when it was started again.
+    stopped: float
+    back: float
+    #: The jobs that had run by the time the master was started again.
+    ran_meanwhile: set[str]
+    #: Runs per job at the end.
+    runs: Counter[str]
+    #: Each daemon's exit status and log.
+    returncodes: list[int | None]
+    logs: list[str]
+    #: Whether each daemon was still running during and right after the outage.
+    alive_during: list[bool]
+    alive_after: list[bool]
+
+
+@pytest.fixture(scope="module")
+def shard_restart(request, tmp_path_factory) -> ShardRestart:
+    """Two daemons on a steady stream of jobs; one master down for a while mid-stream."""
     from pyramid_pyncette.jobs import partition_of
 
+    if not REDIS_CLUSTER_SUPPORTED:
+        pytest.skip("this version does not take redis+cluster:// URLs")
+    tmp_path = tmp_path_factory.mktemp("shard-restart")
     cluster = request.getfixturevalue("redis_cluster_server")
     cluster.start()
     namespace, node_of = _namespace_on_every_shard(cluster, 16)
     extra = f"pyncette.redis_namespace = {namespace}\npyncette.batch_size = 20"
     ini, records = write_ini(tmp_path, cluster.url, extra=extra)
     registry = bootstrap_registry(ini)
-    partitions = registry.scheduler.repository.partitions
-    assert partitions == 16
+    assert registry.scheduler.repository.partitions == 16
     # Each daemon's stderr goes to a file: a pipe nobody reads could fill up.
-    logs = [tmp_path / f"daemon-{n}.err" for n in range(2)]
+    log_paths = [tmp_path / f"daemon-{n}.err" for n in range(2)]
     processes = []
-    for log in logs:
-        with open(log, "w") as err:
+    for path in log_paths:
+        with open(path, "w") as err:
             processes.append(
                 subprocess.Popen(
-                    [*PSCHEDULER, ini],
-                    env=process_env(),
-                    stdout=subprocess.DEVNULL,
-                    stderr=err,
+                    [*PSCHEDULER, ini], env=process_env(), stdout=subprocess.DEVNULL, stderr=err
                 )
             )
     due_of: dict[str, float] = {}
@@ -247,54 +265,90 @@ def test_a_shard_restart_delays_only_its_own_jobs_and_every_job_runs_once(reques
         time.sleep(RESTART_DOWNTIME)
         ran_meanwhile = set(_ran(records))
         back = time.time()
-        for process in processes:
-            assert process.poll() is None, "a daemon exited when a master went away"
+        alive_during = [process.poll() is None for process in processes]
         cluster.start_node(DOWN_NODE)
 
         wait_for(lambda: set(_ran(records)) == set(due_of), 180, "every job to run")
         wait_for(lambda: not list(registry.scheduler.iter_jobs()), 60, "an empty store")
-        for process in processes:
-            assert process.poll() is None, "a daemon exited after the outage"
+        alive_after = [process.poll() is None for process in processes]
     finally:
         cluster.start()  # whatever happened, the next tests get the whole cluster
         for process in processes:
-            process.send_signal(signal.SIGTERM)
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
         for process in processes:
             try:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=30)
-    errors = [log.read_text() for log in logs]
+    result = ShardRestart(
+        due_of=due_of,
+        on_down=on_down,
+        stopped=stopped,
+        back=back,
+        ran_meanwhile=ran_meanwhile,
+        runs=Counter(_ran(records)),
+        returncodes=[process.returncode for process in processes],
+        logs=[path.read_text() for path in log_paths],
+        alive_during=alive_during,
+        alive_after=alive_after,
+    )
+    duplicates = sum(1 for n in result.runs.values() if n > 1)
+    print(
+        f"\nshard restart: {sum(result.runs.values())} runs of {len(due_of)} jobs "
+        f"({len(on_down)} on the stopped master), {duplicates} run more than once; "
+        f"{len(_jobs_elsewhere_ran_meanwhile(result))} of {len(_jobs_elsewhere(result))} "
+        "jobs of the other masters due during the outage ran during it"
+    )
+    return result
 
-    for process, err in zip(processes, errors, strict=True):
-        assert process.returncode == 0, err
-    runs = Counter(_ran(records))
-    duplicates = {job_id: n for job_id, n in runs.items() if n > 1}
-    # Jobs of the masters that stayed up, due well inside the outage (not in
-    # flight when it began, not due in its last moment): they ran meanwhile.
-    elsewhere = {
+
+def _jobs_elsewhere(result: ShardRestart) -> set[str]:
+    """Jobs of the masters that stayed up, due well inside the outage (not in flight
+    when it began, not due in its last second)."""
+    return {
         job_id
-        for job_id, due in due_of.items()
-        if job_id not in on_down and stopped + 1.0 <= due <= back - 1.0
+        for job_id, due in result.due_of.items()
+        if job_id not in result.on_down and result.stopped + 1.0 <= due <= result.back - 1.0
     }
-    ran_elsewhere = elsewhere & ran_meanwhile
+
+
+def _jobs_elsewhere_ran_meanwhile(result: ShardRestart) -> set[str]:
+    return _jobs_elsewhere(result) & result.ran_meanwhile
+
+
+@pytest.mark.slow
+def test_a_shard_restart_loses_no_job_and_runs_none_twice(shard_restart):
+    """Once the master is back every job has run exactly once, the store is empty
+    (the fixture waits for it), and the daemons logged the outage, backed off and
+    carried on: neither exited, both stop cleanly."""
+    result = shard_restart
+    assert result.on_down, "no job lived on the master that went down"
+    duplicates = {job_id: n for job_id, n in result.runs.items() if n > 1}
+    assert duplicates == {}
+    assert set(result.runs) == set(result.due_of)
+    assert result.alive_during == [True, True], "a daemon exited when a master went away"
+    assert result.alive_after == [True, True], "a daemon exited after the outage"
+    for returncode, log in zip(result.returncodes, result.logs, strict=True):
+        assert returncode == 0, log
     outage_lines = [
         line
-        for err in errors
-        for line in err.splitlines()
+        for log in result.logs
+        for line in log.splitlines()
         if " ERROR " in line or " WARNI " in line
     ]
-    print(
-        f"shard restart: {sum(runs.values())} runs of {len(due_of)} jobs "
-        f"({len(on_down)} on the stopped master), {len(duplicates)} duplicates; "
-        f"{len(ran_elsewhere)} of {len(elsewhere)} jobs of the other masters due during the "
-        f"outage ran during it; {len(outage_lines)} warning/error lines"
-    )
-    assert duplicates == {}
-    assert set(runs) == set(due_of)
-    assert elsewhere, "no job of the other masters fell due during the outage"
-    assert len(ran_elsewhere) * 2 >= len(elsewhere), (
-        "the jobs of the masters that stayed up stalled during the outage"
-    )
     assert outage_lines, "the daemons did not log the outage"
+
+
+@pytest.mark.slow
+def test_during_a_shard_outage_the_other_shards_jobs_keep_running(shard_restart):
+    """At least half the jobs of the masters that stayed up, due well inside the
+    outage, ran before the stopped master came back."""
+    elsewhere = _jobs_elsewhere(shard_restart)
+    assert elsewhere, "no job of the other masters fell due during the outage"
+    ran = _jobs_elsewhere_ran_meanwhile(shard_restart)
+    assert len(ran) * 2 >= len(elsewhere), (
+        f"the jobs of the masters that stayed up stalled during the outage: {len(ran)} of "
+        f"{len(elsewhere)} ran"
+    )
