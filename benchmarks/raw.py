@@ -13,7 +13,9 @@ writes ``runs-<pid>.tsv`` at exit, so the harness reads both the same way.
   then ``DELETE ... WHERE id IN (...)`` in one READ COMMITTED transaction,
   retried when InnoDB makes it a deadlock victim.
 * SQLite: the same select and delete inside ``BEGIN IMMEDIATE``.
-* Redis: one Lua script: ``ZRANGEBYSCORE`` on the due set, ``ZREM``, ``HDEL``.
+* Redis: one Lua script per partition: ``ZRANGEBYSCORE`` on its due set,
+  ``ZREM``, ``HDEL``; a batch is filled from several partitions (starting at
+  a random one) when the first has fewer due jobs, as the store's claim does.
 
 Only the driver is imported (no SQLAlchemy), so the process starts fast.
 """
@@ -23,10 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 Claim = Callable[[], list[str]]
@@ -136,16 +140,34 @@ def _mariadb(url: str, table: str, batch: int) -> Claim:
     return claim
 
 
+def redis_partition_tags(client: Any, namespace: str) -> list[str]:
+    """The hash tags of ``namespace``'s partitions: ``{ns}`` for a store of one
+    partition (or one set up before partitions existed), else ``{ns:0}`` ..."""
+    count = client.hget("{" + namespace + "}:meta", "partitions")
+    partitions = int(count) if count else 1
+    if partitions == 1:
+        return ["{" + namespace + "}"]
+    return ["{" + f"{namespace}:{p}" + "}" for p in range(partitions)]
+
+
 def _redis(url: str, namespace: str, batch: int) -> Claim:
     import redis
 
     client = redis.Redis.from_url(url, decode_responses=True)
     script = client.register_script(_REDIS_CLAIM)
-    tag = "{" + namespace + "}"
-    keys = [f"{tag}:due", f"{tag}:jobs"]
+    tags = redis_partition_tags(client, namespace)
+    offset = [random.randrange(len(tags))]
 
     def claim() -> list[str]:
-        return list(script(keys=keys, args=[batch]))
+        ids: list[str] = []
+        start = offset[0]
+        offset[0] = (start + 1) % len(tags)
+        for step in range(len(tags)):
+            tag = tags[(start + step) % len(tags)]
+            ids += script(keys=[f"{tag}:due", f"{tag}:jobs"], args=[batch - len(ids)])
+            if len(ids) >= batch:
+                break
+        return ids
 
     return claim
 

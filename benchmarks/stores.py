@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -194,17 +195,36 @@ class RedisClusterStore(Store):
         assert self.server is not None
         self.server.flushall()
 
-    def shard_keys(self) -> list[dict[str, int]]:
-        """Per master (in node order): its port, its key count (``DBSIZE``) and how many
-        partition hash tags (``{ns:p}``) its keys carry."""
+    def shard_keys(self, ids: Iterable[str] = (), namespace: str = "pyncette") -> list[dict]:
+        """Per master (in node order): its port, its key count (``DBSIZE``), how many
+        partition hash tags (``{ns:p}``) its keys carry, and how many of the jobs
+        ``ids`` live there (by their partition, the store's hash of the id)."""
+        from redis.crc import key_slot
+
+        from benchmarks.raw import redis_partition_tags
+        from pyramid_pyncette.jobs import partition_of
+
         assert self.server is not None
+        with self.server.client(decode_responses=True) as client:
+            tags = redis_partition_tags(client, namespace)
+        owner = {tag: self.server.node_of_slot(key_slot(tag[1:-1].encode())) for tag in tags}
+        jobs = [0] * len(self.server.nodes)
+        for job_id in ids:
+            jobs[owner[tags[partition_of(job_id, len(tags))]]] += 1
         shards = []
-        for node in self.server.nodes:
+        for index, node in enumerate(self.server.nodes):
             with node.client(decode_responses=True) as client:
                 keys = int(client.dbsize())
                 found = (key[1 : key.find("}")] for key in client.scan_iter(match="{*}*"))
-                tags = {tag for tag in found if ":" in tag}
-            shards.append({"port": node.port, "keys": keys, "partitions": len(tags)})
+                partitions = {tag for tag in found if ":" in tag}
+            shards.append(
+                {
+                    "port": node.port,
+                    "keys": keys,
+                    "partitions": len(partitions),
+                    "jobs": jobs[index],
+                }
+            )
         return shards
 
     def version(self) -> str:
