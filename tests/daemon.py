@@ -32,6 +32,9 @@ _script = shutil.which("pscheduler")
 #: The command line that starts ``pscheduler``.
 PSCHEDULER = [_script] if _script else [sys.executable, "-m", "pyramid_pyncette.scripts.pscheduler"]
 
+#: The stores a separate process can share, by fixture prefix (``<kind>_server``).
+PERSISTENT_STORES = ["sqlite", "postgresql", "mariadb", "redis"]
+
 
 def store_supported(url: str) -> bool:
     """Whether ``create_repository`` knows ``url``'s store (it builds without connecting)."""
@@ -58,19 +61,8 @@ REDIS_CLUSTER = "redis-cluster"
 #: Port 1 of the loopback: nothing answers there, should the check connect.
 REDIS_CLUSTER_SUPPORTED = store_supported("redis+cluster://127.0.0.1:1")
 
-#: The stores a separate process can share (see :func:`persistent_store`).
-PERSISTENT_STORES = [
-    "sqlite",
-    "postgresql",
-    "mariadb",
-    "redis",
-    *([REDIS_CLUSTER] if REDIS_CLUSTER_SUPPORTED else []),
-]
-
-
-def server_fixture(kind: str) -> str:
-    """The session fixture giving the server of the store ``kind`` (``<kind>_server``)."""
-    return "redis_cluster_server" if kind == REDIS_CLUSTER else f"{kind}_server"
+if REDIS_CLUSTER_SUPPORTED:
+    PERSISTENT_STORES.append(REDIS_CLUSTER)
 
 
 def write_ini(tmp_path: Path, url: str, include: bool = True, extra: str = "") -> tuple[str, str]:
@@ -201,10 +193,14 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> None:
 
 def persistent_store(request: pytest.FixtureRequest, tmp_path: Path, kind: str) -> tuple[str, str]:
     """``(url, extra INI lines)`` of a fresh store of ``kind`` (see :data:`PERSISTENT_STORES`)."""
+    if kind == REDIS_CLUSTER:  # a namespace of its own on the session's cluster
+        cluster = request.getfixturevalue("redis_cluster_server")
+        cluster.start()
+        return cluster.url, f"pyncette.redis_namespace = p{uuid.uuid4().hex[:8]}"
     if kind == "sqlite":
         return f"sqlite:///{tmp_path}/jobs.sqlite", ""
-    server = request.getfixturevalue(server_fixture(kind))
+    server = request.getfixturevalue(f"{kind}_server")
     server.start()
-    if kind in ("redis", REDIS_CLUSTER):
+    if kind == "redis":
         return server.url, f"pyncette.redis_namespace = p{uuid.uuid4().hex[:8]}"
     return server.create_database(), ""
