@@ -33,6 +33,7 @@ def _scripts():
         store._WRITE,
         store._LIST,
         store._NEXT_DUE,
+        store._PROBE,
         store._QUEUE_COUNTS,
     ]
 
@@ -53,7 +54,7 @@ def test_scripts_begin_with_the_shared_helpers_they_call():
     for script in (store._CLAIM, store._EXTEND, store._WRITE):
         assert helpers in script
         assert script.index(helpers) < script.index("local jobs")
-    for script in (store._LIST, store._NEXT_DUE):
+    for script in (store._LIST, store._NEXT_DUE, store._PROBE):
         assert helpers not in script
 
 

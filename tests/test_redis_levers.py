@@ -25,6 +25,7 @@ from tests.test_redis_store import (
     all_runs,
     date_job,
     interval_job,
+    meta_key,
     micros,
     namespace_keys,
     run_of,
@@ -93,7 +94,7 @@ def test_removing_the_last_jobs_of_queues_leaves_no_key_behind(repo, raw):
     repo.stage([date_job("d", queue="emails")], [], "staged:x", 30, NOW)
 
     assert repo.remove(["a", "b", "c", "d"]) == {"a", "b", "c", "d"}
-    assert namespace_keys(raw, repo.namespace) == set()
+    assert namespace_keys(raw, repo.namespace) == {meta_key(repo.namespace)}
 
 
 def test_a_job_with_an_invalid_queue_name_is_refused_before_anything_is_written(repo):

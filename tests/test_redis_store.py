@@ -70,6 +70,11 @@ def namespace_keys(client, namespace: str) -> set[str]:
     return {key.decode() for key in client.scan_iter(match="{" + namespace + "}:*")}
 
 
+def meta_key(namespace: str) -> str:
+    """The key recording the namespace's partition count: it stays when the jobs go."""
+    return "{" + namespace + "}:meta"
+
+
 @pytest.fixture
 def server(redis_server):
     redis_server.start()  # a no-op unless an earlier test stopped it
@@ -85,11 +90,18 @@ def raw(server):
 
 @pytest.fixture
 def make_repo(server, raw):
-    """``make_repo(namespace=None, **kwargs)``: a set-up store in a namespace of its own."""
+    """``make_repo(namespace=None, **kwargs)``: a set-up store in a namespace of its own.
+
+    One partition unless ``partitions`` says otherwise: these tests read and
+    write the keys the module docstring names (``{ns}:jobs``...), the layout
+    of a store of one partition; tests/test_redis_partitions.py covers stores
+    of several (and the conformance suite runs on the default 16).
+    """
     made: list[RedisRepository] = []
 
     def make(namespace: str | None = None, **kwargs) -> RedisRepository:
         kwargs.setdefault("store_clock", False)
+        kwargs.setdefault("partitions", 1)
         repo = RedisRepository(
             server.url, namespace=namespace or f"t_{uuid.uuid4().hex[:10]}", **kwargs
         )
@@ -100,7 +112,7 @@ def make_repo(server, raw):
     yield make
 
     for repo in made:
-        for key in raw.scan_iter(match="{" + repo.namespace + "}:*"):
+        for key in raw.scan_iter(match="{" + repo.namespace + "[}:]*"):
             raw.delete(key)
         repo.close()
 
@@ -232,7 +244,7 @@ def test_remove_returns_the_ids_that_existed_and_clears_every_index(repo, raw):
     assert repo.remove(["a", "b", "c", "missing", "a"]) == {"a", "b", "c"}
     assert repo.remove(["a"]) == set()
     assert repo.remove([]) == set()
-    assert namespace_keys(raw, repo.namespace) == set()
+    assert namespace_keys(raw, repo.namespace) == {meta_key(repo.namespace)}
 
 
 def test_apply_removes_then_adds_in_one_atomic_write(repo):
@@ -559,7 +571,7 @@ def test_a_document_whose_queue_is_garbage_is_parked_and_the_others_run(repo, ra
     assert raw.zscore(f"{ns}:due", "garbage") is None
     assert raw.hexists(f"{ns}:locked", "garbage") == 0
     assert repo.remove(["garbage", "good", "mail"]) == {"garbage", "good", "mail"}
-    assert namespace_keys(raw, repo.namespace) == set()
+    assert namespace_keys(raw, repo.namespace) == {meta_key(repo.namespace)}
 
 
 def test_a_job_whose_document_left_its_queue_is_not_claimed_from_it(repo, raw):
@@ -579,7 +591,7 @@ def test_a_job_whose_document_left_its_queue_is_not_claimed_from_it(repo, raw):
         QueueInfo("emails", False, 0, 1),
     ]
     assert repo.remove(["moved", "mail"]) == {"moved", "mail"}
-    assert namespace_keys(raw, repo.namespace) == set()
+    assert namespace_keys(raw, repo.namespace) == {meta_key(repo.namespace)}
 
 
 def test_a_queue_missing_from_the_known_queues_costs_only_its_jobs(repo, raw, make_repo):
@@ -849,6 +861,7 @@ def test_every_key_shares_the_namespace_hash_tag_and_nothing_else_is_touched(mak
             f"{tag}:ids",
             f"{tag}:task:t 2",
             f"{tag}:task:record",
+            f"{tag}:meta",
         }
         assert {key_slot(key.encode()) for key in keys} == {key_slot(tag.encode())}
         assert set(repo.keys()) < keys
@@ -1106,7 +1119,7 @@ def test_unix_socket_urls_work():
         repo.add([date_job("a")])
         assert [lease.job.id for lease in repo.claim(NOW, 5, "t", 60)] == ["a"]
         with redis.Redis(unix_socket_path=str(server.socket_path), db=2) as admin:
-            assert admin.hexists("{u}:jobs", "a")
+            assert admin.hexists(repo.job_keys("a").jobs, "a")
         repo.close()
 
 

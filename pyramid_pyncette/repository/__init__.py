@@ -44,6 +44,8 @@ STORE_SCHEMES: dict[str, StoreScheme] = {
     "postgresql": StoreScheme("sql", "postgresql", "psycopg"),
     "mysql": StoreScheme("sql", "mysql", "pymysql"),
     "mariadb": StoreScheme("sql", "mysql", "pymysql"),
+    # Also Redis Cluster: redis+cluster:// and rediss+cluster:// (store_scheme
+    # reads "+cluster" like a driver part, so they name these entries).
     "redis": StoreScheme("redis", "redis", "redis"),
     "rediss": StoreScheme("redis", "redis", "redis"),
     "unix": StoreScheme("redis", "redis", "redis"),
@@ -160,6 +162,8 @@ def create_repository(settings: PyncetteSettings) -> Repository:
             namespace=settings.redis_namespace,
             # Every job thread may schedule follow-ups; the loop needs a few more.
             max_connections=settings.concurrency + 4,
+            # None adopts the count the namespace was set up with (16 for a new one).
+            partitions=settings.partitions,
         )
     raise UnsupportedStoreError(
         f"pyncette.url: unsupported store scheme {scheme!r}; use sqlite:///path/to/file.sqlite, "

@@ -73,12 +73,13 @@ import contextlib
 import functools
 import json
 import logging
+import random
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from typing import Any, overload
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import redis
@@ -89,6 +90,7 @@ from redis.retry import Retry
 from ..exceptions import short_repr
 from ..jobs import (
     DEFAULT_QUEUE,
+    MAX_PARTITIONS,
     MAX_RUN_ERROR_LENGTH,
     QUEUE_NAME,
     STAGED_PREFIX,
@@ -98,6 +100,7 @@ from ..jobs import (
     QueueInfo,
     RunRecord,
     job_state_counts,
+    partition_of,
     queue_name_problem,
 )
 from ..policy import plan_claim, plan_completion, split_finished
@@ -162,6 +165,8 @@ _TRANSIENT_ERRORS = (
     redis_errors.ClusterDownError,  # includes MasterDownError
     redis_errors.ReadOnlyError,  # a replica promoted after a failover
     redis_errors.SlotNotCoveredError,
+    # A cluster none of whose nodes answers yet (RedisCluster.from_url).
+    redis_errors.RedisClusterException,
 )
 #: ConnectionErrors that no retry fixes.
 _PERMANENT_ERRORS = (redis_errors.AuthenticationError, redis_errors.AuthorizationError)
@@ -186,6 +191,7 @@ _EXTEND = _lua("replicate", "common", "extend")
 _WRITE = _lua("common", "write")
 _LIST = _lua("list")
 _NEXT_DUE = _lua("next_due")
+_PROBE = _lua("probe")
 _QUEUE_COUNTS = _lua("queue_counts")
 
 #: Job documents one call of ``queue_counts.lua`` reads (HSCAN's COUNT).
@@ -406,25 +412,46 @@ def _encode_run(run: RunRecord) -> str:
         return orjson.dumps(record).decode("utf-8")
 
 
-def _run_id(entry_id: Any) -> str:
+def _run_id(entry_id: Any, partition: int | None = None) -> str:
     """The :attr:`RunRecord.id` of a stream entry: its id, zero-padded so that ids
-    sort as text in the order they were written (``0001764451200123-0000000000``)."""
+    sort as text in the order they were written (``0001764451200123-0000000000``).
+
+    In a store of several partitions each has its own stream, so the id ends
+    with the partition (``0001764451200123-0000000000-0003``): two records
+    written in the same millisecond by two partitions still differ, and ids
+    still sort as text.
+    """
     ms, _, seq = _text(entry_id).partition("-")
-    return f"{int(ms):016d}-{int(seq or 0):010d}"
+    text = f"{int(ms):016d}-{int(seq or 0):010d}"
+    return text if partition is None else f"{text}-{partition:04d}"
 
 
-def _entry_before(run_id: str) -> str | None:
-    """The largest stream entry id below the record id ``run_id``, None when there is none."""
-    ms_text, dash, seq_text = run_id.partition("-")
+def _parse_run_id(run_id: str, partitions: int) -> tuple[int, int, int]:
+    """The stream entry (milliseconds, sequence) and partition of the record id ``run_id``."""
+    parts = run_id.split("-")
     try:
-        ms, seq = int(ms_text), int(seq_text)
+        numbers = [int(part) for part in parts]
     except ValueError:
-        ms = seq = -1
-    if not dash or ms < 0 or not 0 <= seq <= _MAX_SEQUENCE:
+        numbers = []
+    wanted = 2 if partitions == 1 else 3
+    if (
+        len(numbers) != wanted
+        or numbers[0] < 0
+        or not 0 <= numbers[1] <= _MAX_SEQUENCE
+        or (wanted == 3 and not 0 <= numbers[2] < partitions)
+    ):
+        example = "0001764451200123-0000000000" + ("" if partitions == 1 else "-0003")
         raise ValueError(
             f"invalid run cursor {run_id!r}: pass the next_cursor of a page of runs "
-            "(a run record id like '0001764451200123-0000000000')"
+            f"(a run record id like {example!r})"
         )
+    return numbers[0], numbers[1], numbers[2] if wanted == 3 else 0
+
+
+def _entry_at_or_before(ms: int, seq: int, inclusive: bool) -> str | None:
+    """The largest stream entry id up to (``inclusive``) or below ``ms-seq``; None if none."""
+    if inclusive:
+        return f"{ms}-{seq}"
     if seq > 0:
         return f"{ms}-{seq - 1}"
     if ms > 0:
@@ -432,8 +459,23 @@ def _entry_before(run_id: str) -> str | None:
     return None
 
 
-def _decode_run(entry_id: Any, fields: Mapping[Any, Any]) -> RunRecord | None:
-    """The run record of a stream entry, or None when the entry is not one."""
+def _entry_before(run_id: str) -> str | None:
+    """The largest stream entry id below the record id ``run_id``, None when there is none."""
+    ms, seq, _ = _parse_run_id(run_id, 1)
+    return _entry_at_or_before(ms, seq, False)
+
+
+def _entry_order(entry_id: Any) -> tuple[int, int]:
+    """A stream entry id as numbers, to compare entries of several streams."""
+    ms, _, seq = _text(entry_id).partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _decode_run(
+    entry_id: Any, fields: Mapping[Any, Any], partition: int | None = None
+) -> RunRecord | None:
+    """The run record of a stream entry (of ``partition``'s stream when the store has
+    several), or None when the entry is not one."""
     try:
         record = orjson.loads(fields.get("run") or fields[b"run"])
         return RunRecord(
@@ -449,7 +491,7 @@ def _decode_run(entry_id: Any, fields: Mapping[Any, Any]) -> RunRecord | None:
             host=str(record.get("host", "")),
             pid=int(record.get("pid") or 0),
             worker=str(record.get("worker", "")),
-            id=_run_id(entry_id),
+            id=_run_id(entry_id, partition),
         )
     except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
         return None
@@ -475,14 +517,96 @@ def _url_problem(url: str, exc: Exception) -> str:
 # --------------------------------------------------------------------------- the store
 
 
-class RedisRepository(Repository):
-    """A :class:`Repository` in Redis (or Redis Cluster: every key shares one hash tag).
+class PartitionCountError(RepositoryError):
+    """``pyncette.partitions`` differs from the count the namespace was set up with."""
 
-    ``url`` is a ``redis://``, ``rediss://`` or ``unix://`` URL; its query
-    string may set client options (``socket_timeout=5``...). Connections come
-    from a blocking pool of ``max_connections`` (callers waiting for a free
-    connection instead of failing). ``client`` replaces the URL with a
-    ready ``redis.Redis`` (or ``RedisCluster``) that the store will not close.
+
+#: Partitions of a namespace set up without ``pyncette.partitions``.
+DEFAULT_REDIS_PARTITIONS = 16
+
+#: The URL schemes of Redis Cluster (``redis+cluster://host:port``).
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+class PartitionKeys:
+    """The keys of one partition of a namespace (see the module docstring).
+
+    ``tag`` is ``{ns}`` in a store of one partition (the layout of the store
+    before there were partitions) and ``{ns:p}`` for partition ``p`` of a
+    store of several, so that every key of one partition is in one slot.
+    """
+
+    __slots__ = (
+        "due",
+        "ids",
+        "index",
+        "jobs",
+        "locked",
+        "paused",
+        "queue_prefix",
+        "queues",
+        "runs",
+        "tag",
+        "task_prefix",
+    )
+
+    def __init__(self, tag: str, index: int) -> None:
+        self.tag = tag
+        self.index = index
+        self.jobs = f"{tag}:jobs"
+        self.due = f"{tag}:due"
+        self.ids = f"{tag}:ids"
+        self.task_prefix = f"{tag}:task:"
+        self.queue_prefix = f"{tag}:queue:"
+        self.queues = f"{tag}:queues"
+        self.paused = f"{tag}:paused"
+        self.locked = f"{tag}:locked"
+        self.runs = f"{tag}:runs"
+
+    def __repr__(self) -> str:
+        return f"<PartitionKeys {self.tag}>"
+
+    def task_key(self, task: str) -> str:
+        """The key of the id index of ``task``'s jobs in this partition."""
+        return self.task_prefix + task
+
+    def due_key(self, queue: str) -> str:
+        """The due set of ``queue`` in this partition (``<tag>:due`` for the default queue)."""
+        if queue == DEFAULT_QUEUE:
+            return self.due
+        return f"{self.due}:{queue}"
+
+    def queue_key(self, queue: str) -> str:
+        """The id index of a queue other than the default one in this partition."""
+        return self.queue_prefix + queue
+
+    def queue_keys(self, queues: Iterable[str]) -> builtins.list[str]:
+        """The due sets and id indexes of ``queues``, in a stable order."""
+        keys = []
+        for queue in sorted(set(queues)):
+            keys.append(self.due_key(queue))
+            if queue != DEFAULT_QUEUE:
+                keys.append(self.queue_key(queue))
+        return keys
+
+
+class RedisRepository(Repository):
+    """A :class:`Repository` in Redis or Redis Cluster.
+
+    ``url`` is a ``redis://``, ``rediss://`` or ``unix://`` URL, or a
+    ``redis+cluster://host:port[,host:port...]`` (``rediss+cluster://``) URL
+    of a Redis Cluster; its query string may set client options
+    (``socket_timeout=5``...). Connections come from a blocking pool of
+    ``max_connections`` (callers waiting for a free connection instead of
+    failing). ``client`` replaces the URL with a ready ``redis.Redis`` (or
+    ``RedisCluster``) that the store will not close.
+
+    ``partitions`` is how many partitions the namespace is split into (see
+    the module docstring); None adopts the count the namespace was set up
+    with, or :data:`DEFAULT_REDIS_PARTITIONS` for a new one. A count that
+    differs from the namespace's is refused by :meth:`setup`
+    (:class:`PartitionCountError`). :attr:`partitions` holds the count in use
+    once the store is set up.
 
     Claims and heartbeats use the Redis server's clock (``store_clock``), so
     daemons whose clocks drift apart never take live leases from each other.
@@ -498,40 +622,65 @@ class RedisRepository(Repository):
         max_connections: int | None = None,
         client: redis.Redis | None = None,
         store_clock: bool = True,
+        partitions: int | None = None,
     ) -> None:
         if not namespace or "{" in namespace or "}" in namespace:
             raise ValueError(
                 f"Redis namespace {namespace!r} must be non-empty and contain no braces"
             )
+        if partitions is not None and (
+            type(partitions) is not int or not 1 <= partitions <= MAX_PARTITIONS
+        ):
+            raise ValueError(
+                f"partitions must be a whole number from 1 to {MAX_PARTITIONS}, got {partitions!r}"
+            )
         self.namespace = namespace
         self.store_clock = store_clock
+        self.requested_partitions = partitions
         self.redacted_url = redact_url(url) if url is not None else repr(client)
         self._owns_client = client is None
-        if client is None:
-            if url is None:
-                raise ValueError("RedisRepository needs a url or a client")
-            client = self._connect(url, max_connections)
-        self._client = client
+        self._client_lock = threading.Lock()
+        self._build_client: Callable[[], Any] | None = None
+        self._client_obj: Any = None
+        if client is not None:
+            self._cluster = isinstance(client, redis.RedisCluster)
+            self._use_client(client)
+        elif url is None:
+            raise ValueError("RedisRepository needs a url or a client")
+        else:
+            self._cluster = url.partition("://")[0].lower() in CLUSTER_SCHEMES
+            # A cluster client asks a node for the slots as it is built: it is
+            # built at first use, so building the store never connects.
+            build = self._connect(url, max_connections)
+            if self._cluster:
+                self._build_client = build
+            else:
+                self._use_client(build())
         tag = "{" + namespace + "}"
-        self._jobs_key = f"{tag}:jobs"
-        self._due_key = f"{tag}:due"
-        self._ids_key = f"{tag}:ids"
-        self._task_prefix = f"{tag}:task:"
-        self._queue_prefix = f"{tag}:queue:"
-        self._queues_key = f"{tag}:queues"
+        #: The namespace's own keys, outside every partition: the partition
+        #: count (HASH, field ``partitions``) and the paused queues.
+        self._meta_key = f"{tag}:meta"
         self._paused_key = f"{tag}:paused"
-        self._locked_key = f"{tag}:locked"
-        self._runs_key = f"{tag}:runs"
-        #: The queues other than the default one last seen in ``{ns}:queues``:
+        #: The partitions, once :meth:`setup` has read their count.
+        self._layout: builtins.list[PartitionKeys] = []
+        #: Where the next claim starts (see :meth:`_claim_order`).
+        self._claim_offset = 0
+        #: The queues other than the default one last seen in the queue sets:
         #: claims over every queue and heartbeats pass their keys.
         self._known_queues: frozenset[str] = frozenset()
         #: Pub/sub channel announcing new jobs (see :meth:`start_listener`).
         self.channel = f"{tag}:new"
+        self._setup_lock = threading.Lock()
+        self._ready = False
+
+    def _use_client(self, client: Any) -> None:
+        """Take ``client`` as the store's client and register the scripts with it."""
         self._claim = client.register_script(_CLAIM)
         self._extend = client.register_script(_EXTEND)
         self._write_ops = client.register_script(_WRITE)
         self._list = client.register_script(_LIST)
         self._next_due = client.register_script(_NEXT_DUE)
+        self._probe = client.register_script(_PROBE)
         self._queue_counts = client.register_script(_QUEUE_COUNTS)
         self._scripts = (
             self._claim,
@@ -539,25 +688,40 @@ class RedisRepository(Repository):
             self._write_ops,
             self._list,
             self._next_due,
+            self._probe,
             self._queue_counts,
         )
-        self._setup_lock = threading.Lock()
-        self._ready = False
+        self._client_obj = client
+
+    @property
+    def _client(self) -> Any:
+        client = self._client_obj
+        if client is None:
+            with self._client_lock:
+                if self._client_obj is None:
+                    assert self._build_client is not None
+                    self._use_client(self._build_client())
+                client = self._client_obj
+        return client
 
     @staticmethod
-    def _connect(url: str, max_connections: int | None) -> redis.Redis:
+    def _connect(url: str, max_connections: int | None) -> Callable[[], Any]:
+        """A function building the client for ``url`` (checked now, connected later)."""
         options: dict[str, Any] = {
             "decode_responses": True,
             "socket_connect_timeout": 10,
             "socket_timeout": 30,
             "health_check_interval": 30,
-            # One immediate reconnect replaces a connection the server dropped
-            # while it sat in the pool; a server that is really down fails the
-            # call, and the worker waits the outage out with its own backoff.
-            "retry": Retry(NoBackoff(), 1),
         }
         if max_connections is not None:
             options["max_connections"] = max_connections
+        scheme = url.partition("://")[0].lower()
+        if scheme in CLUSTER_SCHEMES:
+            return RedisRepository._cluster_builder(url, CLUSTER_SCHEMES[scheme], options)
+        # One immediate reconnect replaces a connection the server dropped
+        # while it sat in the pool; a server that is really down fails the
+        # call, and the worker waits the outage out with its own backoff.
+        options["retry"] = Retry(NoBackoff(), 1)
         try:
             # Options in the URL's query string win over these defaults.
             pool = redis.BlockingConnectionPool.from_url(url, **options)
@@ -565,7 +729,44 @@ class RedisRepository(Repository):
             raise ValueError(
                 f"invalid Redis URL {redact_url(url)!r}: {_url_problem(url, exc)}"
             ) from None
-        return redis.Redis(connection_pool=pool)
+        return lambda: redis.Redis(connection_pool=pool)
+
+    @staticmethod
+    def _cluster_builder(url: str, scheme: str, options: dict[str, Any]) -> Callable[[], Any]:
+        """A function building the ``RedisCluster`` of
+        ``redis+cluster://host:port[,host:port...][/0][?options]``."""
+        from redis.cluster import ClusterNode, RedisCluster
+
+        def invalid(problem: str) -> ValueError:
+            return ValueError(f"invalid Redis Cluster URL {redact_url(url)!r}: {problem}")
+
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:
+            raise invalid(_url_problem(url, exc)) from None
+        credentials, at, hosts = parts.netloc.rpartition("@")
+        nodes = [host for host in hosts.split(",") if host]
+        if not nodes:
+            raise invalid("name at least one node (redis+cluster://host:port[,host:port...])")
+        database = parts.path.strip("/")
+        if database not in ("", "0"):
+            raise invalid(
+                f"a cluster has only database 0, not {database!r}; end the URL with the "
+                "port or /0, and use pyncette.redis_namespace to keep applications apart"
+            )
+        startup = []
+        for node in nodes[1:]:
+            host, _, port = node.rpartition(":")
+            if not host or not port.isdigit():
+                raise invalid(f"the node {node!r} is not host:port")
+            startup.append(ClusterNode(host.strip("[]"), int(port)))
+        first = urlunsplit((scheme, credentials + at + nodes[0], "", parts.query, ""))
+        try:
+            # Checks the URL (and its options) without connecting.
+            redis.connection.parse_url(first)
+        except Exception as exc:
+            raise invalid(_url_problem(url, exc)) from None
+        return lambda: RedisCluster.from_url(first, startup_nodes=startup, **options)
 
     def __repr__(self) -> str:
         return f"<RedisRepository {self.redacted_url} namespace={self.namespace!r}>"
@@ -575,39 +776,48 @@ class RedisRepository(Repository):
         """The Redis client (for tests and maintenance)."""
         return self._client
 
+    def _parts(self) -> builtins.list[PartitionKeys]:
+        """The partitions (setting the store up first if needed)."""
+        if not self._layout:
+            self.setup()
+        return self._layout
+
+    def partition_keys(self, partition: int) -> PartitionKeys:
+        """The keys of partition number ``partition``."""
+        return self._parts()[partition]
+
+    def job_keys(self, job_id: str) -> PartitionKeys:
+        """The keys of the partition that holds the job ``job_id``."""
+        parts = self._parts()
+        return parts[partition_of(job_id, len(parts))]
+
     def keys(self) -> builtins.list[str]:
-        """The fixed keys of this namespace (task keys come and go with their jobs)."""
-        return [self._jobs_key, self._due_key, self._ids_key]
+        """The fixed keys of this namespace: the jobs, due set and id index of each
+        partition (task keys come and go with their jobs)."""
+        return [key for part in self._parts() for key in (part.jobs, part.due, part.ids)]
 
-    def task_key(self, task: str) -> str:
-        """The key of the id index of ``task``'s jobs."""
-        return self._task_prefix + task
+    def task_key(self, task: str, partition: int = 0) -> str:
+        """The key of the id index of ``task``'s jobs (in ``partition``)."""
+        return self.partition_keys(partition).task_key(task)
 
-    def due_key(self, queue: str) -> str:
-        """The key of the due set of ``queue`` (``{ns}:due`` for the default queue)."""
-        if queue == DEFAULT_QUEUE:
-            return self._due_key
-        return f"{self._due_key}:{queue}"
+    def due_key(self, queue: str, partition: int = 0) -> str:
+        """The key of the due set of ``queue`` (in ``partition``)."""
+        return self.partition_keys(partition).due_key(queue)
 
-    def queue_key(self, queue: str) -> str:
-        """The key of the id index of a queue other than the default one."""
-        return self._queue_prefix + queue
-
-    def _queue_keys(self, queues: Iterable[str]) -> builtins.list[str]:
-        """The due sets and id indexes of ``queues``, in a stable order."""
-        keys = []
-        for queue in sorted(set(queues)):
-            keys.append(self.due_key(queue))
-            if queue != DEFAULT_QUEUE:
-                keys.append(self.queue_key(queue))
-        return keys
+    def queue_key(self, queue: str, partition: int = 0) -> str:
+        """The key of the id index of a queue other than the default one (in ``partition``)."""
+        return self.partition_keys(partition).queue_key(queue)
 
     def _learn_queues(self, names: Iterable[Any]) -> None:
-        """Remember queues a script named (or ``{ns}:queues`` held) for the next calls."""
+        """Remember queues a script named (or a queue set held) for the next calls."""
         valid = {name for name in map(_text, names) if queue_name_problem(name) is None}
         valid.discard(DEFAULT_QUEUE)
         if not valid <= self._known_queues:
             self._known_queues = self._known_queues | valid
+
+    def _pipeline(self) -> Any:
+        """A pipeline of reads: atomic (``MULTI``) where the server allows it."""
+        return self._client.pipeline(transaction=not self._cluster and len(self._parts()) == 1)
 
     # -- plumbing ---------------------------------------------------------
 
@@ -616,14 +826,63 @@ class RedisRepository(Repository):
             if self._ready:
                 return
             # Loading the scripts checks the server is reachable and speaks Lua.
-            for script in self._scripts:
-                script.sha = _text(self._client.script_load(script.script))
+            self._load_scripts()
+            count = self._settle_partitions()
+            tag = "{" + self.namespace + "}"
+            if count == 1:
+                self._layout = [PartitionKeys(tag, 0)]
+            else:
+                self._layout = [
+                    PartitionKeys("{" + f"{self.namespace}:{p}" + "}", p) for p in range(count)
+                ]
+            self.partitions = count
+            # Daemons start their claims at different partitions.
+            self._claim_offset = random.randrange(count)
             self._ready = True
 
+    def _load_scripts(self) -> None:
+        for script in self._scripts:
+            script.sha = _text(self._client.script_load(script.script))
+
+    def _settle_partitions(self) -> int:
+        """The namespace's partition count: the one it was set up with, else the one
+        asked for (or the default), recorded once (``HSETNX``) for every later process."""
+        stored = self._client.hget(self._meta_key, "partitions")
+        if stored is None:
+            tag = "{" + self.namespace + "}"
+            # Jobs or runs written before there were partitions: one partition.
+            legacy = self._client.exists(f"{tag}:jobs", f"{tag}:ids", f"{tag}:runs")
+            count = 1 if legacy else self.requested_partitions or DEFAULT_REDIS_PARTITIONS
+            self._client.hsetnx(self._meta_key, "partitions", count)
+            stored = self._client.hget(self._meta_key, "partitions")
+        try:
+            count = int(_text(stored))
+        except (TypeError, ValueError):
+            count = 0
+        if not 1 <= count <= MAX_PARTITIONS:
+            raise PartitionCountError(
+                f"the Redis key {self._meta_key!r} holds {short_repr(_text(stored))} as the "
+                f"namespace's partition count, not a number from 1 to {MAX_PARTITIONS}; "
+                "set it back (HSET ... partitions 16) or use a fresh pyncette.redis_namespace"
+            )
+        requested = self.requested_partitions
+        if requested is not None and requested != count:
+            raise PartitionCountError(
+                f"pyncette.partitions = {requested}, but the Redis namespace "
+                f"{self.namespace!r} was set up with {count} partition"
+                f"{'s' if count != 1 else ''}; set pyncette.partitions = {count} (or remove "
+                "the setting), or move the jobs to a fresh namespace "
+                "(pyncette.redis_namespace)"
+            )
+        return count
+
     def close(self) -> None:
-        if self._owns_client:
-            self._client.close()
-            self._client.connection_pool.disconnect()
+        client = self._client_obj
+        if self._owns_client and client is not None:
+            client.close()
+            pool = getattr(client, "connection_pool", None)  # a cluster has one per node
+            if pool is not None:
+                pool.disconnect()
 
     def is_transient(self, exc: BaseException) -> bool:
         if isinstance(exc, _PERMANENT_ERRORS) or self.describe_setup_error(exc) is not None:
@@ -642,6 +901,8 @@ class RedisRepository(Repository):
     )
 
     def describe_setup_error(self, exc: BaseException) -> str | None:
+        if isinstance(exc, PartitionCountError):
+            return str(exc)
         problem = None
         # WrongNumberOfArgs: a user name sent to a server without users (Redis < 6).
         if isinstance(
@@ -693,16 +954,56 @@ class RedisRepository(Repository):
         queues: Iterable[str] = (),
         runs: Sequence[RunRecord] = (),
     ) -> builtins.list[Any]:
-        """:meth:`_write`, answering with what the script returned for each op."""
+        """:meth:`_write`, answering with what the script returned for each op.
+
+        In a store of several partitions the ops (and run records) of each
+        partition are written by one script call of their own: each is atomic,
+        the batch as a whole is not.
+        """
+        parts = self._parts()
         tasks = set(tasks)
         queues = set(queues) - {DEFAULT_QUEUE}  # its due set is always passed
-        args = [self._task_prefix, _dumps(ops), self.channel if announce else ""]
+        if len(parts) == 1:
+            return self._write_partition(parts[0], ops, tasks, announce, queues, runs)
+        count = len(parts)
+        positions: dict[int, builtins.list[int]] = {}
+        for i, op in enumerate(ops):
+            positions.setdefault(partition_of(op["id"], count), []).append(i)
+        by_partition: dict[int, builtins.list[RunRecord]] = {}
+        for run in runs:
+            by_partition.setdefault(partition_of(run.job_id, count), []).append(run)
+        results: builtins.list[Any] = [0] * len(ops)
+        for p in sorted(positions.keys() | by_partition.keys()):
+            places = positions.get(p, [])
+            found = self._write_partition(
+                parts[p],
+                [ops[i] for i in places],
+                tasks,
+                announce,
+                queues,
+                by_partition.get(p, ()),
+            )
+            for i, value in zip(places, found, strict=True):
+                results[i] = value
+        return results
+
+    def _write_partition(
+        self,
+        part: PartitionKeys,
+        ops: list[dict[str, Any]],
+        tasks: builtins.set[str],
+        announce: bool,
+        queues: builtins.set[str],
+        runs: Sequence[RunRecord],
+    ) -> builtins.list[Any]:
+        """One script call writing ``ops`` of jobs of ``part`` (see :meth:`_write_raw`)."""
+        args = [part.task_prefix, _dumps(ops), self.channel if announce else ""]
         args.extend(self._run_args(runs))
+        tasks, queues = set(tasks), set(queues)
         for _ in range(_WRITE_TRIES):
-            keys = [self._jobs_key, self._due_key, self._ids_key]
-            keys += [self._queues_key, self._locked_key, self._runs_key]
-            keys.extend(self.task_key(task) for task in sorted(tasks))
-            keys.extend(self._queue_keys(queues))
+            keys = [part.jobs, part.due, part.ids, part.queues, part.locked, part.runs]
+            keys.extend(part.task_key(task) for task in sorted(tasks))
+            keys.extend(part.queue_keys(queues))
             result = self._write_ops(keys=keys, args=args)
             if result and _text(result[0]) == "missing":
                 for name in result[1:]:
@@ -843,35 +1144,49 @@ class RedisRepository(Repository):
                 pubsub.close()
 
     def get(self, job_id: str) -> Job | None:
-        raw = self._client.hget(self._jobs_key, job_id)
+        raw = self._client.hget(self.job_keys(job_id).jobs, job_id)
         return None if raw is None else _decode_job(job_id, raw)
 
     def get_many(self, ids: Iterable[str]) -> dict[str, Job]:
         ids = list(dict.fromkeys(ids))
         if not ids:
             return {}
-        found = self._client.hmget(self._jobs_key, ids)
-        return {
-            job_id: _decode_job(job_id, raw)
-            for job_id, raw in zip(ids, found, strict=True)
-            if raw is not None
-        }
+        parts = self._parts()
+        by_partition: dict[int, builtins.list[str]] = {}
+        for job_id in ids:
+            by_partition.setdefault(partition_of(job_id, len(parts)), []).append(job_id)
+        if len(by_partition) == 1:
+            [(p, wanted)] = by_partition.items()
+            replies = [self._client.hmget(parts[p].jobs, wanted)]
+        else:
+            pipe = self._client.pipeline(transaction=False)
+            for p, wanted in by_partition.items():
+                pipe.hmget(parts[p].jobs, wanted)
+            replies = pipe.execute()
+        found = {}
+        for wanted, raws in zip(by_partition.values(), replies, strict=True):
+            for job_id, raw in zip(wanted, raws, strict=True):
+                if raw is not None:
+                    found[job_id] = _decode_job(job_id, raw)
+        return {job_id: found[job_id] for job_id in ids if job_id in found}
 
     def list(self, task: str | None = None, cursor: str | None = None, limit: int = 100) -> JobPage:
+        """Jobs in id order: a page of each partition's id index, merged."""
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit!r}")
-        index = self._ids_key if task is None else self.task_key(task)
         start = "-" if cursor is None else "(" + cursor
-        found = self._list(keys=[index, self._jobs_key], args=[start, limit + 1])
-        ids = [_text(job_id) for job_id in found[0::2]]
-        docs = found[1::2]
-        more = len(ids) > limit
-        jobs = [
-            _decode_job(job_id, raw)
-            for job_id, raw in zip(ids[:limit], docs[:limit], strict=True)
-            if raw is not None
-        ]
-        return JobPage(jobs, ids[limit - 1] if more else None)
+        pairs: builtins.list[tuple[str, Any]] = []
+        for part in self._parts():
+            index = part.ids if task is None else part.task_key(task)
+            found = self._list(keys=[index, part.jobs], args=[start, limit + 1])
+            pairs.extend(zip(map(_text, found[0::2]), found[1::2], strict=True))
+        if len(self._layout) > 1:
+            # An index orders ids by their bytes; UTF-8 keeps code point order.
+            pairs.sort(key=lambda pair: pair[0])
+            del pairs[limit + 1 :]
+        more = len(pairs) > limit
+        jobs = [_decode_job(job_id, raw) for job_id, raw in pairs[:limit] if raw is not None]
+        return JobPage(jobs, pairs[limit - 1][0] if more else None)
 
     def claim(
         self,
@@ -886,73 +1201,86 @@ class RedisRepository(Repository):
     def _complete_then_claim(
         self, outcomes: Sequence[Outcome], claim: Claim, runs: Sequence[RunRecord] = ()
     ) -> builtins.list[Lease]:
-        """One script call deletes finished one-off jobs, appends ``runs`` and claims due ones.
+        """One script call per partition deletes finished one-off jobs, appends ``runs``
+        and claims due ones.
 
         The claim reads the paused queues in the same call, so a pause is
-        obeyed by the next claim of every daemon.
+        obeyed by the next claim of every daemon. A store of several
+        partitions first asks every partition whether a job is due there (one
+        pipeline of ``probe.lua``), then claims from the partitions that have
+        some, starting at a partition that moves on by one at every claim
+        (:meth:`_claim_order`), and fills the batch from the next ones when
+        the first has fewer due jobs than ``limit``.
         """
         now, limit, token, default_lease, queues = claim
         listed = [] if queues is None else sorted(_check_queue(name) for name in queues)
+        parts = self._parts()
+        count = len(parts)
         deletes, others = split_finished(outcomes)
-        finished: list[str] = []
-        for done, _ in deletes:
+        finished: dict[int, builtins.list[str]] = {}
+        tasks: dict[int, builtins.set[str]] = {}
+        finished_queues: dict[int, builtins.set[str]] = {}
+        for done, outcome in deletes:
             assert done.token is not None  # split_finished keeps lease-guarded deletes only
-            finished += (done.job_id, done.token)
-        tasks = {outcome.lease.job.task for _, outcome in deletes}
-        finished_queues = {outcome.lease.job.queue for _, outcome in deletes}
+            p = partition_of(done.job_id, count)
+            finished.setdefault(p, []).extend((done.job_id, done.token))
+            tasks.setdefault(p, set()).add(outcome.lease.job.task)
+            finished_queues.setdefault(p, set()).add(outcome.lease.job.queue)
         by_id = {plan.job_id: outcome for plan, outcome in deletes}
+        run_groups: dict[int, builtins.list[RunRecord]] = {}
+        for run in runs:
+            run_groups.setdefault(partition_of(run.job_id, count), []).append(run)
         if others:
             self.complete(others)
         if limit <= 0 and not finished and not runs:
             return []
-        args: list[str | int] = [
-            self._now_arg(now),
-            max(limit, 0),
-            token,
-            _lease_micros(default_lease),
-            self._task_prefix,
-            "*" if queues is None else "",
-            len(listed),
-            *listed,
-            len(finished) // 2,
-            *finished,
-            *self._run_args(runs),
-        ]
-        for _ in range(_WRITE_TRIES):
-            claimed = set(listed) if queues is not None else {DEFAULT_QUEUE, *self._known_queues}
-            keys = [self._jobs_key, self._ids_key, self._queues_key, self._paused_key]
-            keys += [self._locked_key, self._runs_key]
-            keys.extend(self._queue_keys(claimed | finished_queues))
-            keys.extend(self.task_key(task) for task in sorted(tasks))
-            found = self._claim(keys=keys, args=args)
-            if _text(found[0]) != "missing":
-                break
-            self._learn_queues(found[1])
+        remaining = max(limit, 0)
+        if count == 1:
+            due = {0} if remaining else set()
         else:
-            raise RepositoryError(
-                "queues kept appearing while claiming; nothing was claimed, try again"
+            due = self._due_partitions(now, queues, listed) if remaining else set()
+        skipped: builtins.list[Outcome] = []
+        leased: builtins.list[tuple[datetime, Any, Any]] = []
+        for p in self._claim_order(count):
+            wanted = remaining if p in due else 0
+            if not wanted and p not in finished and p not in run_groups:
+                continue
+            clock, left, found = self._claim_partition(
+                parts[p],
+                now,
+                wanted,
+                token,
+                default_lease,
+                queues,
+                listed,
+                finished.get(p, []),
+                tasks.get(p, set()),
+                finished_queues.get(p, set()),
+                run_groups.get(p, ()),
             )
-        clock = _decode_time(_text(found[0]))
-        assert clock is not None  # the script's first value is always its clock
-        now = clock
-        skipped = int(found[1])
+            skipped.extend(by_id[_text(job_id)] for job_id in left)
+            for job_id, raw in found:
+                leased.append((clock, job_id, raw))
+            remaining -= len(found)
         if skipped:
             # Finished runs of jobs whose task changed: written the careful way.
-            self.complete([by_id[_text(job_id)] for job_id in found[2 : 2 + skipped]])
-        rest = found[2 + skipped :]
-        plans = []
-        for job_id, raw in zip(rest[0::2], rest[1::2], strict=True):
+            self.complete(skipped)
+        jobs = []
+        for clock, job_id, raw in leased:
             if raw == "":
                 log.error(
                     "job %r has an unreadable stored document; it is no longer due "
                     "(fix or remove it: HGET %s %s)",
                     _text(job_id),
-                    self._jobs_key,
+                    self.job_keys(_text(job_id)).jobs,
                     _text(job_id),
                 )
                 continue
-            job = _decode_job(_text(job_id), raw)
-            plans.append(plan_claim(job, now, token, default_lease, checked=True))
+            jobs.append((clock, _decode_job(_text(job_id), raw)))
+        if count > 1:
+            # The batch in due order (ties by id), as one partition's claim gives it.
+            jobs.sort(key=lambda item: (item[1].due_at or _EPOCH, item[1].id))
+        plans = [plan_claim(job, clock, token, default_lease, checked=True) for clock, job in jobs]
         once = [plan for plan in plans if plan.action != "lease"]
         if not once:
             return [plan.lease for plan in plans]
@@ -972,11 +1300,106 @@ class RedisRepository(Repository):
                     "attempts": plan.job.attempts,
                 }
                 ops.append(self._plan_op("settle", plan.job.id, token, values))
-        tasks = {plan.job.task for plan in once}
-        flags = self._write(ops, tasks, queues={plan.job.queue for plan in once})
+        once_tasks = {plan.job.task for plan in once}
+        flags = self._write(ops, once_tasks, queues={plan.job.queue for plan in once})
         # A row taken from us in between (replaced, removed) is not run.
         lost = {plan.job.id for plan, flag in zip(once, flags, strict=True) if not flag}
         return [plan.lease for plan in plans if plan.action == "lease" or plan.job.id not in lost]
+
+    def _claim_order(self, count: int) -> builtins.list[int]:
+        """The partitions in the order the next claim visits them: from an offset that
+        moves on by one at every claim, so every partition is the first now and then
+        (and two daemons, which start at random offsets, rarely start at the same one)."""
+        start = self._claim_offset % count
+        self._claim_offset = (start + 1) % count
+        return [(start + i) % count for i in range(count)]
+
+    def _due_partitions(
+        self, now: datetime, queues: frozenset[str] | None, listed: builtins.list[str]
+    ) -> builtins.set[int]:
+        """The partitions that hold a job due at ``now`` (the server's clock with
+        ``store_clock``) in the claimed queues but paused ones: one pipeline."""
+        replies = self._each_partition(self._probe, queues, listed, [self._now_arg(now)])
+        return {p for p, reply in enumerate(replies) if int(reply[1])}
+
+    def _each_partition(
+        self,
+        script: Any,
+        queues: frozenset[str] | None,
+        listed: builtins.list[str],
+        head: builtins.list[str],
+    ) -> builtins.list[Any]:
+        """The replies of ``script`` (``probe.lua`` or ``next_due.lua``) in every
+        partition, from one pipeline, with the keys of every claimed queue (learning
+        queues a partition names and asking again)."""
+        args = [*head, "*" if queues is None else "", *listed]
+        for _ in range(_WRITE_TRIES):
+            claimed = set(listed) if queues is not None else {DEFAULT_QUEUE, *self._known_queues}
+            pipe = self._client.pipeline(transaction=False)
+            for part in self._parts():
+                keys = [part.jobs, part.queues, part.paused]
+                keys.extend(part.due_key(queue) for queue in sorted(claimed))
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            try:
+                replies = pipe.execute()
+            except redis_errors.NoScriptError:
+                # The server lost its scripts (a restart, SCRIPT FLUSH): load them again.
+                self._load_scripts()
+                continue
+            missing = [reply[1] for reply in replies if _text(reply[0]) == "missing"]
+            if not missing:
+                return replies
+            for names in missing:
+                self._learn_queues(names)
+        raise RepositoryError("queues kept appearing while reading the partitions; try again")
+
+    def _claim_partition(
+        self,
+        part: PartitionKeys,
+        now: datetime,
+        limit: int,
+        token: str,
+        default_lease: float,
+        queues: frozenset[str] | None,
+        listed: builtins.list[str],
+        finished: builtins.list[str],
+        tasks: builtins.set[str],
+        finished_queues: builtins.set[str],
+        runs: Sequence[RunRecord],
+    ) -> tuple[datetime, builtins.list[Any], builtins.list[tuple[Any, Any]]]:
+        """One ``claim.lua`` call in ``part``: its clock, the finished ids it left
+        alone and the (id, document before the claim) pairs it leased."""
+        args: list[str | int] = [
+            self._now_arg(now),
+            limit,
+            token,
+            _lease_micros(default_lease),
+            part.task_prefix,
+            "*" if queues is None else "",
+            len(listed),
+            *listed,
+            len(finished) // 2,
+            *finished,
+            *self._run_args(runs),
+        ]
+        for _ in range(_WRITE_TRIES):
+            claimed = set(listed) if queues is not None else {DEFAULT_QUEUE, *self._known_queues}
+            keys = [part.jobs, part.ids, part.queues, part.paused, part.locked, part.runs]
+            keys.extend(part.queue_keys(claimed | finished_queues))
+            keys.extend(part.task_key(task) for task in sorted(tasks))
+            found = self._claim(keys=keys, args=args)
+            if _text(found[0]) != "missing":
+                break
+            self._learn_queues(found[1])
+        else:
+            raise RepositoryError(
+                "queues kept appearing while claiming; nothing was claimed, try again"
+            )
+        clock = _decode_time(_text(found[0]))
+        assert clock is not None  # the script's first value is always its clock
+        skipped = int(found[1])
+        rest = found[2 + skipped :]
+        return clock, found[2 : 2 + skipped], list(zip(rest[0::2], rest[1::2], strict=True))
 
     def complete(self, outcomes: Sequence[Outcome], runs: Sequence[RunRecord] = ()) -> None:
         """Apply ``outcomes`` and append ``runs`` in one script call; one by one if a row
@@ -1036,11 +1459,23 @@ class RedisRepository(Repository):
     def extend(self, now: datetime, leases: Sequence[tuple[str, str, float]]) -> set[str]:
         if not leases:
             return set()
-        items = [[job_id, token, _lease_micros(seconds)] for job_id, token, seconds in leases]
+        parts = self._parts()
+        by_partition: dict[int, builtins.list[builtins.list[Any]]] = {}
+        for job_id, token, seconds in leases:
+            p = partition_of(job_id, len(parts))
+            by_partition.setdefault(p, []).append([job_id, token, _lease_micros(seconds)])
+        held: builtins.set[str] = set()
+        for p, items in by_partition.items():
+            held |= self._extend_partition(parts[p], now, items)
+        return held
+
+    def _extend_partition(
+        self, part: PartitionKeys, now: datetime, items: builtins.list[builtins.list[Any]]
+    ) -> builtins.set[str]:
         args = [self._now_arg(now), _dumps(items)]
         queues = {DEFAULT_QUEUE, *self._known_queues}
         for _ in range(_WRITE_TRIES):
-            keys = [self._jobs_key, *(self.due_key(queue) for queue in sorted(queues))]
+            keys = [part.jobs, *(part.due_key(queue) for queue in sorted(queues))]
             held = self._extend(keys=keys, args=args)
             if not held or _text(held[0]) != "missing":
                 return {_text(job_id) for job_id in held}
@@ -1064,23 +1499,41 @@ class RedisRepository(Repository):
 
     def _earliest_due(self, queues: frozenset[str] | None) -> tuple[int | None, int]:
         """The earliest due time of ``queues`` (None: all) but paused ones, and the
-        server's clock, in microseconds since the epoch."""
+        server's clock, in microseconds since the epoch.
+
+        One ``next_due.lua`` call per partition, all in one pipeline; the
+        earliest of their answers wins.
+        """
         listed = [] if queues is None else sorted(_check_queue(name) for name in queues)
+        if len(self._parts()) > 1:
+            replies = self._each_partition(self._next_due, queues, listed, [])
+        else:
+            replies = [self._next_due_single(queues, listed)]
+        earliest: int | None = None
+        now = int(_text(replies[0][1]))
+        for reply in replies:
+            due, clock = (_text(value) for value in reply)
+            try:
+                micros = int(due) if due else None
+            except ValueError:  # an unreadable time: the claim that reaches it parks the job
+                micros = None
+            if micros is not None and (earliest is None or micros < earliest):
+                # The clock of the node holding the job (a cluster's nodes may differ).
+                earliest, now = micros, int(clock)
+        return earliest, now
+
+    def _next_due_single(self, queues: frozenset[str] | None, listed: builtins.list[str]) -> Any:
+        """``next_due.lua``'s answer in a store of one partition (one call)."""
+        part = self._layout[0]
         for _ in range(_WRITE_TRIES):
             claimed = set(listed) if queues is not None else {DEFAULT_QUEUE, *self._known_queues}
-            keys = [self._jobs_key, self._queues_key, self._paused_key]
-            keys.extend(self.due_key(queue) for queue in sorted(claimed))
+            keys = [part.jobs, part.queues, part.paused]
+            keys.extend(part.due_key(queue) for queue in sorted(claimed))
             found = self._next_due(keys=keys, args=["*" if queues is None else "", *listed])
             if _text(found[0]) != "missing":
-                break
+                return found
             self._learn_queues(found[1])
-        else:
-            raise RepositoryError("queues kept appearing while reading the next due time")
-        due, now = (_text(value) for value in found)
-        try:
-            return (int(due) if due else None), int(now)
-        except ValueError:  # an unreadable time: the claim that reaches it parks the job
-            return None, int(now)
+        raise RepositoryError("queues kept appearing while reading the next due time")
 
     def next_due(self, queues: frozenset[str] | None = None) -> datetime | None:
         due, _ = self._earliest_due(queues)
@@ -1100,59 +1553,80 @@ class RedisRepository(Repository):
     # -- queues -------------------------------------------------------------
 
     def set_queue_paused(self, name: str, paused: bool) -> bool:
+        """Pause or resume ``name``: every partition keeps a copy of the paused queues,
+        which its scripts read atomically with the jobs they claim; all copies are
+        written in one pipeline (call again after an error to finish)."""
         _check_queue(name)
-        if paused:
-            return bool(self._client.sadd(self._paused_key, name))
-        return bool(self._client.srem(self._paused_key, name))
+        pipe = self._client.pipeline(transaction=False)
+        for part in self._parts():
+            if paused:
+                pipe.sadd(part.paused, name)
+            else:
+                pipe.srem(part.paused, name)
+        return any(int(changed) for changed in pipe.execute())
 
     def paused_queues(self) -> builtins.set[str]:
-        return {_text(name) for name in self._client.smembers(self._paused_key)}
+        pipe = self._client.pipeline(transaction=False)
+        for part in self._parts():
+            pipe.smembers(part.paused)
+        return {_text(name) for names in pipe.execute() for name in names}
 
     def queue_stats(self, now: datetime) -> builtins.list[QueueInfo]:
         """Every queue that holds a job or is paused, with its counts at ``now``.
 
-        Two reads, each atomic (``MULTI``): the queue names, paused queues and
-        locked jobs, then per queue its due count and size and per locked job
-        its due time. The cost grows with the number of queues and of locked
+        Two reads of every partition (each atomic, ``MULTI``, in a store of one
+        partition on one server): the queue names, paused queues and locked
+        jobs, then per queue its due count and size and per locked job its due
+        time. The cost grows with the number of queues, partitions and locked
         (running or staged) jobs, not with the number of stored jobs. A job
         written between the two reads may be counted as it was before.
         """
-        pipe = self._client.pipeline(transaction=True)
-        pipe.smembers(self._queues_key)
-        pipe.smembers(self._paused_key)
-        pipe.hgetall(self._locked_key)
-        pipe.hlen(self._jobs_key)
-        stored, paused_raw, locked_raw, total = pipe.execute()
-        known = {_text(name) for name in stored}
+        parts = self._parts()
+        pipe = self._pipeline()
+        for part in parts:
+            pipe.smembers(part.queues)
+            pipe.smembers(part.paused)
+            pipe.hgetall(part.locked)
+            pipe.hlen(part.jobs)
+        replies = pipe.execute()
+        known: builtins.set[str] = set()
+        paused: builtins.set[str] = set()
+        total = 0
+        locked = []
+        for p in range(len(parts)):
+            stored, paused_raw, locked_raw, size = replies[4 * p : 4 * p + 4]
+            known |= {_text(name) for name in stored}
+            paused |= {_text(name) for name in paused_raw}
+            total += int(size)
+            for job_id, value in locked_raw.items():
+                value = _text(value)
+                staged = value.startswith(STAGED_PREFIX)
+                queue = value[len(STAGED_PREFIX) :] if staged else value
+                if queue_name_problem(queue) is None:
+                    locked.append((p, _text(job_id), queue, staged))
         known = {name for name in known if queue_name_problem(name) is None} - {DEFAULT_QUEUE}
         self._known_queues = frozenset(known)
-        paused = {_text(name) for name in paused_raw}
         names = sorted(known | {DEFAULT_QUEUE})
-        locked = []
-        for job_id, value in locked_raw.items():
-            value = _text(value)
-            staged = value.startswith(STAGED_PREFIX)
-            queue = value[len(STAGED_PREFIX) :] if staged else value
-            if queue_name_problem(queue) is None:
-                locked.append((_text(job_id), queue, staged))
         until = _encode_time(now)
-        pipe = self._client.pipeline(transaction=True)
-        for name in names:
-            pipe.zcount(self.due_key(name), "-inf", until)
-            if name != DEFAULT_QUEUE:
-                pipe.zcard(self.queue_key(name))
-        for job_id, queue, _ in locked:
-            pipe.zscore(self.due_key(queue), job_id)
+        pipe = self._pipeline()
+        for part in parts:
+            for name in names:
+                pipe.zcount(part.due_key(name), "-inf", until)
+                if name != DEFAULT_QUEUE:
+                    pipe.zcard(part.queue_key(name))
+        for p, job_id, queue, _ in locked:
+            pipe.zscore(parts[p].due_key(queue), job_id)
         counts = iter(pipe.execute())
-        due: dict[str, int] = {}
-        sizes: dict[str, int] = {}
-        for name in names:
-            due[name] = int(next(counts))
-            if name != DEFAULT_QUEUE:
-                sizes[name] = int(next(counts))
-        sizes[DEFAULT_QUEUE] = int(total) - sum(sizes.values())
+        due: dict[str, int] = dict.fromkeys(names, 0)
+        sizes: dict[str, int] = dict.fromkeys(names, 0)
+        for _part in parts:
+            for name in names:
+                due[name] += int(next(counts))
+                if name != DEFAULT_QUEUE:
+                    sizes[name] += int(next(counts))
+        sizes[DEFAULT_QUEUE] = total - sum(sizes.values())
         running = dict.fromkeys(names, 0)
-        for _job_id, queue, staged in locked:
+        for _p, _job_id, queue, staged in locked:
             score = next(counts)
             if score is None or queue not in due:
                 continue  # not a job of that queue (any more)
@@ -1178,31 +1652,33 @@ class RedisRepository(Repository):
         """Per queue, how many jobs are in each state and the earliest due time (microseconds)
         of the jobs waiting for a daemon.
 
-        ``queue_counts.lua`` counts the documents in the server a chunk at a
-        time (``HSCAN``), so neither is the server held up by one long
-        command nor are the documents sent here; callers that ask often
-        cache the answer. A job written during the scan may be counted as it
-        was before, or (rarely, while the hash grows) twice.
+        ``queue_counts.lua`` counts the documents of each partition in the
+        server a chunk at a time (``HSCAN``), so neither is the server held
+        up by one long command nor are the documents sent here; callers that
+        ask often cache the answer. A job written during the scan may be
+        counted as it was before, or (rarely, while the hash grows) twice.
         """
         states: dict[str, dict[str, int]] = {}
         oldest: dict[str, int] = {}
-        cursor: Any = 0
-        while True:
-            cursor, chunk = self._queue_counts(keys=[self._jobs_key], args=[cursor, _COUNT_CHUNK])
-            for i in range(0, len(chunk), 7):
-                queue = _text(chunk[i])
-                counts = states.get(queue)
-                if counts is None:
-                    counts = states[queue] = job_state_counts()
-                for state, count in zip(_COUNTED_STATES, chunk[i + 1 : i + 6], strict=True):
-                    counts[state] += int(count)
-                due = _text(chunk[i + 6])
-                if due:
-                    micros = int(due)
-                    if queue not in oldest or micros < oldest[queue]:
-                        oldest[queue] = micros
-            if int(cursor) == 0:
-                return states, oldest
+        for part in self._parts():
+            cursor: Any = 0
+            while True:
+                cursor, chunk = self._queue_counts(keys=[part.jobs], args=[cursor, _COUNT_CHUNK])
+                for i in range(0, len(chunk), 7):
+                    queue = _text(chunk[i])
+                    counts = states.get(queue)
+                    if counts is None:
+                        counts = states[queue] = job_state_counts()
+                    for state, count in zip(_COUNTED_STATES, chunk[i + 1 : i + 6], strict=True):
+                        counts[state] += int(count)
+                    due = _text(chunk[i + 6])
+                    if due:
+                        micros = int(due)
+                        if queue not in oldest or micros < oldest[queue]:
+                            oldest[queue] = micros
+                if int(cursor) == 0:
+                    break
+        return states, oldest
 
     # -- run history ----------------------------------------------------------
 
@@ -1215,10 +1691,12 @@ class RedisRepository(Repository):
         cursor: str | None = None,
         limit: int = 100,
     ) -> RunPage:
-        """Run records, newest first, read from ``{ns}:runs`` backwards (``XREVRANGE``).
+        """Run records, newest first, read from the run history backwards (``XREVRANGE``).
 
-        Filters are applied here, so a filter that matches rarely (one job's
-        runs) reads the history back to its matches, at most
+        A store of several partitions has a stream per partition; their
+        records are merged by entry id (the time they were written), ties by
+        partition. Filters are applied here, so a filter that matches rarely
+        (one job's runs) reads the history back to its matches, at most
         :data:`MAX_RUNS_SCANNED` records per call: a call that reaches that
         bound returns the matches found so far and a cursor to go on from.
         """
@@ -1227,28 +1705,40 @@ class RedisRepository(Repository):
         wanted = None if outcomes is None else set(outcomes)
         filtered = job_id is not None or task is not None or queue is not None or wanted is not None
         chunk = _RUNS_CHUNK if filtered else limit + 1
-        end = "+" if cursor is None else _entry_before(cursor)
+        parts = self._parts()
+        several = len(parts) > 1
+        if cursor is None:
+            ends: builtins.list[str | None] = ["+"] * len(parts)
+        else:
+            ms, seq, at = _parse_run_id(cursor, len(parts))
+            # Records of a partition below the cursor's share its entry id.
+            ends = [_entry_at_or_before(ms, seq, several and p < at) for p in range(len(parts))]
+        readers = [
+            _StreamReader(self._client, part.runs, end, p if several else None)
+            for p, (part, end) in enumerate(zip(parts, ends, strict=True))
+        ]
         found: list[RunRecord] = []
         scanned = 0
         last = ""
-        while end is not None and len(found) <= limit:
+        while len(found) <= limit:
             if scanned >= MAX_RUNS_SCANNED:
                 # Bounded: the matches so far, and the last record read as the cursor.
                 return RunPage(found, last)
             count = min(chunk, MAX_RUNS_SCANNED - scanned)
-            entries = self._client.xrevrange(self._runs_key, max=end, min="-", count=count) or []
-            scanned += len(entries)
-            for entry_id, fields in entries:
-                run = _decode_run(entry_id, fields or {})
-                if run is None or not run.matches(job_id, task, queue, wanted):
-                    continue
-                found.append(run)
-                if len(found) > limit:
-                    break
-            if len(entries) < count:
+            head = None
+            for reader in readers:
+                order = reader.peek(count)
+                if order is not None and (head is None or order > head[0]):
+                    head = (order, reader)
+            if head is None:
                 break
-            last = _run_id(entries[-1][0])
-            end = _entry_before(last)
+            reader = head[1]
+            entry_id, fields = reader.take()
+            scanned += 1
+            last = _run_id(entry_id, reader.partition)
+            run = _decode_run(entry_id, fields or {}, reader.partition)
+            if run is not None and run.matches(job_id, task, queue, wanted):
+                found.append(run)
         more = len(found) > limit
         found = found[:limit]
         return RunPage(found, found[-1].id if more else None)
@@ -1257,25 +1747,67 @@ class RedisRepository(Repository):
         """Delete up to ``limit`` of the oldest written run records that finished before
         ``before``.
 
-        Reads the ``limit`` oldest records and :data:`PRUNE_LOOKAHEAD` more
-        (``XRANGE``), so records written a little out of order (daemons whose
-        clocks differ) are found too, and deletes the old ones among them
-        (``XDEL``): the cost grows with ``limit`` only. Records that cannot
-        be read go too.
+        Reads the ``limit`` oldest records of each partition's stream and
+        :data:`PRUNE_LOOKAHEAD` more (``XRANGE``), so records written a little
+        out of order (daemons whose clocks differ) are found too, and deletes
+        the oldest old ones among them (``XDEL``): the cost grows with
+        ``limit`` (and the partitions) only. Records that cannot be read go too.
         """
         if limit <= 0:
             return 0
         until = _micros(before - _EPOCH)
         count = limit + PRUNE_LOOKAHEAD
-        entries = self._client.xrange(self._runs_key, min="-", max="+", count=count) or []
+        parts = self._parts()
+        if len(parts) == 1:
+            streams = [self._client.xrange(parts[0].runs, min="-", max="+", count=count)]
+        else:
+            pipe = self._client.pipeline(transaction=False)
+            for part in parts:
+                pipe.xrange(part.runs, min="-", max="+", count=count)
+            streams = pipe.execute()
         old = []
-        for entry_id, fields in entries:
-            run = _decode_run(entry_id, fields or {})
-            if run is None or _micros(run.finished_at - _EPOCH) < until:
-                old.append(_text(entry_id))
-                if len(old) == limit:
-                    break
-        if not old:
-            return 0
+        for p, entries in enumerate(streams):
+            for entry_id, fields in entries or []:
+                run = _decode_run(entry_id, fields or {})
+                if run is None or _micros(run.finished_at - _EPOCH) < until:
+                    old.append((_entry_order(entry_id), p, _text(entry_id)))
+        old.sort()
+        by_partition: dict[int, builtins.list[str]] = {}
+        for _, p, entry_id in old[:limit]:
+            by_partition.setdefault(p, []).append(entry_id)
         # XDEL counts what it deleted: two daemons pruning at once count each record once.
-        return int(self._client.xdel(self._runs_key, *old))
+        return sum(
+            int(self._client.xdel(parts[p].runs, *entry_ids))
+            for p, entry_ids in by_partition.items()
+        )
+
+
+class _StreamReader:
+    """One run history stream read backwards a chunk at a time (for :meth:`list_runs`)."""
+
+    def __init__(self, client: Any, key: str, end: str | None, partition: int | None) -> None:
+        self.client = client
+        self.key = key
+        self.end = end  # the next entry to read is at or below it; None: none left
+        self.partition = partition
+        self.buffer: builtins.list[Any] = []
+
+    def peek(self, count: int) -> tuple[int, int, int] | None:
+        """The order (entry id, partition) of the next record, reading ``count`` more if
+        needed; None when the stream has no more."""
+        if not self.buffer and self.end is not None:
+            entries = self.client.xrevrange(self.key, max=self.end, min="-", count=count) or []
+            self.buffer = list(reversed(entries))
+            if len(entries) < count:
+                self.end = None
+            else:
+                ms, seq = _entry_order(entries[-1][0])
+                self.end = _entry_at_or_before(ms, seq, False)
+        if not self.buffer:
+            return None
+        ms, seq = _entry_order(self.buffer[-1][0])
+        return ms, seq, self.partition or 0
+
+    def take(self) -> Any:
+        """The next record (after :meth:`peek` said there is one)."""
+        return self.buffer.pop()
