@@ -43,12 +43,12 @@ GOOD_VALUES = {
 
 def _redis_document(repository: Any, job_id: str) -> dict[str, Any]:
     """The stored Redis document of ``job_id``, decoded."""
-    return json.loads(repository.client.hget(repository._jobs_key, job_id))
+    return json.loads(repository.client.hget(repository.job_keys(job_id).jobs, job_id))
 
 
 def _store_redis_document(repository: Any, job_id: str, doc: dict[str, Any]) -> None:
     """Overwrite the stored Redis document of ``job_id`` with ``doc``, unchecked."""
-    repository.client.hset(repository._jobs_key, job_id, json.dumps(doc))
+    repository.client.hset(repository.job_keys(job_id).jobs, job_id, json.dumps(doc))
 
 
 def store_kind(app: Any) -> str:

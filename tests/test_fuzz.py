@@ -785,8 +785,9 @@ def test_the_worker_loop_goes_idle_past_every_garbage_row_and_runs_the_others(ma
     names = _write_every_garbage(app)
     if store_kind(app) == "redis":
         # Documents the next-due probe reads first (the lowest scores).
-        client, key = app.repository.client, app.repository._jobs_key
+        client = app.repository.client
         for name, text in (("later-not-json", "{not json"), ("later-bad-due", None)):
+            key = app.repository.job_keys(name).jobs
             app.scheduler.add_date_job("record", app.clock() - timedelta(days=1), job_id=name)
             doc = (
                 text
@@ -794,7 +795,7 @@ def test_the_worker_loop_goes_idle_past_every_garbage_row_and_runs_the_others(ma
                 else json.dumps({**json.loads(client.hget(key, name)), "due_at": "garbage"})
             )
             client.hset(key, name, doc)
-            client.zadd(app.repository._due_key, {name: 0})
+            client.zadd(app.repository.job_keys(name).due, {name: 0})
             names.append(name)
     due = app.repository.next_due()
     assert due is None or isinstance(due, datetime)

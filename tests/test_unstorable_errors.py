@@ -244,7 +244,9 @@ def test_a_redis_document_that_turns_unreadable_while_its_job_runs_costs_only_th
 ):
     def corrupt_own_document(request):
         repository = request.registry.scheduler.repository
-        repository.client.hset(repository._jobs_key, request.job.id, "{not json")
+        repository.client.hset(
+            repository.job_keys(request.job.id).jobs, request.job.id, "{not json"
+        )
         raise RuntimeError("after corrupting my own document")
 
     app = make_app(tasks={"corrupt_own_document": corrupt_own_document})

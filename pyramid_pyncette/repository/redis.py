@@ -188,7 +188,7 @@ def _lua(*names: str) -> str:
 # Each script is one text sent to the server; the shared helpers go in front.
 _CLAIM = _lua("replicate", "common", "claim")
 _EXTEND = _lua("replicate", "common", "extend")
-_WRITE = _lua("common", "write")
+_WRITE = _lua("replicate", "common", "write")
 _LIST = _lua("list")
 _NEXT_DUE = _lua("next_due")
 _PROBE = _lua("probe")
@@ -1019,12 +1019,16 @@ class RedisRepository(Repository):
             "nothing was written, try again"
         )
 
-    @staticmethod
-    def _run_args(runs: Sequence[RunRecord]) -> builtins.list[str]:
-        """The script arguments that append ``runs`` (see append_runs in common.lua)."""
+    def _run_args(self, runs: Sequence[RunRecord]) -> builtins.list[str]:
+        """The script arguments that append ``runs`` (see append_runs in common.lua).
+
+        A store of several partitions asks for entry ids in microseconds, so
+        that records of several streams merge in the order they were written.
+        """
         if not runs:
             return []
-        return [str(MAX_REDIS_RUNS), *map(_encode_run, runs)]
+        cap = str(MAX_REDIS_RUNS) if len(self._parts()) == 1 else f"u{MAX_REDIS_RUNS}"
+        return [cap, *map(_encode_run, runs)]
 
     @staticmethod
     def _put(job: Job, replace: bool) -> dict[str, Any]:
@@ -1234,15 +1238,15 @@ class RedisRepository(Repository):
             self.complete(others)
         if limit <= 0 and not finished and not runs:
             return []
-        remaining = max(limit, 0)
+        limit = max(limit, 0)
         if count == 1:
-            due = {0} if remaining else set()
+            due = {0: limit}
         else:
-            due = self._due_partitions(now, queues, listed) if remaining else set()
+            due = self._due_partitions(now, limit, queues, listed) if limit else {}
         skipped: builtins.list[Outcome] = []
         leased: builtins.list[tuple[datetime, Any, Any]] = []
         for p in self._claim_order(count):
-            wanted = remaining if p in due else 0
+            wanted = due.get(p, 0)
             if not wanted and p not in finished and p not in run_groups:
                 continue
             clock, left, found = self._claim_partition(
@@ -1261,7 +1265,6 @@ class RedisRepository(Repository):
             skipped.extend(by_id[_text(job_id)] for job_id in left)
             for job_id, raw in found:
                 leased.append((clock, job_id, raw))
-            remaining -= len(found)
         if skipped:
             # Finished runs of jobs whose task changed: written the careful way.
             self.complete(skipped)
@@ -1315,12 +1318,28 @@ class RedisRepository(Repository):
         return [(start + i) % count for i in range(count)]
 
     def _due_partitions(
-        self, now: datetime, queues: frozenset[str] | None, listed: builtins.list[str]
-    ) -> builtins.set[int]:
-        """The partitions that hold a job due at ``now`` (the server's clock with
-        ``store_clock``) in the claimed queues but paused ones: one pipeline."""
-        replies = self._each_partition(self._probe, queues, listed, [self._now_arg(now)])
-        return {p for p, reply in enumerate(replies) if int(reply[1])}
+        self,
+        now: datetime,
+        limit: int,
+        queues: frozenset[str] | None,
+        listed: builtins.list[str],
+    ) -> dict[int, int]:
+        """How many jobs to claim from each partition: the ``limit`` jobs due earliest
+        at ``now`` (the server's clock with ``store_clock``) across the partitions, in
+        the claimed queues but paused ones, ties by id (as one partition's claim
+        takes them), read from every partition in one pipeline."""
+        replies = self._each_partition(
+            self._probe, queues, listed, [self._now_arg(now), str(limit)]
+        )
+        due = []
+        for p, reply in enumerate(replies):
+            for i in range(1, len(reply) - 1, 2):
+                due.append((float(reply[i + 1]), _text(reply[i]), p))
+        due.sort()
+        counts: dict[int, int] = {}
+        for _, _, p in due[:limit]:
+            counts[p] = counts.get(p, 0) + 1
+        return counts
 
     def _each_partition(
         self,

@@ -1,12 +1,14 @@
--- Whether one partition holds a job due at `now` in the claimed queues: a
--- claim over several partitions asks every partition at once (one pipeline)
--- and runs claim.lua only where something is due.
+-- The jobs due at `now` in one partition's claimed queues, the earliest
+-- first: a claim over several partitions asks every partition at once (one
+-- pipeline), picks the earliest due jobs across them and runs claim.lua only
+-- in the partitions that hold some of them. Reads only.
 -- KEYS: jobs, '{ns}:queues', '{ns}:paused', the due sets of the claimed queues.
--- ARGV: now in microseconds ('' = the server's clock), '*' for every known
--- queue (the default one and those in '{ns}:queues') or '' for the listed
--- ones, then the queue names listed.
--- Paused queues do not count. Returns {now, 1 when a job is due else 0}, or
--- {'missing', {queue, ...}} when a claimed queue's due set was not passed.
+-- ARGV: now in microseconds ('' = the server's clock), the most jobs to list,
+-- '*' for every known queue (the default one and those in '{ns}:queues') or
+-- '' for the listed ones, then the queue names listed.
+-- Paused queues do not count. Returns {now, id1, due time1, id2, ...} (up to
+-- the most jobs to list per queue), or {'missing', {queue, ...}} when a claimed
+-- queue's due set was not passed.
 
 local tag = string.sub(KEYS[1], 1, -5)
 local declared = {}
@@ -18,17 +20,18 @@ else
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
+local limit = tonumber(ARGV[2])
 
 -- The same rules as claim.lua (see common.lua for the key names).
 local paused = {}
 for _, q in ipairs(redis.call('SMEMBERS', KEYS[3])) do paused[q] = true end
 local names = {}
-for i = 3, #ARGV do names[#names + 1] = ARGV[i] end
-if ARGV[2] == '*' then
+for i = 4, #ARGV do names[#names + 1] = ARGV[i] end
+if ARGV[3] == '*' then
   names[#names + 1] = 'default'
   for _, q in ipairs(redis.call('SMEMBERS', KEYS[2])) do names[#names + 1] = q end
 end
-local due, missing, seen = 0, {}, {}
+local out, missing, seen = {string.format('%.17g', now)}, {}, {}
 for _, q in ipairs(names) do
   local valid = type(q) == 'string' and #q <= 64 and string.match(q, '^[%w][%w_.%-]*$')
   if valid and not paused[q] and not seen[q] then
@@ -36,14 +39,13 @@ for _, q in ipairs(names) do
     local key = tag .. 'due'
     if q ~= 'default' then key = key .. ':' .. q end
     if declared[key] then
-      if due == 0 then
-        local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-        if #head > 0 and tonumber(head[2]) <= now then due = 1 end
-      end
+      local due = redis.call('ZRANGEBYSCORE', key, '-inf', string.format('%.17g', now),
+                             'WITHSCORES', 'LIMIT', 0, limit)
+      for i = 1, #due do out[#out + 1] = due[i] end
     else
       missing[#missing + 1] = q
     end
   end
 end
 if #missing > 0 then return {'missing', missing} end
-return {string.format('%.17g', now), due}
+return out
