@@ -75,6 +75,7 @@ import json
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from importlib import resources
@@ -841,8 +842,9 @@ class RedisRepository(Repository):
             self._ready = True
 
     def _load_scripts(self) -> None:
+        client = self._client  # built now if it was not (the scripts come with it)
         for script in self._scripts:
-            script.sha = _text(self._client.script_load(script.script))
+            script.sha = _text(client.script_load(script.script))
 
     def _settle_partitions(self) -> int:
         """The namespace's partition count: the one it was set up with, else the one
@@ -969,22 +971,18 @@ class RedisRepository(Repository):
         positions: dict[int, builtins.list[int]] = {}
         for i, op in enumerate(ops):
             positions.setdefault(partition_of(op["id"], count), []).append(i)
-        by_partition: dict[int, builtins.list[RunRecord]] = {}
-        for run in runs:
-            by_partition.setdefault(partition_of(run.job_id, count), []).append(run)
+        by_partition = self._group_runs(runs, count)
         results: builtins.list[Any] = [0] * len(ops)
         for p in sorted(positions.keys() | by_partition.keys()):
             places = positions.get(p, [])
+            group, batch = by_partition.get(p, ([], None))
             found = self._write_partition(
-                parts[p],
-                [ops[i] for i in places],
-                tasks,
-                announce,
-                queues,
-                by_partition.get(p, ()),
+                parts[p], [ops[i] for i in places], tasks, announce, queues, group, batch
             )
             for i, value in zip(places, found, strict=True):
                 results[i] = value
+            # One announcement wakes every daemon: the other partitions' calls need none.
+            announce = announce and not any(value == 1 for value in found)
         return results
 
     def _write_partition(
@@ -995,10 +993,11 @@ class RedisRepository(Repository):
         announce: bool,
         queues: builtins.set[str],
         runs: Sequence[RunRecord],
+        batch: tuple[int, Sequence[int]] | None = None,
     ) -> builtins.list[Any]:
         """One script call writing ``ops`` of jobs of ``part`` (see :meth:`_write_raw`)."""
         args = [part.task_prefix, _dumps(ops), self.channel if announce else ""]
-        args.extend(self._run_args(runs))
+        args.extend(self._run_args(runs, batch))
         tasks, queues = set(tasks), set(queues)
         for _ in range(_WRITE_TRIES):
             keys = [part.jobs, part.due, part.ids, part.queues, part.locked, part.runs]
@@ -1019,16 +1018,41 @@ class RedisRepository(Repository):
             "nothing was written, try again"
         )
 
-    def _run_args(self, runs: Sequence[RunRecord]) -> builtins.list[str]:
+    def _run_args(
+        self, runs: Sequence[RunRecord], batch: tuple[int, Sequence[int]] | None = None
+    ) -> builtins.list[str]:
         """The script arguments that append ``runs`` (see append_runs in common.lua).
 
-        A store of several partitions asks for entry ids in microseconds, so
-        that records of several streams merge in the order they were written.
+        A store of several partitions names the entry ids: ``batch`` is the
+        time of the batch the records belong to (this process's clock, in
+        microseconds) and each record's position in it, so that the records
+        of several streams merge in the order they were written.
         """
         if not runs:
             return []
-        cap = str(MAX_REDIS_RUNS) if len(self._parts()) == 1 else f"u{MAX_REDIS_RUNS}"
-        return [cap, *map(_encode_run, runs)]
+        if len(self._parts()) == 1:
+            return [str(MAX_REDIS_RUNS), *map(_encode_run, runs)]
+        micros, positions = batch or (time.time_ns() // 1000, range(len(runs)))
+        args = [f"u{MAX_REDIS_RUNS}", str(micros)]
+        for position, run in zip(positions, runs, strict=True):
+            args += (str(position), _encode_run(run))
+        return args
+
+    @staticmethod
+    def _group_runs(
+        runs: Sequence[RunRecord], count: int
+    ) -> dict[int, tuple[builtins.list[RunRecord], tuple[int, builtins.list[int]]]]:
+        """``runs`` by the partition of their job: the records and their batch (see
+        :meth:`_run_args`)."""
+        micros = time.time_ns() // 1000
+        groups: dict[int, tuple[builtins.list[RunRecord], tuple[int, builtins.list[int]]]] = {}
+        for position, run in enumerate(runs):
+            p = partition_of(run.job_id, count)
+            if p not in groups:
+                groups[p] = ([], (micros, []))
+            groups[p][0].append(run)
+            groups[p][1][1].append(position)
+        return groups
 
     @staticmethod
     def _put(job: Job, replace: bool) -> dict[str, Any]:
@@ -1231,9 +1255,7 @@ class RedisRepository(Repository):
             tasks.setdefault(p, set()).add(outcome.lease.job.task)
             finished_queues.setdefault(p, set()).add(outcome.lease.job.queue)
         by_id = {plan.job_id: outcome for plan, outcome in deletes}
-        run_groups: dict[int, builtins.list[RunRecord]] = {}
-        for run in runs:
-            run_groups.setdefault(partition_of(run.job_id, count), []).append(run)
+        run_groups = self._group_runs(runs, count)
         if others:
             self.complete(others)
         if limit <= 0 and not finished and not runs:
@@ -1260,7 +1282,7 @@ class RedisRepository(Repository):
                 finished.get(p, []),
                 tasks.get(p, set()),
                 finished_queues.get(p, set()),
-                run_groups.get(p, ()),
+                *run_groups.get(p, ([], None)),
             )
             skipped.extend(by_id[_text(job_id)] for job_id in left)
             for job_id, raw in found:
@@ -1354,13 +1376,13 @@ class RedisRepository(Repository):
         args = [*head, "*" if queues is None else "", *listed]
         for _ in range(_WRITE_TRIES):
             claimed = set(listed) if queues is not None else {DEFAULT_QUEUE, *self._known_queues}
-            pipe = self._client.pipeline(transaction=False)
+            calls = []
             for part in self._parts():
                 keys = [part.jobs, part.queues, part.paused]
                 keys.extend(part.due_key(queue) for queue in sorted(claimed))
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                calls.append((keys, args))
             try:
-                replies = pipe.execute()
+                replies = self._pipelined(script, calls)
             except redis_errors.NoScriptError:
                 # The server lost its scripts (a restart, SCRIPT FLUSH): load them again.
                 self._load_scripts()
@@ -1371,6 +1393,38 @@ class RedisRepository(Repository):
             for names in missing:
                 self._learn_queues(names)
         raise RepositoryError("queues kept appearing while reading the partitions; try again")
+
+    def _pipelined(
+        self, script: Any, calls: builtins.list[tuple[builtins.list[str], builtins.list[str]]]
+    ) -> builtins.list[Any]:
+        """The replies of ``script`` called with each (keys, args) of ``calls``, in one
+        pipeline (in a cluster, one per node: redis-py's cluster pipelines refuse
+        scripts). Raises ``NoScriptError`` when a server lacks the script."""
+        if not self._cluster:
+            pipe = self._client.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            return list(pipe.execute())
+        replies: builtins.list[Any] = [None] * len(calls)
+        by_node: dict[str, tuple[Any, builtins.list[int]]] = {}
+        for i, (keys, _) in enumerate(calls):
+            node = self._client.get_node_from_key(keys[0])
+            by_node.setdefault(node.name, (node, []))[1].append(i)
+        try:
+            for node, places in by_node.values():
+                pipe = node.redis_connection.pipeline(transaction=False)
+                for i in places:
+                    keys, args = calls[i]
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                for i, reply in zip(places, pipe.execute(), strict=True):
+                    replies[i] = reply
+        except redis_errors.NoScriptError:
+            raise
+        except (redis_errors.ResponseError, *_TRANSIENT_ERRORS):
+            # A slot moved or a node went away: one call at a time, which the
+            # cluster client redirects (and retries) as it learns the new layout.
+            return [script(keys=keys, args=args) for keys, args in calls]
+        return replies
 
     def _claim_partition(
         self,
@@ -1385,6 +1439,7 @@ class RedisRepository(Repository):
         tasks: builtins.set[str],
         finished_queues: builtins.set[str],
         runs: Sequence[RunRecord],
+        batch: tuple[int, Sequence[int]] | None,
     ) -> tuple[datetime, builtins.list[Any], builtins.list[tuple[Any, Any]]]:
         """One ``claim.lua`` call in ``part``: its clock, the finished ids it left
         alone and the (id, document before the claim) pairs it leased."""
@@ -1399,7 +1454,7 @@ class RedisRepository(Repository):
             *listed,
             len(finished) // 2,
             *finished,
-            *self._run_args(runs),
+            *self._run_args(runs, batch),
         ]
         for _ in range(_WRITE_TRIES):
             claimed = set(listed) if queues is not None else {DEFAULT_QUEUE, *self._known_queues}

@@ -154,10 +154,13 @@ local function join_queue(id, q)
 end
 
 -- Append run records to the run history stream: ARGV from `first` on holds
--- the stream's approximate length cap, then one JSON text per record. A cap
--- written 'u<cap>' asks for entry ids in microseconds (the server's clock,
--- never below the stream's last id): a store of several partitions has a
--- stream per partition, and its records are merged in the order of these ids.
+-- the stream's approximate length cap, then one JSON text per record.
+-- A cap written 'u<cap>' is followed by a time in microseconds and then pairs
+-- (position in the batch, record): the entries get the ids
+-- <time>-<position> (or, when the stream already holds an entry at or past
+-- that time, its time and sequence numbers after it). A store of several
+-- partitions has a stream per partition and merges them in the order of
+-- these ids, so the records of one batch keep their order across partitions.
 local function append_runs(runs_key, first)
   if not ARGV[first] then return end
   local cap = ARGV[first]
@@ -168,16 +171,15 @@ local function append_runs(runs_key, first)
     return
   end
   cap = string.sub(cap, 2)
-  local t = redis.call('TIME')
-  local at, seq = tonumber(t[1]) * 1000000 + tonumber(t[2]), 0
+  local at, base = tonumber(ARGV[first + 1]), 0
   local last = redis.call('XREVRANGE', runs_key, '+', '-', 'COUNT', 1)
   if #last > 0 then
     local head, tail = string.match(last[1][1], '^(%d+)-(%d+)$')
-    if tonumber(head) >= at then at, seq = tonumber(head), tonumber(tail) + 1 end
+    if tonumber(head) >= at then at, base = tonumber(head), tonumber(tail) + 1 end
   end
-  for i = first + 1, #ARGV do
-    redis.call('XADD', runs_key, 'MAXLEN', '~', cap, num(at) .. '-' .. num(seq), 'run', ARGV[i])
-    seq = seq + 1
+  for i = first + 2, #ARGV, 2 do
+    local id = num(at) .. '-' .. num(base + tonumber(ARGV[i]))
+    redis.call('XADD', runs_key, 'MAXLEN', '~', cap, id, 'run', ARGV[i + 1])
   end
 end
 

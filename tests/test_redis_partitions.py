@@ -1,0 +1,775 @@
+"""The Redis store split into partitions, and on Redis Cluster.
+
+A namespace of N > 1 partitions keeps the keys of partition p under the hash
+tag ``{ns:p}``; one of a single partition keeps the ``{ns}`` layout of the
+store before there were partitions. Every script call touches one partition
+(one slot), namespace-wide reads merge the partitions, and the count is
+recorded at first setup, adopted later and never silently changed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+redis = pytest.importorskip("redis", reason="the Redis store tests need redis-py")
+
+from redis.crc import key_slot  # noqa: E402
+
+from pyramid_pyncette.jobs import Outcome, partition_of  # noqa: E402
+from pyramid_pyncette.repository.memory import MemoryRepository  # noqa: E402
+from pyramid_pyncette.repository.redis import (  # noqa: E402
+    PartitionCountError,
+    RedisRepository,
+)
+from tests import test_redis_store as store_tests  # noqa: E402
+from tests.daemon import write_ini  # noqa: E402
+from tests.test_redis_store import (  # noqa: E402
+    NOW,
+    SECOND,
+    all_runs,
+    date_job,
+    drive,
+    interval_job,
+    meta_key,
+    run_of,
+)
+
+# The fixtures of the store's own tests: a server, a raw client.
+server = store_tests.server
+raw = store_tests.raw
+
+
+@pytest.fixture
+def make_repo(server, raw):
+    """``make_repo(namespace=None, **kwargs)``: a set-up store of 16 partitions (unless
+    ``partitions`` says otherwise) in a namespace of its own."""
+    made: list[RedisRepository] = []
+
+    def make(namespace: str | None = None, **kwargs) -> RedisRepository:
+        kwargs.setdefault("store_clock", False)
+        kwargs.setdefault("partitions", 16)
+        repo = RedisRepository(
+            server.url, namespace=namespace or f"p_{uuid.uuid4().hex[:10]}", **kwargs
+        )
+        repo.setup()
+        made.append(repo)
+        return repo
+
+    yield make
+
+    for repo in made:
+        for key in raw.scan_iter(match="{" + repo.namespace + "[}:]*"):
+            raw.delete(key)
+        repo.close()
+
+
+def tag_of(key: str) -> str:
+    return key[: key.index("}") + 1]
+
+
+def tags_in(raw, namespace: str) -> set[str]:
+    return {tag_of(key.decode()) for key in raw.scan_iter(match="{" + namespace + "[}:]*")}
+
+
+def spread_ids(count: int, partitions: int = 16) -> list[str]:
+    """``count`` ids that cover every partition."""
+    ids = [f"job-{i:03d}" for i in range(count)]
+    assert {partition_of(job_id, partitions) for job_id in ids} == set(range(partitions))
+    return ids
+
+
+class ScriptCalls:
+    """Records every script call of a store: (script name, keys)."""
+
+    def __init__(self, repo: RedisRepository, monkeypatch) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+        for name in ("_claim", "_extend", "_write_ops", "_list", "_queue_counts"):
+            script = getattr(repo, name)
+            monkeypatch.setattr(repo, name, self._wrap(name, script))
+        pipelined = repo._pipelined
+
+        def record_pipelined(script, calls):
+            for keys, _ in calls:
+                self.calls.append(("pipelined", list(keys)))
+            return pipelined(script, calls)
+
+        monkeypatch.setattr(repo, "_pipelined", record_pipelined)
+
+    def _wrap(self, name, script):
+        def call(keys=(), args=(), client=None):
+            self.calls.append((name, list(keys)))
+            return script(keys=keys, args=args)
+
+        call.sha = script.sha  # type: ignore[attr-defined]
+        call.script = script.script  # type: ignore[attr-defined]
+        return call
+
+    def named(self, name: str) -> list[list[str]]:
+        return [keys for called, keys in self.calls if called == name]
+
+
+# --------------------------------------------------------------------------- the count
+
+
+def test_a_new_namespace_gets_sixteen_partitions_and_records_the_count(make_repo, raw):
+    repo = make_repo(partitions=None)
+
+    assert repo.partitions == 16
+    assert raw.hget(meta_key(repo.namespace), "partitions") == b"16"
+
+
+def test_a_later_store_adopts_the_count_the_namespace_was_set_up_with(make_repo):
+    first = make_repo(partitions=4)
+    first.add([date_job(job_id) for job_id in ("a", "b", "c", "d", "e")])
+
+    later = make_repo(namespace=first.namespace, partitions=None)
+
+    assert later.partitions == 4
+    assert [job.id for job in later.list()] == ["a", "b", "c", "d", "e"]
+    assert sorted(lease.job.id for lease in later.claim(NOW, 10, "t", 60)) == list("abcde")
+
+
+def test_a_different_explicit_count_is_refused_naming_both_counts_and_the_fix(make_repo, server):
+    first = make_repo(partitions=4)
+    other = RedisRepository(server.url, namespace=first.namespace, partitions=8)
+
+    with pytest.raises(PartitionCountError) as caught:
+        other.setup()
+
+    text = str(caught.value)
+    assert "pyncette.partitions = 8" in text
+    assert "set up with 4 partitions" in text
+    assert "set pyncette.partitions = 4" in text
+    assert "fresh namespace" in text
+    assert other.describe_setup_error(caught.value) == text
+    assert not other.is_transient(caught.value)
+    other.close()
+
+
+def test_an_unreadable_stored_count_is_refused_with_the_key_to_fix(make_repo, server, raw):
+    first = make_repo(partitions=4)
+    raw.hset(meta_key(first.namespace), "partitions", "many")
+    other = RedisRepository(server.url, namespace=first.namespace)
+
+    with pytest.raises(PartitionCountError, match=r"holds 'many'.*not a number from 1 to 1024"):
+        other.setup()
+    other.close()
+
+
+def test_one_partition_keeps_the_layout_of_a_namespace_without_partitions(make_repo, raw):
+    repo = make_repo(partitions=1)
+    repo.add([date_job("a"), date_job("b", task="other")])
+
+    tag = "{" + repo.namespace + "}"
+    assert tags_in(raw, repo.namespace) == {tag}
+    assert raw.hexists(f"{tag}:jobs", "a") and raw.hexists(f"{tag}:jobs", "b")
+    assert raw.zrange(f"{tag}:due", 0, -1) == [b"a", b"b"]
+    assert raw.hget(meta_key(repo.namespace), "partitions") == b"1"
+
+
+def test_a_namespace_written_before_partitions_is_adopted_as_one_partition(make_repo, raw):
+    old = make_repo(partitions=1)
+    old.add([date_job("a"), interval_job("b")])
+    raw.delete(meta_key(old.namespace))  # as a version without partitions left it
+
+    repo = make_repo(namespace=old.namespace, partitions=None)
+
+    assert repo.partitions == 1
+    assert repo.get("a") is not None
+    assert sorted(lease.job.id for lease in repo.claim(NOW, 5, "t", 60)) == ["a", "b"]
+    assert raw.hget(meta_key(repo.namespace), "partitions") == b"1"
+    assert tags_in(raw, repo.namespace) == {"{" + repo.namespace + "}"}
+
+
+def test_a_namespace_written_before_partitions_refuses_another_explicit_count(
+    make_repo, server, raw
+):
+    old = make_repo(partitions=1)
+    old.add([date_job("a")])
+    raw.delete(meta_key(old.namespace))
+
+    other = RedisRepository(server.url, namespace=old.namespace, partitions=16)
+    with pytest.raises(PartitionCountError, match=r"set pyncette\.partitions = 1 "):
+        other.setup()
+    other.close()
+
+
+@pytest.mark.parametrize("bad", [0, 1025, "16", 2.0])
+def test_a_partition_count_out_of_range_is_refused_when_the_store_is_built(server, bad):
+    with pytest.raises(ValueError, match="partitions must be a whole number from 1 to 1024"):
+        RedisRepository(server.url, namespace="x", partitions=bad)
+
+
+def test_the_store_built_from_settings_takes_the_partitions_setting(server):
+    from pyramid_pyncette.repository import create_repository
+    from pyramid_pyncette.settings import parse_settings
+
+    url = server.url
+    fixed = create_repository(parse_settings({"pyncette.url": url, "pyncette.partitions": "4"}))
+    adopting = create_repository(parse_settings({"pyncette.url": url}))
+
+    assert isinstance(fixed, RedisRepository) and fixed.requested_partitions == 4
+    assert isinstance(adopting, RedisRepository) and adopting.requested_partitions is None
+    fixed.close()
+    adopting.close()
+
+
+@pytest.mark.slow
+def test_pscheduler_stops_with_one_line_when_the_partition_count_differs(
+    tmp_path, make_repo, server
+):
+    from tests.test_store_setup_errors import _assert_stops_with_one_line
+
+    repo = make_repo(partitions=4)
+    ini, _ = write_ini(
+        tmp_path,
+        server.url,
+        extra=f"pyncette.redis_namespace = {repo.namespace}\npyncette.partitions = 8",
+    )
+    _assert_stops_with_one_line(
+        ini, "pyncette.partitions = 8", "set up with 4 partitions", "set pyncette.partitions = 4"
+    )
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def test_jobs_spread_over_the_hash_tags_of_their_partitions(make_repo, raw):
+    repo = make_repo()
+    ids = spread_ids(160)
+    repo.add([date_job(job_id, task=f"t{i % 3}") for i, job_id in enumerate(ids)])
+
+    tags = {"{" + f"{repo.namespace}:{p}" + "}" for p in range(16)}
+    assert tags_in(raw, repo.namespace) == tags | {"{" + repo.namespace + "}"}  # and the meta key
+    for job_id in ids:
+        keys = repo.job_keys(job_id)
+        assert keys.tag == "{" + f"{repo.namespace}:{partition_of(job_id, 16)}" + "}"
+        assert raw.hexists(keys.jobs, job_id)
+        assert raw.zscore(keys.due, job_id) is not None
+        assert raw.zscore(keys.ids, job_id) == 0
+    for tag in tags:
+        keys = [key.decode() for key in raw.scan_iter(match=tag.replace("{", "[{]") + ":*")]
+        assert keys and {key_slot(key.encode()) for key in keys} == {key_slot(tag.encode())}
+
+
+def test_every_script_call_touches_the_keys_of_one_slot(make_repo, server, monkeypatch):
+    """What Redis Cluster requires, over random operations on every partition: each
+    script call's KEYS share one slot, and the script touches no other key."""
+    repo = make_repo()
+    calls = ScriptCalls(repo, monkeypatch)
+    events: list[dict] = []
+    ready = threading.Event()
+
+    def watch() -> None:
+        with server.client(socket_timeout=60) as client, client.monitor() as monitor:
+            ready.set()
+            while True:
+                event = monitor.next_command()
+                events.append(event)
+                if event["command"] == "ECHO monitor-done":
+                    return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    assert ready.wait(10)
+    try:
+        drive(7, (MemoryRepository(), repo), steps=120, queues=True)
+        repo.queue_stats(NOW)
+        repo.list(limit=5)
+    finally:
+        repo.client.echo("monitor-done")
+        watcher.join(30)
+
+    slots = set()
+    for _, keys in calls.calls:
+        assert len({key_slot(key.encode()) for key in keys}) == 1, keys
+        slots.add(key_slot(keys[0].encode()))
+    assert len(slots) == 16  # every partition was written or read
+    declared: set[str] | None = None
+    scripts = 0
+    for event in events:
+        words = event["command"].split(" ")
+        name = words[0].upper()
+        if event["client_type"] == "lua":
+            if name in ("TIME", "PUBLISH"):
+                continue
+            assert declared is not None and words[1] in declared, event
+        elif name in ("EVALSHA", "EVAL"):
+            scripts += 1
+            declared = set(words[3 : 3 + int(words[2])])
+            assert len({key_slot(key.encode()) for key in declared}) == 1, event
+        else:
+            declared = None
+    assert scripts >= len(calls.calls) > 100
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_operations_on_sixteen_partitions_match_the_memory_store(make_repo, seed):
+    drive(seed, (MemoryRepository(), make_repo()), queues=True)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_random_operations_without_queues_on_sixteen_partitions_match_the_memory_store(
+    make_repo, seed
+):
+    drive(seed, (MemoryRepository(), make_repo()))
+
+
+# --------------------------------------------------------------------------- claims
+
+
+def test_a_claim_takes_the_earliest_due_jobs_across_partitions(make_repo):
+    repo = make_repo()
+    ids = spread_ids(48)
+    rng = random.Random(3)
+    dues = {job_id: NOW - rng.randint(0, 1000) * SECOND for job_id in ids}
+    repo.add([date_job(job_id, due) for job_id, due in dues.items()])
+
+    leases = repo.claim(NOW, 10, "t", 60)
+
+    earliest = sorted(ids, key=lambda job_id: (dues[job_id], job_id))[:10]
+    assert [lease.job.id for lease in leases] == earliest
+
+
+def test_a_batch_fills_from_further_partitions_with_one_claim_call_each(make_repo, monkeypatch):
+    repo = make_repo()
+    ids = spread_ids(48)
+    repo.add([date_job(job_id, NOW - i * SECOND) for i, job_id in enumerate(ids)])
+    calls = ScriptCalls(repo, monkeypatch)
+
+    leases = repo.claim(NOW, 12, "t", 60)
+
+    assert len(leases) == 12
+    holding = {partition_of(lease.job.id, 16) for lease in leases}
+    assert len(holding) > 1
+    claimed_in = [keys[0] for keys in calls.named("_claim")]
+    assert sorted(claimed_in) == sorted(repo.partition_keys(p).jobs for p in holding)
+
+
+def test_an_idle_claim_asks_every_partition_in_one_pipeline_and_runs_no_claim(
+    make_repo, monkeypatch
+):
+    repo = make_repo()
+    repo.add([date_job(job_id, NOW + 3600 * SECOND) for job_id in spread_ids(48)])
+    calls = ScriptCalls(repo, monkeypatch)
+    pipelines = []
+    pipeline = repo.client.pipeline
+    monkeypatch.setattr(
+        repo.client, "pipeline", lambda **kw: pipelines.append(kw) or pipeline(**kw)
+    )
+
+    assert repo.claim(NOW, 10, "t", 60) == []
+
+    assert calls.named("_claim") == []
+    assert len(calls.named("pipelined")) == 16
+    assert len(pipelines) == 1
+
+
+def test_claims_start_at_a_partition_that_moves_on_by_one_at_every_claim(make_repo, monkeypatch):
+    repo = make_repo()
+    ids = spread_ids(48)
+    starts = []
+    order = repo._claim_order
+
+    def record(count):
+        visited = order(count)
+        starts.append(visited[0])
+        assert sorted(visited) == list(range(16))
+        return visited
+
+    monkeypatch.setattr(repo, "_claim_order", record)
+    for step in range(20):
+        repo.add([date_job(ids[step])])
+        repo.claim(NOW, 1, f"t{step}", 60)
+
+    assert starts == [(starts[0] + step) % 16 for step in range(20)]
+
+
+def test_completions_of_a_batch_are_written_by_one_script_call_per_partition(
+    make_repo, monkeypatch
+):
+    repo = make_repo()
+    ids = spread_ids(48)
+    repo.add([interval_job(job_id) for job_id in ids])
+    leases = repo.claim(NOW, 48, "t", 60)
+    calls = ScriptCalls(repo, monkeypatch)
+
+    repo.complete(
+        [Outcome(lease, True, NOW + SECOND) for lease in leases],
+        [run_of(lease, "succeeded", NOW + SECOND) for lease in leases],
+    )
+
+    writes = calls.named("_write_ops")
+    assert len(writes) == 16
+    assert {keys[0] for keys in writes} == {repo.partition_keys(p).jobs for p in range(16)}
+    assert all(job.locked_by is None for job in repo.list(limit=100))
+    assert len(all_runs(repo)) == 48
+
+
+def test_garbage_in_one_partition_costs_only_that_job(make_repo, raw, caplog):
+    repo = make_repo()
+    ids = spread_ids(48)
+    repo.add([date_job(job_id) for job_id in ids])
+    bad = ids[5]
+    raw.hset(repo.job_keys(bad).jobs, bad, "{not json")
+    neighbours = [
+        job_id
+        for job_id in ids
+        if partition_of(job_id, 16) == partition_of(bad, 16) and job_id != bad
+    ]
+    assert neighbours
+
+    leases = repo.claim(NOW, 100, "t", 60)
+
+    assert sorted(lease.job.id for lease in leases) == sorted(set(ids) - {bad})
+    assert raw.zscore(repo.job_keys(bad).due, bad) is None
+    assert "unreadable stored document" in caplog.text
+    assert repo.claim(NOW, 100, "t2", 60) == []
+    assert repo.next_due() == NOW + 60 * SECOND
+
+
+def test_with_sixteen_partitions_and_two_daemons_no_job_waits_longer_than_with_one(make_repo):
+    """Two daemons poll once a second (fake clock) taking 8 jobs each: every partition
+    drains, and no job waits more than one poll longer than in a store of one partition."""
+
+    def waits(partitions: int) -> dict[str, int]:
+        first = make_repo(partitions=partitions)
+        second = make_repo(namespace=first.namespace, partitions=partitions)
+        ids = spread_ids(160)
+        rng = random.Random(11)
+        # A burst due at once, then a trickle.
+        dues = {job_id: NOW + rng.choice([0] * 3 + list(range(30))) * SECOND for job_id in ids}
+        first.add([date_job(job_id, due) for job_id, due in dues.items()])
+        taken: dict[str, int] = {}
+        for poll in range(60):
+            now = NOW + poll * SECOND
+            for daemon in (first, second):
+                leases = daemon.claim(now, 8, f"t{poll}", 60)
+                for lease in leases:
+                    taken[lease.job.id] = poll - (dues[lease.job.id] - NOW) // SECOND
+                daemon.complete([Outcome(lease, True, now) for lease in leases])
+        assert sorted(taken) == sorted(ids)  # every partition drained
+        assert first.list().jobs == []
+        return taken
+
+    single, partitioned = waits(1), waits(16)
+    assert all(partitioned[job_id] <= single[job_id] + 1 for job_id in single)
+
+
+# --------------------------------------------------------------------------- merged reads
+
+
+def test_listing_jobs_merges_the_partitions_in_id_order(make_repo):
+    repo = make_repo()
+    ids = spread_ids(50)
+    repo.add([date_job(job_id, task="even" if i % 2 else "odd") for i, job_id in enumerate(ids)])
+
+    def pages(**filters):
+        found, cursor = [], None
+        while True:
+            page = repo.list(cursor=cursor, limit=7, **filters)
+            found.extend(job.id for job in page)
+            cursor = page.next_cursor
+            if cursor is None:
+                return found
+
+    assert pages() == sorted(ids)
+    assert pages(task="even") == sorted(ids[1::2])
+    assert sorted(repo.get_many(ids[::-1][:20])) == sorted(ids[::-1][:20])
+
+
+def test_the_run_history_merges_the_partitions_newest_first(make_repo):
+    repo = make_repo()
+    ids = spread_ids(40)
+    repo.add([date_job(job_id) for job_id in ids])
+    leases = {lease.job.id: lease for lease in repo.claim(NOW, 40, "t", 60)}
+    order = ids[:]
+    random.Random(5).shuffle(order)
+    for i, job_id in enumerate(order):  # one store call each, in this order
+        repo.complete([], [run_of(leases[job_id], "succeeded", NOW + i * SECOND)])
+
+    page = repo.list_runs(limit=100)
+    assert [run.job_id for run in page] == order[::-1]
+    assert [run.id for run in page] == sorted((run.id for run in page), reverse=True)
+    assert [run.job_id for run in all_runs(repo)] == order[::-1]  # pages of 3, by cursor
+    assert [run.job_id for run in all_runs(repo, outcomes=["succeeded"])] == order[::-1]
+    with pytest.raises(ValueError, match="invalid run cursor"):
+        repo.list_runs(cursor="0001764451200123-0000000000")
+
+
+def test_pruning_deletes_the_oldest_records_across_partitions(make_repo):
+    repo = make_repo()
+    ids = spread_ids(40)
+    repo.add([date_job(job_id) for job_id in ids])
+    leases = {lease.job.id: lease for lease in repo.claim(NOW, 40, "t", 60)}
+    for i, job_id in enumerate(ids):
+        repo.complete([], [run_of(leases[job_id], "succeeded", NOW + i * SECOND)])
+
+    assert repo.prune_runs(NOW + 10 * SECOND, 4) == 4
+    assert repo.prune_runs(NOW + 10 * SECOND, 100) == 6
+    assert sorted(run.job_id for run in all_runs(repo)) == sorted(ids[10:])
+
+
+def test_next_due_is_the_earliest_across_partitions_but_paused_queues(make_repo):
+    repo = make_repo()
+    ids = spread_ids(48)
+    repo.add([date_job(job_id, NOW + (i + 10) * SECOND) for i, job_id in enumerate(ids)])
+    repo.add([date_job("early", NOW + SECOND, queue="emails")])
+
+    assert repo.next_due() == NOW + SECOND
+    assert repo.next_due(frozenset({"default"})) == NOW + 10 * SECOND
+    repo.set_queue_paused("emails", True)
+    assert repo.next_due() == NOW + 10 * SECOND
+    assert repo.next_due_delay(NOW) == 10.0
+
+
+def test_pausing_a_queue_reaches_every_partition(make_repo, raw):
+    repo = make_repo()
+    repo.add([date_job(job_id, queue="emails") for job_id in spread_ids(48)])
+
+    assert repo.set_queue_paused("emails", True) is True
+    assert all(raw.sismember(repo.partition_keys(p).paused, "emails") for p in range(16))
+    assert repo.paused_queues() == {"emails"}
+    assert repo.claim(NOW, 100, "t", 60) == []
+    assert repo.set_queue_paused("emails", False) is True
+    assert len(repo.claim(NOW, 100, "t", 60)) == 48
+
+
+def test_queue_stats_add_up_every_partition(make_repo):
+    repo, memory = make_repo(), MemoryRepository()
+    jobs = [
+        date_job(job_id, NOW - i * SECOND if i % 3 else NOW + SECOND, queue=("a", "b")[i % 2])
+        for i, job_id in enumerate(spread_ids(60))
+    ]
+    for store in (repo, memory):
+        store.add(jobs)
+        store.claim(NOW, 7, "t", 60, frozenset({"a"}))
+        store.set_queue_paused("b", True)
+
+    assert repo.queue_stats(NOW) == memory.queue_stats(NOW)
+
+
+# --------------------------------------------------------------------------- Redis Cluster
+
+
+def _free_cluster_port() -> int:
+    # A node also listens on its port + 10000 (the cluster bus).
+    while True:
+        port = random.randrange(20000, 45000)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+
+
+class _LocalCluster:
+    """Three redis-server masters in cluster mode on 127.0.0.1, stopped by pid."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="pyncette-cluster-"))
+        self.ports: list[int] = []
+        self.processes: list[subprocess.Popen] = []
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        cli = shutil.which("redis-cli")
+        if not binary or not cli:
+            pytest.skip("Redis Cluster tests need redis-server and redis-cli")
+        for _ in range(3):
+            port = _free_cluster_port()
+            self.ports.append(port)
+            self.processes.append(
+                subprocess.Popen(
+                    [
+                        *(binary, "--port", str(port), "--bind", "127.0.0.1"),
+                        *(
+                            "--cluster-enabled",
+                            "yes",
+                            "--cluster-config-file",
+                            f"nodes-{port}.conf",
+                        ),
+                        *("--save", "", "--appendonly", "no", "--daemonize", "no"),
+                        *("--dir", str(self.folder)),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        deadline = time.monotonic() + 20
+        for port in self.ports:
+            while True:
+                try:
+                    with redis.Redis(port=port, socket_timeout=1) as client:
+                        client.ping()
+                    break
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+        subprocess.run(
+            [cli, "--cluster", "create", *self.nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        # Every node has learnt the slots of the others before a client asks.
+        while not all(self._state_ok(cli, port) for port in self.ports):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster did not come up")
+            time.sleep(0.05)
+
+    @staticmethod
+    def _state_ok(cli: str, port: int) -> bool:
+        reply = subprocess.run(
+            [cli, "-p", str(port), "cluster", "info"], capture_output=True, text=True, timeout=10
+        )
+        return "cluster_state:ok" in reply.stdout
+
+    @property
+    def nodes(self) -> list[str]:
+        return [f"127.0.0.1:{port}" for port in self.ports]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(self.nodes)
+
+    def close(self) -> None:
+        for process in self.processes:
+            os.kill(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            process.wait(10)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster_url(request):
+    """The URL of a three-master Redis Cluster (the session's, or one of this module's)."""
+    try:
+        shared = request.getfixturevalue("redis_cluster_server")
+    except pytest.FixtureLookupError:
+        shared = None
+    if shared is not None:
+        yield shared.url
+        return
+    cluster = _LocalCluster()
+    try:
+        cluster.start()
+        yield cluster.url
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def cluster_repo(cluster_url):
+    repo = RedisRepository(cluster_url, namespace=f"c_{uuid.uuid4().hex[:10]}", store_clock=False)
+    repo.setup()
+    yield repo
+    client = repo.client
+    for node in client.get_primaries():
+        for key in node.redis_connection.scan_iter(match="{" + repo.namespace + "[}:]*"):
+            node.redis_connection.delete(key)
+    repo.close()
+
+
+def test_a_cluster_store_spreads_its_jobs_over_every_master(cluster_repo):
+    ids = spread_ids(160)
+    cluster_repo.add([date_job(job_id) for job_id in ids])
+
+    held = {}
+    for node in cluster_repo.client.get_primaries():
+        keys = node.redis_connection.scan_iter(match="{" + cluster_repo.namespace + ":*")
+        held[node.name] = sum(
+            node.redis_connection.hlen(key) for key in keys if key.endswith(":jobs")
+        )
+    assert len(held) == 3
+    assert all(count > 0 for count in held.values())
+    assert sum(held.values()) == 160
+
+
+def test_a_cluster_store_claims_completes_lists_and_counts(cluster_repo):
+    ids = spread_ids(64)
+    cluster_repo.add([interval_job(job_id) for job_id in ids])
+    cluster_repo.add([date_job("mail", queue="emails")])
+
+    leases = cluster_repo.claim(NOW, 30, "t", 60)
+    assert len(leases) == 30
+    assert cluster_repo.extend(NOW, [(lease.job.id, "t", 30) for lease in leases[:5]]) == {
+        lease.job.id for lease in leases[:5]
+    }
+    cluster_repo.complete(
+        [Outcome(lease, True, NOW + SECOND) for lease in leases],
+        [run_of(lease, "succeeded", NOW + SECOND) for lease in leases],
+    )
+    assert len(all_runs(cluster_repo)) == 30
+    assert [job.id for job in cluster_repo.list(limit=100)] == sorted([*ids, "mail"])
+    assert cluster_repo.next_due() == NOW
+    stats = {info.name: info for info in cluster_repo.queue_stats(NOW)}
+    assert stats["default"].due == 34 and stats["emails"].due == 1
+    assert cluster_repo.set_queue_paused("emails", True)
+    assert "mail" not in {lease.job.id for lease in cluster_repo.claim(NOW, 100, "t2", 60)}
+    assert cluster_repo.prune_runs(NOW + 2 * SECOND, 100) == 30
+
+
+def test_a_cluster_store_wakes_listeners_when_a_job_is_added(cluster_repo):
+    woken = threading.Event()
+    stop = cluster_repo.start_listener(woken.set)
+    try:
+        # The subscription is made by the listener thread: add until it hears one.
+        for attempt in range(50):
+            cluster_repo.add([date_job(f"wake-{attempt}")])
+            if woken.wait(0.2):
+                break
+        assert woken.is_set()
+    finally:
+        stop()
+
+
+def test_a_cluster_url_builds_no_client_until_the_store_is_used():
+    repo = RedisRepository("redis+cluster://127.0.0.1:1,127.0.0.1:2", namespace="x")
+    assert repo._client_obj is None
+    repo.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis+cluster://127.0.0.1:7000/3", "a cluster has only database 0, not '3'"),
+        ("redis+cluster://127.0.0.1:7000,nohost/0", "the node 'nohost' is not host:port"),
+        ("redis+cluster:///0", "name at least one node"),
+    ],
+)
+def test_a_bad_cluster_url_is_refused_naming_the_problem(url, problem):
+    with pytest.raises(ValueError, match="invalid Redis Cluster URL") as caught:
+        RedisRepository(url, namespace="x")
+    assert problem in str(caught.value)
+
+
+def test_a_cluster_url_keeps_its_password_out_of_errors():
+    with pytest.raises(ValueError) as caught:
+        RedisRepository("rediss+cluster://:s3cret@127.0.0.1:7000/2", namespace="x")
+    assert "s3cret" not in str(caught.value)
+
+
+def test_the_partition_probe_and_next_due_survive_a_server_that_lost_its_scripts(make_repo):
+    repo = make_repo()
+    repo.add([date_job(job_id, NOW + timedelta(seconds=5)) for job_id in spread_ids(48)])
+    repo.client.script_flush()
+
+    assert repo.next_due() == NOW + 5 * SECOND
+    assert repo.claim(NOW, 5, "t", 60) == []
