@@ -1,40 +1,58 @@
-"""The Redis store (``redis://``, ``rediss://`` and ``unix://`` URLs).
+"""The Redis store (``redis://``, ``rediss://`` and ``unix://`` URLs, and Redis Cluster:
+``redis+cluster://`` and ``rediss+cluster://``).
 
-Every key of one namespace shares the hash tag ``{namespace}``, so the store
-also works on Redis Cluster (all keys live in one slot):
+A namespace is split into partitions (``pyncette.partitions``); a job lives in
+partition :func:`~pyramid_pyncette.jobs.partition_of` its id. Every key of
+partition ``p`` carries the hash tag ``{ns:p}``, so it lives in one slot of a
+Redis Cluster and the partitions spread over the cluster's shards. A
+namespace of one partition uses the tag ``{ns}``: the layout of the store
+before there were partitions, so data written then needs no migration. Below,
+``{tag}`` is the tag of one partition:
 
-``{ns}:jobs``
+``{tag}:jobs``
     HASH, job id -> the job document (JSON, see below).
-``{ns}:due``
+``{tag}:due``
     ZSET of the ids of the jobs of the queue ``default`` that have a
     ``due_at``, scored by it (integer microseconds since the epoch). "What is
-    due" is one ``ZRANGEBYSCORE`` per queue.
-``{ns}:due:<queue>``
+    due" is one ``ZRANGEBYSCORE`` per queue and partition.
+``{tag}:due:<queue>``
     The same for each other queue. The default queue keeps the key every job
     used before there were queues, so data written then needs no migration.
-``{ns}:queue:<queue>``
+``{tag}:queue:<queue>``
     ZSET (all scores 0) of the ids of every job of a queue other than the
     default one (whether due or not): whether the queue holds a job.
-``{ns}:queues``
-    SET of the queues other than the default one that hold a job; a claim
-    over every queue reads it.
-``{ns}:paused``
-    SET of the names of the paused queues (:meth:`RedisRepository.set_queue_paused`).
-``{ns}:locked``
+``{tag}:queues``
+    SET of the queues other than the default one that hold a job in the
+    partition; a claim over every queue reads it.
+``{tag}:paused``
+    SET of the names of the paused queues (:meth:`RedisRepository.set_queue_paused`):
+    each partition keeps a copy, which its scripts read atomically with the
+    jobs they claim.
+``{tag}:locked``
     HASH, id -> queue of every locked job (``staged:<queue>`` for a row a
     transaction staged), kept by the scripts so that
     :meth:`RedisRepository.queue_stats` counts running jobs without reading
     every document.
-``{ns}:runs``
-    STREAM, the run history (:meth:`RedisRepository.list_runs`): one entry per
-    run (a field ``run`` holding the record as JSON), appended by the script
-    that completes it, capped at about :data:`MAX_REDIS_RUNS` entries. A
-    record's id is its entry id, zero-padded so that ids sort as text in the
-    order they were written.
-``{ns}:ids``
-    ZSET of every id, all scored 0, for paging in id order (``ZRANGEBYLEX``).
-``{ns}:task:<task name>``
+``{tag}:runs``
+    STREAM, the run history of the partition's jobs
+    (:meth:`RedisRepository.list_runs`): one entry per run (a field ``run``
+    holding the record as JSON), appended by the script that completes it,
+    capped at about :data:`MAX_REDIS_RUNS` entries. A record's id is its
+    entry id, zero-padded so that ids sort as text in the order they were
+    written; with several partitions the entry ids are microseconds (and a
+    record's position in its batch), the record id ends with the partition,
+    and listings merge the streams in id order.
+``{tag}:ids``
+    ZSET of every id, all scored 0, for paging in id order (``ZRANGEBYLEX``);
+    listings merge the partitions' pages.
+``{tag}:task:<task name>``
     ZSET (all scores 0) of the ids of the jobs of one task, for the task filter.
+
+Outside the partitions, under ``{ns}``: ``{ns}:meta`` (HASH, field
+``partitions``: the count the namespace was set up with, written once with
+``HSETNX``; a store asked for another count refuses to start) and the
+pub/sub channel ``{ns}:new``. With one partition ``{ns}:paused`` is the
+partition's own copy of the paused queues.
 
 A job document is one JSON object: the fields the scripts change (``due_at``,
 ``next_run_at``, ``locked_by``, ``attempts``, ``last_run_at``,
@@ -56,14 +74,18 @@ A document whose ``queue`` is not a queue name counts as the default queue's
 (its job is parked with that problem when claimed), so garbage never names a
 key.
 
-Every write is one Lua script (``lua/*.lua`` beside this module), so it is
-atomic, and every key a script touches is passed in ``KEYS``. The task and
+Every write is one Lua script (``lua/*.lua`` beside this module) per
+partition, so it is atomic for every job, and every key a script touches is
+passed in ``KEYS`` and belongs to one partition (one slot). A claim over
+several partitions first asks every partition which jobs are due
+(``probe.lua``, all in one pipeline), takes the earliest across them and
+claims in each partition that holds some of them. The task and
 queue of a job that is deleted or moved can only be known by reading the
 job, so writers pass the task and queue keys they expect; a script that
 finds a job of another task or queue writes nothing and names the missing
 tasks and queues, and the call is repeated with their keys. Claims over
 every queue and heartbeats pass the keys of the queues the store last saw
-in ``{ns}:queues`` in the same way.
+in the queue sets in the same way.
 """
 
 from __future__ import annotations

@@ -7,9 +7,11 @@
 -- microseconds since the epoch; num() prints 17 significant digits, so such
 -- a time computed as a number prints exactly and without an exponent.
 --
--- Every script is called with the jobs key first ('{ns}:jobs'); the other
--- keys of the namespace are named after its '{ns}:' prefix. A script only
--- touches those of them the caller declared in KEYS.
+-- Every script is called with the jobs key of one partition first
+-- ('{ns}:jobs', or '{ns:p}:jobs' in a namespace of several partitions); the
+-- other keys of that partition are named after its tag ('{ns}:' or
+-- '{ns:p}:'), so all share one slot. A script only touches those of them the
+-- caller declared in KEYS.
 
 local NULL = cjson.null
 local FIELDS = {'task', 'due_at', 'next_run_at', 'locked_by', 'attempts',
