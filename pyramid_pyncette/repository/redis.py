@@ -688,6 +688,8 @@ class RedisRepository(Repository):
         self._layout: builtins.list[PartitionKeys] = []
         #: Where the next claim starts (see :meth:`_claim_order`).
         self._claim_offset = 0
+        #: The KEYS of the probes by claimed queues (see :meth:`_probe_keys`).
+        self._probe_cache: dict[frozenset[str], builtins.list[builtins.list[str]]] = {}
         #: The queues other than the default one last seen in the queue sets:
         #: claims over every queue and heartbeats pass their keys.
         self._known_queues: frozenset[str] = frozenset()
@@ -1397,12 +1399,8 @@ class RedisRepository(Repository):
         queues a partition names and asking again)."""
         args = [*head, "*" if queues is None else "", *listed]
         for _ in range(_WRITE_TRIES):
-            claimed = set(listed) if queues is not None else {DEFAULT_QUEUE, *self._known_queues}
-            calls = []
-            for part in self._parts():
-                keys = [part.jobs, part.queues, part.paused]
-                keys.extend(part.due_key(queue) for queue in sorted(claimed))
-                calls.append((keys, args))
+            claimed = frozenset(listed) if queues is not None else self._known_queues
+            calls = [(keys, args) for keys in self._probe_keys(claimed)]
             try:
                 replies = self._pipelined(script, calls)
             except redis_errors.NoScriptError:
@@ -1415,6 +1413,21 @@ class RedisRepository(Repository):
             for names in missing:
                 self._learn_queues(names)
         raise RepositoryError("queues kept appearing while reading the partitions; try again")
+
+    def _probe_keys(self, queues: frozenset[str]) -> builtins.list[builtins.list[str]]:
+        """The KEYS of ``probe.lua`` and ``next_due.lua`` in each partition for the
+        default queue and ``queues`` (kept: an idle daemon asks for the same every poll)."""
+        cached = self._probe_cache.get(queues)
+        if cached is None:
+            names = sorted(queues | {DEFAULT_QUEUE})
+            cached = [
+                [part.jobs, part.queues, part.paused, *map(part.due_key, names)]
+                for part in self._parts()
+            ]
+            if len(self._probe_cache) > 64:
+                self._probe_cache.clear()
+            self._probe_cache[queues] = cached
+        return cached
 
     def _pipelined(
         self, script: Any, calls: builtins.list[tuple[builtins.list[str], builtins.list[str]]]
