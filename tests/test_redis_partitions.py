@@ -316,9 +316,66 @@ def test_every_script_call_touches_the_keys_of_one_slot(make_repo, server, monke
     assert scripts >= len(calls.calls) > 100
 
 
+def heads_match_the_due_sets(repo, raw) -> None:
+    """Each partition's heads hold the earliest due time of each of its non-empty due sets."""
+    for p in range(repo.partitions):
+        keys = repo.partition_keys(p)
+        expected = {}
+        for key in raw.scan_iter(match=keys.due.replace("{", "[{]") + "*"):
+            head = raw.zrange(key, 0, 0, withscores=True)
+            if head:
+                name = key.decode()[len(keys.due) + 1 :] or "default"
+                expected[name.encode()] = head[0][1]
+        assert dict(raw.zrange(f"{keys.tag}:heads", 0, -1, withscores=True)) == expected, p
+
+
 @pytest.mark.parametrize("seed", range(4))
-def test_random_operations_on_sixteen_partitions_match_the_memory_store(make_repo, seed):
-    drive(seed, (MemoryRepository(), make_repo()), queues=True)
+def test_random_operations_on_sixteen_partitions_match_the_memory_store(make_repo, raw, seed):
+    repo = make_repo()
+    drive(seed, (MemoryRepository(), repo), queues=True)
+    heads_match_the_due_sets(repo, raw)
+
+
+def test_an_idle_claim_over_every_queue_reads_the_partition_heads_not_every_due_set(
+    make_repo, server
+):
+    repo = make_repo()
+    ids = spread_ids(64)
+    repo.add(
+        [date_job(job_id, NOW + 60 * SECOND, queue=f"q{i % 8}") for i, job_id in enumerate(ids)]
+    )
+    repo.claim(NOW, 1, "warm", 60)  # the store learns the queues
+    events: list[dict] = []
+    ready = threading.Event()
+
+    def watch() -> None:
+        with server.client(socket_timeout=60) as client, client.monitor() as monitor:
+            ready.set()
+            while True:
+                event = monitor.next_command()
+                events.append(event)
+                if event["command"] == "ECHO monitor-done":
+                    return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    assert ready.wait(10)
+    try:
+        assert repo.claim(NOW, 10, "t", 60) == []
+        assert repo.next_due() == NOW + 60 * SECOND
+    finally:
+        repo.client.echo("monitor-done")
+        watcher.join(30)
+
+    read = [
+        event["command"].split(" ")[1]
+        for event in events
+        if event["client_type"] == "lua" and " " in event["command"]
+    ]
+    assert {key.rpartition(":")[2] for key in read if ":heads" in key} == {"heads"}
+    due_sets = [key for key in read if ":due" in key]
+    # next_due reads the head of the earliest queue of each partition; the claim none.
+    assert len(due_sets) <= 16
 
 
 @pytest.mark.parametrize("seed", range(2))

@@ -24,6 +24,11 @@ before there were partitions, so data written then needs no migration. Below,
 ``{tag}:queues``
     SET of the queues other than the default one that hold a job in the
     partition; a claim over every queue reads it.
+``{tag}:heads``
+    Only with several partitions: ZSET, queue -> the earliest score of its due
+    set in the partition, kept by every script that changes a due set. A
+    probe over every queue reads it instead of every due set, so an idle
+    poll costs a few commands per partition whatever the number of queues.
 ``{tag}:paused``
     SET of the names of the paused queues (:meth:`RedisRepository.set_queue_paused`):
     each partition keeps a copy, which its scripts read atomically with the
@@ -561,6 +566,7 @@ class PartitionKeys:
 
     __slots__ = (
         "due",
+        "heads",
         "ids",
         "index",
         "jobs",
@@ -573,9 +579,12 @@ class PartitionKeys:
         "task_prefix",
     )
 
-    def __init__(self, tag: str, index: int) -> None:
+    def __init__(self, tag: str, index: int, heads: bool = False) -> None:
         self.tag = tag
         self.index = index
+        #: ``<tag>:heads`` in a store of several partitions, else nothing: the
+        #: extra KEYS every script that writes or probes the partition gets.
+        self.heads: tuple[str, ...] = (f"{tag}:heads",) if heads else ()
         self.jobs = f"{tag}:jobs"
         self.due = f"{tag}:due"
         self.ids = f"{tag}:ids"
@@ -858,7 +867,8 @@ class RedisRepository(Repository):
                 self._layout = [PartitionKeys(tag, 0)]
             else:
                 self._layout = [
-                    PartitionKeys("{" + f"{self.namespace}:{p}" + "}", p) for p in range(count)
+                    PartitionKeys("{" + f"{self.namespace}:{p}" + "}", p, heads=True)
+                    for p in range(count)
                 ]
             self.partitions = count
             # Daemons start their claims at different partitions.
@@ -1025,6 +1035,7 @@ class RedisRepository(Repository):
         tasks, queues = set(tasks), set(queues)
         for _ in range(_WRITE_TRIES):
             keys = [part.jobs, part.due, part.ids, part.queues, part.locked, part.runs]
+            keys.extend(part.heads)
             keys.extend(part.task_key(task) for task in sorted(tasks))
             keys.extend(part.queue_keys(queues))
             result = self._write_ops(keys=keys, args=args)
@@ -1421,7 +1432,7 @@ class RedisRepository(Repository):
         if cached is None:
             names = sorted(queues | {DEFAULT_QUEUE})
             cached = [
-                [part.jobs, part.queues, part.paused, *map(part.due_key, names)]
+                [part.jobs, part.queues, part.paused, *part.heads, *map(part.due_key, names)]
                 for part in self._parts()
             ]
             if len(self._probe_cache) > 64:
@@ -1494,6 +1505,7 @@ class RedisRepository(Repository):
         for _ in range(_WRITE_TRIES):
             claimed = set(listed) if queues is not None else {DEFAULT_QUEUE, *self._known_queues}
             keys = [part.jobs, part.ids, part.queues, part.paused, part.locked, part.runs]
+            keys.extend(part.heads)
             keys.extend(part.queue_keys(claimed | finished_queues))
             keys.extend(part.task_key(task) for task in sorted(tasks))
             found = self._claim(keys=keys, args=args)
@@ -1584,7 +1596,7 @@ class RedisRepository(Repository):
         args = [self._now_arg(now), _dumps(items)]
         queues = {DEFAULT_QUEUE, *self._known_queues}
         for _ in range(_WRITE_TRIES):
-            keys = [part.jobs, *(part.due_key(queue) for queue in sorted(queues))]
+            keys = [part.jobs, *part.heads, *(part.due_key(queue) for queue in sorted(queues))]
             held = self._extend(keys=keys, args=args)
             if not held or _text(held[0]) != "missing":
                 return {_text(job_id) for job_id in held}

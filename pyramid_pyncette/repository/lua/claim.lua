@@ -107,6 +107,7 @@ if #gone > 0 then
   batch('HDEL', LOCKED, gone)
   for task_key, members in pairs(by_task) do batch('ZREM', task_key, members) end
   for q, members in pairs(by_queue) do
+    touch(q)
     batch('ZREM', due_key(q), members)
     if q ~= DEFAULT_QUEUE then
       batch('ZREM', queue_key(q), members)
@@ -215,18 +216,24 @@ for k, raw in ipairs(fetch_all(found)) do
       else
         -- Unreadable: out of the due index (it would block every claim), reported
         -- to the caller with an empty document.
+        touch(q)
         redis.call('ZREM', due_key(q), id)
         out[#out + 1] = id
         out[#out + 1] = ''
       end
     end
   else
+    touch(q)
     redis.call('ZREM', due_key(q), id)
   end
 end
 if #writes > 0 then
   batch('HSET', jobs, writes)
   batch('HSET', LOCKED, locks)
-  for q, members in pairs(scores) do batch('ZADD', due_key(q), members) end
+  for q, members in pairs(scores) do
+    touch(q)
+    batch('ZADD', due_key(q), members)
+  end
 end
+fix_heads()
 return out

@@ -19,6 +19,21 @@ local FIELDS = {'task', 'due_at', 'next_run_at', 'locked_by', 'attempts',
 
 local TAG = string.sub(KEYS[1], 1, -5)
 local QUEUES, LOCKED = TAG .. 'queues', TAG .. 'locked'
+
+-- A store of several partitions declares '{ns:p}:heads' (ZSET: queue -> the
+-- earliest due time in its due set): a probe over every queue reads it
+-- instead of every due set. Scripts note the queues whose due sets they
+-- change (touch) and bring their heads up to date before returning
+-- (fix_heads).
+local HEADS = TAG .. 'heads'
+local heads_on = false
+for i = 2, #KEYS do
+  if KEYS[i] == HEADS then heads_on = true end
+end
+local touched = {}
+local function touch(q)
+  touched[q] = true
+end
 local DEFAULT_QUEUE = 'default'
 local STAGED_PREFIX = 'staged:'
 
@@ -127,8 +142,22 @@ local function track(id, locked_by, q)
   end
 end
 
+local function fix_heads()
+  if not heads_on then return end
+  for q in pairs(touched) do
+    local head = redis.call('ZRANGE', due_key(q), 0, 0, 'WITHSCORES')
+    if #head > 0 then
+      redis.call('ZADD', HEADS, head[2], q)
+    else
+      redis.call('ZREM', HEADS, q)
+    end
+  end
+  touched = {}
+end
+
 local function save(jobs, id, doc)
   local q = queue_of(doc)
+  touch(q)
   redis.call('HSET', jobs, id, encode(doc))
   if doc.due_at then
     redis.call('ZADD', due_key(q), doc.due_at, id)
@@ -141,6 +170,7 @@ end
 -- A job leaves its queue: out of its due set and id index; a queue other
 -- than the default one that holds no job any more leaves '{ns}:queues'.
 local function leave_queue(id, q)
+  touch(q)
   redis.call('ZREM', due_key(q), id)
   if q ~= DEFAULT_QUEUE then
     redis.call('ZREM', queue_key(q), id)

@@ -31,8 +31,10 @@ for k, item in ipairs(items) do
     -- The lock is unchanged, so '{ns}:locked' is too.
     doc.due_at = num(now + item[3])
     redis.call('HSET', jobs, item[1], encode(doc))
+    touch(queue_of(doc))
     redis.call('ZADD', due_key(queue_of(doc)), doc.due_at, item[1])
     held[#held + 1] = item[1]
   end
 end
+fix_heads()
 return held

@@ -1,5 +1,7 @@
 -- The earliest due time of the claimed queues and the server's clock.
--- KEYS: jobs, '{ns}:queues', '{ns}:paused', the due sets of the claimed queues.
+-- KEYS: jobs, '{ns}:queues', '{ns}:paused', the due sets of the claimed queues
+-- and, in a store of several partitions, '{ns}:heads' (read instead of every
+-- due set when every queue is claimed).
 -- ARGV: '*' for every known queue (the default one and those in
 -- '{ns}:queues') or '' for the listed ones, then the queue names listed.
 -- Paused queues do not count. Returns {the due_at of the earliest due job (''
@@ -19,7 +21,12 @@ local paused = {}
 for _, q in ipairs(redis.call('SMEMBERS', KEYS[3])) do paused[q] = true end
 local names = {}
 for i = 2, #ARGV do names[#names + 1] = ARGV[i] end
-if ARGV[1] == '*' then
+local by_heads = ARGV[1] == '*' and declared[tag .. 'heads']
+if by_heads then
+  -- The partition's heads (see common.lua) in due order: the first queue that
+  -- is not paused holds the earliest job.
+  for _, q in ipairs(redis.call('ZRANGE', tag .. 'heads', 0, -1)) do names[#names + 1] = q end
+elseif ARGV[1] == '*' then
   names[#names + 1] = 'default'
   for _, q in ipairs(redis.call('SMEMBERS', KEYS[2])) do names[#names + 1] = q end
 end
@@ -35,6 +42,7 @@ for _, q in ipairs(names) do
       if #head > 0 and (not score or tonumber(head[2]) < score) then
         first, score = head[1], tonumber(head[2])
       end
+      if by_heads and first then break end
     else
       missing[#missing + 1] = q
     end

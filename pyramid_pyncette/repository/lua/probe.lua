@@ -2,7 +2,9 @@
 -- first: a claim over several partitions asks every partition at once (one
 -- pipeline), picks the earliest due jobs across them and runs claim.lua only
 -- in the partitions that hold some of them. Reads only.
--- KEYS: jobs, '{ns}:queues', '{ns}:paused', the due sets of the claimed queues.
+-- KEYS: jobs, '{ns}:queues', '{ns}:paused', the due sets of the claimed queues
+-- and, in a store of several partitions, '{ns}:heads' (read instead of every
+-- due set when every queue is claimed).
 -- ARGV: now in microseconds ('' = the server's clock), the most jobs to list,
 -- '*' for every known queue (the default one and those in '{ns}:queues') or
 -- '' for the listed ones, then the queue names listed.
@@ -25,13 +27,18 @@ local limit = tonumber(ARGV[2])
 -- The same rules as claim.lua (see common.lua for the key names).
 local paused = {}
 for _, q in ipairs(redis.call('SMEMBERS', KEYS[3])) do paused[q] = true end
+local upto = string.format('%.17g', now)
 local names = {}
 for i = 4, #ARGV do names[#names + 1] = ARGV[i] end
-if ARGV[3] == '*' then
+if ARGV[3] == '*' and declared[tag .. 'heads'] then
+  -- The partition's heads (see common.lua) name the queues with a job due.
+  for _, q in ipairs(redis.call('ZRANGEBYSCORE', tag .. 'heads', '-inf', upto)) do
+    names[#names + 1] = q
+  end
+elseif ARGV[3] == '*' then
   names[#names + 1] = 'default'
   for _, q in ipairs(redis.call('SMEMBERS', KEYS[2])) do names[#names + 1] = q end
 end
-local upto = string.format('%.17g', now)
 local out, missing, seen = {upto}, {}, {}
 for _, q in ipairs(names) do
   local valid = type(q) == 'string' and #q <= 64 and string.match(q, '^[%w][%w_.%-]*$')

@@ -78,6 +78,7 @@ local function put(id, old, op)
   redis.call('ZADD', ids, 0, id)
   redis.call('ZADD', prefix .. op.task, 0, id)
   join_queue(id, op.queue)
+  touch(op.queue)
   if op.due == NULL then
     redis.call('ZREM', due_key(op.queue), id)
   else
@@ -161,4 +162,5 @@ if ARGV[3] and ARGV[3] ~= '' then
   end
 end
 append_runs(TAG .. 'runs', 4)
+fix_heads()
 return results
