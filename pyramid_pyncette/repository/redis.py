@@ -1269,11 +1269,13 @@ class RedisRepository(Repository):
 
         The claim reads the paused queues in the same call, so a pause is
         obeyed by the next claim of every daemon. A store of several
-        partitions first asks every partition whether a job is due there (one
-        pipeline of ``probe.lua``), then claims from the partitions that have
-        some, starting at a partition that moves on by one at every claim
-        (:meth:`_claim_order`), and fills the batch from the next ones when
-        the first has fewer due jobs than ``limit``.
+        partitions first asks every partition which jobs are due (one pipeline
+        of ``probe.lua``), picks the ``limit`` due earliest across them (ties
+        by id, as a store of one partition does, so no partition starves and
+        no job waits longer than it would there) and claims them in each
+        partition that holds some, visiting the partitions from an offset that
+        moves on at every claim (:meth:`_claim_order`): a batch fills from as
+        many partitions as its jobs are in.
         """
         now, limit, token, default_lease, queues = claim
         listed = [] if queues is None else sorted(_check_queue(name) for name in queues)
@@ -1368,8 +1370,8 @@ class RedisRepository(Repository):
 
     def _claim_order(self, count: int) -> builtins.list[int]:
         """The partitions in the order the next claim visits them: from an offset that
-        moves on by one at every claim, so every partition is the first now and then
-        (and two daemons, which start at random offsets, rarely start at the same one)."""
+        moves on by one at every claim, so that daemons claiming at the same moment
+        (they start at random offsets) rarely call the same partition first."""
         start = self._claim_offset % count
         self._claim_offset = (start + 1) % count
         return [(start + i) % count for i in range(count)]
