@@ -9,18 +9,11 @@ recorded at first setup, adopted later and never silently changed.
 
 from __future__ import annotations
 
-import os
+import logging
 import random
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
 import threading
-import time
 import uuid
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
@@ -622,114 +615,11 @@ def test_queue_stats_add_up_every_partition(make_repo):
 # --------------------------------------------------------------------------- Redis Cluster
 
 
-def _free_cluster_port() -> int:
-    # A node also listens on its port + 10000 (the cluster bus).
-    while True:
-        port = random.randrange(20000, 45000)
-        try:
-            for candidate in (port, port + 10000):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", candidate))
-        except OSError:
-            continue
-        return port
-
-
-class _LocalCluster:
-    """Three redis-server masters in cluster mode on 127.0.0.1, stopped by pid."""
-
-    def __init__(self) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="pyncette-cluster-"))
-        self.ports: list[int] = []
-        self.processes: list[subprocess.Popen] = []
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        cli = shutil.which("redis-cli")
-        if not binary or not cli:
-            pytest.skip("Redis Cluster tests need redis-server and redis-cli")
-        for _ in range(3):
-            port = _free_cluster_port()
-            self.ports.append(port)
-            self.processes.append(
-                subprocess.Popen(
-                    [
-                        *(binary, "--port", str(port), "--bind", "127.0.0.1"),
-                        *(
-                            "--cluster-enabled",
-                            "yes",
-                            "--cluster-config-file",
-                            f"nodes-{port}.conf",
-                        ),
-                        *("--save", "", "--appendonly", "no", "--daemonize", "no"),
-                        *("--dir", str(self.folder)),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        deadline = time.monotonic() + 20
-        for port in self.ports:
-            while True:
-                try:
-                    with redis.Redis(port=port, socket_timeout=1) as client:
-                        client.ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-        subprocess.run(
-            [cli, "--cluster", "create", *self.nodes, "--cluster-replicas", "0", "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        # Every node has learnt the slots of the others before a client asks.
-        while not all(self._state_ok(cli, port) for port in self.ports):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the cluster did not come up")
-            time.sleep(0.05)
-
-    @staticmethod
-    def _state_ok(cli: str, port: int) -> bool:
-        reply = subprocess.run(
-            [cli, "-p", str(port), "cluster", "info"], capture_output=True, text=True, timeout=10
-        )
-        return "cluster_state:ok" in reply.stdout
-
-    @property
-    def nodes(self) -> list[str]:
-        return [f"127.0.0.1:{port}" for port in self.ports]
-
-    @property
-    def url(self) -> str:
-        return "redis+cluster://" + ",".join(self.nodes)
-
-    def close(self) -> None:
-        for process in self.processes:
-            os.kill(process.pid, signal.SIGTERM)
-        for process in self.processes:
-            process.wait(10)
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def cluster_url(request):
-    """The URL of a three-master Redis Cluster (the session's, or one of this module's)."""
-    try:
-        shared = request.getfixturevalue("redis_cluster_server")
-    except pytest.FixtureLookupError:
-        shared = None
-    if shared is not None:
-        yield shared.url
-        return
-    cluster = _LocalCluster()
-    try:
-        cluster.start()
-        yield cluster.url
-    finally:
-        cluster.close()
+@pytest.fixture
+def cluster_url(redis_cluster_server):
+    """The URL of the session's three-master Redis Cluster."""
+    redis_cluster_server.start()  # brings back a node an earlier test stopped
+    return redis_cluster_server.url
 
 
 @pytest.fixture
@@ -797,6 +687,23 @@ def test_a_cluster_store_wakes_listeners_when_a_job_is_added(cluster_repo):
         stop()
 
 
+def test_a_cluster_url_may_list_every_node(redis_cluster_server):
+    redis_cluster_server.start()
+    nodes = ",".join(
+        f"{redis_cluster_server.host}:{node.port}" for node in redis_cluster_server.nodes
+    )
+    repo = RedisRepository(f"redis+cluster://{nodes}/0", namespace=f"c_{uuid.uuid4().hex[:10]}")
+    try:
+        repo.setup()
+        assert repo.partitions == 16
+        assert {node.port for node in repo.client.get_primaries()} == {
+            node.port for node in redis_cluster_server.nodes
+        }
+    finally:
+        repo.client.delete(meta_key(repo.namespace))
+        repo.close()
+
+
 def test_a_cluster_url_builds_no_client_until_the_store_is_used():
     repo = RedisRepository("redis+cluster://127.0.0.1:1,127.0.0.1:2", namespace="x")
     assert repo._client_obj is None
@@ -830,3 +737,57 @@ def test_the_partition_probe_and_next_due_survive_a_server_that_lost_its_scripts
 
     assert repo.next_due() == NOW + 5 * SECOND
     assert repo.claim(NOW, 5, "t", 60) == []
+
+
+# --------------------------------------------------------------------------- unreachable partitions
+
+
+def _unreachable(repo, monkeypatch, partition: int) -> dict:
+    """Make every script call on ``partition`` fail as a stopped shard does; returns a
+    switch: ``state["down"] = False`` brings it back."""
+    state = {"down": True}
+    tag = repo.partition_keys(partition).tag
+    for name in ("_claim", "_write_ops"):
+        script = getattr(repo, name)
+
+        def call(keys=(), args=(), client=None, script=script):
+            if state["down"] and keys[0].startswith(tag):
+                raise redis.ConnectionError("Connection refused")
+            return script(keys=keys, args=args)
+
+        call.sha = script.sha  # type: ignore[attr-defined]
+        monkeypatch.setattr(repo, name, call)
+    return state
+
+
+def test_an_unreachable_partition_keeps_its_completions_and_the_others_carry_on(
+    make_repo, monkeypatch, caplog
+):
+    caplog.set_level(logging.INFO, logger="pyramid_pyncette.repository.redis")
+    repo = make_repo()
+    ids = spread_ids(48)
+    repo.add([date_job(job_id) for job_id in ids[:32]])  # one-off jobs: deleted when done
+    repo.add([interval_job(job_id) for job_id in ids[32:]])  # settled when done
+    leases = repo.claim(NOW, 48, "t", 60)
+    down = partition_of(ids[0], 16)
+    state = _unreachable(repo, monkeypatch, down)
+    outcomes = [Outcome(lease, True, NOW + SECOND) for lease in leases]
+    records = [run_of(lease, "succeeded", NOW + SECOND) for lease in leases]
+    repo.add([date_job("later", NOW + 5 * SECOND)])
+
+    assert repo.complete_and_claim(outcomes, NOW + 10 * SECOND, 10, "t2", 60, runs=records)
+
+    on_down = {lease.job.id for lease in leases if partition_of(lease.job.id, 16) == down}
+    assert on_down
+    assert {run.job_id for run in all_runs(repo)} == {lease.job.id for lease in leases} - on_down
+    assert f"partition {down} of the store cannot be reached" in caplog.text
+    assert caplog.text.count("cannot be reached") == 1  # once per outage
+
+    state["down"] = False
+    repo.complete_and_claim([], NOW + 10 * SECOND, 0, "t3", 60)
+
+    assert {run.job_id for run in all_runs(repo)} == {lease.job.id for lease in leases}
+    for job_id in on_down:
+        job = repo.get(job_id)
+        assert job is None or job.locked_by is None  # deleted (one-off) or settled
+    assert f"partition {down} of the store is reachable again" in caplog.text

@@ -697,6 +697,13 @@ class RedisRepository(Repository):
         self._layout: builtins.list[PartitionKeys] = []
         #: Where the next claim starts (see :meth:`_claim_order`).
         self._claim_offset = 0
+        #: Completions the daemon's loop handed over for partitions that could not
+        #: be reached (a cluster shard down), by partition: written before
+        #: anything else of theirs once it is back (see :meth:`_defer`).
+        self._deferred: dict[int, builtins.list[tuple[Any, ...]]] = {}
+        #: The partitions last found unreachable (logged once per outage).
+        self._unreachable: builtins.set[int] = set()
+        self._deferred_lock = threading.Lock()
         #: The KEYS of the probes by claimed queues (see :meth:`_probe_keys`).
         self._probe_cache: dict[frozenset[str], builtins.list[builtins.list[str]]] = {}
         #: The queues other than the default one last seen in the queue sets:
@@ -913,6 +920,18 @@ class RedisRepository(Repository):
         return count
 
     def close(self) -> None:
+        if self._deferred:
+            # Completions kept for a partition that was unreachable: a last try.
+            with contextlib.suppress(Exception):
+                self._flush_deferred(datetime.now(timezone.utc))
+            for p, items in self._deferred.items():
+                log.error(
+                    "partition %d of the store was still unreachable at close: %d completion "
+                    "batch(es) of its jobs were not written (their leases expire and the jobs "
+                    "are claimed again)",
+                    p,
+                    len(items),
+                )
         client = self._client_obj
         if self._owns_client and client is not None:
             client.close()
@@ -1293,7 +1312,10 @@ class RedisRepository(Repository):
             finished_queues.setdefault(p, set()).add(outcome.lease.job.queue)
         by_id = {plan.job_id: outcome for plan, outcome in deletes}
         run_groups = self._group_runs(runs, count)
-        if others:
+        if count > 1:
+            self._flush_deferred(now)
+            self._complete_or_defer(others)
+        elif others:
             self.complete(others)
         if limit <= 0 and not finished and not runs:
             return []
@@ -1308,19 +1330,29 @@ class RedisRepository(Repository):
             wanted = due.get(p, 0)
             if not wanted and p not in finished and p not in run_groups:
                 continue
-            clock, left, found = self._claim_partition(
-                parts[p],
-                now,
-                wanted,
-                token,
-                default_lease,
-                queues,
-                listed,
+            work = (
                 finished.get(p, []),
                 tasks.get(p, set()),
                 finished_queues.get(p, set()),
                 *run_groups.get(p, ([], None)),
             )
+            if count > 1 and p in self._deferred:
+                # Earlier completions wait for the partition: these go after them.
+                if work[0] or work[3]:
+                    self._defer(p, ("finished", *work, by_id))
+                continue
+            try:
+                clock, left, found = self._claim_partition(
+                    parts[p], now, wanted, token, default_lease, queues, listed, *work
+                )
+            except Exception as exc:
+                if count == 1 or not self.is_transient(exc):
+                    raise
+                self._partition_failed(p, exc)
+                if work[0] or work[3]:
+                    self._defer(p, ("finished", *work, by_id))
+                continue
+            self._partition_ok(p)
             skipped.extend(by_id[_text(job_id)] for job_id in left)
             for job_id, raw in found:
                 leased.append((clock, job_id, raw))
@@ -1368,6 +1400,83 @@ class RedisRepository(Repository):
         lost = {plan.job.id for plan, flag in zip(once, flags, strict=True) if not flag}
         return [plan.lease for plan in plans if plan.action == "lease" or plan.job.id not in lost]
 
+    def _partition_failed(self, p: int, exc: BaseException) -> None:
+        """Note that partition ``p`` could not be reached (logged once per outage)."""
+        if p not in self._unreachable:
+            self._unreachable.add(p)
+            log.warning(
+                "partition %d of the store cannot be reached (%s); its jobs wait for it, "
+                "the other partitions' jobs carry on",
+                p,
+                " ".join(redact_text(str(exc)).split()) or type(exc).__name__,
+            )
+
+    def _partition_ok(self, p: int) -> None:
+        if p in self._unreachable:
+            self._unreachable.discard(p)
+            log.info("partition %d of the store is reachable again", p)
+
+    def _defer(self, p: int, work: tuple[Any, ...]) -> None:
+        """Keep ``work`` (completions) for partition ``p`` until it can be reached.
+
+        The daemon's loop has handed it over: the process keeps it and writes
+        it at the next claims, in order, once the partition answers again (a
+        daemon stopped meanwhile leaves its leases to expire, as any daemon
+        that stops mid-run does).
+        """
+        with self._deferred_lock:
+            self._deferred.setdefault(p, []).append(work)
+
+    def _complete_or_defer(self, outcomes: Sequence[Outcome]) -> None:
+        """:meth:`complete` ``outcomes``, partition by partition, keeping those of an
+        unreachable partition (see :meth:`_defer`)."""
+        count = len(self._parts())
+        groups: dict[int, builtins.list[Outcome]] = {}
+        for outcome in outcomes:
+            groups.setdefault(partition_of(outcome.lease.job.id, count), []).append(outcome)
+        for p, group in groups.items():
+            if p in self._deferred:
+                self._defer(p, ("complete", group))
+                continue
+            try:
+                self.complete(group)
+            except Exception as exc:
+                if not self.is_transient(exc):
+                    raise
+                self._partition_failed(p, exc)
+                self._defer(p, ("complete", group))
+
+    def _flush_deferred(self, now: datetime) -> None:
+        """Write the completions kept for partitions that were unreachable, in order;
+        those of a partition still unreachable stay."""
+        if not self._deferred:
+            return
+        parts = self._parts()
+        with self._deferred_lock:
+            pending, self._deferred = self._deferred, {}
+        for p, items in pending.items():
+            for i, item in enumerate(items):
+                try:
+                    if item[0] == "complete":
+                        self.complete(item[1])
+                    else:
+                        finished, tasks, queues, runs, batch, by_id = item[1:]
+                        _, left, _ = self._claim_partition(
+                            parts[p], now, 0, "", 0, None, [], finished, tasks, queues, runs, batch
+                        )
+                        if left:
+                            self.complete([by_id[_text(job_id)] for job_id in left])
+                except Exception as exc:
+                    if not self.is_transient(exc):
+                        raise
+                    self._partition_failed(p, exc)
+                    with self._deferred_lock:
+                        self._deferred[p] = items[i:] + self._deferred.get(p, [])
+                    break
+            else:
+                self._partition_ok(p)
+                log.info("partition %d: %d kept completion batch(es) written", p, len(items))
+
     def _claim_order(self, count: int) -> builtins.list[int]:
         """The partitions in the order the next claim visits them: from an offset that
         moves on by one at every claim, so that daemons claiming at the same moment
@@ -1392,6 +1501,8 @@ class RedisRepository(Repository):
         )
         due = []
         for p, reply in enumerate(replies):
+            if reply is None:  # unreachable: its jobs wait
+                continue
             for i in range(1, len(reply) - 1, 2):
                 due.append((float(reply[i + 1]), _text(reply[i]), p))
         due.sort()
@@ -1420,7 +1531,15 @@ class RedisRepository(Repository):
                 # The server lost its scripts (a restart, SCRIPT FLUSH): load them again.
                 self._load_scripts()
                 continue
-            missing = [reply[1] for reply in replies if _text(reply[0]) == "missing"]
+            for p, reply in enumerate(replies):
+                if isinstance(reply, BaseException):
+                    self._partition_failed(p, reply)
+                    replies[p] = None
+                else:
+                    self._partition_ok(p)
+            missing = [
+                reply[1] for reply in replies if reply is not None and _text(reply[0]) == "missing"
+            ]
             if not missing:
                 return replies
             for names in missing:
@@ -1447,7 +1566,9 @@ class RedisRepository(Repository):
     ) -> builtins.list[Any]:
         """The replies of ``script`` called with each (keys, args) of ``calls``, in one
         pipeline (in a cluster, one per node: redis-py's cluster pipelines refuse
-        scripts). Raises ``NoScriptError`` when a server lacks the script."""
+        scripts). Raises ``NoScriptError`` when a server lacks the script. In a
+        cluster, a call on a node that cannot be reached answers with the error
+        (raised when no node answers)."""
         if not self._cluster:
             pipe = self._client.pipeline(transaction=False)
             for keys, args in calls:
@@ -1458,20 +1579,37 @@ class RedisRepository(Repository):
         for i, (keys, _) in enumerate(calls):
             node = self._client.get_node_from_key(keys[0])
             by_node.setdefault(node.name, (node, []))[1].append(i)
-        try:
-            for node, places in by_node.values():
+        moved = False
+        for node, places in by_node.values():
+            try:
                 pipe = node.redis_connection.pipeline(transaction=False)
                 for i in places:
                     keys, args = calls[i]
                     pipe.evalsha(script.sha, len(keys), *keys, *args)
                 for i, reply in zip(places, pipe.execute(), strict=True):
                     replies[i] = reply
-        except redis_errors.NoScriptError:
-            raise
-        except (redis_errors.ResponseError, *_TRANSIENT_ERRORS):
-            # A slot moved or a node went away: one call at a time, which the
-            # cluster client redirects (and retries) as it learns the new layout.
-            return [script(keys=keys, args=args) for keys, args in calls]
+            except redis_errors.NoScriptError:
+                raise
+            except (redis_errors.ResponseError, *_TRANSIENT_ERRORS):
+                moved = True
+                for i in places:
+                    replies[i] = None
+        if moved:
+            # A slot moved or a node went away: those calls one at a time, which
+            # the cluster client redirects (and retries) as it learns the new
+            # layout; a node still away answers with its error, in its place.
+            for i, reply in enumerate(replies):
+                if reply is None:
+                    keys, args = calls[i]
+                    try:
+                        replies[i] = script(keys=keys, args=args)
+                    except redis_errors.NoScriptError:
+                        raise
+                    except _TRANSIENT_ERRORS as exc:
+                        replies[i] = exc
+            failures = [reply for reply in replies if isinstance(reply, BaseException)]
+            if len(failures) == len(replies):
+                raise failures[0]
         return replies
 
     def _claim_partition(
@@ -1629,7 +1767,8 @@ class RedisRepository(Repository):
         """
         listed = [] if queues is None else sorted(_check_queue(name) for name in queues)
         if len(self._parts()) > 1:
-            replies = self._each_partition(self._next_due, queues, listed, [])
+            found = self._each_partition(self._next_due, queues, listed, [])
+            replies = [reply for reply in found if reply is not None]
         else:
             replies = [self._next_due_single(queues, listed)]
         earliest: int | None = None
