@@ -105,8 +105,8 @@ def _garbage_cases():
 
 
 #: The stores whose jobs are rows with columns (Redis keeps one document per job).
-ROW_STORES = [name for name in STORES if name != "redis"]
-DOCUMENT_STORES = [name for name in STORES if name == "redis"]
+ROW_STORES = [name for name in STORES if not name.startswith("redis")]
+DOCUMENT_STORES = [name for name in STORES if name.startswith("redis")]  # and redis-cluster
 
 
 @pytest.mark.parametrize("store_settings", ROW_STORES, indirect=True)
