@@ -743,8 +743,9 @@ def test_the_partition_probe_and_next_due_survive_a_server_that_lost_its_scripts
 
 
 def _unreachable(repo, monkeypatch, partition: int) -> dict:
-    """Make every script call on ``partition`` fail as a stopped shard does; returns a
-    switch: ``state["down"] = False`` brings it back."""
+    """Make every script call on ``partition`` fail as a stopped cluster shard does;
+    returns a switch: ``state["down"] = False`` brings it back."""
+    monkeypatch.setattr(repo, "_defer_unreachable", True)  # as on a cluster
     state = {"down": True}
     tag = repo.partition_keys(partition).tag
     for name in ("_claim", "_write_ops"):
@@ -791,3 +792,21 @@ def test_an_unreachable_partition_keeps_its_completions_and_the_others_carry_on(
         job = repo.get(job_id)
         assert job is None or job.locked_by is None  # deleted (one-off) or settled
     assert f"partition {down} of the store is reachable again" in caplog.text
+
+
+def test_on_one_server_a_failing_partition_fails_the_whole_call(make_repo, monkeypatch):
+    """One server is up or down as a whole: nothing is kept back, the caller retries."""
+    repo = make_repo()
+    ids = spread_ids(48)
+    repo.add([date_job(job_id) for job_id in ids])
+    leases = repo.claim(NOW, 48, "t", 60)
+    state = _unreachable(repo, monkeypatch, partition_of(ids[0], 16))
+    monkeypatch.setattr(repo, "_defer_unreachable", False)
+    outcomes = [Outcome(lease, True, NOW + SECOND) for lease in leases]
+
+    with pytest.raises(redis.ConnectionError):
+        repo.complete_and_claim(outcomes, NOW, 10, "t2", 60)
+    assert repo._deferred == {}
+    state["down"] = False
+    repo.complete_and_claim(outcomes, NOW, 10, "t2", 60)
+    assert repo.list().jobs == []

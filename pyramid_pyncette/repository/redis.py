@@ -156,7 +156,7 @@ from .rows import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RedisRepository"]
+__all__ = ["PartitionCountError", "PartitionKeys", "RedisRepository"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
@@ -487,12 +487,6 @@ def _entry_at_or_before(ms: int, seq: int, inclusive: bool) -> str | None:
     return None
 
 
-def _entry_before(run_id: str) -> str | None:
-    """The largest stream entry id below the record id ``run_id``, None when there is none."""
-    ms, seq, _ = _parse_run_id(run_id, 1)
-    return _entry_at_or_before(ms, seq, False)
-
-
 def _entry_order(entry_id: Any) -> tuple[int, int]:
     """A stream entry id as numbers, to compare entries of several streams."""
     ms, _, seq = _text(entry_id).partition("-")
@@ -689,10 +683,9 @@ class RedisRepository(Repository):
             else:
                 self._use_client(build())
         tag = "{" + namespace + "}"
-        #: The namespace's own keys, outside every partition: the partition
-        #: count (HASH, field ``partitions``) and the paused queues.
+        #: The namespace's own key, outside every partition: the partition count
+        #: (HASH, field ``partitions``).
         self._meta_key = f"{tag}:meta"
-        self._paused_key = f"{tag}:paused"
         #: The partitions, once :meth:`setup` has read their count.
         self._layout: builtins.list[PartitionKeys] = []
         #: Where the next claim starts (see :meth:`_claim_order`).
@@ -701,6 +694,10 @@ class RedisRepository(Repository):
         #: be reached (a cluster shard down), by partition: written before
         #: anything else of theirs once it is back (see :meth:`_defer`).
         self._deferred: dict[int, builtins.list[tuple[Any, ...]]] = {}
+        #: Whether completions for a partition that cannot be reached are kept
+        #: while the others are written (a cluster, whose shards fail apart; one
+        #: server is up or down as a whole).
+        self._defer_unreachable = self._cluster
         #: The partitions last found unreachable (logged once per outage).
         self._unreachable: builtins.set[int] = set()
         self._deferred_lock = threading.Lock()
@@ -1312,17 +1309,21 @@ class RedisRepository(Repository):
             finished_queues.setdefault(p, set()).add(outcome.lease.job.queue)
         by_id = {plan.job_id: outcome for plan, outcome in deletes}
         run_groups = self._group_runs(runs, count)
-        if count > 1:
+        deferring = self._defer_unreachable and count > 1
+        if deferring:
             self._flush_deferred(now)
             self._complete_or_defer(others)
         elif others:
             self.complete(others)
-        if limit <= 0 and not finished and not runs:
-            return []
         limit = max(limit, 0)
+        if not limit and not finished and not runs:
+            return []
         if count == 1:
             due = {0: limit}
         else:
+            # Before the claims: a cluster none of whose partitions answers fails
+            # the call here, before a run record is written or kept (the caller
+            # tries again; the completions above are idempotent).
             due = self._due_partitions(now, limit, queues, listed) if limit else {}
         skipped: builtins.list[Outcome] = []
         leased: builtins.list[tuple[datetime, Any, Any]] = []
@@ -1336,7 +1337,7 @@ class RedisRepository(Repository):
                 finished_queues.get(p, set()),
                 *run_groups.get(p, ([], None)),
             )
-            if count > 1 and p in self._deferred:
+            if deferring and p in self._deferred:
                 # Earlier completions wait for the partition: these go after them.
                 if work[0] or work[3]:
                     self._defer(p, ("finished", *work, by_id))
@@ -1346,7 +1347,7 @@ class RedisRepository(Repository):
                     parts[p], now, wanted, token, default_lease, queues, listed, *work
                 )
             except Exception as exc:
-                if count == 1 or not self.is_transient(exc):
+                if not deferring or not self.is_transient(exc):
                     raise
                 self._partition_failed(p, exc)
                 if work[0] or work[3]:
