@@ -491,7 +491,9 @@ def test_garbage_in_one_partition_costs_only_that_job(make_repo, raw, caplog):
     assert repo.next_due() == NOW + 60 * SECOND
 
 
-def test_with_sixteen_partitions_and_two_daemons_no_job_waits_longer_than_with_one(make_repo):
+def test_with_sixteen_partitions_and_two_daemons_no_job_waits_a_poll_longer_than_with_one(
+    make_repo,
+):
     """Two daemons poll once a second (fake clock) taking 8 jobs each: every partition
     drains, and no job waits more than one poll longer than in a store of one partition."""
 
@@ -673,6 +675,7 @@ def test_a_cluster_store_claims_completes_lists_and_counts(cluster_repo):
     assert cluster_repo.prune_runs(NOW + 2 * SECOND, 100) == 30
 
 
+@pytest.mark.slow  # waits for a real pub/sub message
 def test_a_cluster_store_wakes_listeners_when_a_job_is_added(cluster_repo):
     woken = threading.Event()
     stop = cluster_repo.start_listener(woken.set)
