@@ -29,12 +29,12 @@ def test_the_scheme_is_lower_case_without_its_driver(url, expected):
     assert _store_scheme(url) == expected
 
 
-def test_sql_and_redis_schemes_are_read_from_the_one_table():
+def test_sql_redis_and_dynamodb_schemes_are_read_from_the_one_table():
     from pyramid_pyncette.repository import REDIS_SCHEMES, SQL_SCHEMES, STORE_SCHEMES
 
     assert SQL_SCHEMES == ("sqlite", "postgresql", "mysql", "mariadb")
     assert REDIS_SCHEMES == ("redis", "rediss", "unix")
-    assert set(STORE_SCHEMES) == {"memory", *SQL_SCHEMES, *REDIS_SCHEMES}
+    assert set(STORE_SCHEMES) == {"memory", "dynamodb", *SQL_SCHEMES, *REDIS_SCHEMES}
 
 
 @pytest.mark.parametrize(
