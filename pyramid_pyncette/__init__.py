@@ -132,8 +132,9 @@ def includeme(config: Configurator) -> None:
         The store (see Stores): ``sqlite:///path/to/file.sqlite`` (a relative
         path is from the working directory), ``postgresql+psycopg://...``,
         ``mysql+pymysql://...``, ``redis://host:6379/0`` (also ``rediss://``,
-        ``unix://``), or ``memory://`` (one process, for tests). Default:
-        ``sqlite:///pyncette.sqlite``.
+        ``unix://``), ``redis+cluster://host:port`` (Redis Cluster),
+        ``dynamodb://region/table``, or ``memory://`` (one process, for tests).
+        Default: ``sqlite:///pyncette.sqlite``.
     ``pyncette.poll_interval``
         Longest pause between polls when nothing is due. Default: ``1s``.
     ``pyncette.batch_size``

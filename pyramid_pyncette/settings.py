@@ -471,8 +471,9 @@ class PyncetteSettings:
         _Reader.url,
         "the store (see Stores): `sqlite:///path/to/file.sqlite` (a relative path is from "
         "the working directory), `postgresql+psycopg://...`, `mysql+pymysql://...`, "
-        "`redis://host:6379/0` (also `rediss://`, `unix://`), or `memory://` (one process, "
-        "for tests)",
+        "`redis://host:6379/0` (also `rediss://`, `unix://`), "
+        "`redis+cluster://host:port` (Redis Cluster), `dynamodb://region/table`, or "
+        "`memory://` (one process, for tests)",
     )
     poll_interval: float = _setting(
         1.0, _duration, "longest pause between polls when nothing is due"
