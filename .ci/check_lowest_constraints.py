@@ -1,8 +1,8 @@
 """Check that .ci/lowest-constraints.txt pins exactly the floors pyproject.toml declares.
 
-Every runtime dependency and every user extra (postgresql, mysql, redis, metrics, toolbar)
-must declare a floor (``>=``), and the constraints file must pin each one
-(``==``) at that floor and nothing else: CI installs those pins in a second
+Every runtime dependency and every user extra (postgresql, mysql, redis, dynamodb,
+metrics, toolbar) must declare a floor (``>=``), and the constraints file must pin
+each one (``==``) at that floor and nothing else: CI installs those pins in a second
 environment and runs the tests there, so a floor that does not work fails.
 
 Usage: python .ci/check_lowest_constraints.py [pyproject.toml [constraints]]
@@ -21,7 +21,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The extras whose floors are users' floors (the testing extra is for us).
-STORE_EXTRAS = ("postgresql", "mysql", "redis", "metrics", "toolbar")
+STORE_EXTRAS = ("postgresql", "mysql", "redis", "dynamodb", "metrics", "toolbar")
 
 _REQUIREMENT = re.compile(
     r"^\s*(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(?P<spec>[^;]*)"

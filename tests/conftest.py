@@ -29,7 +29,7 @@ from pyramid_pyncette.testing import FakeClock
 from pyramid_pyncette.worker import Worker
 from tests.daemon import REDIS_CLUSTER, REDIS_CLUSTER_SUPPORTED, store_supported
 
-pytest_plugins = ["tests.servers", "tests.browser"]
+pytest_plugins = ["tests.servers", "tests.browser", "tests.moto_server"]
 
 StoreSettings = dict[str, str]
 StoreFactory = Callable[[pytest.FixtureRequest, Path], StoreSettings]
@@ -69,6 +69,9 @@ STORES: dict[str, StoreFactory] = {
     "sqlite": lambda request, tmp_path: {"pyncette.url": f"sqlite:///{tmp_path}/jobs.sqlite"},
     "postgresql": _server_store("postgresql_server"),
     "mariadb": _server_store("mariadb_server"),
+    "dynamodb": lambda request, tmp_path: {
+        "pyncette.url": request.getfixturevalue("dynamodb_server").url(_unique("jobs"))
+    },
 }
 
 

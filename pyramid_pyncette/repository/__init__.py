@@ -165,8 +165,22 @@ def create_repository(settings: PyncetteSettings) -> Repository:
             # None adopts the count the namespace was set up with (16 for a new one).
             partitions=settings.partitions,
         )
+    if store == "dynamodb":
+        try:
+            from .dynamodb import DynamoDBRepository
+        except ImportError as exc:  # boto3 is an optional dependency
+            raise UnsupportedStoreError(missing_driver_message(scheme, exc)) from exc
+
+        return DynamoDBRepository(
+            url,
+            # None: the count the table was set up with (16 for a new table).
+            partitions=settings.partitions,
+            create_table=not settings.skip_table_create,
+            max_connections=settings.concurrency + 4,
+        )
     raise UnsupportedStoreError(
         f"pyncette.url: unsupported store scheme {scheme!r}; use sqlite:///path/to/file.sqlite, "
-        "postgresql+psycopg://..., mysql+pymysql://..., redis://host:6379/0 or memory:// "
+        "postgresql+psycopg://..., mysql+pymysql://..., redis://host:6379/0, "
+        "dynamodb://region/table or memory:// "
         "(see the README, 'Stores')"
     )

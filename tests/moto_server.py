@@ -1,0 +1,137 @@
+"""A pytest plugin: moto's DynamoDB emulation in server mode, for the DynamoDB store.
+
+The session fixture :func:`dynamodb_server` starts ``moto_server`` (from
+``pip install "moto[server]"``) on 127.0.0.1 and a free port on first use
+and stops it, by its process id, when the session ends. Without moto's
+server the tests that need it are skipped, or fail under
+``--require-backends`` (see :mod:`tests.servers`).
+
+The store under test finds dummy credentials and a region in the
+environment, as boto3 finds real ones: moto accepts any.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from tests.servers import HOST, backends_required, free_port, handle_unavailable
+
+#: The region the tests' tables live in (moto accepts any).
+REGION = "us-east-1"
+
+#: Seconds moto's server may take to answer after being launched.
+START_TIMEOUT = 60.0
+
+#: What boto3 reads in place of real credentials while the tests run.
+DUMMY_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": REGION,
+}
+
+
+class MotoServer:
+    """A ``moto_server`` process of this session on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        """Where boto3 reaches the emulation."""
+        return f"http://{HOST}:{self.port}"
+
+    def url(self, table: str) -> str:
+        """The ``pyncette.url`` of the DynamoDB table ``table`` in this server."""
+        return f"dynamodb://{REGION}/{table}?endpoint_url={self.endpoint_url}"
+
+    @staticmethod
+    def command() -> list[str] | None:
+        """How to start moto's server here, or None when it is not installed."""
+        if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
+            return None
+        binary = shutil.which("moto_server")
+        if binary is not None:
+            return [binary]
+        return [sys.executable, "-m", "moto.server"]
+
+    def start(self) -> None:
+        """Launch the server and wait until it answers."""
+        command = self.command()
+        assert command is not None
+        self.process = subprocess.Popen(
+            [*command, "-H", HOST, "-p", str(self.port)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"moto_server exited at start (code {self.process.returncode})")
+            try:
+                with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/", timeout=2):
+                    return
+            except urllib.error.HTTPError:
+                return  # it answers
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"moto_server did not answer on {self.endpoint_url}")
+
+    def stop(self) -> None:
+        """End the server this object started (by its pid)."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+MISSING = (
+    'BACKEND NOT INSTALLED: DynamoDB tests need moto\'s server mode; pip install "moto[server]" '
+    '(or pip install -e ".[testing]"). Pass --require-backends or set '
+    "PYNCETTE_REQUIRE_BACKENDS=1 to make this a failure instead of a skip."
+)
+
+
+@pytest.fixture(scope="session")
+def dynamodb_server(request: pytest.FixtureRequest) -> Iterator[MotoServer]:
+    """moto's DynamoDB emulation, shared by the whole session (started on first use).
+
+    While it runs, the environment holds dummy AWS credentials and a region
+    (:data:`DUMMY_AWS_ENV`), replacing any real ones, so no test (nor any
+    pscheduler process a test starts) ever talks to AWS.
+    """
+    required = backends_required(request.config.getoption("require_backends", default=False))
+    if MotoServer.command() is None:
+        handle_unavailable(MISSING, required=required)
+    saved = {name: os.environ.get(name) for name in DUMMY_AWS_ENV}
+    os.environ.update(DUMMY_AWS_ENV)
+    server = MotoServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
