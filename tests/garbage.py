@@ -51,10 +51,28 @@ def _store_redis_document(repository: Any, job_id: str, doc: dict[str, Any]) -> 
     repository.client.hset(repository.job_keys(job_id).jobs, job_id, json.dumps(doc))
 
 
+def _dynamodb_item(repository: Any, job_id: str) -> dict[str, Any]:
+    """The stored DynamoDB item of ``job_id``, its attributes as Python values."""
+    from boto3.dynamodb.types import TypeDeserializer
+
+    item = repository.client.get_item(
+        TableName=repository.table, Key=repository.job_key(job_id), ConsistentRead=True
+    )["Item"]
+    return {name: TypeDeserializer().deserialize(value) for name, value in item.items()}
+
+
+def _store_dynamodb_item(repository: Any, item: dict[str, Any]) -> None:
+    """Overwrite a stored DynamoDB item with ``item`` (Python values), unchecked."""
+    from boto3.dynamodb.types import TypeSerializer
+
+    encoded = {name: TypeSerializer().serialize(value) for name, value in item.items()}
+    repository.client.put_item(TableName=repository.table, Item=encoded)
+
+
 def store_kind(app: Any) -> str:
-    """The kind of ``app``'s store: memory, sqlite, postgresql, mariadb or redis."""
+    """The kind of ``app``'s store: memory, sqlite, postgresql, mariadb, redis or dynamodb."""
     url = app.scheduler.settings.url
-    for kind in ("memory", "sqlite", "postgresql", "mysql", "redis"):
+    for kind in ("memory", "sqlite", "postgresql", "mysql", "redis", "dynamodb"):
         if url.startswith(kind):
             return "mariadb" if kind == "mysql" else kind
     raise AssertionError(url)
@@ -88,6 +106,11 @@ def write_garbage(app: Any, job_id: str, **columns: Any) -> None:
         repository.add([decode_job_fields(fields)])
         return
     repository.add([good])
+    if kind == "dynamodb":  # the item's job definition is JSON text, as in a Redis document
+        item = _dynamodb_item(repository, job_id)
+        item["job"] = _garbage_definition(item["job"], columns)
+        _store_dynamodb_item(repository, item)
+        return
     if kind == "redis":
         doc = _redis_document(repository, job_id)
         if "definition" in columns:
@@ -109,6 +132,18 @@ def write_garbage(app: Any, job_id: str, **columns: Any) -> None:
         conn.execute(sa.update(raw).where(raw.c.id == job_id).values(**columns))
 
 
+def _garbage_definition(text: str, columns: dict[str, Any]) -> str:
+    """The JSON text of a job definition with ``columns`` written into it verbatim."""
+    if "definition" in columns:
+        return columns["definition"]
+    definition = json.loads(text)
+    for key, value in columns.items():
+        definition[key] = load_json(value)
+        if isinstance(definition[key], UnreadableJSON):
+            return json.dumps(definition)[:-1] + f', "{key}": {value}}}'
+    return json.dumps(definition)
+
+
 #: Keys of a Redis document's job definition (the others are the document's own).
 DEFINITION_KEYS = ("created_at", "partition")
 
@@ -125,6 +160,16 @@ def write_column_garbage(app: Any, job_id: str, column: str, value: Any) -> None
         repository.add([decode_job_fields(fields)])
         return
     repository.add([good])
+    if kind == "dynamodb":
+        item = _dynamodb_item(repository, job_id)
+        if column in DEFINITION_KEYS:
+            definition = json.loads(item["job"])
+            definition[column] = value
+            item["job"] = json.dumps(definition)
+        else:
+            item[column] = value
+        _store_dynamodb_item(repository, item)
+        return
     if kind == "redis":
         doc = _redis_document(repository, job_id)
         if column in DEFINITION_KEYS:

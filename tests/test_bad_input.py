@@ -48,7 +48,7 @@ def _write_unknown_task(app, tmp_path):
 
 
 def _write_invalid_json(app, tmp_path):
-    if store_kind(app) == "redis":  # one JSON document per job: the whole definition is cut
+    if store_kind(app) in ("redis", "dynamodb"):  # one JSON definition per job: it is cut
         write_garbage(app, "bad", definition='{"schedule": {"kind": "date", "run_at": ')
     else:
         write_garbage(app, "bad", schedule='{"kind": "date", "run_at": ')

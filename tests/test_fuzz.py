@@ -104,9 +104,10 @@ def _garbage_cases():
         yield pytest.param(columns, words, id=name)
 
 
-#: The stores whose jobs are rows with columns (Redis keeps one document per job).
-ROW_STORES = [name for name in STORES if not name.startswith("redis")]
-DOCUMENT_STORES = [name for name in STORES if name.startswith("redis")]  # and redis-cluster
+#: The stores whose jobs are rows with columns (Redis, Redis Cluster and DynamoDB keep one
+#: document per job).
+ROW_STORES = [name for name in STORES if not name.startswith("redis") and name != "dynamodb"]
+DOCUMENT_STORES = [name for name in STORES if name.startswith("redis") or name == "dynamodb"]
 
 
 @pytest.mark.parametrize("store_settings", ROW_STORES, indirect=True)
@@ -208,6 +209,12 @@ TIME_GARBAGE = {
         ("last_run_at", str(10**30), ["last_run_at is"]),
         ("created_at", [1], ["created_at is [1]"]),
     ],
+    "dynamodb": [
+        ("due_at", "garbage", ["due_at is 'garbage'"]),
+        ("next_run_at", 10**30, ["next_run_at is 1000000000000000000000000000000"]),
+        ("last_run_at", [1, 2], ["last_run_at is"]),
+        ("created_at", "x", ["created_at is 'x'"]),
+    ],
 }
 
 
@@ -226,6 +233,12 @@ COLUMN_GARBAGE = {
     "postgresql": [("attempts", "-5", ["attempts is"])],
     "mariadb": [("attempts", "-5", ["attempts is"])],
     "redis": [
+        ("task", 5, ["task is 5"]),
+        ("task", True, ["task is True"]),
+        ("attempts", "many", ["attempts is 'many'"]),
+        ("partition", "p", ["partition is 'p'"]),
+    ],
+    "dynamodb": [
         ("task", 5, ["task is 5"]),
         ("task", True, ["task is True"]),
         ("attempts", "many", ["attempts is 'many'"]),
@@ -308,7 +321,7 @@ def test_list_shows_garbage_rows_without_crashing(tmp_path, capsys, store_settin
             return datetime.now(timezone.utc)
 
     kind = store_kind(Handle)
-    garbage = REDIS_GARBAGE if kind == "redis" else GARBAGE
+    garbage = REDIS_GARBAGE if kind in ("redis", "dynamodb") else GARBAGE
     for name, (columns, _) in garbage.items():
         write_garbage(Handle, name, **columns)
     typed = [*TIME_GARBAGE[kind], *COLUMN_GARBAGE[kind]]

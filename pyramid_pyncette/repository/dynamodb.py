@@ -45,6 +45,7 @@ import re
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -56,7 +57,7 @@ from boto3.dynamodb.types import TypeDeserializer
 from botocore import exceptions as boto_errors
 from botocore.config import Config
 
-from ..exceptions import short_repr
+from ..exceptions import InvalidJobError, short_repr
 from ..jobs import (
     DEFAULT_QUEUE,
     MAX_RUN_ERROR_LENGTH,
@@ -74,6 +75,7 @@ from ..policy import plan_claim, plan_completion
 from ..redaction import redact_text, redact_url
 from .base import JobPage, Repository, RepositoryError, RunPage, published_lock, staged_job
 from .rows import (
+    UnreadableJSON,
     decode_job_fields,
     loads_stored,
     problem_text,
@@ -102,11 +104,19 @@ TABLE_READY_TIMEOUT = 300.0
 #: The most run records one :meth:`DynamoDBRepository.list_runs` call reads.
 MAX_RUNS_SCANNED = 50_000
 
+#: Job definitions longer than this (JSON text, characters) are stored compressed.
+COMPRESS_OVER = 16 * 1024
+
+#: The largest item the store writes: DynamoDB's limit (400 KB), less a margin
+#: for the attributes completions add (an error text, bounded).
+MAX_ITEM_SIZE = 400 * 1024 - 20 * 1024
+
 #: Items per BatchWriteItem and per BatchGetItem call (DynamoDB's limits).
 _BATCH_WRITE = 25
 _BATCH_GET = 100
-#: Items per TransactWriteItems call (DynamoDB's limit).
+#: Items per TransactWriteItems call, and bytes (DynamoDB's limits).
 _TRANSACTION = 100
+_TRANSACTION_SIZE = 4 * 1024 * 1024 - 64 * 1024
 
 #: The query options a ``dynamodb://`` URL may carry.
 _URL_OPTIONS = ("endpoint_url",)
@@ -211,6 +221,31 @@ def _value(attr: Mapping[str, Any]) -> Any:
     return value
 
 
+def _item_size(item: Mapping[str, Any]) -> int:
+    """About how many bytes DynamoDB counts for ``item`` (names plus values)."""
+    size = 0
+    for name, attr in item.items():
+        size += len(name.encode("utf-8"))
+        if "S" in attr:
+            size += len(attr["S"].encode("utf-8", "surrogatepass"))
+        elif "B" in attr:
+            size += len(attr["B"])
+        else:
+            size += 22  # a number: at most 21 bytes, and the rest is small
+    return size
+
+
+def _definition_text(item: Mapping[str, Any]) -> Any:
+    """The JSON text of an item's job definition (compressed when it is large)."""
+    if "job" in item or "jobz" not in item:
+        return _value(item["job"]) if "job" in item else None
+    packed = item["jobz"].get("B")
+    try:
+        return zlib.decompress(bytes(packed)).decode("utf-8")
+    except Exception as exc:
+        return UnreadableJSON(short_repr(packed), exc)
+
+
 def _decode_time(value: Any) -> datetime | None:
     if value is None:
         return None
@@ -243,6 +278,7 @@ def _decode_item(item: Mapping[str, Any]) -> Job:
     if not isinstance(job_id, str):
         job_id = str(job_id)
     values = {name: _value(item[name]) for name in _JOB_FIELDS if name in item}
+    values["job"] = _definition_text(item)
     queue = values.get("queue", DEFAULT_QUEUE)
     definition = loads_stored(values.get("job"))
     if type(definition) is dict and type(queue) is str and QUEUE_NAME.fullmatch(queue):
@@ -745,9 +781,13 @@ class DynamoDBRepository(Repository):
             "task": _s(job.task),
             "queue": _s(queue),
             "attempts": _n(int(job.attempts)),
-            "job": _s(_dumps(definition)),
             "ver": _version(),
         }
+        text = _dumps(definition)
+        if len(text) > COMPRESS_OVER:
+            item["jobz"] = {"B": zlib.compress(text.encode("utf-8"))}
+        else:
+            item["job"] = _s(text)
         texts = storable_values({"last_status": job.last_status, "last_error": job.last_error})
         optional = {
             "due_at": _time_attr(job.due_at),
@@ -761,6 +801,13 @@ class DynamoDBRepository(Repository):
         if job.due_at is not None:
             item["dq"] = _s(f"{partition}#{queue}")
             item["due"] = item["due_at"]
+        size = _item_size(item)
+        if size > MAX_ITEM_SIZE:
+            raise InvalidJobError(
+                f"job {short_repr(job.id)} is {size:,} bytes as a DynamoDB item (its arguments "
+                f"compressed), over DynamoDB's limit of {MAX_ITEM_SIZE:,} bytes (400 KB); store "
+                "large data elsewhere (a table, a file) and pass its id"
+            )
         return item
 
     def _due_update(self, update: _Update, job_id: str, queue: str, due: datetime | None) -> None:
@@ -823,26 +870,22 @@ class DynamoDBRepository(Repository):
 
     def apply(self, adds: Sequence[Job], removes: Sequence[str]) -> None:
         """Write ``adds`` and delete ``removes`` in one transaction when DynamoDB allows it
-        (at most 100 items, each once), else in batches."""
-        puts = {job.id: job for job in adds}
-        deletes = [job_id for job_id in dict.fromkeys(removes) if job_id not in puts]
-        if not puts and not deletes:
+        (at most 100 items, each once, 4 MB in all), else in batches."""
+        items = {job.id: self._encode_job(job) for job in adds}
+        deletes = [job_id for job_id in dict.fromkeys(removes) if job_id not in items]
+        if not items and not deletes:
             return
         self._register_queues(job.queue for job in adds)
-        if len(puts) + len(deletes) > _TRANSACTION:
-            if deletes:
-                self._batch_write(
-                    [{"DeleteRequest": {"Key": self.job_key(job_id)}} for job_id in deletes]
-                )
-            self.add(list(puts.values()))
+        size = sum(_item_size(item) for item in items.values())
+        if len(items) + len(deletes) > _TRANSACTION or size > _TRANSACTION_SIZE:
+            requests = [{"DeleteRequest": {"Key": self.job_key(job_id)}} for job_id in deletes]
+            requests += [{"PutRequest": {"Item": item}} for item in items.values()]
+            self._batch_write(requests)
             return
         actions: list[dict[str, Any]] = [
             {"Delete": {"TableName": self.table, "Key": self.job_key(job_id)}} for job_id in deletes
         ]
-        actions += [
-            {"Put": {"TableName": self.table, "Item": self._encode_job(job)}}
-            for job in puts.values()
-        ]
+        actions += [{"Put": {"TableName": self.table, "Item": item}} for item in items.values()]
         self._client.transact_write_items(TransactItems=actions)
 
     def stage(
@@ -851,6 +894,8 @@ class DynamoDBRepository(Repository):
         """Each staged row is written (and each removed row deleted) by one atomic call that
         returns the item it replaced."""
         until = now + timedelta(seconds=window)
+        # Encoded first: a job DynamoDB cannot hold is refused before anything is written.
+        items = [(job.id, self._encode_job(staged_job(job, token, until))) for job in jobs]
         self._register_queues(job.queue for job in jobs)
         previous = {}
         for job_id in dict.fromkeys(removes):
@@ -859,14 +904,10 @@ class DynamoDBRepository(Repository):
             )
             if reply.get("Attributes"):
                 previous[job_id] = _decode_item(reply["Attributes"])
-        for job in jobs:
-            reply = self._client.put_item(
-                TableName=self.table,
-                Item=self._encode_job(staged_job(job, token, until)),
-                ReturnValues="ALL_OLD",
-            )
-            if reply.get("Attributes") and job.id not in previous:
-                previous[job.id] = _decode_item(reply["Attributes"])
+        for job_id, item in items:
+            reply = self._client.put_item(TableName=self.table, Item=item, ReturnValues="ALL_OLD")
+            if reply.get("Attributes") and job_id not in previous:
+                previous[job_id] = _decode_item(reply["Attributes"])
         return previous
 
     def publish(self, token: str, jobs: Sequence[Job]) -> None:
