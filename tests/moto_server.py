@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +40,28 @@ DUMMY_AWS_ENV = {
 }
 
 
+#: ``moto_server``, one request at a time. DynamoDB applies a conditional
+#: write atomically; moto's backend checks the condition, then writes, with
+#: nothing in between to stop another request of its threaded server. Taking
+#: requests one at a time gives the emulation DynamoDB's guarantee, without
+#: which two claims could both take a job (as they cannot on DynamoDB).
+SERIALISED_SERVER = """
+import signal, sys, threading
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+app = DomainDispatcherApplication(create_backend_app)
+lock = threading.Lock()
+
+def one_at_a_time(environ, start_response):
+    with lock:
+        return list(app(environ, start_response))
+
+run_simple(sys.argv[1], int(sys.argv[2]), one_at_a_time, threaded=True)
+"""
+
+
 class MotoServer:
     """A ``moto_server`` process of this session on 127.0.0.1."""
 
@@ -59,20 +80,22 @@ class MotoServer:
 
     @staticmethod
     def command() -> list[str] | None:
-        """How to start moto's server here, or None when it is not installed."""
+        """How to start moto's server here, or None when it is not installed.
+
+        moto's own server application (what ``moto_server`` serves), run by
+        this interpreter (so it is the moto of the tests' environment) behind
+        :data:`SERIALISED_SERVER`.
+        """
         if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
             return None
-        binary = shutil.which("moto_server")
-        if binary is not None:
-            return [binary]
-        return [sys.executable, "-m", "moto.server"]
+        return [sys.executable, "-c", SERIALISED_SERVER]
 
     def start(self) -> None:
         """Launch the server and wait until it answers."""
         command = self.command()
         assert command is not None
         self.process = subprocess.Popen(
-            [*command, "-H", HOST, "-p", str(self.port)],
+            [*command, HOST, str(self.port)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

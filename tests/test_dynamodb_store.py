@@ -1,0 +1,411 @@
+"""The DynamoDB store's own behaviour, on moto's emulation (see tests/moto_server.py).
+
+The conformance suite shows it keeps the contract; these show how: jobs
+spread over partitions, the partition count recorded in the table, the
+set-up errors, and claims that never share a job.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import uuid
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from botocore import exceptions as boto_errors
+
+from pyramid_pyncette import InvalidJobError
+from pyramid_pyncette.jobs import Job, Outcome, RunRecord, partition_of
+from pyramid_pyncette.repository import create_repository
+from pyramid_pyncette.repository.dynamodb import (
+    DUE_INDEX,
+    DynamoDBRepository,
+    DynamoDBSetupError,
+    parse_dynamodb_url,
+)
+from pyramid_pyncette.settings import PyncetteSettings
+from tests.daemon import run_pscheduler, write_ini
+from tests.servers import free_port
+
+NOW = datetime(2030, 1, 1, tzinfo=timezone.utc)
+
+
+def _table() -> str:
+    return f"t_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def make_store(dynamodb_server):
+    """``make_store(table=None, **options)``: a set-up store on moto (closed after the test)."""
+    made = []
+
+    def build(table=None, setup=True, **options):
+        store = DynamoDBRepository(dynamodb_server.url(table or _table()), **options)
+        made.append(store)
+        if setup:
+            store.setup()
+        return store
+
+    yield build
+    for store in made:
+        store.close()
+
+
+def _job(job_id, due=NOW, **fields):
+    schedule = {"kind": "date", "run_at": NOW.isoformat()}
+    return Job(id=job_id, task="record", schedule=schedule, due_at=due, created_at=NOW, **fields)
+
+
+def _query_partition(store, partition):
+    reply = store.client.query(
+        TableName=store.table,
+        KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": f"job#{partition}"}},
+        ConsistentRead=True,
+    )
+    return [item["sk"]["S"] for item in reply["Items"]]
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def test_jobs_spread_over_every_partition_by_the_crc_of_their_id(make_store):
+    store = make_store()
+    assert store.partitions == 16
+    ids = [f"job-{n}" for n in range(200)]
+    store.add([_job(job_id) for job_id in ids])
+
+    found = {partition: _query_partition(store, partition) for partition in range(16)}
+    assert all(found.values()), {p: len(ids) for p, ids in found.items()}
+    for partition, job_ids in found.items():
+        assert all(partition_of(job_id, 16) == partition for job_id in job_ids)
+    assert sorted(job_id for job_ids in found.values() for job_id in job_ids) == sorted(ids)
+
+
+def test_a_due_job_is_in_the_index_of_its_partition_and_queue_and_a_parked_one_is_not(
+    make_store,
+):
+    store = make_store()
+    store.add([_job("due", queue="emails"), _job("parked", due=None)])
+
+    reply = store.client.scan(TableName=store.table, IndexName=DUE_INDEX)
+    keys = {item["sk"]["S"]: item["dq"]["S"] for item in reply["Items"]}
+    assert keys == {"due": f"{partition_of('due', 16)}#emails"}
+
+
+def test_claims_walk_the_partitions_from_an_offset_that_turns_with_every_claim(make_store):
+    store = make_store()
+    ids = {}
+    n = 0
+    while len(ids) < 16:  # one due job in each partition
+        ids.setdefault(partition_of(f"j{n}", 16), f"j{n}")
+        n += 1
+    store.add([_job(job_id) for job_id in ids.values()])
+
+    taken = []
+    for _ in range(16):
+        (lease,) = store.claim(NOW, 1, "token", 60)
+        taken.append(partition_of(lease.job.id, 16))
+
+    assert sorted(taken) == list(range(16))  # every partition drained, none twice
+    assert all((b - a) % 16 == 1 for a, b in itertools.pairwise(taken))
+
+
+# --------------------------------------------------------------------------- the partition count
+
+
+def test_a_new_table_records_its_partition_count_and_a_store_without_the_setting_adopts_it(
+    make_store,
+):
+    table = _table()
+    first = make_store(table, partitions=4)
+    first.add([_job("a"), _job("b")])
+
+    later = make_store(table)  # pyncette.partitions not set
+
+    assert later.partitions == 4
+    assert set(later.get_many(["a", "b"])) == {"a", "b"}
+    assert [job.id for job in later.list()] == ["a", "b"]
+
+
+def test_a_partition_count_other_than_the_tables_is_refused_naming_both_and_the_fix(make_store):
+    table = _table()
+    make_store(table)  # 16, the default
+
+    other = make_store(table, setup=False, partitions=8)
+    with pytest.raises(DynamoDBSetupError) as raised:
+        other.setup()
+
+    message = other.describe_setup_error(raised.value)
+    assert message is not None and "\n" not in message
+    assert "pyncette.partitions = 8" in message
+    assert "16 partitions" in message
+    assert "set pyncette.partitions = 16, or move the jobs to a fresh table" in message
+    assert not other.is_transient(raised.value)
+
+
+def test_create_repository_passes_the_partitions_setting_and_skip_table_create(dynamodb_server):
+    url = dynamodb_server.url(_table())
+    store = create_repository(PyncetteSettings(url=url, partitions=8, skip_table_create=True))
+    try:
+        assert isinstance(store, DynamoDBRepository)
+        assert (store.requested_partitions, store.create_table) == (8, False)
+        assert create_repository(PyncetteSettings(url=url)).requested_partitions is None
+    finally:
+        store.close()
+
+
+# --------------------------------------------------------------------------- set-up errors
+
+
+def test_a_missing_table_with_skip_table_create_stops_pscheduler_with_one_line(
+    tmp_path, capsys, dynamodb_server
+):
+    table = _table()
+    ini, _ = write_ini(
+        tmp_path, dynamodb_server.url(table), extra="pyncette.skip_table_create = true"
+    )
+
+    assert run_pscheduler("--once", ini) == 2
+
+    err = [line for line in capsys.readouterr().err.splitlines() if "pscheduler:" in line]
+    assert len(err) == 1, err
+    assert f"the table '{table}' does not exist" in err[0]
+    assert "remove pyncette.skip_table_create" in err[0]
+    tables = DynamoDBRepository(dynamodb_server.url(table)).client.list_tables()["TableNames"]
+    assert table not in tables
+
+
+def test_a_table_is_created_on_first_use_and_reused(make_store):
+    table = _table()
+    make_store(table).add([_job("kept")])
+
+    again = make_store(table, create_table=False)
+
+    assert again.get("kept") is not None
+
+
+def test_a_table_of_another_layout_is_refused(make_store, dynamodb_server):
+    table = _table()
+    store = make_store(table, setup=False)
+    store.client.create_table(
+        TableName=table,
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    with pytest.raises(DynamoDBSetupError) as raised:
+        store.setup()
+    assert "not a job table of this store" in store.describe_setup_error(raised.value)
+
+
+def test_an_unknown_region_is_a_setup_error_without_a_request():
+    store = DynamoDBRepository("dynamodb://mars-north-7/jobs")
+    try:
+        with pytest.raises(DynamoDBSetupError) as raised:
+            store.setup()
+        message = store.describe_setup_error(raised.value)
+        assert "'mars-north-7' is not an AWS region" in message
+        assert "endpoint_url" in message
+    finally:
+        store.close()
+
+
+def test_missing_credentials_are_a_setup_error_naming_where_boto3_looks(
+    monkeypatch, tmp_path, dynamodb_server
+):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    store = DynamoDBRepository(dynamodb_server.url(_table()))
+    try:
+        with pytest.raises(boto_errors.NoCredentialsError) as raised:
+            store.setup()
+        message = store.describe_setup_error(raised.value)
+        assert "no AWS credentials" in message and "AWS_ACCESS_KEY_ID" in message
+        assert not store.is_transient(raised.value)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "code", ["UnrecognizedClientException", "InvalidSignatureException", "ExpiredTokenException"]
+)
+def test_refused_credentials_are_a_setup_error_never_retried(code):
+    store = DynamoDBRepository("dynamodb://us-east-1/jobs")
+    refused = boto_errors.ClientError({"Error": {"Code": code, "Message": "no"}}, "DescribeTable")
+    try:
+        message = store.describe_setup_error(refused)
+        assert f"DynamoDB refused the AWS credentials ({code})" in message
+        assert not store.is_transient(refused)
+    finally:
+        store.close()
+
+
+def test_an_unreachable_endpoint_is_an_outage_not_a_setup_error():
+    store = DynamoDBRepository(
+        f"dynamodb://us-east-1/jobs?endpoint_url=http://127.0.0.1:{free_port()}"
+    )
+    try:
+        with pytest.raises(boto_errors.EndpointConnectionError) as raised:
+            store.setup()
+        assert store.is_transient(raised.value)
+        assert store.describe_setup_error(raised.value) is None
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"],
+)
+def test_throttling_is_an_outage(code):
+    store = DynamoDBRepository("dynamodb://us-east-1/jobs")
+    throttled = boto_errors.ClientError({"Error": {"Code": code, "Message": "slow"}}, "Query")
+    try:
+        assert store.is_transient(throttled)
+        assert store.describe_setup_error(throttled) is None
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("dynamodb://key:S3cr3t@us-east-1/jobs", "credentials come from the environment"),
+        ("dynamodb://us-east-1/", "the path must be a table name"),
+        ("dynamodb://us-east-1/a b", "the path must be a table name"),
+        ("dynamodb://us-east-1/jobs?secret=S3cr3t", "unknown option secret"),
+        ("dynamodb://us-east-1/jobs?endpoint_url=localhost:8000", "http:// or https://"),
+    ],
+)
+def test_a_bad_url_is_refused_naming_the_fix_and_hiding_credentials(url, words):
+    with pytest.raises(ValueError) as raised:
+        parse_dynamodb_url(url)
+    assert words in str(raised.value)
+    assert "S3cr3t" not in str(raised.value)
+
+
+def test_the_store_claims_by_the_time_it_is_given():
+    store = DynamoDBRepository("dynamodb://us-east-1/jobs")
+    try:
+        assert store.store_clock is False
+    finally:
+        store.close()
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def test_a_job_larger_than_a_dynamodb_item_is_refused_at_add_and_nothing_is_written(make_store):
+    store = make_store()
+    noise = os.urandom(500_000).hex()  # within the arguments' limit, but random: no zlib gain
+
+    with pytest.raises(InvalidJobError, match=r"over DynamoDB's limit of .* bytes \(400 KB\)"):
+        store.add([_job("huge", args=[noise])])
+    assert store.get("huge") is None
+
+
+def test_a_large_definition_is_stored_compressed_and_read_back_exactly(make_store):
+    store = make_store()
+    text = "é" * 150_000
+    store.add([_job("big", args=[text])])
+
+    item = store.client.get_item(TableName=store.table, Key=store.job_key("big"))["Item"]
+    assert "jobz" in item and "job" not in item
+    assert store.get("big").args == [text]
+    (lease,) = store.claim(NOW, 10, "token", 60)
+    assert lease.job.args == [text]
+
+
+# --------------------------------------------------------------------------- races
+
+
+def test_a_claim_that_read_a_stale_index_entry_takes_nothing(make_store):
+    table = _table()
+    one, other = make_store(table), make_store(table)
+    one.add([_job("contested")])
+    stale = one.client.query(
+        TableName=table,
+        IndexName=DUE_INDEX,
+        KeyConditionExpression="dq = :dq",
+        ExpressionAttributeValues={":dq": {"S": f"{partition_of('contested', 16)}#default"}},
+    )["Items"][0]
+
+    assert [lease.job.id for lease in other.claim(NOW, 10, "other", 60)] == ["contested"]
+    assert one._take(stale, NOW, "one", 60) is None
+    assert one.get("contested").locked_by == "other"
+
+
+def test_two_claimers_in_threads_never_take_the_same_job(make_store):
+    table = _table()
+    stores = [make_store(table), make_store(table)]
+    ids = [f"race-{n:03d}" for n in range(120)]
+    stores[0].add([_job(job_id) for job_id in ids])
+    taken: list[list[str]] = [[], []]
+    start = threading.Barrier(2)
+
+    def claimer(index):
+        start.wait()
+        while True:
+            leases = stores[index].claim(NOW, 7, f"token-{index}", 60)
+            if not leases:
+                return
+            taken[index].extend(lease.job.id for lease in leases)
+
+    threads = [threading.Thread(target=claimer, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+
+    counts = Counter(taken[0] + taken[1])
+    assert [job_id for job_id, count in counts.items() if count > 1] == []
+    assert sorted(counts) == ids
+    for index, store in enumerate(stores):
+        for job_id in taken[index]:
+            assert store.get(job_id).locked_by == f"token-{index}"
+
+
+def test_a_completion_whose_lease_was_lost_changes_nothing_and_its_run_is_recorded(make_store):
+    table = _table()
+    store, other = make_store(table), make_store(table)
+    store.add([_job("lost"), _job("kept")])
+    leases = {lease.job.id: lease for lease in store.claim(NOW, 10, "mine", 60)}
+    later = NOW + timedelta(seconds=61)
+    (taken,) = other.claim(later, 1, "theirs", 60)  # the lease of one expired: taken over
+    assert taken.job.id in leases
+    gone = taken.job.id
+    (stays,) = set(leases) - {gone}
+
+    runs = [
+        RunRecord(job_id, "record", "default", NOW, NOW, later, 1, "succeeded", host="h", pid=1)
+        for job_id in leases
+    ]
+    store.complete([Outcome(lease, True, later) for lease in leases.values()], runs)
+
+    assert store.get(gone).locked_by == "theirs"
+    assert store.get(stays) is None  # the one-off run that kept its lease finished
+    assert sorted(run.job_id for run in store.list_runs()) == sorted(leases)
+
+
+def test_a_completion_and_its_run_record_are_one_transaction(make_store):
+    store = make_store()
+    store.add([_job("one")])
+    (lease,) = store.claim(NOW, 1, "mine", 60)
+    calls = []
+    store.client.meta.events.register(
+        "before-call.dynamodb.*", lambda model, **_: calls.append(model.name)
+    )
+    run = RunRecord("one", "record", "default", NOW, NOW, NOW, 1, "succeeded")
+
+    store.complete([Outcome(lease, True, NOW)], [run])
+
+    assert calls == ["TransactWriteItems"]
+    assert store.get("one") is None
+    assert [r.job_id for r in store.list_runs()] == ["one"]
