@@ -33,7 +33,7 @@ _script = shutil.which("pscheduler")
 PSCHEDULER = [_script] if _script else [sys.executable, "-m", "pyramid_pyncette.scripts.pscheduler"]
 
 #: The stores a separate process can share, by fixture prefix (``<kind>_server``).
-PERSISTENT_STORES = ["sqlite", "postgresql", "mariadb", "redis"]
+PERSISTENT_STORES = ["sqlite", "postgresql", "mariadb", "redis", "dynamodb"]
 
 
 def store_supported(url: str) -> bool:
@@ -199,6 +199,8 @@ def persistent_store(request: pytest.FixtureRequest, tmp_path: Path, kind: str) 
         return cluster.url, f"pyncette.redis_namespace = p{uuid.uuid4().hex[:8]}"
     if kind == "sqlite":
         return f"sqlite:///{tmp_path}/jobs.sqlite", ""
+    if kind == "dynamodb":  # a table of its own in the session's moto server
+        return request.getfixturevalue("dynamodb_server").url(f"p{uuid.uuid4().hex[:8]}"), ""
     server = request.getfixturevalue(f"{kind}_server")
     server.start()
     if kind == "redis":

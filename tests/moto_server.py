@@ -40,15 +40,54 @@ DUMMY_AWS_ENV = {
 }
 
 
-#: ``moto_server``, one request at a time. DynamoDB applies a conditional
-#: write atomically; moto's backend checks the condition, then writes, with
-#: nothing in between to stop another request of its threaded server. Taking
-#: requests one at a time gives the emulation DynamoDB's guarantee, without
-#: which two claims could both take a job (as they cannot on DynamoDB).
+#: ``moto_server``, one request at a time, with two of moto's hot spots made
+#: faster without changing what they answer.
+#:
+#: DynamoDB applies a conditional write atomically; moto's backend checks the
+#: condition, then writes, with nothing in between to stop another request of
+#: its threaded server. Taking requests one at a time gives the emulation
+#: DynamoDB's guarantee, without which two claims could both take a job (as
+#: they cannot on DynamoDB).
+#:
+#: moto sorts every item of a table for each Query (by keys it compares
+#: through a generic value conversion), so a Query costs O(n log n) in the
+#: table's size where DynamoDB's costs O(results). The same sort with the
+#: conversion's shortcut for text and numbers answers the same, about fifteen
+#: times faster: enough for several daemons to drain thousands of jobs.
 SERIALISED_SERVER = """
 import signal, sys, threading
+from decimal import Decimal
 from werkzeug.serving import run_simple
+from moto.dynamodb.models.dynamo_type import DynamoType
+from moto.dynamodb.models.table import Table
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+generic_cast = DynamoType.cast_value.fget
+
+def cast_value(self):
+    if self.type == "S":
+        return self.value
+    if self.type == "N":
+        return Decimal(self.value)
+    return generic_cast(self)
+
+def all_items(self):
+    items = []
+    for hash_set in self.items.values():
+        if self.range_key_attr:
+            items.extend(hash_set.values())
+        else:
+            items.append(hash_set)
+    return sorted(
+        items,
+        key=lambda x: (
+            (x.hash_key.cast_value, x.range_key.cast_value) if x.range_key
+            else x.hash_key.cast_value
+        ),
+    )
+
+DynamoType.cast_value = property(cast_value)
+Table.all_items = all_items
 
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 app = DomainDispatcherApplication(create_backend_app)

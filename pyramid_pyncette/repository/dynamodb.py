@@ -961,24 +961,32 @@ class DynamoDBRepository(Repository):
         return {job.id: job for job in jobs}
 
     def list(self, task: str | None = None, cursor: str | None = None, limit: int = 100) -> JobPage:
-        """Jobs in id order: a Query per partition (after ``cursor``), merged."""
+        """Jobs in id order: the partitions' Queries (after ``cursor``) merged.
+
+        Each partition is read a small page at a time, and only as far as
+        the merge needs: a page of ``limit`` jobs reads about ``limit`` items
+        plus a few per partition, not ``limit`` per partition.
+        """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit!r}")
-        found: list[Job] = []
+        # Ids spread evenly over the partitions: each holds about its share of a page.
+        chunk = (limit + 1) // self.partitions + 2
+        streams = []
         for partition in range(self.partitions):
             values: dict[str, Any] = {":pk": _s(f"job#{partition}")}
-            request: dict[str, Any] = {"ConsistentRead": True, "Limit": limit + 1}
+            request: dict[str, Any] = {"ConsistentRead": True, "Limit": chunk}
             condition = "pk = :pk"
             if cursor is not None:
                 condition += " AND sk > :cursor"
                 values[":cursor"] = _s(cursor)
             if task is not None:
                 request["FilterExpression"] = "task = :task"
+                request["Limit"] = max(chunk, 100)  # the filter drops items after the limit
                 values[":task"] = _s(task)
             request.update(KeyConditionExpression=condition, ExpressionAttributeValues=values)
-            items = self._query(**request)
-            found.extend(_decode_item(item) for item in itertools.islice(items, limit + 1))
-        found.sort(key=lambda job: job.id)
+            streams.append(self._query(**request))
+        merged = heapq.merge(*streams, key=lambda item: item["sk"]["S"])
+        found = [_decode_item(item) for item in itertools.islice(merged, limit + 1)]
         more = len(found) > limit
         found = found[:limit]
         return JobPage(found, found[-1].id if more else None)
@@ -1284,8 +1292,9 @@ class DynamoDBRepository(Repository):
 
     # -- run history ----------------------------------------------------------
 
-    def _runs_of(self, partition: int, cursor: str | None) -> Iterator[dict[str, Any]]:
-        """The run items of one partition, newest first, before ``cursor``."""
+    def _runs_of(self, partition: int, cursor: str | None, chunk: int) -> Iterator[dict[str, Any]]:
+        """The run items of one partition, newest first, before ``cursor``, read ``chunk``
+        items at a time."""
         values: dict[str, Any] = {":pk": _s(f"run#{partition}")}
         condition = "pk = :pk"
         if cursor is not None:
@@ -1296,7 +1305,7 @@ class DynamoDBRepository(Repository):
             ExpressionAttributeValues=values,
             ScanIndexForward=False,
             ConsistentRead=True,
-            Limit=200,
+            Limit=chunk,
         )
 
     def list_runs(
@@ -1324,7 +1333,10 @@ class DynamoDBRepository(Repository):
             partitions = [partition_of(job_id, self.partitions)]
         else:
             partitions = list(range(self.partitions))
-        streams = [self._runs_of(partition, cursor) for partition in partitions]
+        filtered = job_id is not None or task is not None or queue is not None or wanted is not None
+        # Unfiltered, each partition holds about its share of a page (runs spread by job).
+        chunk = 200 if filtered else (limit + 1) // len(partitions) + 2
+        streams = [self._runs_of(partition, cursor, chunk) for partition in partitions]
         merged = heapq.merge(*streams, key=lambda item: item["sk"]["S"], reverse=True)
         found: list[RunRecord] = []
         for scanned, item in enumerate(merged, 1):
