@@ -55,7 +55,7 @@ def _dynamodb_item(repository: Any, job_id: str) -> dict[str, Any]:
     """The stored DynamoDB item of ``job_id``, its attributes as Python values."""
     from boto3.dynamodb.types import TypeDeserializer
 
-    item = repository.client.get_item(
+    item = repository.boto_client.get_item(
         TableName=repository.table, Key=repository.job_key(job_id), ConsistentRead=True
     )["Item"]
     return {name: TypeDeserializer().deserialize(value) for name, value in item.items()}
@@ -66,7 +66,7 @@ def _store_dynamodb_item(repository: Any, item: dict[str, Any]) -> None:
     from boto3.dynamodb.types import TypeSerializer
 
     encoded = {name: TypeSerializer().serialize(value) for name, value in item.items()}
-    repository.client.put_item(TableName=repository.table, Item=encoded)
+    repository.boto_client.put_item(TableName=repository.table, Item=encoded)
 
 
 def store_kind(app: Any) -> str:
@@ -140,6 +140,7 @@ def _garbage_definition(text: str, columns: dict[str, Any]) -> str:
     for key, value in columns.items():
         definition[key] = load_json(value)
         if isinstance(definition[key], UnreadableJSON):
+            del definition[key]
             return json.dumps(definition)[:-1] + f', "{key}": {value}}}'
     return json.dumps(definition)
 

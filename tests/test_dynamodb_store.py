@@ -7,7 +7,6 @@ set-up errors, and claims that never share a job.
 
 from __future__ import annotations
 
-import itertools
 import os
 import threading
 import uuid
@@ -60,7 +59,7 @@ def _job(job_id, due=NOW, **fields):
 
 
 def _query_partition(store, partition):
-    reply = store.client.query(
+    reply = store.boto_client.query(
         TableName=store.table,
         KeyConditionExpression="pk = :pk",
         ExpressionAttributeValues={":pk": {"S": f"job#{partition}"}},
@@ -91,27 +90,41 @@ def test_a_due_job_is_in_the_index_of_its_partition_and_queue_and_a_parked_one_i
     store = make_store()
     store.add([_job("due", queue="emails"), _job("parked", due=None)])
 
-    reply = store.client.scan(TableName=store.table, IndexName=DUE_INDEX)
+    reply = store.boto_client.scan(TableName=store.table, IndexName=DUE_INDEX)
     keys = {item["sk"]["S"]: item["dq"]["S"] for item in reply["Items"]}
     assert keys == {"due": f"{partition_of('due', 16)}#emails"}
 
 
-def test_claims_walk_the_partitions_from_an_offset_that_turns_with_every_claim(make_store):
+def test_claims_take_the_earliest_due_jobs_across_every_partition(make_store):
     store = make_store()
     ids = {}
     n = 0
-    while len(ids) < 16:  # one due job in each partition
+    while len(ids) < 16:  # one job in each partition, due a second apart in reverse
         ids.setdefault(partition_of(f"j{n}", 16), f"j{n}")
         n += 1
-    store.add([_job(job_id) for job_id in ids.values()])
+    due = {job_id: NOW - timedelta(seconds=partition) for partition, job_id in ids.items()}
+    store.add([_job(job_id, due=at) for job_id, at in due.items()])
 
-    taken = []
-    for _ in range(16):
-        (lease,) = store.claim(NOW, 1, "token", 60)
-        taken.append(partition_of(lease.job.id, 16))
+    taken = [lease.job.id for _ in range(4) for lease in store.claim(NOW, 4, "token", 60)]
 
-    assert sorted(taken) == list(range(16))  # every partition drained, none twice
-    assert all((b - a) % 16 == 1 for a, b in itertools.pairwise(taken))
+    assert taken == sorted(due, key=due.get)  # every partition drained, earliest first
+    assert store.claim(NOW, 4, "token", 60) == []
+
+
+def test_a_claim_reads_a_small_page_per_partition_not_its_limit(make_store):
+    store = make_store()
+    store.add([_job(f"j{n}") for n in range(400)])
+    limits = []
+    store.boto_client.meta.events.register(
+        "provide-client-params.dynamodb.Query",
+        lambda params, **_: limits.append(params.get("Limit")),
+    )
+
+    assert len(store.claim(NOW, 32, "token", 60)) == 32
+
+    pages = [limit for limit in limits if limit is not None]  # the queue list has none
+    assert len(pages) >= 16  # each partition's due jobs were read
+    assert set(pages) == {32 // 16 + 2}
 
 
 # --------------------------------------------------------------------------- the partition count
@@ -175,7 +188,7 @@ def test_a_missing_table_with_skip_table_create_stops_pscheduler_with_one_line(
     assert len(err) == 1, err
     assert f"the table '{table}' does not exist" in err[0]
     assert "remove pyncette.skip_table_create" in err[0]
-    tables = DynamoDBRepository(dynamodb_server.url(table)).client.list_tables()["TableNames"]
+    tables = DynamoDBRepository(dynamodb_server.url(table)).boto_client.list_tables()["TableNames"]
     assert table not in tables
 
 
@@ -191,7 +204,7 @@ def test_a_table_is_created_on_first_use_and_reused(make_store):
 def test_a_table_of_another_layout_is_refused(make_store, dynamodb_server):
     table = _table()
     store = make_store(table, setup=False)
-    store.client.create_table(
+    store.boto_client.create_table(
         TableName=table,
         AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
         KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
@@ -316,7 +329,7 @@ def test_a_large_definition_is_stored_compressed_and_read_back_exactly(make_stor
     text = "é" * 150_000
     store.add([_job("big", args=[text])])
 
-    item = store.client.get_item(TableName=store.table, Key=store.job_key("big"))["Item"]
+    item = store.boto_client.get_item(TableName=store.table, Key=store.job_key("big"))["Item"]
     assert "jobz" in item and "job" not in item
     assert store.get("big").args == [text]
     (lease,) = store.claim(NOW, 10, "token", 60)
@@ -330,7 +343,7 @@ def test_a_claim_that_read_a_stale_index_entry_takes_nothing(make_store):
     table = _table()
     one, other = make_store(table), make_store(table)
     one.add([_job("contested")])
-    stale = one.client.query(
+    stale = one.boto_client.query(
         TableName=table,
         IndexName=DUE_INDEX,
         KeyConditionExpression="dq = :dq",
@@ -399,7 +412,7 @@ def test_a_completion_and_its_run_record_are_one_transaction(make_store):
     store.add([_job("one")])
     (lease,) = store.claim(NOW, 1, "mine", 60)
     calls = []
-    store.client.meta.events.register(
+    store.boto_client.meta.events.register(
         "before-call.dynamodb.*", lambda model, **_: calls.append(model.name)
     )
     run = RunRecord("one", "record", "default", NOW, NOW, NOW, 1, "succeeded")

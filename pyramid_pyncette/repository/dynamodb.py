@@ -17,15 +17,16 @@ One table, with a string partition key ``pk`` and a string sort key ``sk``:
     Query per partition, in due order. An attribute that is None is absent.
 ``pk = "queue", sk = <queue name>``
     A queue that ever held a job or was paused; ``paused`` says whether it is.
-``pk = "run#<p>", sk = <finished time>-<random>``
+``pk = "run#<p>", sk = <time written>-<random>``
     One run record (:meth:`DynamoDBRepository.list_runs`), in the partition
-    of its job, sorted by the time its run finished.
+    of its job, sorted by the time it was written (microseconds, by the
+    writer's clock, increasing within a process).
 ``pk = "meta", sk = "partitions"``
     The partition count the table was set up with (``count``).
 
-A claim walks the partitions from an offset that turns with every claim (so
-no partition starves and daemons rarely collide) and, per partition and
-queue, queries the index for due jobs, then takes each with a write
+A claim queries the index of every partition's queue for due jobs (a small
+page each, more only as needed) and merges them into one due order (ties
+by id), so no partition starves; it takes each job with a write
 conditioned on the version it read: two daemons never take the same job,
 and a stale index entry (the index is read eventually consistently) is
 skipped. Completions, heartbeats and releases are conditioned on the lease
@@ -40,7 +41,6 @@ import heapq
 import itertools
 import json
 import logging
-import random
 import re
 import threading
 import time
@@ -110,6 +110,10 @@ COMPRESS_OVER = 16 * 1024
 #: The largest item the store writes: DynamoDB's limit (400 KB), less a margin
 #: for the attributes completions add (an error text, bounded).
 MAX_ITEM_SIZE = 400 * 1024 - 20 * 1024
+
+#: How many records past the ``limit`` oldest :meth:`DynamoDBRepository.prune_runs`
+#: reads per partition, to find old records written after newer ones.
+PRUNE_LOOKAHEAD = 100
 
 #: Items per BatchWriteItem and per BatchGetItem call (DynamoDB's limits).
 _BATCH_WRITE = 25
@@ -324,9 +328,10 @@ def _decode_item(item: Mapping[str, Any]) -> Job:
 _TIMES = ("due_at", "next_run_at", "last_run_at")
 
 
-def _encode_run(run: RunRecord, partitions: int) -> dict[str, Any]:
-    finished = max(_micros(run.finished_at), 0)
-    run_id = f"{finished:017d}-{uuid.uuid4().hex[:12]}"
+def _encode_run(run: RunRecord, partitions: int, written: int) -> dict[str, Any]:
+    """The item of ``run``; its id (the sort key) starts with ``written``, the time it is
+    written in microseconds since the epoch, so ids sort in the order records are written."""
+    run_id = f"{written:017d}-{uuid.uuid4().hex[:12]}"
     item: dict[str, Any] = {
         "pk": _s(f"run#{partition_of(run.job_id, partitions)}"),
         "sk": _s(run_id),
@@ -513,16 +518,16 @@ class DynamoDBRepository(Repository):
         self._client = client
         self._setup_lock = threading.Lock()
         self._ready = False
+        self._run_clock_lock = threading.Lock()
+        self._last_written = 0
         #: Queues last seen in the table (a claim over every queue reads them).
         self._known_queues: frozenset[str] = frozenset()
-        # Each process starts at its own partition, then turns with every claim.
-        self._offsets = itertools.count(random.randrange(1 << 16))
 
     def __repr__(self) -> str:
         return f"<DynamoDBRepository {self.redacted_url}>"
 
     @property
-    def client(self) -> Any:
+    def boto_client(self) -> Any:
         """The boto3 DynamoDB client (for tests and maintenance)."""
         return self._client
 
@@ -1001,11 +1006,15 @@ class DynamoDBRepository(Repository):
         default_lease: float,
         queues: frozenset[str] | None = None,
     ) -> builtins.list[Lease]:
-        """Take up to ``limit`` due jobs, walking the partitions from a turning offset.
+        """Take up to ``limit`` due jobs, the earliest due first across every partition.
 
-        Per partition and queue, the index is queried in due order; each job
-        is taken by a write conditioned on the version read, so a job another
-        daemon took (or a stale index entry) is skipped.
+        Per partition and queue, the index is queried in due order, a small
+        page at a time and only as far as the merge of all of them needs (a
+        claim of ``limit`` reads about ``limit`` items plus a few per
+        partition). Jobs are taken in due order, ties by id, each by a write
+        conditioned on the version read, so a job another daemon took (or a
+        stale index entry) is skipped for the next one. As the order is
+        global, no partition starves.
         """
         if limit <= 0:
             return []
@@ -1013,43 +1022,34 @@ class DynamoDBRepository(Repository):
         table = self._queues()
         paused = {name for name, is_paused in table.items() if is_paused}
         names = ({DEFAULT_QUEUE, *table} if listed is None else listed) - paused
+        chunk = limit // self.partitions + 2
+        streams = [
+            self._due(f"{partition}#{queue}", _micros(now), chunk)
+            for partition in range(self.partitions)
+            for queue in sorted(names)
+        ]
+        merged = heapq.merge(
+            *streams, key=lambda item: (Decimal(item["due"]["N"]), item["sk"]["S"])
+        )
         leases: list[Lease] = []
-        start = next(self._offsets) % self.partitions
-        now_us = _micros(now)
-        for step in range(self.partitions):
-            partition = (start + step) % self.partitions
-            for queue in sorted(names):
-                if len(leases) >= limit:
-                    return leases
-                self._claim_from(
-                    f"{partition}#{queue}", now, now_us, limit, token, default_lease, leases
-                )
-        return leases
-
-    def _claim_from(
-        self,
-        key: str,
-        now: datetime,
-        now_us: int,
-        limit: int,
-        token: str,
-        default_lease: float,
-        leases: builtins.list[Lease],
-    ) -> None:
-        """Take due jobs of one partition's queue (the index key ``key``) into ``leases``."""
-        request: dict[str, Any] = {
-            "IndexName": DUE_INDEX,
-            "KeyConditionExpression": "dq = :dq AND #due <= :now",
-            "ExpressionAttributeNames": {"#due": "due"},
-            "ExpressionAttributeValues": {":dq": _s(key), ":now": _n(now_us)},
-            "Limit": max(limit - len(leases), 1),
-        }
-        for item in self._query(**request):
+        for item in merged:
             lease = self._take(item, now, token, default_lease)
             if lease is not None:
                 leases.append(lease)
                 if len(leases) >= limit:
-                    return
+                    break
+        return leases
+
+    def _due(self, key: str, now_us: int, chunk: int) -> Iterator[dict[str, Any]]:
+        """The items of the index key ``key`` (a partition's queue) due at ``now_us``, in due
+        order, read ``chunk`` at a time as they are consumed."""
+        return self._query(
+            IndexName=DUE_INDEX,
+            KeyConditionExpression="dq = :dq AND #due <= :now",
+            ExpressionAttributeNames={"#due": "due"},
+            ExpressionAttributeValues={":dq": _s(key), ":now": _n(now_us)},
+            Limit=chunk,
+        )
 
     def _take(
         self, item: dict[str, Any], now: datetime, token: str, default_lease: float
@@ -1133,7 +1133,7 @@ class DynamoDBRepository(Repository):
         writes = {}
         for outcome in outcomes:
             writes[outcome.lease.job.id] = (outcome, *self._completion(outcome))
-        items = [_encode_run(run, self.partitions) for run in runs]
+        items = [_encode_run(run, self.partitions, self._write_time()) for run in runs]
         if 0 < len(writes) + len(items) <= _TRANSACTION:
             actions = [{kind: request} for _, kind, request in writes.values()]
             actions += [{"Put": {"TableName": self.table, "Item": item}} for item in items]
@@ -1147,6 +1147,12 @@ class DynamoDBRepository(Repository):
             self._complete_one(outcome, kind, request)
         if items:
             self._batch_write([{"PutRequest": {"Item": item}} for item in items])
+
+    def _write_time(self) -> int:
+        """Now in microseconds since the epoch, later than any earlier answer of this store."""
+        with self._run_clock_lock:
+            self._last_written = max(time.time_ns() // 1000, self._last_written + 1)
+            return self._last_written
 
     def _complete_one(self, outcome: Outcome, kind: str, request: dict[str, Any]) -> None:
         request = {name: value for name, value in request.items() if name != "TableName"}
@@ -1237,7 +1243,7 @@ class DynamoDBRepository(Repository):
             UpdateExpression="SET #paused = :paused",
             ExpressionAttributeNames={"#paused": "paused"},
             ExpressionAttributeValues={":paused": {"BOOL": paused}},
-            ReturnValues="UPDATED_OLD",
+            ReturnValues="ALL_OLD",
         )
         was = _value(reply.get("Attributes", {}).get("paused", {"BOOL": False})) is True
         return was != paused
@@ -1352,23 +1358,32 @@ class DynamoDBRepository(Repository):
         return RunPage(found, found[-1].id if more else None)
 
     def prune_runs(self, before: datetime, limit: int) -> int:
-        """Delete up to ``limit`` run records that finished before ``before``: per partition,
-        its oldest records (their ids sort by finish time)."""
+        """Delete up to ``limit`` of the oldest written run records that finished before
+        ``before``.
+
+        Per partition, reads its oldest written records, :data:`PRUNE_LOOKAHEAD`
+        more than are still wanted (so records written a little out of order,
+        by daemons whose clocks differ, are found too), and deletes the old
+        ones among them: the cost grows with ``limit`` only.
+        """
         if limit <= 0:
             return 0
-        until = f"{max(_micros(before), 0):017d}"
+        until = _micros(before)
         keys: list[dict[str, Any]] = []
         for partition in range(self.partitions):
-            for item in self._query(
-                KeyConditionExpression="pk = :pk AND sk < :until",
-                ExpressionAttributeValues={":pk": _s(f"run#{partition}"), ":until": _s(until)},
-                ProjectionExpression="pk, sk",
+            items = self._query(
+                KeyConditionExpression="pk = :pk",
+                ExpressionAttributeValues={":pk": _s(f"run#{partition}")},
+                ProjectionExpression="pk, sk, finished_at",
                 ConsistentRead=True,
-                Limit=limit - len(keys),
-            ):
-                keys.append({"pk": item["pk"], "sk": item["sk"]})
-                if len(keys) >= limit:
-                    break
+                Limit=limit - len(keys) + PRUNE_LOOKAHEAD,
+            )
+            for item in itertools.islice(items, limit - len(keys) + PRUNE_LOOKAHEAD):
+                finished = _value(item.get("finished_at", {"NULL": True}))
+                if not isinstance(finished, int) or finished < until:
+                    keys.append({"pk": item["pk"], "sk": item["sk"]})
+                    if len(keys) >= limit:
+                        break
             if len(keys) >= limit:
                 break
         self._batch_write([{"DeleteRequest": {"Key": key}} for key in keys])
