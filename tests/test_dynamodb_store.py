@@ -422,3 +422,28 @@ def test_a_completion_and_its_run_record_are_one_transaction(make_store):
     assert calls == ["TransactWriteItems"]
     assert store.get("one") is None
     assert [r.job_id for r in store.list_runs()] == ["one"]
+
+
+# --------------------------------------------------------------------------- the test server
+
+
+def test_without_moto_the_server_cannot_start_and_the_skip_names_the_install(monkeypatch):
+    import importlib.util
+
+    from tests import moto_server
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "moto" else real(name, *a)
+    )
+
+    assert moto_server.MotoServer.command() is None
+    assert 'pip install "moto[server]"' in moto_server.MISSING
+    assert "--require-backends" in moto_server.MISSING
+
+
+def test_the_session_server_answers_on_127_0_0_1_with_dummy_credentials(dynamodb_server):
+    assert dynamodb_server.endpoint_url.startswith("http://127.0.0.1:")
+    assert os.environ["AWS_ACCESS_KEY_ID"] == "testing"
+    assert os.environ["AWS_DEFAULT_REGION"] == "us-east-1"
+    assert dynamodb_server.process is not None and dynamodb_server.process.poll() is None
