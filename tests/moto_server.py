@@ -56,7 +56,8 @@ DUMMY_AWS_ENV = {
 #: items of its partition key, and a Query of an index skips the first sort
 #: (its second sort orders by every key: same answer); a Scan keeps moto's
 #: sort, with the conversion's shortcut for text and numbers. Enough for
-#: several daemons to drain thousands of jobs.
+#: several daemons to drain thousands of jobs. A TransactWriteItems copies, to
+#: undo a cancelled transaction, the items it names instead of whole tables.
 SERIALISED_SERVER = """
 import signal, sys, threading
 from decimal import Decimal
@@ -109,6 +110,52 @@ def query(self, hash_key, comparison, values, limit, start, forward, projection,
     finally:
         del self.all_items  # requests are taken one at a time: no other query sees it
 
+# TransactWriteItems: moto copies every table a transaction names, whole, once
+# per item, to undo a cancelled transaction; copying the items it names (all
+# it can change) undoes it the same.
+import copy, types
+import moto.dynamodb.models as backend_module
+
+real_deepcopy = copy.deepcopy
+backend_module.copy = types.SimpleNamespace(
+    deepcopy=lambda value, *a: value if isinstance(value, Table) else real_deepcopy(value, *a)
+)
+generic_transact = backend_module.DynamoDBBackend.transact_write_items
+
+def transact_write_items(self, transact_items):
+    saved = []
+    for entry in transact_items:
+        op = next(iter(entry.values()), {})
+        table = self.tables.get(op.get("TableName")) if isinstance(op, dict) else None
+        attrs = (op.get("Key") or op.get("Item") or {}) if table is not None else {}
+        if table is None or table.hash_key_attr not in attrs:
+            continue
+        hash_value = DynamoType(attrs[table.hash_key_attr])
+        if table.range_key_attr is not None:
+            if table.range_key_attr not in attrs:
+                continue
+            range_value = DynamoType(attrs[table.range_key_attr])
+            current = table.items.get(hash_value, {}).get(range_value)
+        else:
+            range_value = None
+            current = table.items.get(hash_value)
+        saved.append((table, hash_value, range_value, real_deepcopy(current)))
+    try:
+        return generic_transact(self, transact_items)
+    except BaseException:
+        for table, hash_value, range_value, item in reversed(saved):
+            if range_value is None:
+                if item is None:
+                    table.items.pop(hash_value, None)
+                else:
+                    table.items[hash_value] = item
+            elif item is None:
+                table.items.get(hash_value, {}).pop(range_value, None)
+            else:
+                table.items[hash_value][range_value] = item
+        raise
+
+backend_module.DynamoDBBackend.transact_write_items = transact_write_items
 DynamoType.cast_value = property(cast_value)
 Table.all_items = all_items
 Table.query = query
