@@ -33,7 +33,7 @@ _script = shutil.which("pscheduler")
 PSCHEDULER = [_script] if _script else [sys.executable, "-m", "pyramid_pyncette.scripts.pscheduler"]
 
 #: The stores a separate process can share, by fixture prefix (``<kind>_server``).
-PERSISTENT_STORES = ["sqlite", "postgresql", "mariadb", "redis", "dynamodb"]
+PERSISTENT_STORES = ["sqlite", "postgresql", "mariadb", "redis"]
 
 
 def store_supported(url: str) -> bool:

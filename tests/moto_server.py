@@ -98,10 +98,25 @@ def query(self, hash_key, comparison, values, limit, start, forward, projection,
         # The only items the generic query keeps; it sorts them itself.
         self.all_items = lambda: list(self.items.get(hash_key, {}).values())
     else:
-        # Its results are sorted by the index's keys and the table's: any order will do.
-        self.all_items = lambda: [
+        # Its results are sorted by the index's keys and the table's: any order will do,
+        # and an item whose index key is other text is dropped by it too.
+        items = lambda: [
             item for hash_set in self.items.values() for item in hash_set.values()
         ] if self.range_key_attr else list(self.items.values())
+        keys = [k["AttributeName"] for k in self.get_index(index_name).schema
+                if k["KeyType"] == "HASH"] if index_name else []
+        if len(keys) == 1 and getattr(hash_key, "type", None) == "S":
+            name, text = keys[0], hash_key.value
+            def matching():
+                found = []
+                for item in items():
+                    value = item.attrs.get(name)
+                    if value is not None and value.type == "S" and value.value == text:
+                        found.append(item)
+                return found
+            self.all_items = matching
+        else:
+            self.all_items = items
     try:
         return generic_query(
             self, hash_key, comparison, values, limit, start, forward, projection, index_name,

@@ -8,10 +8,13 @@ set-up errors, and claims that never share a job.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import threading
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from botocore import exceptions as boto_errors
@@ -447,3 +450,52 @@ def test_the_session_server_answers_on_127_0_0_1_with_dummy_credentials(dynamodb
     assert os.environ["AWS_ACCESS_KEY_ID"] == "testing"
     assert os.environ["AWS_DEFAULT_REGION"] == "us-east-1"
     assert dynamodb_server.process is not None and dynamodb_server.process.poll() is None
+
+
+# --------------------------------------------------------------------------- real daemons
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("daemons", [2, 3])
+def test_pscheduler_daemons_drain_one_table_without_duplicates_or_losses(
+    request, tmp_path, daemons
+):
+    """Real ``pscheduler`` processes on one table of moto's server.
+
+    Fewer jobs than the other stores' drain (moto answers a few hundred
+    requests a second, one at a time), the same checks.
+    """
+    from tests.daemon import (
+        add_due_jobs,
+        bootstrap_registry,
+        persistent_store,
+        spawn,
+        wait_for,
+    )
+    from tests.procapp import read_runs
+
+    url, extra = persistent_store(request, tmp_path, "dynamodb")
+    ini, records = write_ini(tmp_path, url, extra=f"{extra}\npyncette.batch_size = 25")
+    registry = bootstrap_registry(ini)
+    processes = [spawn(ini, stdout=subprocess.DEVNULL) for _ in range(daemons)]
+    try:
+        ready = lambda: len(list(Path(records).glob("ready-*"))) == daemons  # noqa: E731
+        wait_for(ready, 120, "the daemons")
+        expected = add_due_jobs(registry, 1000, seconds=0.002)
+        wait_for(lambda: not registry.scheduler.get_jobs(limit=1).jobs, 300, "the drain")
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+    errors = [process.communicate(timeout=60)[1] for process in processes]
+
+    for process, err in zip(processes, errors, strict=True):
+        assert process.returncode == 0, err
+        assert "Traceback" not in err
+    runs = read_runs(records)
+    counts = Counter(job_id for job_id, _, _ in runs)
+    assert {job_id: n for job_id, n in counts.items() if n > 1} == {}
+    assert set(counts) == expected
+    by_process = Counter(pid for _, _, pid in runs)
+    assert len(by_process) == daemons, f"some daemon did no work: {dict(by_process)}"
+    assert list(registry.scheduler.iter_jobs()) == []
+    registry.scheduler.repository.close()
