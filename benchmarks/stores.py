@@ -33,7 +33,7 @@ from tests.servers import (  # noqa: E402 - needs the repository root on sys.pat
     start_redis_cluster,
 )
 
-STORE_NAMES = ("sqlite", "postgresql", "mariadb", "redis", "redis-cluster")
+STORE_NAMES = ("sqlite", "postgresql", "mariadb", "redis", "redis-cluster", "dynamodb")
 
 
 class StoreNotSupported(RuntimeError):
@@ -233,9 +233,58 @@ class RedisClusterStore(Store):
             return f"{client.info('server')['redis_version']} (3 masters)"
 
 
+class DynamoDBStore(Store):
+    """DynamoDB as moto's server emulates it (``tests/moto_server.py``): a table per target.
+
+    Throughput measured here is the emulator's (one request at a time, in
+    Python), not DynamoDB's: only correctness is compared.
+    """
+
+    name = "dynamodb"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.moto: Any = None
+
+    def start(self) -> None:
+        if self.moto is not None:
+            return
+        from tests.moto_server import DUMMY_AWS_ENV, MISSING, MotoServer
+
+        if MotoServer.command() is None:
+            raise StoreNotSupported(MISSING)
+        # The harness, its web app and every daemon it spawns reach moto with dummy
+        # credentials, never AWS.
+        os.environ.update(DUMMY_AWS_ENV)
+        server = MotoServer()
+        server.start()
+        self.moto = server
+
+    def fresh(self) -> Target:
+        assert self.moto is not None
+        return Target(self.name, self.moto.url(f"bench_{next(self._counter)}"))
+
+    def version(self) -> str:
+        import moto
+
+        return f"moto {moto.__version__} (emulated)"
+
+    def close(self) -> None:
+        if self.moto is not None:
+            self.moto.stop()
+            self.moto = None
+
+
 _KINDS = {
     cls.name: cls
-    for cls in (SQLiteStore, PostgreSQLStore, MariaDBStore, RedisStore, RedisClusterStore)
+    for cls in (
+        SQLiteStore,
+        PostgreSQLStore,
+        MariaDBStore,
+        RedisStore,
+        RedisClusterStore,
+        DynamoDBStore,
+    )
 }
 
 
@@ -267,7 +316,8 @@ class Stores:
     def versions(self) -> dict[str, str]:
         found = {}
         for name, store in self._stores.items():
-            if name not in self.unavailable and (store.server is not None or name == "sqlite"):
+            started = store.server is not None or getattr(store, "moto", None) is not None
+            if name not in self.unavailable and (started or name == "sqlite"):
                 try:
                     found[name] = store.version()
                 except Exception as exc:  # informative only

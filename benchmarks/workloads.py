@@ -1192,9 +1192,46 @@ def w1_cluster(ctx: Context, store: Store) -> list[Row]:
     return rows
 
 
+# --------------------------------------------------------------------------- DynamoDB
+
+#: Daemons draining DynamoDB in its W1 (beside one).
+DYNAMODB_DAEMONS = 2
+
+
+def w1_dynamodb(ctx: Context, store: Store) -> list[Row]:
+    """W1 on DynamoDB as moto emulates it: 2 daemons beside 1, no duplicate and no
+    lost job. The rates are the emulator's, reported but not compared with anything."""
+    n = ctx.sizes.drain_n
+    runs: dict[int, list[dict[str, Any]]] = {1: [], DYNAMODB_DAEMONS: []}
+    for repeat in range(ctx.sizes.repeat):
+        order = (1, DYNAMODB_DAEMONS) if repeat % 2 == 0 else (DYNAMODB_DAEMONS, 1)
+        for procs in order:
+            ctx.log(f"  W1 {store.name}: {n} jobs, {procs} process(es), repeat {repeat + 1}")
+            runs[procs].append(drain_ours(ctx, store, n, procs))
+    ctx.detail(store.name, "W1", runs)
+    name = f"W1 drain {n:,} x{DYNAMODB_DAEMONS} (moto)"
+    rows = _side_by_side_rates(store, name, runs[DYNAMODB_DAEMONS], runs[1], "1 daemon")
+    for procs in (DYNAMODB_DAEMONS, 1):
+        dup = sum(r["duplicates"] for r in runs[procs])
+        lost = sum(r["lost"] for r in runs[procs])
+        left = sum(r["left"] for r in runs[procs])
+        rows.append(
+            Row(
+                store.name,
+                f"W1 drain {n:,} x{procs} (moto)",
+                "duplicates / lost (all repeats)",
+                f"{dup} / {lost}",
+                note=f"{left} job(s) left in store" if left else "",
+            )
+        )
+    return rows
+
+
 #: The workloads run on a store when it does not run them all.
 STORE_RUNNERS: dict[str, dict[str, Callable[[Context, Store], list[Row]]]] = {
     "redis-cluster": {"W1": w1_cluster, "W3": w3_lateness},
+    # moto's speed says nothing about DynamoDB's: W1 checks correctness, W3 lateness.
+    "dynamodb": {"W1": w1_dynamodb, "W3": w3_lateness},
 }
 
 
