@@ -813,3 +813,23 @@ def test_on_one_server_a_failing_partition_fails_the_whole_call(make_repo, monke
     state["down"] = False
     repo.complete_and_claim(outcomes, NOW, 10, "t2", 60)
     assert repo.list().jobs == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+cluster://:s3cr/etPW@127.0.0.1:1,127.0.0.1:2",
+        "redis+cluster://:s3cr/etPW@127.0.0.1:1/3",
+        "rediss+cluster://user:s3cr?etPW@127.0.0.1:1,nohost",
+        "redis+cluster://:s3cr#etPW@127.0.0.1:99999999",
+        "redis+cluster://:s3cr/et/PW@nohost",
+        "redis+cluster://:s3/cr?et#PW@127.0.0.1:1/0",
+    ],
+)
+def test_no_part_of_a_cluster_password_with_raw_delimiters_appears_in_the_error(url):
+    with pytest.raises(ValueError) as caught:
+        RedisRepository(url, namespace="x")
+    text = str(caught.value)
+    assert "percent-encode" in text
+    for piece in ("s3", "cr", "et", "PW"):
+        assert piece not in text.replace("rediss+cluster", "").replace("redis+cluster", "")

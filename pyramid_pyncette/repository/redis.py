@@ -519,21 +519,27 @@ def _decode_run(
         return None
 
 
-def _url_problem(url: str, exc: Exception) -> str:
-    """Why redis-py refused ``url``, without echoing any part of its credentials."""
+def _raw_credentials_problem(url: str) -> str | None:
+    """The problem with ``url`` when a raw '/', '?' or '#' before its '@' ended the
+    host early, else None: urllib then reads the rest of the password as the
+    path, query or fragment, so no other check may quote those parts."""
     rest = url.partition("://")[2]
     try:
         authority = urlsplit(url).netloc
     except ValueError:
         authority = ""
     if "@" in rest and "@" not in authority:
-        # urllib ended the host at a '/', '?' or '#' inside the password: its
-        # complaint (a bad port or database number) quotes part of the password.
         return (
             "the part before '@' holds a raw '/', '?' or '#'; percent-encode them in the "
             "user and password (%2F, %3F, %23)"
         )
-    return redact_text(str(exc))
+    return None
+
+
+def _url_problem(url: str, exc: Exception) -> str:
+    """Why redis-py refused ``url``, without echoing any part of its credentials."""
+    # A complaint about a bad port or database number would quote part of the password.
+    return _raw_credentials_problem(url) or redact_text(str(exc))
 
 
 # --------------------------------------------------------------------------- the store
@@ -778,6 +784,10 @@ class RedisRepository(Repository):
         def invalid(problem: str) -> ValueError:
             return ValueError(f"invalid Redis Cluster URL {redact_url(url)!r}: {problem}")
 
+        # First: until it passes, the path, query and node list may hold the password.
+        problem = _raw_credentials_problem(url)
+        if problem is not None:
+            raise invalid(problem)
         try:
             parts = urlsplit(url)
         except ValueError as exc:
