@@ -833,3 +833,58 @@ def test_no_part_of_a_cluster_password_with_raw_delimiters_appears_in_the_error(
     assert "percent-encode" in text
     for piece in ("s3", "cr", "et", "PW"):
         assert piece not in text.replace("rediss+cluster", "").replace("redis+cluster", "")
+
+
+# ------------------------------------------------------------ staging across partitions
+
+
+def _ids_by_partition(partitions: int = 16) -> dict[int, list[str]]:
+    """Ids of every partition: ``{partition: [id, ...]}``."""
+    found: dict[int, list[str]] = {}
+    for job_id in spread_ids(160, partitions):
+        found.setdefault(partition_of(job_id, partitions), []).append(job_id)
+    return found
+
+
+def test_a_stage_that_fails_in_one_partition_undoes_the_partitions_it_already_staged(
+    make_repo, monkeypatch
+):
+    repo = make_repo()
+    by_p = _ids_by_partition()
+    kept, added, on_down = by_p[2][0], by_p[3][0], by_p[9][0]
+    repo.add([date_job(kept, NOW + 5 * SECOND)])
+    before = repo.get(kept)
+    _unreachable(repo, monkeypatch, 9)
+
+    with pytest.raises(redis.ConnectionError):
+        repo.stage([date_job(added), date_job(on_down)], [kept], "staged:t1", 30, NOW)
+
+    assert repo.get(kept) == before  # the cancel staged in partition 2 was undone
+    assert repo.get(added) is None  # so was the add staged in partition 3
+    assert [job.id for job in repo.list().jobs] == [kept]
+    # Past the staging window nothing staged turns claimable: only `kept` is due.
+    assert [lease.job.id for lease in repo.claim(NOW + timedelta(hours=1), 10, "w", 60)] == [kept]
+
+
+@pytest.mark.parametrize("step", ["publish", "withdraw"])
+def test_publish_and_withdraw_try_every_partition_after_one_fails(make_repo, monkeypatch, step):
+    repo = make_repo()
+    by_p = _ids_by_partition()
+    ids = [by_p[1][0], by_p[5][0], by_p[12][0]]
+    jobs = [date_job(job_id) for job_id in ids]
+    previous = repo.stage(jobs, [], "staged:t1", 30, NOW)
+    _unreachable(repo, monkeypatch, 5)
+
+    with pytest.raises(redis.ConnectionError):
+        if step == "publish":
+            repo.publish("staged:t1", jobs)
+        else:
+            repo.withdraw("staged:t1", ids, previous)
+
+    found = {job_id: repo.get(job_id) for job_id in ids}
+    assert found[ids[1]].locked_by == "staged:t1"  # the unreachable partition: still staged
+    for job_id in (ids[0], ids[2]):  # before and after it
+        if step == "publish":
+            assert found[job_id] is not None and found[job_id].locked_by is None
+        else:
+            assert found[job_id] is None

@@ -1020,30 +1020,55 @@ class RedisRepository(Repository):
 
         In a store of several partitions the ops (and run records) of each
         partition are written by one script call of their own: each is atomic,
-        the batch as a whole is not.
+        the batch as a whole is not. The first failure is raised at once.
         """
+        results, failures = self._write_each(ops, tasks, announce, queues, runs)
+        if failures:
+            raise next(iter(failures.values()))
+        return results
+
+    def _write_each(
+        self,
+        ops: list[dict[str, Any]],
+        tasks: Iterable[str],
+        announce: bool = False,
+        queues: Iterable[str] = (),
+        runs: Sequence[RunRecord] = (),
+        keep_going: bool = False,
+    ) -> tuple[builtins.list[Any], dict[int, Exception]]:
+        """:meth:`_write_raw` partition by partition: what the script returned for
+        each op (0 for the ops of a partition that failed or was not tried) and the
+        error of each partition that failed. The partitions after a failure are
+        tried only with ``keep_going``; a store of one partition raises."""
         parts = self._parts()
         tasks = set(tasks)
         queues = set(queues) - {DEFAULT_QUEUE}  # its due set is always passed
         if len(parts) == 1:
-            return self._write_partition(parts[0], ops, tasks, announce, queues, runs)
+            return self._write_partition(parts[0], ops, tasks, announce, queues, runs), {}
         count = len(parts)
         positions: dict[int, builtins.list[int]] = {}
         for i, op in enumerate(ops):
             positions.setdefault(partition_of(op["id"], count), []).append(i)
         by_partition = self._group_runs(runs, count)
         results: builtins.list[Any] = [0] * len(ops)
+        failures: dict[int, Exception] = {}
         for p in sorted(positions.keys() | by_partition.keys()):
             places = positions.get(p, [])
             group, batch = by_partition.get(p, ([], None))
-            found = self._write_partition(
-                parts[p], [ops[i] for i in places], tasks, announce, queues, group, batch
-            )
+            try:
+                found = self._write_partition(
+                    parts[p], [ops[i] for i in places], tasks, announce, queues, group, batch
+                )
+            except Exception as exc:
+                failures[p] = exc
+                if not keep_going:
+                    break
+                continue
             for i, value in zip(places, found, strict=True):
                 results[i] = value
             # One announcement wakes every daemon: the other partitions' calls need none.
             announce = announce and not any(value == 1 for value in found)
-        return results
+        return results, failures
 
     def _write_partition(
         self,
@@ -1178,11 +1203,26 @@ class RedisRepository(Repository):
         for job in jobs:
             ops.append({**self._put(staged_job(job, token, until), True), "old": True})
         queues = self._known_queues | {job.queue for job in jobs}
-        found = self._write_raw(ops, {job.task for job in jobs}, queues=queues)
+        found, failures = self._write_each(ops, {job.task for job in jobs}, queues=queues)
         previous = {}
         for op, raw in zip(ops, found, strict=True):
             if raw != 0:
                 previous[op["id"]] = _decode_job(op["id"], raw)
+        if failures:
+            # Partitions were staged before one failed: undo them so that the
+            # aborted transaction leaves nothing behind. Not the failed one: had
+            # its call run after all, the rows it replaced are unknown here.
+            count = len(self._layout)
+            written = [job.id for job in jobs if partition_of(job.id, count) not in failures]
+            try:
+                self.withdraw(token, written, previous)
+            except Exception as exc:
+                log.warning(
+                    "a transaction's staged jobs could not all be withdrawn after a failed "
+                    "stage (%s); rows left staged expire with the staging window",
+                    " ".join(redact_text(str(exc)).split()) or type(exc).__name__,
+                )
+            raise next(iter(failures.values()))
         return previous
 
     def publish(self, token: str, jobs: Sequence[Job]) -> None:
@@ -1198,7 +1238,8 @@ class RedisRepository(Repository):
             }
             for job in jobs
         ]
-        self._write(ops, (), True, {job.queue for job in jobs})
+        # Every partition is tried: one that fails does not keep the others' jobs staged.
+        self._write_everywhere(ops, (), True, {job.queue for job in jobs})
 
     def withdraw(self, token: str, ids: Sequence[str], previous: Mapping[str, Job]) -> None:
         staged = list(dict.fromkeys(ids))
@@ -1215,7 +1256,21 @@ class RedisRepository(Repository):
         )
         if ops:
             queues = self._known_queues | {job.queue for job in previous.values()}
-            self._write(ops, {job.task for job in previous.values()}, True, queues)
+            # Every partition is tried: one that fails leaves only its own rows staged.
+            self._write_everywhere(ops, {job.task for job in previous.values()}, True, queues)
+
+    def _write_everywhere(
+        self,
+        ops: list[dict[str, Any]],
+        tasks: Iterable[str],
+        announce: bool,
+        queues: Iterable[str],
+    ) -> None:
+        """Write ``ops`` in every partition, trying them all even after one failed;
+        then raise the first failure, if any."""
+        _, failures = self._write_each(ops, tasks, announce, queues, keep_going=True)
+        if failures:
+            raise next(iter(failures.values()))
 
     def start_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` whenever a job is added (from any process); return a stopper."""
