@@ -888,3 +888,99 @@ def test_publish_and_withdraw_try_every_partition_after_one_fails(make_repo, mon
             assert found[job_id] is not None and found[job_id].locked_by is None
         else:
             assert found[job_id] is None
+
+
+# --------------------------------------------------------- leases with a partition unreachable
+
+
+def _unreachable_everywhere(repo, monkeypatch, partition: int) -> dict:
+    """:func:`_unreachable`, and lease renewals of ``partition`` fail too."""
+    state = _unreachable(repo, monkeypatch, partition)
+    tag = repo.partition_keys(partition).tag
+    script = repo._extend
+
+    def call(keys=(), args=(), client=None):
+        if state["down"] and keys[0].startswith(tag):
+            raise redis.ConnectionError("Connection refused")
+        return script(keys=keys, args=args)
+
+    call.sha = script.sha  # type: ignore[attr-defined]
+    monkeypatch.setattr(repo, "_extend", call)
+    return state
+
+
+def test_a_renewal_with_one_partition_unreachable_renews_the_others_and_keeps_its_leases(
+    make_repo, monkeypatch, caplog
+):
+    caplog.set_level(logging.INFO, logger="pyramid_pyncette.repository.redis")
+    repo = make_repo()
+    by_p = _ids_by_partition()
+    ids = [by_p[p][0] for p in (4, 0, 9, 15)]  # the unreachable partition's lease first
+    repo.add([date_job(job_id) for job_id in ids])
+    leases = repo.claim(NOW, 10, "t", 60)
+    _unreachable_everywhere(repo, monkeypatch, 4)
+    renewals = [(lease.job.id, lease.token, 60) for lease in leases]
+
+    held = repo.extend(NOW + 50 * SECOND, renewals)
+    held_again = repo.extend(NOW + 51 * SECOND, renewals)
+
+    assert held == held_again == set(ids)  # nothing reported lost
+    assert caplog.text.count("partition 4 of the store cannot be reached") == 1
+    # The reachable partitions' leases now run to NOW+110s: past the first lease
+    # (NOW+60s) another daemon finds none of them.
+    assert repo.claim(NOW + 90 * SECOND, 10, "t2", 60) == []
+
+
+def test_a_release_with_one_partition_unreachable_releases_the_others(make_repo, monkeypatch):
+    repo = make_repo()
+    by_p = _ids_by_partition()
+    ids = [by_p[p][0] for p in (2, 6, 11)]
+    repo.add([date_job(job_id) for job_id in ids])
+    leases = repo.claim(NOW, 10, "t", 60)
+    _unreachable(repo, monkeypatch, 6)
+
+    repo.release(leases)
+
+    assert repo.get(ids[1]).locked_by == "t"  # its lease expires instead
+    assert {lease.job.id for lease in repo.claim(NOW, 10, "t2", 60)} == {ids[0], ids[2]}
+
+
+def test_a_completion_batch_with_one_partition_unreachable_writes_each_run_record_once(
+    make_repo, monkeypatch
+):
+    repo = make_repo()
+    ids = spread_ids(40)
+    repo.add([date_job(job_id) for job_id in ids])
+    leases = repo.claim(NOW, 40, "t", 60)
+    state = _unreachable(repo, monkeypatch, 9)
+    outcomes = [Outcome(lease, True, NOW + SECOND) for lease in leases]
+    records = [run_of(lease, "succeeded", NOW + SECOND) for lease in leases]
+
+    repo.complete(outcomes, records)  # the daemon's loop carries on
+    state["down"] = False
+    repo.complete_and_claim([], NOW + 2 * SECOND, 0, "t", 60)  # writes what was kept
+
+    recorded = [run.job_id for run in all_runs(repo)]
+    assert sorted(recorded) == sorted(ids)  # every record once, none twice
+    assert repo.list().jobs == []
+
+
+def test_a_lease_not_renewed_during_an_outage_is_renewed_before_its_partition_is_claimed_again(
+    make_repo, monkeypatch
+):
+    repo = make_repo()
+    by_p = _ids_by_partition()
+    running, waiting = by_p[4][0], by_p[4][1]
+    repo.add([date_job(running)])
+    [lease] = repo.claim(NOW, 10, "t", 60)
+    repo.add([date_job(waiting, NOW + 65 * SECOND)])
+    state = _unreachable_everywhere(repo, monkeypatch, 4)
+    assert repo.extend(NOW + 50 * SECOND, [(running, lease.token, 60)]) == {running}
+    state["down"] = False
+
+    # Back after the first lease ran out (NOW+60s): the kept renewal comes first.
+    claimed = repo.claim(NOW + 70 * SECOND, 10, "t2", 60)
+
+    assert [lease.job.id for lease in claimed] == [waiting]
+    assert repo.get(running).locked_by == "t"
+    assert repo.extend(NOW + 80 * SECOND, [(running, lease.token, 60)]) == {running}

@@ -704,6 +704,10 @@ class RedisRepository(Repository):
         #: while the others are written (a cluster, whose shards fail apart; one
         #: server is up or down as a whole).
         self._defer_unreachable = self._cluster
+        #: Leases a heartbeat could not renew because their partition could not be
+        #: reached, by partition: renewed before the next claim that reaches it, so
+        #: that a lease which ran out during the outage is not claimed again.
+        self._unrenewed: dict[int, builtins.list[builtins.list[Any]]] = {}
         #: The partitions last found unreachable (logged once per outage).
         self._unreachable: builtins.set[int] = set()
         self._deferred_lock = threading.Lock()
@@ -1377,6 +1381,7 @@ class RedisRepository(Repository):
         deferring = self._defer_unreachable and count > 1
         if deferring:
             self._flush_deferred(now)
+            self._renew_kept(now)
             self._complete_or_defer(others)
         elif others:
             self.complete(others)
@@ -1493,24 +1498,31 @@ class RedisRepository(Repository):
         with self._deferred_lock:
             self._deferred.setdefault(p, []).append(work)
 
-    def _complete_or_defer(self, outcomes: Sequence[Outcome]) -> None:
-        """:meth:`complete` ``outcomes``, partition by partition, keeping those of an
-        unreachable partition (see :meth:`_defer`)."""
+    def _complete_or_defer(
+        self, outcomes: Sequence[Outcome], runs: Sequence[RunRecord] = ()
+    ) -> None:
+        """Write ``outcomes`` and ``runs`` partition by partition (one script call
+        each), keeping those of an unreachable partition (see :meth:`_defer`):
+        a batch is never written twice in part, so no run record is duplicated
+        when a caller tries again."""
         count = len(self._parts())
-        groups: dict[int, builtins.list[Outcome]] = {}
+        groups: dict[int, tuple[builtins.list[Outcome], builtins.list[RunRecord]]] = {}
         for outcome in outcomes:
-            groups.setdefault(partition_of(outcome.lease.job.id, count), []).append(outcome)
-        for p, group in groups.items():
+            p = partition_of(outcome.lease.job.id, count)
+            groups.setdefault(p, ([], []))[0].append(outcome)
+        for run in runs:
+            groups.setdefault(partition_of(run.job_id, count), ([], []))[1].append(run)
+        for p, (group, records) in groups.items():
             if p in self._deferred:
-                self._defer(p, ("complete", group))
+                self._defer(p, ("complete", group, records))
                 continue
             try:
-                self.complete(group)
+                self._complete_now(group, records)
             except Exception as exc:
                 if not self.is_transient(exc):
                     raise
                 self._partition_failed(p, exc)
-                self._defer(p, ("complete", group))
+                self._defer(p, ("complete", group, records))
 
     def _flush_deferred(self, now: datetime) -> None:
         """Write the completions kept for partitions that were unreachable, in order;
@@ -1524,7 +1536,7 @@ class RedisRepository(Repository):
             for i, item in enumerate(items):
                 try:
                     if item[0] == "complete":
-                        self.complete(item[1])
+                        self._complete_now(item[1], item[2])
                     else:
                         finished, tasks, queues, runs, batch, by_id = item[1:]
                         _, left, _ = self._claim_partition(
@@ -1542,6 +1554,27 @@ class RedisRepository(Repository):
             else:
                 self._partition_ok(p)
                 log.info("partition %d: %d kept completion batch(es) written", p, len(items))
+
+    def _renew_kept(self, now: datetime) -> None:
+        """Renew the leases a heartbeat could not renew in partitions that may be
+        back; those of a partition still unreachable stay (see :meth:`extend`)."""
+        if not self._unrenewed:
+            return
+        parts = self._parts()
+        with self._deferred_lock:
+            kept, self._unrenewed = self._unrenewed, {}
+        for p, items in kept.items():
+            try:
+                self._extend_partition(parts[p], now, items)
+            except Exception as exc:
+                if not self.is_transient(exc):
+                    raise
+                self._partition_failed(p, exc)
+                with self._deferred_lock:
+                    self._unrenewed.setdefault(p, items)
+            else:
+                # The leases found lost here are reported by the next heartbeat.
+                self._partition_ok(p)
 
     def _claim_order(self, count: int) -> builtins.list[int]:
         """The partitions in the order the next claim visits them: from an offset that
@@ -1739,6 +1772,17 @@ class RedisRepository(Repository):
         """
         if not outcomes and not runs:
             return
+        if self._defer_unreachable and len(self._parts()) > 1:
+            # A cluster: the partitions of a shard that is down wait for it, the
+            # others are written now (the daemon's loop carries on).
+            self._complete_or_defer(outcomes, runs)
+        else:
+            self._complete_now(outcomes, runs)
+
+    def _complete_now(self, outcomes: Sequence[Outcome], runs: Sequence[RunRecord]) -> None:
+        """:meth:`complete`, raising when a partition cannot be reached."""
+        if not outcomes and not runs:
+            return
         ops = []
         tasks = set()
         for outcome in outcomes:
@@ -1793,7 +1837,26 @@ class RedisRepository(Repository):
             by_partition.setdefault(p, []).append([job_id, token, _lease_micros(seconds)])
         held: builtins.set[str] = set()
         for p, items in by_partition.items():
-            held |= self._extend_partition(parts[p], now, items)
+            try:
+                held |= self._extend_partition(parts[p], now, items)
+            except Exception as exc:
+                if not (self._defer_unreachable and self.is_transient(exc)):
+                    raise
+                # A cluster shard that is down: its leases are neither renewed nor
+                # known lost. The runs keep them (their results are written, guarded
+                # by the token, once it is back) and the next heartbeat tries again;
+                # the other partitions' leases are renewed meanwhile. Not raising
+                # even when no partition answers: the daemon's next claim does, if
+                # the whole cluster is down.
+                self._partition_failed(p, exc)
+                held.update(item[0] for item in items)
+                with self._deferred_lock:
+                    self._unrenewed[p] = items
+                continue
+            self._partition_ok(p)
+            if p in self._unrenewed:
+                with self._deferred_lock:
+                    self._unrenewed.pop(p, None)
         return held
 
     def _extend_partition(
@@ -1821,8 +1884,19 @@ class RedisRepository(Repository):
             for lease in leases
             if lease.token is not None
         ]
-        if ops:
-            self._write(ops, (), queues={lease.job.queue for lease in leases})
+        if not ops:
+            return
+        queues = {lease.job.queue for lease in leases}
+        if not (self._defer_unreachable and len(self._parts()) > 1):
+            self._write(ops, (), queues=queues)
+            return
+        # A cluster: every partition is tried; the leases in a partition that cannot be
+        # reached expire instead (their jobs are claimed again then).
+        _, failures = self._write_each(ops, (), queues=queues, keep_going=True)
+        for p, exc in failures.items():
+            if not self.is_transient(exc):
+                raise exc
+            self._partition_failed(p, exc)
 
     def _earliest_due(self, queues: frozenset[str] | None) -> tuple[int | None, int]:
         """The earliest due time of ``queues`` (None: all) but paused ones, and the
