@@ -237,6 +237,99 @@ def test_pscheduler_stops_with_one_line_when_the_partition_count_differs(
     )
 
 
+def test_pscheduler_stops_with_one_line_naming_the_fix_when_the_meta_key_has_the_wrong_type(
+    tmp_path, make_repo, server, raw
+):
+    from tests.test_store_setup_errors import _assert_stops_with_one_line, _pscheduler
+
+    repo = make_repo(partitions=4)
+    raw.delete(meta_key(repo.namespace))
+    raw.set(meta_key(repo.namespace), "4")
+    ini, _ = write_ini(tmp_path, server.url, extra=f"pyncette.redis_namespace = {repo.namespace}")
+    _assert_stops_with_one_line(ini, "is not a hash", f"HSET {meta_key(repo.namespace)}")
+    status, _, err = _pscheduler(ini, "--check")
+    assert status == 2 and "is not a hash" in err  # --check says what to fix
+
+
+def test_a_meta_key_of_the_wrong_type_is_a_setup_error_naming_the_fix(make_repo, server, raw):
+    first = make_repo(partitions=4)
+    raw.delete(meta_key(first.namespace))
+    raw.set(meta_key(first.namespace), "4")
+    other = RedisRepository(server.url, namespace=first.namespace)
+
+    with pytest.raises(PartitionCountError, match="is not a hash; delete it") as caught:
+        other.setup()
+    assert other.describe_setup_error(caught.value) == str(caught.value)
+    assert not other.is_transient(caught.value)
+    other.close()
+
+
+def test_a_lost_meta_key_is_set_back_from_the_count_each_partition_keeps(make_repo, raw, caplog):
+    first = make_repo(partitions=8)
+    ids = spread_ids(40, 8)
+    first.add([date_job(job_id) for job_id in ids])
+    raw.delete(meta_key(first.namespace))  # evicted, or a node flushed
+
+    later = make_repo(namespace=first.namespace, partitions=None)
+
+    assert later.partitions == 8
+    assert sorted(job.id for job in later.list(limit=100)) == sorted(ids)
+    assert raw.hget(meta_key(first.namespace), "partitions") == b"8"
+    assert "was missing" in caplog.text
+
+
+def test_a_lost_meta_key_refuses_another_explicit_count(make_repo, server, raw):
+    first = make_repo(partitions=16)
+    first.add([date_job(job_id) for job_id in spread_ids(50)])
+    raw.delete(meta_key(first.namespace))
+    other = RedisRepository(server.url, namespace=first.namespace, partitions=4)
+
+    with pytest.raises(PartitionCountError, match="set up with 16 partitions"):
+        other.setup()
+    other.close()
+
+
+def test_a_lost_meta_key_with_partitioned_jobs_and_no_copy_of_the_count_is_refused(
+    make_repo, server, raw
+):
+    first = make_repo(partitions=16)
+    first.add([date_job(job_id) for job_id in spread_ids(50)])
+    raw.delete(meta_key(first.namespace))
+    for p in range(16):  # a namespace set up before the partitions kept a copy
+        raw.delete(first._partition_meta_key(p))
+    other = RedisRepository(server.url, namespace=first.namespace, partitions=4)
+
+    with pytest.raises(PartitionCountError) as caught:
+        other.setup()
+    text = str(caught.value)
+    assert f"{meta_key(first.namespace)!r} (the namespace's partition count) is missing" in text
+    assert f"HSET {meta_key(first.namespace)} partitions 16" in text
+    assert raw.hget(meta_key(first.namespace), "partitions") is None  # nothing recorded
+    other.close()
+
+
+def test_a_namespace_written_before_partitions_holding_only_a_paused_queue_keeps_its_pause(
+    make_repo, raw
+):
+    namespace = f"p_{uuid.uuid4().hex[:10]}"
+    raw.sadd("{" + namespace + "}:paused", "q2")  # no jobs, no runs: an old version left it
+
+    repo = make_repo(namespace=namespace, partitions=None)
+
+    assert repo.partitions == 1
+    assert repo.paused_queues() == {"q2"}
+
+
+def test_old_layout_jobs_beside_partitions_are_named_in_a_warning(make_repo, raw, caplog):
+    first = make_repo(partitions=4)
+    raw.hset("{" + first.namespace + "}:jobs", "stray", "{}")  # an old version still writing
+
+    make_repo(namespace=first.namespace, partitions=None)
+
+    assert "layout of one partition" in caplog.text
+    assert "{" + first.namespace + "}:jobs" in caplog.text
+
+
 # --------------------------------------------------------------------------- layout
 
 

@@ -901,12 +901,99 @@ class RedisRepository(Repository):
     def _settle_partitions(self) -> int:
         """The namespace's partition count: the one it was set up with, else the one
         asked for (or the default), recorded once (``HSETNX``) for every later process."""
+        try:
+            count = self._read_partitions()
+            if count > 1:
+                self._mark_partitions(count)
+            return count
+        except redis_errors.ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            raise PartitionCountError(
+                f"a Redis key of the namespace {self.namespace!r} that holds its partition "
+                f"count ({self._meta_key!r} or a partition's ':meta' key) is not a hash; "
+                f"delete it and set the count again (HSET {self._meta_key} partitions 16, "
+                "the count the namespace was set up with), or use a fresh "
+                "pyncette.redis_namespace"
+            ) from None
+
+    def _partition_meta_key(self, p: int) -> str:
+        """Partition ``p``'s copy of the count (only with several partitions)."""
+        return "{" + f"{self.namespace}:{p}" + "}:meta"
+
+    def _mark_partitions(self, count: int) -> None:
+        """Keep a copy of the count in every partition, so that a lost ``{ns}:meta``
+        (evicted, a flushed node) is found again rather than read as a new namespace."""
+        pipe = self._client.pipeline(transaction=False)
+        for p in range(count):
+            pipe.hsetnx(self._partition_meta_key(p), "partitions", count)
+        pipe.execute()
+        tag = "{" + self.namespace + "}"
+        if self._client.exists(f"{tag}:jobs"):
+            log.warning(
+                "the Redis namespace %r has %d partitions but also holds jobs in the layout "
+                "of one partition (%s:jobs), written by a version without partitions: "
+                "those jobs are never read; stop that version and add them again",
+                self.namespace,
+                count,
+                tag,
+            )
+
+    def _recorded_elsewhere(self) -> int | None:
+        """When ``{ns}:meta`` is missing: the count a partition's copy holds, or
+        None for a new namespace; refuses a namespace whose partitions hold data
+        but no copy of the count (it cannot be told safely)."""
+        probed = range(DEFAULT_REDIS_PARTITIONS)
+        pipe = self._client.pipeline(transaction=False)
+        for p in probed:
+            pipe.hget(self._partition_meta_key(p), "partitions")
+        copies = {_text(value) for value in pipe.execute() if value is not None}
+        if len(copies) == 1:
+            try:
+                count = int(copies.pop())
+            except ValueError:
+                count = 0
+            if 1 < count <= MAX_PARTITIONS:
+                log.warning(
+                    "the Redis key %r was missing; the namespace's partitions record %d "
+                    "partitions, which it is set back to",
+                    self._meta_key,
+                    count,
+                )
+                return count
+        data = [
+            key
+            for p in probed
+            for key in (f"{{{self.namespace}:{p}}}:{name}" for name in ("ids", "jobs", "runs"))
+        ]
+        if copies or self._client.exists(*data):
+            raise PartitionCountError(
+                f"the Redis key {self._meta_key!r} (the namespace's partition count) is "
+                f"missing, but the namespace {self.namespace!r} holds partitioned jobs or "
+                "runs whose count cannot be told safely; set it back to the count the "
+                f"namespace was set up with (HSET {self._meta_key} partitions 16, the "
+                "default) or use a fresh pyncette.redis_namespace"
+            )
+        return None
+
+    def _read_partitions(self) -> int:
+        """:meth:`_settle_partitions` (a key of the wrong type raises ``WRONGTYPE``)."""
         stored = self._client.hget(self._meta_key, "partitions")
         if stored is None:
             tag = "{" + self.namespace + "}"
-            # Jobs or runs written before there were partitions: one partition.
-            legacy = self._client.exists(f"{tag}:jobs", f"{tag}:ids", f"{tag}:runs")
-            count = 1 if legacy else self.requested_partitions or DEFAULT_REDIS_PARTITIONS
+            # Data written before there were partitions: one partition. A paused
+            # queue alone counts too (its pause is kept).
+            legacy = self._client.exists(
+                f"{tag}:jobs", f"{tag}:ids", f"{tag}:runs", f"{tag}:paused"
+            )
+            if legacy:
+                count = 1
+            else:
+                count = (
+                    self._recorded_elsewhere()
+                    or self.requested_partitions
+                    or DEFAULT_REDIS_PARTITIONS
+                )
             self._client.hsetnx(self._meta_key, "partitions", count)
             stored = self._client.hget(self._meta_key, "partitions")
         try:
