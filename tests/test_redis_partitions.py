@@ -1077,3 +1077,30 @@ def test_a_lease_not_renewed_during_an_outage_is_renewed_before_its_partition_is
     assert [lease.job.id for lease in claimed] == [waiting]
     assert repo.get(running).locked_by == "t"
     assert repo.extend(NOW + 80 * SECOND, [(running, lease.token, 60)]) == {running}
+
+
+def test_the_run_history_cap_is_shared_by_the_partitions(make_repo, raw, monkeypatch):
+    from pyramid_pyncette.repository import redis as redis_store
+
+    monkeypatch.setattr(redis_store, "MAX_REDIS_RUNS", 800)
+    monkeypatch.setattr(redis_store, "MIN_REDIS_RUNS_PER_PARTITION", 10)
+    repo = make_repo()
+    repo.add([date_job("a")])
+    [lease] = repo.claim(NOW, 1, "t", 60)
+    for _ in range(6):
+        repo.complete([], [run_of(lease, "succeeded", NOW)] * 100)
+    # 800 over 16 partitions: about 50 in this one (trimmed a stream node at a time).
+    assert 50 <= raw.xlen(repo.job_keys("a").runs) < 300
+
+
+def test_a_partition_keeps_at_least_the_floor_of_run_records(make_repo, raw, monkeypatch):
+    from pyramid_pyncette.repository import redis as redis_store
+
+    monkeypatch.setattr(redis_store, "MAX_REDIS_RUNS", 160)
+    monkeypatch.setattr(redis_store, "MIN_REDIS_RUNS_PER_PARTITION", 500)
+    repo = make_repo()
+    repo.add([date_job("a")])
+    [lease] = repo.claim(NOW, 1, "t", 60)
+    for _ in range(6):
+        repo.complete([], [run_of(lease, "succeeded", NOW)] * 100)
+    assert raw.xlen(repo.job_keys("a").runs) >= 500

@@ -42,7 +42,8 @@ before there were partitions, so data written then needs no migration. Below,
     STREAM, the run history of the partition's jobs
     (:meth:`RedisRepository.list_runs`): one entry per run (a field ``run``
     holding the record as JSON), appended by the script that completes it,
-    capped at about :data:`MAX_REDIS_RUNS` entries. A record's id is its
+    capped at about :data:`MAX_REDIS_RUNS` entries (over all partitions
+    together: each stream keeps its share). A record's id is its
     entry id, zero-padded so that ids sort as text in the order they were
     written; with several partitions the entry ids are microseconds (and a
     record's position in its batch), the record id ends with the partition,
@@ -164,11 +165,15 @@ _MICROSECOND = timedelta(microseconds=1)
 #: How often a write is repeated when jobs change task or queue under it.
 _WRITE_TRIES = 5
 
-#: About how many run records ``{ns}:runs`` keeps: each append trims the
+#: About how many run records a namespace keeps: each append trims the
 #: oldest beyond this (``XADD MAXLEN ~``, so a few more may stay), whatever
 #: ``pyncette.history_retention`` says. At a few hundred bytes a record,
-#: about 1 GB at most.
+#: about 1 GB at most. With several partitions each partition's stream keeps
+#: its share (but at least :data:`MIN_REDIS_RUNS_PER_PARTITION`).
 MAX_REDIS_RUNS = 1_000_000
+
+#: The fewest run records a partition's stream is trimmed to.
+MIN_REDIS_RUNS_PER_PARTITION = 1000
 
 #: The most run records one :meth:`RedisRepository.list_runs` call reads: a
 #: filter that matches rarely returns a short page (with a cursor to go on)
@@ -1210,7 +1215,9 @@ class RedisRepository(Repository):
         if len(self._parts()) == 1:
             return [str(MAX_REDIS_RUNS), *map(_encode_run, runs)]
         micros, positions = batch or (time.time_ns() // 1000, range(len(runs)))
-        args = [f"u{MAX_REDIS_RUNS}", str(micros)]
+        # The streams of all partitions together keep about MAX_REDIS_RUNS.
+        cap = max(MAX_REDIS_RUNS // len(self._layout), MIN_REDIS_RUNS_PER_PARTITION)
+        args = [f"u{cap}", str(micros)]
         for position, run in zip(positions, runs, strict=True):
             args += (str(position), _encode_run(run))
         return args
