@@ -1104,3 +1104,20 @@ def test_a_partition_keeps_at_least_the_floor_of_run_records(make_repo, raw, mon
     for _ in range(6):
         repo.complete([], [run_of(lease, "succeeded", NOW)] * 100)
     assert raw.xlen(repo.job_keys("a").runs) >= 500
+
+
+def test_a_partition_whose_heads_are_gone_still_gives_its_due_jobs_and_rebuilds_them(
+    make_repo, raw
+):
+    repo = make_repo()
+    paused_one, *ids = _ids_by_partition()[5]  # only partition 5 holds jobs
+    repo.add([date_job(job_id, queue="q2" if i % 2 else "default") for i, job_id in enumerate(ids)])
+    repo.set_queue_paused("q3", True)
+    repo.add([date_job(paused_one, NOW + SECOND, queue="q3")])
+    raw.delete(f"{repo.partition_keys(5).tag}:heads")  # evicted, or deleted by hand
+
+    assert repo.next_due() == NOW
+    claimed = sorted(lease.job.id for lease in repo.claim(NOW, 100, "t", 60))
+
+    assert claimed == sorted(ids)
+    heads_match_the_due_sets(repo, raw)  # rebuilt, with the paused queue's head

@@ -224,7 +224,7 @@ _EXTEND = _lua("replicate", "common", "extend")
 _WRITE = _lua("replicate", "common", "write")
 _LIST = _lua("list")
 _NEXT_DUE = _lua("next_due")
-_PROBE = _lua("probe")
+_PROBE = _lua("replicate", "probe")
 _QUEUE_COUNTS = _lua("queue_counts")
 
 #: Job documents one call of ``queue_counts.lua`` reads (HSCAN's COUNT).
