@@ -1121,3 +1121,31 @@ def test_a_partition_whose_heads_are_gone_still_gives_its_due_jobs_and_rebuilds_
 
     assert claimed == sorted(ids)
     heads_match_the_due_sets(repo, raw)  # rebuilt, with the paused queue's head
+
+
+def test_a_key_of_the_wrong_type_in_one_partition_costs_that_partition_only(make_repo, raw, caplog):
+    repo = make_repo()
+    ids = spread_ids(48)
+    repo.add([date_job(job_id) for job_id in ids])
+    leases = repo.claim(NOW, 48, "t", 60)
+    repo.add([date_job(f"{job_id}-next", NOW + SECOND) for job_id in ids])
+    tag = repo.partition_keys(3).tag
+    raw.delete(f"{tag}:paused")
+    raw.set(f"{tag}:paused", "oops")  # a careless hand
+    outcomes = [Outcome(lease, True, NOW + SECOND) for lease in leases]
+    records = [run_of(lease, "succeeded", NOW + SECOND) for lease in leases]
+
+    claimed = repo.complete_and_claim(outcomes, NOW + SECOND, 100, "t2", 60, runs=records)
+    repo.complete_and_claim([], NOW + SECOND, 100, "t2", 60)
+
+    broken = {f"{job_id}-next" for job_id in ids if partition_of(f"{job_id}-next", 16) == 3}
+    assert broken
+    assert {lease.job.id for lease in claimed} == {f"{job_id}-next" for job_id in ids} - broken
+    assert "partition 3 of the store holds a key of the wrong type" in caplog.text
+    assert caplog.text.count("holds a key of the wrong type") == 1  # logged once
+    assert tag in caplog.text
+    assert repo.next_due() is not None
+    assert repo.set_queue_paused("q2", True) is True  # the other partitions
+    assert repo.paused_queues() == {"q2"}
+    on_three = {job_id for job_id in ids if partition_of(job_id, 16) == 3}
+    assert {run.job_id for run in all_runs(repo)} == set(ids) - on_three  # theirs wait

@@ -541,6 +541,12 @@ def _raw_credentials_problem(url: str) -> str | None:
     return None
 
 
+def _wrong_type(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis refusing a key of the wrong type (``WRONGTYPE``): a
+    problem of one partition's keys, which no retry fixes."""
+    return isinstance(exc, redis_errors.ResponseError) and "WRONGTYPE" in str(exc)
+
+
 def _url_problem(url: str, exc: Exception) -> str:
     """Why redis-py refused ``url``, without echoing any part of its credentials."""
     # A complaint about a bad port or database number would quote part of the password.
@@ -715,6 +721,8 @@ class RedisRepository(Repository):
         self._unrenewed: dict[int, builtins.list[builtins.list[Any]]] = {}
         #: The partitions last found unreachable (logged once per outage).
         self._unreachable: builtins.set[int] = set()
+        #: The partitions last found holding a key of the wrong type (logged once).
+        self._broken: builtins.set[int] = set()
         self._deferred_lock = threading.Lock()
         #: The KEYS of the probes by claimed queues (see :meth:`_probe_keys`).
         self._probe_cache: dict[frozenset[str], builtins.list[builtins.list[str]]] = {}
@@ -1473,7 +1481,7 @@ class RedisRepository(Repository):
         by_id = {plan.job_id: outcome for plan, outcome in deletes}
         run_groups = self._group_runs(runs, count)
         deferring = self._defer_unreachable and count > 1
-        if deferring:
+        if deferring or self._deferred:
             self._flush_deferred(now)
             self._renew_kept(now)
             self._complete_or_defer(others)
@@ -1501,7 +1509,7 @@ class RedisRepository(Repository):
                 finished_queues.get(p, set()),
                 *run_groups.get(p, ([], None)),
             )
-            if deferring and p in self._deferred:
+            if p in self._deferred:
                 # Earlier completions wait for the partition: these go after them.
                 if work[0] or work[3]:
                     self._defer(p, ("finished", *work, by_id))
@@ -1511,9 +1519,14 @@ class RedisRepository(Repository):
                     parts[p], now, wanted, token, default_lease, queues, listed, *work
                 )
             except Exception as exc:
-                if not deferring or not self.is_transient(exc):
+                if count > 1 and _wrong_type(exc):
+                    # A key of the wrong type: this partition's completions wait for
+                    # it to be fixed, the other partitions are claimed from.
+                    self._partition_broken(p, exc)
+                elif deferring and self.is_transient(exc):
+                    self._partition_failed(p, exc)
+                else:
                     raise
-                self._partition_failed(p, exc)
                 if work[0] or work[3]:
                     self._defer(p, ("finished", *work, by_id))
                 continue
@@ -1576,10 +1589,27 @@ class RedisRepository(Repository):
                 " ".join(redact_text(str(exc)).split()) or type(exc).__name__,
             )
 
+    def _partition_broken(self, p: int, exc: BaseException) -> None:
+        """Note that a key of partition ``p`` has the wrong type (logged once): the
+        partition is left alone until it is fixed, the others carry on."""
+        if p not in self._broken:
+            self._broken.add(p)
+            log.error(
+                "partition %d of the store holds a key of the wrong type (%s); its jobs "
+                "wait until it is fixed (check the types of the keys %s:*), the other "
+                "partitions' jobs carry on",
+                p,
+                " ".join(redact_text(str(exc)).split()),
+                self._layout[p].tag,
+            )
+
     def _partition_ok(self, p: int) -> None:
         if p in self._unreachable:
             self._unreachable.discard(p)
             log.info("partition %d of the store is reachable again", p)
+        if p in self._broken:
+            self._broken.discard(p)
+            log.info("partition %d of the store is readable again", p)
 
     def _defer(self, p: int, work: tuple[Any, ...]) -> None:
         """Keep ``work`` (completions) for partition ``p`` until it can be reached.
@@ -1639,9 +1669,12 @@ class RedisRepository(Repository):
                         if left:
                             self.complete([by_id[_text(job_id)] for job_id in left])
                 except Exception as exc:
-                    if not self.is_transient(exc):
+                    if _wrong_type(exc):
+                        self._partition_broken(p, exc)
+                    elif self.is_transient(exc):
+                        self._partition_failed(p, exc)
+                    else:
                         raise
-                    self._partition_failed(p, exc)
                     with self._deferred_lock:
                         self._deferred[p] = items[i:] + self._deferred.get(p, [])
                     break
@@ -1726,7 +1759,10 @@ class RedisRepository(Repository):
                 continue
             for p, reply in enumerate(replies):
                 if isinstance(reply, BaseException):
-                    self._partition_failed(p, reply)
+                    if _wrong_type(reply):
+                        self._partition_broken(p, reply)
+                    else:
+                        self._partition_failed(p, reply)
                     replies[p] = None
                 else:
                     self._partition_ok(p)
@@ -1766,7 +1802,15 @@ class RedisRepository(Repository):
             pipe = self._client.pipeline(transaction=False)
             for keys, args in calls:
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
-            return list(pipe.execute())
+            found = list(pipe.execute(raise_on_error=False))
+            # A key of the wrong type costs its partition only (answered in its place).
+            errors = [reply for reply in found if isinstance(reply, Exception)]
+            for error in errors:
+                if not _wrong_type(error):
+                    raise error
+            if errors and len(errors) == len(found):
+                raise errors[0]
+            return found
         replies: builtins.list[Any] = [None] * len(calls)
         by_node: dict[str, tuple[Any, builtins.list[int]]] = {}
         for i, (keys, _) in enumerate(calls):
@@ -1799,6 +1843,10 @@ class RedisRepository(Repository):
                     except redis_errors.NoScriptError:
                         raise
                     except _TRANSIENT_ERRORS as exc:
+                        replies[i] = exc
+                    except redis_errors.ResponseError as exc:
+                        if not _wrong_type(exc):
+                            raise
                         replies[i] = exc
             failures = [reply for reply in replies if isinstance(reply, BaseException)]
             if len(failures) == len(replies):
@@ -1934,6 +1982,10 @@ class RedisRepository(Repository):
             try:
                 held |= self._extend_partition(parts[p], now, items)
             except Exception as exc:
+                if len(parts) > 1 and _wrong_type(exc):
+                    self._partition_broken(p, exc)
+                    held.update(item[0] for item in items)  # kept, as below
+                    continue
                 if not (self._defer_unreachable and self.is_transient(exc)):
                     raise
                 # A cluster shard that is down: its leases are neither renewed nor
@@ -2059,13 +2111,29 @@ class RedisRepository(Repository):
                 pipe.sadd(part.paused, name)
             else:
                 pipe.srem(part.paused, name)
-        return any(int(changed) for changed in pipe.execute())
+        replies = self._skip_wrong_types(pipe.execute(raise_on_error=False))
+        return any(int(changed) for changed in replies if changed is not None)
 
     def paused_queues(self) -> builtins.set[str]:
         pipe = self._client.pipeline(transaction=False)
         for part in self._parts():
             pipe.smembers(part.paused)
-        return {_text(name) for names in pipe.execute() for name in names}
+        replies = self._skip_wrong_types(pipe.execute(raise_on_error=False))
+        return {_text(name) for names in replies if names is not None for name in names}
+
+    def _skip_wrong_types(self, replies: builtins.list[Any]) -> builtins.list[Any]:
+        """One reply per partition, None in place of a key of the wrong type in a
+        store of several partitions (that partition is logged and left alone);
+        any other error is raised."""
+        found = []
+        for p, reply in enumerate(replies):
+            if isinstance(reply, Exception):
+                if not (len(replies) > 1 and _wrong_type(reply)):
+                    raise reply
+                self._partition_broken(p, reply)
+                reply = None
+            found.append(reply)
+        return found
 
     def queue_stats(self, now: datetime) -> builtins.list[QueueInfo]:
         """Every queue that holds a job or is paused, with its counts at ``now``.
