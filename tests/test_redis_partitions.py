@@ -1145,6 +1145,8 @@ def test_a_key_of_the_wrong_type_in_one_partition_costs_that_partition_only(make
     assert caplog.text.count("holds a key of the wrong type") == 1  # logged once
     assert tag in caplog.text
     assert repo.next_due() is not None
+    stats = {info.name: info for info in repo.queue_stats(NOW + SECOND)}
+    assert stats["default"].running == len(claimed)
     assert repo.set_queue_paused("q2", True) is True  # the other partitions
     assert repo.paused_queues() == {"q2"}
     on_three = {job_id for job_id in ids if partition_of(job_id, 16) == 3}

@@ -2121,6 +2121,22 @@ class RedisRepository(Repository):
         replies = self._skip_wrong_types(pipe.execute(raise_on_error=False))
         return {_text(name) for names in replies if names is not None for name in names}
 
+    def _execute(self, pipe: Any, owners: builtins.list[int]) -> builtins.list[Any]:
+        """The replies of ``pipe`` (whose i-th command reads partition ``owners[i]``):
+        in a store of several partitions, None for a command refused for a key of
+        the wrong type (its partition is logged and left out); any other error is
+        raised."""
+        if len(self._layout) == 1:
+            return list(pipe.execute())
+        replies = list(pipe.execute(raise_on_error=False))
+        for i, reply in enumerate(replies):
+            if isinstance(reply, Exception):
+                if not _wrong_type(reply):
+                    raise reply
+                self._partition_broken(owners[i], reply)
+                replies[i] = None
+        return replies
+
     def _skip_wrong_types(self, replies: builtins.list[Any]) -> builtins.list[Any]:
         """One reply per partition, None in place of a key of the wrong type in a
         store of several partitions (that partition is logged and left alone);
@@ -2152,12 +2168,14 @@ class RedisRepository(Repository):
             pipe.smembers(part.paused)
             pipe.hgetall(part.locked)
             pipe.hlen(part.jobs)
-        replies = pipe.execute()
+        replies = self._execute(pipe, [p for p in range(len(parts)) for _ in range(4)])
         known: builtins.set[str] = set()
         paused: builtins.set[str] = set()
         total = 0
         locked = []
         for p in range(len(parts)):
+            if None in replies[4 * p : 4 * p + 4]:
+                continue  # a key of the wrong type: the partition is left out
             stored, paused_raw, locked_raw, size = replies[4 * p : 4 * p + 4]
             known |= {_text(name) for name in stored}
             paused |= {_text(name) for name in paused_raw}
@@ -2173,21 +2191,25 @@ class RedisRepository(Repository):
         names = sorted(known | {DEFAULT_QUEUE})
         until = _encode_time(now)
         pipe = self._pipeline()
+        owners = []
         for part in parts:
             for name in names:
                 pipe.zcount(part.due_key(name), "-inf", until)
+                owners.append(part.index)
                 if name != DEFAULT_QUEUE:
                     pipe.zcard(part.queue_key(name))
+                    owners.append(part.index)
         for p, job_id, queue, _ in locked:
             pipe.zscore(parts[p].due_key(queue), job_id)
-        counts = iter(pipe.execute())
+            owners.append(p)
+        counts = iter(self._execute(pipe, owners))
         due: dict[str, int] = dict.fromkeys(names, 0)
         sizes: dict[str, int] = dict.fromkeys(names, 0)
         for _part in parts:
             for name in names:
-                due[name] += int(next(counts))
+                due[name] += int(next(counts) or 0)  # None: a key of the wrong type
                 if name != DEFAULT_QUEUE:
-                    sizes[name] += int(next(counts))
+                    sizes[name] += int(next(counts) or 0)
         sizes[DEFAULT_QUEUE] = total - sum(sizes.values())
         running = dict.fromkeys(names, 0)
         for _p, _job_id, queue, staged in locked:
@@ -2224,10 +2246,19 @@ class RedisRepository(Repository):
         """
         states: dict[str, dict[str, int]] = {}
         oldest: dict[str, int] = {}
-        for part in self._parts():
+        parts = self._parts()
+        for part in parts:
             cursor: Any = 0
             while True:
-                cursor, chunk = self._queue_counts(keys=[part.jobs], args=[cursor, _COUNT_CHUNK])
+                try:
+                    cursor, chunk = self._queue_counts(
+                        keys=[part.jobs], args=[cursor, _COUNT_CHUNK]
+                    )
+                except redis_errors.ResponseError as exc:
+                    if len(parts) == 1 or not _wrong_type(exc):
+                        raise
+                    self._partition_broken(part.index, exc)
+                    break
                 for i in range(0, len(chunk), 7):
                     queue = _text(chunk[i])
                     counts = states.get(queue)
