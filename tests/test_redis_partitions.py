@@ -1151,3 +1151,35 @@ def test_a_key_of_the_wrong_type_in_one_partition_costs_that_partition_only(make
     assert repo.paused_queues() == {"q2"}
     on_three = {job_id for job_id in ids if partition_of(job_id, 16) == 3}
     assert {run.job_id for run in all_runs(repo)} == set(ids) - on_three  # theirs wait
+
+
+@pytest.mark.parametrize("retry", ["complete", "complete_and_claim"])
+def test_a_completion_batch_tried_again_after_failing_partway_writes_each_run_record_once(
+    make_repo, monkeypatch, retry
+):
+    """One server: a failure raises (the caller tries the batch again), but the
+    partitions written before it do not get their records twice."""
+    repo = make_repo()
+    ids = spread_ids(40)
+    repo.add([date_job(job_id) for job_id in ids])
+    leases = repo.claim(NOW, 40, "t", 60)
+    state = _unreachable(repo, monkeypatch, 9)
+    monkeypatch.setattr(repo, "_defer_unreachable", False)
+    outcomes = [Outcome(lease, True, NOW + SECOND) for lease in leases]
+    records = [run_of(lease, "succeeded", NOW + SECOND) for lease in leases]
+    for _ in range(2):  # fails twice, partway
+        with pytest.raises(redis.ConnectionError):
+            if retry == "complete":
+                repo.complete(outcomes, records)
+            else:
+                repo.complete_and_claim(outcomes, NOW + SECOND, 10, "t", 60, runs=records)
+    state["down"] = False
+
+    if retry == "complete":
+        repo.complete(outcomes, records)
+    else:
+        repo.complete_and_claim(outcomes, NOW + SECOND, 10, "t", 60, runs=records)
+
+    assert sorted(run.job_id for run in all_runs(repo)) == sorted(ids)
+    assert repo.list().jobs == []
+    assert repo._runs_written == set()

@@ -721,6 +721,10 @@ class RedisRepository(Repository):
         self._unrenewed: dict[int, builtins.list[builtins.list[Any]]] = {}
         #: The partitions last found unreachable (logged once per outage).
         self._unreachable: builtins.set[int] = set()
+        #: Run records written by a completion batch that then failed in a later
+        #: partition: the caller tries the batch again, and these are not
+        #: appended twice (see :meth:`_complete_now`).
+        self._runs_written: builtins.set[RunRecord] = set()
         #: The partitions last found holding a key of the wrong type (logged once).
         self._broken: builtins.set[int] = set()
         self._deferred_lock = threading.Lock()
@@ -1479,6 +1483,7 @@ class RedisRepository(Repository):
             tasks.setdefault(p, set()).add(outcome.lease.job.task)
             finished_queues.setdefault(p, set()).add(outcome.lease.job.queue)
         by_id = {plan.job_id: outcome for plan, outcome in deletes}
+        batch, runs = runs, self._unwritten(runs)
         run_groups = self._group_runs(runs, count)
         deferring = self._defer_unreachable and count > 1
         if deferring or self._deferred:
@@ -1499,6 +1504,7 @@ class RedisRepository(Repository):
             due = self._due_partitions(now, limit, queues, listed) if limit else {}
         skipped: builtins.list[Outcome] = []
         leased: builtins.list[tuple[datetime, Any, Any]] = []
+        written: builtins.list[int] = []
         for p in self._claim_order(count):
             wanted = due.get(p, 0)
             if not wanted and p not in finished and p not in run_groups:
@@ -1526,17 +1532,23 @@ class RedisRepository(Repository):
                 elif deferring and self.is_transient(exc):
                     self._partition_failed(p, exc)
                 else:
+                    # The caller tries the batch again: the records already written stay.
+                    self._note_written(
+                        run for q in written for run in run_groups.get(q, ([], None))[0]
+                    )
                     raise
                 if work[0] or work[3]:
                     self._defer(p, ("finished", *work, by_id))
                 continue
             self._partition_ok(p)
+            written.append(p)
             skipped.extend(by_id[_text(job_id)] for job_id in left)
             for job_id, raw in found:
                 leased.append((clock, job_id, raw))
         if skipped:
             # Finished runs of jobs whose task changed: written the careful way.
             self.complete(skipped)
+        self._all_written(batch)
         jobs = []
         for clock, job_id, raw in leased:
             if raw == "":
@@ -1933,8 +1945,15 @@ class RedisRepository(Repository):
             if plan.action == "delete":
                 tasks.add(outcome.lease.job.task)
         queues = {outcome.lease.job.queue for outcome in outcomes}
+        batch, runs = runs, self._unwritten(runs)
         try:
-            self._write(ops, tasks, queues=queues, runs=runs)
+            _, failures = self._write_each(ops, tasks, queues=queues, runs=runs)
+            if failures:
+                [(failed, first)] = failures.items()
+                count = len(self._layout)
+                self._note_written(run for run in runs if partition_of(run.job_id, count) < failed)
+                raise first
+            self._all_written(batch)
             return
         except Exception as exc:
             if not self.is_row_error(exc):
@@ -1959,8 +1978,29 @@ class RedisRepository(Repository):
                 if not self.is_row_error(exc):
                     raise
                 log.error("job %r could not be parked either (%s)", op["id"], exc)
-        if runs:
-            self._write([], (), runs=runs)
+        left = self._unwritten(runs)
+        if left:
+            self._write([], (), runs=left)
+        self._all_written(batch)
+
+    def _unwritten(self, runs: Sequence[RunRecord]) -> Sequence[RunRecord]:
+        """``runs`` but those a batch that failed partway wrote already: a caller
+        tries such a batch again whole, and its outcomes are guarded by their
+        token, but run records would be appended twice."""
+        if not self._runs_written or not runs:
+            return runs
+        return [run for run in runs if run not in self._runs_written]
+
+    def _all_written(self, runs: Sequence[RunRecord]) -> None:
+        """The batch that held ``runs`` is written whole: nothing to remember of it."""
+        if self._runs_written and runs:
+            self._runs_written.difference_update(runs)
+
+    def _note_written(self, runs: Iterable[RunRecord]) -> None:
+        """Remember run records written by a batch that then failed (see :meth:`_unwritten`)."""
+        if len(self._runs_written) > 100_000:
+            self._runs_written.clear()  # batches never tried again: forget them
+        self._runs_written.update(runs)
 
     def is_row_error(self, exc: BaseException) -> bool:
         """Whether a script failed on the contents of a row (a document it cannot decode)."""
