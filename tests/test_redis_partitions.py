@@ -1183,3 +1183,23 @@ def test_a_completion_batch_tried_again_after_failing_partway_writes_each_run_re
     assert sorted(run.job_id for run in all_runs(repo)) == sorted(ids)
     assert repo.list().jobs == []
     assert repo._runs_written == set()
+
+
+def test_a_start_while_a_partition_cannot_be_reached_skips_copying_the_count_there(
+    make_repo, server, monkeypatch
+):
+    first = make_repo(partitions=4)
+    other = RedisRepository(server.url, namespace=first.namespace)
+
+    class DownPipeline:
+        def hsetnx(self, *args):
+            pass
+
+        def execute(self):
+            raise redis.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(other.client, "pipeline", lambda transaction=True: DownPipeline())
+    other.setup()
+
+    assert other.partitions == 4
+    other.close()

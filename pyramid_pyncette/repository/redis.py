@@ -944,7 +944,13 @@ class RedisRepository(Repository):
         pipe = self._client.pipeline(transaction=False)
         for p in range(count):
             pipe.hsetnx(self._partition_meta_key(p), "partitions", count)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except Exception as exc:
+            if not self.is_transient(exc):
+                raise
+            # A shard that is down: its copies are written at a later start.
+            log.info("the partition count could not be copied to every partition (%s)", exc)
         tag = "{" + self.namespace + "}"
         if self._client.exists(f"{tag}:jobs"):
             log.warning(
