@@ -237,6 +237,99 @@ def test_pscheduler_stops_with_one_line_when_the_partition_count_differs(
     )
 
 
+def test_pscheduler_stops_with_one_line_naming_the_fix_when_the_meta_key_has_the_wrong_type(
+    tmp_path, make_repo, server, raw
+):
+    from tests.test_store_setup_errors import _assert_stops_with_one_line, _pscheduler
+
+    repo = make_repo(partitions=4)
+    raw.delete(meta_key(repo.namespace))
+    raw.set(meta_key(repo.namespace), "4")
+    ini, _ = write_ini(tmp_path, server.url, extra=f"pyncette.redis_namespace = {repo.namespace}")
+    _assert_stops_with_one_line(ini, "is not a hash", f"HSET {meta_key(repo.namespace)}")
+    status, _, err = _pscheduler(ini, "--check")
+    assert status == 2 and "is not a hash" in err  # --check says what to fix
+
+
+def test_a_meta_key_of_the_wrong_type_is_a_setup_error_naming_the_fix(make_repo, server, raw):
+    first = make_repo(partitions=4)
+    raw.delete(meta_key(first.namespace))
+    raw.set(meta_key(first.namespace), "4")
+    other = RedisRepository(server.url, namespace=first.namespace)
+
+    with pytest.raises(PartitionCountError, match="is not a hash; delete it") as caught:
+        other.setup()
+    assert other.describe_setup_error(caught.value) == str(caught.value)
+    assert not other.is_transient(caught.value)
+    other.close()
+
+
+def test_a_lost_meta_key_is_set_back_from_the_count_each_partition_keeps(make_repo, raw, caplog):
+    first = make_repo(partitions=8)
+    ids = spread_ids(40, 8)
+    first.add([date_job(job_id) for job_id in ids])
+    raw.delete(meta_key(first.namespace))  # evicted, or a node flushed
+
+    later = make_repo(namespace=first.namespace, partitions=None)
+
+    assert later.partitions == 8
+    assert sorted(job.id for job in later.list(limit=100)) == sorted(ids)
+    assert raw.hget(meta_key(first.namespace), "partitions") == b"8"
+    assert "was missing" in caplog.text
+
+
+def test_a_lost_meta_key_refuses_another_explicit_count(make_repo, server, raw):
+    first = make_repo(partitions=16)
+    first.add([date_job(job_id) for job_id in spread_ids(50)])
+    raw.delete(meta_key(first.namespace))
+    other = RedisRepository(server.url, namespace=first.namespace, partitions=4)
+
+    with pytest.raises(PartitionCountError, match="set up with 16 partitions"):
+        other.setup()
+    other.close()
+
+
+def test_a_lost_meta_key_with_partitioned_jobs_and_no_copy_of_the_count_is_refused(
+    make_repo, server, raw
+):
+    first = make_repo(partitions=16)
+    first.add([date_job(job_id) for job_id in spread_ids(50)])
+    raw.delete(meta_key(first.namespace))
+    for p in range(16):  # a namespace set up before the partitions kept a copy
+        raw.delete(first._partition_meta_key(p))
+    other = RedisRepository(server.url, namespace=first.namespace, partitions=4)
+
+    with pytest.raises(PartitionCountError) as caught:
+        other.setup()
+    text = str(caught.value)
+    assert f"{meta_key(first.namespace)!r} (the namespace's partition count) is missing" in text
+    assert f"HSET {meta_key(first.namespace)} partitions 16" in text
+    assert raw.hget(meta_key(first.namespace), "partitions") is None  # nothing recorded
+    other.close()
+
+
+def test_a_namespace_written_before_partitions_holding_only_a_paused_queue_keeps_its_pause(
+    make_repo, raw
+):
+    namespace = f"p_{uuid.uuid4().hex[:10]}"
+    raw.sadd("{" + namespace + "}:paused", "q2")  # no jobs, no runs: an old version left it
+
+    repo = make_repo(namespace=namespace, partitions=None)
+
+    assert repo.partitions == 1
+    assert repo.paused_queues() == {"q2"}
+
+
+def test_old_layout_jobs_beside_partitions_are_named_in_a_warning(make_repo, raw, caplog):
+    first = make_repo(partitions=4)
+    raw.hset("{" + first.namespace + "}:jobs", "stray", "{}")  # an old version still writing
+
+    make_repo(namespace=first.namespace, partitions=None)
+
+    assert "layout of one partition" in caplog.text
+    assert "{" + first.namespace + "}:jobs" in caplog.text
+
+
 # --------------------------------------------------------------------------- layout
 
 
@@ -813,3 +906,300 @@ def test_on_one_server_a_failing_partition_fails_the_whole_call(make_repo, monke
     state["down"] = False
     repo.complete_and_claim(outcomes, NOW, 10, "t2", 60)
     assert repo.list().jobs == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+cluster://:s3cr/etPW@127.0.0.1:1,127.0.0.1:2",
+        "redis+cluster://:s3cr/etPW@127.0.0.1:1/3",
+        "rediss+cluster://user:s3cr?etPW@127.0.0.1:1,nohost",
+        "redis+cluster://:s3cr#etPW@127.0.0.1:99999999",
+        "redis+cluster://:s3cr/et/PW@nohost",
+        "redis+cluster://:s3/cr?et#PW@127.0.0.1:1/0",
+    ],
+)
+def test_no_part_of_a_cluster_password_with_raw_delimiters_appears_in_the_error(url):
+    with pytest.raises(ValueError) as caught:
+        RedisRepository(url, namespace="x")
+    text = str(caught.value)
+    assert "percent-encode" in text
+    for piece in ("s3", "cr", "et", "PW"):
+        assert piece not in text.replace("rediss+cluster", "").replace("redis+cluster", "")
+
+
+# ------------------------------------------------------------ staging across partitions
+
+
+def _ids_by_partition(partitions: int = 16) -> dict[int, list[str]]:
+    """Ids of every partition: ``{partition: [id, ...]}``."""
+    found: dict[int, list[str]] = {}
+    for job_id in spread_ids(160, partitions):
+        found.setdefault(partition_of(job_id, partitions), []).append(job_id)
+    return found
+
+
+def test_a_stage_that_fails_in_one_partition_undoes_the_partitions_it_already_staged(
+    make_repo, monkeypatch
+):
+    repo = make_repo()
+    by_p = _ids_by_partition()
+    kept, added, on_down = by_p[2][0], by_p[3][0], by_p[9][0]
+    repo.add([date_job(kept, NOW + 5 * SECOND)])
+    before = repo.get(kept)
+    _unreachable(repo, monkeypatch, 9)
+
+    with pytest.raises(redis.ConnectionError):
+        repo.stage([date_job(added), date_job(on_down)], [kept], "staged:t1", 30, NOW)
+
+    assert repo.get(kept) == before  # the cancel staged in partition 2 was undone
+    assert repo.get(added) is None  # so was the add staged in partition 3
+    assert [job.id for job in repo.list().jobs] == [kept]
+    # Past the staging window nothing staged turns claimable: only `kept` is due.
+    assert [lease.job.id for lease in repo.claim(NOW + timedelta(hours=1), 10, "w", 60)] == [kept]
+
+
+@pytest.mark.parametrize("step", ["publish", "withdraw"])
+def test_publish_and_withdraw_try_every_partition_after_one_fails(make_repo, monkeypatch, step):
+    repo = make_repo()
+    by_p = _ids_by_partition()
+    ids = [by_p[1][0], by_p[5][0], by_p[12][0]]
+    jobs = [date_job(job_id) for job_id in ids]
+    previous = repo.stage(jobs, [], "staged:t1", 30, NOW)
+    _unreachable(repo, monkeypatch, 5)
+
+    with pytest.raises(redis.ConnectionError):
+        if step == "publish":
+            repo.publish("staged:t1", jobs)
+        else:
+            repo.withdraw("staged:t1", ids, previous)
+
+    found = {job_id: repo.get(job_id) for job_id in ids}
+    assert found[ids[1]].locked_by == "staged:t1"  # the unreachable partition: still staged
+    for job_id in (ids[0], ids[2]):  # before and after it
+        if step == "publish":
+            assert found[job_id] is not None and found[job_id].locked_by is None
+        else:
+            assert found[job_id] is None
+
+
+# --------------------------------------------------------- leases with a partition unreachable
+
+
+def _unreachable_everywhere(repo, monkeypatch, partition: int) -> dict:
+    """:func:`_unreachable`, and lease renewals of ``partition`` fail too."""
+    state = _unreachable(repo, monkeypatch, partition)
+    tag = repo.partition_keys(partition).tag
+    script = repo._extend
+
+    def call(keys=(), args=(), client=None):
+        if state["down"] and keys[0].startswith(tag):
+            raise redis.ConnectionError("Connection refused")
+        return script(keys=keys, args=args)
+
+    call.sha = script.sha  # type: ignore[attr-defined]
+    monkeypatch.setattr(repo, "_extend", call)
+    return state
+
+
+def test_a_renewal_with_one_partition_unreachable_renews_the_others_and_keeps_its_leases(
+    make_repo, monkeypatch, caplog
+):
+    caplog.set_level(logging.INFO, logger="pyramid_pyncette.repository.redis")
+    repo = make_repo()
+    by_p = _ids_by_partition()
+    ids = [by_p[p][0] for p in (4, 0, 9, 15)]  # the unreachable partition's lease first
+    repo.add([date_job(job_id) for job_id in ids])
+    leases = repo.claim(NOW, 10, "t", 60)
+    _unreachable_everywhere(repo, monkeypatch, 4)
+    renewals = [(lease.job.id, lease.token, 60) for lease in leases]
+
+    held = repo.extend(NOW + 50 * SECOND, renewals)
+    held_again = repo.extend(NOW + 51 * SECOND, renewals)
+
+    assert held == held_again == set(ids)  # nothing reported lost
+    assert caplog.text.count("partition 4 of the store cannot be reached") == 1
+    # The reachable partitions' leases now run to NOW+110s: past the first lease
+    # (NOW+60s) another daemon finds none of them.
+    assert repo.claim(NOW + 90 * SECOND, 10, "t2", 60) == []
+
+
+def test_a_release_with_one_partition_unreachable_releases_the_others(make_repo, monkeypatch):
+    repo = make_repo()
+    by_p = _ids_by_partition()
+    ids = [by_p[p][0] for p in (2, 6, 11)]
+    repo.add([date_job(job_id) for job_id in ids])
+    leases = repo.claim(NOW, 10, "t", 60)
+    _unreachable(repo, monkeypatch, 6)
+
+    repo.release(leases)
+
+    assert repo.get(ids[1]).locked_by == "t"  # its lease expires instead
+    assert {lease.job.id for lease in repo.claim(NOW, 10, "t2", 60)} == {ids[0], ids[2]}
+
+
+def test_a_completion_batch_with_one_partition_unreachable_writes_each_run_record_once(
+    make_repo, monkeypatch
+):
+    repo = make_repo()
+    ids = spread_ids(40)
+    repo.add([date_job(job_id) for job_id in ids])
+    leases = repo.claim(NOW, 40, "t", 60)
+    state = _unreachable(repo, monkeypatch, 9)
+    outcomes = [Outcome(lease, True, NOW + SECOND) for lease in leases]
+    records = [run_of(lease, "succeeded", NOW + SECOND) for lease in leases]
+
+    repo.complete(outcomes, records)  # the daemon's loop carries on
+    state["down"] = False
+    repo.complete_and_claim([], NOW + 2 * SECOND, 0, "t", 60)  # writes what was kept
+
+    recorded = [run.job_id for run in all_runs(repo)]
+    assert sorted(recorded) == sorted(ids)  # every record once, none twice
+    assert repo.list().jobs == []
+
+
+def test_a_lease_not_renewed_during_an_outage_is_renewed_before_its_partition_is_claimed_again(
+    make_repo, monkeypatch
+):
+    repo = make_repo()
+    by_p = _ids_by_partition()
+    running, waiting = by_p[4][0], by_p[4][1]
+    repo.add([date_job(running)])
+    [lease] = repo.claim(NOW, 10, "t", 60)
+    repo.add([date_job(waiting, NOW + 65 * SECOND)])
+    state = _unreachable_everywhere(repo, monkeypatch, 4)
+    assert repo.extend(NOW + 50 * SECOND, [(running, lease.token, 60)]) == {running}
+    state["down"] = False
+
+    # Back after the first lease ran out (NOW+60s): the kept renewal comes first.
+    claimed = repo.claim(NOW + 70 * SECOND, 10, "t2", 60)
+
+    assert [lease.job.id for lease in claimed] == [waiting]
+    assert repo.get(running).locked_by == "t"
+    assert repo.extend(NOW + 80 * SECOND, [(running, lease.token, 60)]) == {running}
+
+
+def test_the_run_history_cap_is_shared_by_the_partitions(make_repo, raw, monkeypatch):
+    from pyramid_pyncette.repository import redis as redis_store
+
+    monkeypatch.setattr(redis_store, "MAX_REDIS_RUNS", 800)
+    monkeypatch.setattr(redis_store, "MIN_REDIS_RUNS_PER_PARTITION", 10)
+    repo = make_repo()
+    repo.add([date_job("a")])
+    [lease] = repo.claim(NOW, 1, "t", 60)
+    for _ in range(6):
+        repo.complete([], [run_of(lease, "succeeded", NOW)] * 100)
+    # 800 over 16 partitions: about 50 in this one (trimmed a stream node at a time).
+    assert 50 <= raw.xlen(repo.job_keys("a").runs) < 300
+
+
+def test_a_partition_keeps_at_least_the_floor_of_run_records(make_repo, raw, monkeypatch):
+    from pyramid_pyncette.repository import redis as redis_store
+
+    monkeypatch.setattr(redis_store, "MAX_REDIS_RUNS", 160)
+    monkeypatch.setattr(redis_store, "MIN_REDIS_RUNS_PER_PARTITION", 500)
+    repo = make_repo()
+    repo.add([date_job("a")])
+    [lease] = repo.claim(NOW, 1, "t", 60)
+    for _ in range(6):
+        repo.complete([], [run_of(lease, "succeeded", NOW)] * 100)
+    assert raw.xlen(repo.job_keys("a").runs) >= 500
+
+
+def test_a_partition_whose_heads_are_gone_still_gives_its_due_jobs_and_rebuilds_them(
+    make_repo, raw
+):
+    repo = make_repo()
+    paused_one, *ids = _ids_by_partition()[5]  # only partition 5 holds jobs
+    repo.add([date_job(job_id, queue="q2" if i % 2 else "default") for i, job_id in enumerate(ids)])
+    repo.set_queue_paused("q3", True)
+    repo.add([date_job(paused_one, NOW + SECOND, queue="q3")])
+    raw.delete(f"{repo.partition_keys(5).tag}:heads")  # evicted, or deleted by hand
+
+    assert repo.next_due() == NOW
+    claimed = sorted(lease.job.id for lease in repo.claim(NOW, 100, "t", 60))
+
+    assert claimed == sorted(ids)
+    heads_match_the_due_sets(repo, raw)  # rebuilt, with the paused queue's head
+
+
+def test_a_key_of_the_wrong_type_in_one_partition_costs_that_partition_only(make_repo, raw, caplog):
+    repo = make_repo()
+    ids = spread_ids(48)
+    repo.add([date_job(job_id) for job_id in ids])
+    leases = repo.claim(NOW, 48, "t", 60)
+    repo.add([date_job(f"{job_id}-next", NOW + SECOND) for job_id in ids])
+    tag = repo.partition_keys(3).tag
+    raw.delete(f"{tag}:paused")
+    raw.set(f"{tag}:paused", "oops")  # a careless hand
+    outcomes = [Outcome(lease, True, NOW + SECOND) for lease in leases]
+    records = [run_of(lease, "succeeded", NOW + SECOND) for lease in leases]
+
+    claimed = repo.complete_and_claim(outcomes, NOW + SECOND, 100, "t2", 60, runs=records)
+    repo.complete_and_claim([], NOW + SECOND, 100, "t2", 60)
+
+    broken = {f"{job_id}-next" for job_id in ids if partition_of(f"{job_id}-next", 16) == 3}
+    assert broken
+    assert {lease.job.id for lease in claimed} == {f"{job_id}-next" for job_id in ids} - broken
+    assert "partition 3 of the store holds a key of the wrong type" in caplog.text
+    assert caplog.text.count("holds a key of the wrong type") == 1  # logged once
+    assert tag in caplog.text
+    assert repo.next_due() is not None
+    stats = {info.name: info for info in repo.queue_stats(NOW + SECOND)}
+    assert stats["default"].running == len(claimed)
+    assert repo.set_queue_paused("q2", True) is True  # the other partitions
+    assert repo.paused_queues() == {"q2"}
+    on_three = {job_id for job_id in ids if partition_of(job_id, 16) == 3}
+    assert {run.job_id for run in all_runs(repo)} == set(ids) - on_three  # theirs wait
+
+
+@pytest.mark.parametrize("retry", ["complete", "complete_and_claim"])
+def test_a_completion_batch_tried_again_after_failing_partway_writes_each_run_record_once(
+    make_repo, monkeypatch, retry
+):
+    """One server: a failure raises (the caller tries the batch again), but the
+    partitions written before it do not get their records twice."""
+    repo = make_repo()
+    ids = spread_ids(40)
+    repo.add([date_job(job_id) for job_id in ids])
+    leases = repo.claim(NOW, 40, "t", 60)
+    state = _unreachable(repo, monkeypatch, 9)
+    monkeypatch.setattr(repo, "_defer_unreachable", False)
+    outcomes = [Outcome(lease, True, NOW + SECOND) for lease in leases]
+    records = [run_of(lease, "succeeded", NOW + SECOND) for lease in leases]
+    for _ in range(2):  # fails twice, partway
+        with pytest.raises(redis.ConnectionError):
+            if retry == "complete":
+                repo.complete(outcomes, records)
+            else:
+                repo.complete_and_claim(outcomes, NOW + SECOND, 10, "t", 60, runs=records)
+    state["down"] = False
+
+    if retry == "complete":
+        repo.complete(outcomes, records)
+    else:
+        repo.complete_and_claim(outcomes, NOW + SECOND, 10, "t", 60, runs=records)
+
+    assert sorted(run.job_id for run in all_runs(repo)) == sorted(ids)
+    assert repo.list().jobs == []
+    assert repo._runs_written == set()
+
+
+def test_a_start_while_a_partition_cannot_be_reached_skips_copying_the_count_there(
+    make_repo, server, monkeypatch
+):
+    first = make_repo(partitions=4)
+    other = RedisRepository(server.url, namespace=first.namespace)
+
+    class DownPipeline:
+        def hsetnx(self, *args):
+            pass
+
+        def execute(self):
+            raise redis.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(other.client, "pipeline", lambda transaction=True: DownPipeline())
+    other.setup()
+
+    assert other.partitions == 4
+    other.close()

@@ -42,7 +42,8 @@ before there were partitions, so data written then needs no migration. Below,
     STREAM, the run history of the partition's jobs
     (:meth:`RedisRepository.list_runs`): one entry per run (a field ``run``
     holding the record as JSON), appended by the script that completes it,
-    capped at about :data:`MAX_REDIS_RUNS` entries. A record's id is its
+    capped at about :data:`MAX_REDIS_RUNS` entries (over all partitions
+    together: each stream keeps its share). A record's id is its
     entry id, zero-padded so that ids sort as text in the order they were
     written; with several partitions the entry ids are microseconds (and a
     record's position in its batch), the record id ends with the partition,
@@ -164,11 +165,15 @@ _MICROSECOND = timedelta(microseconds=1)
 #: How often a write is repeated when jobs change task or queue under it.
 _WRITE_TRIES = 5
 
-#: About how many run records ``{ns}:runs`` keeps: each append trims the
+#: About how many run records a namespace keeps: each append trims the
 #: oldest beyond this (``XADD MAXLEN ~``, so a few more may stay), whatever
 #: ``pyncette.history_retention`` says. At a few hundred bytes a record,
-#: about 1 GB at most.
+#: about 1 GB at most. With several partitions each partition's stream keeps
+#: its share (but at least :data:`MIN_REDIS_RUNS_PER_PARTITION`).
 MAX_REDIS_RUNS = 1_000_000
+
+#: The fewest run records a partition's stream is trimmed to.
+MIN_REDIS_RUNS_PER_PARTITION = 1000
 
 #: The most run records one :meth:`RedisRepository.list_runs` call reads: a
 #: filter that matches rarely returns a short page (with a cursor to go on)
@@ -219,7 +224,7 @@ _EXTEND = _lua("replicate", "common", "extend")
 _WRITE = _lua("replicate", "common", "write")
 _LIST = _lua("list")
 _NEXT_DUE = _lua("next_due")
-_PROBE = _lua("probe")
+_PROBE = _lua("replicate", "probe")
 _QUEUE_COUNTS = _lua("queue_counts")
 
 #: Job documents one call of ``queue_counts.lua`` reads (HSCAN's COUNT).
@@ -519,21 +524,33 @@ def _decode_run(
         return None
 
 
-def _url_problem(url: str, exc: Exception) -> str:
-    """Why redis-py refused ``url``, without echoing any part of its credentials."""
+def _raw_credentials_problem(url: str) -> str | None:
+    """The problem with ``url`` when a raw '/', '?' or '#' before its '@' ended the
+    host early, else None: urllib then reads the rest of the password as the
+    path, query or fragment, so no other check may quote those parts."""
     rest = url.partition("://")[2]
     try:
         authority = urlsplit(url).netloc
     except ValueError:
         authority = ""
     if "@" in rest and "@" not in authority:
-        # urllib ended the host at a '/', '?' or '#' inside the password: its
-        # complaint (a bad port or database number) quotes part of the password.
         return (
             "the part before '@' holds a raw '/', '?' or '#'; percent-encode them in the "
             "user and password (%2F, %3F, %23)"
         )
-    return redact_text(str(exc))
+    return None
+
+
+def _wrong_type(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis refusing a key of the wrong type (``WRONGTYPE``): a
+    problem of one partition's keys, which no retry fixes."""
+    return isinstance(exc, redis_errors.ResponseError) and "WRONGTYPE" in str(exc)
+
+
+def _url_problem(url: str, exc: Exception) -> str:
+    """Why redis-py refused ``url``, without echoing any part of its credentials."""
+    # A complaint about a bad port or database number would quote part of the password.
+    return _raw_credentials_problem(url) or redact_text(str(exc))
 
 
 # --------------------------------------------------------------------------- the store
@@ -698,8 +715,18 @@ class RedisRepository(Repository):
         #: while the others are written (a cluster, whose shards fail apart; one
         #: server is up or down as a whole).
         self._defer_unreachable = self._cluster
+        #: Leases a heartbeat could not renew because their partition could not be
+        #: reached, by partition: renewed before the next claim that reaches it, so
+        #: that a lease which ran out during the outage is not claimed again.
+        self._unrenewed: dict[int, builtins.list[builtins.list[Any]]] = {}
         #: The partitions last found unreachable (logged once per outage).
         self._unreachable: builtins.set[int] = set()
+        #: Run records written by a completion batch that then failed in a later
+        #: partition: the caller tries the batch again, and these are not
+        #: appended twice (see :meth:`_complete_now`).
+        self._runs_written: builtins.set[RunRecord] = set()
+        #: The partitions last found holding a key of the wrong type (logged once).
+        self._broken: builtins.set[int] = set()
         self._deferred_lock = threading.Lock()
         #: The KEYS of the probes by claimed queues (see :meth:`_probe_keys`).
         self._probe_cache: dict[frozenset[str], builtins.list[builtins.list[str]]] = {}
@@ -778,6 +805,10 @@ class RedisRepository(Repository):
         def invalid(problem: str) -> ValueError:
             return ValueError(f"invalid Redis Cluster URL {redact_url(url)!r}: {problem}")
 
+        # First: until it passes, the path, query and node list may hold the password.
+        problem = _raw_credentials_problem(url)
+        if problem is not None:
+            raise invalid(problem)
         try:
             parts = urlsplit(url)
         except ValueError as exc:
@@ -887,12 +918,105 @@ class RedisRepository(Repository):
     def _settle_partitions(self) -> int:
         """The namespace's partition count: the one it was set up with, else the one
         asked for (or the default), recorded once (``HSETNX``) for every later process."""
+        try:
+            count = self._read_partitions()
+            if count > 1:
+                self._mark_partitions(count)
+            return count
+        except redis_errors.ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            raise PartitionCountError(
+                f"a Redis key of the namespace {self.namespace!r} that holds its partition "
+                f"count ({self._meta_key!r} or a partition's ':meta' key) is not a hash; "
+                f"delete it and set the count again (HSET {self._meta_key} partitions 16, "
+                "the count the namespace was set up with), or use a fresh "
+                "pyncette.redis_namespace"
+            ) from None
+
+    def _partition_meta_key(self, p: int) -> str:
+        """Partition ``p``'s copy of the count (only with several partitions)."""
+        return "{" + f"{self.namespace}:{p}" + "}:meta"
+
+    def _mark_partitions(self, count: int) -> None:
+        """Keep a copy of the count in every partition, so that a lost ``{ns}:meta``
+        (evicted, a flushed node) is found again rather than read as a new namespace."""
+        pipe = self._client.pipeline(transaction=False)
+        for p in range(count):
+            pipe.hsetnx(self._partition_meta_key(p), "partitions", count)
+        try:
+            pipe.execute()
+        except Exception as exc:
+            if not self.is_transient(exc):
+                raise
+            # A shard that is down: its copies are written at a later start.
+            log.info("the partition count could not be copied to every partition (%s)", exc)
+        tag = "{" + self.namespace + "}"
+        if self._client.exists(f"{tag}:jobs"):
+            log.warning(
+                "the Redis namespace %r has %d partitions but also holds jobs in the layout "
+                "of one partition (%s:jobs), written by a version without partitions: "
+                "those jobs are never read; stop that version and add them again",
+                self.namespace,
+                count,
+                tag,
+            )
+
+    def _recorded_elsewhere(self) -> int | None:
+        """When ``{ns}:meta`` is missing: the count a partition's copy holds, or
+        None for a new namespace; refuses a namespace whose partitions hold data
+        but no copy of the count (it cannot be told safely)."""
+        probed = range(DEFAULT_REDIS_PARTITIONS)
+        pipe = self._client.pipeline(transaction=False)
+        for p in probed:
+            pipe.hget(self._partition_meta_key(p), "partitions")
+        copies = {_text(value) for value in pipe.execute() if value is not None}
+        if len(copies) == 1:
+            try:
+                count = int(copies.pop())
+            except ValueError:
+                count = 0
+            if 1 < count <= MAX_PARTITIONS:
+                log.warning(
+                    "the Redis key %r was missing; the namespace's partitions record %d "
+                    "partitions, which it is set back to",
+                    self._meta_key,
+                    count,
+                )
+                return count
+        data = [
+            key
+            for p in probed
+            for key in (f"{{{self.namespace}:{p}}}:{name}" for name in ("ids", "jobs", "runs"))
+        ]
+        if copies or self._client.exists(*data):
+            raise PartitionCountError(
+                f"the Redis key {self._meta_key!r} (the namespace's partition count) is "
+                f"missing, but the namespace {self.namespace!r} holds partitioned jobs or "
+                "runs whose count cannot be told safely; set it back to the count the "
+                f"namespace was set up with (HSET {self._meta_key} partitions 16, the "
+                "default) or use a fresh pyncette.redis_namespace"
+            )
+        return None
+
+    def _read_partitions(self) -> int:
+        """:meth:`_settle_partitions` (a key of the wrong type raises ``WRONGTYPE``)."""
         stored = self._client.hget(self._meta_key, "partitions")
         if stored is None:
             tag = "{" + self.namespace + "}"
-            # Jobs or runs written before there were partitions: one partition.
-            legacy = self._client.exists(f"{tag}:jobs", f"{tag}:ids", f"{tag}:runs")
-            count = 1 if legacy else self.requested_partitions or DEFAULT_REDIS_PARTITIONS
+            # Data written before there were partitions: one partition. A paused
+            # queue alone counts too (its pause is kept).
+            legacy = self._client.exists(
+                f"{tag}:jobs", f"{tag}:ids", f"{tag}:runs", f"{tag}:paused"
+            )
+            if legacy:
+                count = 1
+            else:
+                count = (
+                    self._recorded_elsewhere()
+                    or self.requested_partitions
+                    or DEFAULT_REDIS_PARTITIONS
+                )
             self._client.hsetnx(self._meta_key, "partitions", count)
             stored = self._client.hget(self._meta_key, "partitions")
         try:
@@ -1010,30 +1134,55 @@ class RedisRepository(Repository):
 
         In a store of several partitions the ops (and run records) of each
         partition are written by one script call of their own: each is atomic,
-        the batch as a whole is not.
+        the batch as a whole is not. The first failure is raised at once.
         """
+        results, failures = self._write_each(ops, tasks, announce, queues, runs)
+        if failures:
+            raise next(iter(failures.values()))
+        return results
+
+    def _write_each(
+        self,
+        ops: list[dict[str, Any]],
+        tasks: Iterable[str],
+        announce: bool = False,
+        queues: Iterable[str] = (),
+        runs: Sequence[RunRecord] = (),
+        keep_going: bool = False,
+    ) -> tuple[builtins.list[Any], dict[int, Exception]]:
+        """:meth:`_write_raw` partition by partition: what the script returned for
+        each op (0 for the ops of a partition that failed or was not tried) and the
+        error of each partition that failed. The partitions after a failure are
+        tried only with ``keep_going``; a store of one partition raises."""
         parts = self._parts()
         tasks = set(tasks)
         queues = set(queues) - {DEFAULT_QUEUE}  # its due set is always passed
         if len(parts) == 1:
-            return self._write_partition(parts[0], ops, tasks, announce, queues, runs)
+            return self._write_partition(parts[0], ops, tasks, announce, queues, runs), {}
         count = len(parts)
         positions: dict[int, builtins.list[int]] = {}
         for i, op in enumerate(ops):
             positions.setdefault(partition_of(op["id"], count), []).append(i)
         by_partition = self._group_runs(runs, count)
         results: builtins.list[Any] = [0] * len(ops)
+        failures: dict[int, Exception] = {}
         for p in sorted(positions.keys() | by_partition.keys()):
             places = positions.get(p, [])
             group, batch = by_partition.get(p, ([], None))
-            found = self._write_partition(
-                parts[p], [ops[i] for i in places], tasks, announce, queues, group, batch
-            )
+            try:
+                found = self._write_partition(
+                    parts[p], [ops[i] for i in places], tasks, announce, queues, group, batch
+                )
+            except Exception as exc:
+                failures[p] = exc
+                if not keep_going:
+                    break
+                continue
             for i, value in zip(places, found, strict=True):
                 results[i] = value
             # One announcement wakes every daemon: the other partitions' calls need none.
             announce = announce and not any(value == 1 for value in found)
-        return results
+        return results, failures
 
     def _write_partition(
         self,
@@ -1084,7 +1233,9 @@ class RedisRepository(Repository):
         if len(self._parts()) == 1:
             return [str(MAX_REDIS_RUNS), *map(_encode_run, runs)]
         micros, positions = batch or (time.time_ns() // 1000, range(len(runs)))
-        args = [f"u{MAX_REDIS_RUNS}", str(micros)]
+        # The streams of all partitions together keep about MAX_REDIS_RUNS.
+        cap = max(MAX_REDIS_RUNS // len(self._layout), MIN_REDIS_RUNS_PER_PARTITION)
+        args = [f"u{cap}", str(micros)]
         for position, run in zip(positions, runs, strict=True):
             args += (str(position), _encode_run(run))
         return args
@@ -1168,11 +1319,26 @@ class RedisRepository(Repository):
         for job in jobs:
             ops.append({**self._put(staged_job(job, token, until), True), "old": True})
         queues = self._known_queues | {job.queue for job in jobs}
-        found = self._write_raw(ops, {job.task for job in jobs}, queues=queues)
+        found, failures = self._write_each(ops, {job.task for job in jobs}, queues=queues)
         previous = {}
         for op, raw in zip(ops, found, strict=True):
             if raw != 0:
                 previous[op["id"]] = _decode_job(op["id"], raw)
+        if failures:
+            # Partitions were staged before one failed: undo them so that the
+            # aborted transaction leaves nothing behind. Not the failed one: had
+            # its call run after all, the rows it replaced are unknown here.
+            count = len(self._layout)
+            written = [job.id for job in jobs if partition_of(job.id, count) not in failures]
+            try:
+                self.withdraw(token, written, previous)
+            except Exception as exc:
+                log.warning(
+                    "a transaction's staged jobs could not all be withdrawn after a failed "
+                    "stage (%s); rows left staged expire with the staging window",
+                    " ".join(redact_text(str(exc)).split()) or type(exc).__name__,
+                )
+            raise next(iter(failures.values()))
         return previous
 
     def publish(self, token: str, jobs: Sequence[Job]) -> None:
@@ -1188,7 +1354,8 @@ class RedisRepository(Repository):
             }
             for job in jobs
         ]
-        self._write(ops, (), True, {job.queue for job in jobs})
+        # Every partition is tried: one that fails does not keep the others' jobs staged.
+        self._write_everywhere(ops, (), True, {job.queue for job in jobs})
 
     def withdraw(self, token: str, ids: Sequence[str], previous: Mapping[str, Job]) -> None:
         staged = list(dict.fromkeys(ids))
@@ -1205,7 +1372,21 @@ class RedisRepository(Repository):
         )
         if ops:
             queues = self._known_queues | {job.queue for job in previous.values()}
-            self._write(ops, {job.task for job in previous.values()}, True, queues)
+            # Every partition is tried: one that fails leaves only its own rows staged.
+            self._write_everywhere(ops, {job.task for job in previous.values()}, True, queues)
+
+    def _write_everywhere(
+        self,
+        ops: list[dict[str, Any]],
+        tasks: Iterable[str],
+        announce: bool,
+        queues: Iterable[str],
+    ) -> None:
+        """Write ``ops`` in every partition, trying them all even after one failed;
+        then raise the first failure, if any."""
+        _, failures = self._write_each(ops, tasks, announce, queues, keep_going=True)
+        if failures:
+            raise next(iter(failures.values()))
 
     def start_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` whenever a job is added (from any process); return a stopper."""
@@ -1308,10 +1489,12 @@ class RedisRepository(Repository):
             tasks.setdefault(p, set()).add(outcome.lease.job.task)
             finished_queues.setdefault(p, set()).add(outcome.lease.job.queue)
         by_id = {plan.job_id: outcome for plan, outcome in deletes}
+        batch, runs = runs, self._unwritten(runs)
         run_groups = self._group_runs(runs, count)
         deferring = self._defer_unreachable and count > 1
-        if deferring:
+        if deferring or self._deferred:
             self._flush_deferred(now)
+            self._renew_kept(now)
             self._complete_or_defer(others)
         elif others:
             self.complete(others)
@@ -1327,6 +1510,7 @@ class RedisRepository(Repository):
             due = self._due_partitions(now, limit, queues, listed) if limit else {}
         skipped: builtins.list[Outcome] = []
         leased: builtins.list[tuple[datetime, Any, Any]] = []
+        written: builtins.list[int] = []
         for p in self._claim_order(count):
             wanted = due.get(p, 0)
             if not wanted and p not in finished and p not in run_groups:
@@ -1337,7 +1521,7 @@ class RedisRepository(Repository):
                 finished_queues.get(p, set()),
                 *run_groups.get(p, ([], None)),
             )
-            if deferring and p in self._deferred:
+            if p in self._deferred:
                 # Earlier completions wait for the partition: these go after them.
                 if work[0] or work[3]:
                     self._defer(p, ("finished", *work, by_id))
@@ -1347,19 +1531,30 @@ class RedisRepository(Repository):
                     parts[p], now, wanted, token, default_lease, queues, listed, *work
                 )
             except Exception as exc:
-                if not deferring or not self.is_transient(exc):
+                if count > 1 and _wrong_type(exc):
+                    # A key of the wrong type: this partition's completions wait for
+                    # it to be fixed, the other partitions are claimed from.
+                    self._partition_broken(p, exc)
+                elif deferring and self.is_transient(exc):
+                    self._partition_failed(p, exc)
+                else:
+                    # The caller tries the batch again: the records already written stay.
+                    self._note_written(
+                        run for q in written for run in run_groups.get(q, ([], None))[0]
+                    )
                     raise
-                self._partition_failed(p, exc)
                 if work[0] or work[3]:
                     self._defer(p, ("finished", *work, by_id))
                 continue
             self._partition_ok(p)
+            written.append(p)
             skipped.extend(by_id[_text(job_id)] for job_id in left)
             for job_id, raw in found:
                 leased.append((clock, job_id, raw))
         if skipped:
             # Finished runs of jobs whose task changed: written the careful way.
             self.complete(skipped)
+        self._all_written(batch)
         jobs = []
         for clock, job_id, raw in leased:
             if raw == "":
@@ -1412,10 +1607,27 @@ class RedisRepository(Repository):
                 " ".join(redact_text(str(exc)).split()) or type(exc).__name__,
             )
 
+    def _partition_broken(self, p: int, exc: BaseException) -> None:
+        """Note that a key of partition ``p`` has the wrong type (logged once): the
+        partition is left alone until it is fixed, the others carry on."""
+        if p not in self._broken:
+            self._broken.add(p)
+            log.error(
+                "partition %d of the store holds a key of the wrong type (%s); its jobs "
+                "wait until it is fixed (check the types of the keys %s:*), the other "
+                "partitions' jobs carry on",
+                p,
+                " ".join(redact_text(str(exc)).split()),
+                self._layout[p].tag,
+            )
+
     def _partition_ok(self, p: int) -> None:
         if p in self._unreachable:
             self._unreachable.discard(p)
             log.info("partition %d of the store is reachable again", p)
+        if p in self._broken:
+            self._broken.discard(p)
+            log.info("partition %d of the store is readable again", p)
 
     def _defer(self, p: int, work: tuple[Any, ...]) -> None:
         """Keep ``work`` (completions) for partition ``p`` until it can be reached.
@@ -1428,24 +1640,31 @@ class RedisRepository(Repository):
         with self._deferred_lock:
             self._deferred.setdefault(p, []).append(work)
 
-    def _complete_or_defer(self, outcomes: Sequence[Outcome]) -> None:
-        """:meth:`complete` ``outcomes``, partition by partition, keeping those of an
-        unreachable partition (see :meth:`_defer`)."""
+    def _complete_or_defer(
+        self, outcomes: Sequence[Outcome], runs: Sequence[RunRecord] = ()
+    ) -> None:
+        """Write ``outcomes`` and ``runs`` partition by partition (one script call
+        each), keeping those of an unreachable partition (see :meth:`_defer`):
+        a batch is never written twice in part, so no run record is duplicated
+        when a caller tries again."""
         count = len(self._parts())
-        groups: dict[int, builtins.list[Outcome]] = {}
+        groups: dict[int, tuple[builtins.list[Outcome], builtins.list[RunRecord]]] = {}
         for outcome in outcomes:
-            groups.setdefault(partition_of(outcome.lease.job.id, count), []).append(outcome)
-        for p, group in groups.items():
+            p = partition_of(outcome.lease.job.id, count)
+            groups.setdefault(p, ([], []))[0].append(outcome)
+        for run in runs:
+            groups.setdefault(partition_of(run.job_id, count), ([], []))[1].append(run)
+        for p, (group, records) in groups.items():
             if p in self._deferred:
-                self._defer(p, ("complete", group))
+                self._defer(p, ("complete", group, records))
                 continue
             try:
-                self.complete(group)
+                self._complete_now(group, records)
             except Exception as exc:
                 if not self.is_transient(exc):
                     raise
                 self._partition_failed(p, exc)
-                self._defer(p, ("complete", group))
+                self._defer(p, ("complete", group, records))
 
     def _flush_deferred(self, now: datetime) -> None:
         """Write the completions kept for partitions that were unreachable, in order;
@@ -1459,7 +1678,7 @@ class RedisRepository(Repository):
             for i, item in enumerate(items):
                 try:
                     if item[0] == "complete":
-                        self.complete(item[1])
+                        self._complete_now(item[1], item[2])
                     else:
                         finished, tasks, queues, runs, batch, by_id = item[1:]
                         _, left, _ = self._claim_partition(
@@ -1468,15 +1687,39 @@ class RedisRepository(Repository):
                         if left:
                             self.complete([by_id[_text(job_id)] for job_id in left])
                 except Exception as exc:
-                    if not self.is_transient(exc):
+                    if _wrong_type(exc):
+                        self._partition_broken(p, exc)
+                    elif self.is_transient(exc):
+                        self._partition_failed(p, exc)
+                    else:
                         raise
-                    self._partition_failed(p, exc)
                     with self._deferred_lock:
                         self._deferred[p] = items[i:] + self._deferred.get(p, [])
                     break
             else:
                 self._partition_ok(p)
                 log.info("partition %d: %d kept completion batch(es) written", p, len(items))
+
+    def _renew_kept(self, now: datetime) -> None:
+        """Renew the leases a heartbeat could not renew in partitions that may be
+        back; those of a partition still unreachable stay (see :meth:`extend`)."""
+        if not self._unrenewed:
+            return
+        parts = self._parts()
+        with self._deferred_lock:
+            kept, self._unrenewed = self._unrenewed, {}
+        for p, items in kept.items():
+            try:
+                self._extend_partition(parts[p], now, items)
+            except Exception as exc:
+                if not self.is_transient(exc):
+                    raise
+                self._partition_failed(p, exc)
+                with self._deferred_lock:
+                    self._unrenewed.setdefault(p, items)
+            else:
+                # The leases found lost here are reported by the next heartbeat.
+                self._partition_ok(p)
 
     def _claim_order(self, count: int) -> builtins.list[int]:
         """The partitions in the order the next claim visits them: from an offset that
@@ -1534,7 +1777,10 @@ class RedisRepository(Repository):
                 continue
             for p, reply in enumerate(replies):
                 if isinstance(reply, BaseException):
-                    self._partition_failed(p, reply)
+                    if _wrong_type(reply):
+                        self._partition_broken(p, reply)
+                    else:
+                        self._partition_failed(p, reply)
                     replies[p] = None
                 else:
                     self._partition_ok(p)
@@ -1574,7 +1820,15 @@ class RedisRepository(Repository):
             pipe = self._client.pipeline(transaction=False)
             for keys, args in calls:
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
-            return list(pipe.execute())
+            found = list(pipe.execute(raise_on_error=False))
+            # A key of the wrong type costs its partition only (answered in its place).
+            errors = [reply for reply in found if isinstance(reply, Exception)]
+            for error in errors:
+                if not _wrong_type(error):
+                    raise error
+            if errors and len(errors) == len(found):
+                raise errors[0]
+            return found
         replies: builtins.list[Any] = [None] * len(calls)
         by_node: dict[str, tuple[Any, builtins.list[int]]] = {}
         for i, (keys, _) in enumerate(calls):
@@ -1607,6 +1861,10 @@ class RedisRepository(Repository):
                     except redis_errors.NoScriptError:
                         raise
                     except _TRANSIENT_ERRORS as exc:
+                        replies[i] = exc
+                    except redis_errors.ResponseError as exc:
+                        if not _wrong_type(exc):
+                            raise
                         replies[i] = exc
             failures = [reply for reply in replies if isinstance(reply, BaseException)]
             if len(failures) == len(replies):
@@ -1674,6 +1932,17 @@ class RedisRepository(Repository):
         """
         if not outcomes and not runs:
             return
+        if self._defer_unreachable and len(self._parts()) > 1:
+            # A cluster: the partitions of a shard that is down wait for it, the
+            # others are written now (the daemon's loop carries on).
+            self._complete_or_defer(outcomes, runs)
+        else:
+            self._complete_now(outcomes, runs)
+
+    def _complete_now(self, outcomes: Sequence[Outcome], runs: Sequence[RunRecord]) -> None:
+        """:meth:`complete`, raising when a partition cannot be reached."""
+        if not outcomes and not runs:
+            return
         ops = []
         tasks = set()
         for outcome in outcomes:
@@ -1682,8 +1951,15 @@ class RedisRepository(Repository):
             if plan.action == "delete":
                 tasks.add(outcome.lease.job.task)
         queues = {outcome.lease.job.queue for outcome in outcomes}
+        batch, runs = runs, self._unwritten(runs)
         try:
-            self._write(ops, tasks, queues=queues, runs=runs)
+            _, failures = self._write_each(ops, tasks, queues=queues, runs=runs)
+            if failures:
+                [(failed, first)] = failures.items()
+                count = len(self._layout)
+                self._note_written(run for run in runs if partition_of(run.job_id, count) < failed)
+                raise first
+            self._all_written(batch)
             return
         except Exception as exc:
             if not self.is_row_error(exc):
@@ -1708,8 +1984,29 @@ class RedisRepository(Repository):
                 if not self.is_row_error(exc):
                     raise
                 log.error("job %r could not be parked either (%s)", op["id"], exc)
-        if runs:
-            self._write([], (), runs=runs)
+        left = self._unwritten(runs)
+        if left:
+            self._write([], (), runs=left)
+        self._all_written(batch)
+
+    def _unwritten(self, runs: Sequence[RunRecord]) -> Sequence[RunRecord]:
+        """``runs`` but those a batch that failed partway wrote already: a caller
+        tries such a batch again whole, and its outcomes are guarded by their
+        token, but run records would be appended twice."""
+        if not self._runs_written or not runs:
+            return runs
+        return [run for run in runs if run not in self._runs_written]
+
+    def _all_written(self, runs: Sequence[RunRecord]) -> None:
+        """The batch that held ``runs`` is written whole: nothing to remember of it."""
+        if self._runs_written and runs:
+            self._runs_written.difference_update(runs)
+
+    def _note_written(self, runs: Iterable[RunRecord]) -> None:
+        """Remember run records written by a batch that then failed (see :meth:`_unwritten`)."""
+        if len(self._runs_written) > 100_000:
+            self._runs_written.clear()  # batches never tried again: forget them
+        self._runs_written.update(runs)
 
     def is_row_error(self, exc: BaseException) -> bool:
         """Whether a script failed on the contents of a row (a document it cannot decode)."""
@@ -1728,7 +2025,30 @@ class RedisRepository(Repository):
             by_partition.setdefault(p, []).append([job_id, token, _lease_micros(seconds)])
         held: builtins.set[str] = set()
         for p, items in by_partition.items():
-            held |= self._extend_partition(parts[p], now, items)
+            try:
+                held |= self._extend_partition(parts[p], now, items)
+            except Exception as exc:
+                if len(parts) > 1 and _wrong_type(exc):
+                    self._partition_broken(p, exc)
+                    held.update(item[0] for item in items)  # kept, as below
+                    continue
+                if not (self._defer_unreachable and self.is_transient(exc)):
+                    raise
+                # A cluster shard that is down: its leases are neither renewed nor
+                # known lost. The runs keep them (their results are written, guarded
+                # by the token, once it is back) and the next heartbeat tries again;
+                # the other partitions' leases are renewed meanwhile. Not raising
+                # even when no partition answers: the daemon's next claim does, if
+                # the whole cluster is down.
+                self._partition_failed(p, exc)
+                held.update(item[0] for item in items)
+                with self._deferred_lock:
+                    self._unrenewed[p] = items
+                continue
+            self._partition_ok(p)
+            if p in self._unrenewed:
+                with self._deferred_lock:
+                    self._unrenewed.pop(p, None)
         return held
 
     def _extend_partition(
@@ -1756,8 +2076,19 @@ class RedisRepository(Repository):
             for lease in leases
             if lease.token is not None
         ]
-        if ops:
-            self._write(ops, (), queues={lease.job.queue for lease in leases})
+        if not ops:
+            return
+        queues = {lease.job.queue for lease in leases}
+        if not (self._defer_unreachable and len(self._parts()) > 1):
+            self._write(ops, (), queues=queues)
+            return
+        # A cluster: every partition is tried; the leases in a partition that cannot be
+        # reached expire instead (their jobs are claimed again then).
+        _, failures = self._write_each(ops, (), queues=queues, keep_going=True)
+        for p, exc in failures.items():
+            if not self.is_transient(exc):
+                raise exc
+            self._partition_failed(p, exc)
 
     def _earliest_due(self, queues: frozenset[str] | None) -> tuple[int | None, int]:
         """The earliest due time of ``queues`` (None: all) but paused ones, and the
@@ -1826,13 +2157,45 @@ class RedisRepository(Repository):
                 pipe.sadd(part.paused, name)
             else:
                 pipe.srem(part.paused, name)
-        return any(int(changed) for changed in pipe.execute())
+        replies = self._skip_wrong_types(pipe.execute(raise_on_error=False))
+        return any(int(changed) for changed in replies if changed is not None)
 
     def paused_queues(self) -> builtins.set[str]:
         pipe = self._client.pipeline(transaction=False)
         for part in self._parts():
             pipe.smembers(part.paused)
-        return {_text(name) for names in pipe.execute() for name in names}
+        replies = self._skip_wrong_types(pipe.execute(raise_on_error=False))
+        return {_text(name) for names in replies if names is not None for name in names}
+
+    def _execute(self, pipe: Any, owners: builtins.list[int]) -> builtins.list[Any]:
+        """The replies of ``pipe`` (whose i-th command reads partition ``owners[i]``):
+        in a store of several partitions, None for a command refused for a key of
+        the wrong type (its partition is logged and left out); any other error is
+        raised."""
+        if len(self._layout) == 1:
+            return list(pipe.execute())
+        replies = list(pipe.execute(raise_on_error=False))
+        for i, reply in enumerate(replies):
+            if isinstance(reply, Exception):
+                if not _wrong_type(reply):
+                    raise reply
+                self._partition_broken(owners[i], reply)
+                replies[i] = None
+        return replies
+
+    def _skip_wrong_types(self, replies: builtins.list[Any]) -> builtins.list[Any]:
+        """One reply per partition, None in place of a key of the wrong type in a
+        store of several partitions (that partition is logged and left alone);
+        any other error is raised."""
+        found = []
+        for p, reply in enumerate(replies):
+            if isinstance(reply, Exception):
+                if not (len(replies) > 1 and _wrong_type(reply)):
+                    raise reply
+                self._partition_broken(p, reply)
+                reply = None
+            found.append(reply)
+        return found
 
     def queue_stats(self, now: datetime) -> builtins.list[QueueInfo]:
         """Every queue that holds a job or is paused, with its counts at ``now``.
@@ -1851,12 +2214,14 @@ class RedisRepository(Repository):
             pipe.smembers(part.paused)
             pipe.hgetall(part.locked)
             pipe.hlen(part.jobs)
-        replies = pipe.execute()
+        replies = self._execute(pipe, [p for p in range(len(parts)) for _ in range(4)])
         known: builtins.set[str] = set()
         paused: builtins.set[str] = set()
         total = 0
         locked = []
         for p in range(len(parts)):
+            if None in replies[4 * p : 4 * p + 4]:
+                continue  # a key of the wrong type: the partition is left out
             stored, paused_raw, locked_raw, size = replies[4 * p : 4 * p + 4]
             known |= {_text(name) for name in stored}
             paused |= {_text(name) for name in paused_raw}
@@ -1872,21 +2237,25 @@ class RedisRepository(Repository):
         names = sorted(known | {DEFAULT_QUEUE})
         until = _encode_time(now)
         pipe = self._pipeline()
+        owners = []
         for part in parts:
             for name in names:
                 pipe.zcount(part.due_key(name), "-inf", until)
+                owners.append(part.index)
                 if name != DEFAULT_QUEUE:
                     pipe.zcard(part.queue_key(name))
+                    owners.append(part.index)
         for p, job_id, queue, _ in locked:
             pipe.zscore(parts[p].due_key(queue), job_id)
-        counts = iter(pipe.execute())
+            owners.append(p)
+        counts = iter(self._execute(pipe, owners))
         due: dict[str, int] = dict.fromkeys(names, 0)
         sizes: dict[str, int] = dict.fromkeys(names, 0)
         for _part in parts:
             for name in names:
-                due[name] += int(next(counts))
+                due[name] += int(next(counts) or 0)  # None: a key of the wrong type
                 if name != DEFAULT_QUEUE:
-                    sizes[name] += int(next(counts))
+                    sizes[name] += int(next(counts) or 0)
         sizes[DEFAULT_QUEUE] = total - sum(sizes.values())
         running = dict.fromkeys(names, 0)
         for _p, _job_id, queue, staged in locked:
@@ -1923,10 +2292,19 @@ class RedisRepository(Repository):
         """
         states: dict[str, dict[str, int]] = {}
         oldest: dict[str, int] = {}
-        for part in self._parts():
+        parts = self._parts()
+        for part in parts:
             cursor: Any = 0
             while True:
-                cursor, chunk = self._queue_counts(keys=[part.jobs], args=[cursor, _COUNT_CHUNK])
+                try:
+                    cursor, chunk = self._queue_counts(
+                        keys=[part.jobs], args=[cursor, _COUNT_CHUNK]
+                    )
+                except redis_errors.ResponseError as exc:
+                    if len(parts) == 1 or not _wrong_type(exc):
+                        raise
+                    self._partition_broken(part.index, exc)
+                    break
                 for i in range(0, len(chunk), 7):
                     queue = _text(chunk[i])
                     counts = states.get(queue)

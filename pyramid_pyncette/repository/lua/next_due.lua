@@ -21,7 +21,11 @@ local paused = {}
 for _, q in ipairs(redis.call('SMEMBERS', KEYS[3])) do paused[q] = true end
 local names = {}
 for i = 2, #ARGV do names[#names + 1] = ARGV[i] end
+-- Heads that are gone while due sets are not empty: read every due set (the
+-- next probe rebuilds them).
 local by_heads = ARGV[1] == '*' and declared[tag .. 'heads']
+  and (redis.call('EXISTS', tag .. 'heads') == 1
+       or (redis.call('ZCARD', tag .. 'due') == 0 and redis.call('SCARD', KEYS[2]) == 0))
 if by_heads then
   -- The partition's heads (see common.lua) in due order: the first queue that
   -- is not paused holds the earliest job.
