@@ -1149,11 +1149,13 @@ class RedisRepository(Repository):
         queues: Iterable[str] = (),
         runs: Sequence[RunRecord] = (),
         keep_going: bool = False,
+        run_batch: tuple[int, Sequence[int]] | None = None,
     ) -> tuple[builtins.list[Any], dict[int, Exception]]:
         """:meth:`_write_raw` partition by partition: what the script returned for
         each op (0 for the ops of a partition that failed or was not tried) and the
         error of each partition that failed. The partitions after a failure are
-        tried only with ``keep_going``; a store of one partition raises."""
+        tried only with ``keep_going``; a store of one partition raises. ``run_batch``
+        places ``runs`` in a larger batch (see :meth:`_run_args`)."""
         parts = self._parts()
         tasks = set(tasks)
         queues = set(queues) - {DEFAULT_QUEUE}  # its due set is always passed
@@ -1163,7 +1165,7 @@ class RedisRepository(Repository):
         positions: dict[int, builtins.list[int]] = {}
         for i, op in enumerate(ops):
             positions.setdefault(partition_of(op["id"], count), []).append(i)
-        by_partition = self._group_runs(runs, count)
+        by_partition = self._group_runs(runs, count, run_batch)
         results: builtins.list[Any] = [0] * len(ops)
         failures: dict[int, Exception] = {}
         for p in sorted(positions.keys() | by_partition.keys()):
@@ -1242,13 +1244,14 @@ class RedisRepository(Repository):
 
     @staticmethod
     def _group_runs(
-        runs: Sequence[RunRecord], count: int
+        runs: Sequence[RunRecord], count: int, batch: tuple[int, Sequence[int]] | None = None
     ) -> dict[int, tuple[builtins.list[RunRecord], tuple[int, builtins.list[int]]]]:
         """``runs`` by the partition of their job: the records and their batch (see
-        :meth:`_run_args`)."""
-        micros = time.time_ns() // 1000
+        :meth:`_run_args`); ``batch`` gives the time and positions of ``runs`` when
+        they are part of a larger batch."""
+        micros, places = batch or (time.time_ns() // 1000, range(len(runs)))
         groups: dict[int, tuple[builtins.list[RunRecord], tuple[int, builtins.list[int]]]] = {}
-        for position, run in enumerate(runs):
+        for position, run in zip(places, runs, strict=True):
             p = partition_of(run.job_id, count)
             if p not in groups:
                 groups[p] = ([], (micros, []))
@@ -1652,14 +1655,20 @@ class RedisRepository(Repository):
         for outcome in outcomes:
             p = partition_of(outcome.lease.job.id, count)
             groups.setdefault(p, ([], []))[0].append(outcome)
-        for run in runs:
-            groups.setdefault(partition_of(run.job_id, count), ([], []))[1].append(run)
+        # The records of every partition share the batch's time and keep their
+        # places in it, so the merged history lists them in the order given.
+        micros = time.time_ns() // 1000
+        places: dict[int, builtins.list[int]] = {}
+        for position, run in enumerate(runs):
+            p = partition_of(run.job_id, count)
+            groups.setdefault(p, ([], []))[1].append(run)
+            places.setdefault(p, []).append(position)
         for p, (group, records) in groups.items():
             if p in self._deferred:
                 self._defer(p, ("complete", group, records))
                 continue
             try:
-                self._complete_now(group, records)
+                self._complete_now(group, records, (micros, places.get(p, [])))
             except Exception as exc:
                 if not self.is_transient(exc):
                     raise
@@ -1939,8 +1948,14 @@ class RedisRepository(Repository):
         else:
             self._complete_now(outcomes, runs)
 
-    def _complete_now(self, outcomes: Sequence[Outcome], runs: Sequence[RunRecord]) -> None:
-        """:meth:`complete`, raising when a partition cannot be reached."""
+    def _complete_now(
+        self,
+        outcomes: Sequence[Outcome],
+        runs: Sequence[RunRecord],
+        run_batch: tuple[int, Sequence[int]] | None = None,
+    ) -> None:
+        """:meth:`complete`, raising when a partition cannot be reached; ``run_batch``
+        places ``runs`` in a larger batch (see :meth:`_run_args`)."""
         if not outcomes and not runs:
             return
         ops = []
@@ -1952,8 +1967,16 @@ class RedisRepository(Repository):
                 tasks.add(outcome.lease.job.task)
         queues = {outcome.lease.job.queue for outcome in outcomes}
         batch, runs = runs, self._unwritten(runs)
+        if run_batch is not None and len(runs) != len(batch):
+            kept = {id(run) for run in runs}
+            places = [
+                place for place, run in zip(run_batch[1], batch, strict=True) if id(run) in kept
+            ]
+            run_batch = (run_batch[0], places)
         try:
-            _, failures = self._write_each(ops, tasks, queues=queues, runs=runs)
+            _, failures = self._write_each(
+                ops, tasks, queues=queues, runs=runs, run_batch=run_batch
+            )
             if failures:
                 [(failed, first)] = failures.items()
                 count = len(self._layout)
