@@ -85,6 +85,17 @@ PRUNE_BATCHES_PER_TURN = 3
 #: shorter than ten times this is pruned every tenth of the retention.
 MAX_PRUNE_INTERVAL = 60.0
 
+#: Claims ahead of a due time (stores with :attr:`~pyramid_pyncette.repository.base.
+#: Repository.claims_ahead`): the lead is this multiple of the slowest recent
+#: claim, plus :data:`CLAIM_LEAD_MARGIN` seconds, at most :data:`MAX_CLAIM_LEAD`
+#: seconds (and a tenth of the lease, and half the poll interval).
+CLAIM_LEAD_FACTOR = 2.0
+CLAIM_LEAD_MARGIN = 0.005
+MAX_CLAIM_LEAD = 1.0
+
+#: How many recent claims the lead is measured over.
+CLAIM_TIMES_KEPT = 16
+
 #: Which outcomes ``pyncette.history = failures`` keeps.
 FAILED_OUTCOMES = frozenset({RUN_FAILED, RUN_LEASE_LOST})
 
@@ -266,6 +277,15 @@ class Worker:
         self.metrics: WorkerMetrics | None = None
         #: When the loop last began a turn (:attr:`monotonic`), None before the first.
         self.last_tick: float | None = None
+        #: How long recent claims took, from the start of their turn (seconds).
+        self._claim_times: deque[float] = deque(maxlen=CLAIM_TIMES_KEPT)
+        #: The next due time the store named (claims ahead only), and the latest
+        #: due time a claim was already made ahead for.
+        self._next_due_at: datetime | None = None
+        self._claimed_ahead_to: datetime | None = None
+        #: Runs claimed ahead of their due time: ``(start at (monotonic), run)``,
+        #: started by the loop when their time comes.
+        self._early: list[tuple[float, _Running]] = []
 
     # -- helpers ----------------------------------------------------------
 
@@ -567,6 +587,11 @@ class Worker:
         """
         self._wake.clear()
         self.last_tick = self._monotonic()
+        self._start_early(threads, self.last_tick)
+        if self._early:
+            # Runs claimed ahead start within the claim lead (well within a renewal
+            # period): no store call may make them late.
+            return max(0.0, self._early[0][0] - self._monotonic())
         want = claimed = 0
         try:
             self._pending.extend(self._collect())
@@ -598,6 +623,9 @@ class Worker:
         timeout = self._until_next_renewal()
         if timeout is None:
             timeout = self.heartbeat_interval
+        if self._early:
+            timeout = min(timeout, self._early[0][0] - self._monotonic())
+            want = 0  # the next due time is read once they have started
         if want > 0:
             try:
                 timeout = min(timeout, self._until_next_due())
@@ -649,11 +677,63 @@ class Worker:
 
         The store measures it against its own clock when claims use that
         clock: a local clock ahead of the store's must not make the loop spin.
+        Otherwise it is measured against this worker's clock read before the
+        call, so the call's own time is taken off. A store that
+        :attr:`~pyramid_pyncette.repository.base.Repository.claims_ahead`
+        is claimed from a little ahead of the due time (see :meth:`_claim_lead`).
         """
-        delay = self.repository.next_due_delay(self.clock(), self.queues)
+        repository = self.repository
+        now = self.clock()
+        delay = repository.next_due_delay(now, self.queues)
         if delay is None:
+            self._next_due_at = None
             return self.poll_interval
+        if not repository.store_clock:
+            delay -= (self.clock() - now).total_seconds()
+        if repository.claims_ahead:
+            due = now + timedelta(seconds=delay)
+            self._next_due_at = due
+            ahead_to = self._claimed_ahead_to
+            if ahead_to is None or due > ahead_to:
+                # Not claimed ahead for yet: wake the lead before it is due.
+                delay -= self._claim_lead()
         return max(0.0, min(self.poll_interval, delay))
+
+    def _claim_lead(self) -> float:
+        """How far ahead of a due time an idle worker claims (seconds; 0: not ahead).
+
+        Twice the slowest of the recent claims (measured from the start of
+        their turn, so the loop's own work counts) and a small margin, so
+        that the claim has returned by the due time; bounded by
+        :data:`MAX_CLAIM_LEAD`, a tenth of the lease and half the poll
+        interval, which keeps a held lease short and never claims a job much
+        before it is due. 0 for stores that do not claim ahead and before
+        any claim was timed.
+        """
+        if not self.repository.claims_ahead or not self._claim_times:
+            return 0.0
+        lead = max(self._claim_times) * CLAIM_LEAD_FACTOR + CLAIM_LEAD_MARGIN
+        return min(lead, MAX_CLAIM_LEAD, self.lease_duration / 10, self.poll_interval / 2)
+
+    def _claim_time(self, now: datetime) -> datetime:
+        """The ``now`` of a claim at ``now``: itself, or the known next due time when
+        the worker is within the claim lead of it (see :meth:`_until_next_due`)."""
+        due = self._next_due_at
+        if due is None or due <= now or not self.repository.claims_ahead:
+            return now
+        if (due - now).total_seconds() > self._claim_lead():
+            return now
+        self._claimed_ahead_to = due
+        return due
+
+    def _start_early(self, threads: Any, now: float) -> None:
+        """Queue the runs claimed ahead whose due time has come (``now``: monotonic)."""
+        early = self._early
+        if not early or early[0][0] > now:
+            return
+        ready = [running for start, running in early if start <= now]
+        self._early = [(start, running) for start, running in early if start > now]
+        threads.submit(ready)
 
     def _until_next_renewal(self) -> float | None:
         """Seconds until a running job's lease is due for renewal, or None if none is held."""
@@ -666,15 +746,19 @@ class Worker:
         outcomes = _pending(self._pending)
         # Read before the claim: each lease lasts at least its length from here.
         claimed_at = self._monotonic()
+        wall = self.clock()
+        claim_time = self._claim_time(wall)
         claimed = self.repository.complete_and_claim(
             outcomes,
-            self.clock(),
+            claim_time,
             want,
             self._token(),
             self.lease_duration,
             self.queues,
             list(self._pending_runs),
         )
+        if self.last_tick is not None:
+            self._claim_times.append(self._monotonic() - min(self.last_tick, claimed_at))
         self._written()
         if outcomes:
             log.debug("completed %d run(s)", len(outcomes))
@@ -685,6 +769,7 @@ class Worker:
         self._pending.extend(unreadable)
         self._keep_runs(records)
         started = []
+        early = []
         for lease in leases:
             key = (lease.job.id, lease.token)
             seconds = self._lease_seconds(lease)
@@ -697,9 +782,16 @@ class Worker:
                 period=self._renewal_period(seconds),
             )
             self._running[key] = running
-            started.append(running)
+            # A run claimed ahead starts at its due time, timed from the claim (monotonic).
+            wait = (lease.attempt_due_at - wall).total_seconds() if claim_time > wall else 0.0
+            if wait > 0:
+                early.append((claimed_at + min(wait, self._claim_lead()), running))
+            else:
+                started.append(running)
             if lease.token is not None:
                 self._renewal_due = min(self._renewal_due, running.renew_at)
+        if early:
+            self._early = sorted([*self._early, *early], key=lambda pair: pair[0])
         if started:
             threads.submit(started)
             log.debug("claimed %d job(s) with token %s", len(leases), leases[0].token)
@@ -969,7 +1061,8 @@ class Worker:
         self._notify(LeaseLost(lease.job, self.registry, lease.scheduled_at))
 
     def _shutdown(self, threads: _JobThreads) -> None:
-        unstarted = threads.take_unstarted()
+        unstarted = [running for _, running in self._early] + threads.take_unstarted()
+        self._early = []
         for running in unstarted:
             self._running.pop(running.key, None)
         if self._running:

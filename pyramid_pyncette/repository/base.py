@@ -124,6 +124,14 @@ class Repository(abc.ABC):
     #: that drive time with a fake clock switch it off.
     store_clock = False
 
+    #: Whether a claim may be made a little ahead of the jobs' due time: the
+    #: store's claims take the ``now`` they are given (no store clock), and a
+    #: claim is slow enough (several round trips) that an idle daemon would
+    #: start jobs late if it began claiming only when they became due. The
+    #: daemon then claims with ``now`` set to the due time, shortly before it,
+    #: and starts each run at its due time (see :class:`~pyramid_pyncette.worker.Worker`).
+    claims_ahead = False
+
     #: How many partitions the store's due index is split into (see
     #: ``pyncette.partitions``); a job's partition is
     #: :func:`~pyramid_pyncette.jobs.partition_of` its id and this count.

@@ -486,6 +486,9 @@ class DynamoDBRepository(Repository):
     """
 
     store_clock = False
+    # A claim reads the due index of every partition: an idle daemon claims
+    # ahead of a known due time and starts the runs on time.
+    claims_ahead = True
 
     def __init__(
         self,
