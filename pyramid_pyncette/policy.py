@@ -105,6 +105,15 @@ def plan_claim(
     return _unrunnable_claim(job, now, token, default_lease, problem)
 
 
+def claimed_at(due: object, now: datetime, until: datetime | None) -> datetime:
+    """The time a job due at ``due`` is claimed at by a claim at ``now`` that takes the
+    jobs due by ``until`` (a claim ahead): its due time when that is between the two
+    (it is started then), else ``now``."""
+    if until is None or not isinstance(due, datetime) or due <= now:
+        return now
+    return min(due, until)
+
+
 def _plan_claim(job: Job, now: datetime, token: str, default_lease: float) -> ClaimPlan:
     scheduled_at = job.next_run_at or job.due_at or now
     if job.options:

@@ -89,7 +89,7 @@ MAX_PRUNE_INTERVAL = 60.0
 #: Repository.claims_ahead`): the lead is this multiple of the slowest recent
 #: claim, plus :data:`CLAIM_LEAD_MARGIN` seconds, at most :data:`MAX_CLAIM_LEAD`
 #: seconds (and a tenth of the lease, and half the poll interval).
-CLAIM_LEAD_FACTOR = 2.0
+CLAIM_LEAD_FACTOR = 3.0
 CLAIM_LEAD_MARGIN = 0.005
 MAX_CLAIM_LEAD = 1.0
 
@@ -117,6 +117,8 @@ class _Running:
     started_at: datetime | None = None
     #: How the lease was lost (see :meth:`Worker._lose`), None while it is held.
     lost_when: str | None = None
+    #: A run claimed ahead of its due time starts no earlier than this (monotonic).
+    not_before: float | None = None
 
     @property
     def renew_at(self) -> float:
@@ -141,8 +143,17 @@ class _JobThreads:
     handoff each, unlike a future per job.
     """
 
-    def __init__(self, size: int, run: Callable[[_Running], None]) -> None:
+    def __init__(
+        self,
+        size: int,
+        run: Callable[[_Running], None],
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._run = run
+        self._monotonic = monotonic
+        #: Runs claimed ahead that a thread holds until their start time (by id).
+        self._holding: dict[int, _Running] = {}
+        self._closing = threading.Event()
         self._queue: deque[_Running] = deque()
         self._ready = threading.Condition(threading.Lock())
         self._sleeping = 0
@@ -162,13 +173,19 @@ class _JobThreads:
                 self._ready.notify(len(items))
 
     def take_unstarted(self) -> list[_Running]:
-        """Remove and return the queued items no thread has started."""
+        """Remove and return the items no thread has started: queued, or held by a
+        thread until their start time (that thread then leaves them)."""
+        self._closing.set()
         taken = []
         while True:
             try:
                 taken.append(self._queue.popleft())
             except IndexError:
-                return taken
+                break
+        with self._ready:
+            taken.extend(self._holding.values())
+            self._holding.clear()
+        return taken
 
     def shutdown(self) -> None:
         """Let the threads finish what is queued, then end them."""
@@ -192,7 +209,22 @@ class _JobThreads:
                     if not queue_:
                         return
                 continue
+            if item.not_before is not None and not self._hold(item):
+                continue
             self._run(item)
+
+    def _hold(self, item: _Running) -> bool:
+        """Wait until ``item`` (claimed ahead: at most the claim lead, under a
+        second) may start; False when :meth:`take_unstarted` took it meanwhile."""
+        assert item.not_before is not None
+        delay = item.not_before - self._monotonic()
+        if delay <= 0:
+            return True
+        with self._ready:
+            self._holding[id(item)] = item
+        self._closing.wait(delay)
+        with self._ready:
+            return self._holding.pop(id(item), None) is not None
 
 
 class Worker:
@@ -283,9 +315,6 @@ class Worker:
         #: due time a claim was already made ahead for.
         self._next_due_at: datetime | None = None
         self._claimed_ahead_to: datetime | None = None
-        #: Runs claimed ahead of their due time: ``(start at (monotonic), run)``,
-        #: started by the loop when their time comes.
-        self._early: list[tuple[float, _Running]] = []
 
     # -- helpers ----------------------------------------------------------
 
@@ -551,7 +580,7 @@ class Worker:
             self.scheduler.settings.redacted_url(),
         )
         self._notify(WorkerStarting(self, self.registry))
-        threads = _JobThreads(self.concurrency, self._run_one)
+        threads = _JobThreads(self.concurrency, self._run_one, self._monotonic)
         # Stores that announce new jobs (PostgreSQL, Redis, the probes of SQLite and
         # MySQL/MariaDB) wake the loop at once.
         repository = self.repository
@@ -587,11 +616,6 @@ class Worker:
         """
         self._wake.clear()
         self.last_tick = self._monotonic()
-        self._start_early(threads, self.last_tick)
-        if self._early:
-            # Runs claimed ahead start within the claim lead (well within a renewal
-            # period): no store call may make them late.
-            return max(0.0, self._early[0][0] - self._monotonic())
         want = claimed = 0
         try:
             self._pending.extend(self._collect())
@@ -623,9 +647,6 @@ class Worker:
         timeout = self._until_next_renewal()
         if timeout is None:
             timeout = self.heartbeat_interval
-        if self._early:
-            timeout = min(timeout, self._early[0][0] - self._monotonic())
-            want = 0  # the next due time is read once they have started
         if want > 0:
             try:
                 timeout = min(timeout, self._until_next_due())
@@ -688,10 +709,10 @@ class Worker:
         if delay is None:
             self._next_due_at = None
             return self.poll_interval
+        due = now + timedelta(seconds=delay)
         if not repository.store_clock:
             delay -= (self.clock() - now).total_seconds()
         if repository.claims_ahead:
-            due = now + timedelta(seconds=delay)
             self._next_due_at = due
             ahead_to = self._claimed_ahead_to
             if ahead_to is None or due > ahead_to:
@@ -702,9 +723,11 @@ class Worker:
     def _claim_lead(self) -> float:
         """How far ahead of a due time an idle worker claims (seconds; 0: not ahead).
 
-        Twice the slowest of the recent claims (measured from the start of
-        their turn, so the loop's own work counts) and a small margin, so
-        that the claim has returned by the due time; bounded by
+        Three times the slowest of the recent claims (measured from the start
+        of their turn, so the loop's own work counts) and a small margin: the
+        claim has returned by the due time even when the loop was busy
+        reading the next due time (one more store call) as it came within
+        the lead. Bounded by
         :data:`MAX_CLAIM_LEAD`, a tenth of the lease and half the poll
         interval, which keeps a held lease short and never claims a job much
         before it is due. 0 for stores that do not claim ahead and before
@@ -715,25 +738,24 @@ class Worker:
         lead = max(self._claim_times) * CLAIM_LEAD_FACTOR + CLAIM_LEAD_MARGIN
         return min(lead, MAX_CLAIM_LEAD, self.lease_duration / 10, self.poll_interval / 2)
 
-    def _claim_time(self, now: datetime) -> datetime:
-        """The ``now`` of a claim at ``now``: itself, or the known next due time when
-        the worker is within the claim lead of it (see :meth:`_until_next_due`)."""
-        due = self._next_due_at
-        if due is None or due <= now or not self.repository.claims_ahead:
-            return now
-        if (due - now).total_seconds() > self._claim_lead():
-            return now
-        self._claimed_ahead_to = due
-        return due
+    def _claim_until(self, now: datetime) -> datetime | None:
+        """How far ahead of ``now`` the next claim takes jobs: ``now`` plus the claim
+        lead when the known next due time is within it (see :meth:`_until_next_due`),
+        else None (a plain claim).
 
-    def _start_early(self, threads: Any, now: float) -> None:
-        """Queue the runs claimed ahead whose due time has come (``now``: monotonic)."""
-        early = self._early
-        if not early or early[0][0] > now:
-            return
-        ready = [running for start, running in early if start <= now]
-        self._early = [(start, running) for start, running in early if start > now]
-        threads.submit(ready)
+        A claim ahead takes every job due within the lead, so jobs due close
+        together are each claimed at least one claim's time before they are due.
+        """
+        due = self._next_due_at
+        if due is None or not self.repository.claims_ahead:
+            return None
+        lead = self._claim_lead()
+        until = now + timedelta(seconds=lead)
+        if lead <= 0 or due > until:
+            return None
+        ahead_to = self._claimed_ahead_to
+        self._claimed_ahead_to = until if ahead_to is None else max(ahead_to, until)
+        return until
 
     def _until_next_renewal(self) -> float | None:
         """Seconds until a running job's lease is due for renewal, or None if none is held."""
@@ -747,16 +769,28 @@ class Worker:
         # Read before the claim: each lease lasts at least its length from here.
         claimed_at = self._monotonic()
         wall = self.clock()
-        claim_time = self._claim_time(wall)
-        claimed = self.repository.complete_and_claim(
-            outcomes,
-            claim_time,
-            want,
-            self._token(),
-            self.lease_duration,
-            self.queues,
-            list(self._pending_runs),
-        )
+        until = self._claim_until(wall)
+        if until is None:
+            claimed = self.repository.complete_and_claim(
+                outcomes,
+                wall,
+                want,
+                self._token(),
+                self.lease_duration,
+                self.queues,
+                list(self._pending_runs),
+            )
+        else:
+            claimed = self.repository.complete_and_claim_ahead(
+                outcomes,
+                wall,
+                until,
+                want,
+                self._token(),
+                self.lease_duration,
+                self.queues,
+                list(self._pending_runs),
+            )
         if self.last_tick is not None:
             self._claim_times.append(self._monotonic() - min(self.last_tick, claimed_at))
         self._written()
@@ -783,15 +817,16 @@ class Worker:
             )
             self._running[key] = running
             # A run claimed ahead starts at its due time, timed from the claim (monotonic).
-            wait = (lease.attempt_due_at - wall).total_seconds() if claim_time > wall else 0.0
-            if wait > 0:
-                early.append((claimed_at + min(wait, self._claim_lead()), running))
+            wait = 0.0 if until is None else (lease.attempt_due_at - wall).total_seconds()
+            if until is not None and wait > 0:
+                running.not_before = claimed_at + min(wait, (until - wall).total_seconds())
+                early.append(running)
             else:
                 started.append(running)
             if lease.token is not None:
                 self._renewal_due = min(self._renewal_due, running.renew_at)
-        if early:
-            self._early = sorted([*self._early, *early], key=lambda pair: pair[0])
+        # Runs due now first: a thread that takes a run claimed ahead waits for its time.
+        started += sorted(early, key=lambda running: running.not_before or 0.0)
         if started:
             threads.submit(started)
             log.debug("claimed %d job(s) with token %s", len(leases), leases[0].token)
@@ -1061,8 +1096,7 @@ class Worker:
         self._notify(LeaseLost(lease.job, self.registry, lease.scheduled_at))
 
     def _shutdown(self, threads: _JobThreads) -> None:
-        unstarted = [running for _, running in self._early] + threads.take_unstarted()
-        self._early = []
+        unstarted = threads.take_unstarted()
         for running in unstarted:
             self._running.pop(running.key, None)
         if self._running:

@@ -124,12 +124,13 @@ class Repository(abc.ABC):
     #: that drive time with a fake clock switch it off.
     store_clock = False
 
-    #: Whether a claim may be made a little ahead of the jobs' due time: the
-    #: store's claims take the ``now`` they are given (no store clock), and a
-    #: claim is slow enough (several round trips) that an idle daemon would
-    #: start jobs late if it began claiming only when they became due. The
-    #: daemon then claims with ``now`` set to the due time, shortly before it,
-    #: and starts each run at its due time (see :class:`~pyramid_pyncette.worker.Worker`).
+    #: Whether the daemon claims a little ahead of the jobs' due times
+    #: (:meth:`claim_ahead`): a claim is slow enough (several round trips)
+    #: that an idle daemon would start jobs late if it began claiming only
+    #: when they became due. The daemon claims the jobs due within the next
+    #: claim's time or so and starts each run at its due time (see
+    #: :class:`~pyramid_pyncette.worker.Worker`). Only stores whose claims
+    #: take the ``now`` they are given (no store clock) can.
     claims_ahead = False
 
     #: How many partitions the store's due index is split into (see
@@ -320,6 +321,41 @@ class Repository(abc.ABC):
         """
         claim = Claim(now, limit, token, default_lease, queues)
         return self._complete_then_claim(outcomes, claim, runs)
+
+    def complete_and_claim_ahead(
+        self,
+        outcomes: Sequence[Outcome],
+        now: datetime,
+        until: datetime,
+        limit: int,
+        token: str,
+        default_lease: float,
+        queues: frozenset[str] | None = None,
+        runs: Sequence[RunRecord] = (),
+    ) -> builtins.list[Lease]:
+        """:meth:`complete` ``outcomes`` and ``runs``, then :meth:`claim_ahead` (the
+        worker's loop calls this for a store that :attr:`claims_ahead`)."""
+        if outcomes or runs:
+            self.complete(outcomes, runs)
+        return self.claim_ahead(now, until, limit, token, default_lease, queues)
+
+    def claim_ahead(
+        self,
+        now: datetime,
+        until: datetime,
+        limit: int,
+        token: str,
+        default_lease: float,
+        queues: frozenset[str] | None = None,
+    ) -> builtins.list[Lease]:
+        """Like :meth:`claim`, but take the jobs due by ``until`` (later than ``now``).
+
+        Each job is claimed as if at its due time when that is after ``now``
+        (a job claimed ahead is not late, and its lease lasts from then);
+        the caller must not start a run before its due time. Stores that
+        :attr:`claims_ahead` implement it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not claim ahead of due times")
 
     def _complete_then_claim(
         self, outcomes: Sequence[Outcome], claim: Claim, runs: Sequence[RunRecord] = ()

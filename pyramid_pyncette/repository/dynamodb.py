@@ -71,7 +71,7 @@ from ..jobs import (
     partition_of,
     queue_name_problem,
 )
-from ..policy import plan_claim, plan_completion
+from ..policy import claimed_at, plan_claim, plan_completion
 from ..redaction import redact_text, redact_url
 from .base import JobPage, Repository, RepositoryError, RunPage, published_lock, staged_job
 from .rows import (
@@ -1019,6 +1019,18 @@ class DynamoDBRepository(Repository):
         stale index entry) is skipped for the next one. As the order is
         global, no partition starves.
         """
+        return self.claim_ahead(now, now, limit, token, default_lease, queues)
+
+    def claim_ahead(
+        self,
+        now: datetime,
+        until: datetime,
+        limit: int,
+        token: str,
+        default_lease: float,
+        queues: frozenset[str] | None = None,
+    ) -> builtins.list[Lease]:
+        """:meth:`claim` the jobs due by ``until``, each at its due time if after ``now``."""
         if limit <= 0:
             return []
         listed = None if queues is None else {_check_queue(name) for name in queues}
@@ -1027,7 +1039,7 @@ class DynamoDBRepository(Repository):
         names = ({DEFAULT_QUEUE, *table} if listed is None else listed) - paused
         chunk = limit // self.partitions + 2
         streams = [
-            self._due(f"{partition}#{queue}", _micros(now), chunk)
+            self._due(f"{partition}#{queue}", _micros(until), chunk)
             for partition in range(self.partitions)
             for queue in sorted(names)
         ]
@@ -1036,7 +1048,7 @@ class DynamoDBRepository(Repository):
         )
         leases: list[Lease] = []
         for item in merged:
-            lease = self._take(item, now, token, default_lease)
+            lease = self._take(item, now, until, token, default_lease)
             if lease is not None:
                 leases.append(lease)
                 if len(leases) >= limit:
@@ -1055,11 +1067,12 @@ class DynamoDBRepository(Repository):
         )
 
     def _take(
-        self, item: dict[str, Any], now: datetime, token: str, default_lease: float
+        self, item: dict[str, Any], now: datetime, until: datetime, token: str, default_lease: float
     ) -> Lease | None:
         """Apply the claim plan of ``item`` if it is still the version read; its lease."""
         job = _decode_item(item)
-        plan = plan_claim(job, now, token, default_lease, checked=True)
+        at = claimed_at(job.due_at, now, until)
+        plan = plan_claim(job, at, token, default_lease, checked=True)
         key = {"pk": item["pk"], "sk": item["sk"]}
         version = item.get("ver", {"S": ""})
         if plan.action == "delete":

@@ -29,7 +29,7 @@ from ..jobs import (
     RunRecord,
     job_state_counts,
 )
-from ..policy import plan_claim, plan_completion
+from ..policy import claimed_at, plan_claim, plan_completion
 from .base import JobPage, Repository, RunPage
 from .rows import storable_text, storable_values
 
@@ -128,13 +128,24 @@ class MemoryRepository(Repository):
         default_lease: float,
         queues: frozenset[str] | None = None,
     ) -> builtins.list[Lease]:
+        return self.claim_ahead(now, now, limit, token, default_lease, queues)
+
+    def claim_ahead(
+        self,
+        now: datetime,
+        until: datetime,
+        limit: int,
+        token: str,
+        default_lease: float,
+        queues: frozenset[str] | None = None,
+    ) -> builtins.list[Lease]:
         leases: list[Lease] = []
         with self._lock:
             heads = self._heads(queues)
             while heads and len(leases) < limit:
                 queue = min(heads, key=lambda name: heads[name][0])
                 heap = heads[queue]
-                if heap[0][0] > now:
+                if heap[0][0] > until:
                     break
                 due_at, job_id = heapq.heappop(heap)
                 while heap and not self._is_current(queue, *heap[0]):
@@ -143,7 +154,8 @@ class MemoryRepository(Repository):
                     del heads[queue]
                 if not self._is_current(queue, due_at, job_id):
                     continue
-                plan = plan_claim(self._jobs[job_id], now, token, default_lease)
+                at = claimed_at(due_at, now, until)
+                plan = plan_claim(self._jobs[job_id], at, token, default_lease)
                 if plan.action == "delete":
                     del self._jobs[job_id]
                 else:
