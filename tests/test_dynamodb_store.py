@@ -342,6 +342,49 @@ def test_a_large_definition_is_stored_compressed_and_read_back_exactly(make_stor
 # --------------------------------------------------------------------------- races
 
 
+def _threads_of_queries(store):
+    """Record the name of the thread each Query of ``store`` is sent from."""
+    names = []
+    query = store.boto_client.query
+
+    def recorded(**request):
+        names.append(threading.current_thread().name)
+        return query(**request)
+
+    store.boto_client.query = recorded
+    return names
+
+
+def test_a_claim_and_a_next_due_read_send_the_query_of_every_partition_at_once(make_store):
+    store = make_store()
+    jobs = [_job(f"spread-{i}", due=NOW + timedelta(seconds=i)) for i in range(40)]
+    store.add(jobs)
+    names = _threads_of_queries(store)
+
+    assert store.next_due() == NOW
+    leases = store.claim(NOW + timedelta(seconds=5), 10, "tok", 60)
+
+    assert [lease.job.id for lease in leases] == [f"spread-{i}" for i in range(6)]
+    # The first Query of every partition each time, from the store's query threads
+    # (the queue list and any further page are read by the calling thread).
+    at_once = [name for name in names if name.startswith("pyncette-dynamodb")]
+    assert len(at_once) == 2 * store.partitions
+    assert len(set(at_once)) > 1
+
+
+def test_a_store_used_after_a_fork_makes_its_query_threads_again(make_store, monkeypatch):
+    store = make_store()
+    store.add([_job("after-fork")])
+    store.next_due()
+    before = store._query_pool
+
+    monkeypatch.setattr(os, "getpid", lambda: -1)
+
+    assert store.next_due() == NOW
+    assert store._query_pool is not before
+    assert [lease.job.id for lease in store.claim(NOW, 10, "tok", 60)] == ["after-fork"]
+
+
 def test_a_claim_that_read_a_stale_index_entry_takes_nothing(make_store):
     table = _table()
     one, other = make_store(table), make_store(table)
@@ -354,7 +397,7 @@ def test_a_claim_that_read_a_stale_index_entry_takes_nothing(make_store):
     )["Items"][0]
 
     assert [lease.job.id for lease in other.claim(NOW, 10, "other", 60)] == ["contested"]
-    assert one._take(stale, NOW, "one", 60) is None
+    assert one._take(stale, NOW, NOW, "one", 60) is None
     assert one.get("contested").locked_by == "other"
 
 

@@ -41,12 +41,14 @@ import heapq
 import itertools
 import json
 import logging
+import os
 import re
 import threading
 import time
 import uuid
 import zlib
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -117,6 +119,9 @@ PRUNE_LOOKAHEAD = 100
 
 #: Items per BatchWriteItem and per BatchGetItem call (DynamoDB's limits).
 _BATCH_WRITE = 25
+#: Queries of the due index a claim or next-due read sends at once (one per
+#: partition and queue): the first page of each, concurrently.
+_QUERY_THREADS = 16
 _BATCH_GET = 100
 #: Items per TransactWriteItems call, and bytes (DynamoDB's limits).
 _TRANSACTION = 100
@@ -510,7 +515,7 @@ class DynamoDBRepository(Repository):
                 retries={"max_attempts": 3, "mode": "standard"},
                 connect_timeout=5,
                 read_timeout=30,
-                max_pool_connections=max(max_connections or 10, 10),
+                max_pool_connections=max(max_connections or 10, _QUERY_THREADS + 4),
             )
             client = boto3.session.Session().client(
                 "dynamodb",
@@ -525,6 +530,10 @@ class DynamoDBRepository(Repository):
         self._last_written = 0
         #: Queues last seen in the table (a claim over every queue reads them).
         self._known_queues: frozenset[str] = frozenset()
+        #: Threads sending the due-index Queries of a claim at once (made at first use,
+        #: again in a forked process), and the process they belong to.
+        self._query_pool: ThreadPoolExecutor | None = None
+        self._query_pool_pid = 0
 
     def __repr__(self) -> str:
         return f"<DynamoDBRepository {self.redacted_url}>"
@@ -662,6 +671,10 @@ class DynamoDBRepository(Repository):
         raise RepositoryError("the partition count of the table could not be read; try again")
 
     def close(self) -> None:
+        with self._setup_lock:
+            pool, self._query_pool = self._query_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
         if self._owns_client:
             self._client.close()
 
@@ -731,6 +744,32 @@ class DynamoDBRepository(Repository):
             if not last:
                 return
             request["ExclusiveStartKey"] = last
+
+    def _queries(self, requests: Sequence[dict[str, Any]]) -> builtins.list[Iterator[Any]]:
+        """The items of each Query of ``requests`` (page by page, as :meth:`_query`), the
+        first page of every one sent at once: one round trip's wait instead of one each."""
+        if len(requests) <= 1:
+            return [self._query(**request) for request in requests]
+        with self._setup_lock:
+            pool = self._query_pool
+            if pool is None or self._query_pool_pid != os.getpid():
+                # A pool made before a fork has no threads in the child.
+                pool = self._query_pool = ThreadPoolExecutor(
+                    _QUERY_THREADS, thread_name_prefix="pyncette-dynamodb"
+                )
+                self._query_pool_pid = os.getpid()
+        firsts = [
+            pool.submit(self._client.query, TableName=self.table, **request) for request in requests
+        ]
+        return [self._rest(request, first) for request, first in zip(requests, firsts, strict=True)]
+
+    def _rest(self, request: dict[str, Any], first: Future[Any]) -> Iterator[Any]:
+        """The items of the Query ``request`` whose first page ``first`` brings."""
+        page = first.result()
+        yield from page.get("Items", [])
+        last = page.get("LastEvaluatedKey")
+        if last:
+            yield from self._query(**request, ExclusiveStartKey=last)
 
     def _batch_write(self, requests: Sequence[dict[str, Any]]) -> None:
         """Write ``requests`` (PutRequest / DeleteRequest) with BatchWriteItem, 25 a call."""
@@ -1038,11 +1077,13 @@ class DynamoDBRepository(Repository):
         paused = {name for name, is_paused in table.items() if is_paused}
         names = ({DEFAULT_QUEUE, *table} if listed is None else listed) - paused
         chunk = limit // self.partitions + 2
-        streams = [
-            self._due(f"{partition}#{queue}", _micros(until), chunk)
-            for partition in range(self.partitions)
-            for queue in sorted(names)
-        ]
+        streams = self._queries(
+            [
+                self._due(f"{partition}#{queue}", _micros(until), chunk)
+                for partition in range(self.partitions)
+                for queue in sorted(names)
+            ]
+        )
         merged = heapq.merge(
             *streams, key=lambda item: (Decimal(item["due"]["N"]), item["sk"]["S"])
         )
@@ -1055,16 +1096,16 @@ class DynamoDBRepository(Repository):
                     break
         return leases
 
-    def _due(self, key: str, now_us: int, chunk: int) -> Iterator[dict[str, Any]]:
-        """The items of the index key ``key`` (a partition's queue) due at ``now_us``, in due
-        order, read ``chunk`` at a time as they are consumed."""
-        return self._query(
-            IndexName=DUE_INDEX,
-            KeyConditionExpression="dq = :dq AND #due <= :now",
-            ExpressionAttributeNames={"#due": "due"},
-            ExpressionAttributeValues={":dq": _s(key), ":now": _n(now_us)},
-            Limit=chunk,
-        )
+    def _due(self, key: str, now_us: int, chunk: int) -> dict[str, Any]:
+        """The Query of the items of the index key ``key`` (a partition's queue) due at
+        ``now_us``, in due order, ``chunk`` a page (see :meth:`_queries`)."""
+        return {
+            "IndexName": DUE_INDEX,
+            "KeyConditionExpression": "dq = :dq AND #due <= :now",
+            "ExpressionAttributeNames": {"#due": "due"},
+            "ExpressionAttributeValues": {":dq": _s(key), ":now": _n(now_us)},
+            "Limit": chunk,
+        }
 
     def _take(
         self, item: dict[str, Any], now: datetime, until: datetime, token: str, default_lease: float
@@ -1228,22 +1269,26 @@ class DynamoDBRepository(Repository):
         table = self._queues()
         paused = {name for name, is_paused in table.items() if is_paused}
         names = ({DEFAULT_QUEUE, *table} if listed is None else listed) - paused
+        heads = self._queries(
+            [
+                {
+                    "IndexName": DUE_INDEX,
+                    "KeyConditionExpression": "dq = :dq",
+                    "ExpressionAttributeValues": {":dq": _s(f"{partition}#{queue}")},
+                    "ProjectionExpression": "#due",
+                    "ExpressionAttributeNames": {"#due": "due"},
+                    "Limit": 1,
+                }
+                for partition in range(self.partitions)
+                for queue in sorted(names)
+            ]
+        )
         earliest: int | None = None
-        for partition in range(self.partitions):
-            for queue in names:
-                reply = self._client.query(
-                    TableName=self.table,
-                    IndexName=DUE_INDEX,
-                    KeyConditionExpression="dq = :dq",
-                    ExpressionAttributeValues={":dq": _s(f"{partition}#{queue}")},
-                    ProjectionExpression="#due",
-                    ExpressionAttributeNames={"#due": "due"},
-                    Limit=1,
-                )
-                for item in reply.get("Items", []):
-                    due = _value(item["due"])
-                    if isinstance(due, int) and (earliest is None or due < earliest):
-                        earliest = due
+        for stream in heads:
+            item = next(stream, None)
+            due = None if item is None else _value(item.get("due", {}))
+            if isinstance(due, int) and (earliest is None or due < earliest):
+                earliest = due
         try:
             return None if earliest is None else _decode_time(earliest)
         except OverflowError:  # past year 9999: the claim that reaches it parks the job
