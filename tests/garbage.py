@@ -8,7 +8,7 @@ the repository's checks, so tests can show the worker and the listings cope.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import sqlalchemy as sa
@@ -39,6 +39,42 @@ GOOD_VALUES = {
     "partition": 0,
     "queue": "emails",
 }
+
+
+def _micros_text(value: datetime | None) -> str | None:
+    """``value`` as a document keeps it: the digits of its microseconds since the epoch."""
+    if value is None:
+        return None
+    return str((value - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1))
+
+
+def good_document(**changes: Any) -> dict[str, Any]:
+    """The job of :data:`GOOD_VALUES` as a document (the Redis and DynamoDB layout): the
+    run state at the top level, times as text of microseconds since the epoch, the
+    definition as JSON text under ``job``; ``changes`` replace top-level values."""
+    definition = {
+        "id": GOOD_VALUES["id"],
+        "schedule": GOOD_VALUES["schedule"],
+        "args": GOOD_VALUES["args"],
+        "kwargs": GOOD_VALUES["kwargs"],
+        "options": GOOD_VALUES["options"],
+        "created_at": _micros_text(GOOD_VALUES["created_at"]),
+        "partition": GOOD_VALUES["partition"],
+    }
+    document = {
+        "task": GOOD_VALUES["task"],
+        "due_at": _micros_text(GOOD_VALUES["due_at"]),
+        "next_run_at": _micros_text(GOOD_VALUES["next_run_at"]),
+        "locked_by": GOOD_VALUES["locked_by"],
+        "attempts": GOOD_VALUES["attempts"],
+        "last_run_at": _micros_text(GOOD_VALUES["last_run_at"]),
+        "last_status": GOOD_VALUES["last_status"],
+        "last_error": GOOD_VALUES["last_error"],
+        "job": json.dumps(definition),
+        "queue": GOOD_VALUES["queue"],
+    }
+    document.update(changes)
+    return document
 
 
 def _redis_document(repository: Any, job_id: str) -> dict[str, Any]:

@@ -28,6 +28,8 @@ from pyramid_pyncette.repository.rows import (
     UnreadableJSON,
     decode_job_fields,
     load_json,
+    time_of_micros,
+    well_formed_document,
     well_formed_job,
 )
 from pyramid_pyncette.schedules import DateSchedule
@@ -37,6 +39,7 @@ from tests.conftest import STORES
 from tests.garbage import (
     GOOD_VALUES,
     GOOD_VALUES_TIME,
+    good_document,
     store_kind,
     write_column_garbage,
     write_garbage,
@@ -402,6 +405,39 @@ def test_the_claim_path_decoder_accepts_only_what_decode_job_fields_accepts(chan
     values = {**GOOD_VALUES, **changes}  # a good row with up to two values of anything
     fast = well_formed_job(*values.values())
     careful = decode_job_fields(values)
+    if fast is not None:
+        assert careful.problem is None
+        assert fast == careful
+        assert plan_claim(fast, NOW, "t", 60, checked=True) == plan_claim(careful, NOW, "t", 60)
+
+
+#: Stands for a key left out of a document.
+MISSING = object()
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["task", "due_at", "locked_by", "attempts", "last_error", "queue", "job"]),
+        ANY_VALUE | st.just(MISSING),
+        max_size=2,
+    ),
+    st.dictionaries(
+        st.sampled_from(["schedule", "args", "kwargs", "options", "created_at", "partition"]),
+        JSON | st.just(MISSING),
+        max_size=2,
+    ),
+)
+def test_the_document_decoder_accepts_only_what_decode_job_fields_accepts(changes, definition):
+    document = good_document()
+    inner = {**json.loads(document["job"]), **definition}
+    document["job"] = json.dumps({k: v for k, v in inner.items() if v is not MISSING})
+    document.update(changes)
+    document = {k: v for k, v in document.items() if v is not MISSING}
+    fast = well_formed_document("j", document, time_of_micros)
+    careful = decode_job_fields(
+        document, job_id="j", decode_time=time_of_micros, check_queue_name=True
+    )
     if fast is not None:
         assert careful.problem is None
         assert fast == careful

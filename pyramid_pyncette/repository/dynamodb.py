@@ -63,7 +63,6 @@ from ..exceptions import InvalidJobError, short_repr
 from ..jobs import (
     DEFAULT_QUEUE,
     MAX_RUN_ERROR_LENGTH,
-    QUEUE_NAME,
     Job,
     Lease,
     Outcome,
@@ -79,12 +78,12 @@ from .base import JobPage, Repository, RepositoryError, RunPage, published_lock,
 from .rows import (
     UnreadableJSON,
     decode_job_fields,
-    loads_stored,
-    problem_text,
+    run_of_micros,
     storable_text,
     storable_values,
+    time_of_micros,
     unwritable_row_values,
-    well_formed_job,
+    well_formed_document,
 )
 
 log = logging.getLogger(__name__)
@@ -255,14 +254,8 @@ def _definition_text(item: Mapping[str, Any]) -> Any:
         return UnreadableJSON(short_repr(packed), exc)
 
 
-def _decode_time(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    if type(value) is str:
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"not a time: {short_repr(value)}")
-    return _EPOCH + timedelta(microseconds=value)
+#: A stored time: a number of microseconds since the epoch (or its digits as text).
+_decode_time = time_of_micros
 
 
 #: The attributes of a job item that hold the job (the others are keys and bookkeeping).
@@ -288,49 +281,14 @@ def _decode_item(item: Mapping[str, Any]) -> Job:
         job_id = str(job_id)
     values = {name: _value(item[name]) for name in _JOB_FIELDS if name in item}
     values["job"] = _definition_text(item)
-    queue = values.get("queue", DEFAULT_QUEUE)
-    definition = loads_stored(values.get("job"))
-    if type(definition) is dict and type(queue) is str and QUEUE_NAME.fullmatch(queue):
-        try:
-            times = [_decode_time(values.get(name)) for name in _TIMES]
-            created_at = _decode_time(definition.get("created_at"))
-        except (TypeError, ValueError, OverflowError):
-            times = None
-        if times is not None:
-            job = well_formed_job(
-                job_id,
-                values.get("task"),
-                definition.get("schedule"),
-                definition.get("args"),
-                definition.get("kwargs"),
-                definition.get("options"),
-                times[0],
-                times[1],
-                values.get("locked_by"),
-                values.get("attempts", 0),
-                times[2],
-                values.get("last_status"),
-                values.get("last_error"),
-                created_at,
-                definition.get("partition"),
-                queue,
-            )
-            if job is not None:
-                return job
+    job = well_formed_document(job_id, values, _decode_time)
+    if job is not None:
+        return job
     fields: dict[str, Any] = dict(values)
     fields.setdefault("queue", DEFAULT_QUEUE)
-    job = decode_job_fields(fields, job_id=job_id, decode_time=_decode_time)
-    if QUEUE_NAME.fullmatch(job.queue):
-        return job
     # Text, but no queue name: such a job counts in the default queue, so no
     # index key is ever named after garbage.
-    problem = job.problem or problem_text(
-        job.id, [f"queue is {short_repr(job.queue)} (str), not a queue name"]
-    )
-    return job.replace(queue=DEFAULT_QUEUE, problem=problem)
-
-
-_TIMES = ("due_at", "next_run_at", "last_run_at")
+    return decode_job_fields(fields, job_id=job_id, decode_time=_decode_time, check_queue_name=True)
 
 
 def _encode_run(run: RunRecord, partitions: int, written: int) -> dict[str, Any]:
@@ -361,22 +319,7 @@ def _decode_run(item: Mapping[str, Any]) -> RunRecord | None:
     """The run record in an item, or None when the item is not one."""
     try:
         values = {name: _value(attr) for name, attr in item.items()}
-        error = values.get("error")
-        return RunRecord(
-            job_id=str(values["job_id"]),
-            task=str(values["task"]),
-            queue=str(values["queue"]),
-            scheduled_at=_EPOCH + timedelta(microseconds=values["scheduled_at"]),
-            started_at=_EPOCH + timedelta(microseconds=values["started_at"]),
-            finished_at=_EPOCH + timedelta(microseconds=values["finished_at"]),
-            attempt=int(values["attempt"]),
-            outcome=str(values["outcome"]),
-            error=None if error is None else str(error),
-            host=str(values.get("host", "")),
-            pid=int(values.get("pid") or 0),
-            worker=str(values.get("worker", "")),
-            id=str(values["sk"]),
-        )
+        return run_of_micros(values, str(values["sk"]))
     except (KeyError, TypeError, ValueError, OverflowError):
         return None
 

@@ -98,7 +98,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import functools
 import json
 import logging
 import random
@@ -121,7 +120,6 @@ from ..jobs import (
     DEFAULT_QUEUE,
     MAX_PARTITIONS,
     MAX_RUN_ERROR_LENGTH,
-    QUEUE_NAME,
     STAGED_PREFIX,
     Job,
     Lease,
@@ -147,12 +145,12 @@ from .listener import Receive, start_listener_thread
 from .rows import (
     decode_job_fields,
     load_json,
-    loads_stored,
-    problem_text,
+    run_of_micros,
     storable_text,
     storable_values,
+    time_of_micros,
     unwritable_row_values,
-    well_formed_job,
+    well_formed_document,
 )
 
 log = logging.getLogger(__name__)
@@ -260,16 +258,10 @@ def _encode_time(value: datetime | None) -> str | None:
 
 
 def _decode_time(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    if type(value) is str:
-        return _time_of_text(value)
-    return _EPOCH + timedelta(microseconds=int(value))
-
-
-@functools.lru_cache(maxsize=4096)
-def _time_of_text(value: str) -> datetime:
-    # Jobs added together share their times: a cache spares most conversions.
+    """A stored time (see :func:`time_of_micros`); a number of any other type
+    (a script's reply, a document's JSON number) counts its whole microseconds."""
+    if value is None or type(value) is str:
+        return time_of_micros(value)
     return _EPOCH + timedelta(microseconds=int(value))
 
 
@@ -334,47 +326,15 @@ def _decode_job(job_id: str, raw: str | bytes) -> Job:
     except ValueError:
         doc = None
     if type(doc) is dict and type(doc.get("job")) is str and _DOCUMENT_KEYS.issuperset(doc):
-        queue = doc.get("queue", DEFAULT_QUEUE)
-        definition = loads_stored(doc["job"])
-        if type(definition) is dict and type(queue) is str and QUEUE_NAME.fullmatch(queue):
-            try:
-                times = [_decode_time(doc.get(name)) for name in _DOCUMENT_TIMES]
-                created_at = _decode_time(definition.get("created_at"))
-            except (TypeError, ValueError, OverflowError):
-                times = None
-            if times is not None:
-                job = well_formed_job(
-                    job_id,
-                    doc.get("task"),
-                    definition.get("schedule"),
-                    definition.get("args"),
-                    definition.get("kwargs"),
-                    definition.get("options"),
-                    times[0],
-                    times[1],
-                    doc.get("locked_by"),
-                    doc.get("attempts"),
-                    times[2],
-                    doc.get("last_status"),
-                    doc.get("last_error"),
-                    created_at,
-                    definition.get("partition"),
-                    queue,
-                )
-                if job is not None:
-                    return job
+        job = well_formed_document(job_id, doc, _decode_time)
+        if job is not None:
+            return job
     fields = load_json(raw)
     if isinstance(fields, dict) and fields.get("queue") is None:
         fields["queue"] = DEFAULT_QUEUE  # written before there were queues
-    job = decode_job_fields(fields, job_id=job_id, decode_time=_decode_time)
-    if QUEUE_NAME.fullmatch(job.queue):
-        return job
     # Text, but no queue name: such a job counts in the default queue (so do
     # the scripts, see common.lua), so no key is ever named after garbage.
-    problem = job.problem or problem_text(
-        job.id, [f"queue is {short_repr(job.queue)} (str), not a queue name"]
-    )
-    return job.replace(queue=DEFAULT_QUEUE, problem=problem)
+    return decode_job_fields(fields, job_id=job_id, decode_time=_decode_time, check_queue_name=True)
 
 
 _DOCUMENT_TIMES = ("due_at", "next_run_at", "last_run_at")
@@ -505,21 +465,7 @@ def _decode_run(
     several), or None when the entry is not one."""
     try:
         record = orjson.loads(fields.get("run") or fields[b"run"])
-        return RunRecord(
-            job_id=str(record["job_id"]),
-            task=str(record["task"]),
-            queue=str(record["queue"]),
-            scheduled_at=_EPOCH + timedelta(microseconds=record["scheduled_at"]),
-            started_at=_EPOCH + timedelta(microseconds=record["started_at"]),
-            finished_at=_EPOCH + timedelta(microseconds=record["finished_at"]),
-            attempt=int(record["attempt"]),
-            outcome=str(record["outcome"]),
-            error=None if record.get("error") is None else str(record["error"]),
-            host=str(record.get("host", "")),
-            pid=int(record.get("pid") or 0),
-            worker=str(record.get("worker", "")),
-            id=_run_id(entry_id, partition),
-        )
+        return run_of_micros(record, _run_id(entry_id, partition))
     except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
         return None
 

@@ -4,21 +4,33 @@ Decoding never raises: a row whose values cannot be read (unreadable JSON,
 wrong types, an unknown schedule kind, a bad option) becomes a
 :class:`~pyramid_pyncette.jobs.Job` whose ``problem`` says why, so one bad
 row is parked by the daemon that claims it instead of stopping the others.
-:func:`well_formed_job` is the claim path's fast decoder for rows that are
-fine; :func:`decode_job_fields` describes every problem. Text a store writes
-(error tracebacks, statuses) goes through :func:`storable_text`.
+:func:`well_formed_job` (and :func:`well_formed_document`, for the stores
+that keep a job as a document) is the claim path's fast decoder for rows
+that are fine; :func:`decode_job_fields` describes every problem. Text a
+store writes (error tracebacks, statuses) goes through :func:`storable_text`.
+The stores that keep times as whole microseconds since the epoch read them
+with :func:`time_of_micros`, and run records with :func:`run_of_micros`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ..exceptions import short_repr
-from ..jobs import DEFAULT_QUEUE, MAX_ERROR_LENGTH, STATUS_FAILED, Job, remember_options
+from ..jobs import (
+    DEFAULT_QUEUE,
+    MAX_ERROR_LENGTH,
+    QUEUE_NAME,
+    STATUS_FAILED,
+    Job,
+    RunRecord,
+    remember_options,
+)
 from ..options import NO_OPTIONS, JobOptions, options_from_json
 from ..schedules import schedule_json_problem
 
@@ -154,6 +166,34 @@ def utc(value: Any) -> Any:
     return value
 
 
+#: The epoch of the times a store keeps as whole microseconds since it (Redis, DynamoDB).
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def time_of_micros(value: Any) -> datetime | None:
+    """A time stored as whole microseconds since :data:`EPOCH` (an ``int``, or its
+    digits as text) as an aware UTC datetime; ``None`` stays ``None``.
+
+    Raises ``TypeError`` for any other value (a ``bool``, a ``float``),
+    ``ValueError`` for text that is not a whole number and ``OverflowError``
+    for a time past what a datetime holds: decoders catch them and describe
+    the time as a problem of its job.
+    """
+    if value is None:
+        return None
+    if type(value) is str:
+        return _time_of_micros_text(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"not a time: {short_repr(value)}")
+    return EPOCH + timedelta(microseconds=value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _time_of_micros_text(value: str) -> datetime:
+    # Jobs added together share their times: a cache spares most conversions.
+    return EPOCH + timedelta(microseconds=int(value))
+
+
 def _what(value: Any) -> str:
     if isinstance(value, UnreadableJSON):
         return value.describe()
@@ -215,6 +255,7 @@ def decode_job_fields(
     *,
     job_id: str | None = None,
     decode_time: TimeDecoder | None = None,
+    check_queue_name: bool = False,
 ) -> Job:
     """A :class:`Job` from the values a store read back, whatever they hold. Never raises.
 
@@ -228,16 +269,24 @@ def decode_job_fields(
     parks it as failed with that description as its error. ``job_id``
     overrides the stored id; ``decode_time`` turns a stored time that is not a
     ``datetime`` into one.
+
+    With ``check_queue_name``, a queue that is text but not a queue name (see
+    :data:`~pyramid_pyncette.jobs.QUEUE_NAME`) is replaced by the default
+    queue and, when nothing else is wrong, described in ``Job.problem``: the
+    stores that name keys or index partitions after queues (Redis, DynamoDB)
+    so never name one after garbage.
     """
     try:
-        return _decode_job_fields(fields, job_id, decode_time)
+        return _decode_job_fields(fields, job_id, decode_time, check_queue_name)
     except Exception as exc:  # a last resort: a job that cannot run, but can be listed
         ident = job_id if isinstance(job_id, str) else "?"
         problem = problem_text(ident, [f"it cannot be decoded ({type(exc).__name__}: {exc})"])
         return Job(id=ident, task="", schedule={}, problem=problem)
 
 
-def _decode_job_fields(fields: Any, job_id: str | None, decode_time: TimeDecoder | None) -> Job:
+def _decode_job_fields(
+    fields: Any, job_id: str | None, decode_time: TimeDecoder | None, check_queue_name: bool
+) -> Job:
     problems: list[str] = []
     values = _stored_values(fields, problems)
     ident = _decode_id(values, job_id, problems)
@@ -253,6 +302,10 @@ def _decode_job_fields(fields: Any, job_id: str | None, decode_time: TimeDecoder
     attempts = _decode_attempts(values.get("attempts"), problems)
     partition = _decode_partition(values.get("partition"), problems)
     queue = _decode_queue(values.get("queue", DEFAULT_QUEUE), problems)
+    problem = problem_text(ident, problems)
+    if check_queue_name and not QUEUE_NAME.fullmatch(queue):
+        problem = problem or problem_text(ident, [f"queue is {_what(queue)}, not a queue name"])
+        queue = DEFAULT_QUEUE
     job = Job(
         id=ident,
         task=task,
@@ -263,7 +316,7 @@ def _decode_job_fields(fields: Any, job_id: str | None, decode_time: TimeDecoder
         attempts=attempts,
         partition=partition,
         queue=queue,
-        problem=problem_text(ident, problems),
+        problem=problem,
         due_at=times["due_at"],
         next_run_at=times["next_run_at"],
         last_run_at=times["last_run_at"],
@@ -479,3 +532,78 @@ def well_formed_job(
     )
     remember_options(job, parsed)
     return job
+
+
+def well_formed_document(
+    job_id: str, document: Mapping[str, Any], decode_time: TimeDecoder
+) -> Job | None:
+    """:func:`well_formed_job` for a job stored as a document, else ``None``.
+
+    The layout of the stores that keep a job as one document or item (Redis,
+    DynamoDB): the run state at its top level (``task``, ``queue``, the times
+    ``due_at``, ``next_run_at`` and ``last_run_at``, ``locked_by``,
+    ``attempts``, ``last_status``, ``last_error``) and the definition
+    (``schedule``, ``args``, ``kwargs``, ``options``, ``created_at``,
+    ``partition``) as JSON text under ``job``. ``decode_time`` reads the
+    stored times; a time it refuses, a missing queue name or anything
+    :func:`well_formed_job` refuses makes this ``None``: the store then
+    decodes the document with :func:`decode_job_fields`, which describes
+    every problem.
+    """
+    queue = document.get("queue", DEFAULT_QUEUE)
+    definition = loads_stored(document.get("job"))
+    if type(definition) is not dict or type(queue) is not str or not QUEUE_NAME.fullmatch(queue):
+        return None
+    try:
+        due_at = decode_time(document.get("due_at"))
+        next_run_at = decode_time(document.get("next_run_at"))
+        last_run_at = decode_time(document.get("last_run_at"))
+        created_at = decode_time(definition.get("created_at"))
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return well_formed_job(
+        job_id,
+        document.get("task"),
+        definition.get("schedule"),
+        definition.get("args"),
+        definition.get("kwargs"),
+        definition.get("options"),
+        due_at,
+        next_run_at,
+        document.get("locked_by"),
+        document.get("attempts", 0),
+        last_run_at,
+        document.get("last_status"),
+        document.get("last_error"),
+        created_at,
+        definition.get("partition"),
+        queue,
+    )
+
+
+# --------------------------------------------------------------------------- run records
+
+
+def run_of_micros(values: Mapping[str, Any], run_id: str) -> RunRecord:
+    """The :class:`~pyramid_pyncette.jobs.RunRecord` ``run_id`` from stored ``values``
+    whose times are whole microseconds since :data:`EPOCH` (Redis, DynamoDB).
+
+    Raises ``KeyError``, ``TypeError``, ``ValueError`` or ``OverflowError``
+    when ``values`` are not those of a run record: the store skips such an
+    entry in the history.
+    """
+    return RunRecord(
+        job_id=str(values["job_id"]),
+        task=str(values["task"]),
+        queue=str(values["queue"]),
+        scheduled_at=EPOCH + timedelta(microseconds=values["scheduled_at"]),
+        started_at=EPOCH + timedelta(microseconds=values["started_at"]),
+        finished_at=EPOCH + timedelta(microseconds=values["finished_at"]),
+        attempt=int(values["attempt"]),
+        outcome=str(values["outcome"]),
+        error=None if values.get("error") is None else str(values["error"]),
+        host=str(values.get("host", "")),
+        pid=int(values.get("pid") or 0),
+        worker=str(values.get("worker", "")),
+        id=run_id,
+    )
