@@ -1,11 +1,20 @@
 """The declared extras of the repository contract: which stores offer them, and the error
-when one is missing."""
+when one is missing; the pages every store's listings return."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import pytest
 
-from pyramid_pyncette.repository.base import Announcer, SessionStore, session_store
+from pyramid_pyncette.jobs import Job, RunRecord
+from pyramid_pyncette.repository.base import (
+    Announcer,
+    JobPage,
+    RunPage,
+    SessionStore,
+    session_store,
+)
 from pyramid_pyncette.repository.memory import MemoryRepository
 
 
@@ -100,3 +109,36 @@ def test_the_default_hook_completes_then_claims_with_the_claim_unpacked():
         ("complete", (), ("run",)),
         ("claim", now, 1, "c", 60.0, frozenset({"q"})),
     ]
+
+
+# --------------------------------------------------------------------------- pages
+
+
+def _jobs(*ids):
+    return [Job(id=ident, task="record", schedule={}) for ident in ids]
+
+
+def _runs(*ids):
+    at = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    return [RunRecord("j", "record", "default", at, at, at, 1, "succeeded", id=i) for i in ids]
+
+
+def test_a_page_read_one_past_its_limit_names_its_last_job_as_the_next_cursor():
+    page = JobPage.read_ahead(_jobs("a", "b", "c"), 2)
+    assert [job.id for job in page] == ["a", "b"]
+    assert page.next_cursor == "b"
+
+
+def test_a_page_that_holds_all_that_was_read_has_no_next_cursor():
+    jobs = _jobs("a", "b")
+    assert JobPage.read_ahead(jobs, 2) == JobPage(jobs, None)
+    assert JobPage.read_ahead(jobs, 5) == JobPage(jobs, None)
+    assert JobPage.read_ahead([], 2) == JobPage([], None)
+
+
+def test_a_run_page_read_one_past_its_limit_names_its_last_record_as_the_next_cursor():
+    runs = _runs("3", "2", "1")
+    page = RunPage.read_ahead(runs, 2)
+    assert [run.id for run in page] == ["3", "2"]
+    assert page.next_cursor == "2"
+    assert RunPage.read_ahead(runs, 3) == RunPage(runs, None)

@@ -20,7 +20,7 @@ import builtins
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from ..jobs import STAGED_PREFIX, Job, Lease, Outcome, QueueInfo, RunRecord
 
@@ -72,6 +72,13 @@ class JobPage:
     jobs: list[Job]
     next_cursor: str | None
 
+    @classmethod
+    def read_ahead(cls, jobs: list[Job], limit: int) -> JobPage:
+        """The page of the first ``limit`` of ``jobs``, which a store read up to one past
+        the page (``limit + 1``) to learn whether another page follows: then the
+        next cursor is the id of the page's last job."""
+        return cls(*_read_ahead(jobs, limit))
+
     def __iter__(self) -> Iterator[Job]:
         return iter(self.jobs)
 
@@ -89,6 +96,11 @@ class RunPage:
     runs: list[RunRecord]
     next_cursor: str | None
 
+    @classmethod
+    def read_ahead(cls, runs: list[RunRecord], limit: int) -> RunPage:
+        """The page of the first ``limit`` of ``runs`` (see :meth:`JobPage.read_ahead`)."""
+        return cls(*_read_ahead(runs, limit))
+
     def __iter__(self) -> Iterator[RunRecord]:
         return iter(self.runs)
 
@@ -97,6 +109,13 @@ class RunPage:
 
     def __getitem__(self, index: int) -> RunRecord:
         return self.runs[index]
+
+
+def _read_ahead(found: list[Any], limit: int) -> tuple[list[Any], str | None]:
+    """``found``'s first ``limit`` items and, when there are more, the cursor after them."""
+    more = len(found) > limit
+    page = found[:limit]
+    return page, page[-1].id if more else None
 
 
 class Claim(NamedTuple):

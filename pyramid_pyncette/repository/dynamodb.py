@@ -977,9 +977,7 @@ class DynamoDBRepository(Repository):
             streams.append(self._query(**request))
         merged = heapq.merge(*streams, key=lambda item: item["sk"]["S"])
         found = [_decode_item(item) for item in itertools.islice(merged, limit + 1)]
-        more = len(found) > limit
-        found = found[:limit]
-        return JobPage(found, found[-1].id if more else None)
+        return JobPage.read_ahead(found, limit)
 
     # -- claims -----------------------------------------------------------------
 
@@ -1357,9 +1355,7 @@ class DynamoDBRepository(Repository):
                     break
             if scanned >= MAX_RUNS_SCANNED:
                 return RunPage(found[:limit], item["sk"]["S"])
-        more = len(found) > limit
-        found = found[:limit]
-        return RunPage(found, found[-1].id if more else None)
+        return RunPage.read_ahead(found, limit)
 
     def prune_runs(self, before: datetime, limit: int) -> int:
         """Delete up to ``limit`` of the oldest written run records that finished before

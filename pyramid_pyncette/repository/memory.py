@@ -116,9 +116,7 @@ class MemoryRepository(Repository):
                 if (cursor is None or job_id > cursor) and (task is None or job.task == task)
             )
             page = [self._jobs[job_id] for job_id in ids[: limit + 1]]
-        more = len(page) > limit
-        page = page[:limit]
-        return JobPage(page, page[-1].id if more else None)
+        return JobPage.read_ahead(page, limit)
 
     def claim(
         self,
@@ -287,9 +285,7 @@ class MemoryRepository(Repository):
                 found.append(run)
                 if len(found) > limit:
                     break
-        more = len(found) > limit
-        found = found[:limit]
-        return RunPage(found, found[-1].id if more else None)
+        return RunPage.read_ahead(found, limit)
 
     def prune_runs(self, before: datetime, limit: int) -> int:
         with self._lock:

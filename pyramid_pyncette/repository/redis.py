@@ -2349,9 +2349,7 @@ class RedisRepository(Repository):
             run = _decode_run(entry_id, fields or {}, reader.partition)
             if run is not None and run.matches(job_id, task, queue, wanted):
                 found.append(run)
-        more = len(found) > limit
-        found = found[:limit]
-        return RunPage(found, found[-1].id if more else None)
+        return RunPage.read_ahead(found, limit)
 
     def prune_runs(self, before: datetime, limit: int) -> int:
         """Delete up to ``limit`` of the oldest written run records that finished before

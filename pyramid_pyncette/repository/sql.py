@@ -1639,9 +1639,7 @@ class SQLRepository(Repository):
             query = query.where(table.c.id > cursor)
         with self._read() as conn:
             jobs = [_row_to_job(row) for row in conn.execute(query)]
-        more = len(jobs) > limit
-        jobs = jobs[:limit]
-        return JobPage(jobs, jobs[-1].id if more else None)
+        return JobPage.read_ahead(jobs, limit)
 
     def _now(self, conn: Connection, now: datetime) -> datetime:
         """The store's clock when it has one (and it is in use), else ``now``."""
@@ -2497,9 +2495,7 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
             query = query.where(runs.c.outcome.in_(sorted(outcomes)))
         with self._read() as conn:
             found = [_run_from_row(row) for row in conn.execute(query)]
-        more = len(found) > limit
-        found = found[:limit]
-        return RunPage(found, found[-1].id if more else None)
+        return RunPage.read_ahead(found, limit)
 
     def prune_runs(self, before: datetime, limit: int) -> int:
         """Delete the records that finished before ``before`` among the ``limit`` oldest
