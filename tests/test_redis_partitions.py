@@ -1185,6 +1185,40 @@ def test_a_completion_batch_tried_again_after_failing_partway_writes_each_run_re
     assert repo._runs_written == set()
 
 
+def test_a_completion_batch_tried_again_partition_by_partition_writes_the_rest_in_the_order_given(
+    make_repo, monkeypatch, caplog
+):
+    """A batch that failed partway on one server, tried again partition by partition
+    (as on a cluster): the records already written are left out, and the others keep
+    their places in the batch, so the history lists them in the order given."""
+    repo = make_repo()
+    ids = spread_ids(40)
+    random.Random(7).shuffle(ids)  # the batch's order is not the partitions' order
+    repo.add([date_job(job_id) for job_id in ids])
+    leases = repo.claim(NOW, 40, "t", 60)
+    leases.sort(key=lambda lease: ids.index(lease.job.id))
+    state = _unreachable(repo, monkeypatch, 9)
+    monkeypatch.setattr(repo, "_defer_unreachable", False)
+    outcomes = [Outcome(lease, True, NOW + SECOND) for lease in leases]
+    records = [run_of(lease, "succeeded", NOW + SECOND) for lease in leases]
+    with pytest.raises(redis.ConnectionError):
+        repo.complete(outcomes, records)
+    first = {run.job_id for run in all_runs(repo)}
+    assert first and first != set(ids)  # partway
+    state["down"] = False
+    monkeypatch.setattr(repo, "_defer_unreachable", True)
+
+    repo.complete(outcomes, records)
+
+    runs = all_runs(repo)
+    assert sorted(run.job_id for run in runs) == sorted(ids)
+    again = [run.job_id for run in runs if run.job_id not in first]
+    assert again == [run.job_id for run in reversed(records) if run.job_id not in first]
+    assert "writing one by one" not in caplog.text  # each partition's batch was written whole
+    assert repo.list().jobs == []
+    assert repo._runs_written == set()
+
+
 def test_a_start_while_a_partition_cannot_be_reached_skips_copying_the_count_there(
     make_repo, server, monkeypatch
 ):

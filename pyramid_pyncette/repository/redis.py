@@ -1438,7 +1438,8 @@ class RedisRepository(Repository):
             tasks.setdefault(p, set()).add(outcome.lease.job.task)
             finished_queues.setdefault(p, set()).add(outcome.lease.job.queue)
         by_id = {plan.job_id: outcome for plan, outcome in deletes}
-        batch, runs = runs, self._unwritten(runs)
+        batch = runs
+        runs = self._unwritten(batch)[0]
         run_groups = self._group_runs(runs, count)
         deferring = self._defer_unreachable and count > 1
         if deferring or self._deferred:
@@ -1912,13 +1913,10 @@ class RedisRepository(Repository):
             if plan.action == "delete":
                 tasks.add(outcome.lease.job.task)
         queues = {outcome.lease.job.queue for outcome in outcomes}
-        batch, runs = runs, self._unwritten(runs)
+        batch = runs
+        runs, kept = self._unwritten(batch)
         if run_batch is not None and len(runs) != len(batch):
-            kept = {id(run) for run in runs}
-            places = [
-                place for place, run in zip(run_batch[1], batch, strict=True) if id(run) in kept
-            ]
-            run_batch = (run_batch[0], places)
+            run_batch = (run_batch[0], [run_batch[1][i] for i in kept])
         try:
             _, failures = self._write_each(
                 ops, tasks, queues=queues, runs=runs, run_batch=run_batch
@@ -1953,18 +1951,19 @@ class RedisRepository(Repository):
                 if not self.is_row_error(exc):
                     raise
                 log.error("job %r could not be parked either (%s)", op["id"], exc)
-        left = self._unwritten(runs)
+        left, _ = self._unwritten(runs)
         if left:
             self._write([], (), runs=left)
         self._all_written(batch)
 
-    def _unwritten(self, runs: Sequence[RunRecord]) -> Sequence[RunRecord]:
-        """``runs`` but those a batch that failed partway wrote already: a caller
-        tries such a batch again whole, and its outcomes are guarded by their
-        token, but run records would be appended twice."""
+    def _unwritten(self, runs: Sequence[RunRecord]) -> tuple[Sequence[RunRecord], Sequence[int]]:
+        """``runs`` but those a batch that failed partway wrote already, and the places
+        in ``runs`` of those kept: a caller tries such a batch again whole, and its
+        outcomes are guarded by their token, but run records would be appended twice."""
         if not self._runs_written or not runs:
-            return runs
-        return [run for run in runs if run not in self._runs_written]
+            return runs, range(len(runs))
+        kept = [i for i, run in enumerate(runs) if run not in self._runs_written]
+        return [runs[i] for i in kept], kept
 
     def _all_written(self, runs: Sequence[RunRecord]) -> None:
         """The batch that held ``runs`` is written whole: nothing to remember of it."""
