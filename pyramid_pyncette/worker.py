@@ -25,6 +25,8 @@ backed off from and retried: it never ends the loop.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import math
 import os
@@ -141,6 +143,10 @@ class _JobThreads:
     without any lock (``popleft`` is atomic); only a thread that finds the
     deque empty sleeps on the condition. Short jobs thus cost no thread
     handoff each, unlike a future per job.
+
+    A run claimed ahead of its due time (``not_before`` set) waits with a
+    timer thread, not on a job thread, and joins the deque at its time; so a
+    run due now never waits behind it.
     """
 
     def __init__(
@@ -151,49 +157,91 @@ class _JobThreads:
     ) -> None:
         self._run = run
         self._monotonic = monotonic
-        #: Runs claimed ahead that a thread holds until their start time (by id).
-        self._holding: dict[int, _Running] = {}
-        self._closing = threading.Event()
         self._queue: deque[_Running] = deque()
         self._ready = threading.Condition(threading.Lock())
         self._sleeping = 0
         self._closed = False
+        #: Runs claimed ahead, waiting for their time: ``(not_before, order, run)``.
+        self._timed: list[tuple[float, int, _Running]] = []
+        self._timed_order = itertools.count()
+        self._timer = threading.Condition(threading.Lock())
+        self._timer_closed = False
         self._threads = [
             threading.Thread(target=self._work, name=f"pyncette-job-{i}", daemon=True)
             for i in range(size)
         ]
-        for thread in self._threads:
+        self._timer_thread = threading.Thread(
+            target=self._time, name="pyncette-job-timer", daemon=True
+        )
+        for thread in [*self._threads, self._timer_thread]:
             thread.start()
 
+    @property
+    def waiting(self) -> int:
+        """How many runs claimed ahead wait for their time."""
+        return len(self._timed)
+
     def submit(self, items: list[_Running]) -> None:
-        """Queue ``items`` to run as threads come free."""
+        """Queue ``items`` to run as threads come free (a run claimed ahead at its time)."""
+        now = self._monotonic()
+        timed = [item for item in items if item.not_before is not None and item.not_before > now]
+        if timed:
+            items = [item for item in items if item.not_before is None or item.not_before <= now]
+            with self._timer:
+                for item in timed:
+                    entry = (item.not_before or now, next(self._timed_order), item)
+                    heapq.heappush(self._timed, entry)
+                self._timer.notify()
+        if not items:
+            return
         self._queue.extend(items)
         with self._ready:
             if self._sleeping:
                 self._ready.notify(len(items))
 
     def take_unstarted(self) -> list[_Running]:
-        """Remove and return the items no thread has started: queued, or held by a
-        thread until their start time (that thread then leaves them)."""
-        self._closing.set()
-        taken = []
-        while True:
-            try:
-                taken.append(self._queue.popleft())
-            except IndexError:
-                break
-        with self._ready:
-            taken.extend(self._holding.values())
-            self._holding.clear()
+        """Remove and return the items no thread has started: queued, or waiting for
+        their time."""
+        taken: list[_Running] = []
+        # Under the timer's lock, a run is either waiting or already in the deque.
+        with self._timer:
+            taken.extend(item for _, _, item in sorted(self._timed))
+            self._timed.clear()
+            while True:
+                try:
+                    taken.append(self._queue.popleft())
+                except IndexError:
+                    break
         return taken
 
     def shutdown(self) -> None:
-        """Let the threads finish what is queued, then end them."""
+        """Let the threads finish what is queued (and the runs waiting for their time),
+        then end them."""
+        with self._timer:
+            self._timer_closed = True
+            self._timer.notify()
+        self._timer_thread.join()
         with self._ready:
             self._closed = True
             self._ready.notify_all()
         for thread in self._threads:
             thread.join()
+
+    def _time(self) -> None:
+        """Move each run claimed ahead to the deque when its time comes."""
+        timed, timer = self._timed, self._timer
+        with timer:
+            while True:
+                if timed:
+                    delay = timed[0][0] - self._monotonic()
+                    if delay <= 0:
+                        self.submit([heapq.heappop(timed)[2]])
+                    else:
+                        timer.wait(delay)
+                elif self._timer_closed:
+                    return
+                else:
+                    timer.wait()
 
     def _work(self) -> None:
         queue_, ready = self._queue, self._ready
@@ -209,22 +257,7 @@ class _JobThreads:
                     if not queue_:
                         return
                 continue
-            if item.not_before is not None and not self._hold(item):
-                continue
             self._run(item)
-
-    def _hold(self, item: _Running) -> bool:
-        """Wait until ``item`` (claimed ahead: at most the claim lead, under a
-        second) may start; False when :meth:`take_unstarted` took it meanwhile."""
-        assert item.not_before is not None
-        delay = item.not_before - self._monotonic()
-        if delay <= 0:
-            return True
-        with self._ready:
-            self._holding[id(item)] = item
-        self._closing.wait(delay)
-        with self._ready:
-            return self._holding.pop(id(item), None) is not None
 
 
 class Worker:
@@ -622,9 +655,11 @@ class Worker:
             self._pending.extend(self._confirm_leases())
             self._heartbeat(self._monotonic())
             capacity = self.concurrency + self.prefetch
-            want = min(capacity - len(self._running), self.batch_size)
+            # Runs claimed ahead wait for their time without a thread.
+            in_hand = len(self._running) - self._waiting_runs()
+            want = min(capacity - in_hand, self.batch_size)
             # Claim when a thread would idle, or when a batch's worth is free.
-            idle = len(self._running) < self.concurrency
+            idle = in_hand < self.concurrency
             if not (want > 0 and (idle or want * 2 >= min(capacity, self.batch_size))):
                 want = 0
             if want > 0 and not self._stopping.is_set():
@@ -715,10 +750,24 @@ class Worker:
         if repository.claims_ahead:
             self._next_due_at = due
             ahead_to = self._claimed_ahead_to
+            if ahead_to is not None and ahead_to > now + timedelta(seconds=self._claim_lead()):
+                # Later than any claim could have reached: the clock was set back.
+                ahead_to = self._claimed_ahead_to = None
             if ahead_to is None or due > ahead_to:
                 # Not claimed ahead for yet: wake the lead before it is due.
                 delay -= self._claim_lead()
         return max(0.0, min(self.poll_interval, delay))
+
+    def _waiting_runs(self) -> int:
+        """How many runs claimed ahead are waiting for their due time."""
+        if not self.repository.claims_ahead:
+            return 0
+        now = self._monotonic()
+        return sum(
+            1
+            for running in self._running.values()
+            if running.not_before is not None and running.not_before > now
+        )
 
     def _claim_lead(self) -> float:
         """How far ahead of a due time an idle worker claims (seconds; 0: not ahead).
@@ -769,6 +818,8 @@ class Worker:
         # Read before the claim: each lease lasts at least its length from here.
         claimed_at = self._monotonic()
         wall = self.clock()
+        # The monotonic time of ``wall`` at the latest: a run claimed ahead never starts early.
+        anchor = self._monotonic()
         until = self._claim_until(wall)
         if until is None:
             claimed = self.repository.complete_and_claim(
@@ -819,7 +870,7 @@ class Worker:
             # A run claimed ahead starts at its due time, timed from the claim (monotonic).
             wait = 0.0 if until is None else (lease.attempt_due_at - wall).total_seconds()
             if until is not None and wait > 0:
-                running.not_before = claimed_at + min(wait, (until - wall).total_seconds())
+                running.not_before = anchor + min(wait, (until - wall).total_seconds())
                 early.append(running)
             else:
                 started.append(running)
@@ -1097,6 +1148,13 @@ class Worker:
 
     def _shutdown(self, threads: _JobThreads) -> None:
         unstarted = threads.take_unstarted()
+        # An at-most-once claim already moved its job past the run: it runs before the
+        # daemon stops (at its due time, when claimed ahead), or it would be lost.
+        kept = [running for running in unstarted if running.lease.token is None]
+        if kept:
+            log.info("running %d at-most-once run(s) claimed before the stop", len(kept))
+            threads.submit(kept)
+            unstarted = [running for running in unstarted if running.lease.token is not None]
         for running in unstarted:
             self._running.pop(running.key, None)
         if self._running:

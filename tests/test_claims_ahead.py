@@ -13,13 +13,14 @@ reads are made slow by moving the fake clock inside them.
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from pyramid_pyncette.execution import JobInfo
-from pyramid_pyncette.jobs import Job, Lease
+from pyramid_pyncette.jobs import Job, Lease, Outcome
 from pyramid_pyncette.worker import (
     CLAIM_LEAD_FACTOR,
     CLAIM_LEAD_MARGIN,
@@ -336,12 +337,13 @@ def test_a_job_thread_starts_a_run_claimed_ahead_no_earlier_than_its_time():
     ran = []
     threads = _JobThreads(1, lambda running: ran.append((time.monotonic(), running)))
     start = time.monotonic() + 0.05
-    # One thread: the run claimed ahead is held until its time, the next one waits.
+    # One thread; shutting down lets the held run start at its time first.
     threads.submit([_run("held", not_before=start), _run("now")])
     threads.shutdown()
 
-    assert [running.key[0] for _, running in ran] == ["held", "now"]
-    assert ran[0][0] >= start
+    # The run due now goes first: the held one waits for its time without a thread.
+    assert [running.key[0] for _, running in ran] == ["now", "held"]
+    assert ran[1][0] >= start
 
 
 def test_a_job_thread_gives_back_a_run_claimed_ahead_when_the_worker_stops():
@@ -362,3 +364,137 @@ def _run(job_id, not_before=None):
     job = Job(id=job_id, task="record", schedule={"kind": "date"})
     lease = Lease(job=job, scheduled_at=datetime.now(timezone.utc), token="tok")
     return _Running(lease, JobInfo.for_lease(lease), (job_id, "tok"), not_before=not_before)
+
+
+def test_a_run_claimed_ahead_never_starts_early_when_the_loop_is_slow_to_read_the_clock(
+    make_app,
+):
+    app = make_app()
+    slow_claims(app)
+    worker = worker_of(app)
+    threads = TimedThreads(worker)
+    worker._claim_times.append(CLAIM_TAKES)
+    due = app.clock() + timedelta(seconds=5)
+    add_job(app, "never-early", due)
+    # Every read of the wall clock comes 30 ms after the loop asked (a busy host).
+    worker.clock = lambda: app.clock.advance(0.03)
+
+    turn_until(app, worker, threads, due + timedelta(seconds=1))
+
+    assert threads.started()["never-early"] >= due
+
+
+def test_a_claim_ahead_leaves_a_job_whose_lease_its_holder_may_still_renew(make_app):
+    app = make_app()
+    repository = app.repository
+    now = app.clock()
+    add_job(app, "leased", now)
+    (held,) = repository.claim(now, 10, "holder", 60)
+    expiry = held.job.due_at
+    at = expiry - timedelta(seconds=0.3)
+
+    # Another daemon claims ahead past the lease's end, before it ends.
+    taken = repository.claim_ahead(at, at + timedelta(seconds=0.5), 10, "other", 60)
+
+    assert taken == []
+    assert repository.extend(at + timedelta(seconds=0.1), [("leased", "holder", 60)]) == {"leased"}
+
+
+def test_a_retry_claimed_ahead_and_given_back_is_due_at_its_retry_time(make_app):
+    app = make_app()
+    repository = app.repository
+    now = app.clock()
+    app.scheduler.add_date_job("fail", now, job_id="retried", max_retries=3, retry_backoff=30)
+    (first,) = repository.claim(now, 10, "first", 60)
+    repository.complete([Outcome(first, False, now, error="boom")])
+    retry_at = app.scheduler.get_job("retried").due_at
+    assert retry_at > now
+    at = retry_at - timedelta(seconds=0.4)
+    (ahead,) = repository.claim_ahead(at, at + timedelta(seconds=0.5), 10, "ahead", 60)
+
+    repository.release([ahead])  # the daemon stopped before the retry time
+
+    assert repository.claim(retry_at - timedelta(seconds=0.1), 10, "early", 60) == []
+    (again,) = repository.claim(retry_at, 10, "on-time", 60)
+    assert again.job.id == "retried"
+
+
+def test_a_run_due_now_does_not_wait_behind_a_run_claimed_ahead():
+    ran = []
+    due_now_ran = threading.Event()
+
+    def run(running):
+        ran.append(running.key[0])
+        if running.key[0] == "due-now":
+            due_now_ran.set()
+
+    threads = _JobThreads(1, run)
+    held = _run("held", not_before=time.monotonic() + 60)
+    threads.submit([held])
+    threads.submit([_run("due-now")])
+
+    assert due_now_ran.wait(10)
+    assert threads.take_unstarted() == [held]
+    threads.shutdown()
+    assert ran == ["due-now"]
+
+
+class RunningThreads(TimedThreads):
+    """Job threads that, once ``running`` is set, run each run submitted at once (on the
+    test's thread)."""
+
+    running = False
+
+    def submit(self, items) -> None:
+        super().submit(items)
+        for running in items if self.running else ():
+            self.worker._run_one(running)
+
+
+def test_an_at_most_once_run_claimed_ahead_runs_before_the_worker_stops(make_app):
+    app = make_app()
+    slow_claims(app)
+    worker = worker_of(app)
+    threads = TimedThreads(worker)
+    worker._claim_times.append(CLAIM_TAKES)
+    due = app.clock() + timedelta(seconds=5)
+    app.scheduler.add_date_job("record", due, job_id="once", execution_mode="at_most_once")
+    threads = RunningThreads(worker)
+    while True:
+        timeout = worker._cycle(threads)
+        if worker._running:
+            break
+        app.clock.advance(max(timeout, 0.001))
+        assert app.clock() < due
+    # The claim already deleted the one-off job: giving the run back would lose it.
+    assert app.scheduler.get_job("once") is None
+
+    worker._stopping.set()
+    threads.running = True
+    worker._shutdown(threads)
+
+    assert [call.job_id for call in app.calls] == ["once"]
+    assert worker.stats["released"] == 0
+
+
+def test_the_claim_lead_holds_after_the_wall_clock_steps_back(make_app):
+    app = make_app()
+    slow_claims(app)
+    worker = worker_of(app)
+    threads = TimedThreads(worker)
+    worker._claim_times.append(CLAIM_TAKES)
+    first = app.clock() + timedelta(seconds=5)
+    add_job(app, "before", first)
+    turn_until(app, worker, threads, first + timedelta(seconds=1))
+    assert threads.started()["before"] == first
+    # The wall clock is set back a minute; the monotonic clock goes on.
+    resumed = worker.monotonic()
+    app.clock.advance(-60)
+    base = app.clock()
+    worker._monotonic = lambda: resumed + (app.clock() - base).total_seconds()
+    due = app.clock() + timedelta(seconds=5)
+    add_job(app, "after", due)
+
+    turn_until(app, worker, threads, due + timedelta(seconds=1))
+
+    assert threads.started()["after"] == due

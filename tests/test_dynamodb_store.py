@@ -24,6 +24,8 @@ from pyramid_pyncette.jobs import Job, Outcome, RunRecord, partition_of
 from pyramid_pyncette.repository import create_repository
 from pyramid_pyncette.repository.dynamodb import (
     DUE_INDEX,
+    PARTITION_DUE_INDEX,
+    PAUSED_SKIPS,
     DynamoDBRepository,
     DynamoDBSetupError,
     parse_dynamodb_url,
@@ -218,6 +220,36 @@ def test_a_table_of_another_layout_is_refused(make_store, dynamodb_server):
     assert "not a job table of this store" in store.describe_setup_error(raised.value)
 
 
+def test_a_table_without_the_index_of_due_times_per_partition_is_refused(make_store):
+    table = _table()
+    store = make_store(table, setup=False)
+    store.boto_client.create_table(
+        TableName=table,
+        AttributeDefinitions=[
+            {"AttributeName": name, "AttributeType": kind}
+            for name, kind in (("pk", "S"), ("sk", "S"), ("dq", "S"), ("due", "N"))
+        ],
+        KeySchema=[
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": DUE_INDEX,
+                "KeySchema": [
+                    {"AttributeName": "dq", "KeyType": "HASH"},
+                    {"AttributeName": "due", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    with pytest.raises(DynamoDBSetupError) as raised:
+        store.setup()
+    assert PARTITION_DUE_INDEX in store.describe_setup_error(raised.value)
+
+
 def test_an_unknown_region_is_a_setup_error_without_a_request():
     store = DynamoDBRepository("dynamodb://mars-north-7/jobs")
     try:
@@ -383,6 +415,77 @@ def test_a_store_used_after_a_fork_makes_its_query_threads_again(make_store, mon
     assert store.next_due() == NOW
     assert store._query_pool is not before
     assert [lease.job.id for lease in store.claim(NOW, 10, "tok", 60)] == ["after-fork"]
+
+
+def _indexes_queried(store):
+    """Record the index each Query of ``store`` reads (None: the table)."""
+    indexes = []
+    query = store.boto_client.query
+
+    def recorded(**request):
+        indexes.append(request.get("IndexName"))
+        return query(**request)
+
+    store.boto_client.query = recorded
+    return indexes
+
+
+def test_a_poll_over_every_queue_costs_one_query_per_partition_however_many_queues(
+    make_store,
+):
+    store = make_store()
+    store.add([_job(f"q{i}-job", due=NOW + timedelta(hours=1), queue=f"q{i}") for i in range(20)])
+    store.add([_job("due-now", queue="q7")])
+    indexes = _indexes_queried(store)
+
+    assert store.next_due() == NOW
+    assert [lease.job.id for lease in store.claim(NOW, 10, "tok", 60)] == ["due-now"]
+
+    assert indexes.count(PARTITION_DUE_INDEX) == 2 * store.partitions
+    assert DUE_INDEX not in indexes
+
+
+def test_a_claim_of_named_queues_reads_those_queues_indexes_only(make_store):
+    store = make_store()
+    store.add([_job("mail", queue="emails"), _job("plain")])
+    indexes = _indexes_queried(store)
+
+    leases = store.claim(NOW, 10, "tok", 60, frozenset({"emails"}))
+
+    assert [lease.job.id for lease in leases] == ["mail"]
+    assert indexes.count(DUE_INDEX) == store.partitions
+    assert PARTITION_DUE_INDEX not in indexes
+
+
+def test_a_long_paused_backlog_does_not_hide_the_due_jobs_of_other_queues(make_store):
+    store = make_store(partitions=1)
+    backlog = [_job(f"held-{i:03d}", queue="held") for i in range(PAUSED_SKIPS + 10)]
+    store.add([*backlog, _job("later", due=NOW + timedelta(seconds=1))])
+    store.set_queue_paused("held", True)
+    indexes = _indexes_queried(store)
+
+    # The paused queue's jobs come first in the partition's index; past a page of them
+    # the store reads each unpaused queue's own index instead of the whole backlog.
+    assert store.next_due() == NOW + timedelta(seconds=1)
+    leases = store.claim(NOW + timedelta(seconds=1), 10, "tok", 60)
+
+    assert [lease.job.id for lease in leases] == ["later"]
+    assert store.get("held-000").locked_by is None
+    assert indexes.count(DUE_INDEX) == 2  # the default queue's index, once per call
+
+
+def test_a_short_paused_backlog_is_passed_over_in_the_partition_index(make_store):
+    store = make_store(partitions=1)
+    store.add([_job("held-1", queue="held"), _job("held-2", queue="held")])
+    store.add([_job("runs", due=NOW + timedelta(seconds=1))])
+    store.set_queue_paused("held", True)
+    indexes = _indexes_queried(store)
+
+    assert store.next_due() == NOW + timedelta(seconds=1)
+    leases = store.claim(NOW + timedelta(seconds=1), 10, "tok", 60)
+
+    assert [lease.job.id for lease in leases] == ["runs"]
+    assert DUE_INDEX not in indexes
 
 
 def test_a_claim_that_read_a_stale_index_entry_takes_nothing(make_store):

@@ -14,7 +14,10 @@ One table, with a string partition key ``pk`` and a string sort key ``sk``:
     every write, which conditional writes compare. A job with a due time
     also has ``dq = "<p>#<queue>"`` and ``due`` (its due time): the keys of
     the global secondary index ``due``, so "what is due in a queue" is one
-    Query per partition, in due order. An attribute that is None is absent.
+    Query per partition, in due order; and ``pk`` with ``due`` are the keys
+    of the index ``partition-due``, so "what is due in any queue" is one
+    Query per partition too, however many queues there are. An attribute
+    that is None is absent.
 ``pk = "queue", sk = <queue name>``
     A queue that ever held a job or was paused; ``paused`` says whether it is.
 ``pk = "run#<p>", sk = <time written>-<random>``
@@ -24,9 +27,12 @@ One table, with a string partition key ``pk`` and a string sort key ``sk``:
 ``pk = "meta", sk = "partitions"``
     The partition count the table was set up with (``count``).
 
-A claim queries the index of every partition's queue for due jobs (a small
-page each, more only as needed) and merges them into one due order (ties
-by id), so no partition starves; it takes each job with a write
+A claim queries the index of every partition (a claim over every queue;
+passing over the jobs of paused queues, or reading each unpaused queue's
+index when a paused backlog is long) or of every partition's queue (a
+claim of named queues) for due jobs, a small page each, more only as
+needed, and merges them into one due order (ties by id), so no partition
+starves; it takes each job with a write
 conditioned on the version it read: two daemons never take the same job,
 and a stale index entry (the index is read eventually consistently) is
 skipped. Completions, heartbeats and releases are conditioned on the lease
@@ -96,8 +102,18 @@ _MICROSECOND = timedelta(microseconds=1)
 #: The partition count of a new table when ``pyncette.partitions`` is not set.
 DEFAULT_DYNAMODB_PARTITIONS = 16
 
-#: The name of the global secondary index on due times.
+#: The name of the global secondary index on due times per partition and queue.
 DUE_INDEX = "due"
+
+#: The name of the global secondary index on due times per partition (every queue).
+PARTITION_DUE_INDEX = "partition-due"
+
+#: Jobs of paused queues a claim over every queue may pass over in the partition
+#: index before it reads the index of each unpaused queue instead.
+PAUSED_SKIPS = 64
+
+#: Index entries a next-due read looks at per partition for one of an unpaused queue.
+HEAD_PAGE = 8
 
 #: Seconds a new table may take to become ACTIVE.
 TABLE_READY_TIMEOUT = 300.0
@@ -271,6 +287,19 @@ _JOB_FIELDS = (
     "last_error",
     "job",
 )
+
+
+def _due_order(item: Mapping[str, Any]) -> tuple[Decimal, str]:
+    """The order claims take index entries in: due time, then job id."""
+    return Decimal(item["due"]["N"]), item["sk"]["S"]
+
+
+def _queue_of(item: Mapping[str, Any]) -> str:
+    """The queue an item names (the default queue when it names none readable)."""
+    queue = item.get("queue")
+    if isinstance(queue, Mapping) and isinstance(queue.get("S"), str):
+        return str(queue["S"])
+    return DEFAULT_QUEUE
 
 
 def _decode_item(item: Mapping[str, Any]) -> Job:
@@ -477,6 +506,7 @@ class DynamoDBRepository(Repository):
         #: again in a forked process), and the process they belong to.
         self._query_pool: ThreadPoolExecutor | None = None
         self._query_pool_pid = 0
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"<DynamoDBRepository {self.redacted_url}>"
@@ -533,11 +563,18 @@ class DynamoDBRepository(Repository):
                 raise
             keys = {key["AttributeName"]: key["KeyType"] for key in table.get("KeySchema", [])}
             indexes = {index["IndexName"] for index in table.get("GlobalSecondaryIndexes", [])}
-            if keys != {"pk": "HASH", "sk": "RANGE"} or DUE_INDEX not in indexes:
+            if (
+                keys != {"pk": "HASH", "sk": "RANGE"}
+                or not {
+                    DUE_INDEX,
+                    PARTITION_DUE_INDEX,
+                }
+                <= indexes
+            ):
                 raise DynamoDBSetupError(
                     f"the table {self.table!r} is not a job table of this store (it needs the "
-                    f"keys pk and sk and the index {DUE_INDEX!r}); name another table in "
-                    "pyncette.url"
+                    f"keys pk and sk and the indexes {DUE_INDEX!r} and "
+                    f"{PARTITION_DUE_INDEX!r}); name another table in pyncette.url"
                 )
             statuses = {table.get("TableStatus")}
             statuses.update(i.get("IndexStatus") for i in table.get("GlobalSecondaryIndexes", []))
@@ -569,7 +606,15 @@ class DynamoDBRepository(Repository):
                             {"AttributeName": "due", "KeyType": "RANGE"},
                         ],
                         "Projection": {"ProjectionType": "ALL"},
-                    }
+                    },
+                    {
+                        "IndexName": PARTITION_DUE_INDEX,
+                        "KeySchema": [
+                            {"AttributeName": "pk", "KeyType": "HASH"},
+                            {"AttributeName": "due", "KeyType": "RANGE"},
+                        ],
+                        "Projection": {"ProjectionType": "ALL"},
+                    },
                 ],
                 BillingMode="PAY_PER_REQUEST",
             )
@@ -615,6 +660,7 @@ class DynamoDBRepository(Repository):
 
     def close(self) -> None:
         with self._setup_lock:
+            self._closed = True
             pool, self._query_pool = self._query_pool, None
         if pool is not None:
             pool.shutdown(wait=True)
@@ -695,15 +741,23 @@ class DynamoDBRepository(Repository):
             return [self._query(**request) for request in requests]
         with self._setup_lock:
             pool = self._query_pool
-            if pool is None or self._query_pool_pid != os.getpid():
+            if self._closed:
+                pool = None
+            elif pool is None or self._query_pool_pid != os.getpid():
                 # A pool made before a fork has no threads in the child.
                 pool = self._query_pool = ThreadPoolExecutor(
                     _QUERY_THREADS, thread_name_prefix="pyncette-dynamodb"
                 )
                 self._query_pool_pid = os.getpid()
-        firsts = [
-            pool.submit(self._client.query, TableName=self.table, **request) for request in requests
-        ]
+        if pool is None:  # closed: one after the other, no threads left behind
+            return [self._query(**request) for request in requests]
+        try:
+            firsts = [
+                pool.submit(self._client.query, TableName=self.table, **request)
+                for request in requests
+            ]
+        except RuntimeError:  # closed meanwhile: one after the other
+            return [self._query(**request) for request in requests]
         return [self._rest(request, first) for request, first in zip(requests, firsts, strict=True)]
 
     def _rest(self, request: dict[str, Any], first: Future[Any]) -> Iterator[Any]:
@@ -1018,6 +1072,31 @@ class DynamoDBRepository(Repository):
         paused = {name for name, is_paused in table.items() if is_paused}
         names = ({DEFAULT_QUEUE, *table} if listed is None else listed) - paused
         chunk = limit // self.partitions + 2
+        leases: list[Lease] = []
+        if listed is None:
+            # Every queue: one Query per partition, whatever the number of queues.
+            streams = self._queries(
+                [
+                    self._partition_due(partition, _micros(until), chunk)
+                    for partition in range(self.partitions)
+                ]
+            )
+            skipped = 0
+            for item in heapq.merge(*streams, key=_due_order):
+                if _queue_of(item) in paused:
+                    skipped += 1
+                    if skipped > PAUSED_SKIPS:
+                        break  # a long paused backlog: read each unpaused queue's index
+                    continue
+                lease = self._take(item, now, until, token, default_lease)
+                if lease is not None:
+                    leases.append(lease)
+                    if len(leases) >= limit:
+                        return leases
+            else:
+                return leases
+        # Named queues (or a long paused backlog): one Query per partition and queue. A
+        # job this claim already took has a new version: its write would not apply.
         streams = self._queries(
             [
                 self._due(f"{partition}#{queue}", _micros(until), chunk)
@@ -1025,17 +1104,24 @@ class DynamoDBRepository(Repository):
                 for queue in sorted(names)
             ]
         )
-        merged = heapq.merge(
-            *streams, key=lambda item: (Decimal(item["due"]["N"]), item["sk"]["S"])
-        )
-        leases: list[Lease] = []
-        for item in merged:
+        for item in heapq.merge(*streams, key=_due_order):
             lease = self._take(item, now, until, token, default_lease)
             if lease is not None:
                 leases.append(lease)
                 if len(leases) >= limit:
                     break
         return leases
+
+    def _partition_due(self, partition: int, now_us: int, chunk: int) -> dict[str, Any]:
+        """The Query of partition ``partition``'s jobs due at ``now_us`` in any queue, in
+        due order, ``chunk`` a page (see :meth:`_queries`)."""
+        return {
+            "IndexName": PARTITION_DUE_INDEX,
+            "KeyConditionExpression": "pk = :pk AND #due <= :now",
+            "ExpressionAttributeNames": {"#due": "due"},
+            "ExpressionAttributeValues": {":pk": _s(f"job#{partition}"), ":now": _n(now_us)},
+            "Limit": chunk,
+        }
 
     def _due(self, key: str, now_us: int, chunk: int) -> dict[str, Any]:
         """The Query of the items of the index key ``key`` (a partition's queue) due at
@@ -1054,6 +1140,8 @@ class DynamoDBRepository(Repository):
         """Apply the claim plan of ``item`` if it is still the version read; its lease."""
         job = _decode_item(item)
         at = claimed_at(job.due_at, now, until)
+        if at > now and job.locked_by is not None:
+            return None  # a lease that ends within the lead: its holder may still renew it
         plan = plan_claim(job, at, token, default_lease, checked=True)
         key = {"pk": item["pk"], "sk": item["sk"]}
         version = item.get("ver", {"S": ""})
@@ -1197,7 +1285,7 @@ class DynamoDBRepository(Repository):
                 continue
             job = lease.job
             update = _Update()
-            self._due_update(update, job.id, job.queue, lease.scheduled_at)
+            self._due_update(update, job.id, job.queue, lease.attempt_due_at)
             attempts = job.attempts if isinstance(job.attempts, int) else 1
             update.set("attempts", _n(max(attempts - 1, 0)))
             update.set("locked_by", None).set("ver", _version())
@@ -1205,12 +1293,44 @@ class DynamoDBRepository(Repository):
             self._conditional("update_item", **self._request(update, job.id, condition))
 
     def next_due(self, queues: frozenset[str] | None = None) -> datetime | None:
-        """The earliest due time: the head of the index of every partition's queue."""
+        """The earliest due time: the head of every partition's index (past the jobs of
+        paused queues), or of the index of every partition's queue for named queues."""
         listed = None if queues is None else {_check_queue(name) for name in queues}
         table = self._queues()
         paused = {name for name, is_paused in table.items() if is_paused}
         names = ({DEFAULT_QUEUE, *table} if listed is None else listed) - paused
-        heads = self._queries(
+        if listed is None:
+            # Every queue: the head of each partition's index, past any paused queue's jobs.
+            pages = self._queries(
+                [
+                    {
+                        "IndexName": PARTITION_DUE_INDEX,
+                        "KeyConditionExpression": "pk = :pk",
+                        "ExpressionAttributeValues": {":pk": _s(f"job#{partition}")},
+                        "ProjectionExpression": "#due, #queue",
+                        "ExpressionAttributeNames": {"#due": "due", "#queue": "queue"},
+                        "Limit": HEAD_PAGE,
+                    }
+                    for partition in range(self.partitions)
+                ]
+            )
+            heads: builtins.list[Any] = []
+            fallback = []
+            for partition, page in enumerate(pages):
+                head = None
+                for seen, item in enumerate(page):
+                    if _queue_of(item) not in paused:
+                        head = item
+                        break
+                    if seen + 1 >= HEAD_PAGE:
+                        break
+                if head is not None:
+                    heads.append(iter([head]))
+                elif next(page, None) is not None:
+                    fallback.append(partition)  # a long paused backlog: each queue's head
+        else:
+            heads, fallback = [], list(range(self.partitions))
+        heads += self._queries(
             [
                 {
                     "IndexName": DUE_INDEX,
@@ -1220,7 +1340,7 @@ class DynamoDBRepository(Repository):
                     "ExpressionAttributeNames": {"#due": "due"},
                     "Limit": 1,
                 }
-                for partition in range(self.partitions)
+                for partition in fallback
                 for queue in sorted(names)
             ]
         )

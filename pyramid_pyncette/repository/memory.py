@@ -138,6 +138,8 @@ class MemoryRepository(Repository):
         queues: frozenset[str] | None = None,
     ) -> builtins.list[Lease]:
         leases: list[Lease] = []
+        # Leased jobs whose lease ends within the lead: their holder may still renew.
+        held: list[tuple[list[Any], Any]] = []
         with self._lock:
             heads = self._heads(queues)
             while heads and len(leases) < limit:
@@ -153,12 +155,17 @@ class MemoryRepository(Repository):
                 if not self._is_current(queue, due_at, job_id):
                     continue
                 at = claimed_at(due_at, now, until)
+                if at > now and self._jobs[job_id].locked_by is not None:
+                    held.append((heap, (due_at, job_id)))
+                    continue
                 plan = plan_claim(self._jobs[job_id], at, token, default_lease)
                 if plan.action == "delete":
                     del self._jobs[job_id]
                 else:
                     self._store(plan.job)
                 leases.append(plan.lease)
+            for heap, entry in held:
+                heapq.heappush(heap, entry)
         return leases
 
     def complete(self, outcomes: Sequence[Outcome], runs: Sequence[RunRecord] = ()) -> None:
@@ -201,7 +208,7 @@ class MemoryRepository(Repository):
                 self._store(
                     job.replace(
                         locked_by=None,
-                        due_at=lease.scheduled_at,
+                        due_at=lease.attempt_due_at,
                         attempts=max(job.attempts - 1, 0),
                     )
                 )

@@ -2039,7 +2039,7 @@ class RedisRepository(Repository):
                 "o": "release",
                 "id": lease.job.id,
                 "token": lease.token,
-                "due": _encode_time(lease.scheduled_at),
+                "due": _encode_time(lease.attempt_due_at),
             }
             for lease in leases
             if lease.token is not None

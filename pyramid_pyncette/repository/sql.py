@@ -2293,7 +2293,7 @@ SELECT id FROM gone UNION ALL SELECT id FROM moved
             {
                 "b_id": lease.job.id,
                 "b_token": lease.token,
-                "due_at": lease.scheduled_at,
+                "due_at": lease.attempt_due_at,
                 "attempts": max(lease.job.attempts - 1, 0),
             }
             for lease in leases
