@@ -719,6 +719,10 @@ class Scheduler:
         code: a daemon running that code removes the job when it starts.
         A job that only shares its id with a periodic task (it runs another
         task) is cancelled as usual.
+
+        On a store whose daemons claim ahead of due times (DynamoDB), a run
+        due within a daemon's claim lead (under a second) may already be
+        claimed: it is then in progress, and runs at its due time.
         """
         job_id = check_job_id(job_id)
         task = self.tasks.get(job_id)
