@@ -391,6 +391,23 @@ def test_released_leases_are_due_again_with_attempts_restored(app):
     assert sorted((call.job_id, call.attempt) for call in app.calls) == [(i, 1) for i in ids]
 
 
+def test_a_released_retry_is_due_again_at_its_retry_time(app):
+    app.scheduler.add_date_job("fail", app.start, job_id="retried", max_retries=3, retry_backoff=30)
+    (first,) = app.repository.claim(app.start, 10, "first", 60)
+    app.repository.complete([Outcome(first, False, app.start, error="boom")])
+    retry_at = app.scheduler.get_job("retried").due_at
+    assert retry_at > app.start
+    (retry,) = app.repository.claim(retry_at, 10, "stopping", 60)
+    assert retry.scheduled_at == app.start  # the run's own time, not the retry's
+
+    app.repository.release([retry])
+
+    stored = app.scheduler.get_job("retried")
+    assert stored.due_at == retry_at
+    assert stored.attempts == 1
+    assert app.repository.claim(retry_at - seconds(1), 10, "early", 60) == []
+
+
 def test_release_with_a_foreign_token_changes_nothing(app):
     add_due_jobs(app, 1)
     (lease,) = app.repository.claim(app.start, 10, "owner", 60)

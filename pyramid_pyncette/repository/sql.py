@@ -1871,7 +1871,7 @@ WITH clock AS MATERIALIZED (
 ), due AS (
     -- A scalar subquery, so that the time bounds an index range scan (on
     -- (queue, due_at) when the queues are given).
-    SELECT j.id FROM {table} AS j
+    SELECT j.id, j.due_at FROM {table} AS j
     WHERE j.due_at <= (SELECT now FROM clock) AND j.id <> ALL(%(done_ids)s::text[])
         {served_only}
         AND j.queue NOT IN (SELECT q.name FROM {queues} AS q WHERE q.paused)
@@ -1886,7 +1886,7 @@ SET locked_by = %(token)s,
     due_at = clock.now + %(lease_us)s * interval '1 microsecond'
 FROM clock
 WHERE j.id = ANY(ARRAY(SELECT id FROM due))
-RETURNING clock.now, {columns}
+RETURNING clock.now, {columns}, (SELECT d.due_at FROM due AS d WHERE d.id = j.id)
 """
 
     def _claim_postgresql(
@@ -1938,12 +1938,14 @@ RETURNING clock.now, {columns}
         rewrites = []
         for row in rows:
             now = utc(row[0])
-            values = list(row)
+            values = list(row[: 1 + len(COLUMNS)])
             # The row as it was before the statement, for plan_claim: one
-            # attempt less, due at the scheduled time the statement kept.
+            # attempt less, due when it was (a retry's time; the scheduled time
+            # when the rows were read again).
             if type(values[_ATTEMPTS]) is int:
                 values[_ATTEMPTS] -= 1
-            values[_DUE_AT] = values[_NEXT_RUN_AT]
+            was_due = row[1 + len(COLUMNS)] if len(row) > 1 + len(COLUMNS) else None
+            values[_DUE_AT] = values[_NEXT_RUN_AT] if was_due is None else was_due
             before = _job_from_columns(tuple(values[1:]), raw=True)
             plan = plan_claim(before, now, token, default_lease, checked=True)
             leases.append(plan.lease)
