@@ -64,6 +64,14 @@ REDIS_CLUSTER_SUPPORTED = store_supported("redis+cluster://127.0.0.1:1")
 if REDIS_CLUSTER_SUPPORTED:
     PERSISTENT_STORES.append(REDIS_CLUSTER)
 
+#: The test id of the DynamoDB store, on the session's moto server (:mod:`tests.moto_server`).
+#: Always listed, as in ``conftest.STORES``: without moto's server its fixture skips the
+#: tests naming the install, or fails them under ``--require-backends``. The server takes
+#: one request at a time, so the suites give it fewer jobs than the other stores (their
+#: ``*_JOBS_OF`` maps).
+DYNAMODB = "dynamodb"
+PERSISTENT_STORES.append(DYNAMODB)
+
 
 def write_ini(tmp_path: Path, url: str, include: bool = True, extra: str = "") -> tuple[str, str]:
     """Write ``app.ini`` for :mod:`tests.procapp` on the store ``url``: ``(ini, records folder)``.
@@ -199,7 +207,7 @@ def persistent_store(request: pytest.FixtureRequest, tmp_path: Path, kind: str) 
         return cluster.url, f"pyncette.redis_namespace = p{uuid.uuid4().hex[:8]}"
     if kind == "sqlite":
         return f"sqlite:///{tmp_path}/jobs.sqlite", ""
-    if kind == "dynamodb":  # a table of its own in the session's moto server
+    if kind == DYNAMODB:  # a table of its own in the session's moto server
         return request.getfixturevalue("dynamodb_server").url(f"p{uuid.uuid4().hex[:8]}"), ""
     server = request.getfixturevalue(f"{kind}_server")
     server.start()
