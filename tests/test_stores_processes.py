@@ -80,13 +80,13 @@ def test_daemons_share_the_work_without_duplicates_or_losses(tmp_path, store, da
     runs = _runs(records)
     counts = Counter(job_id for job_id, _, _ in runs)
     duplicates = {job_id: n for job_id, n in counts.items() if n > 1}
+    by_process = Counter(pid for _, _, pid in runs)
     print(
         f"{kind}, {daemons} daemons: {len(runs)} runs in {drained:.1f}s, "
-        f"{len(duplicates)} duplicates"
+        f"{len(duplicates)} duplicates, per daemon {sorted(by_process.values())}"
     )
     assert duplicates == {}
     assert set(counts) == expected
-    by_process = Counter(pid for _, _, pid in runs)
     assert len(by_process) == daemons, f"some daemon did no work: {dict(by_process)} {errors}"
     assert list(registry.scheduler.iter_jobs()) == []
 
