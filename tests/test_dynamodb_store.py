@@ -504,6 +504,30 @@ def test_a_claim_that_read_a_stale_index_entry_takes_nothing(make_store):
     assert one.get("contested").locked_by == "other"
 
 
+def test_a_claim_that_loses_a_race_goes_ahead_of_the_claimer_that_won_it(make_store, monkeypatch):
+    """The other claimer, one step ahead in the same order, takes each next entry
+    just before this claim tries it: walking on behind it, the claim would lose
+    every race; passing over the entries it is taking, the claim gets jobs."""
+    table = _table()
+    one, other = make_store(table), make_store(table)
+    ids = [f"convoy-{n:02d}" for n in range(40)]
+    one.add([_job(job_id) for job_id in ids])
+    attempt = one._attempt
+    taken_by_other = []
+
+    def one_step_behind(item, *args):
+        taken_by_other.extend(lease.job.id for lease in other.claim(NOW, 1, "other", 60))
+        return attempt(item, *args)
+
+    monkeypatch.setattr(one, "_attempt", one_step_behind)
+    mine = [lease.job.id for lease in one.claim(NOW, 5, "one", 60)]
+
+    assert len(mine) == 5
+    assert not set(mine) & set(taken_by_other)
+    assert {one.get(job_id).locked_by for job_id in mine} == {"one"}
+    assert {one.get(job_id).locked_by for job_id in taken_by_other} == {"other"}
+
+
 def test_two_claimers_in_threads_never_take_the_same_job(make_store):
     table = _table()
     stores = [make_store(table), make_store(table)]

@@ -1052,6 +1052,14 @@ class DynamoDBRepository(Repository):
         conditioned on the version read, so a job another daemon took (or a
         stale index entry) is skipped for the next one. As the order is
         global, no partition starves.
+
+        Every claimer goes in this order, so one whose write came just after
+        another's would, trying the next entry and the next, arrive each time
+        just after that claimer took it too, and take nothing until the index
+        ran dry. A claim that loses a race therefore passes over the next
+        entry, and over twice as many at each further loss in a row (at most
+        ``limit``), leaving them to later claims: it gets ahead of the claimer
+        it trailed, while a claim that loses once leaves one job behind.
         """
         return self.claim_ahead(now, now, limit, token, default_lease, queues)
 
@@ -1081,19 +1089,22 @@ class DynamoDBRepository(Repository):
                     for partition in range(self.partitions)
                 ]
             )
-            skipped = 0
-            for item in heapq.merge(*streams, key=_due_order):
-                if _queue_of(item) in paused:
+            crowded: list[bool] = []
+
+            def unpaused(items: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+                skipped = 0
+                for item in items:
+                    if _queue_of(item) not in paused:
+                        yield item
+                        continue
                     skipped += 1
                     if skipped > PAUSED_SKIPS:
-                        break  # a long paused backlog: read each unpaused queue's index
-                    continue
-                lease = self._take(item, now, until, token, default_lease)
-                if lease is not None:
-                    leases.append(lease)
-                    if len(leases) >= limit:
-                        return leases
-            else:
+                        crowded.append(True)  # a long paused backlog: read each unpaused
+                        return  # queue's index
+
+            merged = unpaused(heapq.merge(*streams, key=_due_order))
+            self._take_in_order(merged, now, until, token, default_lease, limit, leases)
+            if len(leases) >= limit or not crowded:
                 return leases
         # Named queues (or a long paused backlog): one Query per partition and queue. A
         # job this claim already took has a new version: its write would not apply.
@@ -1104,13 +1115,40 @@ class DynamoDBRepository(Repository):
                 for queue in sorted(names)
             ]
         )
-        for item in heapq.merge(*streams, key=_due_order):
-            lease = self._take(item, now, until, token, default_lease)
+        merged = heapq.merge(*streams, key=_due_order)
+        self._take_in_order(merged, now, until, token, default_lease, limit, leases)
+        return leases
+
+    def _take_in_order(
+        self,
+        items: Iterable[dict[str, Any]],
+        now: datetime,
+        until: datetime,
+        token: str,
+        default_lease: float,
+        limit: int,
+        leases: builtins.list[Lease],
+    ) -> None:
+        """Take ``items`` (index entries in due order) into ``leases`` until it holds
+        ``limit``; after a lost race, pass over the next entries (see :meth:`claim`)."""
+        taken = {lease.job.id for lease in leases}  # by an earlier read of this claim
+        passing = lost = 0
+        for item in items:
+            if item["sk"]["S"] in taken:
+                continue
+            if passing:
+                passing -= 1
+                continue
+            current, lease = self._attempt(item, now, until, token, default_lease)
+            if not current:  # another claimer is taking these: go ahead of it
+                lost += 1
+                passing = min(2 ** (lost - 1), limit)
+                continue
+            lost = 0
             if lease is not None:
                 leases.append(lease)
                 if len(leases) >= limit:
-                    break
-        return leases
+                    return
 
     def _partition_due(self, partition: int, now_us: int, chunk: int) -> dict[str, Any]:
         """The Query of partition ``partition``'s jobs due at ``now_us`` in any queue, in
@@ -1138,10 +1176,17 @@ class DynamoDBRepository(Repository):
         self, item: dict[str, Any], now: datetime, until: datetime, token: str, default_lease: float
     ) -> Lease | None:
         """Apply the claim plan of ``item`` if it is still the version read; its lease."""
+        return self._attempt(item, now, until, token, default_lease)[1]
+
+    def _attempt(
+        self, item: dict[str, Any], now: datetime, until: datetime, token: str, default_lease: float
+    ) -> tuple[bool, Lease | None]:
+        """:meth:`_take` ``item``: ``(whether it was still the version read, the lease)``;
+        not so when another claimer changed it (took it) after the index was read."""
         job = _decode_item(item)
         at = claimed_at(job.due_at, now, until)
         if at > now and job.locked_by is not None:
-            return None  # a lease that ends within the lead: its holder may still renew it
+            return True, None  # a lease that ends within the lead: its holder may renew it
         plan = plan_claim(job, at, token, default_lease, checked=True)
         key = {"pk": item["pk"], "sk": item["sk"]}
         version = item.get("ver", {"S": ""})
@@ -1152,7 +1197,7 @@ class DynamoDBRepository(Repository):
                 ConditionExpression="ver = :ver",
                 ExpressionAttributeValues={":ver": version},
             )
-            return None if done is None else plan.lease
+            return (False, None) if done is None else (True, plan.lease)
         claimed = plan.job
         update = _Update()
         attr = _time_attr(claimed.due_at)
@@ -1167,7 +1212,7 @@ class DynamoDBRepository(Repository):
         request = update.request(self.table, key, condition)
         del request["TableName"]
         done = self._conditional("update_item", **request)
-        return None if done is None else plan.lease
+        return (False, None) if done is None else (True, plan.lease)
 
     # -- completions ----------------------------------------------------------------
 
