@@ -125,6 +125,25 @@ def turn_until(app, worker, threads, end):
     return turns
 
 
+def ahead(app, threads=None):
+    """``(worker, threads)``: a worker of ``app`` whose claims take :data:`CLAIM_TAKES`
+    and which has timed one already (so it knows its lead)."""
+    asked = slow_claims(app)
+    worker = worker_of(app)
+    worker._claim_times.append(CLAIM_TAKES)
+    return worker, (threads or TimedThreads)(worker), asked
+
+
+def turn_until_claimed(app, worker, threads, due):
+    """Turn the loop until it holds a run (claimed ahead), never reaching ``due``."""
+    while True:
+        timeout = worker._cycle(threads)
+        if worker._running:
+            return
+        app.clock.advance(max(timeout, 0.001))
+        assert app.clock() < due
+
+
 def add_job(app, job_id, at):
     return app.scheduler.add_date_job("record", at, job_id=job_id)
 
@@ -165,21 +184,12 @@ def test_a_store_that_does_not_claim_ahead_starts_the_job_a_claim_late(make_app)
 
 def test_a_run_claimed_ahead_waits_for_its_due_time_holding_its_lease(make_app):
     app = make_app()
-    slow_claims(app)
-    worker = worker_of(app)
-    threads = TimedThreads(worker)
-    worker._claim_times.append(CLAIM_TAKES)  # as if it had claimed before
+    worker, threads, _ = ahead(app)
     due = app.clock() + timedelta(seconds=5)
     add_job(app, "held", due)
     lead = worker._claim_lead()
 
-    # Turn the loop until the claim ahead has taken the job.
-    while True:
-        timeout = worker._cycle(threads)
-        if "held" in {running.lease.job.id for running in worker._running.values()}:
-            break
-        app.clock.advance(max(timeout, 0.001))
-        assert app.clock() < due
+    turn_until_claimed(app, worker, threads, due)
 
     assert due - app.clock() <= timedelta(seconds=lead)
     # Handed to a thread that starts it at its due time, not before.
@@ -190,10 +200,7 @@ def test_a_run_claimed_ahead_waits_for_its_due_time_holding_its_lease(make_app):
 
 def test_a_claim_ahead_that_finds_nothing_waits_for_the_due_time_without_spinning(make_app):
     app = make_app()
-    asked = slow_claims(app)
-    worker = worker_of(app)
-    threads = TimedThreads(worker)
-    worker._claim_times.append(CLAIM_TAKES)  # as if it had claimed before
+    worker, threads, asked = ahead(app)
     due = app.clock() + timedelta(seconds=5)
     add_job(app, "taken", due)
     # The worker learns the due time and sleeps until the lead before it; meanwhile
@@ -215,18 +222,10 @@ def test_a_claim_ahead_that_finds_nothing_waits_for_the_due_time_without_spinnin
 
 def test_a_stopping_worker_gives_back_runs_claimed_ahead(make_app):
     app = make_app()
-    slow_claims(app)
-    worker = worker_of(app)
-    threads = TimedThreads(worker)
-    worker._claim_times.append(CLAIM_TAKES)  # as if it had claimed before
+    worker, threads, _ = ahead(app)
     due = app.clock() + timedelta(seconds=5)
     add_job(app, "given-back", due)
-    while True:
-        timeout = worker._cycle(threads)
-        if worker._running:
-            break
-        app.clock.advance(max(timeout, 0.001))
-        assert app.clock() < due
+    turn_until_claimed(app, worker, threads, due)
 
     worker._stopping.set()
     worker._shutdown(threads)
@@ -270,10 +269,7 @@ def test_the_wait_for_the_next_due_time_leaves_out_the_time_the_store_took_to_an
 
 def test_jobs_due_close_together_are_each_started_at_their_due_time(make_app):
     app = make_app()
-    slow_claims(app)
-    worker = worker_of(app)
-    threads = TimedThreads(worker)
-    worker._claim_times.append(CLAIM_TAKES)
+    worker, threads, _ = ahead(app)
     first = app.clock() + timedelta(seconds=5)
     # Closer together than a claim takes: one claim ahead cannot wait for each.
     due = {f"close-{i}": first + timedelta(seconds=0.02 * i) for i in range(8)}
@@ -287,10 +283,7 @@ def test_jobs_due_close_together_are_each_started_at_their_due_time(make_app):
 
 def test_a_job_claimed_ahead_is_not_a_misfire_however_short_its_grace_time(make_app):
     app = make_app()
-    slow_claims(app)
-    worker = worker_of(app)
-    threads = TimedThreads(worker)
-    worker._claim_times.append(CLAIM_TAKES)
+    worker, threads, _ = ahead(app)
     due = app.clock() + timedelta(seconds=5)
     # A grace time shorter than the claim lead: claimed ahead, it is still on time.
     app.scheduler.add_date_job("record", due, job_id="punctual", misfire_grace_time=0.01)
@@ -370,10 +363,7 @@ def test_a_run_claimed_ahead_never_starts_early_when_the_loop_is_slow_to_read_th
     make_app,
 ):
     app = make_app()
-    slow_claims(app)
-    worker = worker_of(app)
-    threads = TimedThreads(worker)
-    worker._claim_times.append(CLAIM_TAKES)
+    worker, threads, _ = ahead(app)
     due = app.clock() + timedelta(seconds=5)
     add_job(app, "never-early", due)
     # Every read of the wall clock comes 30 ms after the loop asked (a busy host).
@@ -453,19 +443,10 @@ class RunningThreads(TimedThreads):
 
 def test_an_at_most_once_run_claimed_ahead_runs_before_the_worker_stops(make_app):
     app = make_app()
-    slow_claims(app)
-    worker = worker_of(app)
-    threads = TimedThreads(worker)
-    worker._claim_times.append(CLAIM_TAKES)
+    worker, threads, _ = ahead(app, RunningThreads)
     due = app.clock() + timedelta(seconds=5)
     app.scheduler.add_date_job("record", due, job_id="once", execution_mode="at_most_once")
-    threads = RunningThreads(worker)
-    while True:
-        timeout = worker._cycle(threads)
-        if worker._running:
-            break
-        app.clock.advance(max(timeout, 0.001))
-        assert app.clock() < due
+    turn_until_claimed(app, worker, threads, due)
     # The claim already deleted the one-off job: giving the run back would lose it.
     assert app.scheduler.get_job("once") is None
 
@@ -479,10 +460,7 @@ def test_an_at_most_once_run_claimed_ahead_runs_before_the_worker_stops(make_app
 
 def test_the_claim_lead_holds_after_the_wall_clock_steps_back(make_app):
     app = make_app()
-    slow_claims(app)
-    worker = worker_of(app)
-    threads = TimedThreads(worker)
-    worker._claim_times.append(CLAIM_TAKES)
+    worker, threads, _ = ahead(app)
     first = app.clock() + timedelta(seconds=5)
     add_job(app, "before", first)
     turn_until(app, worker, threads, first + timedelta(seconds=1))
