@@ -12,6 +12,11 @@ may have run out meanwhile (the daemon was paused, the store unreachable) is
 checked with the store before its result is written: a lost lease is always
 reported, and its result discarded.
 
+On a store whose claims are slow (DynamoDB: ``Repository.claims_ahead``)
+an idle loop claims the jobs due within its claim lead a little before
+they are due, each planned at its due time, and a timer hands each run to
+a job thread at that time.
+
 A worker claims from the queues of ``pyncette.queues`` (every queue by
 default). Each finished run leaves a :class:`~pyramid_pyncette.jobs.RunRecord`
 (as ``pyncette.history`` says), written by the same store call as the run's
@@ -876,7 +881,7 @@ class Worker:
                 started.append(running)
             if lease.token is not None:
                 self._renewal_due = min(self._renewal_due, running.renew_at)
-        # Runs due now first: a thread that takes a run claimed ahead waits for its time.
+        # Runs claimed ahead wait on the job threads' timer, not on a thread.
         started += sorted(early, key=lambda running: running.not_before or 0.0)
         if started:
             threads.submit(started)
