@@ -181,11 +181,6 @@ class _JobThreads:
         for thread in [*self._threads, self._timer_thread]:
             thread.start()
 
-    @property
-    def waiting(self) -> int:
-        """How many runs claimed ahead wait for their time."""
-        return len(self._timed)
-
     def submit(self, items: list[_Running]) -> None:
         """Queue ``items`` to run as threads come free (a run claimed ahead at its time)."""
         now = self._monotonic()
